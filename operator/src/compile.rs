@@ -1,0 +1,845 @@
+//! The topology compiler: one [`SpiderNetwork`] in, every resource it stands for out.
+//!
+//! Pure and deterministic: no I/O, no clocks, no randomness, no hash-map iteration order. The same input
+//! gives byte-identical output, which is what makes `spiderctl render` reviewable in a pull request and
+//! its output snapshot-testable.
+//!
+//! What is rendered here and what is left to the operator:
+//! - SpiderReservedIPs, SpiderIPPools, SpiderMultusConfigs and their NetworkAttachmentDefinitions depend
+//!   only on the spec, so they are rendered completely (the operator adds owner references, which need
+//!   the live object's UID).
+//! - Interface tasks depend on which nodes exist and what labels they carry, which the compiler cannot
+//!   see. So it renders one [`InterfaceTemplate`] per rack (node selector + bonds + VLANs), and
+//!   [`expand_interface_tasks`] turns templates into per-node [`SpiderInterfaceTask`]s against a node
+//!   list. The operator calls it with the live nodes on every reconcile; `spiderctl render --nodes` calls
+//!   it with a node list from a file. One function, so both agree.
+//!
+//! Names are derived from spec entry names (never from positions), so renaming or reordering one rack
+//! changes only that rack's objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::Resource;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::common::selector_matches;
+use spiderpool_schema::interfacetask::{Bond, VlanInterface};
+use spiderpool_schema::network::{AppBinding, Network, ParsedSubnet, family_key};
+use spiderpool_schema::validation::{Problem, Problems, Validate};
+use spiderpool_schema::{
+    NetworkAttachmentDefinition, SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask, SpiderInterfaceTaskSpec,
+    SpiderMultusConfig, SpiderNetwork, SpiderReservedIP, SpiderReservedIPSpec,
+};
+
+use crate::nad::{multus_config_for_network, render_nad};
+
+/// Label on every generated object: the SpiderNetwork it comes from. The operator prunes by it.
+pub const LABEL_TOPOLOGY: &str = "spiderpool.spidernet.io/topology";
+/// Label: the subnet entry a pool or reserved-IP object comes from.
+pub const LABEL_SUBNET: &str = "spiderpool.spidernet.io/subnet";
+/// Label: the rack entry a pool or task comes from.
+pub const LABEL_RACK: &str = "spiderpool.spidernet.io/rack";
+/// Label: the network entry a multus config comes from.
+pub const LABEL_NETWORK: &str = "spiderpool.spidernet.io/network";
+/// Label: the app binding a fixed-address pool comes from.
+pub const LABEL_APP: &str = "spiderpool.spidernet.io/app";
+/// Label: the pod interface a fixed-address pool is for.
+pub const LABEL_INTERFACE: &str = "spiderpool.spidernet.io/interface";
+/// Label: the VLAN a pool's subnet is tagged with (pools have no VLAN field since upstream v2beta1).
+pub const LABEL_VLAN: &str = "spiderpool.spidernet.io/vlan";
+/// Standard label naming the manager of the object.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "spiderpool-operator";
+/// Annotation: the spec path of the entry an object was rendered from, for people reading the object.
+pub const ANNOTATION_SOURCE: &str = "spiderpool.spidernet.io/source";
+
+/// Upstream's labels that tie an automatic pool to its application (matched against the pod's top
+/// controller by the allocator). We use them for fixed-address pools of workload bindings.
+pub const APP_LABEL_API_GROUP: &str = "ipam.spidernet.io/app-api-group";
+/// See [`APP_LABEL_API_GROUP`].
+pub const APP_LABEL_API_VERSION: &str = "ipam.spidernet.io/app-api-version";
+/// See [`APP_LABEL_API_GROUP`].
+pub const APP_LABEL_KIND: &str = "ipam.spidernet.io/app-kind";
+/// See [`APP_LABEL_API_GROUP`].
+pub const APP_LABEL_NAMESPACE: &str = "ipam.spidernet.io/app-namespace";
+/// See [`APP_LABEL_API_GROUP`].
+pub const APP_LABEL_NAME: &str = "ipam.spidernet.io/app-name";
+/// Upstream's pool label holding the CIDR in label form.
+pub const LABEL_IPPOOL_CIDR: &str = "ipam.spidernet.io/ippool-cidr";
+
+/// Everything one topology stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Rendered {
+    /// Addresses used outside the cluster, per subnet and family.
+    #[serde(rename = "reservedIPs")]
+    pub reserved_ips: Vec<SpiderReservedIP>,
+    /// Rack pools (one per subnet, rack and family) and fixed-address pools (one per binding interface,
+    /// rack and family).
+    pub ip_pools: Vec<SpiderIPPool>,
+    /// One per network and allowed namespace.
+    pub multus_configs: Vec<SpiderMultusConfig>,
+    /// What each multus config renders to (the same function renders hand-written ones).
+    pub network_attachment_definitions: Vec<NetworkAttachmentDefinition>,
+    /// One per rack that needs bonds or VLANs; expanded per node by [`expand_interface_tasks`].
+    pub interface_templates: Vec<InterfaceTemplate>,
+    /// What each app binding asks of its pods (the annotations the pod webhook adds unless the pod sets
+    /// its own).
+    pub pod_bindings: Vec<PodBinding>,
+}
+
+/// The bonds and VLANs every node of one rack must have.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceTemplate {
+    /// Rack name.
+    pub rack: String,
+    /// Nodes the template applies to.
+    pub node_selector: LabelSelector,
+    /// Bonds to create.
+    pub bonds: Vec<Bond>,
+    /// VLAN sub-interfaces to create: those the rack declares, then those its networks need.
+    pub vlans: Vec<VlanInterface>,
+}
+
+/// What one app binding asks of the pods it selects.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodBinding {
+    /// Binding name.
+    pub app: String,
+    /// Namespace of the pods.
+    pub namespace: String,
+    /// `<kind>/<name>` of the workload, when bound by workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Pod label selector, when bound by labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Pod annotations that attach the networks (Multus) and pick the default-route NIC (Spiderpool).
+    pub annotations: BTreeMap<String, String>,
+    /// Fixed-address pools per pod interface.
+    pub fixed_pools: BTreeMap<String, Vec<String>>,
+}
+
+/// Summary of a rendering, for people (the CLI prints it to stderr).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// `(pool name, addresses it hands out)`.
+    pub pools: Vec<(String, u128)>,
+    /// Number of SpiderReservedIPs.
+    pub reserved_ips: usize,
+    /// Number of SpiderMultusConfigs.
+    pub multus_configs: usize,
+    /// Number of NetworkAttachmentDefinitions.
+    pub network_attachment_definitions: usize,
+    /// Number of per-rack interface templates.
+    pub interface_templates: usize,
+}
+
+impl Rendered {
+    /// Every Kubernetes object, in apply order (reserved IPs before pools, so no pool hands out a reserved
+    /// address even for a moment; configs before their NADs), as JSON with apiVersion and kind.
+    pub fn to_documents(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        let mut docs = Vec::new();
+        for o in &self.reserved_ips {
+            docs.push(serde_json::to_value(o)?);
+        }
+        for o in &self.ip_pools {
+            docs.push(serde_json::to_value(o)?);
+        }
+        for o in &self.multus_configs {
+            docs.push(serde_json::to_value(o)?);
+        }
+        for o in &self.network_attachment_definitions {
+            docs.push(serde_json::to_value(o)?);
+        }
+        Ok(docs)
+    }
+
+    /// Counts and pool sizes.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            pools: self.ip_pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), pool_size(p))).collect(),
+            reserved_ips: self.reserved_ips.len(),
+            multus_configs: self.multus_configs.len(),
+            network_attachment_definitions: self.network_attachment_definitions.len(),
+            interface_templates: self.interface_templates.len(),
+        }
+    }
+}
+
+/// Addresses a pool hands out (`ips` minus `excludeIPs`), as upstream counts `totalIPCount`.
+pub fn pool_size(pool: &SpiderIPPool) -> u128 {
+    let family = if pool.spec.subnet.contains(':') { IpFamily::V6 } else { IpFamily::V4 };
+    let ips = IpSet::parse_list(family, &pool.spec.ips).unwrap_or_else(|_| IpSet::empty(family));
+    let excluded = IpSet::parse_list(family, &pool.spec.exclude_ips).unwrap_or_else(|_| IpSet::empty(family));
+    ips.difference(&excluded).len()
+}
+
+/// Validates and compiles one topology. Every problem is reported at once, with its spec path.
+pub fn compile(network: &SpiderNetwork) -> Result<Rendered, Vec<Problem>> {
+    network.validate()?;
+    let mut problems = Problems::new();
+    let ctx = Context::new(network, &mut problems);
+    let carved = ctx.carve_fixed_addresses(&mut problems);
+    let rendered = ctx.render(&carved, &mut problems);
+    problems.into_result()?;
+    Ok(rendered)
+}
+
+/// Everything derived from the spec that rendering needs, parsed once.
+struct Context<'a> {
+    network: &'a SpiderNetwork,
+    topology: String,
+    subnets: BTreeMap<String, ParsedSubnet>,
+    /// (rack index, subnet name, family) -> addresses the rack hands out, minus what is excluded or
+    /// reserved and minus the gateway.
+    rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
+}
+
+/// A fixed-address claim: (binding index, interface index, rack index, family) -> addresses.
+type Carved = BTreeMap<(usize, usize, usize, IpFamily), IpSet>;
+
+impl<'a> Context<'a> {
+    fn new(network: &'a SpiderNetwork, problems: &mut Problems) -> Self {
+        let spec = &network.spec;
+        let subnets = spec.parse_subnets(problems);
+        let mut rack_free = BTreeMap::new();
+        for (r, rack) in spec.racks.iter().enumerate() {
+            for range in &rack.ranges {
+                let Some(parsed) = subnets.get(&range.subnet) else { continue };
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    let Ok(set) = IpSet::parse_list(family, range.items(family)) else { continue };
+                    if set.is_empty() {
+                        continue;
+                    }
+                    let mut free = set;
+                    if let Some(excluded) = parsed.excluded.get(&family) {
+                        free = free.difference(excluded);
+                    }
+                    if let Some(reserved) = parsed.reserved.get(&family) {
+                        free = free.difference(reserved);
+                    }
+                    if let Some(gw) = parsed.gateways.get(&family) {
+                        free = free.difference(&IpSet::from_ip(gw));
+                    }
+                    rack_free.insert((r, range.subnet.clone(), family), free);
+                }
+            }
+        }
+        Context {
+            network,
+            topology: network.metadata.name.clone().unwrap_or_default(),
+            subnets,
+            rack_free,
+        }
+    }
+
+    fn network_named(&self, name: &str) -> Option<&'a Network> {
+        self.network.spec.networks.iter().find(|n| n.name == name)
+    }
+
+    fn racks_serving(&self, subnet: &str) -> Vec<usize> {
+        self.network
+            .spec
+            .racks
+            .iter()
+            .enumerate()
+            .filter(|(_, rack)| rack.ranges.iter().any(|r| r.subnet == subnet))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// Sets aside the fixed addresses of every binding: explicit ones first (they are the user's word),
+    /// then counted ones.
+    ///
+    /// Where a counted block goes: each (binding, interface, rack, family) starts at an offset derived
+    /// from a hash of its identity and takes the next free addresses from there (wrapping). Placement thus
+    /// depends on the binding's own identity, not on its position among others, so adding, removing or
+    /// growing one binding does not move the addresses of the others unless their blocks collide. Blocks
+    /// are placed in the order of their identity, so the result never depends on spec order. Explicit
+    /// addresses are the way to pin addresses for good.
+    fn carve_fixed_addresses(&self, problems: &mut Problems) -> Carved {
+        let spec = &self.network.spec;
+        let mut carved: Carved = BTreeMap::new();
+        let mut taken: BTreeMap<(usize, String, IpFamily), IpSet> = BTreeMap::new();
+        let take = |taken: &mut BTreeMap<(usize, String, IpFamily), IpSet>, key: (usize, String, IpFamily), set: &IpSet| {
+            let entry = taken.entry(key.clone()).or_insert_with(|| IpSet::empty(key.2));
+            *entry = entry.union(set).unwrap_or_else(|_| entry.clone());
+        };
+
+        for (a, app) in spec.apps.iter().enumerate() {
+            for (i, nic) in app.interfaces.iter().enumerate() {
+                let (Some(fixed), Some(network)) = (&nic.fixed_ips, self.network_named(&nic.network)) else {
+                    continue;
+                };
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    let Ok(explicit) = IpSet::parse_list(family, fixed.items(family)) else { continue };
+                    if explicit.is_empty() {
+                        continue;
+                    }
+                    for r in self.racks_serving(&network.subnet) {
+                        let key = (r, network.subnet.clone(), family);
+                        let Some(free) = self.rack_free.get(&key) else { continue };
+                        let mine = explicit.intersection(free);
+                        let excluded = explicit
+                            .intersection(&self.raw_rack_set(r, &network.subnet, family))
+                            .difference(free);
+                        if !excluded.is_empty() {
+                            problems.push(
+                                format!("spec.apps[{a}].interfaces[{i}].fixedIPs.{}", family_key(family)),
+                                format!(
+                                    "{} are excluded, reserved or the gateway in subnet `{}`",
+                                    excluded.to_strings().join(", "),
+                                    network.subnet
+                                ),
+                            );
+                        }
+                        if !mine.is_empty() {
+                            take(&mut taken, key, &mine);
+                            carved.insert((a, i, r, family), mine);
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut counted: Vec<(String, usize, usize, usize, IpFamily, u128)> = Vec::new();
+        for (a, app) in spec.apps.iter().enumerate() {
+            let names = app.interface_names();
+            for (i, nic) in app.interfaces.iter().enumerate() {
+                let (Some(fixed), Some(network)) = (&nic.fixed_ips, self.network_named(&nic.network)) else {
+                    continue;
+                };
+                let Some(count) = fixed.count.and_then(|c| u128::try_from(c).ok()) else { continue };
+                let racks: Vec<usize> = if fixed.racks.is_empty() {
+                    self.racks_serving(&network.subnet)
+                } else {
+                    fixed
+                        .racks
+                        .iter()
+                        .filter_map(|name| spec.racks.iter().position(|r| &r.name == name))
+                        .collect()
+                };
+                let Some(parsed) = self.subnets.get(&network.subnet) else { continue };
+                for r in racks {
+                    for family in parsed.nets.keys() {
+                        let identity = format!(
+                            "{}/{}/{}/{}/{}",
+                            app.namespace, app.name, names[i], spec.racks[r].name, family_key(*family)
+                        );
+                        counted.push((identity, a, i, r, *family, count));
+                    }
+                }
+            }
+        }
+        counted.sort();
+        for (identity, a, i, r, family, count) in counted {
+            let subnet = match self.network_named(&spec.apps[a].interfaces[i].network) {
+                Some(n) => n.subnet.clone(),
+                None => continue,
+            };
+            let key = (r, subnet.clone(), family);
+            let free = match (self.rack_free.get(&key), taken.get(&key)) {
+                (Some(free), Some(used)) => free.difference(used),
+                (Some(free), None) => free.clone(),
+                (None, _) => IpSet::empty(family),
+            };
+            if free.len() < count {
+                problems.push(
+                    format!("spec.apps[{a}].interfaces[{i}].fixedIPs.count"),
+                    format!(
+                        "asks for {count} {family} addresses in rack `{}` but only {} are free in its range of subnet `{subnet}`",
+                        spec.racks[r].name,
+                        free.len()
+                    ),
+                );
+                continue;
+            }
+            let block = take_from_offset(&free, stable_offset(&identity, free.len()), count);
+            take(&mut taken, key, &block);
+            carved.insert((a, i, r, family), block);
+        }
+        carved
+    }
+
+    /// The rack's range as written (before exclusions), for error messages.
+    fn raw_rack_set(&self, rack: usize, subnet: &str, family: IpFamily) -> IpSet {
+        self.network.spec.racks[rack]
+            .ranges
+            .iter()
+            .find(|r| r.subnet == subnet)
+            .and_then(|r| IpSet::parse_list(family, r.items(family)).ok())
+            .unwrap_or_else(|| IpSet::empty(family))
+    }
+
+    fn render(&self, carved: &Carved, problems: &mut Problems) -> Rendered {
+        let mut rendered = Rendered {
+            reserved_ips: self.render_reserved_ips(),
+            ..Rendered::default()
+        };
+        let fixed_pool_names = self.render_fixed_pools(carved, &mut rendered.ip_pools);
+        let rack_pool_names = self.render_rack_pools(carved, &mut rendered.ip_pools);
+        for (n, network) in self.network.spec.networks.iter().enumerate() {
+            for namespace in &network.namespaces {
+                let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
+                for ((net_name, ns, family), names) in &fixed_pool_names {
+                    if net_name == &network.name && ns == namespace {
+                        pools.entry(*family).or_default().extend(names.iter().cloned());
+                    }
+                }
+                for ((subnet, family), names) in &rack_pool_names {
+                    if subnet == &network.subnet {
+                        pools.entry(*family).or_default().extend(names.iter().cloned());
+                    }
+                }
+                let meta = self.meta(
+                    &network.name,
+                    Some(namespace),
+                    &[(LABEL_NETWORK, &network.name)],
+                    format!("spec.networks[{n}]"),
+                );
+                let smc = multus_config_for_network(meta, network, self.subnet_of(network), &self.network.spec.racks, &pools);
+                match render_nad(&smc) {
+                    Ok(nad) => rendered.network_attachment_definitions.push(nad),
+                    Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
+                }
+                rendered.multus_configs.push(smc);
+            }
+        }
+        rendered.interface_templates = self.render_interface_templates();
+        rendered.pod_bindings = self.render_pod_bindings(&fixed_pool_names);
+        rendered
+    }
+
+    fn subnet_of(&self, network: &Network) -> Option<&'a spiderpool_schema::network::TopologySubnet> {
+        self.network.spec.subnets.iter().find(|s| s.name == network.subnet)
+    }
+
+    fn meta(&self, name: &str, namespace: Option<&str>, labels: &[(&str, &str)], source: String) -> ObjectMeta {
+        let mut all = BTreeMap::from([
+            (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        ]);
+        for (k, v) in labels {
+            all.insert((*k).to_string(), (*v).to_string());
+        }
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            labels: Some(all),
+            annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn render_reserved_ips(&self) -> Vec<SpiderReservedIP> {
+        let mut out = Vec::new();
+        for (s, subnet) in self.network.spec.subnets.iter().enumerate() {
+            let Some(parsed) = self.subnets.get(&subnet.name) else { continue };
+            for (family, set) in &parsed.reserved {
+                if set.is_empty() {
+                    continue;
+                }
+                let name = object_name(&[&self.topology, &subnet.name, family_suffix(*family), "reserved"]);
+                let meta = self.meta(
+                    &name,
+                    None,
+                    &[(LABEL_SUBNET, &subnet.name)],
+                    format!("spec.subnets[{s}].{}.reservedIPs", family_key(*family)),
+                );
+                let mut obj = SpiderReservedIP::new(&name, SpiderReservedIPSpec::default());
+                obj.metadata = meta;
+                obj.spec.ip_version = Some(family.as_version());
+                obj.spec.ips = set.to_strings();
+                out.push(obj);
+            }
+        }
+        out
+    }
+
+    /// A pool spec with what every pool of a subnet family shares.
+    fn pool_spec(&self, subnet: &str, family: IpFamily, ips: &IpSet) -> Option<SpiderIPPoolSpec> {
+        let parsed = self.subnets.get(subnet)?;
+        let entry = self.network.spec.subnets.iter().find(|s| s.name == subnet)?;
+        let block = entry.families().find(|(f, _)| *f == family)?.1;
+        let net = parsed.nets.get(&family)?;
+        Some(SpiderIPPoolSpec {
+            ip_version: Some(family.as_version()),
+            subnet: net.to_string(),
+            ips: ips.to_strings(),
+            gateway: parsed.gateways.get(&family).map(IpAddr::to_string),
+            routes: block.routes.clone(),
+            ..SpiderIPPoolSpec::default()
+        })
+    }
+
+    fn pool_labels(&self, subnet: &str, family: IpFamily) -> Vec<(&'static str, String)> {
+        let mut labels = vec![(LABEL_SUBNET, subnet.to_string())];
+        if let Some(net) = self.subnets.get(subnet).and_then(|p| p.nets.get(&family)) {
+            labels.push((LABEL_IPPOOL_CIDR, spiderpool_ipmath::cidr_label_value(net)));
+        }
+        if let Some(entry) = self.network.spec.subnets.iter().find(|s| s.name == subnet)
+            && entry.vlan_id() != 0
+        {
+            labels.push((LABEL_VLAN, entry.vlan_id().to_string()));
+        }
+        labels
+    }
+
+    /// Fixed-address pools; returns their names by (network, namespace, family).
+    fn render_fixed_pools(
+        &self,
+        carved: &Carved,
+        pools: &mut Vec<SpiderIPPool>,
+    ) -> BTreeMap<(String, String, IpFamily), Vec<String>> {
+        let spec = &self.network.spec;
+        let mut names: BTreeMap<(String, String, IpFamily), Vec<String>> = BTreeMap::new();
+        for ((a, i, r, family), set) in carved {
+            let app = &spec.apps[*a];
+            let nic = &app.interfaces[*i];
+            let Some(network) = self.network_named(&nic.network) else { continue };
+            let rack = &spec.racks[*r];
+            let nic_name = app.interface_names()[*i].clone();
+            let Some(mut pool_spec) = self.pool_spec(&network.subnet, *family, set) else { continue };
+            pool_spec.node_affinity = Some(rack.node_selector.clone());
+            pool_spec.namespace_name = vec![app.namespace.clone()];
+            pool_spec.multus_name = vec![format!("{}/{}", app.namespace, network.name)];
+            pool_spec.pod_affinity = Some(pod_affinity(app));
+            let name = object_name(&[&self.topology, &app.name, &nic_name, &rack.name, family_suffix(*family)]);
+            let mut labels = self.pool_labels(&network.subnet, *family);
+            labels.extend([
+                (LABEL_RACK, rack.name.clone()),
+                (LABEL_APP, app.name.clone()),
+                (LABEL_INTERFACE, nic_name.clone()),
+            ]);
+            let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut pool = SpiderIPPool::new(&name, pool_spec);
+            pool.metadata = self.meta(&name, None, &label_refs, format!("spec.apps[{a}].interfaces[{i}].fixedIPs"));
+            pools.push(pool);
+            names
+                .entry((network.name.clone(), app.namespace.clone(), *family))
+                .or_default()
+                .push(name);
+        }
+        names
+    }
+
+    /// Shared rack pools: the rack's range minus the fixed addresses carved from it. Returns their names
+    /// by (subnet, family).
+    fn render_rack_pools(&self, carved: &Carved, pools: &mut Vec<SpiderIPPool>) -> BTreeMap<(String, IpFamily), Vec<String>> {
+        let spec = &self.network.spec;
+        let mut names: BTreeMap<(String, IpFamily), Vec<String>> = BTreeMap::new();
+        for (r, rack) in spec.racks.iter().enumerate() {
+            for (k, range) in rack.ranges.iter().enumerate() {
+                let networks: Vec<&Network> = spec.networks.iter().filter(|n| n.subnet == range.subnet).collect();
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    let Ok(raw) = IpSet::parse_list(family, range.items(family)) else { continue };
+                    if raw.is_empty() {
+                        continue;
+                    }
+                    let mut ips = raw.clone();
+                    for ((_, _, cr, cf), set) in carved {
+                        if *cr == r && *cf == family {
+                            ips = ips.difference(set);
+                        }
+                    }
+                    if ips.is_empty() {
+                        continue;
+                    }
+                    let Some(mut pool_spec) = self.pool_spec(&range.subnet, family, &ips) else { continue };
+                    let parsed = self.subnets.get(&range.subnet);
+                    // Reserved addresses stay in `ips` (the allocator subtracts every SpiderReservedIP), but
+                    // excluded ones are written out so the pool says what it never hands out.
+                    if let Some(excluded) = parsed.and_then(|p| p.excluded.get(&family)) {
+                        pool_spec.exclude_ips = excluded.intersection(&ips).to_strings();
+                    }
+                    pool_spec.node_affinity = Some(rack.node_selector.clone());
+                    let mut namespaces: BTreeSet<String> = BTreeSet::new();
+                    let mut multus: BTreeSet<String> = BTreeSet::new();
+                    for network in &networks {
+                        for ns in &network.namespaces {
+                            namespaces.insert(ns.clone());
+                            multus.insert(format!("{ns}/{}", network.name));
+                        }
+                    }
+                    pool_spec.namespace_name = namespaces.into_iter().collect();
+                    pool_spec.multus_name = multus.into_iter().collect();
+                    let name = object_name(&[&self.topology, &range.subnet, &rack.name, family_suffix(family)]);
+                    let mut labels = self.pool_labels(&range.subnet, family);
+                    labels.push((LABEL_RACK, rack.name.clone()));
+                    let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let mut pool = SpiderIPPool::new(&name, pool_spec);
+                    pool.metadata = self.meta(&name, None, &label_refs, format!("spec.racks[{r}].ranges[{k}]"));
+                    pools.push(pool);
+                    names.entry((range.subnet.clone(), family)).or_default().push(name);
+                }
+            }
+        }
+        names
+    }
+
+    fn render_interface_templates(&self) -> Vec<InterfaceTemplate> {
+        let spec = &self.network.spec;
+        let mut templates = Vec::new();
+        for rack in &spec.racks {
+            let mut vlans = rack.vlans.clone();
+            for network in &spec.networks {
+                let Some(master) = &network.master else { continue };
+                let vlan = network.vlan_id(self.subnet_of(network));
+                let serves = rack.ranges.iter().any(|r| r.subnet == network.subnet);
+                if vlan == 0 || !serves || !rack.defines_interface(master) {
+                    continue;
+                }
+                if !vlans.iter().any(|v| &v.parent == master && v.id == vlan) {
+                    vlans.push(VlanInterface {
+                        parent: master.clone(),
+                        id: vlan,
+                        name: None,
+                        mtu: None,
+                    });
+                }
+            }
+            if rack.bonds.is_empty() && vlans.is_empty() {
+                continue;
+            }
+            templates.push(InterfaceTemplate {
+                rack: rack.name.clone(),
+                node_selector: rack.node_selector.clone(),
+                bonds: rack.bonds.clone(),
+                vlans,
+            });
+        }
+        templates
+    }
+
+    fn render_pod_bindings(&self, fixed: &BTreeMap<(String, String, IpFamily), Vec<String>>) -> Vec<PodBinding> {
+        let mut out = Vec::new();
+        for app in &self.network.spec.apps {
+            let names = app.interface_names();
+            let mut annotations = BTreeMap::new();
+            let mut attachments = Vec::new();
+            let mut fixed_pools: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (i, nic) in app.interfaces.iter().enumerate() {
+                if names[i] == "eth0" {
+                    annotations.insert(
+                        "v1.multus-cni.io/default-network".to_string(),
+                        format!("{}/{}", app.namespace, nic.network),
+                    );
+                } else {
+                    attachments.push(serde_json::json!({
+                        "name": nic.network,
+                        "namespace": app.namespace,
+                        "interface": names[i],
+                    }));
+                }
+                let prefix = object_name(&[&self.topology, &app.name, &names[i]]);
+                let mine: Vec<String> = fixed
+                    .iter()
+                    .filter(|((net, ns, _), _)| net == &nic.network && ns == &app.namespace)
+                    .flat_map(|(_, pools)| pools.iter())
+                    .filter(|pool| pool.starts_with(&format!("{prefix}-")))
+                    .cloned()
+                    .collect();
+                if !mine.is_empty() {
+                    fixed_pools.insert(names[i].clone(), mine);
+                }
+            }
+            if !attachments.is_empty() {
+                annotations.insert(
+                    "k8s.v1.cni.cncf.io/networks".to_string(),
+                    serde_json::Value::Array(attachments).to_string(),
+                );
+            }
+            if let Some(nic) = &app.default_route_interface {
+                annotations.insert("ipam.spidernet.io/default-route-nic".to_string(), nic.clone());
+            }
+            out.push(PodBinding {
+                app: app.name.clone(),
+                namespace: app.namespace.clone(),
+                workload: app.workload.as_ref().map(|w| format!("{}/{}", w.kind, w.name)),
+                pod_selector: app.pod_selector.clone(),
+                annotations,
+                fixed_pools,
+            });
+        }
+        out
+    }
+}
+
+/// Pod affinity of a fixed-address pool: upstream's application labels for a workload (the allocator
+/// matches them against the pod's top controller, as for upstream's automatic pools), or the binding's
+/// own pod selector.
+fn pod_affinity(app: &AppBinding) -> LabelSelector {
+    if let Some(workload) = &app.workload {
+        let api_version = workload.effective_api_version().unwrap_or_default();
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), api_version.clone()),
+        };
+        LabelSelector {
+            match_labels: Some(BTreeMap::from([
+                (APP_LABEL_API_GROUP.to_string(), group),
+                (APP_LABEL_API_VERSION.to_string(), version),
+                (APP_LABEL_KIND.to_string(), workload.kind.clone()),
+                (APP_LABEL_NAMESPACE.to_string(), app.namespace.clone()),
+                (APP_LABEL_NAME.to_string(), workload.name.clone()),
+            ])),
+            match_expressions: None,
+        }
+    } else {
+        app.pod_selector.clone().unwrap_or_default()
+    }
+}
+
+/// `v4` / `v6` name suffixes.
+fn family_suffix(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "v4",
+        IpFamily::V6 => "v6",
+    }
+}
+
+/// Joins name parts with `-`; a result longer than an object name may be (253) is cut and given a hash
+/// suffix of the whole, so distinct inputs keep distinct names.
+pub fn object_name(parts: &[&str]) -> String {
+    let joined = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("-").to_lowercase();
+    if joined.len() <= 253 {
+        return joined;
+    }
+    let digest = hex8(&joined);
+    let mut cut = joined[..243].trim_end_matches(['-', '.']).to_string();
+    cut.push('-');
+    cut.push_str(&digest);
+    cut
+}
+
+fn hex8(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A deterministic offset in `0..len` from a text (first 16 bytes of its SHA-256).
+fn stable_offset(identity: &str, len: u128) -> u128 {
+    if len == 0 {
+        return 0;
+    }
+    let digest = Sha256::digest(identity.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes) % len
+}
+
+/// `count` addresses of `free` starting at its `offset`-th address, wrapping to the start.
+fn take_from_offset(free: &IpSet, offset: u128, count: u128) -> IpSet {
+    let family = free.family();
+    let Some(start) = free.nth(offset) else {
+        return free.take_lowest(count);
+    };
+    let Some(last) = free.last() else { return IpSet::empty(family) };
+    let tail = spiderpool_ipmath::IpRange::new(start, last)
+        .map(|r| free.intersection(&IpSet::from_range(&r)))
+        .unwrap_or_else(|_| IpSet::empty(family));
+    let from_tail = tail.take_lowest(count);
+    let rest = count.saturating_sub(from_tail.len());
+    let from_head = free.difference(&tail).take_lowest(rest);
+    from_tail.union(&from_head).unwrap_or(from_tail)
+}
+
+/// Expands per-rack templates into one [`SpiderInterfaceTask`] per node that needs bonds or VLANs. A node
+/// matched by several racks gets the union of their interfaces; a conflict (one name, two definitions) is
+/// a problem naming the node, reported for all nodes at once.
+pub fn expand_interface_tasks(
+    network: &SpiderNetwork,
+    templates: &[InterfaceTemplate],
+    nodes: &[Node],
+) -> Result<Vec<SpiderInterfaceTask>, Vec<Problem>> {
+    let topology = network.metadata.name.clone().unwrap_or_default();
+    let mut problems = Problems::new();
+    let mut tasks = Vec::new();
+    let mut sorted: Vec<&Node> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for node in sorted {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let mut bonds: Vec<Bond> = Vec::new();
+        let mut vlans: Vec<VlanInterface> = Vec::new();
+        let mut racks: Vec<&str> = Vec::new();
+        for template in templates.iter().filter(|t| selector_matches(&t.node_selector, &labels)) {
+            racks.push(&template.rack);
+            for bond in &template.bonds {
+                match bonds.iter().find(|b| b.name == bond.name) {
+                    Some(existing) if existing != bond => problems.push(
+                        format!("node {node_name}"),
+                        format!("racks {} define bond `{}` differently", racks.join(", "), bond.name),
+                    ),
+                    Some(_) => {}
+                    None => bonds.push(bond.clone()),
+                }
+            }
+            for vlan in &template.vlans {
+                match vlans.iter().find(|v| v.interface_name() == vlan.interface_name()) {
+                    Some(existing) if existing != vlan => problems.push(
+                        format!("node {node_name}"),
+                        format!("racks {} define VLAN interface `{}` differently", racks.join(", "), vlan.interface_name()),
+                    ),
+                    Some(_) => {}
+                    None => vlans.push(vlan.clone()),
+                }
+            }
+        }
+        if racks.is_empty() {
+            continue;
+        }
+        let name = object_name(&[&topology, &node_name]);
+        let mut task = SpiderInterfaceTask::new(
+            &name,
+            SpiderInterfaceTaskSpec {
+                node_name: node_name.clone(),
+                bonds,
+                vlans,
+            },
+        );
+        task.metadata.labels = Some(BTreeMap::from([
+            (LABEL_TOPOLOGY.to_string(), topology.clone()),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_RACK.to_string(), racks.join(".")),
+        ]));
+        tasks.push(task);
+    }
+    problems.into_result()?;
+    Ok(tasks)
+}
+
+/// The `apiVersion`/`kind` pair of a generated object, for messages.
+pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_with_a_hash() {
+        let long = "a".repeat(300);
+        let name = object_name(&[&long, "b"]);
+        assert_eq!(name.len(), 252);
+        assert_ne!(object_name(&[&long, "b"]), object_name(&[&long, "c"]));
+        assert_eq!(object_name(&["Topo", "", "r1"]), "topo-r1");
+    }
+
+    #[test]
+    fn carving_wraps_around_the_end() {
+        let free = IpSet::parse_list(IpFamily::V4, &["10.0.0.1-10.0.0.10"]).unwrap();
+        let block = take_from_offset(&free, 8, 4);
+        assert_eq!(block.to_strings(), vec!["10.0.0.1-10.0.0.2", "10.0.0.9-10.0.0.10"]);
+        assert_eq!(stable_offset("x", 10), stable_offset("x", 10));
+    }
+}

@@ -1,0 +1,474 @@
+//! SpiderMultusConfig -> NetworkAttachmentDefinition, upstream's rendering (reference §7), in one place.
+//!
+//! The operator's SpiderMultusConfig controller and the topology compiler both call [`render_nad`], so a
+//! hand-written SpiderMultusConfig and one generated from a SpiderNetwork always render alike.
+//!
+//! The JSON keys of each plugin object are emitted in the order upstream's Go structs emit them (and the
+//! top level alphabetically, as a Go map), so a NAD rendered here is byte-identical to upstream's for the
+//! same SpiderMultusConfig: diffs against an upstream cluster stay empty.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde_json::{Map, Value, json};
+use spiderpool_ipmath::IpFamily;
+use spiderpool_schema::SpiderMultusConfig;
+use spiderpool_schema::coordinator::CoordinatorSpec;
+use spiderpool_schema::interfacetask::Bond;
+use spiderpool_schema::multusconfig::{
+    ANNO_CNI_CONFIG_NAME, ANNO_CNI_VERSION, ANNO_NET_ATTACH_CONF_NAME, BondConfig, CniType, DEFAULT_CNI_VERSION,
+    SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig, SpiderSriovCniConfig, SpiderpoolPools,
+};
+use spiderpool_schema::nad::{ANNO_RESOURCE_NAME, NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
+use spiderpool_schema::network::{Network, NetworkType, Rack, TopologySubnet};
+
+/// Why a SpiderMultusConfig cannot be rendered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// The object has no namespace (it is namespaced; one read from the API always has one).
+    #[error("SpiderMultusConfig has no namespace")]
+    NoNamespace,
+    /// The object has no name.
+    #[error("SpiderMultusConfig has no name")]
+    NoName,
+    /// `spec.cniType` is not one upstream knows.
+    #[error("spec.cniType: `{0}` is not one of macvlan, ipvlan, vlan, sriov, ovs, ib-sriov, ipoib, custom")]
+    UnknownCniType(String),
+    /// The sub-configuration `cniType` names is missing.
+    #[error("spec.{0}: is required for cniType `{1}`")]
+    MissingConfig(&'static str, &'static str),
+    /// A required master interface is missing.
+    #[error("spec.{0}.master: at least one interface is required")]
+    NoMaster(&'static str),
+    /// An item of `chainCNIJsonData` is not a JSON object.
+    #[error("spec.chainCNIJsonData[{0}]: not a CNI plugin JSON object: {1}")]
+    BadChainPlugin(usize, String),
+    /// `customCNI` is not JSON.
+    #[error("spec.customCNI: not valid JSON: {0}")]
+    BadCustomConfig(String),
+}
+
+/// Renders the NetworkAttachmentDefinition a SpiderMultusConfig stands for.
+///
+/// Name: annotation `multus.spidernet.io/cr-name`, else the SMC's name; same namespace; every SMC
+/// annotation and label is copied (labels so that topology children can be found and pruned by label);
+/// a controller owner reference to the SMC when the SMC has a UID (objects from the API server do).
+pub fn render_nad(smc: &SpiderMultusConfig) -> Result<NetworkAttachmentDefinition, RenderError> {
+    let namespace = smc.metadata.namespace.clone().ok_or(RenderError::NoNamespace)?;
+    let smc_name = smc.metadata.name.clone().ok_or(RenderError::NoName)?;
+    let annotations = smc.metadata.annotations.clone().unwrap_or_default();
+    let nad_name = annotations.get(ANNO_NET_ATTACH_CONF_NAME).cloned().unwrap_or_else(|| smc_name.clone());
+    let cni_version = annotations.get(ANNO_CNI_VERSION).cloned().unwrap_or_else(|| DEFAULT_CNI_VERSION.to_string());
+    let config_name = annotations.get(ANNO_CNI_CONFIG_NAME).cloned().unwrap_or_else(|| nad_name.clone());
+
+    let spec = &smc.spec;
+    let type_name = spec.cni_type.clone().unwrap_or_else(|| "custom".to_string());
+    let cni_type = CniType::parse(&type_name).ok_or(RenderError::UnknownCniType(type_name))?;
+    let mut nad_annotations = annotations.clone();
+    let config = match cni_type {
+        CniType::Custom => spec
+            .custom_cni
+            .as_deref()
+            .map(|text| {
+                serde_json::from_str::<Value>(text)
+                    .map(|_| text.to_string())
+                    .map_err(|e| RenderError::BadCustomConfig(e.to_string()))
+            })
+            .transpose()?
+            .unwrap_or_default(),
+        _ => {
+            let plugins = plugin_list(spec, cni_type, &mut nad_annotations)?;
+            // Top-level keys in Go-map (alphabetical) order.
+            let mut top = Map::new();
+            top.insert("cniVersion".into(), Value::String(cni_version));
+            top.insert("name".into(), Value::String(config_name));
+            top.insert("plugins".into(), Value::Array(plugins));
+            Value::Object(top).to_string()
+        }
+    };
+
+    let owner_references = smc.metadata.uid.as_ref().map(|uid| {
+        vec![OwnerReference {
+            api_version: spiderpool_schema::API_VERSION.to_string(),
+            kind: "SpiderMultusConfig".to_string(),
+            name: smc_name.clone(),
+            uid: uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]
+    });
+    let mut nad = NetworkAttachmentDefinition::new(&nad_name, &namespace, NetworkAttachmentDefinitionSpec { config });
+    nad.metadata = ObjectMeta {
+        labels: smc.metadata.labels.clone(),
+        annotations: if nad_annotations.is_empty() { None } else { Some(nad_annotations) },
+        owner_references,
+        ..nad.metadata
+    };
+    Ok(nad)
+}
+
+fn plugin_list(
+    spec: &SpiderMultusConfigSpec,
+    cni_type: CniType,
+    annotations: &mut BTreeMap<String, String>,
+) -> Result<Vec<Value>, RenderError> {
+    let mut chain = Vec::new();
+    for (i, text) in spec.chain_cni_json_data.iter().enumerate() {
+        let value: Value = serde_json::from_str(text).map_err(|e| RenderError::BadChainPlugin(i, e.to_string()))?;
+        if !value.is_object() {
+            return Err(RenderError::BadChainPlugin(i, "not an object".into()));
+        }
+        chain.push(value);
+    }
+    let coordinator = spec.enable_coordinator.unwrap_or(true).then(|| coordinator_plugin(spec.coordinator.as_ref()));
+    let ipam = |pools: Option<&SpiderpoolPools>, sriov: bool| -> Option<Value> {
+        (!spec.disable_ipam.unwrap_or(false)).then(|| ipam_plugin(pools, sriov))
+    };
+
+    let mut plugins = Vec::new();
+    match cni_type {
+        CniType::Macvlan | CniType::Ipvlan => {
+            let (field, config) = match cni_type {
+                CniType::Macvlan => ("macvlan", spec.macvlan.as_ref()),
+                _ => ("ipvlan", spec.ipvlan.as_ref()),
+            };
+            let config = config.ok_or(RenderError::MissingConfig(field, cni_type.as_str()))?;
+            let vlan = config.vlan_id.unwrap_or(0);
+            let master = master_name(config.master.as_slice(), config.bond.as_ref(), field)?;
+            let master = if vlan != 0 { format!("{master}.{vlan}") } else { master };
+            if vlan != 0 || config.master.len() > 1 {
+                plugins.push(ifacer_plugin(&config.master, vlan, config.bond.as_ref()));
+            }
+            let mut main = Map::new();
+            main.insert("type".into(), json!(field));
+            main.insert("master".into(), json!(master));
+            if cni_type == CniType::Macvlan {
+                main.insert("mode".into(), json!("bridge"));
+            }
+            if let Some(mtu) = config.mtu {
+                main.insert("mtu".into(), json!(mtu));
+            }
+            if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
+                main.insert("ipam".into(), ipam);
+            }
+            plugins.push(Value::Object(main));
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+        }
+        CniType::Vlan => {
+            let config = spec.vlan.as_ref().ok_or(RenderError::MissingConfig("vlan", "vlan"))?;
+            let master = master_name(config.master.as_slice(), config.bond.as_ref(), "vlan")?;
+            if config.master.len() > 1 {
+                plugins.push(ifacer_plugin(&config.master, 0, config.bond.as_ref()));
+            }
+            let mode = config.vlan_mode.clone().unwrap_or_else(|| "manual".into());
+            let mut main = Map::new();
+            main.insert("type".into(), json!("vlan"));
+            main.insert("master".into(), json!(master));
+            main.insert("vlanMode".into(), json!(mode));
+            if mode == "manual"
+                && let Some(id) = config.vlan_id
+            {
+                main.insert("vlanId".into(), json!(id));
+            }
+            if let Some(mtu) = config.mtu {
+                main.insert("mtu".into(), json!(mtu));
+            }
+            if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
+                main.insert("ipam".into(), ipam);
+            }
+            plugins.push(Value::Object(main));
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+        }
+        CniType::Sriov => {
+            let config = spec.sriov.as_ref().ok_or(RenderError::MissingConfig("sriov", "sriov"))?;
+            plugins.push(sriov_plugin(config, ipam(config.ippools.as_ref(), true)));
+            if config.rdma_isolation.unwrap_or(false) {
+                plugins.push(json!({"type": "rdma"}));
+            }
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+            if let Some(mtu) = config.mtu.filter(|m| *m > 0) {
+                plugins.push(json!({"type": "tuning", "mtu": mtu}));
+            }
+            annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
+        }
+        CniType::IbSriov => {
+            let config = spec.ibsriov.as_ref().ok_or(RenderError::MissingConfig("ibsriov", "ib-sriov"))?;
+            let mut main = Map::new();
+            main.insert("type".into(), json!("ib-sriov"));
+            if let Some(pkey) = &config.pkey {
+                main.insert("pkey".into(), json!(pkey));
+            }
+            if let Some(state) = &config.link_state {
+                main.insert("link_state".into(), json!(state));
+            }
+            if let Some(isolation) = config.rdma_isolation {
+                main.insert("rdmaIsolation".into(), json!(isolation));
+            }
+            if let Some(enabled) = config.enable_ib_kubernetes {
+                main.insert("ibKubernetesEnabled".into(), json!(enabled));
+            }
+            if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
+                main.insert("ipam".into(), ipam);
+            }
+            plugins.push(Value::Object(main));
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+            annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
+        }
+        CniType::Ipoib => {
+            let config = spec.ipoib.as_ref().ok_or(RenderError::MissingConfig("ipoib", "ipoib"))?;
+            let mut main = Map::new();
+            main.insert("type".into(), json!("ipoib"));
+            main.insert("master".into(), json!(config.master));
+            if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
+                main.insert("ipam".into(), ipam);
+            }
+            plugins.push(Value::Object(main));
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+        }
+        CniType::Ovs => {
+            let config = spec.ovs.as_ref().ok_or(RenderError::MissingConfig("ovs", "ovs"))?;
+            plugins.push(ovs_plugin(config, ipam(config.ippools.as_ref(), false)));
+            plugins.extend(chain);
+            plugins.extend(coordinator);
+            if config.device_id.is_some() {
+                annotations.insert(
+                    ANNO_RESOURCE_NAME.to_string(),
+                    format!("ovs-cni.network.kubevirt.io/{}", config.bridge),
+                );
+            }
+        }
+        CniType::Custom => {}
+    }
+    Ok(plugins)
+}
+
+/// One master: itself; several: the bond that joins them.
+fn master_name(masters: &[String], bond: Option<&BondConfig>, field: &'static str) -> Result<String, RenderError> {
+    match (masters, bond) {
+        ([], _) => Err(RenderError::NoMaster(field)),
+        ([one], None) => Ok(one.clone()),
+        (_, Some(bond)) => Ok(bond.name.clone()),
+        ([first, ..], None) => Ok(first.clone()),
+    }
+}
+
+fn ifacer_plugin(masters: &[String], vlan: i32, bond: Option<&BondConfig>) -> Value {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("ifacer"));
+    obj.insert("interfaces".into(), json!(masters));
+    if vlan != 0 {
+        obj.insert("vlanID".into(), json!(vlan));
+    }
+    if let Some(bond) = bond.filter(|_| masters.len() > 1) {
+        let mut b = Map::new();
+        b.insert("name".into(), json!(bond.name));
+        b.insert("mode".into(), json!(bond.mode));
+        if let Some(options) = bond.options.as_deref().filter(|o| !o.is_empty()) {
+            b.insert("options".into(), json!(options));
+        }
+        obj.insert("bond".into(), Value::Object(b));
+    }
+    Value::Object(obj)
+}
+
+fn ipam_plugin(pools: Option<&SpiderpoolPools>, sriov: bool) -> Value {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("spiderpool"));
+    if let Some(pools) = pools {
+        if !pools.ipv4.is_empty() {
+            obj.insert("default_ipv4_ippool".into(), json!(pools.ipv4));
+        }
+        if !pools.ipv6.is_empty() {
+            obj.insert("default_ipv6_ippool".into(), json!(pools.ipv6));
+        }
+        if sriov && pools.match_master_subnet == Some(true) {
+            obj.insert("match_master_subnet".into(), json!(true));
+        }
+    }
+    Value::Object(obj)
+}
+
+fn sriov_plugin(config: &SpiderSriovCniConfig, ipam: Option<Value>) -> Value {
+    let mut obj = Map::new();
+    if let Some(vlan) = config.vlan_id {
+        obj.insert("vlan".into(), json!(vlan));
+    }
+    if let Some(rate) = config.min_tx_rate_mbps {
+        obj.insert("min_tx_rate".into(), json!(rate));
+    }
+    if let Some(rate) = config.max_tx_rate_mbps {
+        obj.insert("max_tx_rate".into(), json!(rate));
+    }
+    obj.insert("type".into(), json!("sriov"));
+    if let Some(ipam) = ipam {
+        obj.insert("ipam".into(), ipam);
+    }
+    Value::Object(obj)
+}
+
+fn ovs_plugin(config: &SpiderOvsCniConfig, ipam: Option<Value>) -> Value {
+    let mut obj = Map::new();
+    if let Some(vlan) = config.vlan {
+        obj.insert("vlan".into(), json!(vlan));
+    }
+    obj.insert("type".into(), json!("ovs"));
+    obj.insert("bridge".into(), json!(config.bridge));
+    if let Some(device) = &config.device_id {
+        obj.insert("deviceID".into(), json!(device));
+    }
+    if let Some(ipam) = ipam {
+        obj.insert("ipam".into(), ipam);
+    }
+    if !config.trunk.is_empty() {
+        let trunk: Vec<Value> = config
+            .trunk
+            .iter()
+            .map(|t| {
+                let mut o = Map::new();
+                if let Some(v) = t.min_id {
+                    o.insert("minID".into(), json!(v));
+                }
+                if let Some(v) = t.max_id {
+                    o.insert("maxID".into(), json!(v));
+                }
+                if let Some(v) = t.id {
+                    o.insert("id".into(), json!(v));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        obj.insert("trunk".into(), Value::Array(trunk));
+    }
+    Value::Object(obj)
+}
+
+/// Upstream's coordinator object: only what is set, empty strings left out; `podRPFilter` only when
+/// `podCIDRType` is set (upstream quirk §13.10, kept so rendered NADs match upstream's byte for byte;
+/// harmless, since the plugin then takes the cluster default); `hostRuleTable`, `podCIDRType` never.
+fn coordinator_plugin(spec: Option<&CoordinatorSpec>) -> Value {
+    let mut obj = Map::new();
+    obj.insert("type".into(), json!("coordinator"));
+    let Some(c) = spec else { return Value::Object(obj) };
+    let non_empty = |s: &Option<String>| s.clone().filter(|v| !v.is_empty());
+    if let Some(mode) = non_empty(&c.mode) {
+        obj.insert("mode".into(), json!(mode));
+    }
+    if let Some(tune) = c.tune_pod_routes {
+        obj.insert("tunePodRoutes".into(), json!(tune));
+    }
+    if let Some(nic) = non_empty(&c.pod_default_route_nic) {
+        obj.insert("podDefaultRouteNic".into(), json!(nic));
+    }
+    if let Some(prefix) = non_empty(&c.pod_mac_prefix) {
+        obj.insert("podMACPrefix".into(), json!(prefix));
+    }
+    if let Some(addr) = non_empty(&c.veth_link_address) {
+        obj.insert("vethLinkAddress".into(), json!(addr));
+    }
+    if let Some(mtu) = c.veth_mtu {
+        obj.insert("vethMTU".into(), json!(mtu));
+    }
+    if let Some(len) = c.tx_queue_len {
+        obj.insert("txQueueLen".into(), json!(len));
+    }
+    if !c.hijack_cidr.is_empty() {
+        obj.insert("hijackCIDR".into(), json!(c.hijack_cidr));
+    }
+    if !c.policy_routes.is_empty() {
+        obj.insert("policyRoutes".into(), serde_json::to_value(&c.policy_routes).unwrap_or(Value::Null));
+    }
+    if c.pod_cidr_type.is_some()
+        && let Some(filter) = c.pod_rp_filter
+    {
+        obj.insert("podRPFilter".into(), json!(filter));
+    }
+    Value::Object(obj)
+}
+
+/// The SpiderMultusConfig a topology network renders to in one namespace.
+///
+/// For a bond master: when every rack serving the subnet defines the bond identically, the config lists
+/// the bond's NICs and the bond itself, so upstream's `ifacer` can create it at pod start even before the
+/// node daemon has; when racks differ (different NIC names per hardware generation), the config names
+/// only the bond and the node interface tasks are what create it.
+pub fn multus_config_for_network(
+    metadata: ObjectMeta,
+    network: &Network,
+    subnet: Option<&TopologySubnet>,
+    racks: &[Rack],
+    pools: &BTreeMap<IpFamily, Vec<String>>,
+) -> SpiderMultusConfig {
+    let ippools = Some(SpiderpoolPools {
+        ipv4: pools.get(&IpFamily::V4).cloned().unwrap_or_default(),
+        ipv6: pools.get(&IpFamily::V6).cloned().unwrap_or_default(),
+        match_master_subnet: None,
+    });
+    let vlan = network.vlan_id(subnet);
+    let mut spec = SpiderMultusConfigSpec {
+        cni_type: Some(network.cni_type.cni_type().to_string()),
+        enable_coordinator: network.enable_coordinator,
+        ..SpiderMultusConfigSpec::default()
+    };
+    match network.cni_type {
+        NetworkType::Macvlan | NetworkType::Ipvlan => {
+            let master = network.master.clone().unwrap_or_default();
+            let bond = consistent_bond(&master, &network.subnet, racks);
+            let config = SpiderMacvlanCniConfig {
+                master: bond.map(|b| b.interfaces.clone()).unwrap_or_else(|| vec![master.clone()]),
+                mtu: network.mtu,
+                vlan_id: (vlan != 0).then_some(vlan),
+                bond: bond.map(|b| BondConfig {
+                    name: b.name.clone(),
+                    mode: b.mode.number(),
+                    options: Some(b.options_string()).filter(|o| !o.is_empty()),
+                }),
+                rdma_resource_name: None,
+                ippools,
+            };
+            if network.cni_type == NetworkType::Macvlan {
+                spec.macvlan = Some(config);
+            } else {
+                spec.ipvlan = Some(config);
+            }
+        }
+        NetworkType::Sriov => {
+            spec.sriov = Some(SpiderSriovCniConfig {
+                resource_name: network.sriov_resource_name.clone().unwrap_or_default(),
+                vlan_id: (vlan != 0).then_some(vlan),
+                mtu: network.mtu,
+                ippools,
+                ..SpiderSriovCniConfig::default()
+            });
+        }
+        NetworkType::Ovs => {
+            spec.ovs = Some(SpiderOvsCniConfig {
+                bridge: network.ovs_bridge.clone().unwrap_or_default(),
+                vlan: (vlan != 0).then_some(vlan),
+                ippools,
+                ..SpiderOvsCniConfig::default()
+            });
+        }
+        NetworkType::Custom => {
+            spec.custom_cni = network.custom_config.clone();
+        }
+    }
+    SpiderMultusConfig { metadata, spec }
+}
+
+/// The bond named `master`, when every rack serving `subnet` defines it and all definitions agree.
+fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<&'a Bond> {
+    let mut found: Option<&Bond> = None;
+    for rack in racks.iter().filter(|r| r.ranges.iter().any(|x| x.subnet == subnet)) {
+        let bond = rack.bonds.iter().find(|b| b.name == master)?;
+        match found {
+            Some(previous) if previous != bond => return None,
+            _ => found = Some(bond),
+        }
+    }
+    found.filter(|b| b.interfaces.len() > 1)
+}
