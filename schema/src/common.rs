@@ -60,23 +60,25 @@ pub(crate) fn check_ip_version(
     let from_net = net.map(|n| IpFamily::of(&n.addr()));
     match version {
         None => from_net,
-        Some(v) => match family_of_version(v) {
-            None => {
-                problems.push(path, format!("must be 4 or 6, not {v}"));
-                from_net
-            }
-            Some(declared) => {
-                if let Some(actual) = from_net
-                    && actual != declared
-                {
-                    problems.push(
+        Some(v) => {
+            match family_of_version(v) {
+                None => {
+                    problems.push(path, format!("must be 4 or 6, not {v}"));
+                    from_net
+                }
+                Some(declared) => {
+                    if let Some(actual) = from_net
+                        && actual != declared
+                    {
+                        problems.push(
                         path,
                         format!("says {declared} but the subnet is {actual}; remove ipVersion or make it match"),
                     );
+                    }
+                    Some(declared)
                 }
-                Some(declared)
             }
-        },
+        }
     }
 }
 
@@ -128,7 +130,10 @@ pub(crate) fn check_ip(
     if let Some(family) = family
         && IpFamily::of(&ip) != family
     {
-        problems.push(path, format!("`{text}` is {} but this field needs {family}", IpFamily::of(&ip)));
+        problems.push(
+            path,
+            format!("`{text}` is {} but this field needs {family}", IpFamily::of(&ip)),
+        );
         return None;
     }
     if let Some(net) = within
@@ -208,7 +213,10 @@ mod selector_tests {
     use super::selector_matches;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -230,17 +238,35 @@ mod selector_tests {
                 expr("tainted", "DoesNotExist", &[]),
             ]),
         };
-        assert!(selector_matches(&sel, &labels(&[("rack", "r1"), ("role", "edge"), ("ssd", "")])));
-        assert!(!selector_matches(&sel, &labels(&[("rack", "r2"), ("role", "edge"), ("ssd", "")])));
-        assert!(!selector_matches(&sel, &labels(&[("rack", "r1"), ("role", "db"), ("ssd", "")])));
-        assert!(!selector_matches(&sel, &labels(&[("rack", "r1"), ("role", "edge"), ("ssd", ""), ("tier", "gpu")])));
-        assert!(!selector_matches(&sel, &labels(&[("rack", "r1"), ("role", "edge")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("rack", "r1"), ("role", "edge"), ("ssd", "")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("rack", "r2"), ("role", "edge"), ("ssd", "")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("rack", "r1"), ("role", "db"), ("ssd", "")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("rack", "r1"), ("role", "edge"), ("ssd", ""), ("tier", "gpu")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("rack", "r1"), ("role", "edge")])
+        ));
         assert!(!selector_matches(
             &sel,
             &labels(&[("rack", "r1"), ("role", "edge"), ("ssd", ""), ("tainted", "x")])
         ));
         assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
-        let bogus = LabelSelector { match_expressions: Some(vec![expr("a", "Near", &[])]), ..Default::default() };
+        let bogus = LabelSelector {
+            match_expressions: Some(vec![expr("a", "Near", &[])]),
+            ..Default::default()
+        };
         assert!(!selector_matches(&bogus, &labels(&[("a", "b")])));
     }
 }

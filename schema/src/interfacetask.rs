@@ -31,8 +31,18 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
     derive = "PartialEq",
     derive = "Default",
     doc = "Bonds and VLAN sub-interfaces one node must have; generated from a SpiderNetwork and carried out by the node daemon.",
-    printcolumn(name = "NODE", type_ = "string", json_path = ".spec.nodeName", description = "Node the task is for"),
-    printcolumn(name = "PHASE", type_ = "string", json_path = ".status.phase", description = "Pending, Applied, Failed or RolledBack"),
+    printcolumn(
+        name = "NODE",
+        type_ = "string",
+        json_path = ".spec.nodeName",
+        description = "Node the task is for"
+    ),
+    printcolumn(
+        name = "PHASE",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Applied, Failed or RolledBack"
+    ),
     printcolumn(
         name = "MESSAGE",
         type_ = "string",
@@ -84,7 +94,20 @@ pub struct Bond {
 }
 
 /// Linux bonding modes, by the names the kernel and iproute2 use.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    schemars::JsonSchema,
+)]
 pub enum BondMode {
     // Round-robin (mode 0).
     #[serde(rename = "balance-rr")]
@@ -141,7 +164,11 @@ impl BondMode {
 impl Bond {
     /// Options in upstream `ifacer`'s string form, `k1=v1;k2=v2`, sorted by key (deterministic output).
     pub fn options_string(&self) -> String {
-        self.options.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+        self.options
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
     }
 }
 
@@ -168,7 +195,9 @@ pub struct VlanInterface {
 impl VlanInterface {
     /// The interface name the node will have: `name`, else `<parent>.<id>`.
     pub fn interface_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("{}.{}", self.parent, self.id))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.parent, self.id))
     }
 }
 
@@ -228,7 +257,10 @@ impl Validate for SpiderInterfaceTask {
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Problems::new();
         if !is_dns1123_subdomain(&self.spec.node_name) {
-            problems.push("spec.nodeName", format!("`{}` is not a node name", self.spec.node_name));
+            problems.push(
+                "spec.nodeName",
+                format!("`{}` is not a node name", self.spec.node_name),
+            );
         }
         check_interfaces(&mut problems, "spec", &self.spec.bonds, &self.spec.vlans, &[]);
         problems.into_vec()
@@ -264,7 +296,10 @@ pub(crate) fn check_interfaces(
         check_interface_name(problems, &format!("{here}.name"), &bond.name);
         claim(problems, &bond.name, format!("{here}.name"));
         if bond.interfaces.is_empty() {
-            problems.push(format!("{here}.interfaces"), "a bond needs at least one interface");
+            problems.push(
+                format!("{here}.interfaces"),
+                "a bond needs at least one interface",
+            );
         }
         for (j, nic) in bond.interfaces.iter().enumerate() {
             check_interface_name(problems, &format!("{here}.interfaces[{j}]"), nic);
@@ -279,11 +314,18 @@ pub(crate) fn check_interfaces(
                     format!("`{nic}` is already enslaved to bond `{other}`"),
                 );
             } else if bond.interfaces[..j].contains(nic) {
-                problems.push(format!("{here}.interfaces[{j}]"), format!("`{nic}` is listed twice"));
+                problems.push(
+                    format!("{here}.interfaces[{j}]"),
+                    format!("`{nic}` is listed twice"),
+                );
             }
         }
         for key in bond.options.keys() {
-            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 problems.push(
                     format!("{here}.options"),
                     format!("`{key}` is not a bonding option name (lower case and `_`, e.g. `miimon`)"),
@@ -301,7 +343,10 @@ pub(crate) fn check_interfaces(
     for (i, vlan) in vlans.iter().enumerate() {
         let here = format!("{path}.vlans[{i}]");
         if !(1..=4094).contains(&vlan.id) {
-            problems.push(format!("{here}.id"), format!("{} is not a VLAN id (1-4094)", vlan.id));
+            problems.push(
+                format!("{here}.id"),
+                format!("{} is not a VLAN id (1-4094)", vlan.id),
+            );
         }
         check_interface_name(problems, &format!("{here}.parent"), &vlan.parent);
         if !uplinks.is_empty()
@@ -319,7 +364,10 @@ pub(crate) fn check_interfaces(
         if let Some(first) = tags.insert((vlan.parent.as_str(), vlan.id), i) {
             problems.push(
                 format!("{here}.id"),
-                format!("VLAN {} on `{}` is already defined at {path}.vlans[{first}]", vlan.id, vlan.parent),
+                format!(
+                    "VLAN {} on `{}` is already defined at {path}.vlans[{first}]",
+                    vlan.id, vlan.parent
+                ),
             );
         }
         if let Some(mtu) = vlan.mtu
@@ -332,7 +380,9 @@ pub(crate) fn check_interfaces(
 
 /// Linux interface names: 1-15 bytes, no `/`, `:` or white space, not `.` or `..`.
 pub(crate) fn check_interface_name(problems: &mut Problems, path: &str, name: &str) {
-    let bad_char = name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii());
+    let bad_char = name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || !c.is_ascii());
     if name.is_empty() || name.len() > MAX_INTERFACE_NAME_LEN || bad_char || name == "." || name == ".." {
         problems.push(
             path,

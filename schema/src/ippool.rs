@@ -7,9 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{
-    Route, check_canonical_cidr, check_ip, check_ip_list, check_ip_version, check_routes,
-};
+use crate::common::{Route, check_canonical_cidr, check_ip, check_ip_list, check_ip_version, check_routes};
 use crate::validation::{Problem, Problems, Validate};
 
 /// Spec of a SpiderIPPool.
@@ -25,8 +23,18 @@ use crate::validation::{Problem, Problems, Validate};
     derive = "PartialEq",
     derive = "Default",
     doc = "A pool of IP addresses of one subnet that pods are given addresses from.",
-    printcolumn(name = "VERSION", type_ = "string", json_path = ".spec.ipVersion", description = "IP version"),
-    printcolumn(name = "SUBNET", type_ = "string", json_path = ".spec.subnet", description = "Subnet CIDR"),
+    printcolumn(
+        name = "VERSION",
+        type_ = "string",
+        json_path = ".spec.ipVersion",
+        description = "IP version"
+    ),
+    printcolumn(
+        name = "SUBNET",
+        type_ = "string",
+        json_path = ".spec.subnet",
+        description = "Subnet CIDR"
+    ),
     printcolumn(
         name = "ALLOCATED-IP-COUNT",
         type_ = "integer",
@@ -39,7 +47,12 @@ use crate::validation::{Problem, Problems, Validate};
         json_path = ".status.totalIPCount",
         description = "Addresses in the pool (ips minus excludeIPs)"
     ),
-    printcolumn(name = "DEFAULT", type_ = "boolean", json_path = ".spec.default", description = "Cluster default pool"),
+    printcolumn(
+        name = "DEFAULT",
+        type_ = "boolean",
+        json_path = ".spec.default",
+        description = "Cluster default pool"
+    ),
     printcolumn(
         name = "DISABLE",
         type_ = "boolean",
@@ -204,15 +217,32 @@ impl SpiderIPPoolSpec {
     /// need the cluster and live with the webhook.
     pub fn check(&self, problems: &mut Problems, path: &str) {
         let net = check_canonical_cidr(problems, &format!("{path}.subnet"), &self.subnet);
-        let family = check_ip_version(problems, &format!("{path}.ipVersion"), self.ip_version, net.as_ref());
+        let family = check_ip_version(
+            problems,
+            &format!("{path}.ipVersion"),
+            self.ip_version,
+            net.as_ref(),
+        );
         let ips = family.and_then(|family| {
             check_ip_list(problems, &format!("{path}.ips"), family, &self.ips, net.as_ref())
         });
         let excluded = family.and_then(|family| {
-            check_ip_list(problems, &format!("{path}.excludeIPs"), family, &self.exclude_ips, net.as_ref())
+            check_ip_list(
+                problems,
+                &format!("{path}.excludeIPs"),
+                family,
+                &self.exclude_ips,
+                net.as_ref(),
+            )
         });
         if let Some(gateway) = &self.gateway
-            && let Some(gw) = check_ip(problems, &format!("{path}.gateway"), family, gateway, net.as_ref())
+            && let Some(gw) = check_ip(
+                problems,
+                &format!("{path}.gateway"),
+                family,
+                gateway,
+                net.as_ref(),
+            )
             && let Some(ips) = &ips
             && ips.contains(&gw)
             && !excluded.as_ref().is_some_and(|ex| ex.contains(&gw))
@@ -222,7 +252,13 @@ impl SpiderIPPoolSpec {
                 format!("{gateway} is one of the pool's ips; remove it from ips or add it to excludeIPs"),
             );
         }
-        check_routes(problems, &format!("{path}.routes"), family, &self.routes, net.as_ref());
+        check_routes(
+            problems,
+            &format!("{path}.routes"),
+            family,
+            &self.routes,
+            net.as_ref(),
+        );
         if let Some(selector) = &self.pod_affinity
             && selector_is_empty(selector)
         {
@@ -256,7 +292,9 @@ fn check_multus_name(value: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("`{value}` is not `namespace/name` or `name` of a NetworkAttachmentDefinition"))
+        Err(format!(
+            "`{value}` is not `namespace/name` or `name` of a NetworkAttachmentDefinition"
+        ))
     }
 }
 
@@ -264,7 +302,8 @@ fn check_multus_name(value: &str) -> Result<(), String> {
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -333,7 +372,11 @@ mod tests {
         );
         let problems = p.validate().unwrap_err();
         assert_eq!(problems[0].path, "spec.subnet");
-        assert!(problems[0].message.contains("10.0.0.0/24"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("10.0.0.0/24"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]
@@ -349,7 +392,10 @@ mod tests {
             },
         );
         status.set_allocations(&map).unwrap();
-        assert_eq!(status.allocated_ips.as_deref(), Some(r#"{"10.0.0.5":{"pod":"default/a","podUid":"uid-1"}}"#));
+        assert_eq!(
+            status.allocated_ips.as_deref(),
+            Some(r#"{"10.0.0.5":{"pod":"default/a","podUid":"uid-1"}}"#)
+        );
         assert_eq!(status.allocated_ip_count, Some(1));
         assert_eq!(status.allocations().unwrap(), map);
         status.set_allocations(&BTreeMap::new()).unwrap();

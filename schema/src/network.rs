@@ -26,7 +26,9 @@ use crate::ippool::{is_dns1123_label, selector_is_empty};
 use crate::validation::{Problem, Problems, Validate};
 
 /// One network topology: subnets, racks, networks and application bindings.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default, garde::Validate)]
+#[derive(
+    CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default, garde::Validate,
+)]
 #[kube(
     group = "spiderpool.spidernet.io",
     version = "v2beta1",
@@ -44,7 +46,12 @@ use crate::validation::{Problem, Problems, Validate};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether everything the topology renders is applied"
     ),
-    printcolumn(name = "POOLS", type_ = "integer", json_path = ".status.counts.ipPools", description = "SpiderIPPools generated"),
+    printcolumn(
+        name = "POOLS",
+        type_ = "integer",
+        json_path = ".status.counts.ipPools",
+        description = "SpiderIPPools generated"
+    ),
     printcolumn(
         name = "NADS",
         type_ = "integer",
@@ -254,7 +261,20 @@ pub struct Network {
 }
 
 /// CNI plugin of a network.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkType {
     // macvlan on the master (bridge mode).
@@ -374,7 +394,10 @@ impl WorkloadRef {
     /// Whether pods of this workload keep their addresses across re-creation (StatefulSet pods by name,
     /// KubeVirt VMs across restarts and migration).
     pub fn keeps_addresses(&self) -> bool {
-        matches!(self.kind.as_str(), "StatefulSet" | "VirtualMachine" | "VirtualMachineInstance")
+        matches!(
+            self.kind.as_str(),
+            "StatefulSet" | "VirtualMachine" | "VirtualMachineInstance"
+        )
     }
 }
 
@@ -543,9 +566,12 @@ pub struct ParsedSubnet {
 impl TopologySubnet {
     /// The family blocks that are set.
     pub fn families(&self) -> impl Iterator<Item = (IpFamily, &SubnetFamily)> {
-        [(IpFamily::V4, self.ipv4.as_ref()), (IpFamily::V6, self.ipv6.as_ref())]
-            .into_iter()
-            .filter_map(|(f, s)| s.map(|s| (f, s)))
+        [
+            (IpFamily::V4, self.ipv4.as_ref()),
+            (IpFamily::V6, self.ipv6.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(f, s)| s.map(|s| (f, s)))
     }
 
     /// The effective VLAN id (0 = untagged).
@@ -613,25 +639,44 @@ impl SpiderNetworkSpec {
                 if IpFamily::of(&net.addr()) != family {
                     problems.push(
                         format!("{path}.cidr"),
-                        format!("`{}` is not {family}; put it under {}", block.cidr, family_key(IpFamily::of(&net.addr()))),
+                        format!(
+                            "`{}` is not {family}; put it under {}",
+                            block.cidr,
+                            family_key(IpFamily::of(&net.addr()))
+                        ),
                     );
                     continue;
                 }
                 entry.nets.insert(family, net);
                 if let Some(gw) = &block.gateway
-                    && let Some(ip) = check_ip(problems, &format!("{path}.gateway"), Some(family), gw, Some(&net))
+                    && let Some(ip) =
+                        check_ip(problems, &format!("{path}.gateway"), Some(family), gw, Some(&net))
                 {
                     entry.gateways.insert(family, ip);
                 }
-                check_routes(problems, &format!("{path}.routes"), Some(family), &block.routes, Some(&net));
-                if let Some(set) =
-                    check_ip_list(problems, &format!("{path}.reservedIPs"), family, &block.reserved_ips, Some(&net))
-                {
+                check_routes(
+                    problems,
+                    &format!("{path}.routes"),
+                    Some(family),
+                    &block.routes,
+                    Some(&net),
+                );
+                if let Some(set) = check_ip_list(
+                    problems,
+                    &format!("{path}.reservedIPs"),
+                    family,
+                    &block.reserved_ips,
+                    Some(&net),
+                ) {
                     entry.reserved.insert(family, set);
                 }
-                if let Some(set) =
-                    check_ip_list(problems, &format!("{path}.excludeIPs"), family, &block.exclude_ips, Some(&net))
-                {
+                if let Some(set) = check_ip_list(
+                    problems,
+                    &format!("{path}.excludeIPs"),
+                    family,
+                    &block.exclude_ips,
+                    Some(&net),
+                ) {
                     entry.excluded.insert(family, set);
                 }
             }
@@ -643,9 +688,21 @@ impl SpiderNetworkSpec {
     /// Checks that need more than one field: references, overlaps, VLAN reuse, conflicting racks.
     pub fn cross_field_problems(&self) -> Vec<Problem> {
         let mut problems = Problems::new();
-        duplicate_names(&mut problems, "spec.subnets", self.subnets.iter().map(|s| s.name.as_str()));
-        duplicate_names(&mut problems, "spec.racks", self.racks.iter().map(|r| r.name.as_str()));
-        duplicate_names(&mut problems, "spec.networks", self.networks.iter().map(|n| n.name.as_str()));
+        duplicate_names(
+            &mut problems,
+            "spec.subnets",
+            self.subnets.iter().map(|s| s.name.as_str()),
+        );
+        duplicate_names(
+            &mut problems,
+            "spec.racks",
+            self.racks.iter().map(|r| r.name.as_str()),
+        );
+        duplicate_names(
+            &mut problems,
+            "spec.networks",
+            self.networks.iter().map(|n| n.name.as_str()),
+        );
         duplicate_names(
             &mut problems,
             "spec.apps",
@@ -700,12 +757,18 @@ impl SpiderNetworkSpec {
                 if !seen_subnets.insert(range.subnet.as_str()) {
                     problems.push(
                         format!("{path}.subnet"),
-                        format!("subnet `{}` already has a range in this rack; merge the two", range.subnet),
+                        format!(
+                            "subnet `{}` already has a range in this rack; merge the two",
+                            range.subnet
+                        ),
                     );
                     continue;
                 }
                 let Some(subnet) = self.subnets.iter().find(|s| s.name == range.subnet) else {
-                    problems.push(format!("{path}.subnet"), format!("no subnet is named `{}`", range.subnet));
+                    problems.push(
+                        format!("{path}.subnet"),
+                        format!("no subnet is named `{}`", range.subnet),
+                    );
                     continue;
                 };
                 let parsed = subnets.get(&range.subnet);
@@ -715,7 +778,9 @@ impl SpiderNetworkSpec {
                 for family in [IpFamily::V4, IpFamily::V6] {
                     let items = range.items(family);
                     if items.is_empty() {
-                        if subnet.families().any(|(f, _)| f == family) && !(range.ipv4.is_empty() && range.ipv6.is_empty()) {
+                        if subnet.families().any(|(f, _)| f == family)
+                            && !(range.ipv4.is_empty() && range.ipv6.is_empty())
+                        {
                             problems.push(
                                 format!("{path}.{}", family_key(family)),
                                 format!(
@@ -746,23 +811,71 @@ impl SpiderNetworkSpec {
                             format!("includes the subnet's gateway {gw}; pods must never be given it"),
                         );
                     }
-                    for ((other_rack, other_subnet, other_family), other) in &sets {
-                        if other_subnet == &range.subnet && *other_family == family && set.overlaps(other) {
-                            problems.push(
-                                field.clone(),
-                                format!(
-                                    "{} overlap the range of rack `{}`; racks must hand out disjoint addresses",
-                                    set.intersection(other).to_strings().join(", "),
-                                    self.racks[*other_rack].name
-                                ),
-                            );
-                        }
-                    }
                     sets.insert((r, range.subnet.clone(), family), set);
                 }
             }
         }
+        self.check_rack_overlaps(problems, &sets);
         sets
+    }
+
+    /// Racks must hand out disjoint addresses of a subnet. A sweep over the ranges sorted by start finds
+    /// every overlapping pair in O(n log n) (a pairwise comparison is quadratic in racks x subnets, which
+    /// is seconds for a 200-rack data center).
+    fn check_rack_overlaps(
+        &self,
+        problems: &mut Problems,
+        sets: &BTreeMap<(usize, String, IpFamily), IpSet>,
+    ) {
+        // (subnet, family) -> (first address, last address, rack index) of every interval.
+        type Intervals = Vec<(u128, u128, usize)>;
+        let mut by_subnet: BTreeMap<(&str, IpFamily), Intervals> = BTreeMap::new();
+        for ((rack, subnet, family), set) in sets {
+            let intervals = by_subnet.entry((subnet.as_str(), *family)).or_default();
+            for range in set.ranges() {
+                intervals.push((
+                    ipmath::ip_to_u128(&range.start()),
+                    ipmath::ip_to_u128(&range.end()),
+                    *rack,
+                ));
+            }
+        }
+        let mut pairs: BTreeSet<(usize, usize, String, IpFamily)> = BTreeSet::new();
+        for ((subnet, family), mut intervals) in by_subnet {
+            intervals.sort_unstable();
+            // Intervals seen so far that may still overlap what comes next: (end, rack).
+            let mut open: Vec<(u128, usize)> = Vec::new();
+            for (start, end, rack) in intervals {
+                open.retain(|(open_end, _)| *open_end >= start);
+                for (_, other) in &open {
+                    if *other != rack {
+                        pairs.insert(((*other).min(rack), (*other).max(rack), subnet.to_string(), family));
+                    }
+                }
+                open.push((end, rack));
+            }
+        }
+        for (a, b, subnet, family) in pairs {
+            let (Some(set_a), Some(set_b)) = (
+                sets.get(&(a, subnet.clone(), family)),
+                sets.get(&(b, subnet.clone(), family)),
+            ) else {
+                continue;
+            };
+            let k = self.racks[b]
+                .ranges
+                .iter()
+                .position(|r| r.subnet == subnet)
+                .unwrap_or_default();
+            problems.push(
+                format!("spec.racks[{b}].ranges[{k}].{}", family_key(family)),
+                format!(
+                    "{} overlap the range of rack `{}`; racks must hand out disjoint addresses",
+                    set_b.intersection(set_a).to_strings().join(", "),
+                    self.racks[a].name
+                ),
+            );
+        }
     }
 
     fn check_racks(&self, problems: &mut Problems) {
@@ -777,8 +890,13 @@ impl SpiderNetworkSpec {
             check_interfaces(problems, &path, &rack.bonds, &rack.vlans, &rack.uplinks);
         }
         // Two racks that may share a node must agree on what every shared interface name is.
-        for (a, rack_a) in self.racks.iter().enumerate() {
-            for (b, rack_b) in self.racks.iter().enumerate().skip(a + 1) {
+        let with_bonds: Vec<usize> = (0..self.racks.len())
+            .filter(|r| !self.racks[*r].bonds.is_empty())
+            .collect();
+        for (pos, &a) in with_bonds.iter().enumerate() {
+            let rack_a = &self.racks[a];
+            for &b in &with_bonds[pos + 1..] {
+                let rack_b = &self.racks[b];
                 if selectors_disjoint(&rack_a.node_selector, &rack_b.node_selector) {
                     continue;
                 }
@@ -786,7 +904,10 @@ impl SpiderNetworkSpec {
                     let clash = rack_a.bonds.iter().find(|bond_a| {
                         (bond_a.name == bond_b.name && *bond_a != bond_b)
                             || (bond_a.name != bond_b.name
-                                && bond_a.interfaces.iter().any(|nic| bond_b.interfaces.contains(nic)))
+                                && bond_a
+                                    .interfaces
+                                    .iter()
+                                    .any(|nic| bond_b.interfaces.contains(nic)))
                     });
                     if let Some(bond_a) = clash {
                         problems.push(
@@ -809,40 +930,73 @@ impl SpiderNetworkSpec {
             let path = format!("spec.networks[{n}]");
             let subnet = self.subnets.iter().find(|s| s.name == network.subnet);
             if subnet.is_none() {
-                problems.push(format!("{path}.subnet"), format!("no subnet is named `{}`", network.subnet));
+                problems.push(
+                    format!("{path}.subnet"),
+                    format!("no subnet is named `{}`", network.subnet),
+                );
             }
             for (i, ns) in network.namespaces.iter().enumerate() {
                 if !is_dns1123_label(ns) {
-                    problems.push(format!("{path}.namespaces[{i}]"), format!("`{ns}` is not a namespace name"));
+                    problems.push(
+                        format!("{path}.namespaces[{i}]"),
+                        format!("`{ns}` is not a namespace name"),
+                    );
                 } else if network.namespaces[..i].contains(ns) {
-                    problems.push(format!("{path}.namespaces[{i}]"), format!("`{ns}` is listed twice"));
+                    problems.push(
+                        format!("{path}.namespaces[{i}]"),
+                        format!("`{ns}` is listed twice"),
+                    );
                 }
             }
             let type_fields = [
-                ("sriovResourceName", network.sriov_resource_name.is_some(), NetworkType::Sriov),
+                (
+                    "sriovResourceName",
+                    network.sriov_resource_name.is_some(),
+                    NetworkType::Sriov,
+                ),
                 ("ovsBridge", network.ovs_bridge.is_some(), NetworkType::Ovs),
-                ("customConfig", network.custom_config.is_some(), NetworkType::Custom),
+                (
+                    "customConfig",
+                    network.custom_config.is_some(),
+                    NetworkType::Custom,
+                ),
             ];
             for (field, set, owner) in type_fields {
                 if set && network.cni_type != owner {
                     problems.push(
                         format!("{path}.{field}"),
-                        format!("only applies to type `{}`, not `{}`", owner.cni_type(), network.cni_type.cni_type()),
+                        format!(
+                            "only applies to type `{}`, not `{}`",
+                            owner.cni_type(),
+                            network.cni_type.cni_type()
+                        ),
                     );
                 } else if !set && network.cni_type == owner {
-                    problems.push(format!("{path}.{field}"), format!("is required for type `{}`", owner.cni_type()));
+                    problems.push(
+                        format!("{path}.{field}"),
+                        format!("is required for type `{}`", owner.cni_type()),
+                    );
                 }
             }
             if let Some(config) = &network.custom_config
                 && let Err(e) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(config)
             {
-                problems.push(format!("{path}.customConfig"), format!("is not a JSON object: {e}"));
+                problems.push(
+                    format!("{path}.customConfig"),
+                    format!("is not a JSON object: {e}"),
+                );
             }
             if network.cni_type.needs_master() != network.master.is_some() {
                 let message = if network.cni_type.needs_master() {
-                    format!("is required for type `{}`: the uplink or bond pods attach to", network.cni_type.cni_type())
+                    format!(
+                        "is required for type `{}`: the uplink or bond pods attach to",
+                        network.cni_type.cni_type()
+                    )
                 } else {
-                    format!("only applies to macvlan and ipvlan, not `{}`", network.cni_type.cni_type())
+                    format!(
+                        "only applies to macvlan and ipvlan, not `{}`",
+                        network.cni_type.cni_type()
+                    )
                 };
                 problems.push(format!("{path}.master"), message);
             }
@@ -914,10 +1068,16 @@ impl SpiderNetworkSpec {
             for (i, nic) in app.interfaces.iter().enumerate() {
                 let here = format!("{path}.interfaces[{i}]");
                 if names[..i].contains(&names[i]) {
-                    problems.push(format!("{here}.name"), format!("interface `{}` is given twice", names[i]));
+                    problems.push(
+                        format!("{here}.name"),
+                        format!("interface `{}` is given twice", names[i]),
+                    );
                 }
                 let Some(network) = self.networks.iter().find(|n| n.name == nic.network) else {
-                    problems.push(format!("{here}.network"), format!("no network is named `{}`", nic.network));
+                    problems.push(
+                        format!("{here}.network"),
+                        format!("no network is named `{}`", nic.network),
+                    );
                     continue;
                 };
                 if !network.namespaces.contains(&app.namespace) {
@@ -931,10 +1091,16 @@ impl SpiderNetworkSpec {
                 }
                 let Some(fixed) = &nic.fixed_ips else { continue };
                 if fixed.count.is_none() && fixed.ipv4.is_empty() && fixed.ipv6.is_empty() {
-                    problems.push(format!("{here}.fixedIPs"), "set count, or list ipv4/ipv6 addresses");
+                    problems.push(
+                        format!("{here}.fixedIPs"),
+                        "set count, or list ipv4/ipv6 addresses",
+                    );
                 }
                 if fixed.count.is_some() && !(fixed.ipv4.is_empty() && fixed.ipv6.is_empty()) {
-                    problems.push(format!("{here}.fixedIPs"), "set either count or explicit addresses, not both");
+                    problems.push(
+                        format!("{here}.fixedIPs"),
+                        "set either count or explicit addresses, not both",
+                    );
                 }
                 for (k, rack_name) in fixed.racks.iter().enumerate() {
                     match self.racks.iter().position(|r| &r.name == rack_name) {
@@ -942,10 +1108,12 @@ impl SpiderNetworkSpec {
                             format!("{here}.fixedIPs.racks[{k}]"),
                             format!("no rack is named `{rack_name}`"),
                         ),
-                        Some(r) if !self.racks[r].ranges.iter().any(|x| x.subnet == network.subnet) => problems.push(
-                            format!("{here}.fixedIPs.racks[{k}]"),
-                            format!("rack `{rack_name}` has no range in subnet `{}`", network.subnet),
-                        ),
+                        Some(r) if !self.racks[r].ranges.iter().any(|x| x.subnet == network.subnet) => {
+                            problems.push(
+                                format!("{here}.fixedIPs.racks[{k}]"),
+                                format!("rack `{rack_name}` has no range in subnet `{}`", network.subnet),
+                            )
+                        }
                         Some(_) => {}
                     }
                 }
@@ -969,7 +1137,9 @@ impl SpiderNetworkSpec {
                     let in_racks = rack_sets
                         .iter()
                         .filter(|((_, s, f), _)| s == &network.subnet && *f == family)
-                        .fold(IpSet::empty(family), |acc, (_, set)| acc.union(set).unwrap_or(acc));
+                        .fold(IpSet::empty(family), |acc, (_, set)| {
+                            acc.union(set).unwrap_or(acc)
+                        });
                     let outside = set.difference(&in_racks);
                     if !outside.is_empty() {
                         problems.push(
@@ -989,7 +1159,10 @@ impl SpiderNetworkSpec {
             {
                 problems.push(
                     format!("{path}.defaultRouteInterface"),
-                    format!("`{route_nic}` is not one of this binding's interfaces ({})", names.join(", ")),
+                    format!(
+                        "`{route_nic}` is not one of this binding's interfaces ({})",
+                        names.join(", ")
+                    ),
                 );
             }
         }
@@ -999,7 +1172,9 @@ impl SpiderNetworkSpec {
             for (i, nic) in app.interfaces.iter().enumerate() {
                 let Some(fixed) = &nic.fixed_ips else { continue };
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(set) = IpSet::parse_list(family, fixed.items(family)) else { continue };
+                    let Ok(set) = IpSet::parse_list(family, fixed.items(family)) else {
+                        continue;
+                    };
                     if set.is_empty() {
                         continue;
                     }
@@ -1050,7 +1225,8 @@ fn duplicate_names<'a>(problems: &mut Problems, path: &str, names: impl Iterator
 pub fn selectors_disjoint(a: &LabelSelector, b: &LabelSelector) -> bool {
     let ca = constraints(a);
     let cb = constraints(b);
-    ca.iter().any(|(key, ka)| cb.get(key).is_some_and(|kb| ka.excludes(kb)))
+    ca.iter()
+        .any(|(key, ka)| cb.get(key).is_some_and(|kb| ka.excludes(kb)))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -1071,7 +1247,9 @@ impl KeyConstraint {
             return true;
         }
         match (&self.allowed, &other.allowed) {
-            (Some(x), Some(y)) => x.intersection(y).all(|v| self.forbidden.contains(v) || other.forbidden.contains(v)),
+            (Some(x), Some(y)) => x
+                .intersection(y)
+                .all(|v| self.forbidden.contains(v) || other.forbidden.contains(v)),
             (Some(x), None) => x.iter().all(|v| other.forbidden.contains(v)),
             (None, Some(y)) => y.iter().all(|v| self.forbidden.contains(v)),
             (None, None) => false,

@@ -79,7 +79,11 @@ impl Problems {
 
     /// `Ok(())` when nothing was found, else every problem.
     pub fn into_result(self) -> Result<(), Vec<Problem>> {
-        if self.items.is_empty() { Ok(()) } else { Err(self.items) }
+        if self.items.is_empty() {
+            Ok(())
+        } else {
+            Err(self.items)
+        }
     }
 }
 
@@ -91,7 +95,11 @@ pub trait Validate {
     /// `Ok(())` when valid, else all problems at once.
     fn validate(&self) -> Result<(), Vec<Problem>> {
         let problems = self.problems();
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -127,7 +135,10 @@ mod tests {
 
     #[test]
     fn garde_paths_become_json_names() {
-        assert_eq!(camel_case_path("node_selector.match_labels"), "nodeSelector.matchLabels");
+        assert_eq!(
+            camel_case_path("node_selector.match_labels"),
+            "nodeSelector.matchLabels"
+        );
         assert_eq!(camel_case_path("racks[2].vlan_id"), "racks[2].vlanId");
         assert_eq!(camel_case_path("labels[my_key]"), "labels[my_key]");
     }

@@ -1,6 +1,8 @@
 //! The CRDs: committed chart files match the types, every schema is structural, and each CRD is
 //! snapshot-tested so a change to the API shows up in review.
 
+#![allow(clippy::unwrap_used, reason = "test code")]
+
 use serde_json::Value;
 
 #[test]
@@ -53,7 +55,10 @@ fn assert_structural(schema: &Value, path: &str) {
             for b in branches {
                 // Branches may omit type only when the node itself carries it (structural rule).
                 let bo = b.as_object().unwrap();
-                assert!(obj.contains_key("type"), "{path} has {key} without a type on the node");
+                assert!(
+                    obj.contains_key("type"),
+                    "{path} has {key} without a type on the node"
+                );
                 assert!(!bo.contains_key("$ref"), "{path}.{key} uses $ref");
             }
         }
@@ -73,7 +78,9 @@ fn every_schema_is_structural_and_documented() {
                 if let Some(props) = schema.get("properties").and_then(Value::as_object) {
                     for (k, v) in props {
                         let here = format!("{path}.{k}");
-                        if v.get("description").is_none() && !["apiVersion", "kind", "metadata"].contains(&k.as_str()) {
+                        if v.get("description").is_none()
+                            && !["apiVersion", "kind", "metadata"].contains(&k.as_str())
+                        {
                             missing.push(here.clone());
                         }
                         described(v, &here, missing);
