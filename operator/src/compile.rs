@@ -203,8 +203,14 @@ struct Context<'a> {
     rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
 }
 
-/// A fixed-address claim: (binding index, interface index, rack index, family) -> addresses.
-type Carved = BTreeMap<(usize, usize, usize, IpFamily), IpSet>;
+/// Fixed addresses set aside for bindings.
+#[derive(Debug, Default)]
+struct Carved {
+    /// (binding index, interface index, rack index, family) -> addresses.
+    by_binding: BTreeMap<(usize, usize, usize, IpFamily), IpSet>,
+    /// (rack index, subnet name, family) -> every address carved from that rack range.
+    by_rack: BTreeMap<(usize, String, IpFamily), IpSet>,
+}
 
 impl<'a> Context<'a> {
     fn new(network: &'a SpiderNetwork, problems: &mut Problems) -> Self {
@@ -267,7 +273,7 @@ impl<'a> Context<'a> {
     /// addresses are the way to pin addresses for good.
     fn carve_fixed_addresses(&self, problems: &mut Problems) -> Carved {
         let spec = &self.network.spec;
-        let mut carved: Carved = BTreeMap::new();
+        let mut carved: BTreeMap<(usize, usize, usize, IpFamily), IpSet> = BTreeMap::new();
         let mut taken: BTreeMap<(usize, String, IpFamily), IpSet> = BTreeMap::new();
         let take = |taken: &mut BTreeMap<(usize, String, IpFamily), IpSet>, key: (usize, String, IpFamily), set: &IpSet| {
             let entry = taken.entry(key.clone()).or_insert_with(|| IpSet::empty(key.2));
@@ -366,7 +372,10 @@ impl<'a> Context<'a> {
             take(&mut taken, key, &block);
             carved.insert((a, i, r, family), block);
         }
-        carved
+        Carved {
+            by_binding: carved,
+            by_rack: taken,
+        }
     }
 
     /// The rack's range as written (before exclusions), for error messages.
@@ -501,7 +510,7 @@ impl<'a> Context<'a> {
     ) -> BTreeMap<(String, String, IpFamily), Vec<String>> {
         let spec = &self.network.spec;
         let mut names: BTreeMap<(String, String, IpFamily), Vec<String>> = BTreeMap::new();
-        for ((a, i, r, family), set) in carved {
+        for ((a, i, r, family), set) in &carved.by_binding {
             let app = &spec.apps[*a];
             let nic = &app.interfaces[*i];
             let Some(network) = self.network_named(&nic.network) else { continue };
@@ -544,12 +553,10 @@ impl<'a> Context<'a> {
                     if raw.is_empty() {
                         continue;
                     }
-                    let mut ips = raw.clone();
-                    for ((_, _, cr, cf), set) in carved {
-                        if *cr == r && *cf == family {
-                            ips = ips.difference(set);
-                        }
-                    }
+                    let ips = match carved.by_rack.get(&(r, range.subnet.clone(), family)) {
+                        Some(fixed) => raw.difference(fixed),
+                        None => raw,
+                    };
                     if ips.is_empty() {
                         continue;
                     }

@@ -113,7 +113,7 @@ fn plugin_list(
     annotations: &mut BTreeMap<String, String>,
 ) -> Result<Vec<Value>, RenderError> {
     let mut chain = Vec::new();
-    for (i, text) in spec.chain_cni_json_data.iter().enumerate() {
+    for (i, text) in spec.chain_cni_plugins().iter().enumerate() {
         let value: Value = serde_json::from_str(text).map_err(|e| RenderError::BadChainPlugin(i, e.to_string()))?;
         if !value.is_object() {
             return Err(RenderError::BadChainPlugin(i, "not an object".into()));
