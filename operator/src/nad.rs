@@ -16,10 +16,13 @@ use spiderpool_schema::SpiderMultusConfig;
 use spiderpool_schema::coordinator::CoordinatorSpec;
 use spiderpool_schema::interfacetask::Bond;
 use spiderpool_schema::multusconfig::{
-    ANNO_CNI_CONFIG_NAME, ANNO_CNI_VERSION, ANNO_NET_ATTACH_CONF_NAME, BondConfig, CniType, DEFAULT_CNI_VERSION,
-    SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig, SpiderSriovCniConfig, SpiderpoolPools,
+    ANNO_CNI_CONFIG_NAME, ANNO_CNI_VERSION, ANNO_NET_ATTACH_CONF_NAME, BondConfig, CniType,
+    DEFAULT_CNI_VERSION, SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig,
+    SpiderSriovCniConfig, SpiderpoolPools,
 };
-use spiderpool_schema::nad::{ANNO_RESOURCE_NAME, NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
+use spiderpool_schema::nad::{
+    ANNO_RESOURCE_NAME, NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec,
+};
 use spiderpool_schema::network::{Network, NetworkType, Rack, TopologySubnet};
 
 /// Why a SpiderMultusConfig cannot be rendered.
@@ -57,9 +60,18 @@ pub fn render_nad(smc: &SpiderMultusConfig) -> Result<NetworkAttachmentDefinitio
     let namespace = smc.metadata.namespace.clone().ok_or(RenderError::NoNamespace)?;
     let smc_name = smc.metadata.name.clone().ok_or(RenderError::NoName)?;
     let annotations = smc.metadata.annotations.clone().unwrap_or_default();
-    let nad_name = annotations.get(ANNO_NET_ATTACH_CONF_NAME).cloned().unwrap_or_else(|| smc_name.clone());
-    let cni_version = annotations.get(ANNO_CNI_VERSION).cloned().unwrap_or_else(|| DEFAULT_CNI_VERSION.to_string());
-    let config_name = annotations.get(ANNO_CNI_CONFIG_NAME).cloned().unwrap_or_else(|| nad_name.clone());
+    let nad_name = annotations
+        .get(ANNO_NET_ATTACH_CONF_NAME)
+        .cloned()
+        .unwrap_or_else(|| smc_name.clone());
+    let cni_version = annotations
+        .get(ANNO_CNI_VERSION)
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CNI_VERSION.to_string());
+    let config_name = annotations
+        .get(ANNO_CNI_CONFIG_NAME)
+        .cloned()
+        .unwrap_or_else(|| nad_name.clone());
 
     let spec = &smc.spec;
     let type_name = spec.cni_type.clone().unwrap_or_else(|| "custom".to_string());
@@ -97,10 +109,15 @@ pub fn render_nad(smc: &SpiderMultusConfig) -> Result<NetworkAttachmentDefinitio
             block_owner_deletion: Some(true),
         }]
     });
-    let mut nad = NetworkAttachmentDefinition::new(&nad_name, &namespace, NetworkAttachmentDefinitionSpec { config });
+    let mut nad =
+        NetworkAttachmentDefinition::new(&nad_name, &namespace, NetworkAttachmentDefinitionSpec { config });
     nad.metadata = ObjectMeta {
         labels: smc.metadata.labels.clone(),
-        annotations: if nad_annotations.is_empty() { None } else { Some(nad_annotations) },
+        annotations: if nad_annotations.is_empty() {
+            None
+        } else {
+            Some(nad_annotations)
+        },
         owner_references,
         ..nad.metadata
     };
@@ -114,13 +131,17 @@ fn plugin_list(
 ) -> Result<Vec<Value>, RenderError> {
     let mut chain = Vec::new();
     for (i, text) in spec.chain_cni_plugins().iter().enumerate() {
-        let value: Value = serde_json::from_str(text).map_err(|e| RenderError::BadChainPlugin(i, e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| RenderError::BadChainPlugin(i, e.to_string()))?;
         if !value.is_object() {
             return Err(RenderError::BadChainPlugin(i, "not an object".into()));
         }
         chain.push(value);
     }
-    let coordinator = spec.enable_coordinator.unwrap_or(true).then(|| coordinator_plugin(spec.coordinator.as_ref()));
+    let coordinator = spec
+        .enable_coordinator
+        .unwrap_or(true)
+        .then(|| coordinator_plugin(spec.coordinator.as_ref()));
     let ipam = |pools: Option<&SpiderpoolPools>, sriov: bool| -> Option<Value> {
         (!spec.disable_ipam.unwrap_or(false)).then(|| ipam_plugin(pools, sriov))
     };
@@ -135,7 +156,11 @@ fn plugin_list(
             let config = config.ok_or(RenderError::MissingConfig(field, cni_type.as_str()))?;
             let vlan = config.vlan_id.unwrap_or(0);
             let master = master_name(config.master.as_slice(), config.bond.as_ref(), field)?;
-            let master = if vlan != 0 { format!("{master}.{vlan}") } else { master };
+            let master = if vlan != 0 {
+                format!("{master}.{vlan}")
+            } else {
+                master
+            };
             if vlan != 0 || config.master.len() > 1 {
                 plugins.push(ifacer_plugin(&config.master, vlan, config.bond.as_ref()));
             }
@@ -156,7 +181,10 @@ fn plugin_list(
             plugins.extend(coordinator);
         }
         CniType::Vlan => {
-            let config = spec.vlan.as_ref().ok_or(RenderError::MissingConfig("vlan", "vlan"))?;
+            let config = spec
+                .vlan
+                .as_ref()
+                .ok_or(RenderError::MissingConfig("vlan", "vlan"))?;
             let master = master_name(config.master.as_slice(), config.bond.as_ref(), "vlan")?;
             if config.master.len() > 1 {
                 plugins.push(ifacer_plugin(&config.master, 0, config.bond.as_ref()));
@@ -182,7 +210,10 @@ fn plugin_list(
             plugins.extend(coordinator);
         }
         CniType::Sriov => {
-            let config = spec.sriov.as_ref().ok_or(RenderError::MissingConfig("sriov", "sriov"))?;
+            let config = spec
+                .sriov
+                .as_ref()
+                .ok_or(RenderError::MissingConfig("sriov", "sriov"))?;
             plugins.push(sriov_plugin(config, ipam(config.ippools.as_ref(), true)));
             if config.rdma_isolation.unwrap_or(false) {
                 plugins.push(json!({"type": "rdma"}));
@@ -195,7 +226,10 @@ fn plugin_list(
             annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
         }
         CniType::IbSriov => {
-            let config = spec.ibsriov.as_ref().ok_or(RenderError::MissingConfig("ibsriov", "ib-sriov"))?;
+            let config = spec
+                .ibsriov
+                .as_ref()
+                .ok_or(RenderError::MissingConfig("ibsriov", "ib-sriov"))?;
             let mut main = Map::new();
             main.insert("type".into(), json!("ib-sriov"));
             if let Some(pkey) = &config.pkey {
@@ -219,7 +253,10 @@ fn plugin_list(
             annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
         }
         CniType::Ipoib => {
-            let config = spec.ipoib.as_ref().ok_or(RenderError::MissingConfig("ipoib", "ipoib"))?;
+            let config = spec
+                .ipoib
+                .as_ref()
+                .ok_or(RenderError::MissingConfig("ipoib", "ipoib"))?;
             let mut main = Map::new();
             main.insert("type".into(), json!("ipoib"));
             main.insert("master".into(), json!(config.master));
@@ -231,7 +268,10 @@ fn plugin_list(
             plugins.extend(coordinator);
         }
         CniType::Ovs => {
-            let config = spec.ovs.as_ref().ok_or(RenderError::MissingConfig("ovs", "ovs"))?;
+            let config = spec
+                .ovs
+                .as_ref()
+                .ok_or(RenderError::MissingConfig("ovs", "ovs"))?;
             plugins.push(ovs_plugin(config, ipam(config.ippools.as_ref(), false)));
             plugins.extend(chain);
             plugins.extend(coordinator);
@@ -248,7 +288,11 @@ fn plugin_list(
 }
 
 /// One master: itself; several: the bond that joins them.
-fn master_name(masters: &[String], bond: Option<&BondConfig>, field: &'static str) -> Result<String, RenderError> {
+fn master_name(
+    masters: &[String],
+    bond: Option<&BondConfig>,
+    field: &'static str,
+) -> Result<String, RenderError> {
     match (masters, bond) {
         ([], _) => Err(RenderError::NoMaster(field)),
         ([one], None) => Ok(one.clone()),
@@ -380,7 +424,10 @@ fn coordinator_plugin(spec: Option<&CoordinatorSpec>) -> Value {
         obj.insert("hijackCIDR".into(), json!(c.hijack_cidr));
     }
     if !c.policy_routes.is_empty() {
-        obj.insert("policyRoutes".into(), serde_json::to_value(&c.policy_routes).unwrap_or(Value::Null));
+        obj.insert(
+            "policyRoutes".into(),
+            serde_json::to_value(&c.policy_routes).unwrap_or(Value::Null),
+        );
     }
     if c.pod_cidr_type.is_some()
         && let Some(filter) = c.pod_rp_filter
@@ -419,7 +466,9 @@ pub fn multus_config_for_network(
             let master = network.master.clone().unwrap_or_default();
             let bond = consistent_bond(&master, &network.subnet, racks);
             let config = SpiderMacvlanCniConfig {
-                master: bond.map(|b| b.interfaces.clone()).unwrap_or_else(|| vec![master.clone()]),
+                master: bond
+                    .map(|b| b.interfaces.clone())
+                    .unwrap_or_else(|| vec![master.clone()]),
                 mtu: network.mtu,
                 vlan_id: (vlan != 0).then_some(vlan),
                 bond: bond.map(|b| BondConfig {
@@ -463,7 +512,10 @@ pub fn multus_config_for_network(
 /// The bond named `master`, when every rack serving `subnet` defines it and all definitions agree.
 fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<&'a Bond> {
     let mut found: Option<&Bond> = None;
-    for rack in racks.iter().filter(|r| r.ranges.iter().any(|x| x.subnet == subnet)) {
+    for rack in racks
+        .iter()
+        .filter(|r| r.ranges.iter().any(|x| x.subnet == subnet))
+    {
         let bond = rack.bonds.iter().find(|b| b.name == master)?;
         match found {
             Some(previous) if previous != bond => return None,
@@ -471,4 +523,159 @@ fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<
         }
     }
     found.filter(|b| b.interfaces.len() > 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smc(yaml: &str) -> SpiderMultusConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn config(yaml: &str) -> (String, NetworkAttachmentDefinition) {
+        let nad = render_nad(&smc(yaml)).unwrap();
+        (nad.spec.config.clone(), nad)
+    }
+
+    const HEAD: &str = "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: n\n  namespace: ns\n";
+
+    #[test]
+    fn macvlan_matches_upstreams_documented_nad() {
+        let (cfg, nad) = config(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: macvlan-ens192\n  namespace: kube-system\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens192]\n",
+        );
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"macvlan-ens192","plugins":[{"type":"macvlan","master":"ens192","mode":"bridge","ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+        );
+        assert_eq!(nad.metadata.name.as_deref(), Some("macvlan-ens192"));
+        assert_eq!(nad.metadata.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(nad.metadata.owner_references, None, "no UID, no owner reference");
+    }
+
+    #[test]
+    fn sriov_with_rdma_and_mtu_matches_upstream_order() {
+        let (cfg, nad) = config(&format!(
+            "{HEAD}spec:\n  cniType: sriov\n  sriov:\n    resourceName: spidernet.io/mellanox\n    vlanID: 100\n    rdmaIsolation: true\n    mtu: 8000\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"vlan":100,"type":"sriov","ipam":{"type":"spiderpool"}},{"type":"rdma"},{"type":"coordinator"},{"type":"tuning","mtu":8000}]}"#
+        );
+        assert_eq!(
+            nad.metadata
+                .annotations
+                .unwrap()
+                .get(ANNO_RESOURCE_NAME)
+                .map(String::as_str),
+            Some("spidernet.io/mellanox")
+        );
+    }
+
+    #[test]
+    fn vlan_and_bond_bring_ifacer_first() {
+        let (cfg, _) = config(&format!(
+            "{HEAD}  annotations:\n    multus.spidernet.io/cni-version: 1.0.0\n    multus.spidernet.io/cr-name: other\nspec:\n  cniType: ipvlan\n  ipvlan:\n    master: [eth1, eth2]\n    vlanID: 30\n    bond: {{name: bond0, mode: 1, options: miimon=100}}\n    ippools: {{ipv4: [p4], ipv6: [p6]}}\n  chainCNIJsonData: ['{{\"type\":\"tuning\"}}']\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"ifacer","interfaces":["eth1","eth2"],"vlanID":30,"bond":{"name":"bond0","mode":1,"options":"miimon=100"}},{"type":"ipvlan","master":"bond0.30","ipam":{"type":"spiderpool","default_ipv4_ippool":["p4"],"default_ipv6_ippool":["p6"]}},{"type":"tuning"},{"type":"coordinator"}]}"#
+        );
+    }
+
+    #[test]
+    fn every_other_cni_type_renders() {
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n    vlanID: 7\n  enableCoordinator: false\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"vlan","master":"eth1","vlanMode":"manual","vlanId":7,"ipam":{"type":"spiderpool"}}]}"#
+        );
+        let (cfg, nad) = config(&format!(
+            "{HEAD}spec:\n  cniType: ovs\n  ovs:\n    bridge: br1\n    vlan: 5\n    deviceID: '0000:00:01.0'\n    trunk: [{{minID: 10, maxID: 20}}]\n  disableIPAM: true\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"vlan":5,"type":"ovs","bridge":"br1","deviceID":"0000:00:01.0","trunk":[{"minID":10,"maxID":20}]},{"type":"coordinator"}]}"#
+        );
+        assert_eq!(
+            nad.metadata
+                .annotations
+                .unwrap()
+                .get(ANNO_RESOURCE_NAME)
+                .map(String::as_str),
+            Some("ovs-cni.network.kubevirt.io/br1")
+        );
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: ib-sriov\n  ibsriov:\n    resourceName: r\n    pkey: '0x1'\n    linkState: enable\n    rdmaIsolation: true\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"ib-sriov","pkey":"0x1","link_state":"enable","rdmaIsolation":true,"ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+        );
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: ipoib\n  ipoib:\n    master: ib0\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"ipoib","master":"ib0","ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+        );
+        let custom = r#"{"cniVersion":"0.3.1","name":"calico","type":"calico"}"#;
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: custom\n  customCNI: '{custom}'\n"
+        ));
+        assert_eq!(cfg, custom, "custom configs are used verbatim");
+    }
+
+    #[test]
+    fn coordinator_overrides_are_rendered_like_upstream() {
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: macvlan\n  macvlan: {{master: [eth0]}}\n  coordinator:\n    mode: underlay\n    tunePodRoutes: false\n    podDefaultRouteNIC: net1\n    podMACPrefix: ''\n    hijackCIDR: [169.254.0.0/16]\n    podRPFilter: 1\n    hostRuleTable: 600\n"
+        ));
+        assert_eq!(
+            cfg,
+            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"macvlan","master":"eth0","mode":"bridge","ipam":{"type":"spiderpool"}},{"type":"coordinator","mode":"underlay","tunePodRoutes":false,"podDefaultRouteNic":"net1","hijackCIDR":["169.254.0.0/16"]}]}"#,
+            "podRPFilter needs podCIDRType (upstream quirk); hostRuleTable and empty strings are never rendered"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error_naming_the_field() {
+        assert_eq!(
+            render_nad(&smc(&format!("{HEAD}spec:\n  cniType: macvlan\n"))),
+            Err(RenderError::MissingConfig("macvlan", "macvlan"))
+        );
+        assert_eq!(
+            render_nad(&smc(&format!("{HEAD}spec:\n  cniType: weird\n"))),
+            Err(RenderError::UnknownCniType("weird".into()))
+        );
+        assert!(matches!(
+            render_nad(&smc(&format!(
+                "{HEAD}spec:\n  cniType: macvlan\n  macvlan: {{master: [a]}}\n  chainCNIJsonData: ['not json']\n"
+            ))),
+            Err(RenderError::BadChainPlugin(0, _))
+        ));
+        assert_eq!(
+            render_nad(&smc(&format!(
+                "{HEAD}spec:\n  cniType: macvlan\n  macvlan: {{master: []}}\n"
+            ))),
+            Err(RenderError::NoMaster("macvlan"))
+        );
+    }
+
+    #[test]
+    fn an_smc_from_the_api_server_owns_its_nad() {
+        let mut object = smc(&format!(
+            "{HEAD}spec:\n  cniType: macvlan\n  macvlan: {{master: [eth0]}}\n"
+        ));
+        object.metadata.uid = Some("uid-1".into());
+        let nad = render_nad(&object).unwrap();
+        let owner = &nad.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SpiderMultusConfig", "uid-1", Some(true))
+        );
+    }
 }
