@@ -31,8 +31,8 @@ use spiderpool_schema::interfacetask::{Bond, VlanInterface};
 use spiderpool_schema::network::{AppBinding, Network, ParsedSubnet, family_key};
 use spiderpool_schema::validation::{Problem, Problems, Validate};
 use spiderpool_schema::{
-    NetworkAttachmentDefinition, SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask, SpiderInterfaceTaskSpec,
-    SpiderMultusConfig, SpiderNetwork, SpiderReservedIP, SpiderReservedIPSpec,
+    NetworkAttachmentDefinition, SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask,
+    SpiderInterfaceTaskSpec, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP, SpiderReservedIPSpec,
 };
 
 use crate::nad::{multus_config_for_network, render_nad};
@@ -165,7 +165,11 @@ impl Rendered {
     /// Counts and pool sizes.
     pub fn summary(&self) -> Summary {
         Summary {
-            pools: self.ip_pools.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), pool_size(p))).collect(),
+            pools: self
+                .ip_pools
+                .iter()
+                .map(|p| (p.metadata.name.clone().unwrap_or_default(), pool_size(p)))
+                .collect(),
             reserved_ips: self.reserved_ips.len(),
             multus_configs: self.multus_configs.len(),
             network_attachment_definitions: self.network_attachment_definitions.len(),
@@ -176,7 +180,11 @@ impl Rendered {
 
 /// Addresses a pool hands out (`ips` minus `excludeIPs`), as upstream counts `totalIPCount`.
 pub fn pool_size(pool: &SpiderIPPool) -> u128 {
-    let family = if pool.spec.subnet.contains(':') { IpFamily::V6 } else { IpFamily::V4 };
+    let family = if pool.spec.subnet.contains(':') {
+        IpFamily::V6
+    } else {
+        IpFamily::V4
+    };
     let ips = IpSet::parse_list(family, &pool.spec.ips).unwrap_or_else(|_| IpSet::empty(family));
     let excluded = IpSet::parse_list(family, &pool.spec.exclude_ips).unwrap_or_else(|_| IpSet::empty(family));
     ips.difference(&excluded).len()
@@ -219,9 +227,13 @@ impl<'a> Context<'a> {
         let mut rack_free = BTreeMap::new();
         for (r, rack) in spec.racks.iter().enumerate() {
             for range in &rack.ranges {
-                let Some(parsed) = subnets.get(&range.subnet) else { continue };
+                let Some(parsed) = subnets.get(&range.subnet) else {
+                    continue;
+                };
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(set) = IpSet::parse_list(family, range.items(family)) else { continue };
+                    let Ok(set) = IpSet::parse_list(family, range.items(family)) else {
+                        continue;
+                    };
                     if set.is_empty() {
                         continue;
                     }
@@ -265,17 +277,21 @@ impl<'a> Context<'a> {
     /// Sets aside the fixed addresses of every binding: explicit ones first (they are the user's word),
     /// then counted ones.
     ///
-    /// Where a counted block goes: each (binding, interface, rack, family) starts at an offset derived
-    /// from a hash of its identity and takes the next free addresses from there (wrapping). Placement thus
-    /// depends on the binding's own identity, not on its position among others, so adding, removing or
-    /// growing one binding does not move the addresses of the others unless their blocks collide. Blocks
+    /// Where a counted block goes: each (binding, interface, rack, family) prefers to start at a position
+    /// of the rack's range derived from a hash of its identity, and takes the next free addresses from
+    /// there (wrapping). Placement thus depends on the binding's own identity, not on its position among
+    /// others nor on what others took, so adding, removing or growing one binding does not move the
+    /// addresses of the others unless their blocks collide (then the block placed later, in identity
+    /// order, moves on to the next free addresses). Blocks
     /// are placed in the order of their identity, so the result never depends on spec order. Explicit
     /// addresses are the way to pin addresses for good.
     fn carve_fixed_addresses(&self, problems: &mut Problems) -> Carved {
         let spec = &self.network.spec;
         let mut carved: BTreeMap<(usize, usize, usize, IpFamily), IpSet> = BTreeMap::new();
         let mut taken: BTreeMap<(usize, String, IpFamily), IpSet> = BTreeMap::new();
-        let take = |taken: &mut BTreeMap<(usize, String, IpFamily), IpSet>, key: (usize, String, IpFamily), set: &IpSet| {
+        let take = |taken: &mut BTreeMap<(usize, String, IpFamily), IpSet>,
+                    key: (usize, String, IpFamily),
+                    set: &IpSet| {
             let entry = taken.entry(key.clone()).or_insert_with(|| IpSet::empty(key.2));
             *entry = entry.union(set).unwrap_or_else(|_| entry.clone());
         };
@@ -286,13 +302,17 @@ impl<'a> Context<'a> {
                     continue;
                 };
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(explicit) = IpSet::parse_list(family, fixed.items(family)) else { continue };
+                    let Ok(explicit) = IpSet::parse_list(family, fixed.items(family)) else {
+                        continue;
+                    };
                     if explicit.is_empty() {
                         continue;
                     }
                     for r in self.racks_serving(&network.subnet) {
                         let key = (r, network.subnet.clone(), family);
-                        let Some(free) = self.rack_free.get(&key) else { continue };
+                        let Some(free) = self.rack_free.get(&key) else {
+                            continue;
+                        };
                         let mine = explicit.intersection(free);
                         let excluded = explicit
                             .intersection(&self.raw_rack_set(r, &network.subnet, family))
@@ -323,7 +343,9 @@ impl<'a> Context<'a> {
                 let (Some(fixed), Some(network)) = (&nic.fixed_ips, self.network_named(&nic.network)) else {
                     continue;
                 };
-                let Some(count) = fixed.count.and_then(|c| u128::try_from(c).ok()) else { continue };
+                let Some(count) = fixed.count.and_then(|c| u128::try_from(c).ok()) else {
+                    continue;
+                };
                 let racks: Vec<usize> = if fixed.racks.is_empty() {
                     self.racks_serving(&network.subnet)
                 } else {
@@ -333,12 +355,18 @@ impl<'a> Context<'a> {
                         .filter_map(|name| spec.racks.iter().position(|r| &r.name == name))
                         .collect()
                 };
-                let Some(parsed) = self.subnets.get(&network.subnet) else { continue };
+                let Some(parsed) = self.subnets.get(&network.subnet) else {
+                    continue;
+                };
                 for r in racks {
                     for family in parsed.nets.keys() {
                         let identity = format!(
                             "{}/{}/{}/{}/{}",
-                            app.namespace, app.name, names[i], spec.racks[r].name, family_key(*family)
+                            app.namespace,
+                            app.name,
+                            names[i],
+                            spec.racks[r].name,
+                            family_key(*family)
                         );
                         counted.push((identity, a, i, r, *family, count));
                     }
@@ -368,7 +396,11 @@ impl<'a> Context<'a> {
                 );
                 continue;
             }
-            let block = take_from_offset(&free, stable_offset(&identity, free.len()), count);
+            // The preferred start is a position in the rack's whole range, not in what is still free, so
+            // it does not move when other bindings take or give back addresses.
+            let whole = self.rack_free.get(&key).cloned().unwrap_or_else(|| IpSet::empty(family));
+            let start = whole.nth(stable_offset(&identity, whole.len()));
+            let block = take_from(&free, start, count);
             take(&mut taken, key, &block);
             carved.insert((a, i, r, family), block);
         }
@@ -414,7 +446,13 @@ impl<'a> Context<'a> {
                     &[(LABEL_NETWORK, &network.name)],
                     format!("spec.networks[{n}]"),
                 );
-                let smc = multus_config_for_network(meta, network, self.subnet_of(network), &self.network.spec.racks, &pools);
+                let smc = multus_config_for_network(
+                    meta,
+                    network,
+                    self.subnet_of(network),
+                    &self.network.spec.racks,
+                    &pools,
+                );
                 match render_nad(&smc) {
                     Ok(nad) => rendered.network_attachment_definitions.push(nad),
                     Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
@@ -428,10 +466,20 @@ impl<'a> Context<'a> {
     }
 
     fn subnet_of(&self, network: &Network) -> Option<&'a spiderpool_schema::network::TopologySubnet> {
-        self.network.spec.subnets.iter().find(|s| s.name == network.subnet)
+        self.network
+            .spec
+            .subnets
+            .iter()
+            .find(|s| s.name == network.subnet)
     }
 
-    fn meta(&self, name: &str, namespace: Option<&str>, labels: &[(&str, &str)], source: String) -> ObjectMeta {
+    fn meta(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        labels: &[(&str, &str)],
+        source: String,
+    ) -> ObjectMeta {
         let mut all = BTreeMap::from([
             (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
@@ -451,7 +499,9 @@ impl<'a> Context<'a> {
     fn render_reserved_ips(&self) -> Vec<SpiderReservedIP> {
         let mut out = Vec::new();
         for (s, subnet) in self.network.spec.subnets.iter().enumerate() {
-            let Some(parsed) = self.subnets.get(&subnet.name) else { continue };
+            let Some(parsed) = self.subnets.get(&subnet.name) else {
+                continue;
+            };
             for (family, set) in &parsed.reserved {
                 if set.is_empty() {
                     continue;
@@ -513,15 +563,25 @@ impl<'a> Context<'a> {
         for ((a, i, r, family), set) in &carved.by_binding {
             let app = &spec.apps[*a];
             let nic = &app.interfaces[*i];
-            let Some(network) = self.network_named(&nic.network) else { continue };
+            let Some(network) = self.network_named(&nic.network) else {
+                continue;
+            };
             let rack = &spec.racks[*r];
             let nic_name = app.interface_names()[*i].clone();
-            let Some(mut pool_spec) = self.pool_spec(&network.subnet, *family, set) else { continue };
+            let Some(mut pool_spec) = self.pool_spec(&network.subnet, *family, set) else {
+                continue;
+            };
             pool_spec.node_affinity = Some(rack.node_selector.clone());
             pool_spec.namespace_name = vec![app.namespace.clone()];
             pool_spec.multus_name = vec![format!("{}/{}", app.namespace, network.name)];
             pool_spec.pod_affinity = Some(pod_affinity(app));
-            let name = object_name(&[&self.topology, &app.name, &nic_name, &rack.name, family_suffix(*family)]);
+            let name = object_name(&[
+                &self.topology,
+                &app.name,
+                &nic_name,
+                &rack.name,
+                family_suffix(*family),
+            ]);
             let mut labels = self.pool_labels(&network.subnet, *family);
             labels.extend([
                 (LABEL_RACK, rack.name.clone()),
@@ -530,7 +590,12 @@ impl<'a> Context<'a> {
             ]);
             let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut pool = SpiderIPPool::new(&name, pool_spec);
-            pool.metadata = self.meta(&name, None, &label_refs, format!("spec.apps[{a}].interfaces[{i}].fixedIPs"));
+            pool.metadata = self.meta(
+                &name,
+                None,
+                &label_refs,
+                format!("spec.apps[{a}].interfaces[{i}].fixedIPs"),
+            );
             pools.push(pool);
             names
                 .entry((network.name.clone(), app.namespace.clone(), *family))
@@ -542,14 +607,24 @@ impl<'a> Context<'a> {
 
     /// Shared rack pools: the rack's range minus the fixed addresses carved from it. Returns their names
     /// by (subnet, family).
-    fn render_rack_pools(&self, carved: &Carved, pools: &mut Vec<SpiderIPPool>) -> BTreeMap<(String, IpFamily), Vec<String>> {
+    fn render_rack_pools(
+        &self,
+        carved: &Carved,
+        pools: &mut Vec<SpiderIPPool>,
+    ) -> BTreeMap<(String, IpFamily), Vec<String>> {
         let spec = &self.network.spec;
         let mut names: BTreeMap<(String, IpFamily), Vec<String>> = BTreeMap::new();
         for (r, rack) in spec.racks.iter().enumerate() {
             for (k, range) in rack.ranges.iter().enumerate() {
-                let networks: Vec<&Network> = spec.networks.iter().filter(|n| n.subnet == range.subnet).collect();
+                let networks: Vec<&Network> = spec
+                    .networks
+                    .iter()
+                    .filter(|n| n.subnet == range.subnet)
+                    .collect();
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(raw) = IpSet::parse_list(family, range.items(family)) else { continue };
+                    let Ok(raw) = IpSet::parse_list(family, range.items(family)) else {
+                        continue;
+                    };
                     if raw.is_empty() {
                         continue;
                     }
@@ -560,7 +635,9 @@ impl<'a> Context<'a> {
                     if ips.is_empty() {
                         continue;
                     }
-                    let Some(mut pool_spec) = self.pool_spec(&range.subnet, family, &ips) else { continue };
+                    let Some(mut pool_spec) = self.pool_spec(&range.subnet, family, &ips) else {
+                        continue;
+                    };
                     let parsed = self.subnets.get(&range.subnet);
                     // Reserved addresses stay in `ips` (the allocator subtracts every SpiderReservedIP), but
                     // excluded ones are written out so the pool says what it never hands out.
@@ -578,14 +655,20 @@ impl<'a> Context<'a> {
                     }
                     pool_spec.namespace_name = namespaces.into_iter().collect();
                     pool_spec.multus_name = multus.into_iter().collect();
-                    let name = object_name(&[&self.topology, &range.subnet, &rack.name, family_suffix(family)]);
+                    let name =
+                        object_name(&[&self.topology, &range.subnet, &rack.name, family_suffix(family)]);
                     let mut labels = self.pool_labels(&range.subnet, family);
                     labels.push((LABEL_RACK, rack.name.clone()));
-                    let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let label_refs: Vec<(&str, &str)> =
+                        labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     let mut pool = SpiderIPPool::new(&name, pool_spec);
-                    pool.metadata = self.meta(&name, None, &label_refs, format!("spec.racks[{r}].ranges[{k}]"));
+                    pool.metadata =
+                        self.meta(&name, None, &label_refs, format!("spec.racks[{r}].ranges[{k}]"));
                     pools.push(pool);
-                    names.entry((range.subnet.clone(), family)).or_default().push(name);
+                    names
+                        .entry((range.subnet.clone(), family))
+                        .or_default()
+                        .push(name);
                 }
             }
         }
@@ -626,7 +709,10 @@ impl<'a> Context<'a> {
         templates
     }
 
-    fn render_pod_bindings(&self, fixed: &BTreeMap<(String, String, IpFamily), Vec<String>>) -> Vec<PodBinding> {
+    fn render_pod_bindings(
+        &self,
+        fixed: &BTreeMap<(String, String, IpFamily), Vec<String>>,
+    ) -> Vec<PodBinding> {
         let mut out = Vec::new();
         for app in &self.network.spec.apps {
             let names = app.interface_names();
@@ -716,7 +802,13 @@ fn family_suffix(family: IpFamily) -> &'static str {
 /// Joins name parts with `-`; a result longer than an object name may be (253) is cut and given a hash
 /// suffix of the whole, so distinct inputs keep distinct names.
 pub fn object_name(parts: &[&str]) -> String {
-    let joined = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("-").to_lowercase();
+    let joined = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_lowercase();
     if joined.len() <= 253 {
         return joined;
     }
@@ -743,13 +835,12 @@ fn stable_offset(identity: &str, len: u128) -> u128 {
     u128::from_be_bytes(bytes) % len
 }
 
-/// `count` addresses of `free` starting at its `offset`-th address, wrapping to the start.
-fn take_from_offset(free: &IpSet, offset: u128, count: u128) -> IpSet {
+/// `count` addresses of `free` from `start` upwards, wrapping to the lowest when the top is reached.
+fn take_from(free: &IpSet, start: Option<IpAddr>, count: u128) -> IpSet {
     let family = free.family();
-    let Some(start) = free.nth(offset) else {
+    let (Some(start), Some(last)) = (start, free.last()) else {
         return free.take_lowest(count);
     };
-    let Some(last) = free.last() else { return IpSet::empty(family) };
     let tail = spiderpool_ipmath::IpRange::new(start, last)
         .map(|r| free.intersection(&IpSet::from_range(&r)))
         .unwrap_or_else(|_| IpSet::empty(family));
@@ -778,13 +869,20 @@ pub fn expand_interface_tasks(
         let mut bonds: Vec<Bond> = Vec::new();
         let mut vlans: Vec<VlanInterface> = Vec::new();
         let mut racks: Vec<&str> = Vec::new();
-        for template in templates.iter().filter(|t| selector_matches(&t.node_selector, &labels)) {
+        for template in templates
+            .iter()
+            .filter(|t| selector_matches(&t.node_selector, &labels))
+        {
             racks.push(&template.rack);
             for bond in &template.bonds {
                 match bonds.iter().find(|b| b.name == bond.name) {
                     Some(existing) if existing != bond => problems.push(
                         format!("node {node_name}"),
-                        format!("racks {} define bond `{}` differently", racks.join(", "), bond.name),
+                        format!(
+                            "racks {} define bond `{}` differently",
+                            racks.join(", "),
+                            bond.name
+                        ),
                     ),
                     Some(_) => {}
                     None => bonds.push(bond.clone()),
@@ -794,7 +892,11 @@ pub fn expand_interface_tasks(
                 match vlans.iter().find(|v| v.interface_name() == vlan.interface_name()) {
                     Some(existing) if existing != vlan => problems.push(
                         format!("node {node_name}"),
-                        format!("racks {} define VLAN interface `{}` differently", racks.join(", "), vlan.interface_name()),
+                        format!(
+                            "racks {} define VLAN interface `{}` differently",
+                            racks.join(", "),
+                            vlan.interface_name()
+                        ),
                     ),
                     Some(_) => {}
                     None => vlans.push(vlan.clone()),
@@ -845,8 +947,11 @@ mod tests {
     #[test]
     fn carving_wraps_around_the_end() {
         let free = IpSet::parse_list(IpFamily::V4, &["10.0.0.1-10.0.0.10"]).unwrap();
-        let block = take_from_offset(&free, 8, 4);
+        let block = take_from(&free, free.nth(8), 4);
         assert_eq!(block.to_strings(), vec!["10.0.0.1-10.0.0.2", "10.0.0.9-10.0.0.10"]);
+        let holes = IpSet::parse_list(IpFamily::V4, &["10.0.0.1-10.0.0.3", "10.0.0.8-10.0.0.10"]).unwrap();
+        let start = "10.0.0.5".parse().ok();
+        assert_eq!(take_from(&holes, start, 2).to_strings(), vec!["10.0.0.8-10.0.0.9"]);
         assert_eq!(stable_offset("x", 10), stable_offset("x", 10));
     }
 }
