@@ -1,0 +1,44 @@
+//! Test support shared by every test crate (and, later, the demo): real Kubernetes parts on loopback.
+//!
+//! - [`cluster`]: [`TestCluster`] starts etcd + kube-apiserver (+ kube-controller-manager and
+//!   kube-scheduler) on free 127.0.0.1 ports in a temp dir, with generated certificates and an admin
+//!   kubeconfig, and hands out [`kube::Client`]s. [`TestCluster::shared`] gives one control plane per
+//!   test binary; [`TestCluster::namespace`] gives each test its own namespace.
+//! - [`node_sim`]: [`NodeSimulator`] plays kubelet + container runtime + Multus for pod networking:
+//!   it registers Nodes and keeps them Ready, and for every pod bound to them creates a network
+//!   namespace, runs the CNI chain of the pod's networks, and writes the pod status.
+//! - [`cni`]: the CNI runtime side (what libcni does): executes plugins of a network configuration
+//!   list with the environment and stdin the CNI specification prescribes.
+//! - [`multus`]: Multus' pod-annotation parsing and network-status rendering.
+//! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
+//!   and CNI plugins), failing with an install hint when something is missing.
+//! - [`watchdog`]: cleanup that survives the test process being killed.
+//!
+//! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
+//! prerequisite is missing.
+
+pub mod cluster;
+pub mod cni;
+pub mod multus;
+pub mod node_sim;
+pub mod tools;
+pub mod watchdog;
+
+mod certs;
+mod util;
+
+pub use cluster::{Authorization, ClusterOptions, TestCluster, TestNamespace};
+pub use node_sim::{DefaultNetwork, NodeSimulator, PodNetwork, SimOptions};
+
+/// Installs a `tracing` subscriber that writes through the test harness' capture (shown for failing
+/// tests), filtered by `RUST_LOG` (default: this crate at `info`, kube-client off since it logs every
+/// non-2xx answer as an error, everything else at `warn`).
+/// Safe to call from every test.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,spiderpool_tests=info,kube_client=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

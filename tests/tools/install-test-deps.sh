@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what the cluster and netns test tiers need, idempotently, and builds (first run) or
+# restores (cached) the pinned Kubernetes binaries. Meant for .ci/run and fresh machines; needs root
+# (or sudo) for apt. Prints the directory holding the Kubernetes binaries on its last line.
+#
+#   etcd-server                  etcd for the loopback control plane (/usr/bin/etcd)
+#   containernetworking-plugins  the reference CNI plugins the node simulator runs (/usr/lib/cni)
+#   iproute2                     `ip netns` / `ip link`, used by the node simulator
+#   iputils-ping                 connectivity checks between simulated pods
+#   Go >= 1.24 on PATH           only when the Kubernetes binaries are not cached yet
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
+      echo "install-test-deps.sh: need root (or sudo) to apt-get install: ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+  echo "install-test-deps.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2; then
+    "${sudo[@]}" apt-get update >&2
+    "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2
+  fi
+fi
+
+for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+  if [ ! -x "$bin" ]; then
+    echo "install-test-deps.sh: $bin is missing after installing ${packages[*]}" >&2
+    exit 1
+  fi
+done
+command -v ip >/dev/null 2>&1 || { echo "install-test-deps.sh: 'ip' (iproute2) is not on PATH" >&2; exit 1; }
+
+# Builds kube-apiserver, kube-controller-manager and kube-scheduler on the first run (minutes; needs
+# Go and the Go module proxy), a no-op afterwards. Prints the directory of the binaries.
+bash "$here/build-kubernetes.sh"
