@@ -70,7 +70,10 @@ fn main() {
         times[times.len() - 1],
         times.len()
     );
-    println!("peak RSS: {} KiB before compiling, {} KiB after (process total)", before, after);
+    println!(
+        "peak RSS: {} KiB before compiling, {} KiB after (process total)",
+        before, after
+    );
 
     let nodes: Vec<Node> = (0..shape.racks * 40)
         .map(|i| Node {
@@ -87,6 +90,11 @@ fn main() {
         .collect();
     let start = Instant::now();
     let tasks = expand_interface_tasks(&network, &rendered.interface_templates, &nodes).unwrap_or_default();
-    println!("expand: {} nodes -> {} interface tasks in {:?}", nodes.len(), tasks.len(), start.elapsed());
+    println!(
+        "expand: {} nodes -> {} interface tasks in {:?}",
+        nodes.len(),
+        tasks.len(),
+        start.elapsed()
+    );
     println!("peak RSS at end: {} KiB", peak_rss_kib());
 }

@@ -398,7 +398,11 @@ impl<'a> Context<'a> {
             }
             // The preferred start is a position in the rack's whole range, not in what is still free, so
             // it does not move when other bindings take or give back addresses.
-            let whole = self.rack_free.get(&key).cloned().unwrap_or_else(|| IpSet::empty(family));
+            let whole = self
+                .rack_free
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| IpSet::empty(family));
             let start = whole.nth(stable_offset(&identity, whole.len()));
             let block = take_from(&free, start, count);
             take(&mut taken, key, &block);
@@ -461,7 +465,7 @@ impl<'a> Context<'a> {
             }
         }
         rendered.interface_templates = self.render_interface_templates();
-        rendered.pod_bindings = self.render_pod_bindings(&fixed_pool_names);
+        rendered.pod_bindings = self.render_pod_bindings(&fixed_pool_names, &rendered.multus_configs);
         rendered
     }
 
@@ -712,6 +716,7 @@ impl<'a> Context<'a> {
     fn render_pod_bindings(
         &self,
         fixed: &BTreeMap<(String, String, IpFamily), Vec<String>>,
+        multus_configs: &[SpiderMultusConfig],
     ) -> Vec<PodBinding> {
         let mut out = Vec::new();
         for app in &self.network.spec.apps {
@@ -752,6 +757,54 @@ impl<'a> Context<'a> {
             }
             if let Some(nic) = &app.default_route_interface {
                 annotations.insert("ipam.spidernet.io/default-route-nic".to_string(), nic.clone());
+            }
+            // Fixed addresses must not silently fall back to the shared rack pools when their pool runs
+            // out (a StatefulSet scaled past its count): name the pools per interface, which makes them
+            // the only candidates (upstream's `ippools` annotation outranks the NAD's default pools).
+            // Every interface of the binding is listed, as upstream requires when interfaces are named.
+            if !fixed_pools.is_empty() {
+                let entries: Vec<serde_json::Value> = app
+                    .interfaces
+                    .iter()
+                    .zip(&names)
+                    .map(|(nic, name)| {
+                        let (ipv4, ipv6) = match fixed_pools.get(name) {
+                            Some(pools) => (
+                                pools
+                                    .iter()
+                                    .filter(|p| p.ends_with("-v4"))
+                                    .cloned()
+                                    .collect::<Vec<_>>(),
+                                pools
+                                    .iter()
+                                    .filter(|p| p.ends_with("-v6"))
+                                    .cloned()
+                                    .collect::<Vec<_>>(),
+                            ),
+                            None => multus_configs
+                                .iter()
+                                .find(|smc| {
+                                    smc.metadata.namespace.as_deref() == Some(app.namespace.as_str())
+                                        && smc.metadata.name.as_deref() == Some(nic.network.as_str())
+                                })
+                                .and_then(|smc| smc.spec.ippools())
+                                .map(|p| (p.ipv4.clone(), p.ipv6.clone()))
+                                .unwrap_or_default(),
+                        };
+                        let mut entry = serde_json::Map::new();
+                        entry.insert("interface".into(), serde_json::json!(name));
+                        for (key, pools) in [("ipv4", ipv4), ("ipv6", ipv6)] {
+                            if !pools.is_empty() {
+                                entry.insert(key.into(), serde_json::json!(pools));
+                            }
+                        }
+                        serde_json::Value::Object(entry)
+                    })
+                    .collect();
+                annotations.insert(
+                    "ipam.spidernet.io/ippools".to_string(),
+                    serde_json::Value::Array(entries).to_string(),
+                );
             }
             out.push(PodBinding {
                 app: app.name.clone(),
@@ -948,10 +1001,16 @@ mod tests {
     fn carving_wraps_around_the_end() {
         let free = IpSet::parse_list(IpFamily::V4, &["10.0.0.1-10.0.0.10"]).unwrap();
         let block = take_from(&free, free.nth(8), 4);
-        assert_eq!(block.to_strings(), vec!["10.0.0.1-10.0.0.2", "10.0.0.9-10.0.0.10"]);
+        assert_eq!(
+            block.to_strings(),
+            vec!["10.0.0.1-10.0.0.2", "10.0.0.9-10.0.0.10"]
+        );
         let holes = IpSet::parse_list(IpFamily::V4, &["10.0.0.1-10.0.0.3", "10.0.0.8-10.0.0.10"]).unwrap();
         let start = "10.0.0.5".parse().ok();
-        assert_eq!(take_from(&holes, start, 2).to_strings(), vec!["10.0.0.8-10.0.0.9"]);
+        assert_eq!(
+            take_from(&holes, start, 2).to_strings(),
+            vec!["10.0.0.8-10.0.0.9"]
+        );
         assert_eq!(stable_offset("x", 10), stable_offset("x", 10));
     }
 }

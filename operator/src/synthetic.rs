@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_schema::network::{
-    AppBinding, AppInterface, FixedIPs, Network, NetworkType, Rack, RackRange, SpiderNetworkSpec, SubnetFamily,
-    TopologySubnet, WorkloadRef,
+    AppBinding, AppInterface, FixedIPs, Network, NetworkType, Rack, RackRange, SpiderNetworkSpec,
+    SubnetFamily, TopologySubnet, WorkloadRef,
 };
 
 /// Sizes of a generated topology.
@@ -54,7 +54,10 @@ pub fn topology(shape: Shape) -> SpiderNetwork {
         .map(|r| Rack {
             name: format!("rack{r}"),
             node_selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([("topology.example.com/rack".to_string(), format!("rack{r}"))])),
+                match_labels: Some(BTreeMap::from([(
+                    "topology.example.com/rack".to_string(),
+                    format!("rack{r}"),
+                )])),
                 match_expressions: None,
             },
             uplinks: vec!["ens1".into()],
@@ -74,7 +77,9 @@ pub fn topology(shape: Shape) -> SpiderNetwork {
             cni_type: NetworkType::Macvlan,
             subnet: format!("net{s}"),
             master: Some("ens1".into()),
-            namespaces: (0..shape.namespaces_per_network).map(|n| format!("team{n}")).collect(),
+            namespaces: (0..shape.namespaces_per_network)
+                .map(|n| format!("team{n}"))
+                .collect(),
             ..Network::default()
         })
         .collect();

@@ -17,13 +17,23 @@ fn pools_by_name(network: &SpiderNetwork) -> BTreeMap<String, serde_json::Value>
         .unwrap()
         .ip_pools
         .iter()
-        .map(|p| (p.metadata.name.clone().unwrap(), serde_json::to_value(&p.spec).unwrap()))
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap(),
+                serde_json::to_value(&p.spec).unwrap(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn same_input_same_bytes() {
-    for name in ["leaf-spine.yaml", "storage-lacp-statefulset.yaml", "multi-nic-overlay.yaml", "dual-stack.yaml"] {
+    for name in [
+        "leaf-spine.yaml",
+        "storage-lacp-statefulset.yaml",
+        "multi-nic-overlay.yaml",
+        "dual-stack.yaml",
+    ] {
         let network = example(name);
         let a = serde_json::to_string(&compile(&network).unwrap()).unwrap();
         let b = serde_json::to_string(&compile(&network.clone()).unwrap()).unwrap();
@@ -58,7 +68,11 @@ fn renaming_a_rack_touches_only_that_racks_objects() {
     assert!(!untouched.is_empty());
     let (pools_before, pools_after) = (pools_by_name(&before), pools_by_name(&after));
     for name in &untouched {
-        assert_eq!(pools_before.get(name), pools_after.get(name), "pool {name} changed although its rack did not");
+        assert_eq!(
+            pools_before.get(name),
+            pools_after.get(name),
+            "pool {name} changed although its rack did not"
+        );
     }
     assert!(pools_after.keys().any(|n| n.contains("renamed")));
     assert!(!pools_after.keys().any(|n| n.contains(&format!("-{old}-"))));
@@ -109,6 +123,11 @@ fn bindings_say_which_networks_pods_get() {
         let networks = binding.annotations.get("k8s.v1.cni.cncf.io/networks").unwrap();
         let parsed: Vec<serde_json::Value> = serde_json::from_str(networks).unwrap();
         assert!(parsed.len() >= 2, "two underlay NICs: {networks}");
-        assert!(!binding.annotations.contains_key("v1.multus-cni.io/default-network"), "eth0 stays the overlay");
+        assert!(
+            !binding
+                .annotations
+                .contains_key("v1.multus-cni.io/default-network"),
+            "eth0 stays the overlay"
+        );
     }
 }

@@ -125,7 +125,7 @@ pub struct TopologySubnet {
     /// subnet attach to the `<master>.<vlan>` sub-interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 4094))]
-    #[garde(inner(range(min = 0, max = 4094)))]
+    #[garde(custom(vlan_id))]
     pub vlan: Option<i32>,
 }
 
@@ -233,7 +233,7 @@ pub struct Network {
     /// VLAN id, overriding the subnet's (0: untagged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 4094))]
-    #[garde(inner(range(min = 0, max = 4094)))]
+    #[garde(custom(vlan_id))]
     pub vlan: Option<i32>,
     /// Namespaces whose pods may use the network. Each gets its own SpiderMultusConfig and
     /// NetworkAttachmentDefinition; the pools only serve these namespaces.
@@ -517,6 +517,15 @@ pub struct NodeFailure {
     pub node: String,
     /// What the node daemon reported.
     pub message: String,
+}
+
+fn vlan_id(value: &Option<i32>, _: &()) -> garde::Result {
+    match value {
+        Some(id) if !(0..=4094).contains(id) => Err(garde::Error::new(format!(
+            "{id} is not a VLAN id: 802.1q ids are 1-4094 (0 means untagged)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn dns_label(value: &String, _: &()) -> garde::Result {
@@ -910,11 +919,25 @@ impl SpiderNetworkSpec {
                                     .any(|nic| bond_b.interfaces.contains(nic)))
                     });
                     if let Some(bond_a) = clash {
+                        let conflict = if bond_a.name == bond_b.name {
+                            bond_difference(bond_a, bond_b)
+                        } else {
+                            let nic = bond_a
+                                .interfaces
+                                .iter()
+                                .find(|nic| bond_b.interfaces.contains(nic))
+                                .cloned()
+                                .unwrap_or_default();
+                            format!(
+                                "`{nic}` would be enslaved to `{}` and to `{}`",
+                                bond_a.name, bond_b.name
+                            )
+                        };
                         problems.push(
                             format!("spec.racks[{b}].bonds[{j}]"),
                             format!(
-                                "a node can match both rack `{}` and rack `{}` (their nodeSelectors are not disjoint), and their bonds `{}` and `{}` conflict; make the selectors exclusive or the bonds identical",
-                                rack_a.name, rack_b.name, bond_a.name, bond_b.name
+                                "a node can match both rack `{}` and rack `{}` (their nodeSelectors are not disjoint), and their bonds conflict: {conflict}; make the selectors exclusive or the bonds identical",
+                                rack_a.name, rack_b.name
                             ),
                         );
                     }
@@ -1195,6 +1218,32 @@ impl SpiderNetworkSpec {
             }
         }
     }
+}
+
+/// What differs between two definitions of one bond, for a person.
+fn bond_difference(a: &Bond, b: &Bond) -> String {
+    let mut parts = Vec::new();
+    if a.interfaces != b.interfaces {
+        parts.push(format!("interfaces {:?} vs {:?}", a.interfaces, b.interfaces));
+    }
+    if a.mode != b.mode {
+        parts.push(format!(
+            "mode {} vs {}",
+            a.mode.kernel_name(),
+            b.mode.kernel_name()
+        ));
+    }
+    if a.options != b.options {
+        parts.push(format!(
+            "options `{}` vs `{}`",
+            a.options_string(),
+            b.options_string()
+        ));
+    }
+    if a.mtu != b.mtu {
+        parts.push(format!("mtu {:?} vs {:?}", a.mtu, b.mtu));
+    }
+    format!("`{}` has {}", a.name, parts.join(", "))
 }
 
 /// `ipv4` / `ipv6`, the field names a family lives under.

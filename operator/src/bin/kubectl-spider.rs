@@ -1,0 +1,5 @@
+//! `kubectl-spider`: `spiderctl` as a kubectl plugin (`kubectl spider render ...`).
+
+fn main() -> std::process::ExitCode {
+    spiderpool_operator::cli::run()
+}
