@@ -32,7 +32,11 @@ fn main() {
     let before = peak_rss_kib();
     let mut times: Vec<Duration> = Vec::new();
     let mut rendered = None;
-    for _ in 0..7 {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    for _ in 0..runs.max(1) {
         // Drop the previous result first, so peak memory is that of one compilation.
         drop(rendered.take());
         let start = Instant::now();

@@ -618,13 +618,21 @@ impl<'a> Context<'a> {
     ) -> BTreeMap<(String, IpFamily), Vec<String>> {
         let spec = &self.network.spec;
         let mut names: BTreeMap<(String, IpFamily), Vec<String>> = BTreeMap::new();
+        // Who may use each subnet's pools: computed once per subnet, not once per rack range.
+        let mut users: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+        for network in &spec.networks {
+            let (namespaces, multus) = users.entry(network.subnet.as_str()).or_default();
+            for ns in &network.namespaces {
+                namespaces.insert(ns.clone());
+                multus.insert(format!("{ns}/{}", network.name));
+            }
+        }
+        let users: BTreeMap<&str, (Vec<String>, Vec<String>)> = users
+            .into_iter()
+            .map(|(subnet, (ns, multus))| (subnet, (ns.into_iter().collect(), multus.into_iter().collect())))
+            .collect();
         for (r, rack) in spec.racks.iter().enumerate() {
             for (k, range) in rack.ranges.iter().enumerate() {
-                let networks: Vec<&Network> = spec
-                    .networks
-                    .iter()
-                    .filter(|n| n.subnet == range.subnet)
-                    .collect();
                 for family in [IpFamily::V4, IpFamily::V6] {
                     let Ok(raw) = IpSet::parse_list(family, range.items(family)) else {
                         continue;
@@ -649,16 +657,10 @@ impl<'a> Context<'a> {
                         pool_spec.exclude_ips = excluded.intersection(&ips).to_strings();
                     }
                     pool_spec.node_affinity = Some(rack.node_selector.clone());
-                    let mut namespaces: BTreeSet<String> = BTreeSet::new();
-                    let mut multus: BTreeSet<String> = BTreeSet::new();
-                    for network in &networks {
-                        for ns in &network.namespaces {
-                            namespaces.insert(ns.clone());
-                            multus.insert(format!("{ns}/{}", network.name));
-                        }
+                    if let Some((namespaces, multus)) = users.get(range.subnet.as_str()) {
+                        pool_spec.namespace_name = namespaces.clone();
+                        pool_spec.multus_name = multus.clone();
                     }
-                    pool_spec.namespace_name = namespaces.into_iter().collect();
-                    pool_spec.multus_name = multus.into_iter().collect();
                     let name =
                         object_name(&[&self.topology, &range.subnet, &rack.name, family_suffix(family)]);
                     let mut labels = self.pool_labels(&range.subnet, family);
@@ -921,6 +923,8 @@ pub fn expand_interface_tasks(
         let labels = node.metadata.labels.clone().unwrap_or_default();
         let mut bonds: Vec<Bond> = Vec::new();
         let mut vlans: Vec<VlanInterface> = Vec::new();
+        // Interface name -> index in `vlans`, so merging racks is not quadratic in VLANs.
+        let mut vlan_names: BTreeMap<String, usize> = BTreeMap::new();
         let mut racks: Vec<&str> = Vec::new();
         for template in templates
             .iter()
@@ -942,17 +946,20 @@ pub fn expand_interface_tasks(
                 }
             }
             for vlan in &template.vlans {
-                match vlans.iter().find(|v| v.interface_name() == vlan.interface_name()) {
-                    Some(existing) if existing != vlan => problems.push(
+                let name = vlan.interface_name();
+                match vlan_names.get(&name) {
+                    Some(&at) if vlans[at] != *vlan => problems.push(
                         format!("node {node_name}"),
                         format!(
-                            "racks {} define VLAN interface `{}` differently",
-                            racks.join(", "),
-                            vlan.interface_name()
+                            "racks {} define VLAN interface `{name}` differently",
+                            racks.join(", ")
                         ),
                     ),
                     Some(_) => {}
-                    None => vlans.push(vlan.clone()),
+                    None => {
+                        vlan_names.insert(name, vlans.len());
+                        vlans.push(vlan.clone());
+                    }
                 }
             }
         }
