@@ -144,6 +144,64 @@ pub(crate) fn check_ip(
     Some(ip)
 }
 
+/// The address fields SpiderIPPool and SpiderSubnet share, checked by [`check_address_block`].
+pub(crate) struct AddressBlock<'a> {
+    pub subnet: &'a str,
+    pub ip_version: Option<i64>,
+    pub ips: &'a [String],
+    pub exclude_ips: &'a [String],
+    pub gateway: Option<&'a str>,
+    pub routes: &'a [Route],
+}
+
+/// Upstream's rules for a pool's or subnet's addresses: canonical subnet, matching `ipVersion`, `ips` and
+/// `excludeIPs` inside the subnet, the gateway inside the subnet and not handed out, valid routes.
+/// `noun` names the object in messages ("pool", "subnet").
+pub(crate) fn check_address_block(problems: &mut Problems, path: &str, block: AddressBlock<'_>, noun: &str) {
+    let net = check_canonical_cidr(problems, &format!("{path}.subnet"), block.subnet);
+    let family = check_ip_version(
+        problems,
+        &format!("{path}.ipVersion"),
+        block.ip_version,
+        net.as_ref(),
+    );
+    let ips =
+        family.and_then(|f| check_ip_list(problems, &format!("{path}.ips"), f, block.ips, net.as_ref()));
+    let excluded = family.and_then(|f| {
+        check_ip_list(
+            problems,
+            &format!("{path}.excludeIPs"),
+            f,
+            block.exclude_ips,
+            net.as_ref(),
+        )
+    });
+    if let Some(gateway) = block.gateway
+        && let Some(gw) = check_ip(
+            problems,
+            &format!("{path}.gateway"),
+            family,
+            gateway,
+            net.as_ref(),
+        )
+        && let Some(ips) = &ips
+        && ips.contains(&gw)
+        && !excluded.as_ref().is_some_and(|ex| ex.contains(&gw))
+    {
+        problems.push(
+            format!("{path}.gateway"),
+            format!("{gateway} is one of the {noun}'s ips; remove it from ips or add it to excludeIPs"),
+        );
+    }
+    check_routes(
+        problems,
+        &format!("{path}.routes"),
+        family,
+        block.routes,
+        net.as_ref(),
+    );
+}
+
 /// Upstream's route rules: `dst` is a CIDR of the pool's family and not a default route, no `dst` twice,
 /// `gw` inside the subnet.
 pub(crate) fn check_routes(

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Route, check_canonical_cidr, check_ip, check_ip_list, check_ip_version, check_routes};
+use crate::common::{AddressBlock, Route, check_address_block};
 use crate::validation::{Problem, Problems, Validate};
 
 /// Spec of a SpiderIPPool.
@@ -216,48 +216,18 @@ impl SpiderIPPoolSpec {
     /// Upstream's single-object webhook rules (create and update); checks against other pools (overlap)
     /// need the cluster and live with the webhook.
     pub fn check(&self, problems: &mut Problems, path: &str) {
-        let net = check_canonical_cidr(problems, &format!("{path}.subnet"), &self.subnet);
-        let family = check_ip_version(
+        check_address_block(
             problems,
-            &format!("{path}.ipVersion"),
-            self.ip_version,
-            net.as_ref(),
-        );
-        let ips = family.and_then(|family| {
-            check_ip_list(problems, &format!("{path}.ips"), family, &self.ips, net.as_ref())
-        });
-        let excluded = family.and_then(|family| {
-            check_ip_list(
-                problems,
-                &format!("{path}.excludeIPs"),
-                family,
-                &self.exclude_ips,
-                net.as_ref(),
-            )
-        });
-        if let Some(gateway) = &self.gateway
-            && let Some(gw) = check_ip(
-                problems,
-                &format!("{path}.gateway"),
-                family,
-                gateway,
-                net.as_ref(),
-            )
-            && let Some(ips) = &ips
-            && ips.contains(&gw)
-            && !excluded.as_ref().is_some_and(|ex| ex.contains(&gw))
-        {
-            problems.push(
-                format!("{path}.gateway"),
-                format!("{gateway} is one of the pool's ips; remove it from ips or add it to excludeIPs"),
-            );
-        }
-        check_routes(
-            problems,
-            &format!("{path}.routes"),
-            family,
-            &self.routes,
-            net.as_ref(),
+            path,
+            AddressBlock {
+                subnet: &self.subnet,
+                ip_version: self.ip_version,
+                ips: &self.ips,
+                exclude_ips: &self.exclude_ips,
+                gateway: self.gateway.as_deref(),
+                routes: &self.routes,
+            },
+            "pool",
         );
         if let Some(selector) = &self.pod_affinity
             && selector_is_empty(selector)
