@@ -22,7 +22,6 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::Resource;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use spiderpool_ipmath::{IpFamily, IpSet};
@@ -984,11 +983,6 @@ pub fn expand_interface_tasks(
     }
     problems.into_result()?;
     Ok(tasks)
-}
-
-/// The `apiVersion`/`kind` pair of a generated object, for messages.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).into_owned()
 }
 
 #[cfg(test)]
