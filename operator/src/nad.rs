@@ -146,7 +146,9 @@ fn plugin_list(
         (!spec.disable_ipam.unwrap_or(false)).then(|| ipam_plugin(pools, sriov))
     };
 
-    let mut plugins = Vec::new();
+    // Upstream's order: [head..., chain..., coordinator?, tail...]; each type fills head and tail.
+    let mut head = Vec::new();
+    let mut tail = Vec::new();
     match cni_type {
         CniType::Macvlan | CniType::Ipvlan => {
             let (field, config) = match cni_type {
@@ -162,7 +164,7 @@ fn plugin_list(
                 master
             };
             if vlan != 0 || config.master.len() > 1 {
-                plugins.push(ifacer_plugin(&config.master, vlan, config.bond.as_ref()));
+                head.push(ifacer_plugin(&config.master, vlan, config.bond.as_ref()));
             }
             let mut main = Map::new();
             main.insert("type".into(), json!(field));
@@ -176,9 +178,7 @@ fn plugin_list(
             if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
                 main.insert("ipam".into(), ipam);
             }
-            plugins.push(Value::Object(main));
-            plugins.extend(chain);
-            plugins.extend(coordinator);
+            head.push(Value::Object(main));
         }
         CniType::Vlan => {
             let config = spec
@@ -187,7 +187,7 @@ fn plugin_list(
                 .ok_or(RenderError::MissingConfig("vlan", "vlan"))?;
             let master = master_name(config.master.as_slice(), config.bond.as_ref(), "vlan")?;
             if config.master.len() > 1 {
-                plugins.push(ifacer_plugin(&config.master, 0, config.bond.as_ref()));
+                head.push(ifacer_plugin(&config.master, 0, config.bond.as_ref()));
             }
             let mode = config.vlan_mode.clone().unwrap_or_else(|| "manual".into());
             let mut main = Map::new();
@@ -205,23 +205,19 @@ fn plugin_list(
             if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
                 main.insert("ipam".into(), ipam);
             }
-            plugins.push(Value::Object(main));
-            plugins.extend(chain);
-            plugins.extend(coordinator);
+            head.push(Value::Object(main));
         }
         CniType::Sriov => {
             let config = spec
                 .sriov
                 .as_ref()
                 .ok_or(RenderError::MissingConfig("sriov", "sriov"))?;
-            plugins.push(sriov_plugin(config, ipam(config.ippools.as_ref(), true)));
+            head.push(sriov_plugin(config, ipam(config.ippools.as_ref(), true)));
             if config.rdma_isolation.unwrap_or(false) {
-                plugins.push(json!({"type": "rdma"}));
+                head.push(json!({"type": "rdma"}));
             }
-            plugins.extend(chain);
-            plugins.extend(coordinator);
             if let Some(mtu) = config.mtu.filter(|m| *m > 0) {
-                plugins.push(json!({"type": "tuning", "mtu": mtu}));
+                tail.push(json!({"type": "tuning", "mtu": mtu}));
             }
             annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
         }
@@ -247,9 +243,7 @@ fn plugin_list(
             if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
                 main.insert("ipam".into(), ipam);
             }
-            plugins.push(Value::Object(main));
-            plugins.extend(chain);
-            plugins.extend(coordinator);
+            head.push(Value::Object(main));
             annotations.insert(ANNO_RESOURCE_NAME.to_string(), config.resource_name.clone());
         }
         CniType::Ipoib => {
@@ -263,18 +257,14 @@ fn plugin_list(
             if let Some(ipam) = ipam(config.ippools.as_ref(), false) {
                 main.insert("ipam".into(), ipam);
             }
-            plugins.push(Value::Object(main));
-            plugins.extend(chain);
-            plugins.extend(coordinator);
+            head.push(Value::Object(main));
         }
         CniType::Ovs => {
             let config = spec
                 .ovs
                 .as_ref()
                 .ok_or(RenderError::MissingConfig("ovs", "ovs"))?;
-            plugins.push(ovs_plugin(config, ipam(config.ippools.as_ref(), false)));
-            plugins.extend(chain);
-            plugins.extend(coordinator);
+            head.push(ovs_plugin(config, ipam(config.ippools.as_ref(), false)));
             if config.device_id.is_some() {
                 annotations.insert(
                     ANNO_RESOURCE_NAME.to_string(),
@@ -284,7 +274,10 @@ fn plugin_list(
         }
         CniType::Custom => {}
     }
-    Ok(plugins)
+    head.extend(chain);
+    head.extend(coordinator);
+    head.extend(tail);
+    Ok(head)
 }
 
 /// One master: itself; several: the bond that joins them.
