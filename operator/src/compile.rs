@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::common::selector_matches;
 use spiderpool_schema::interfacetask::{Bond, VlanInterface};
-use spiderpool_schema::network::{AppBinding, Network, ParsedSubnet, family_key};
-use spiderpool_schema::validation::{Problem, Problems, Validate};
+use spiderpool_schema::network::{AppBinding, Network, ParsedSubnet, ParsedTopology, family_key};
+use spiderpool_schema::validation::{Problem, Problems};
 use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask,
     SpiderInterfaceTaskSpec, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP, SpiderReservedIPSpec,
@@ -191,9 +191,9 @@ pub fn pool_size(pool: &SpiderIPPool) -> u128 {
 
 /// Validates and compiles one topology. Every problem is reported at once, with its spec path.
 pub fn compile(network: &SpiderNetwork) -> Result<Rendered, Vec<Problem>> {
-    network.validate()?;
+    let parsed = network.check()?;
     let mut problems = Problems::new();
-    let ctx = Context::new(network, &mut problems);
+    let ctx = Context::new(network, parsed);
     let carved = ctx.carve_fixed_addresses(&mut problems);
     let rendered = ctx.render(&carved, &mut problems);
     problems.into_result()?;
@@ -205,6 +205,8 @@ struct Context<'a> {
     network: &'a SpiderNetwork,
     topology: String,
     subnets: BTreeMap<String, ParsedSubnet>,
+    /// (rack index, subnet name, family) -> the addresses the rack's range lists.
+    rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
     /// (rack index, subnet name, family) -> addresses the rack hands out, minus what is excluded or
     /// reserved and minus the gateway.
     rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
@@ -220,40 +222,30 @@ struct Carved {
 }
 
 impl<'a> Context<'a> {
-    fn new(network: &'a SpiderNetwork, problems: &mut Problems) -> Self {
-        let spec = &network.spec;
-        let subnets = spec.parse_subnets(problems);
+    fn new(network: &'a SpiderNetwork, parsed: ParsedTopology) -> Self {
+        let ParsedTopology { subnets, rack_sets } = parsed;
         let mut rack_free = BTreeMap::new();
-        for (r, rack) in spec.racks.iter().enumerate() {
-            for range in &rack.ranges {
-                let Some(parsed) = subnets.get(&range.subnet) else {
-                    continue;
-                };
-                for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(set) = IpSet::parse_list(family, range.items(family)) else {
-                        continue;
-                    };
-                    if set.is_empty() {
-                        continue;
-                    }
-                    let mut free = set;
-                    if let Some(excluded) = parsed.excluded.get(&family) {
-                        free = free.difference(excluded);
-                    }
-                    if let Some(reserved) = parsed.reserved.get(&family) {
-                        free = free.difference(reserved);
-                    }
-                    if let Some(gw) = parsed.gateways.get(&family) {
-                        free = free.difference(&IpSet::from_ip(gw));
-                    }
-                    rack_free.insert((r, range.subnet.clone(), family), free);
-                }
+        for ((r, subnet, family), set) in &rack_sets {
+            let Some(parsed) = subnets.get(subnet) else {
+                continue;
+            };
+            let mut free = set.clone();
+            if let Some(excluded) = parsed.excluded.get(family) {
+                free = free.difference(excluded);
             }
+            if let Some(reserved) = parsed.reserved.get(family) {
+                free = free.difference(reserved);
+            }
+            if let Some(gw) = parsed.gateways.get(family) {
+                free = free.difference(&IpSet::from_ip(gw));
+            }
+            rack_free.insert((*r, subnet.clone(), *family), free);
         }
         Context {
             network,
             topology: network.metadata.name.clone().unwrap_or_default(),
             subnets,
+            rack_sets,
             rack_free,
         }
     }
@@ -415,11 +407,9 @@ impl<'a> Context<'a> {
 
     /// The rack's range as written (before exclusions), for error messages.
     fn raw_rack_set(&self, rack: usize, subnet: &str, family: IpFamily) -> IpSet {
-        self.network.spec.racks[rack]
-            .ranges
-            .iter()
-            .find(|r| r.subnet == subnet)
-            .and_then(|r| IpSet::parse_list(family, r.items(family)).ok())
+        self.rack_sets
+            .get(&(rack, subnet.to_string(), family))
+            .cloned()
             .unwrap_or_else(|| IpSet::empty(family))
     }
 
@@ -633,7 +623,7 @@ impl<'a> Context<'a> {
         for (r, rack) in spec.racks.iter().enumerate() {
             for (k, range) in rack.ranges.iter().enumerate() {
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Ok(raw) = IpSet::parse_list(family, range.items(family)) else {
+                    let Some(raw) = self.rack_sets.get(&(r, range.subnet.clone(), family)).cloned() else {
                         continue;
                     };
                     if raw.is_empty() {

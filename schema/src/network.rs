@@ -540,6 +540,14 @@ fn dns_label(value: &String, _: &()) -> garde::Result {
 
 impl Validate for SpiderNetwork {
     fn problems(&self) -> Vec<Problem> {
+        self.check().err().unwrap_or_default()
+    }
+}
+
+impl SpiderNetwork {
+    /// Validates the whole object and, when it is valid, hands back what validation parsed, so the
+    /// compiler does not parse every address list a second time.
+    pub fn check(&self) -> Result<ParsedTopology, Vec<Problem>> {
         let mut problems = Problems::new();
         if let Some(name) = &self.metadata.name
             && !is_dns1123_label(name)
@@ -552,9 +560,18 @@ impl Validate for SpiderNetwork {
         if let Err(report) = self.spec.validate() {
             problems.extend_garde("spec", &report);
         }
-        problems.extend(self.spec.cross_field_problems());
-        problems.into_vec()
+        let parsed = self.spec.check_cross_field(&mut problems);
+        problems.into_result().map(|()| parsed)
     }
+}
+
+/// The address data of a topology, parsed once by validation.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedTopology {
+    /// Subnets by name.
+    pub subnets: BTreeMap<String, ParsedSubnet>,
+    /// (rack index, subnet name, family) -> the addresses the rack's range lists.
+    pub rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
 }
 
 /// A subnet after parsing, for the checks that relate entries to each other (and for the compiler).
@@ -697,33 +714,39 @@ impl SpiderNetworkSpec {
     /// Checks that need more than one field: references, overlaps, VLAN reuse, conflicting racks.
     pub fn cross_field_problems(&self) -> Vec<Problem> {
         let mut problems = Problems::new();
+        self.check_cross_field(&mut problems);
+        problems.into_vec()
+    }
+
+    /// [`Self::cross_field_problems`], keeping what was parsed on the way.
+    fn check_cross_field(&self, problems: &mut Problems) -> ParsedTopology {
         duplicate_names(
-            &mut problems,
+            problems,
             "spec.subnets",
             self.subnets.iter().map(|s| s.name.as_str()),
         );
         duplicate_names(
-            &mut problems,
+            problems,
             "spec.racks",
             self.racks.iter().map(|r| r.name.as_str()),
         );
         duplicate_names(
-            &mut problems,
+            problems,
             "spec.networks",
             self.networks.iter().map(|n| n.name.as_str()),
         );
         duplicate_names(
-            &mut problems,
+            problems,
             "spec.apps",
             self.apps.iter().map(|a| a.name.as_str()),
         );
-        let subnets = self.parse_subnets(&mut problems);
-        self.check_subnet_overlaps(&mut problems, &subnets);
-        let rack_sets = self.check_rack_ranges(&mut problems, &subnets);
-        self.check_racks(&mut problems);
-        self.check_networks(&mut problems);
-        self.check_apps(&mut problems, &rack_sets);
-        problems.into_vec()
+        let subnets = self.parse_subnets(problems);
+        self.check_subnet_overlaps(problems, &subnets);
+        let rack_sets = self.check_rack_ranges(problems, &subnets);
+        self.check_racks(problems);
+        self.check_networks(problems);
+        self.check_apps(problems, &rack_sets);
+        ParsedTopology { subnets, rack_sets }
     }
 
     fn check_subnet_overlaps(&self, problems: &mut Problems, subnets: &BTreeMap<String, ParsedSubnet>) {
