@@ -725,21 +725,13 @@ impl SpiderNetworkSpec {
             "spec.subnets",
             self.subnets.iter().map(|s| s.name.as_str()),
         );
-        duplicate_names(
-            problems,
-            "spec.racks",
-            self.racks.iter().map(|r| r.name.as_str()),
-        );
+        duplicate_names(problems, "spec.racks", self.racks.iter().map(|r| r.name.as_str()));
         duplicate_names(
             problems,
             "spec.networks",
             self.networks.iter().map(|n| n.name.as_str()),
         );
-        duplicate_names(
-            problems,
-            "spec.apps",
-            self.apps.iter().map(|a| a.name.as_str()),
-        );
+        duplicate_names(problems, "spec.apps", self.apps.iter().map(|a| a.name.as_str()));
         let subnets = self.parse_subnets(problems);
         self.check_subnet_overlaps(problems, &subnets);
         let rack_sets = self.check_rack_ranges(problems, &subnets);
