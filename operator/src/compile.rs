@@ -212,6 +212,15 @@ struct Context<'a> {
     rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
 }
 
+/// Names of the fixed-address pools, looked up by what needs them.
+#[derive(Debug, Default)]
+struct FixedPoolNames {
+    /// (network, namespace, family) -> pools, for the network's multus config.
+    by_network: BTreeMap<(String, String, IpFamily), Vec<String>>,
+    /// (binding index, interface index) -> family -> pools, for the binding's pod annotations.
+    by_interface: BTreeMap<(usize, usize), BTreeMap<IpFamily, Vec<String>>>,
+}
+
 /// Fixed addresses set aside for bindings.
 #[derive(Debug, Default)]
 struct Carved {
@@ -423,7 +432,7 @@ impl<'a> Context<'a> {
         for (n, network) in self.network.spec.networks.iter().enumerate() {
             for namespace in &network.namespaces {
                 let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
-                for ((net_name, ns, family), names) in &fixed_pool_names {
+                for ((net_name, ns, family), names) in &fixed_pool_names.by_network {
                     if net_name == &network.name && ns == namespace {
                         pools.entry(*family).or_default().extend(names.iter().cloned());
                     }
@@ -546,13 +555,9 @@ impl<'a> Context<'a> {
     }
 
     /// Fixed-address pools; returns their names by (network, namespace, family).
-    fn render_fixed_pools(
-        &self,
-        carved: &Carved,
-        pools: &mut Vec<SpiderIPPool>,
-    ) -> BTreeMap<(String, String, IpFamily), Vec<String>> {
+    fn render_fixed_pools(&self, carved: &Carved, pools: &mut Vec<SpiderIPPool>) -> FixedPoolNames {
         let spec = &self.network.spec;
-        let mut names: BTreeMap<(String, String, IpFamily), Vec<String>> = BTreeMap::new();
+        let mut names = FixedPoolNames::default();
         for ((a, i, r, family), set) in &carved.by_binding {
             let app = &spec.apps[*a];
             let nic = &app.interfaces[*i];
@@ -591,6 +596,14 @@ impl<'a> Context<'a> {
             );
             pools.push(pool);
             names
+                .by_interface
+                .entry((*a, *i))
+                .or_default()
+                .entry(*family)
+                .or_default()
+                .push(name.clone());
+            names
+                .by_network
                 .entry((network.name.clone(), app.namespace.clone(), *family))
                 .or_default()
                 .push(name);
@@ -706,11 +719,11 @@ impl<'a> Context<'a> {
 
     fn render_pod_bindings(
         &self,
-        fixed: &BTreeMap<(String, String, IpFamily), Vec<String>>,
+        fixed: &FixedPoolNames,
         multus_configs: &[SpiderMultusConfig],
     ) -> Vec<PodBinding> {
         let mut out = Vec::new();
-        for app in &self.network.spec.apps {
+        for (a, app) in self.network.spec.apps.iter().enumerate() {
             let names = app.interface_names();
             let mut annotations = BTreeMap::new();
             let mut attachments = Vec::new();
@@ -728,12 +741,11 @@ impl<'a> Context<'a> {
                         "interface": names[i],
                     }));
                 }
-                let prefix = object_name(&[&self.topology, &app.name, &names[i]]);
                 let mine: Vec<String> = fixed
-                    .iter()
-                    .filter(|((net, ns, _), _)| net == &nic.network && ns == &app.namespace)
-                    .flat_map(|(_, pools)| pools.iter())
-                    .filter(|pool| pool.starts_with(&format!("{prefix}-")))
+                    .by_interface
+                    .get(&(a, i))
+                    .into_iter()
+                    .flat_map(|by_family| by_family.values().flatten())
                     .cloned()
                     .collect();
                 if !mine.is_empty() {
@@ -758,20 +770,13 @@ impl<'a> Context<'a> {
                     .interfaces
                     .iter()
                     .zip(&names)
-                    .map(|(nic, name)| {
-                        let (ipv4, ipv6) = match fixed_pools.get(name) {
-                            Some(pools) => (
-                                pools
-                                    .iter()
-                                    .filter(|p| p.ends_with("-v4"))
-                                    .cloned()
-                                    .collect::<Vec<_>>(),
-                                pools
-                                    .iter()
-                                    .filter(|p| p.ends_with("-v6"))
-                                    .cloned()
-                                    .collect::<Vec<_>>(),
-                            ),
+                    .enumerate()
+                    .map(|(i, (nic, name))| {
+                        let (ipv4, ipv6) = match fixed.by_interface.get(&(a, i)) {
+                            Some(by_family) => {
+                                let of = |family| by_family.get(&family).cloned().unwrap_or_default();
+                                (of(IpFamily::V4), of(IpFamily::V6))
+                            }
                             None => multus_configs
                                 .iter()
                                 .find(|smc| {
