@@ -42,6 +42,14 @@ fn short(err: &kube::Error) -> String {
     }
 }
 
+/// Create parameters for a server-side dry run: the API server validates and admits, but stores nothing.
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    }
+}
+
 fn is_fixture(path: &Path) -> bool {
     path.components().any(|c| c.as_os_str() == "fixtures")
 }
@@ -216,16 +224,7 @@ async fn generated_crds_and_example_crs_are_accepted() -> Result<()> {
             };
             let name = obj.metadata.name.clone().unwrap_or_default();
             if is_invalid_example(file) {
-                let outcome = match api
-                    .create(
-                        &PostParams {
-                            dry_run: true,
-                            ..PostParams::default()
-                        },
-                        &obj,
-                    )
-                    .await
-                {
+                let outcome = match api.create(&dry_run(), &obj).await {
                     Ok(_) => {
                         "accepted by the API server (only the project's validation rejects it)".to_owned()
                     }
@@ -325,16 +324,7 @@ async fn apply_rendered_examples(client: &Client, dir: &Path, failures: &mut Vec
                 _ => Api::all_with(client.clone(), &resource),
             };
             let name = obj.metadata.name.clone().unwrap_or_default();
-            match api
-                .create(
-                    &PostParams {
-                        dry_run: true,
-                        ..PostParams::default()
-                    },
-                    &obj,
-                )
-                .await
-            {
+            match api.create(&dry_run(), &obj).await {
                 Ok(_) => accepted += 1,
                 Err(err) => failures.push(format!(
                     "{rel}: rendered {} {name} rejected: {}",
