@@ -1,8 +1,11 @@
 //! The operator's library: the topology compiler ([`compile`]), the SpiderMultusConfig ->
-//! NetworkAttachmentDefinition renderer ([`nad`]) and the `spiderctl` command line ([`cli`]). The
-//! controllers, webhooks and leader election arrive with the operator issue; what is here is pure.
+//! NetworkAttachmentDefinition renderer ([`nad`]) and the `spiderctl` command line ([`cli`]) are pure;
+//! [`controller`], [`webhook`] and [`leader`] are the I/O shells the `spiderpool-operator` binary runs.
 
 pub mod cli;
 pub mod compile;
+pub mod controller;
+pub mod leader;
 pub mod nad;
 pub mod synthetic;
+pub mod webhook;

@@ -1,0 +1,2 @@
+//! `spiderpool`: the CNI IPAM plugin binary. Work in progress.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The `spiderpool` CNI IPAM plugin (see the crate description). Work in progress.

@@ -1,0 +1,2 @@
+//! `spiderpool-agent`: the node daemon. Work in progress.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The node daemon (upstream's spiderpool-agent). Work in progress.

@@ -1,0 +1,2 @@
+//! `spiderpool-operator`: the operator process. Work in progress.
+fn main() {}

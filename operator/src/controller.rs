@@ -1,0 +1,9 @@
+//! The operator's controllers (kube-runtime), one module per kind. Each runs only while this replica
+//! holds the leader Lease (see [`crate::leader`]).
+
+pub mod coordinator;
+pub mod ippool;
+pub mod multusconfig;
+pub mod network;
+pub mod reclaim;
+pub mod subnet;

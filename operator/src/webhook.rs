@@ -1,0 +1,1 @@
+//! Admission webhooks served over TLS. Work in progress.
