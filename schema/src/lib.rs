@@ -18,6 +18,7 @@
 // kube-derive's `printcolumn(type_ = "string", ...)` repeats attribute keys by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod annotations;
 pub mod common;
 pub mod coordinator;
 pub mod endpoint;
