@@ -1,0 +1,12 @@
+//! The allocator's decisions, pure: which pools a pod interface may draw from (upstream's candidate
+//! rules, filters and ordering), which address to give, which routes go with it, and what a pod's
+//! owner means for keeping its addresses. No Kubernetes client, no clock, no I/O: the I/O shell in
+//! [`crate::allocator`] gathers the facts and carries out the decisions.
+
+pub mod annotations;
+pub mod candidates;
+pub mod filter;
+pub mod glob;
+pub mod owner;
+pub mod pick;
+pub mod routes;

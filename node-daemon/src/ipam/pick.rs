@@ -1,0 +1,394 @@
+//! Which addresses a batch of requests gets from one pool, given the pool's records: pure, so the same
+//! decision is made whether it is the first attempt or the fifth after write conflicts.
+//!
+//! Addresses are handed out lowest-free first (upstream's behaviour since v1.0, reference 13.1):
+//! the usable addresses are `spec.ips` minus `spec.excludeIPs` minus every SpiderReservedIP of the
+//! family minus the addresses already recorded. A request whose pod UID already holds an address of
+//! the pool gets that address again, so a retried ADD (lost response, daemon restart between the pool
+//! write and the answer) never takes a second address.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::SpiderIPPoolSpec;
+use spiderpool_schema::ippool::PoolIPAllocation;
+
+/// One change to a pool's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Give the pod an address (or the one it already holds).
+    Allocate {
+        /// `<namespace>/<name>`.
+        pod: String,
+        /// The pod's UID.
+        pod_uid: String,
+    },
+    /// Take back `ip` if `pod_uid` holds it.
+    Release {
+        /// The address.
+        ip: IpAddr,
+        /// The UID that must hold it.
+        pod_uid: String,
+    },
+    /// Hand `ip` to a new incarnation of a sticky pod (StatefulSet member, VM): the record must belong
+    /// to `pod` (any UID) or the address must be free.
+    Rebind {
+        /// The address the pod held.
+        ip: IpAddr,
+        /// `<namespace>/<name>` recorded for it.
+        pod: String,
+        /// The new pod UID.
+        pod_uid: String,
+    },
+}
+
+/// What became of one [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The pod holds this address.
+    Allocated(IpAddr),
+    /// No address is free (or the pool reached its size cap); the reason says which.
+    Exhausted(String),
+    /// Released (`true`) or there was nothing to release (`false`).
+    Released(bool),
+    /// Rebound to the new UID.
+    Rebound,
+    /// The address is held by another pod: the sticky pod must get a new one.
+    RebindRefused(String),
+}
+
+/// The addresses a pool may give out: `ips − excludeIPs − reserved`.
+pub fn usable_addresses(
+    spec: &SpiderIPPoolSpec,
+    family: IpFamily,
+    reserved: &IpSet,
+) -> Result<IpSet, String> {
+    let describe = |field: &str, errors: Vec<spiderpool_ipmath::ItemError>| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("spec.{field}: {}", list.join("; "))
+    };
+    let ips = IpSet::parse_list(family, &spec.ips).map_err(|e| describe("ips", e))?;
+    let excluded = IpSet::parse_list(family, &spec.exclude_ips).map_err(|e| describe("excludeIPs", e))?;
+    let mut usable = ips.difference(&excluded);
+    if reserved.family() == family {
+        usable = usable.difference(reserved);
+    }
+    Ok(usable)
+}
+
+/// Applies a batch to `records` (releases first, then rebinds, then allocations, so that an address
+/// freed in the batch can serve a request of the same batch). `max_records` caps the pool size as
+/// upstream's `SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS` does, which keeps the status object well below
+/// etcd's object size limit.
+pub fn apply(
+    records: &mut BTreeMap<String, PoolIPAllocation>,
+    usable: &IpSet,
+    ops: &[Op],
+    max_records: usize,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Release { ip, pod_uid } = op {
+            let key = ip.to_string();
+            let held = records.get(&key).is_some_and(|r| &r.pod_uid == pod_uid);
+            if held {
+                records.remove(&key);
+            }
+            outcomes[i] = Some(Outcome::Released(held));
+        }
+    }
+
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Rebind { ip, pod, pod_uid } = op {
+            let key = ip.to_string();
+            outcomes[i] = Some(match records.get_mut(&key) {
+                Some(record) if &record.pod == pod => {
+                    record.pod_uid.clone_from(pod_uid);
+                    Outcome::Rebound
+                }
+                Some(record) => Outcome::RebindRefused(format!("{ip} is held by {}", record.pod)),
+                None if usable.contains(ip) => {
+                    records.insert(
+                        key,
+                        PoolIPAllocation {
+                            pod: pod.clone(),
+                            pod_uid: pod_uid.clone(),
+                        },
+                    );
+                    Outcome::Rebound
+                }
+                None => Outcome::RebindRefused(format!("{ip} is no longer a usable address of the pool")),
+            });
+        }
+    }
+
+    let by_uid: HashMap<&str, &str> = records
+        .iter()
+        .map(|(ip, r)| (r.pod_uid.as_str(), ip.as_str()))
+        .collect();
+    let mut existing: Vec<(usize, IpAddr)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Op::Allocate { pod_uid, .. } = op
+            && let Some(ip) = by_uid.get(pod_uid.as_str()).and_then(|ip| ip.parse().ok())
+        {
+            existing.push((i, ip));
+        }
+    }
+    drop(by_uid);
+    for (i, ip) in existing {
+        outcomes[i] = Some(Outcome::Allocated(ip));
+    }
+
+    let used: Vec<IpAddr> = records.keys().filter_map(|ip| ip.parse().ok()).collect();
+    let used =
+        IpSet::from_ips(usable.family(), used.iter()).unwrap_or_else(|_| IpSet::empty(usable.family()));
+    let free_set = usable.difference(&used);
+    let mut free = free_set.iter();
+    // A batch may carry the same pod twice (a retried ADD queued behind the first): one address each.
+    let mut given: HashMap<&str, IpAddr> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let Op::Allocate { pod, pod_uid } = op else {
+            continue;
+        };
+        if outcomes[i].is_some() {
+            continue;
+        }
+        if let Some(ip) = given.get(pod_uid.as_str()) {
+            outcomes[i] = Some(Outcome::Allocated(*ip));
+            continue;
+        }
+        if records.len() >= max_records {
+            outcomes[i] = Some(Outcome::Exhausted(format!(
+                "the pool already holds {} addresses, the most one pool may hold",
+                records.len()
+            )));
+            continue;
+        }
+        outcomes[i] = Some(match free.next() {
+            Some(ip) => {
+                records.insert(
+                    ip.to_string(),
+                    PoolIPAllocation {
+                        pod: pod.clone(),
+                        pod_uid: pod_uid.clone(),
+                    },
+                );
+                given.insert(pod_uid, ip);
+                Outcome::Allocated(ip)
+            }
+            None => Outcome::Exhausted("all IP addresses used out".to_owned()),
+        });
+    }
+
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Released(false)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(ips: &[&str], exclude: &[&str]) -> SpiderIPPoolSpec {
+        SpiderIPPoolSpec {
+            subnet: "10.0.0.0/24".into(),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            exclude_ips: exclude.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn alloc(pod: &str) -> Op {
+        Op::Allocate {
+            pod: format!("ns/{pod}"),
+            pod_uid: format!("uid-{pod}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lowest_free_skipping_excluded_reserved_and_used() {
+        let reserved = IpSet::parse_list(IpFamily::V4, &["10.0.0.3"]).unwrap();
+        let usable = usable_addresses(
+            &spec(&["10.0.0.1-10.0.0.6"], &["10.0.0.1"]),
+            IpFamily::V4,
+            &reserved,
+        )
+        .unwrap();
+        let mut records = BTreeMap::from([(
+            "10.0.0.2".to_owned(),
+            PoolIPAllocation {
+                pod: "ns/old".into(),
+                pod_uid: "uid-old".into(),
+            },
+        )]);
+        let out = apply(
+            &mut records,
+            &usable,
+            &[alloc("a"), alloc("b"), alloc("c"), alloc("d")],
+            100,
+        );
+        assert_eq!(
+            out,
+            [
+                Outcome::Allocated(ip("10.0.0.4")),
+                Outcome::Allocated(ip("10.0.0.5")),
+                Outcome::Allocated(ip("10.0.0.6")),
+                Outcome::Exhausted("all IP addresses used out".into())
+            ]
+        );
+        assert_eq!(records.len(), 4);
+    }
+
+    #[test]
+    fn same_uid_gets_the_same_address_again() {
+        let usable = usable_addresses(
+            &spec(&["10.0.0.1-10.0.0.9"], &[]),
+            IpFamily::V4,
+            &IpSet::empty(IpFamily::V4),
+        )
+        .unwrap();
+        let mut records = BTreeMap::new();
+        let first = apply(&mut records, &usable, &[alloc("a")], 100);
+        let again = apply(&mut records, &usable, &[alloc("a"), alloc("a")], 100);
+        assert_eq!(again, [first[0].clone(), first[0].clone()]);
+        assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn release_needs_the_holders_uid_and_frees_for_the_same_batch() {
+        let usable = usable_addresses(
+            &spec(&["10.0.0.1"], &[]),
+            IpFamily::V4,
+            &IpSet::empty(IpFamily::V4),
+        )
+        .unwrap();
+        let mut records = BTreeMap::new();
+        apply(&mut records, &usable, &[alloc("a")], 100);
+        let wrong = Op::Release {
+            ip: ip("10.0.0.1"),
+            pod_uid: "uid-other".into(),
+        };
+        assert_eq!(
+            apply(&mut records, &usable, &[wrong], 100),
+            [Outcome::Released(false)]
+        );
+        let right = Op::Release {
+            ip: ip("10.0.0.1"),
+            pod_uid: "uid-a".into(),
+        };
+        assert_eq!(
+            apply(&mut records, &usable, &[alloc("b"), right], 100),
+            [Outcome::Allocated(ip("10.0.0.1")), Outcome::Released(true)]
+        );
+        assert_eq!(records["10.0.0.1"].pod_uid, "uid-b");
+    }
+
+    #[test]
+    fn rebind_keeps_a_sticky_pods_address_unless_someone_else_holds_it() {
+        let usable = usable_addresses(
+            &spec(&["10.0.0.1-10.0.0.2"], &[]),
+            IpFamily::V4,
+            &IpSet::empty(IpFamily::V4),
+        )
+        .unwrap();
+        let mut records = BTreeMap::new();
+        apply(&mut records, &usable, &[alloc("db-0")], 100);
+        let rebind = Op::Rebind {
+            ip: ip("10.0.0.1"),
+            pod: "ns/db-0".into(),
+            pod_uid: "new".into(),
+        };
+        assert_eq!(apply(&mut records, &usable, &[rebind], 100), [Outcome::Rebound]);
+        assert_eq!(records["10.0.0.1"].pod_uid, "new");
+        let stolen = Op::Rebind {
+            ip: ip("10.0.0.1"),
+            pod: "ns/db-1".into(),
+            pod_uid: "x".into(),
+        };
+        assert!(matches!(
+            apply(&mut records, &usable, &[stolen], 100)[0],
+            Outcome::RebindRefused(_)
+        ));
+        let free_again = Op::Rebind {
+            ip: ip("10.0.0.2"),
+            pod: "ns/db-1".into(),
+            pod_uid: "x".into(),
+        };
+        assert_eq!(
+            apply(&mut records, &usable, &[free_again], 100),
+            [Outcome::Rebound]
+        );
+        let outside = Op::Rebind {
+            ip: ip("10.0.0.7"),
+            pod: "ns/db-2".into(),
+            pod_uid: "y".into(),
+        };
+        assert!(matches!(
+            apply(&mut records, &usable, &[outside], 100)[0],
+            Outcome::RebindRefused(_)
+        ));
+    }
+
+    #[test]
+    fn size_cap() {
+        let usable = usable_addresses(
+            &spec(&["10.0.0.1-10.0.0.9"], &[]),
+            IpFamily::V4,
+            &IpSet::empty(IpFamily::V4),
+        )
+        .unwrap();
+        let mut records = BTreeMap::new();
+        let out = apply(&mut records, &usable, &[alloc("a"), alloc("b")], 1);
+        assert!(matches!(&out[1], Outcome::Exhausted(r) if r.contains("the most one pool may hold")));
+    }
+
+    #[test]
+    fn bad_pool_spec_names_the_field() {
+        let err = usable_addresses(
+            &spec(&["10.0.0.300"], &[]),
+            IpFamily::V4,
+            &IpSet::empty(IpFamily::V4),
+        )
+        .unwrap_err();
+        assert!(err.starts_with("spec.ips:"), "{err}");
+    }
+
+    proptest! {
+        /// Whatever the batches, no address is ever recorded twice, every address is usable, and
+        /// every pod holds at most one address.
+        #[test]
+        fn never_duplicates(batches in proptest::collection::vec(proptest::collection::vec((0u8..3, 0u8..12), 1..8), 1..8)) {
+            let usable = usable_addresses(&spec(&["10.0.0.1-10.0.0.8"], &["10.0.0.4"]), IpFamily::V4, &IpSet::empty(IpFamily::V4)).unwrap();
+            let mut records: BTreeMap<String, PoolIPAllocation> = BTreeMap::new();
+            for batch in batches {
+                let ops: Vec<Op> = batch.iter().map(|(kind, pod)| match kind {
+                    0 | 1 => alloc(&pod.to_string()),
+                    _ => {
+                        let held = records.iter().find(|(_, r)| r.pod_uid == format!("uid-{pod}")).map(|(ip, _)| ip.parse().unwrap());
+                        Op::Release { ip: held.unwrap_or(ip("10.0.0.1")), pod_uid: format!("uid-{pod}") }
+                    }
+                }).collect();
+                let outcomes = apply(&mut records, &usable, &ops, 100);
+                prop_assert_eq!(outcomes.len(), ops.len());
+                let mut uids = std::collections::BTreeSet::new();
+                for (ip, record) in &records {
+                    prop_assert!(usable.contains(&ip.parse().unwrap()));
+                    prop_assert!(uids.insert(record.pod_uid.clone()), "uid twice");
+                }
+                for (op, outcome) in ops.iter().zip(&outcomes) {
+                    if let (Op::Allocate { pod_uid, .. }, Outcome::Allocated(ip)) = (op, outcome) {
+                        prop_assert_eq!(&records[&ip.to_string()].pod_uid, pod_uid);
+                    }
+                }
+            }
+        }
+    }
+}
