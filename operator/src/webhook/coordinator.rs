@@ -1,0 +1,98 @@
+//! SpiderCoordinator admission (section 2.6 of the reference).
+//!
+//! Mutation: `hijackCIDR` entries and policy route destinations written as bare IPs become host CIDRs
+//! (`/32`, `/128`), as upstream's webhook normalises them, and `vethMTU` gets its default of 1500.
+//! Validation: the spec rules, with `podCIDRType` required (upstream requires it in a
+//! SpiderCoordinator; the chart sets it).
+
+use spiderpool_ipmath as ipmath;
+use spiderpool_schema::validation::Validate;
+use spiderpool_schema::{Problem, SpiderCoordinator};
+
+use super::{Change, Decision, PatchError, patch_between};
+
+/// `vethMTU` when none is set (upstream's webhook default).
+pub const DEFAULT_VETH_MTU: i64 = 1500;
+
+/// A bare IP as a host CIDR; anything else (CIDRs, invalid text for validation to report) unchanged.
+fn host_cidr(text: &str) -> String {
+    if text.contains('/') {
+        return text.to_string();
+    }
+    match ipmath::parse_ip(text) {
+        Ok(ip) => ipmath::IpNet::from(ip).to_string(),
+        Err(_) => text.to_string(),
+    }
+}
+
+/// The object as the mutating webhook stores it.
+pub fn mutate(coordinator: &SpiderCoordinator) -> SpiderCoordinator {
+    let mut out = coordinator.clone();
+    for cidr in &mut out.spec.hijack_cidr {
+        *cidr = host_cidr(cidr);
+    }
+    for route in &mut out.spec.policy_routes {
+        route.dst = host_cidr(&route.dst);
+    }
+    out.spec.veth_mtu.get_or_insert(DEFAULT_VETH_MTU);
+    out
+}
+
+/// The mutating webhook's decision: always allowed, with the patch [`mutate`] implies.
+pub fn admit_mutation(coordinator: &SpiderCoordinator) -> Result<Decision, PatchError> {
+    Ok(Decision {
+        patch: patch_between(coordinator, &mutate(coordinator))?,
+        ..Decision::default()
+    })
+}
+
+/// Every problem the validating webhook finds with a create or update.
+pub fn validate(change: Change<'_, SpiderCoordinator>) -> Vec<Problem> {
+    change.object().problems()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn coordinator(spec: serde_json::Value) -> SpiderCoordinator {
+        serde_json::from_value(json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+            "metadata": {"name": "default"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bare_ips_become_host_cidrs() {
+        let c = coordinator(json!({
+            "podCIDRType": "cluster",
+            "hijackCIDR": ["169.254.0.0/16", "10.0.0.10", "fd00::a"],
+            "policyRoutes": [{"dst": "10.9.0.1", "gw": "10.0.0.1"}],
+        }));
+        let m = mutate(&c);
+        assert_eq!(
+            m.spec.hijack_cidr,
+            vec!["169.254.0.0/16", "10.0.0.10/32", "fd00::a/128"]
+        );
+        assert_eq!(m.spec.policy_routes[0].dst, "10.9.0.1/32");
+        assert_eq!(m.spec.veth_mtu, Some(1500));
+        assert!(admit_mutation(&m).unwrap().patch.0.is_empty());
+    }
+
+    #[test]
+    fn pod_cidr_type_is_required() {
+        let problems = validate(Change::Create(&coordinator(json!({"mode": "auto"}))));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "spec.podCIDRType");
+        assert_eq!(
+            validate(Change::Create(&coordinator(json!({"podCIDRType": "calico"})))),
+            vec![]
+        );
+        let problems = validate(Change::Create(&coordinator(
+            json!({"podCIDRType": "cluster", "podMACPrefix": "01:00"}),
+        )));
+        assert_eq!(problems[0].path, "spec.podMACPrefix");
+    }
+}
