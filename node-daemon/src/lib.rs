@@ -2,5 +2,16 @@
 //! a unix socket and allocates addresses from SpiderIPPools.
 //!
 //! - [`ipam`]: the allocator's decisions, pure (candidate rules, filters, address choice, routes).
+//! - [`writer`]: one writer task per pool; batches this node's changes into one status write per round
+//!   with optimistic concurrency (the design and its failure modes are documented there).
+//! - [`allocator`]: the I/O shell: pods, owners, SpiderEndpoints, rollback.
+//! - [`store`]: watch caches of pools, reserved IPs, namespaces and the node.
+//! - [`server`]: the unix-socket API and the health/metrics endpoints.
+//! - [`metrics`]: Prometheus metrics.
 
+pub mod allocator;
 pub mod ipam;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod writer;

@@ -1,2 +1,151 @@
-//! `spiderpool-agent`: the node daemon. Work in progress.
-fn main() {}
+//! `spiderpool-agent`: the node daemon. Serves the IPAM API on a unix socket, health and metrics on TCP.
+//! Every flag also reads an environment variable (upstream's names where upstream has one).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use spiderpool_node_daemon::allocator::{Allocator, Config};
+use spiderpool_node_daemon::metrics::Metrics;
+use spiderpool_node_daemon::server::{self, AppState};
+use spiderpool_node_daemon::store::Stores;
+
+#[derive(Parser, Debug)]
+#[command(name = "spiderpool-agent", version, about = "Spiderpool node daemon: IPAM for the spiderpool CNI plugin")]
+struct Args {
+    /// This node's name.
+    #[arg(long, env = "SPIDERPOOL_NODE_NAME")]
+    node_name: String,
+    /// The daemon's namespace (`multusName` entries without a namespace refer to it).
+    #[arg(long, env = "SPIDERPOOL_POD_NAMESPACE", default_value = "kube-system")]
+    namespace: String,
+    /// Unix socket of the IPAM API.
+    #[arg(long, env = "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH", default_value = spiderpool_agent_api::DEFAULT_SOCKET_PATH)]
+    socket_path: PathBuf,
+    /// Health probes (`/v1/runtime/*`) and metrics (`/metrics`) listen here; `off` disables.
+    #[arg(long, env = "SPIDERPOOL_HEALTH_ADDRESS", default_value = "0.0.0.0:5710")]
+    health_address: String,
+    /// Multus cluster network `<namespace>/<name>` (for pools whose `multusName` must match eth0).
+    #[arg(long, env = "MULTUS_CLUSTER_NETWORK")]
+    cluster_network: Option<String>,
+    /// Allocate IPv4 addresses.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_IPV4", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_ipv4: bool,
+    /// Allocate IPv6 addresses.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_IPV6", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_ipv6: bool,
+    /// StatefulSet pods keep their addresses across restarts.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_STATEFULSET", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_statefulset: bool,
+    /// KubeVirt VMs keep their addresses across restarts and migration.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_KUBEVIRT_STATIC_IP", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_kubevirt_static_ip: bool,
+    /// SpiderSubnet automatic pools.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_AUTO_POOL", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_auto_pool: bool,
+    /// Ask the plugin to detect IP conflicts.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_IP_CONFLICT_DETECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    enable_ip_conflict_detection: bool,
+    /// Ask the plugin to check the gateway is reachable.
+    #[arg(long, env = "SPIDERPOOL_ENABLE_GATEWAY_DETECTION", default_value_t = false, action = clap::ArgAction::Set)]
+    enable_gateway_detection: bool,
+    /// Most addresses one pool may hold (upstream: 5000).
+    #[arg(long, env = "SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS", default_value_t = 5000)]
+    max_allocated_ips: usize,
+    /// Deadline of one ADD or DEL, in seconds.
+    #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    request_timeout_seconds: u64,
+    /// How long an ADD waits for a SpiderSubnet automatic pool, in seconds (upstream: 2 s x 25).
+    #[arg(long, env = "SPIDERPOOL_WAIT_SUBNET_POOL_SECONDS", default_value_t = 50)]
+    wait_subnet_pool_seconds: u64,
+    /// Worker threads of the runtime.
+    #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
+    worker_threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.worker_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let metrics = Metrics::new();
+    let stores = Stores::start(&client, &args.node_name);
+    let config = Config {
+        node_name: args.node_name.clone(),
+        namespace: args.namespace.clone(),
+        cluster_network: args.cluster_network.clone(),
+        enable_ipv4: args.enable_ipv4,
+        enable_ipv6: args.enable_ipv6,
+        enable_statefulset: args.enable_statefulset,
+        enable_kubevirt: args.enable_kubevirt_static_ip,
+        enable_auto_pools: args.enable_auto_pool,
+        enable_ip_conflict_detection: args.enable_ip_conflict_detection,
+        enable_gateway_detection: args.enable_gateway_detection,
+        max_allocated_ips: args.max_allocated_ips,
+        request_timeout: Duration::from_secs(args.request_timeout_seconds),
+        auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
+    };
+    let allocator = Allocator::new(client, config, stores.clone(), metrics);
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState { allocator, ready: ready.clone() };
+
+    let listener = server::bind_socket(&args.socket_path)
+        .with_context(|| format!("binding the IPAM socket {}", args.socket_path.display()))?;
+    tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
+    let ipam = axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let ipam = tokio::spawn(async move { ipam.await });
+
+    if args.health_address != "off" {
+        let address: SocketAddr = args
+            .health_address
+            .parse()
+            .with_context(|| format!("--health-address {}: not an address:port", args.health_address))?;
+        let admin = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the health address {address}"))?;
+        tracing::info!(address = %admin.local_addr().unwrap_or(address), "serving health and metrics");
+        let router = server::admin_router(state.clone());
+        tokio::spawn(async move { axum::serve(admin, router).with_graceful_shutdown(shutdown_signal()).await });
+    }
+
+    stores.wait_ready().await.context("waiting for the caches")?;
+    ready.store(true, Ordering::Release);
+    tracing::info!("caches synced; ready");
+
+    ipam.await.context("the IPAM server task")?.context("serving the IPAM API")?;
+    let _ = std::fs::remove_file(&args.socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

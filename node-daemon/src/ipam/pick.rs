@@ -32,11 +32,14 @@ pub enum Op {
         pod_uid: String,
     },
     /// Hand `ip` to a new incarnation of a sticky pod (StatefulSet member, VM): the record must belong
-    /// to `pod` (any UID) or the address must be free.
+    /// to the previous incarnation (`previous_uid`) or to `pod` already, or the address must be free.
+    /// A VM's launcher pods have different names, so the UID is what ties them together.
     Rebind {
         /// The address the pod held.
         ip: IpAddr,
-        /// `<namespace>/<name>` recorded for it.
+        /// UID of the incarnation that held it.
+        previous_uid: String,
+        /// `<namespace>/<name>` of the new incarnation.
         pod: String,
         /// The new pod UID.
         pod_uid: String,
@@ -101,10 +104,11 @@ pub fn apply(
     }
 
     for (i, op) in ops.iter().enumerate() {
-        if let Op::Rebind { ip, pod, pod_uid } = op {
+        if let Op::Rebind { ip, previous_uid, pod, pod_uid } = op {
             let key = ip.to_string();
             outcomes[i] = Some(match records.get_mut(&key) {
-                Some(record) if &record.pod == pod => {
+                Some(record) if &record.pod_uid == previous_uid || &record.pod == pod => {
+                    record.pod.clone_from(pod);
                     record.pod_uid.clone_from(pod_uid);
                     Outcome::Rebound
                 }

@@ -1,0 +1,139 @@
+//! Watch caches (kube-runtime reflectors) of what every allocation reads: pools, reserved IPs,
+//! namespaces and this daemon's own Node. Pods, endpoints and owners are read directly (they change
+//! per pod, and a stale read there could hand out a wrong answer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::{SpiderIPPool, SpiderReservedIP};
+
+use crate::writer::pool_family;
+
+/// The caches. Cheap to clone.
+#[derive(Clone)]
+pub struct Stores {
+    /// Every SpiderIPPool.
+    pub pools: Store<SpiderIPPool>,
+    /// Every SpiderReservedIP.
+    pub reserved: Store<SpiderReservedIP>,
+    /// Every Namespace.
+    pub namespaces: Store<Namespace>,
+    /// This daemon's Node.
+    pub node: Store<Node>,
+}
+
+impl Stores {
+    /// Starts the reflectors (on the current tokio runtime) and returns their stores; they fill
+    /// asynchronously, see [`Stores::wait_ready`].
+    pub fn start(client: &Client, node_name: &str) -> Self {
+        Stores {
+            pools: reflect(Api::all(client.clone()), watcher::Config::default()),
+            reserved: reflect(Api::all(client.clone()), watcher::Config::default()),
+            namespaces: reflect(Api::all(client.clone()), watcher::Config::default()),
+            node: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            ),
+        }
+    }
+
+    /// Waits until every cache has its first full list.
+    pub async fn wait_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.pools.wait_until_ready().await?;
+        self.reserved.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        self.node.wait_until_ready().await?;
+        Ok(())
+    }
+
+    /// The union of every non-terminating SpiderReservedIP of `family`.
+    pub fn reserved_ips(&self, family: IpFamily) -> IpSet {
+        let mut set = IpSet::empty(family);
+        for reserved in self.reserved.state() {
+            if reserved.meta().deletion_timestamp.is_some() || reserved.spec.family() != Some(family) {
+                continue;
+            }
+            match IpSet::parse_list(family, &reserved.spec.ips) {
+                Ok(ips) => {
+                    if let Ok(union) = set.union(&ips) {
+                        set = union;
+                    }
+                }
+                Err(errors) => tracing::warn!(
+                    reserved_ip = reserved.meta().name.as_deref().unwrap_or_default(),
+                    ?errors,
+                    "ignoring unparsable SpiderReservedIP"
+                ),
+            }
+        }
+        set
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<Arc<SpiderIPPool>> {
+        self.pools.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// Names of every pool of `family`, and of those with `spec.default: true`, both in name order.
+    pub fn pool_names(&self, family: IpFamily) -> (Vec<String>, Vec<String>) {
+        let mut all = Vec::new();
+        let mut defaults = Vec::new();
+        for pool in self.pools.state() {
+            if pool_family(&pool) != Some(family) {
+                continue;
+            }
+            let name = pool.meta().name.clone().unwrap_or_default();
+            if pool.spec.default == Some(true) {
+                defaults.push(name.clone());
+            }
+            all.push(name);
+        }
+        all.sort();
+        defaults.sort();
+        (all, defaults)
+    }
+
+    /// A namespace's labels and annotations (empty when unknown).
+    pub fn namespace_meta(&self, name: &str) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        match self.namespaces.get(&reflector::ObjectRef::new(name)) {
+            Some(ns) => (
+                ns.meta().labels.clone().unwrap_or_default(),
+                ns.meta().annotations.clone().unwrap_or_default(),
+            ),
+            None => Default::default(),
+        }
+    }
+
+    /// This node's labels.
+    pub fn node_labels(&self) -> BTreeMap<String, String> {
+        self.node
+            .state()
+            .first()
+            .and_then(|n| n.meta().labels.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn reflect<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff()).applied_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "watch error (retrying)");
+            }
+        }
+    });
+    reader
+}
