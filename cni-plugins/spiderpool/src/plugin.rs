@@ -119,6 +119,12 @@ pub fn run_with<D: Daemon>(
     let logger = Logger::from_config(&conf.ipam.log);
     if let Some(attachment) = &attachment {
         logger.set_context(&attachment.container_id, &attachment.pod_label());
+        if !attachment.args.unknown.is_empty() {
+            logger.debug(&format!(
+                "CNI_ARGS keys ignored: {}",
+                attachment.args.unknown.join(", ")
+            ));
+        }
     }
     logger.info(&format!(
         "{command} (cniVersion {}, network {:?})",
