@@ -29,8 +29,8 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use spiderpool_agent_api::{
-    Attachment, IpConfig, IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, IpamGcResponse,
-    Route, WorkloadEndpointStatus, codes,
+    Attachment, IpConfig, IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs,
+    IpamGcResponse, Route, WorkloadEndpointStatus, codes,
 };
 use spiderpool_ipmath::IpFamily;
 use spiderpool_schema::common::Route as PoolRoute;
@@ -186,7 +186,12 @@ struct Grant {
 impl Allocator {
     /// An allocator over started stores.
     pub fn new(client: Client, config: Config, stores: Stores, metrics: Metrics) -> Self {
-        let writers = PoolWriters::new(Api::all(client.clone()), stores.clone(), metrics.clone(), config.max_allocated_ips);
+        let writers = PoolWriters::new(
+            Api::all(client.clone()),
+            stores.clone(),
+            metrics.clone(),
+            config.max_allocated_ips,
+        );
         Allocator {
             inner: Arc::new(Inner {
                 client,
@@ -247,7 +252,12 @@ impl Allocator {
             .get_opt(&args.pod_name)
             .await
             .map_err(|e| kube_error("reading the pod", e))?
-            .ok_or_else(|| IpamError::PodNotAlive(format!("pod {}/{} does not exist", args.pod_namespace, args.pod_name)))?;
+            .ok_or_else(|| {
+                IpamError::PodNotAlive(format!(
+                    "pod {}/{} does not exist",
+                    args.pod_namespace, args.pod_name
+                ))
+            })?;
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         if !args.pod_uid.is_empty() && args.pod_uid != pod_uid {
             return Err(IpamError::PodNotAlive(format!(
@@ -285,10 +295,16 @@ impl Allocator {
                     }
                     Some(ep)
                 } else if stickiness.is_sticky() {
-                    return self.take_over(&endpoints, ep, &pod, &app, &stickiness, args).await;
+                    return self
+                        .take_over(&endpoints, ep, &pod, &app, &stickiness, args)
+                        .await;
                 } else {
                     // An endpoint left by an earlier pod of the same name: free what it holds.
-                    tracing::info!(endpoint = endpoint_name, stale_uid = status.current.uid, "removing a stale SpiderEndpoint");
+                    tracing::info!(
+                        endpoint = endpoint_name,
+                        stale_uid = status.current.uid,
+                        "removing a stale SpiderEndpoint"
+                    );
                     self.release_endpoint(&endpoints, &ep).await?;
                     None
                 }
@@ -297,7 +313,19 @@ impl Allocator {
         };
 
         let grants = self.allocate_fresh(&pod, &app, args, endpoint.as_ref()).await?;
-        match self.record(&endpoints, endpoint.take(), &pod, &app, &stickiness, &endpoint_name, args, &grants).await {
+        match self
+            .record(
+                &endpoints,
+                endpoint.take(),
+                &pod,
+                &app,
+                &stickiness,
+                &endpoint_name,
+                args,
+                &grants,
+            )
+            .await
+        {
             Ok(status) => Ok(self.response(&status)),
             Err(e) => {
                 self.take_back(&pod_uid, &grants).await;
@@ -438,11 +466,28 @@ impl Allocator {
         let mut exhausted = Vec::new();
         for pool in ordered {
             let name = pool.metadata.name.clone().unwrap_or_default();
-            let op = Op::Allocate { pod: claim.0.clone(), pod_uid: claim.1.clone() };
-            match self.inner.writers.submit(&name, op, self.inner.config.request_timeout).await {
+            let op = Op::Allocate {
+                pod: claim.0.clone(),
+                pod_uid: claim.1.clone(),
+            };
+            match self
+                .inner
+                .writers
+                .submit(&name, op, self.inner.config.request_timeout)
+                .await
+            {
                 Ok(Outcome::Allocated(ip)) => {
-                    let pool = self.inner.stores.pool(&name).unwrap_or_else(|| Arc::new(pool.clone()));
-                    return Ok(Grant { nic: nic.nic.clone(), family, ip, pool });
+                    let pool = self
+                        .inner
+                        .stores
+                        .pool(&name)
+                        .unwrap_or_else(|| Arc::new(pool.clone()));
+                    return Ok(Grant {
+                        nic: nic.nic.clone(),
+                        family,
+                        ip,
+                        pool,
+                    });
                 }
                 Ok(Outcome::Exhausted(reason)) => exhausted.push(format!("{name}: {reason}")),
                 Ok(other) => exhausted.push(format!("{name}: unexpected outcome {other:?}")),
@@ -463,7 +508,13 @@ impl Allocator {
 
     /// Waits for the SpiderSubnet automatic pool of (application, interface, family), which the
     /// operator creates for the application.
-    async fn wait_auto_pool(&self, subnet: &str, app: &AppRef, nic: &str, family: IpFamily) -> Result<String, IpamError> {
+    async fn wait_auto_pool(
+        &self,
+        subnet: &str,
+        app: &AppRef,
+        nic: &str,
+        family: IpFamily,
+    ) -> Result<String, IpamError> {
         let version = match family {
             IpFamily::V4 => "IPv4",
             IpFamily::V6 => "IPv6",
@@ -494,15 +545,26 @@ impl Allocator {
     async fn take_back(&self, pod_uid: &str, grants: &[Grant]) {
         for grant in grants {
             let name = grant.pool.metadata.name.clone().unwrap_or_default();
-            let op = Op::Release { ip: grant.ip, pod_uid: pod_uid.to_owned() };
-            if let Err(e) = self.inner.writers.submit(&name, op, self.inner.config.request_timeout).await {
+            let op = Op::Release {
+                ip: grant.ip,
+                pod_uid: pod_uid.to_owned(),
+            };
+            if let Err(e) = self
+                .inner
+                .writers
+                .submit(&name, op, self.inner.config.request_timeout)
+                .await
+            {
                 tracing::warn!(pool = name, ip = %grant.ip, error = %e, "could not take back an address; reclaim will");
             }
         }
     }
 
     /// Writes the endpoint with the new grants (creating it, or adding interfaces to it).
-    #[allow(clippy::too_many_arguments, reason = "one call site; the arguments are the request's facts")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the request's facts"
+    )]
     async fn record(
         &self,
         endpoints: &Api<SpiderEndpoint>,
@@ -586,7 +648,10 @@ impl Allocator {
                         namespace: Some(args.pod_namespace.clone()),
                         finalizers: Some(vec![FINALIZER.to_owned()]),
                         owner_references,
-                        labels: Some(BTreeMap::from([(LABEL_NODE.to_owned(), label_value(&self.inner.config.node_name))])),
+                        labels: Some(BTreeMap::from([(
+                            LABEL_NODE.to_owned(),
+                            label_value(&self.inner.config.node_name),
+                        )])),
                         annotations: Some(BTreeMap::from([
                             (ANNO_CONTAINER_ID.to_owned(), args.container_id.clone()),
                             (ANNO_NETWORKS.to_owned(), networks_text),
@@ -606,8 +671,17 @@ impl Allocator {
     }
 
     /// Records the sandbox now using the endpoint's addresses (a repeated ADD from a new sandbox).
-    async fn note_container(&self, endpoints: &Api<SpiderEndpoint>, ep: &SpiderEndpoint, args: &IpamAddArgs) -> Result<(), IpamError> {
-        let current = ep.metadata.annotations.as_ref().and_then(|a| a.get(ANNO_CONTAINER_ID));
+    async fn note_container(
+        &self,
+        endpoints: &Api<SpiderEndpoint>,
+        ep: &SpiderEndpoint,
+        args: &IpamAddArgs,
+    ) -> Result<(), IpamError> {
+        let current = ep
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNO_CONTAINER_ID));
         if current.map(String::as_str) == Some(args.container_id.as_str()) {
             return Ok(());
         }
@@ -642,8 +716,18 @@ impl Allocator {
         for detail in std::mem::take(&mut status.current.ips) {
             let mut ok = true;
             for (ip, pool) in detail_addresses(&detail) {
-                let op = Op::Rebind { ip, previous_uid: previous_uid.clone(), pod: claim_pod.clone(), pod_uid: pod_uid.clone() };
-                match self.inner.writers.submit(&pool, op, self.inner.config.request_timeout).await {
+                let op = Op::Rebind {
+                    ip,
+                    previous_uid: previous_uid.clone(),
+                    pod: claim_pod.clone(),
+                    pod_uid: pod_uid.clone(),
+                };
+                match self
+                    .inner
+                    .writers
+                    .submit(&pool, op, self.inner.config.request_timeout)
+                    .await
+                {
                     Ok(Outcome::Rebound) => {}
                     Ok(other) => {
                         tracing::info!(pool, %ip, outcome = ?other, "a retained address cannot be kept; allocating afresh");
@@ -658,14 +742,25 @@ impl Allocator {
                     }
                 }
             }
-            if ok { keep.push(detail) } else { dropped.push(detail) }
+            if ok {
+                keep.push(detail)
+            } else {
+                dropped.push(detail)
+            }
         }
         for detail in &dropped {
             for (ip, pool) in detail_addresses(detail) {
                 let _ = self
                     .inner
                     .writers
-                    .submit(&pool, Op::Release { ip, pod_uid: pod_uid.clone() }, self.inner.config.request_timeout)
+                    .submit(
+                        &pool,
+                        Op::Release {
+                            ip,
+                            pod_uid: pod_uid.clone(),
+                        },
+                        self.inner.config.request_timeout,
+                    )
                     .await;
             }
         }
@@ -675,9 +770,15 @@ impl Allocator {
         ep.status = Some(status);
         let annotations = ep.metadata.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert(ANNO_CONTAINER_ID.to_owned(), args.container_id.clone());
-        ep.metadata.labels.get_or_insert_with(BTreeMap::new).insert(LABEL_NODE.to_owned(), label_value(&self.inner.config.node_name));
+        ep.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(LABEL_NODE.to_owned(), label_value(&self.inner.config.node_name));
 
-        let has_nic = ep.status.as_ref().is_some_and(|s| s.current.ips.iter().any(|d| d.nic == args.if_name));
+        let has_nic = ep
+            .status
+            .as_ref()
+            .is_some_and(|s| s.current.ips.iter().any(|d| d.nic == args.if_name));
         if has_nic {
             let name = ep.metadata.name.clone().unwrap_or_default();
             self.inner.metrics.api_write("endpoint");
@@ -689,7 +790,10 @@ impl Allocator {
         }
         let grants = self.allocate_fresh(pod, app, args, Some(&ep)).await?;
         let name = stickiness.endpoint_name(&args.pod_name).to_owned();
-        match self.record(endpoints, Some(ep), pod, app, stickiness, &name, args, &grants).await {
+        match self
+            .record(endpoints, Some(ep), pod, app, stickiness, &name, args, &grants)
+            .await
+        {
             Ok(status) => Ok(self.response(&status)),
             Err(e) => {
                 self.take_back(&pod_uid, &grants).await;
@@ -723,27 +827,46 @@ impl Allocator {
                     && d.clean_gateway != Some(true)
                 {
                     let dst = if version == 4 { "0.0.0.0/0" } else { "::/0" };
-                    route_list.push(Route { if_name: d.nic.clone(), dst: dst.to_owned(), gw: gw.clone() });
+                    route_list.push(Route {
+                        if_name: d.nic.clone(),
+                        dst: dst.to_owned(),
+                        gw: gw.clone(),
+                    });
                 }
             }
         }
         for d in &status.current.ips {
             for r in &d.routes {
-                route_list.push(Route { if_name: d.nic.clone(), dst: r.dst.clone(), gw: r.gw.clone() });
+                route_list.push(Route {
+                    if_name: d.nic.clone(),
+                    dst: r.dst.clone(),
+                    gw: r.gw.clone(),
+                });
             }
         }
-        IpamAddResponse { ips, routes: route_list, dns: None }
+        IpamAddResponse {
+            ips,
+            routes: route_list,
+            dns: None,
+        }
     }
 
     /// Releases what an endpoint records (every interface) and deletes the endpoint.
-    async fn release_endpoint(&self, endpoints: &Api<SpiderEndpoint>, ep: &SpiderEndpoint) -> Result<(), IpamError> {
+    async fn release_endpoint(
+        &self,
+        endpoints: &Api<SpiderEndpoint>,
+        ep: &SpiderEndpoint,
+    ) -> Result<(), IpamError> {
         let status = ep.status.clone().unwrap_or_default();
         let uid = status.current.uid.clone();
         let mut jobs = Vec::new();
         for detail in &status.current.ips {
             for (ip, pool) in detail_addresses(detail) {
                 let writers = self.inner.writers.clone();
-                let op = Op::Release { ip, pod_uid: uid.clone() };
+                let op = Op::Release {
+                    ip,
+                    pod_uid: uid.clone(),
+                };
                 let timeout = self.inner.config.request_timeout;
                 jobs.push(async move { (pool.clone(), writers.submit(&pool, op, timeout).await) });
             }
@@ -751,14 +874,21 @@ impl Allocator {
         for (pool, result) in join_all(jobs).await {
             match result {
                 Ok(_) | Err(WriteError::PoolGone(_)) => {}
-                Err(e) => return Err(IpamError::Transient(format!("releasing from SpiderIPPool {pool}: {e}"))),
+                Err(e) => {
+                    return Err(IpamError::Transient(format!(
+                        "releasing from SpiderIPPool {pool}: {e}"
+                    )));
+                }
             }
         }
         let name = ep.metadata.name.clone().unwrap_or_default();
         if ep.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
             let patch = serde_json::json!({"metadata": {"finalizers": null, "resourceVersion": ep.metadata.resource_version}});
             self.inner.metrics.api_write("endpoint");
-            match endpoints.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match endpoints
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
                 Err(e) => return Err(kube_error("removing the SpiderEndpoint's finalizer", e)),
@@ -791,7 +921,10 @@ impl Allocator {
             ("containerID", &args.container_id),
         ])?;
         let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let pod = pods.get_opt(&args.pod_name).await.map_err(|e| kube_error("reading the pod", e))?;
+        let pod = pods
+            .get_opt(&args.pod_name)
+            .await
+            .map_err(|e| kube_error("reading the pod", e))?;
         let config = &self.inner.config;
         let stickiness = pod
             .as_ref()
@@ -809,9 +942,16 @@ impl Allocator {
             return Ok(());
         };
         let status = ep.status.clone().unwrap_or_default();
-        let holder = ep.metadata.annotations.as_ref().and_then(|a| a.get(ANNO_CONTAINER_ID));
+        let holder = ep
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNO_CONTAINER_ID));
         if holder.is_some_and(|h| h != &args.container_id) {
-            tracing::info!(holder = holder.map(String::as_str).unwrap_or_default(), "DEL from a sandbox that no longer holds the addresses; nothing to release");
+            tracing::info!(
+                holder = holder.map(String::as_str).unwrap_or_default(),
+                "DEL from a sandbox that no longer holds the addresses; nothing to release"
+            );
             return Ok(());
         }
         let pod_uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
@@ -820,20 +960,35 @@ impl Allocator {
         if uid_mismatch && !(stickiness.is_sticky() && pod_uid.is_none()) {
             return Ok(());
         }
-        if self.retained(&stickiness, pod.as_ref(), &args.pod_namespace).await? {
-            tracing::info!(endpoint = endpoint_name, "keeping the addresses of a StatefulSet member / KubeVirt VM");
+        if self
+            .retained(&stickiness, pod.as_ref(), &args.pod_namespace)
+            .await?
+        {
+            tracing::info!(
+                endpoint = endpoint_name,
+                "keeping the addresses of a StatefulSet member / KubeVirt VM"
+            );
             return Ok(());
         }
         self.release_endpoint(&endpoints, &ep).await
     }
 
     /// Whether a sticky owner still wants the addresses kept.
-    async fn retained(&self, stickiness: &Stickiness, pod: Option<&Pod>, namespace: &str) -> Result<bool, IpamError> {
+    async fn retained(
+        &self,
+        stickiness: &Stickiness,
+        pod: Option<&Pod>,
+        namespace: &str,
+    ) -> Result<bool, IpamError> {
         match stickiness {
             Stickiness::None => Ok(false),
             Stickiness::StatefulSet { set, ordinal } => {
                 let sets: Api<StatefulSet> = Api::namespaced(self.inner.client.clone(), namespace);
-                let Some(sts) = sets.get_opt(set).await.map_err(|e| kube_error("reading the StatefulSet", e))? else {
+                let Some(sts) = sets
+                    .get_opt(set)
+                    .await
+                    .map_err(|e| kube_error("reading the StatefulSet", e))?
+                else {
                     return Ok(false);
                 };
                 if sts.metadata.deletion_timestamp.is_some() {
@@ -841,7 +996,11 @@ impl Allocator {
                 }
                 let spec = sts.spec.unwrap_or_default();
                 let replicas = u64::try_from(spec.replicas.unwrap_or(1)).unwrap_or_default();
-                let start = spec.ordinals.and_then(|o| o.start).and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                let start = spec
+                    .ordinals
+                    .and_then(|o| o.start)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0);
                 Ok(owner::statefulset_member_valid(*ordinal, replicas, start))
             }
             Stickiness::KubeVirt { vmi } => {
@@ -858,7 +1017,12 @@ impl Allocator {
         }
     }
 
-    async fn kubevirt(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<DynamicObject>, IpamError> {
+    async fn kubevirt(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<DynamicObject>, IpamError> {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("kubevirt.io", "v1", kind));
         let api: Api<DynamicObject> = Api::namespaced_with(self.inner.client.clone(), namespace, &resource);
         match api.get_opt(name).await {
@@ -890,21 +1054,30 @@ impl Allocator {
                 .ok()
                 .flatten()
                 .and_then(|rs| rs.metadata.owner_references)
-                .and_then(|refs| refs.into_iter().find(|r| r.controller == Some(true) && r.kind == "Deployment")),
+                .and_then(|refs| {
+                    refs.into_iter()
+                        .find(|r| r.controller == Some(true) && r.kind == "Deployment")
+                }),
             ("Job", "batch/v1") => Api::<Job>::namespaced(self.inner.client.clone(), &namespace)
                 .get_opt(&direct.name)
                 .await
                 .ok()
                 .flatten()
                 .and_then(|job| job.metadata.owner_references)
-                .and_then(|refs| refs.into_iter().find(|r| r.controller == Some(true) && r.kind == "CronJob")),
+                .and_then(|refs| {
+                    refs.into_iter()
+                        .find(|r| r.controller == Some(true) && r.kind == "CronJob")
+                }),
             ("VirtualMachineInstance", "kubevirt.io/v1") => self
                 .kubevirt("VirtualMachineInstance", &namespace, &direct.name)
                 .await
                 .ok()
                 .flatten()
                 .and_then(|vmi| vmi.metadata.owner_references)
-                .and_then(|refs| refs.into_iter().find(|r| r.controller == Some(true) && r.kind == "VirtualMachine")),
+                .and_then(|refs| {
+                    refs.into_iter()
+                        .find(|r| r.controller == Some(true) && r.kind == "VirtualMachine")
+                }),
             _ => None,
         };
         as_app(parent.as_ref().unwrap_or(direct))
@@ -914,7 +1087,10 @@ impl Allocator {
     pub async fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), IpamError> {
         require(&[("podNamespace", &args.pod_namespace), ("podName", &args.pod_name)])?;
         let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let pod = pods.get_opt(&args.pod_name).await.map_err(|e| kube_error("reading the pod", e))?;
+        let pod = pods
+            .get_opt(&args.pod_name)
+            .await
+            .map_err(|e| kube_error("reading the pod", e))?;
         let config = &self.inner.config;
         let stickiness = pod
             .as_ref()
@@ -922,17 +1098,26 @@ impl Allocator {
             .unwrap_or(Stickiness::None);
         if stickiness.is_sticky() && args.is_release_conflict_ips {
             return Err(IpamError::Forbidden(
-                "refusing to release the retained addresses of a StatefulSet member or KubeVirt VM".to_owned(),
+                "refusing to release the retained addresses of a StatefulSet member or KubeVirt VM"
+                    .to_owned(),
             ));
         }
         let endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
         let lock = self.lock_for(&format!("{}/{endpoint_name}", args.pod_namespace));
         let _guard = lock.lock().await;
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let Some(ep) = endpoints.get_opt(&endpoint_name).await.map_err(|e| kube_error("reading the SpiderEndpoint", e))? else {
+        let Some(ep) = endpoints
+            .get_opt(&endpoint_name)
+            .await
+            .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
+        else {
             return Ok(());
         };
-        let uid = ep.status.as_ref().map(|s| s.current.uid.clone()).unwrap_or_default();
+        let uid = ep
+            .status
+            .as_ref()
+            .map(|s| s.current.uid.clone())
+            .unwrap_or_default();
         if !args.pod_uid.is_empty() && args.pod_uid != uid {
             return Ok(());
         }
@@ -953,21 +1138,33 @@ impl Allocator {
         let mut released = Vec::new();
         for ep in list.items {
             let status = ep.status.clone().unwrap_or_default();
-            if matches!(status.owner_controller_type.as_str(), "StatefulSet" | "VirtualMachineInstance" | "VirtualMachine")
-                || ep.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty())
+            if matches!(
+                status.owner_controller_type.as_str(),
+                "StatefulSet" | "VirtualMachineInstance" | "VirtualMachine"
+            ) || ep.metadata.owner_references.as_ref().is_none_or(|r| r.is_empty())
             {
                 continue;
             }
             let annotations = ep.metadata.annotations.clone().unwrap_or_default();
-            let Some(container) = annotations.get(ANNO_CONTAINER_ID) else { continue };
-            let networks: BTreeMap<String, String> =
-                annotations.get(ANNO_NETWORKS).and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
-            let ours: Vec<&String> = networks.iter().filter(|(_, n)| *n == &args.net_name).map(|(nic, _)| nic).collect();
+            let Some(container) = annotations.get(ANNO_CONTAINER_ID) else {
+                continue;
+            };
+            let networks: BTreeMap<String, String> = annotations
+                .get(ANNO_NETWORKS)
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or_default();
+            let ours: Vec<&String> = networks
+                .iter()
+                .filter(|(_, n)| *n == &args.net_name)
+                .map(|(nic, _)| nic)
+                .collect();
             if ours.is_empty() {
                 continue;
             }
             let still_valid = ours.iter().any(|nic| {
-                args.valid_attachments.iter().any(|a| &a.container_id == container && &a.if_name == *nic)
+                args.valid_attachments
+                    .iter()
+                    .any(|a| &a.container_id == container && &a.if_name == *nic)
             });
             if still_valid {
                 continue;
@@ -978,25 +1175,44 @@ impl Allocator {
             let _guard = lock.lock().await;
             let api: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &namespace);
             // Re-read under the lock: an ADD may have just handed the endpoint to a new sandbox.
-            let Some(fresh) = api.get_opt(&name).await.map_err(|e| kube_error("reading a SpiderEndpoint", e))? else {
+            let Some(fresh) = api
+                .get_opt(&name)
+                .await
+                .map_err(|e| kube_error("reading a SpiderEndpoint", e))?
+            else {
                 continue;
             };
-            let fresh_container = fresh.metadata.annotations.as_ref().and_then(|a| a.get(ANNO_CONTAINER_ID));
+            let fresh_container = fresh
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNO_CONTAINER_ID));
             if fresh_container != Some(container) {
                 continue;
             }
             tracing::info!(endpoint = %format!("{namespace}/{name}"), container, "CNI GC: releasing addresses the runtime no longer knows");
             self.release_endpoint(&api, &fresh).await?;
-            released.extend(ours.into_iter().map(|nic| Attachment { container_id: container.clone(), if_name: nic.clone() }));
+            released.extend(ours.into_iter().map(|nic| Attachment {
+                container_id: container.clone(),
+                if_name: nic.clone(),
+            }));
         }
         Ok(IpamGcResponse { released })
     }
 
     /// `GET /v1/workloadendpoint`.
-    pub async fn workload_endpoint(&self, namespace: &str, name: &str) -> Result<Option<WorkloadEndpointStatus>, IpamError> {
+    pub async fn workload_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<WorkloadEndpointStatus>, IpamError> {
         require(&[("podNamespace", namespace), ("podName", name)])?;
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), namespace);
-        let Some(ep) = endpoints.get_opt(name).await.map_err(|e| kube_error("reading the SpiderEndpoint", e))? else {
+        let Some(ep) = endpoints
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
+        else {
             return Ok(None);
         };
         let status = ep.status.unwrap_or_default();
@@ -1022,7 +1238,11 @@ impl Allocator {
                     routes: d
                         .routes
                         .iter()
-                        .map(|r| Route { if_name: d.nic.clone(), dst: r.dst.clone(), gw: r.gw.clone() })
+                        .map(|r| Route {
+                            if_name: d.nic.clone(),
+                            dst: r.dst.clone(),
+                            gw: r.gw.clone(),
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -1031,7 +1251,11 @@ impl Allocator {
 }
 
 fn require(fields: &[(&str, &str)]) -> Result<(), IpamError> {
-    let missing: Vec<&str> = fields.iter().filter(|(_, v)| v.is_empty()).map(|(n, _)| *n).collect();
+    let missing: Vec<&str> = fields
+        .iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(n, _)| *n)
+        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -1041,13 +1265,20 @@ fn require(fields: &[(&str, &str)]) -> Result<(), IpamError> {
 
 /// Node names are DNS subdomains (up to 253 characters); label values stop at 63.
 fn label_value(node: &str) -> String {
-    if node.len() <= 63 { node.to_owned() } else { node[..63].trim_end_matches(['.', '-']).to_owned() }
+    if node.len() <= 63 {
+        node.to_owned()
+    } else {
+        node[..63].trim_end_matches(['.', '-']).to_owned()
+    }
 }
 
 /// `(address, pool)` of each family an endpoint interface records.
 fn detail_addresses(detail: &IPAllocationDetail) -> Vec<(IpAddr, String)> {
     let mut out = Vec::new();
-    for (address, pool) in [(&detail.ipv4, &detail.ipv4_pool), (&detail.ipv6, &detail.ipv6_pool)] {
+    for (address, pool) in [
+        (&detail.ipv4, &detail.ipv4_pool),
+        (&detail.ipv6, &detail.ipv6_pool),
+    ] {
         if let (Some(address), Some(pool)) = (address, pool)
             && let Some(ip) = address.split('/').next().and_then(|ip| ip.parse().ok())
         {
@@ -1058,13 +1289,19 @@ fn detail_addresses(detail: &IPAllocationDetail) -> Vec<(IpAddr, String)> {
 }
 
 /// Endpoint entries for fresh grants, one per interface, with the routes of each.
-fn build_details(grants: &[Grant], clean: &BTreeMap<String, bool>, extra: &[annotations::RouteItem]) -> Vec<IPAllocationDetail> {
+fn build_details(
+    grants: &[Grant],
+    clean: &BTreeMap<String, bool>,
+    extra: &[annotations::RouteItem],
+) -> Vec<IPAllocationDetail> {
     let mut by_nic: BTreeMap<&str, IPAllocationDetail> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     let mut allocated = Vec::new();
     for g in grants {
         let subnet: Option<ipnet::IpNet> = spiderpool_ipmath::parse_cidr(&g.pool.spec.subnet).ok();
-        let prefix = subnet.map(|n| n.prefix_len()).unwrap_or(if g.family == IpFamily::V4 { 32 } else { 128 });
+        let prefix = subnet
+            .map(|n| n.prefix_len())
+            .unwrap_or(if g.family == IpFamily::V4 { 32 } else { 128 });
         let clean_gateway = clean.get(&g.nic).copied().unwrap_or(false);
         if !by_nic.contains_key(g.nic.as_str()) {
             order.push(&g.nic);
@@ -1101,7 +1338,11 @@ fn build_details(grants: &[Grant], clean: &BTreeMap<String, bool>, extra: &[anno
     }
     let (route_list, unmatched) = routes::routes(&allocated, extra);
     for r in unmatched {
-        tracing::warn!(dst = r.dst, gw = r.gw, "route from ipam.spidernet.io/routes matches no allocated subnet; dropped");
+        tracing::warn!(
+            dst = r.dst,
+            gw = r.gw,
+            "route from ipam.spidernet.io/routes matches no allocated subnet; dropped"
+        );
     }
     for r in route_list {
         if let Some(d) = by_nic.get_mut(r.if_name.as_str()) {

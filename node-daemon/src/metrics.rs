@@ -46,7 +46,10 @@ struct MetricsInner {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0].into_iter()
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    ]
+    .into_iter()
 }
 
 impl Default for Metrics {
@@ -68,8 +71,13 @@ impl Metrics {
         let api_writes = Family::<WriteLabel, Counter>::default();
         let pool_conflicts = Counter::default();
         let pool_write_duration = Histogram::new(latency_buckets());
-        let pool_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0].into_iter());
-        registry.register("spiderpool_ipam_allocation_counts", "Successful IP allocations (CNI ADD)", allocations.clone());
+        let pool_batch_size =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0].into_iter());
+        registry.register(
+            "spiderpool_ipam_allocation_counts",
+            "Successful IP allocations (CNI ADD)",
+            allocations.clone(),
+        );
         registry.register(
             "spiderpool_ipam_allocation_failure_counts",
             "Failed IP allocations by reason",
@@ -80,14 +88,26 @@ impl Metrics {
             "Duration of IP allocations",
             allocation_duration.clone(),
         );
-        registry.register("spiderpool_ipam_release_counts", "Successful IP releases (CNI DEL)", releases.clone());
+        registry.register(
+            "spiderpool_ipam_release_counts",
+            "Successful IP releases (CNI DEL)",
+            releases.clone(),
+        );
         registry.register(
             "spiderpool_ipam_release_failure_counts",
             "Failed IP releases by reason",
             release_failures.clone(),
         );
-        registry.register("spiderpool_ipam_release_duration_seconds", "Duration of IP releases", release_duration.clone());
-        registry.register("spiderpool_ipam_api_writes", "Writes to the API server by kind", api_writes.clone());
+        registry.register(
+            "spiderpool_ipam_release_duration_seconds",
+            "Duration of IP releases",
+            release_duration.clone(),
+        );
+        registry.register(
+            "spiderpool_ipam_api_writes",
+            "Writes to the API server by kind",
+            api_writes.clone(),
+        );
         registry.register(
             "spiderpool_ipam_update_ippool_conflict_counts",
             "Pool status writes that lost to a concurrent writer (HTTP 409)",
@@ -134,7 +154,13 @@ impl Metrics {
         self.inner.allocation_duration.observe(elapsed.as_secs_f64());
         match failure {
             None => self.inner.allocations.inc(),
-            Some(reason) => self.inner.allocation_failures.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc(),
+            Some(reason) => self
+                .inner
+                .allocation_failures
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc(),
         };
     }
 
@@ -143,7 +169,13 @@ impl Metrics {
         self.inner.release_duration.observe(elapsed.as_secs_f64());
         match failure {
             None => self.inner.releases.inc(),
-            Some(reason) => self.inner.release_failures.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc(),
+            Some(reason) => self
+                .inner
+                .release_failures
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc(),
         };
     }
 
@@ -161,6 +193,11 @@ impl Metrics {
 
     /// Some other write to the API server (`endpoint`, ...).
     pub fn api_write(&self, kind: &str) {
-        self.inner.api_writes.get_or_create(&WriteLabel { kind: kind.to_owned() }).inc();
+        self.inner
+            .api_writes
+            .get_or_create(&WriteLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 }

@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use spiderpool_agent_api::{
-    ErrorResponse, IpamAddArgs, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, PATH_GC, PATH_HEALTHY, PATH_IP, PATH_IPS,
-    PATH_WORKLOAD_ENDPOINT, codes,
+    ErrorResponse, IpamAddArgs, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, PATH_GC, PATH_HEALTHY, PATH_IP,
+    PATH_IPS, PATH_WORKLOAD_ENDPOINT, codes,
 };
 use tracing::Instrument;
 
@@ -29,7 +29,15 @@ pub struct AppState {
 }
 
 fn error_response(status: StatusCode, code: u32, msg: String) -> Response {
-    (status, Json(ErrorResponse { code, msg, details: String::new() })).into_response()
+    (
+        status,
+        Json(ErrorResponse {
+            code,
+            msg,
+            details: String::new(),
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for IpamError {
@@ -64,7 +72,11 @@ pub fn ipam_router(state: AppState) -> Router {
 }
 
 async fn healthy(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) { StatusCode::OK.into_response() } else { not_ready() }
+    if state.ready.load(Ordering::Acquire) {
+        StatusCode::OK.into_response()
+    } else {
+        not_ready()
+    }
 }
 
 async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Response {
@@ -156,12 +168,19 @@ struct EndpointQuery {
 }
 
 async fn workload_endpoint(State(state): State<AppState>, Query(query): Query<EndpointQuery>) -> Response {
-    match state.allocator.workload_endpoint(&query.pod_namespace, &query.pod_name).await {
+    match state
+        .allocator
+        .workload_endpoint(&query.pod_namespace, &query.pod_name)
+        .await
+    {
         Ok(Some(status)) => Json(status).into_response(),
         Ok(None) => error_response(
             StatusCode::NOT_FOUND,
             codes::UNKNOWN_CONTAINER,
-            format!("pod {}/{} holds no addresses", query.pod_namespace, query.pod_name),
+            format!(
+                "pod {}/{} holds no addresses",
+                query.pod_namespace, query.pod_name
+            ),
         ),
         Err(e) => e.into_response(),
     }
@@ -178,12 +197,19 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 async fn probe_ready(State(state): State<AppState>) -> StatusCode {
-    if state.ready.load(Ordering::Acquire) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if state.ready.load(Ordering::Acquire) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.allocator.metrics().encode(),
     )
         .into_response()

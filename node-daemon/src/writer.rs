@@ -161,7 +161,11 @@ async fn commit(
         for r in expired {
             let _ = r.reply.send(Err(WriteError::Timeout {
                 pool: pool.to_owned(),
-                last_error: if last_error.is_empty() { "deadline passed while queued".to_owned() } else { last_error.clone() },
+                last_error: if last_error.is_empty() {
+                    "deadline passed while queued".to_owned()
+                } else {
+                    last_error.clone()
+                },
             }));
         }
         if batch.is_empty() {
@@ -216,7 +220,11 @@ async fn commit(
             }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 inner.metrics.pool_conflict();
-                tracing::debug!(pool, batch = batch.len(), "pool status write conflicted; deciding again");
+                tracing::debug!(
+                    pool,
+                    batch = batch.len(),
+                    "pool status write conflicted; deciding again"
+                );
                 last_error = "conflicting writes from other nodes".to_owned();
                 // Others wrote first: read again and merge whatever queued up meanwhile.
                 while let Ok(more) = queue.try_recv() {
@@ -241,9 +249,18 @@ type Decision = (Option<Option<String>>, usize, Vec<Outcome>);
 
 /// Applies the batch to the pool's records. `None` as the first element means nothing changed;
 /// `Some(None)` means the records are now empty (stored as absent, like upstream).
-fn decide(pool: &str, current: &SpiderIPPool, batch: &[Request], inner: &Inner) -> Result<Decision, WriteError> {
-    let bad = |reason: String| WriteError::BadPool { pool: pool.to_owned(), reason };
-    let family = pool_family(current).ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
+fn decide(
+    pool: &str,
+    current: &SpiderIPPool,
+    batch: &[Request],
+    inner: &Inner,
+) -> Result<Decision, WriteError> {
+    let bad = |reason: String| WriteError::BadPool {
+        pool: pool.to_owned(),
+        reason,
+    };
+    let family = pool_family(current)
+        .ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
     let reserved = inner.stores.reserved_ips(family);
     let usable = pick::usable_addresses(&current.spec, family, &reserved).map_err(bad)?;
     let status = current.status.clone().unwrap_or_default();
@@ -266,10 +283,11 @@ fn decide(pool: &str, current: &SpiderIPPool, batch: &[Request], inner: &Inner) 
 
 /// The pool's IP family: `spec.ipVersion`, else its subnet's.
 pub fn pool_family(pool: &SpiderIPPool) -> Option<IpFamily> {
-    pool.spec
-        .ip_version
-        .and_then(IpFamily::from_version)
-        .or_else(|| spiderpool_ipmath::parse_cidr(&pool.spec.subnet).ok().map(|n| IpFamily::of_net(&n)))
+    pool.spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
+        spiderpool_ipmath::parse_cidr(&pool.spec.subnet)
+            .ok()
+            .map(|n| IpFamily::of_net(&n))
+    })
 }
 
 fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, WriteError>) {

@@ -228,6 +228,9 @@ pub struct CniExec {
     pub host_netns: Option<String>,
     /// Kill a plugin that runs longer than this.
     pub timeout: Duration,
+    /// Extra environment of every plugin (what the runtime's own environment would carry on a real
+    /// node, e.g. where that node's daemon listens).
+    pub env: Vec<(String, String)>,
 }
 
 impl CniExec {
@@ -236,6 +239,7 @@ impl CniExec {
             cni_path,
             host_netns: None,
             timeout: Duration::from_secs(60),
+            env: Vec::new(),
         }
     }
 
@@ -380,6 +384,7 @@ impl CniExec {
                 cmd.env_remove(&key);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("CNI_COMMAND", command.as_str())
             .env("CNI_CONTAINERID", &rt.container_id)
             .env("CNI_NETNS", &rt.netns)

@@ -19,6 +19,8 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod daemon;
+pub mod ipam;
 pub mod multus;
 pub mod node_sim;
 pub mod tools;

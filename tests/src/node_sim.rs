@@ -120,6 +120,9 @@ pub struct SimOptions {
     pub plugin_timeout: Duration,
     /// Node condition and Lease renewal period (kubelet: 10 s).
     pub heartbeat_interval: Duration,
+    /// Extra environment of the CNI plugins run on each node; `{node}` in a value becomes the node's
+    /// name (e.g. `SPIDERPOOL_IPAM_UNIX_SOCKET_PATH=/tmp/x/{node}.sock`: one daemon per simulated node).
+    pub node_env: Vec<(String, String)>,
 }
 
 impl SimOptions {
@@ -136,6 +139,7 @@ impl SimOptions {
             multus_mode: MultusMode::Thin,
             plugin_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
+            node_env: Vec::new(),
         }
     }
 }
@@ -572,6 +576,12 @@ impl Inner {
             cni_path: self.options.cni_path.clone(),
             host_netns: Some(node.netns.clone()),
             timeout: self.options.plugin_timeout,
+            env: self
+                .options
+                .node_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace("{node}", &node.name)))
+                .collect(),
         })
     }
 

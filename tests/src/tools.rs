@@ -167,3 +167,50 @@ pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
+
+/// A binary of another package of this workspace (the node daemon, the CNI plugin, the operator),
+/// built on first use with the cargo that runs the tests (`cargo build -p PACKAGE --bin BIN`, a no-op
+/// when it is fresh) and returned from the target directory. `release` picks the profile (benchmarks
+/// measure optimised code).
+pub fn workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, Result<PathBuf, String>>>> =
+        OnceLock::new();
+    let key = format!("{package}/{bin}/{release}");
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(result) = built.get(&key) {
+        return result.clone().map_err(|e| anyhow!(e));
+    }
+    let result = build_workspace_binary(package, bin, release).map_err(|e| format!("{e:#}"));
+    built.insert(key, result.clone());
+    result.map_err(|e| anyhow!(e))
+}
+
+fn build_workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(repo_root())
+        .args(["build", "-q", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let output = cmd
+        .output()
+        .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
+    if !output.status.success() {
+        bail!(
+            "cargo build -p {package} --bin {bin} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join(if release { "release" } else { "debug" }).join(bin);
+    if !is_executable(&path) {
+        bail!("cargo built {bin} but {} is not an executable", path.display());
+    }
+    Ok(path)
+}

@@ -140,6 +140,8 @@ pub struct IpamConfig {
     pub match_master_subnet: bool,
     /// `ipam_unix_socket_path`.
     pub socket_path: PathBuf,
+    /// Whether the netconf named the socket (else [`SOCKET_PATH_ENV`] may override the default).
+    pub socket_path_from_netconf: bool,
     /// `timeout_seconds` (our addition): bound on each request to the daemon.
     pub timeout: Duration,
 }
@@ -154,6 +156,7 @@ impl Default for IpamConfig {
             clean_gateway: false,
             match_master_subnet: false,
             socket_path: PathBuf::from(DEFAULT_SOCKET_PATH),
+            socket_path_from_netconf: false,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -176,6 +179,18 @@ pub struct NetConf {
 
 /// Reads `cniVersion` without judging the rest, for labelling errors found before (or while)
 /// the whole configuration is parsed.
+/// Environment variable naming the daemon's socket when the netconf does not: the runtime's
+/// environment on hosts that run several nodes' daemons (the project's node simulator does).
+pub const SOCKET_PATH_ENV: &str = "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH";
+
+/// The socket to use: the netconf's `ipam_unix_socket_path`, else `env_override`, else the default.
+pub fn effective_socket_path(ipam: &IpamConfig, env_override: Option<&str>) -> PathBuf {
+    match env_override.filter(|p| !p.is_empty()) {
+        Some(path) if !ipam.socket_path_from_netconf => PathBuf::from(path),
+        _ => ipam.socket_path.clone(),
+    }
+}
+
 pub fn peek_cni_version(stdin: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(stdin).ok()?;
     value.get("cniVersion")?.as_str().map(str::to_owned)
@@ -241,7 +256,9 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<IpamConfig, ConfigError> {
         max_age_days: optional_count(ipam, "log_file_max_age")?.unwrap_or(defaults.log.max_age_days),
         max_count: optional_count(ipam, "log_file_max_count")?.unwrap_or(defaults.log.max_count),
     };
-    let socket_path = match optional_string(ipam, P, "ipam_unix_socket_path")? {
+    let socket_text = optional_string(ipam, P, "ipam_unix_socket_path")?;
+    let socket_path_from_netconf = socket_text.is_some();
+    let socket_path = match socket_text {
         None => defaults.socket_path,
         Some(path) if path.is_empty() => {
             return Err(invalid("ipam.ipam_unix_socket_path", "must not be empty".into()));
@@ -256,6 +273,7 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<IpamConfig, ConfigError> {
         clean_gateway: optional_bool(ipam, "clean_gateway")?.unwrap_or(false),
         match_master_subnet: optional_bool(ipam, "match_master_subnet")?.unwrap_or(false),
         socket_path,
+        socket_path_from_netconf,
         timeout: optional_timeout(ipam, "timeout_seconds")?.unwrap_or(defaults.timeout),
     })
 }
@@ -434,6 +452,7 @@ mod tests {
                 clean_gateway: true,
                 match_master_subnet: true,
                 socket_path: "/run/test.sock".into(),
+                socket_path_from_netconf: true,
                 timeout: Duration::from_millis(1500),
             }
         );
@@ -539,5 +558,28 @@ mod tests {
         );
         assert_eq!(peek_cni_version(b"junk"), None);
         assert_eq!(peek_cni_version(br#"{"cniVersion":1}"#), None);
+    }
+
+    #[test]
+    fn socket_path_precedence_netconf_then_environment_then_default() {
+        let named = parse_netconf(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"spiderpool","ipam_unix_socket_path":"/run/a.sock"}}"#).unwrap();
+        assert_eq!(
+            effective_socket_path(&named.ipam, Some("/run/env.sock")),
+            PathBuf::from("/run/a.sock")
+        );
+        let unnamed =
+            parse_netconf(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"spiderpool"}}"#).unwrap();
+        assert_eq!(
+            effective_socket_path(&unnamed.ipam, Some("/run/env.sock")),
+            PathBuf::from("/run/env.sock")
+        );
+        assert_eq!(
+            effective_socket_path(&unnamed.ipam, Some("")),
+            PathBuf::from(DEFAULT_SOCKET_PATH)
+        );
+        assert_eq!(
+            effective_socket_path(&unnamed.ipam, None),
+            PathBuf::from(DEFAULT_SOCKET_PATH)
+        );
     }
 }

@@ -31,6 +31,8 @@ pub struct Invocation {
     /// `CNI_PATH` (read for completeness: an IPAM plugin delegates to nothing, so it is never
     /// required, even where the spec lists it).
     pub path: Option<String>,
+    /// [`config::SOCKET_PATH_ENV`]: the daemon's socket when the netconf names none.
+    pub socket_override: Option<String>,
 }
 
 impl Invocation {
@@ -44,6 +46,7 @@ impl Invocation {
             ifname: read("CNI_IFNAME"),
             args: read("CNI_ARGS"),
             path: read("CNI_PATH"),
+            socket_override: read(config::SOCKET_PATH_ENV),
         }
     }
 }
@@ -75,7 +78,8 @@ impl Outcome {
 /// Runs one invocation against the daemon socket named in the netconf.
 pub fn run(invocation: &Invocation, stdin: &[u8]) -> Outcome {
     run_with(invocation, stdin, |ipam: &IpamConfig| {
-        UnixClient::new(&ipam.socket_path, ipam.timeout)
+        let socket = config::effective_socket_path(ipam, invocation.socket_override.as_deref());
+        UnixClient::new(&socket, ipam.timeout)
     })
 }
 
@@ -795,6 +799,7 @@ mod tests {
             ifname: Some("net1".into()),
             args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=uid-1".into()),
             path: Some("/opt/cni/bin".into()),
+            socket_override: None,
         }
     }
 

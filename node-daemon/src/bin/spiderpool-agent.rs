@@ -15,7 +15,11 @@ use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::store::Stores;
 
 #[derive(Parser, Debug)]
-#[command(name = "spiderpool-agent", version, about = "Spiderpool node daemon: IPAM for the spiderpool CNI plugin")]
+#[command(
+    name = "spiderpool-agent",
+    version,
+    about = "Spiderpool node daemon: IPAM for the spiderpool CNI plugin"
+)]
 struct Args {
     /// This node's name.
     #[arg(long, env = "SPIDERPOOL_NODE_NAME")]
@@ -71,7 +75,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .enable_all()
@@ -103,12 +110,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let allocator = Allocator::new(client, config, stores.clone(), metrics);
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AppState { allocator, ready: ready.clone() };
+    let state = AppState {
+        allocator,
+        ready: ready.clone(),
+    };
 
     let listener = server::bind_socket(&args.socket_path)
         .with_context(|| format!("binding the IPAM socket {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
-    let ipam = axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let ipam =
+        axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
     let ipam = tokio::spawn(async move { ipam.await });
 
     if args.health_address != "off" {
@@ -121,14 +132,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding the health address {address}"))?;
         tracing::info!(address = %admin.local_addr().unwrap_or(address), "serving health and metrics");
         let router = server::admin_router(state.clone());
-        tokio::spawn(async move { axum::serve(admin, router).with_graceful_shutdown(shutdown_signal()).await });
+        tokio::spawn(async move {
+            axum::serve(admin, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        });
     }
 
     stores.wait_ready().await.context("waiting for the caches")?;
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
 
-    ipam.await.context("the IPAM server task")?.context("serving the IPAM API")?;
+    ipam.await
+        .context("the IPAM server task")?
+        .context("serving the IPAM API")?;
     let _ = std::fs::remove_file(&args.socket_path);
     tracing::info!("stopped");
     Ok(())

@@ -104,7 +104,13 @@ pub fn apply(
     }
 
     for (i, op) in ops.iter().enumerate() {
-        if let Op::Rebind { ip, previous_uid, pod, pod_uid } = op {
+        if let Op::Rebind {
+            ip,
+            previous_uid,
+            pod,
+            pod_uid,
+        } = op
+        {
             let key = ip.to_string();
             outcomes[i] = Some(match records.get_mut(&key) {
                 Some(record) if &record.pod_uid == previous_uid || &record.pod == pod => {

@@ -1,0 +1,247 @@
+//! The node daemon (`spiderpool-agent`) as a real process per simulated node, talking to the test
+//! cluster's API server, with its IPAM socket in a temp directory. Plugins reach it through
+//! `SPIDERPOOL_IPAM_UNIX_SOCKET_PATH` (see [`Daemon::socket_env`]).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cluster::TestCluster;
+use crate::tools;
+use crate::watchdog::{self, Registration, Resource};
+
+/// The environment variable through which the `spiderpool` plugin finds its node's daemon when the
+/// network configuration does not name a socket.
+pub const SOCKET_ENV: &str = "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH";
+
+/// A running `spiderpool-agent`.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    node: String,
+    socket: PathBuf,
+    health_port: u16,
+    log: PathBuf,
+    _registration: Registration,
+}
+
+/// Where daemons of a test keep sockets and logs: `<dir>/<node>.sock`, `<dir>/<node>.log`.
+pub fn socket_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("{node}.sock"))
+}
+
+impl Daemon {
+    /// Starts the daemon of `node` (debug build, or release with `release`), and waits until it
+    /// answers healthy (caches synced). `extra_args` are appended to the command line.
+    pub fn start(
+        cluster: &TestCluster,
+        node: &str,
+        dir: &Path,
+        release: bool,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let binary = tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", release)?;
+        let socket = socket_path(dir, node);
+        let log = dir.join(format!("{node}.log"));
+        let health_port = free_port()?;
+        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&binary)
+            .args(["--node-name", node, "--socket-path"])
+            .arg(&socket)
+            .args(["--health-address", &format!("127.0.0.1:{health_port}")])
+            .args(extra_args)
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("SPIDERPOOL_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let registration = watchdog::register(Resource::ProcessGroup(child.id()));
+        let mut daemon = Daemon {
+            child,
+            node: node.to_owned(),
+            socket,
+            health_port,
+            log,
+            _registration: registration,
+        };
+        daemon.wait_healthy(Duration::from_secs(30))?;
+        Ok(daemon)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the daemon of {} exited with {status}; log:\n{}",
+                    self.node,
+                    self.log_tail()
+                );
+            }
+            if let Ok((200, _)) = unix_request(&self.socket, "GET", spiderpool_healthy_path(), None) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the daemon of {} was not healthy within {timeout:?}; log:\n{}",
+                    self.node,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The IPAM socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The environment entry for plugins of a node simulator whose daemons all live in `dir`.
+    pub fn socket_env(dir: &Path) -> (String, String) {
+        (
+            SOCKET_ENV.to_owned(),
+            dir.join("{node}.sock").display().to_string(),
+        )
+    }
+
+    /// `GET /metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.health_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default())
+    }
+
+    /// The value of one metric line (exact name with labels), 0 when absent.
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/<pid>/status")
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The daemon's whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(())
+    }
+
+    /// Kills the daemon at once (a crash).
+    pub fn kill(mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+fn spiderpool_healthy_path() -> &'static str {
+    "/v1/ipam/healthy"
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One HTTP/1.1 request over a unix socket; returns status and body.
+pub fn unix_request(socket: &Path, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let mut stream =
+        UnixStream::connect(socket).with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
