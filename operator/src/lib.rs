@@ -6,6 +6,8 @@ pub mod cli;
 pub mod compile;
 pub mod controller;
 pub mod leader;
+pub mod metrics;
 pub mod nad;
 pub mod synthetic;
+pub mod telemetry;
 pub mod webhook;

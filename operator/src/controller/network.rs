@@ -1,1 +1,735 @@
-//! Work in progress.
+//! The SpiderNetwork controller: compiles each topology and keeps its children (SpiderReservedIPs,
+//! SpiderIPPools, SpiderMultusConfigs, SpiderInterfaceTasks) applied, and reports in the status.
+//!
+//! Pipeline of one reconcile (the I/O stays here; [`plan`] and [`status`] are pure):
+//! 1. [`compile`](crate::compile::compile) the spec. Problems: write status `Ready=False` reason
+//!    `Invalid` with every problem and its spec path, `Stalled=True`; change nothing else.
+//! 2. Expand the per-rack interface templates against the live Nodes (watched; any node label change
+//!    re-reconciles every topology).
+//! 3. Give every child a controller owner reference to the SpiderNetwork (interface tasks also a plain
+//!    one to their Node, so a deleted node's task is garbage-collected), strip GitOps tracking labels,
+//!    and stamp the rendered hash ([`diff`]).
+//! 4. [`plan::plan`] against the watch caches of the child kinds: only what differs is written, so a
+//!    reconcile with nothing to do makes no write at all; children labelled with this topology and
+//!    the operator's managed-by label that are no longer rendered are deleted; objects of others are
+//!    never touched.
+//! 5. Write, phase by phase, with bounded concurrency, by server-side apply (field manager
+//!    [`FIELD_MANAGER`], forced, as a controller should).
+//! 6. Write the status (conditions, observedGeneration, counts, node rollout, problems), only if it
+//!    changed.
+//!
+//! NetworkAttachmentDefinitions are rendered by the compiler for `spiderctl render`, but applied by the
+//! SpiderMultusConfig controller from the live SpiderMultusConfigs (one renderer, one owner).
+//!
+//! Addresses in use are never moved: see [`plan`] (the whole topology waits, reason `AddressesInUse`).
+//!
+//! Cancel-safety: dropping the future returned by [`run`] stops every reconcile at once (kube-runtime
+//! aborts the spawned reconcilers); every step is idempotent, so the next leader just carries on.
+
+pub mod diff;
+pub mod plan;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, stream};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ObjectMeta, PartialObjectMeta, Patch, PatchParams, Preconditions,
+};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{WatchStreamExt, predicates};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use spiderpool_schema::network::RenderedCounts;
+use spiderpool_schema::validation::Problem;
+use spiderpool_schema::{
+    SpiderIPPool, SpiderInterfaceTask, SpiderMultusConfig, SpiderNetwork, SpiderNetworkStatus,
+    SpiderReservedIP,
+};
+use tracing::{debug, info, instrument, warn};
+
+use self::plan::{ChildKey, ChildKind, DesiredChild, LiveObject, RecentWrites, Write};
+use self::status::{Outcome, StatusInput};
+use crate::compile::{
+    ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY, Rendered, compile,
+    expand_interface_tasks,
+};
+use crate::metrics::Metrics;
+
+/// Name of this controller in metrics and logs.
+pub const CONTROLLER: &str = "network";
+/// Server-side apply field manager of everything this controller writes.
+pub const FIELD_MANAGER: &str = "spiderpool-operator/network";
+
+/// Tuning of the controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Writes in flight at once while applying a topology.
+    pub apply_concurrency: usize,
+    /// Topologies reconciled at once.
+    pub concurrency: u16,
+    /// Quiet time after the last event before a topology is reconciled (many child events arrive
+    /// together; one reconcile handles them all).
+    pub debounce: Duration,
+    /// Periodic re-check of an applied topology (drift on objects whose events we do not map).
+    pub resync: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            apply_concurrency: 32,
+            concurrency: 4,
+            debounce: Duration::from_millis(200),
+            resync: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a reconcile failed (write failures are not errors: they are reported in the status and
+/// retried).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object lacks metadata the API server always sets.
+    #[error("SpiderNetwork has no metadata.{0}")]
+    MissingMetadata(&'static str),
+    /// A watch cache was dropped before it was filled (the controller is shutting down).
+    #[error("the watch cache of {0} stopped before it was filled")]
+    CacheNotReady(&'static str),
+    /// A rendered object could not be serialized.
+    #[error("serializing {key}: {source}")]
+    Serialize {
+        /// Which object.
+        key: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The status could not be written.
+    #[error("writing the status of SpiderNetwork {name}: {source}")]
+    Status {
+        /// Which topology.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Stable category for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingMetadata(_) => "missing_metadata",
+            Error::CacheNotReady(_) => "cache_not_ready",
+            Error::Serialize { .. } => "serialize",
+            Error::Status { .. } => "status",
+        }
+    }
+}
+
+/// Watch caches of everything the controller compares against.
+#[derive(Clone)]
+struct Caches {
+    pools: Store<SpiderIPPool>,
+    reserved: Store<SpiderReservedIP>,
+    multus: Store<SpiderMultusConfig>,
+    tasks: Store<SpiderInterfaceTask>,
+    nodes: Store<PartialObjectMeta<Node>>,
+}
+
+impl Caches {
+    async fn wait_until_ready(&self) -> Result<(), Error> {
+        self.pools
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady("SpiderIPPool"))?;
+        self.reserved
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady("SpiderReservedIP"))?;
+        self.multus
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady("SpiderMultusConfig"))?;
+        self.tasks
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady("SpiderInterfaceTask"))?;
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::CacheNotReady("Node"))?;
+        Ok(())
+    }
+
+    /// Live children that are ours for `topology` or hold a name we render.
+    fn live_children(&self, topology: &str, wanted: &HashSet<ChildKey>) -> BTreeMap<ChildKey, LiveObject> {
+        let mut live = BTreeMap::new();
+        let mut take = |object: LiveObject| {
+            let key = object.key();
+            if object.belongs_to(topology) || wanted.contains(&key) {
+                live.insert(key, object);
+            }
+        };
+        self.reserved
+            .state()
+            .into_iter()
+            .for_each(|o| take(LiveObject::ReservedIp(o)));
+        self.pools
+            .state()
+            .into_iter()
+            .for_each(|o| take(LiveObject::IpPool(o)));
+        self.multus
+            .state()
+            .into_iter()
+            .for_each(|o| take(LiveObject::MultusConfig(o)));
+        self.tasks
+            .state()
+            .into_iter()
+            .for_each(|o| take(LiveObject::InterfaceTask(o)));
+        live
+    }
+}
+
+/// Shared by every reconcile.
+struct Context {
+    client: Client,
+    metrics: Arc<Metrics>,
+    caches: Caches,
+    options: Options,
+    /// Per topology UID: our recent child writes the caches may not show yet.
+    recent: Mutex<HashMap<String, RecentWrites>>,
+    /// Per topology UID: the resourceVersion our last status write produced and that status.
+    recent_status: Mutex<HashMap<String, (u64, SpiderNetworkStatus)>>,
+}
+
+/// Runs the controller until the future is dropped (or the SpiderNetwork watch ends).
+pub async fn run(client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    run_with(client, metrics, Options::default()).await
+}
+
+/// [`run`] with explicit [`Options`].
+pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -> anyhow::Result<()> {
+    let (pools, pool_events) = cache::<SpiderIPPool>(&client);
+    let (reserved, reserved_events) = cache::<SpiderReservedIP>(&client);
+    let (multus, multus_events) = cache::<SpiderMultusConfig>(&client);
+    let (tasks, task_events) = cache::<SpiderInterfaceTask>(&client);
+    let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
+    // Only label changes matter (rack selectors match labels); node heartbeats are ignored.
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|node| node.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::labels, Default::default());
+
+    let controller = Controller::new(
+        Api::<SpiderNetwork>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(
+        controller::Config::default()
+            .debounce(options.debounce)
+            .concurrency(options.concurrency),
+    );
+    let networks = controller.store();
+    let controller = controller
+        .watches_stream(pool_events, topology_of)
+        .watches_stream(reserved_events, topology_of)
+        .watches_stream(multus_events, topology_of)
+        .watches_stream(task_events, topology_of)
+        .watches_stream(node_events, move |_node: PartialObjectMeta<Node>| {
+            // Few topologies, rare label changes: re-check all of them rather than working out which
+            // ones the node matched before and after.
+            networks
+                .state()
+                .iter()
+                .map(|n| ObjectRef::from_obj(n.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        caches: Caches {
+            pools,
+            reserved,
+            multus,
+            tasks,
+            nodes,
+        },
+        options,
+        recent: Mutex::new(HashMap::new()),
+        recent_status: Mutex::new(HashMap::new()),
+    });
+    info!("SpiderNetwork controller started");
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(network = %object.name, "reconciled"),
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    debug!(network = %object.name, "deleted before it was reconciled");
+                }
+                Err(err) => warn!(error = %err, "SpiderNetwork controller"),
+            }
+        })
+        .await;
+    anyhow::bail!("the SpiderNetwork controller stopped: its watch of SpiderNetworks ended")
+}
+
+/// A watch cache of every object of a kind, and its events (deletions included) as a trigger stream.
+/// managedFields are dropped: they are most of an object's size and the controller never reads them.
+pub(crate) fn cache<K>(
+    client: &Client,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let events = reflector::reflector(
+        writer,
+        watcher(
+            Api::<K>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|object| object.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    (reader, events)
+}
+
+/// The topology a generated object belongs to, from its labels.
+fn topology_of<K: Resource>(object: K) -> Option<ObjectRef<SpiderNetwork>> {
+    let labels = object.meta().labels.as_ref()?;
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+        return None;
+    }
+    Some(ObjectRef::new(labels.get(LABEL_TOPOLOGY)?))
+}
+
+fn error_policy(network: Arc<SpiderNetwork>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error.metric_label());
+    warn!(network = %network.name_any(), %error, "reconcile failed; retrying in 5 s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[instrument(skip_all, fields(network = %network.name_any()))]
+async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    ctx.caches.wait_until_ready().await?;
+    if network.metadata.deletion_timestamp.is_some() {
+        // Children go with it through their owner references.
+        return Ok(Action::await_change());
+    }
+    let name = network
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let uid = network
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingMetadata("uid"))?;
+
+    let rendered = match compile(&network) {
+        Ok(rendered) => rendered,
+        Err(problems) => {
+            info!(problems = problems.len(), "topology is invalid; nothing applied");
+            ctx.finish(&network, Outcome::Invalid, problems, None, None)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let nodes: Vec<Node> = ctx
+        .caches
+        .nodes
+        .state()
+        .iter()
+        .map(|node| Node {
+            metadata: node.metadata.clone(),
+            ..Node::default()
+        })
+        .collect();
+    let tasks = match expand_interface_tasks(&network, &rendered.interface_templates, &nodes) {
+        Ok(tasks) => tasks,
+        Err(problems) => {
+            info!(
+                problems = problems.len(),
+                "racks conflict on some nodes; nothing applied"
+            );
+            ctx.finish(&network, Outcome::Invalid, problems, None, None)
+                .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let counts = RenderedCounts {
+        ip_pools: count(rendered.ip_pools.len()),
+        reserved_ips: count(rendered.reserved_ips.len()),
+        multus_configs: count(rendered.multus_configs.len()),
+        network_attachment_definitions: count(rendered.network_attachment_definitions.len()),
+        interface_tasks: count(tasks.len()),
+    };
+    let task_nodes: Vec<(String, String)> = tasks
+        .iter()
+        .map(|t| (t.name_any(), t.spec.node_name.clone()))
+        .collect();
+    let owner = OwnerReference {
+        api_version: SpiderNetwork::api_version(&()).to_string(),
+        kind: SpiderNetwork::kind(&()).to_string(),
+        name: name.clone(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let node_uids: HashMap<String, String> = nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
+        .collect();
+    let desired = desired_children(&rendered, tasks, &owner, &node_uids)?;
+    let wanted: HashSet<ChildKey> = desired.iter().map(|d| d.key.clone()).collect();
+    let live = ctx.caches.live_children(&name, &wanted);
+    let plan = {
+        let mut recent = ctx
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let recent = recent.entry(uid.clone()).or_default();
+        recent.prune(&live);
+        plan::plan(&name, desired, &live, recent)
+    };
+    let live_tasks: BTreeMap<String, Arc<SpiderInterfaceTask>> = live
+        .values()
+        .filter_map(|o| match o {
+            LiveObject::InterfaceTask(t) => Some((t.name_any(), t.clone())),
+            _ => None,
+        })
+        .collect();
+    let rollout = status::rollout(&task_nodes, &live_tasks, &plan.tasks_written);
+
+    if !plan.in_use.is_empty() {
+        info!(
+            problems = plan.in_use.len(),
+            "applying would remove allocated addresses; nothing applied"
+        );
+        let mut problems = plan.in_use;
+        problems.extend(plan.conflicts);
+        ctx.finish(
+            &network,
+            Outcome::AddressesInUse,
+            problems,
+            Some(counts),
+            Some(rollout),
+        )
+        .await?;
+        return Ok(Action::requeue(ctx.options.resync));
+    }
+    debug!(
+        writes = plan.writes(),
+        unchanged = plan.unchanged,
+        conflicts = plan.conflicts.len(),
+        "planned"
+    );
+    let failures = ctx.execute(&uid, plan.phases).await;
+    let mut problems = plan.conflicts;
+    let (outcome, requeue) = if !failures.is_empty() {
+        ctx.metrics.reconcile_failed(CONTROLLER, "apply");
+        let summary = format!(
+            "{} write(s) failed and are retried: first: {}",
+            failures.len(),
+            failures[0].message
+        );
+        warn!(failed = failures.len(), first = %failures[0], "writes failed");
+        problems.extend(failures);
+        (Outcome::ApplyFailed(summary), Duration::from_secs(10))
+    } else if !problems.is_empty() {
+        (Outcome::NameConflict, Duration::from_secs(30))
+    } else if plan.terminating > 0 {
+        (Outcome::WaitingForDeletion, Duration::from_secs(2))
+    } else {
+        (Outcome::Applied, ctx.options.resync)
+    };
+    ctx.finish(&network, outcome, problems, Some(counts), Some(rollout))
+        .await?;
+    Ok(Action::requeue(requeue))
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Every child as it is to be applied.
+fn desired_children(
+    rendered: &Rendered,
+    tasks: Vec<SpiderInterfaceTask>,
+    owner: &OwnerReference,
+    node_uids: &HashMap<String, String>,
+) -> Result<Vec<DesiredChild>, Error> {
+    let mut out = Vec::with_capacity(
+        rendered.reserved_ips.len() + rendered.ip_pools.len() + rendered.multus_configs.len() + tasks.len(),
+    );
+    let owners = std::slice::from_ref(owner);
+    for object in &rendered.reserved_ips {
+        out.push(desired_child(ChildKind::ReservedIp, object, owners, None)?);
+    }
+    for object in &rendered.ip_pools {
+        out.push(desired_child(
+            ChildKind::IpPool,
+            object,
+            owners,
+            plan::pool_usable(&object.spec),
+        )?);
+    }
+    for object in &rendered.multus_configs {
+        out.push(desired_child(ChildKind::MultusConfig, object, owners, None)?);
+    }
+    for task in &tasks {
+        let mut owners = vec![owner.clone()];
+        // Not a controller reference: it only makes a deleted node take its task with it.
+        if let Some(uid) = node_uids.get(&task.spec.node_name) {
+            owners.push(OwnerReference {
+                api_version: "v1".to_string(),
+                kind: "Node".to_string(),
+                name: task.spec.node_name.clone(),
+                uid: uid.clone(),
+                controller: None,
+                block_owner_deletion: None,
+            });
+        }
+        let mut child = desired_child(ChildKind::InterfaceTask, task, &owners, None)?;
+        child.source = format!("node {}", task.spec.node_name);
+        out.push(child);
+    }
+    Ok(out)
+}
+
+fn desired_child<K: Resource + Serialize>(
+    kind: ChildKind,
+    object: &K,
+    owners: &[OwnerReference],
+    usable: Option<spiderpool_ipmath::IpSet>,
+) -> Result<DesiredChild, Error> {
+    let meta: &ObjectMeta = object.meta();
+    let key = ChildKey {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+    };
+    let source = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SOURCE))
+        .cloned()
+        .unwrap_or_else(|| key.to_string());
+    let mut value = serde_json::to_value(object).map_err(|source| Error::Serialize {
+        key: key.to_string(),
+        source,
+    })?;
+    if let Value::Object(map) = &mut value {
+        map.remove("status");
+    }
+    if let Some(Value::Object(meta)) = value.get_mut("metadata") {
+        meta.insert("ownerReferences".to_string(), json!(owners));
+    }
+    diff::strip_tracking(&mut value);
+    let hash = diff::stamp_hash(&mut value);
+    Ok(DesiredChild {
+        key,
+        object: value,
+        hash,
+        source,
+        usable,
+    })
+}
+
+impl Context {
+    /// Runs the writes phase by phase; stops after a phase with failures (later phases rely on the
+    /// earlier ones). Returns the failures as problems.
+    async fn execute(&self, topology_uid: &str, phases: [Vec<Write>; 4]) -> Vec<Problem> {
+        let mut failures = Vec::new();
+        for phase in phases {
+            if phase.is_empty() {
+                continue;
+            }
+            let results: Vec<(Write, Result<Option<u64>, kube::Error>)> = stream::iter(phase)
+                .map(|write| async move {
+                    let result = self.write(&write).await;
+                    (write, result)
+                })
+                .buffer_unordered(self.options.apply_concurrency.max(1))
+                .collect()
+                .await;
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let recent = recent.entry(topology_uid.to_string()).or_default();
+            for (write, result) in results {
+                match (write, result) {
+                    (Write::Apply(child), Ok(Some(rv))) => {
+                        recent.applied.insert(child.key, (rv, child.hash));
+                    }
+                    (Write::Delete { key, uid }, Ok(_)) => {
+                        recent.deleted.insert(key, uid);
+                    }
+                    (_, Ok(None)) => {}
+                    (write, Err(err)) => failures.push(failure(&write, &err)),
+                }
+            }
+            if !failures.is_empty() {
+                break;
+            }
+        }
+        failures
+    }
+
+    async fn write(&self, write: &Write) -> Result<Option<u64>, kube::Error> {
+        let key = write.key();
+        let resource = key.kind.api_resource();
+        let api: Api<DynamicObject> = match &key.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        match write {
+            Write::Apply(child) => {
+                self.metrics.count_write(CONTROLLER, "apply");
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                let applied = api
+                    .patch(&key.name, &params, &Patch::Apply(&child.object))
+                    .await?;
+                debug!(object = %key, "applied");
+                Ok(applied.metadata.resource_version.and_then(|rv| rv.parse().ok()))
+            }
+            Write::Delete { uid, .. } => {
+                self.metrics.count_write(CONTROLLER, "delete");
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid.clone()),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::background()
+                };
+                match api.delete(&key.name, &params).await {
+                    Ok(_) => {
+                        info!(object = %key, "pruned");
+                        Ok(None)
+                    }
+                    // Gone already, or replaced by a new object with another UID: nothing to prune.
+                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(None),
+                    Err(err) => Err(err),
+                }
+            }
+        }
+    }
+
+    /// Writes the status if it differs from what is stored.
+    async fn finish(
+        &self,
+        network: &SpiderNetwork,
+        outcome: Outcome,
+        problems: Vec<Problem>,
+        counts: Option<RenderedCounts>,
+        nodes: Option<spiderpool_schema::network::NodeRollout>,
+    ) -> Result<(), Error> {
+        let name = network.name_any();
+        let uid = network.metadata.uid.clone().unwrap_or_default();
+        let stored_rv: Option<u64> = network
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok());
+        // The cache may not show our last status write yet; then that write is the stored status.
+        let remembered = {
+            let recent = self
+                .recent_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            recent
+                .get(&uid)
+                .filter(|(rv, _)| stored_rv.is_some_and(|stored| stored < *rv))
+                .map(|(_, status)| status.clone())
+        };
+        let previous = remembered.as_ref().or(network.status.as_ref());
+        let new = status::build(StatusInput {
+            generation: network.metadata.generation,
+            outcome,
+            problems,
+            counts,
+            nodes,
+            previous,
+            now: Time(k8s_openapi::jiff::Timestamp::now()),
+        });
+        if previous.is_some_and(|old| status::same(old, &new)) {
+            return Ok(());
+        }
+        let api: Api<SpiderNetwork> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": SpiderNetwork::api_version(&()),
+            "kind": SpiderNetwork::kind(&()),
+            "status": new,
+        });
+        self.metrics.count_write(CONTROLLER, "status");
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| Error::Status {
+                name: name.clone(),
+                source,
+            })?;
+        if let Some(rv) = written.metadata.resource_version.and_then(|rv| rv.parse().ok()) {
+            let stored = written.status.unwrap_or(new);
+            self.recent_status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(uid, (rv, stored));
+        }
+        Ok(())
+    }
+}
+
+/// A failed write as a status problem, at the spec path the object comes from.
+fn failure(write: &Write, err: &kube::Error) -> Problem {
+    let path = match write {
+        Write::Apply(child) => child.source.clone(),
+        Write::Delete { key, .. } => key.to_string(),
+    };
+    let message = match err {
+        kube::Error::Api(status)
+            if status.code == 404
+                && write.key().namespace.is_some()
+                && status.message.contains("namespaces") =>
+        {
+            format!(
+                "{}: namespace `{}` does not exist; create it (the object is applied once it does)",
+                write.key(),
+                write.key().namespace.as_deref().unwrap_or_default()
+            )
+        }
+        kube::Error::Api(status) => format!("{}: {} ({})", write.key(), status.message, status.reason),
+        other => format!("{}: {other}", write.key()),
+    };
+    Problem { path, message }
+}
