@@ -1,1 +1,841 @@
-//! Work in progress.
+//! IP reclaim (upstream's GC manager): addresses whose pods are gone, finished or stuck terminating go
+//! back to their pools, and SpiderEndpoints nothing needs any more are deleted.
+//!
+//! Two paths, both ending in [`decide::decide`]:
+//! - event-driven: a pod watch notes deleted pods (due after the additional grace delay), terminating
+//!   pods (due at deletionTimestamp + grace + delay) and finished pods (finishedAt + grace + delay); a
+//!   ticker looks at due pods through their endpoint's pools;
+//! - scan-all: at start and every [`ReclaimConfig::scan_interval`] (and on demand through
+//!   [`scan_all`]), every record of every pool.
+//!
+//! Releasing is a read-modify-write of the pool's `allocatedIPs` with its resourceVersion (retried on
+//! 409) that removes a record only if it still names the same pod UID, so a record the node daemon
+//! reassigned in between is left alone. Then the endpoint's finalizer is removed and it is deleted.
+
+pub mod decide;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool};
+use tokio::sync::Mutex;
+
+use self::decide::{
+    EndpointFacts, GcFlags, Phase, PodFacts, Record, StatefulSetFacts, Verdict, World, decide,
+    outdated_endpoints,
+};
+use super::ippool::{PoolError, is_conflict, is_not_found, update_allocations};
+
+/// How reclaim runs (upstream's `SPIDERPOOL_GC_*` settings).
+#[derive(Debug, Clone)]
+pub struct ReclaimConfig {
+    /// Master switch (`SPIDERPOOL_GC_IP_ENABLED`).
+    pub enabled: bool,
+    /// Interval of the full scan (`SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION`, 600 s). It also runs once
+    /// at start.
+    pub scan_interval: Duration,
+    /// How often due pods are looked at (`SPIDERPOOL_GC_TRACE_POD_GAP_DURATION`, 5 s).
+    pub trace_interval: Duration,
+    /// Retries of a due pod whose release failed (`SPIDERPOOL_GC_PODENTRY_MAX_RETRIES`, 5).
+    pub max_retries: u32,
+    /// The decision switches.
+    pub flags: GcFlags,
+    /// Delete endpoints no record and no pod needs (upstream's `enableCleanOutdatedEndpoint`, off
+    /// there by default; on here because such endpoints otherwise keep their finalizer forever).
+    pub clean_outdated_endpoints: bool,
+    /// Counters.
+    pub metrics: GcMetrics,
+}
+
+impl Default for ReclaimConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scan_interval: Duration::from_secs(600),
+            trace_interval: Duration::from_secs(5),
+            max_retries: 5,
+            flags: GcFlags::default(),
+            clean_outdated_endpoints: true,
+            metrics: GcMetrics::default(),
+        }
+    }
+}
+
+/// Label set of the released-address counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// [`decide::ReleaseReason::as_str`].
+    pub reason: String,
+}
+
+/// Reclaim counters. Cheap to clone (shared counters); register them once with [`GcMetrics::register`].
+#[derive(Clone, Debug, Default)]
+pub struct GcMetrics {
+    /// Full scans and due-pod checks run.
+    pub runs: Counter,
+    /// Addresses released, by reason.
+    pub released: Family<ReasonLabel, Counter>,
+    /// Endpoints deleted.
+    pub endpoints_deleted: Counter,
+    /// Failed releases and scans.
+    pub failures: Counter,
+}
+
+impl GcMetrics {
+    /// Registers the counters (`spiderpool_ip_gc_runs_total`, `spiderpool_ip_gc_released_ips_total`,
+    /// `spiderpool_ip_gc_endpoints_deleted_total`, `spiderpool_ip_gc_failures_total`).
+    pub fn register(&self, registry: &mut Registry) {
+        let sub = registry.sub_registry_with_prefix("spiderpool_ip_gc");
+        sub.register("runs", "Reclaim scans and due-pod checks", self.runs.clone());
+        sub.register(
+            "released_ips",
+            "Addresses released, by reason",
+            self.released.clone(),
+        );
+        sub.register(
+            "endpoints_deleted",
+            "SpiderEndpoints deleted",
+            self.endpoints_deleted.clone(),
+        );
+        sub.register("failures", "Failed reclaim steps", self.failures.clone());
+    }
+
+    /// Addresses released so far for one reason.
+    pub fn released_total(&self, reason: decide::ReleaseReason) -> u64 {
+        self.released
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            })
+            .get()
+    }
+}
+
+/// What went wrong while reclaiming.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    /// Listing or reading something failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What we tried.
+        action: &'static str,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// Writing a pool failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> ReclaimError {
+    move |source| ReclaimError::Kube { action, source }
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// Records removed, `(pool, ip, "ns/name", reason)`.
+    pub released: Vec<(String, String, String, &'static str)>,
+    /// Endpoints deleted, `(namespace, name)`.
+    pub endpoints_deleted: Vec<(String, String)>,
+    /// Pods to look at again and when (grace periods still running).
+    pub wait: Vec<((String, String), Timestamp)>,
+}
+
+fn records_of(pool: &SpiderIPPool) -> Vec<Record> {
+    let name = pool.name_any();
+    let Some(Ok(allocations)) = pool.status.as_ref().map(|s| s.allocations()) else {
+        return Vec::new();
+    };
+    allocations
+        .into_iter()
+        .filter_map(|(ip, holder)| {
+            let (namespace, pod) = holder.pod.split_once('/')?;
+            Some(Record {
+                pool: name.clone(),
+                ip,
+                namespace: namespace.to_string(),
+                name: pod.to_string(),
+                pod_uid: holder.pod_uid,
+            })
+        })
+        .collect()
+}
+
+fn pod_facts(pod: &Pod) -> PodFacts {
+    let status = pod.status.clone().unwrap_or_default();
+    let phase = match status.phase.as_deref() {
+        Some("Running") => Phase::Running,
+        Some("Succeeded") => Phase::Succeeded,
+        Some("Failed") => Phase::Failed,
+        Some("Unknown") => Phase::Unknown,
+        _ => Phase::Pending,
+    };
+    let finished_at = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max();
+    let spec = pod.spec.clone().unwrap_or_default();
+    PodFacts {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        phase,
+        deletion: pod
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| (t.0, pod.metadata.deletion_grace_period_seconds.unwrap_or(0))),
+        has_ips: status.pod_ips.is_some_and(|ips| !ips.is_empty()) || status.pod_ip.is_some(),
+        node: spec.node_name.clone(),
+        finished_at,
+        termination_grace: spec.termination_grace_period_seconds.unwrap_or(30),
+        owner: pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| (r.kind.clone(), r.name.clone())),
+    }
+}
+
+fn endpoint_facts(ep: &SpiderEndpoint) -> Option<EndpointFacts> {
+    let status = ep.status.as_ref()?;
+    let mut held = HashSet::new();
+    for detail in &status.current.ips {
+        for (pool, cidr) in [
+            (&detail.ipv4_pool, &detail.ipv4),
+            (&detail.ipv6_pool, &detail.ipv6),
+        ] {
+            if let (Some(pool), Some(cidr)) = (pool, cidr) {
+                let ip = cidr.split('/').next().unwrap_or(cidr);
+                held.insert((pool.clone(), ip.to_string()));
+            }
+        }
+    }
+    Some(EndpointFacts {
+        namespace: ep.namespace().unwrap_or_default(),
+        name: ep.name_any(),
+        uid: status.current.uid.clone(),
+        owner_kind: status.owner_controller_type.clone(),
+        owner_name: status.owner_controller_name.clone(),
+        held,
+    })
+}
+
+fn sts_facts(sts: &StatefulSet) -> StatefulSetFacts {
+    let spec = sts.spec.clone().unwrap_or_default();
+    StatefulSetFacts {
+        replicas: i64::from(spec.replicas.unwrap_or(1)),
+        ordinal_start: i64::from(spec.ordinals.and_then(|o| o.start).unwrap_or(0)),
+        terminating: sts.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+fn key_of<K: Resource>(obj: &K) -> (String, String) {
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// KubeVirt VMIs and VMs that exist and are not being deleted; none when KubeVirt is not installed.
+async fn kubevirt_vms(client: &Client, namespace: Option<&str>) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    for kind in ["VirtualMachineInstance", "VirtualMachine"] {
+        let gvk = GroupVersionKind::gvk("kubevirt.io", "v1", kind);
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        match api.list_metadata(&ListParams::default()).await {
+            Ok(list) => out.extend(
+                list.items
+                    .iter()
+                    .filter(|o| o.metadata.deletion_timestamp.is_none())
+                    .map(key_of),
+            ),
+            // No KubeVirt CRD: no VMs.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "cannot list KubeVirt objects; treating VMs as absent")
+            }
+        }
+    }
+    out
+}
+
+/// Builds the world for `records` from cluster lists (or, with `pod`, from the one pod's namespace).
+/// Pools must already have been read: everything here is read after them.
+async fn observe(
+    client: &Client,
+    config: &ReclaimConfig,
+    namespace: Option<&str>,
+) -> Result<World, ReclaimError> {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let lp = ListParams::default();
+    let mut world = World::default();
+    // Endpoints before pods: a pod created after the endpoint list cannot make an endpoint look unclaimed.
+    for ep in api::<SpiderEndpoint>(client, namespace)
+        .list(&lp)
+        .await
+        .map_err(kube_err("listing SpiderEndpoints"))?
+    {
+        if let Some(facts) = endpoint_facts(&ep) {
+            world.endpoints.insert(key_of(&ep), facts);
+        }
+    }
+    for pod in api::<Pod>(client, namespace)
+        .list(&lp)
+        .await
+        .map_err(kube_err("listing pods"))?
+    {
+        world.pods.insert(key_of(&pod), pod_facts(&pod));
+    }
+    if config.flags.statefulset {
+        for sts in api::<StatefulSet>(client, namespace)
+            .list(&lp)
+            .await
+            .map_err(kube_err("listing StatefulSets"))?
+        {
+            world.statefulsets.insert(key_of(&sts), sts_facts(&sts));
+        }
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    for node in nodes.list(&lp).await.map_err(kube_err("listing nodes"))? {
+        world.nodes_ready.insert(node.name_any(), node_ready(&node));
+    }
+    if config.flags.kubevirt {
+        world.kubevirt_vms = kubevirt_vms(client, namespace).await;
+    }
+    Ok(world)
+}
+
+/// Applies the verdicts: removes released records pool by pool, then deletes endpoints.
+async fn apply(
+    client: &Client,
+    config: &ReclaimConfig,
+    verdicts: Vec<(Record, Verdict)>,
+    extra_endpoints: Vec<(String, String)>,
+) -> Result<ReclaimReport, ReclaimError> {
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut report = ReclaimReport::default();
+    let mut by_pool: BTreeMap<String, Vec<(Record, decide::ReleaseReason)>> = BTreeMap::new();
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for (record, verdict) in verdicts {
+        match verdict {
+            Verdict::Keep(_) => {}
+            Verdict::WaitUntil(at) => report.wait.push(((record.namespace, record.name), at)),
+            Verdict::Release {
+                reason,
+                delete_endpoint,
+            } => {
+                if let Some(ep) = delete_endpoint {
+                    endpoints.push(ep);
+                }
+                by_pool
+                    .entry(record.pool.clone())
+                    .or_default()
+                    .push((record, reason));
+            }
+        }
+    }
+    let mut first_error = None;
+    for (pool, releases) in by_pool {
+        let result = update_allocations(&pools, &pool, |records| {
+            let mut removed = Vec::new();
+            for (record, reason) in &releases {
+                // Only if the record still names the pod we judged: the daemon may have reassigned it.
+                if records
+                    .get(&record.ip)
+                    .is_some_and(|holder| holder.pod_uid == record.pod_uid)
+                {
+                    records.remove(&record.ip);
+                    removed.push((record.clone(), *reason));
+                }
+            }
+            (!removed.is_empty(), removed)
+        })
+        .await;
+        match result {
+            Ok(Some(removed)) => {
+                for (record, reason) in removed {
+                    tracing::info!(
+                        pool = %record.pool,
+                        ip = %record.ip,
+                        pod = %format!("{}/{}", record.namespace, record.name),
+                        pod_uid = %record.pod_uid,
+                        reason = reason.as_str(),
+                        "released address"
+                    );
+                    config
+                        .metrics
+                        .released
+                        .get_or_create(&ReasonLabel {
+                            reason: reason.as_str().to_string(),
+                        })
+                        .inc();
+                    report.released.push((
+                        record.pool,
+                        record.ip,
+                        format!("{}/{}", record.namespace, record.name),
+                        reason.as_str(),
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                config.metrics.failures.inc();
+                tracing::warn!(%pool, error = %e, "cannot release addresses");
+                first_error.get_or_insert(ReclaimError::from(e));
+            }
+        }
+    }
+    endpoints.extend(extra_endpoints);
+    endpoints.sort();
+    endpoints.dedup();
+    for (namespace, name) in endpoints {
+        match delete_endpoint(client, &namespace, &name).await {
+            Ok(true) => {
+                config.metrics.endpoints_deleted.inc();
+                report.endpoints_deleted.push((namespace, name));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                config.metrics.failures.inc();
+                tracing::warn!(%namespace, %name, error = %e, "cannot delete endpoint");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Removes our finalizer from an endpoint and deletes it. `Ok(false)` when it was already gone.
+async fn delete_endpoint(client: &Client, namespace: &str, name: &str) -> Result<bool, ReclaimError> {
+    let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), namespace);
+    let Some(ep) = api.get_opt(name).await.map_err(kube_err("reading an endpoint"))? else {
+        return Ok(false);
+    };
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: ep.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => return Ok(false),
+        Err(e) if is_conflict(&e) => return Ok(false),
+        Err(e) => return Err(kube_err("deleting an endpoint")(e)),
+    }
+    if ep.finalizers().iter().any(|f| f == FINALIZER) {
+        let kept: Vec<&String> = ep.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": kept}});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(kube_err("removing an endpoint's finalizer")(e)),
+        }
+    }
+    tracing::info!(%namespace, %name, "deleted SpiderEndpoint");
+    Ok(true)
+}
+
+/// Looks at every record of every pool once (upstream's scan-all) and releases what is no longer
+/// needed; also deletes outdated endpoints when configured.
+pub async fn scan_all(client: &Client, config: &ReclaimConfig) -> Result<ReclaimReport, ReclaimError> {
+    config.metrics.runs.inc();
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let list = pools
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("listing pools"))?;
+    let records: Vec<Record> = list.iter().flat_map(records_of).collect();
+    let world = observe(client, config, None).await?;
+    let now = Timestamp::now();
+    let verdicts: Vec<(Record, Verdict)> = records
+        .iter()
+        .map(|r| (r.clone(), decide(r, &world, now, &config.flags)))
+        .collect();
+    let outdated = if config.clean_outdated_endpoints {
+        outdated_endpoints(&world, &records)
+    } else {
+        Vec::new()
+    };
+    let report = apply(client, config, verdicts, outdated).await?;
+    tracing::debug!(
+        records = records.len(),
+        released = report.released.len(),
+        endpoints_deleted = report.endpoints_deleted.len(),
+        "reclaim scan done"
+    );
+    Ok(report)
+}
+
+/// Looks at one pod's records (found through its endpoint's pools, as upstream's trace path does;
+/// without an endpoint the scan finds them).
+pub async fn reclaim_pod(
+    client: &Client,
+    config: &ReclaimConfig,
+    namespace: &str,
+    name: &str,
+) -> Result<ReclaimReport, ReclaimError> {
+    config.metrics.runs.inc();
+    let endpoints: Api<SpiderEndpoint> = Api::namespaced(client.clone(), namespace);
+    let Some(endpoint) = endpoints
+        .get_opt(name)
+        .await
+        .map_err(kube_err("reading an endpoint"))?
+    else {
+        return Ok(ReclaimReport::default());
+    };
+    let Some(facts) = endpoint_facts(&endpoint) else {
+        return Ok(ReclaimReport::default());
+    };
+    let pool_names: HashSet<&String> = facts.held.iter().map(|(pool, _)| pool).collect();
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut records = Vec::new();
+    for pool in pool_names {
+        if let Some(pool) = pools.get_opt(pool).await.map_err(kube_err("reading a pool"))? {
+            records.extend(
+                records_of(&pool)
+                    .into_iter()
+                    .filter(|r| r.namespace == namespace && r.name == name),
+            );
+        }
+    }
+    let world = observe(client, config, Some(namespace)).await?;
+    let now = Timestamp::now();
+    let verdicts = records
+        .iter()
+        .map(|r| (r.clone(), decide(r, &world, now, &config.flags)))
+        .collect();
+    apply(client, config, verdicts, Vec::new()).await
+}
+
+/// When a pod should be looked at, from a watch event; `None` for pods that are fine.
+fn due_time(pod: &Pod, deleted: bool, flags: &GcFlags) -> Option<Timestamp> {
+    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+        return None;
+    }
+    let delay = k8s_openapi::jiff::SignedDuration::try_from(flags.additional_grace).unwrap_or_default();
+    let now = Timestamp::now();
+    if deleted {
+        return now.checked_add(delay).ok();
+    }
+    let facts = pod_facts(pod);
+    if let Some((at, grace)) = facts.deletion {
+        return at
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(grace.max(0)))
+            .and_then(|t| t.checked_add(delay))
+            .ok();
+    }
+    if matches!(facts.phase, Phase::Succeeded | Phase::Failed) {
+        let finished = facts.finished_at.unwrap_or(now);
+        return finished
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                facts.termination_grace.max(0),
+            ))
+            .and_then(|t| t.checked_add(delay))
+            .ok();
+    }
+    None
+}
+
+/// Pods waiting to be looked at: `(namespace, name)` -> (due time, failures so far).
+type Traced = Arc<Mutex<HashMap<(String, String), (Timestamp, u32)>>>;
+
+/// Runs reclaim: the pod watch, the due-pod ticker and the periodic scan (first one at start), until
+/// they end (they do not on their own). Run it only while leader.
+pub async fn run(client: Client, config: ReclaimConfig) -> anyhow::Result<()> {
+    if !config.enabled {
+        tracing::info!("IP reclaim is disabled");
+        futures::future::pending::<()>().await;
+        return Ok(());
+    }
+    let traced: Traced = Arc::new(Mutex::new(HashMap::new()));
+
+    let watch = {
+        let traced = traced.clone();
+        let flags = config.flags.clone();
+        let pods: Api<Pod> = Api::all(client.clone());
+        watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .for_each(move |event| {
+                let traced = traced.clone();
+                let flags = flags.clone();
+                async move {
+                    let (pod, deleted) = match event {
+                        Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+                        Ok(watcher::Event::Delete(pod)) => (pod, true),
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "pod watch error");
+                            return;
+                        }
+                    };
+                    let key = key_of(&pod);
+                    let mut traced = traced.lock().await;
+                    match due_time(&pod, deleted, &flags) {
+                        Some(due) => {
+                            traced.insert(key, (due, 0));
+                        }
+                        None if !deleted => {
+                            traced.remove(&key);
+                        }
+                        None => {}
+                    }
+                }
+            })
+    };
+
+    let ticker = {
+        let traced = traced.clone();
+        let client = client.clone();
+        let config = config.clone();
+        async move {
+            let mut tick = tokio::time::interval(config.trace_interval);
+            loop {
+                tick.tick().await;
+                let now = Timestamp::now();
+                let due: Vec<((String, String), u32)> = {
+                    let mut traced = traced.lock().await;
+                    let keys: Vec<_> = traced
+                        .iter()
+                        .filter(|(_, (at, _))| *at <= now)
+                        .map(|(k, (_, tries))| (k.clone(), *tries))
+                        .collect();
+                    for (k, _) in &keys {
+                        traced.remove(k);
+                    }
+                    keys
+                };
+                for ((namespace, name), tries) in due {
+                    match reclaim_pod(&client, &config, &namespace, &name).await {
+                        Ok(report) => {
+                            let mut traced = traced.lock().await;
+                            for (key, at) in report.wait {
+                                traced.entry(key).or_insert((at, 0));
+                            }
+                        }
+                        Err(e) if tries + 1 < config.max_retries => {
+                            tracing::warn!(%namespace, %name, error = %e, "reclaim failed; retrying");
+                            let retry_at = Timestamp::now()
+                                .checked_add(
+                                    k8s_openapi::jiff::SignedDuration::try_from(config.trace_interval)
+                                        .unwrap_or_default(),
+                                )
+                                .unwrap_or(now);
+                            traced
+                                .lock()
+                                .await
+                                .entry((namespace, name))
+                                .or_insert((retry_at, tries + 1));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%namespace, %name, error = %e, "reclaim failed; leaving it to the periodic scan");
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    let scanner = {
+        let client = client.clone();
+        let config = config.clone();
+        async move {
+            let mut tick = tokio::time::interval(config.scan_interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = scan_all(&client, &config).await {
+                    config.metrics.failures.inc();
+                    tracing::warn!(error = %e, "reclaim scan failed");
+                }
+            }
+        }
+    };
+
+    tokio::join!(watch, ticker, scanner);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
+    use spiderpool_schema::ippool::PoolIPAllocation;
+    use spiderpool_schema::{SpiderIPPoolSpec, SpiderIPPoolStatus};
+
+    use super::*;
+
+    #[test]
+    fn records_are_read_from_pool_status() {
+        let mut pool = SpiderIPPool::new("p", SpiderIPPoolSpec::default());
+        let mut status = SpiderIPPoolStatus::default();
+        status
+            .set_allocations(&BTreeMap::from([
+                (
+                    "10.0.0.5".to_string(),
+                    PoolIPAllocation {
+                        pod: "ns/a".into(),
+                        pod_uid: "u".into(),
+                    },
+                ),
+                (
+                    "10.0.0.6".to_string(),
+                    PoolIPAllocation {
+                        pod: "malformed".into(),
+                        pod_uid: "u".into(),
+                    },
+                ),
+            ]))
+            .unwrap();
+        pool.status = Some(status);
+        assert_eq!(
+            records_of(&pool),
+            vec![Record {
+                pool: "p".into(),
+                ip: "10.0.0.5".into(),
+                namespace: "ns".into(),
+                name: "a".into(),
+                pod_uid: "u".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn endpoint_lists_its_pool_addresses() {
+        let mut ep = SpiderEndpoint::new(
+            "a",
+            "ns",
+            SpiderEndpointStatus {
+                current: PodIPAllocation {
+                    uid: "u".into(),
+                    node: "n".into(),
+                    ips: vec![IPAllocationDetail {
+                        nic: "eth0".into(),
+                        ipv4: Some("10.0.0.5/24".into()),
+                        ipv4_pool: Some("p".into()),
+                        ipv6: Some("fd00::5/64".into()),
+                        ipv6_pool: Some("p6".into()),
+                        ..IPAllocationDetail::default()
+                    }],
+                },
+                owner_controller_type: "StatefulSet".into(),
+                owner_controller_name: "db".into(),
+            },
+        );
+        let facts = endpoint_facts(&ep).unwrap();
+        assert!(facts.held.contains(&("p".to_string(), "10.0.0.5".to_string())));
+        assert!(facts.held.contains(&("p6".to_string(), "fd00::5".to_string())));
+        assert_eq!(facts.owner_kind, "StatefulSet");
+        ep.status = None;
+        assert_eq!(endpoint_facts(&ep), None);
+    }
+
+    #[test]
+    fn pod_facts_and_due_times() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                uid: Some("u".into()),
+                deletion_timestamp: Some(Time(t0)),
+                deletion_grace_period_seconds: Some(10),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            }),
+        };
+        let facts = pod_facts(&pod);
+        assert_eq!(facts.phase, Phase::Running);
+        assert_eq!(facts.deletion, Some((t0, 10)));
+        assert!(!facts.has_ips);
+        assert_eq!(facts.termination_grace, 30);
+        let flags = GcFlags {
+            additional_grace: Duration::from_secs(5),
+            ..GcFlags::default()
+        };
+        assert_eq!(
+            due_time(&pod, false, &flags),
+            Some(Timestamp::from_second(1_015).unwrap())
+        );
+        let mut live = pod.clone();
+        live.metadata.deletion_timestamp = None;
+        assert_eq!(due_time(&live, false, &flags), None);
+        assert!(due_time(&live, true, &flags).is_some());
+        let mut host = live;
+        host.spec = Some(PodSpec {
+            host_network: Some(true),
+            ..PodSpec::default()
+        });
+        assert_eq!(due_time(&host, true, &flags), None);
+    }
+
+    #[test]
+    fn metrics_register_and_count() {
+        let metrics = GcMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics
+            .released
+            .get_or_create(&ReasonLabel {
+                reason: "pod_gone".into(),
+            })
+            .inc();
+        assert_eq!(metrics.released_total(decide::ReleaseReason::PodGone), 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("spiderpool_ip_gc_released_ips_total{reason=\"pod_gone\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,878 @@
+//! The GC decision table, pure: for each pool record, what the cluster says about its pod, endpoint and
+//! owner decides whether the address is kept, released now, or looked at again later.
+//!
+//! The shell ([`super`]) gathers a [`World`] (a consistent-enough snapshot: pools are read first, then
+//! endpoints, then pods, so anything newer than a record is seen) and applies the verdicts with
+//! resourceVersion guards (a record is only removed if it still names the same pod UID).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// One `allocatedIPs` record of one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Record {
+    /// Pool name.
+    pub pool: String,
+    /// The address.
+    pub ip: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// UID of the pod the address was given to.
+    pub pod_uid: String,
+}
+
+/// Pod phase, as far as GC cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not started yet (CNI ADD happens in this phase).
+    Pending,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with failure (including evicted).
+    Failed,
+    /// The node stopped reporting.
+    Unknown,
+}
+
+/// What GC needs of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    /// Pod UID.
+    pub uid: String,
+    /// Phase.
+    pub phase: Phase,
+    /// `metadata.deletionTimestamp` and `deletionGracePeriodSeconds` of a terminating pod.
+    pub deletion: Option<(Timestamp, i64)>,
+    /// `status.podIPs` is not empty.
+    pub has_ips: bool,
+    /// Node the pod is bound to.
+    pub node: Option<String>,
+    /// Latest `finishedAt` of its terminated containers.
+    pub finished_at: Option<Timestamp>,
+    /// `spec.terminationGracePeriodSeconds` (default 30).
+    pub termination_grace: i64,
+    /// Controller owner `(kind, name)`.
+    pub owner: Option<(String, String)>,
+}
+
+/// What GC needs of a SpiderEndpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointFacts {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (the pod's, or the KubeVirt VM's).
+    pub name: String,
+    /// `status.current.uid`: the pod incarnation it describes.
+    pub uid: String,
+    /// `status.ownerControllerType`.
+    pub owner_kind: String,
+    /// `status.ownerControllerName`.
+    pub owner_name: String,
+    /// `(pool, ip)` pairs it lists.
+    pub held: HashSet<(String, String)>,
+}
+
+/// What GC needs of a StatefulSet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatefulSetFacts {
+    /// `spec.replicas`.
+    pub replicas: i64,
+    /// `spec.ordinals.start` (0 by default).
+    pub ordinal_start: i64,
+    /// Being deleted.
+    pub terminating: bool,
+}
+
+/// The GC switches (upstream's `SPIDERPOOL_GC_*` environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcFlags {
+    /// Extra wait after a pod's grace period before its address goes (`GC_ADDITIONAL_GRACE_DELAY`).
+    pub additional_grace: Duration,
+    /// Release terminating pods past grace on Ready nodes.
+    pub terminating_on_ready_node: bool,
+    /// Release terminating pods past grace on NotReady (or unknown) nodes.
+    pub terminating_on_not_ready_node: bool,
+    /// Release Running stateless pods that report no IPs.
+    pub running_on_empty_pod_ips: bool,
+    /// StatefulSet pods keep their addresses (`enableStatefulSet`).
+    pub statefulset: bool,
+    /// KubeVirt VMs keep their addresses (`enableKubevirtStaticIP`).
+    pub kubevirt: bool,
+}
+
+impl Default for GcFlags {
+    fn default() -> Self {
+        Self {
+            additional_grace: Duration::ZERO,
+            terminating_on_ready_node: true,
+            terminating_on_not_ready_node: true,
+            running_on_empty_pod_ips: false,
+            statefulset: true,
+            kubevirt: true,
+        }
+    }
+}
+
+/// Everything GC looked at.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// Pods by `(namespace, name)`.
+    pub pods: HashMap<(String, String), PodFacts>,
+    /// Endpoints by `(namespace, name)`.
+    pub endpoints: HashMap<(String, String), EndpointFacts>,
+    /// StatefulSets by `(namespace, name)`.
+    pub statefulsets: HashMap<(String, String), StatefulSetFacts>,
+    /// Node name -> Ready.
+    pub nodes_ready: HashMap<String, bool>,
+    /// `(namespace, name)` of KubeVirt VMIs and VMs that exist and are not being deleted.
+    pub kubevirt_vms: HashSet<(String, String)>,
+}
+
+/// Why an address stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepReason {
+    /// The pod is alive (or not started yet).
+    PodAlive,
+    /// A valid StatefulSet member or a KubeVirt VM keeps its address across pod restarts.
+    Retained,
+    /// The new incarnation of a StatefulSet/VM pod has not taken its addresses over yet.
+    AwaitingTakeover,
+    /// The node-state switch forbids releasing terminating pods on this node.
+    NodeStateFlag,
+    /// A Running pod without IPs, and the switch to release those is off.
+    NoIpsButRunning,
+}
+
+/// Why an address is released (also the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReleaseReason {
+    /// The pod does not exist.
+    PodGone,
+    /// The record names an earlier pod of the same name.
+    PodReplaced,
+    /// The pod finished (Succeeded/Failed) and its grace period passed.
+    PodFinished,
+    /// The pod has been terminating longer than its grace period.
+    TerminatingPastGrace,
+    /// A StatefulSet pod whose ordinal was scaled away, or a VM that is gone.
+    NoLongerRetained,
+    /// A Running pod without IPs (only with the switch on).
+    NoPodIps,
+}
+
+impl ReleaseReason {
+    /// Stable snake_case name, for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PodGone => "pod_gone",
+            Self::PodReplaced => "pod_replaced",
+            Self::PodFinished => "pod_finished",
+            Self::TerminatingPastGrace => "terminating_past_grace",
+            Self::NoLongerRetained => "no_longer_retained",
+            Self::NoPodIps => "no_pod_ips",
+        }
+    }
+}
+
+/// The verdict on one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Leave it.
+    Keep(KeepReason),
+    /// Remove the record; with `delete_endpoint`, also the endpoint `(namespace, name)` (it belongs to
+    /// the released incarnation and nothing retains it).
+    Release {
+        /// Why.
+        reason: ReleaseReason,
+        /// Endpoint to delete (finalizer removed).
+        delete_endpoint: Option<(String, String)>,
+    },
+    /// Not yet: look again at this time (a grace period is running).
+    WaitUntil(Timestamp),
+}
+
+/// How a pod (or, without a pod, its endpoint) keeps addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retention {
+    /// Addresses belong to one pod incarnation.
+    Stateless,
+    /// StatefulSet member or KubeVirt VM; `valid` when it should keep them now.
+    Static { valid: bool },
+}
+
+/// Whether `pod_name` is a current member of StatefulSet `sts_name`: `<sts>-<ordinal>` with the ordinal
+/// inside `[start, start + replicas)`.
+pub fn statefulset_member_valid(pod_name: &str, sts_name: &str, sts: &StatefulSetFacts) -> bool {
+    if sts.terminating {
+        return false;
+    }
+    let Some(ordinal) = pod_name
+        .strip_prefix(sts_name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    ordinal >= sts.ordinal_start && ordinal < sts.ordinal_start.saturating_add(sts.replicas)
+}
+
+fn retention(
+    world: &World,
+    namespace: &str,
+    pod_name: &str,
+    owner: Option<(&str, &str)>,
+    flags: &GcFlags,
+) -> Retention {
+    match owner {
+        Some(("StatefulSet", sts_name)) if flags.statefulset => Retention::Static {
+            valid: world
+                .statefulsets
+                .get(&(namespace.to_string(), sts_name.to_string()))
+                .is_some_and(|sts| statefulset_member_valid(pod_name, sts_name, sts)),
+        },
+        Some(("VirtualMachineInstance", vm_name)) if flags.kubevirt => Retention::Static {
+            valid: world
+                .kubevirt_vms
+                .contains(&(namespace.to_string(), vm_name.to_string())),
+        },
+        _ => Retention::Stateless,
+    }
+}
+
+/// The endpoint that describes a record's pod: the one named after the pod, else (KubeVirt endpoints
+/// are named after the VM) one whose current UID is the record's.
+pub fn endpoint_of<'a>(world: &'a World, record: &Record) -> Option<&'a EndpointFacts> {
+    world
+        .endpoints
+        .get(&(record.namespace.clone(), record.name.clone()))
+        .or_else(|| {
+            world
+                .endpoints
+                .values()
+                .find(|e| e.namespace == record.namespace && e.uid == record.pod_uid)
+        })
+}
+
+fn past(now: Timestamp, start: Timestamp, grace_seconds: i64, extra: Duration) -> Result<(), Timestamp> {
+    let extra = SignedDuration::try_from(extra).unwrap_or(SignedDuration::MAX);
+    let deadline = start
+        .saturating_add(SignedDuration::from_secs(grace_seconds.max(0)))
+        .and_then(|t| t.saturating_add(extra))
+        .unwrap_or(Timestamp::MAX);
+    if now >= deadline { Ok(()) } else { Err(deadline) }
+}
+
+/// The verdict on one record.
+pub fn decide(record: &Record, world: &World, now: Timestamp, flags: &GcFlags) -> Verdict {
+    let endpoint = endpoint_of(world, record);
+    let own_endpoint = || {
+        endpoint
+            .filter(|e| e.uid == record.pod_uid)
+            .map(|e| (e.namespace.clone(), e.name.clone()))
+    };
+    let holds = endpoint.is_some_and(|e| e.held.contains(&(record.pool.clone(), record.ip.clone())));
+    let pod = world.pods.get(&(record.namespace.clone(), record.name.clone()));
+
+    let Some(pod) = pod else {
+        let Some(ep) = endpoint else {
+            return Verdict::Release {
+                reason: ReleaseReason::PodGone,
+                delete_endpoint: None,
+            };
+        };
+        return match retention(
+            world,
+            &record.namespace,
+            &record.name,
+            Some((&ep.owner_kind, &ep.owner_name)),
+            flags,
+        ) {
+            Retention::Static { valid: true } if holds => Verdict::Keep(KeepReason::Retained),
+            // A retained pod's endpoint does not list this address: a leftover of an older allocation.
+            Retention::Static { valid: true } => Verdict::Release {
+                reason: ReleaseReason::PodGone,
+                delete_endpoint: None,
+            },
+            Retention::Static { valid: false } => Verdict::Release {
+                reason: ReleaseReason::NoLongerRetained,
+                delete_endpoint: Some((ep.namespace.clone(), ep.name.clone())),
+            },
+            Retention::Stateless => Verdict::Release {
+                reason: ReleaseReason::PodGone,
+                delete_endpoint: own_endpoint(),
+            },
+        };
+    };
+
+    let owner = pod.owner.as_ref().map(|(k, n)| (k.as_str(), n.as_str()));
+    let retention = retention(world, &record.namespace, &record.name, owner, flags);
+
+    if pod.uid != record.pod_uid {
+        return match retention {
+            Retention::Stateless => Verdict::Release {
+                reason: ReleaseReason::PodReplaced,
+                delete_endpoint: None,
+            },
+            Retention::Static { valid: false } => Verdict::Release {
+                reason: ReleaseReason::NoLongerRetained,
+                delete_endpoint: None,
+            },
+            // The new pod takes the endpoint's addresses over on its CNI ADD (rewriting the record's
+            // UID); until then the record still names the old pod and must stay. Once the new pod has
+            // IPs, an address its endpoint does not list is a leftover.
+            Retention::Static { valid: true } if holds || !pod.has_ips => {
+                Verdict::Keep(KeepReason::AwaitingTakeover)
+            }
+            Retention::Static { valid: true } => Verdict::Release {
+                reason: ReleaseReason::PodReplaced,
+                delete_endpoint: None,
+            },
+        };
+    }
+
+    if let Some((deleted_at, grace)) = pod.deletion {
+        if retention == (Retention::Static { valid: true }) {
+            return Verdict::Keep(KeepReason::Retained);
+        }
+        // Upstream waits deletionTimestamp + deletionGracePeriodSeconds + delay. The deletion
+        // timestamp already includes the grace period, so this waits it twice; kept on purpose: it
+        // only delays reclaiming, and releasing an address a still-running pod holds is the worse
+        // mistake.
+        if let Err(deadline) = past(now, deleted_at, grace, flags.additional_grace) {
+            return Verdict::WaitUntil(deadline);
+        }
+        let node_ready = pod
+            .node
+            .as_ref()
+            .and_then(|n| world.nodes_ready.get(n))
+            .copied()
+            .unwrap_or(false);
+        let allowed = if node_ready {
+            flags.terminating_on_ready_node
+        } else {
+            flags.terminating_on_not_ready_node
+        };
+        if !allowed {
+            return Verdict::Keep(KeepReason::NodeStateFlag);
+        }
+        return Verdict::Release {
+            reason: ReleaseReason::TerminatingPastGrace,
+            delete_endpoint: own_endpoint(),
+        };
+    }
+
+    match pod.phase {
+        Phase::Succeeded | Phase::Failed => match retention {
+            Retention::Static { valid: true } => Verdict::Keep(KeepReason::Retained),
+            Retention::Static { valid: false } => Verdict::Release {
+                reason: ReleaseReason::NoLongerRetained,
+                delete_endpoint: own_endpoint(),
+            },
+            Retention::Stateless => {
+                // Upstream also gates finished pods on the node-state switches; a finished pod runs
+                // nothing, so its address is free whatever its node's state.
+                if let Some(finished) = pod.finished_at
+                    && let Err(deadline) = past(now, finished, pod.termination_grace, flags.additional_grace)
+                {
+                    return Verdict::WaitUntil(deadline);
+                }
+                Verdict::Release {
+                    reason: ReleaseReason::PodFinished,
+                    delete_endpoint: own_endpoint(),
+                }
+            }
+        },
+        Phase::Pending => Verdict::Keep(KeepReason::PodAlive),
+        Phase::Running | Phase::Unknown if pod.has_ips => Verdict::Keep(KeepReason::PodAlive),
+        Phase::Running | Phase::Unknown => match retention {
+            Retention::Static { valid: true } => Verdict::Keep(KeepReason::Retained),
+            Retention::Static { valid: false } => Verdict::Release {
+                reason: ReleaseReason::NoLongerRetained,
+                delete_endpoint: own_endpoint(),
+            },
+            Retention::Stateless if pod.phase == Phase::Running && flags.running_on_empty_pod_ips => {
+                Verdict::Release {
+                    reason: ReleaseReason::NoPodIps,
+                    delete_endpoint: None,
+                }
+            }
+            // Upstream releases stateless pods in phase Unknown without IPs; a pod on a lost node may
+            // still run with its address, so it is kept until it is deleted.
+            Retention::Stateless => Verdict::Keep(KeepReason::NoIpsButRunning),
+        },
+    }
+}
+
+/// Endpoints that nothing needs any more: no pool record names their pod and no existing pod is the
+/// incarnation they describe. Returns `(namespace, name)`.
+pub fn outdated_endpoints(world: &World, records: &[Record]) -> Vec<(String, String)> {
+    let referenced: HashSet<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let referenced_uids: HashSet<&str> = records.iter().map(|r| r.pod_uid.as_str()).collect();
+    let mut out: Vec<(String, String)> = world
+        .endpoints
+        .values()
+        .filter(|e| {
+            !referenced.contains(&(e.namespace.as_str(), e.name.as_str()))
+                && !referenced_uids.contains(e.uid.as_str())
+                && world
+                    .pods
+                    .get(&(e.namespace.clone(), e.name.clone()))
+                    .is_none_or(|p| p.uid != e.uid)
+        })
+        .map(|e| (e.namespace.clone(), e.name.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    fn record(name: &str, uid: &str) -> Record {
+        Record {
+            pool: "p".into(),
+            ip: "10.0.0.5".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            pod_uid: uid.into(),
+        }
+    }
+
+    fn pod(uid: &str, phase: Phase) -> PodFacts {
+        PodFacts {
+            uid: uid.into(),
+            phase,
+            deletion: None,
+            has_ips: true,
+            node: Some("n1".into()),
+            finished_at: None,
+            termination_grace: 30,
+            owner: Some(("ReplicaSet".into(), "rs".into())),
+        }
+    }
+
+    fn endpoint(name: &str, uid: &str, owner_kind: &str, owner_name: &str, holds: bool) -> EndpointFacts {
+        EndpointFacts {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: uid.into(),
+            owner_kind: owner_kind.into(),
+            owner_name: owner_name.into(),
+            held: if holds {
+                HashSet::from([("p".to_string(), "10.0.0.5".to_string())])
+            } else {
+                HashSet::new()
+            },
+        }
+    }
+
+    fn world() -> World {
+        let mut w = World::default();
+        w.nodes_ready.insert("n1".into(), true);
+        w.nodes_ready.insert("n2".into(), false);
+        w.statefulsets.insert(
+            ("ns".into(), "db".into()),
+            StatefulSetFacts {
+                replicas: 2,
+                ordinal_start: 0,
+                terminating: false,
+            },
+        );
+        w
+    }
+
+    fn with_pod(mut w: World, name: &str, p: PodFacts) -> World {
+        w.pods.insert(("ns".into(), name.into()), p);
+        w
+    }
+
+    fn with_endpoint(mut w: World, e: EndpointFacts) -> World {
+        w.endpoints.insert((e.namespace.clone(), e.name.clone()), e);
+        w
+    }
+
+    fn release(reason: ReleaseReason, endpoint: Option<&str>) -> Verdict {
+        Verdict::Release {
+            reason,
+            delete_endpoint: endpoint.map(|n| ("ns".to_string(), n.to_string())),
+        }
+    }
+
+    fn flags() -> GcFlags {
+        GcFlags::default()
+    }
+
+    #[test]
+    fn statefulset_membership() {
+        let sts = StatefulSetFacts {
+            replicas: 3,
+            ordinal_start: 0,
+            terminating: false,
+        };
+        assert!(statefulset_member_valid("db-0", "db", &sts));
+        assert!(statefulset_member_valid("db-2", "db", &sts));
+        assert!(!statefulset_member_valid("db-3", "db", &sts));
+        assert!(!statefulset_member_valid("db-x", "db", &sts));
+        assert!(!statefulset_member_valid("db-", "db", &sts));
+        assert!(!statefulset_member_valid("dbx-0", "db", &sts));
+        assert!(!statefulset_member_valid("other-0", "db", &sts));
+        let window = StatefulSetFacts {
+            ordinal_start: 5,
+            ..sts
+        };
+        assert!(!statefulset_member_valid("db-0", "db", &window));
+        assert!(statefulset_member_valid("db-5", "db", &window));
+        assert!(statefulset_member_valid("db-7", "db", &window));
+        assert!(!statefulset_member_valid("db-8", "db", &window));
+        let going = StatefulSetFacts {
+            terminating: true,
+            ..sts
+        };
+        assert!(!statefulset_member_valid("db-0", "db", &going));
+    }
+
+    #[test]
+    fn pod_gone() {
+        let now = at(NOW);
+        let r = record("web-1", "u1");
+        assert_eq!(
+            decide(&r, &world(), now, &flags()),
+            release(ReleaseReason::PodGone, None)
+        );
+        // Stateless endpoint of the same incarnation goes with it; one of another incarnation stays.
+        let w = with_endpoint(world(), endpoint("web-1", "u1", "ReplicaSet", "rs", true));
+        assert_eq!(
+            decide(&r, &w, now, &flags()),
+            release(ReleaseReason::PodGone, Some("web-1"))
+        );
+        let w = with_endpoint(world(), endpoint("web-1", "u0", "ReplicaSet", "rs", false));
+        assert_eq!(
+            decide(&r, &w, now, &flags()),
+            release(ReleaseReason::PodGone, None)
+        );
+    }
+
+    #[test]
+    fn statefulset_pod_gone() {
+        let now = at(NOW);
+        let valid = with_endpoint(world(), endpoint("db-1", "u1", "StatefulSet", "db", true));
+        assert_eq!(
+            decide(&record("db-1", "u1"), &valid, now, &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        // Address not listed by the endpoint: leftover.
+        let stale = with_endpoint(world(), endpoint("db-1", "u1", "StatefulSet", "db", false));
+        assert_eq!(
+            decide(&record("db-1", "u1"), &stale, now, &flags()),
+            release(ReleaseReason::PodGone, None)
+        );
+        // Scaled down: ordinal 2 with 2 replicas.
+        let scaled = with_endpoint(world(), endpoint("db-2", "u2", "StatefulSet", "db", true));
+        assert_eq!(
+            decide(&record("db-2", "u2"), &scaled, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("db-2"))
+        );
+        // StatefulSet deleted.
+        let mut gone = valid.clone();
+        gone.statefulsets.clear();
+        assert_eq!(
+            decide(&record("db-1", "u1"), &gone, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("db-1"))
+        );
+        // Feature off: treated as stateless.
+        let off = GcFlags {
+            statefulset: false,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&record("db-1", "u1"), &valid, now, &off),
+            release(ReleaseReason::PodGone, Some("db-1"))
+        );
+    }
+
+    #[test]
+    fn kubevirt_endpoint_found_by_uid() {
+        let now = at(NOW);
+        let mut w = with_endpoint(
+            world(),
+            endpoint("vm1", "u1", "VirtualMachineInstance", "vm1", true),
+        );
+        let r = record("virt-launcher-vm1-abc", "u1");
+        assert_eq!(
+            decide(&r, &w, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("vm1"))
+        );
+        w.kubevirt_vms.insert(("ns".into(), "vm1".into()));
+        assert_eq!(decide(&r, &w, now, &flags()), Verdict::Keep(KeepReason::Retained));
+        let off = GcFlags {
+            kubevirt: false,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&r, &w, now, &off),
+            release(ReleaseReason::PodGone, Some("vm1"))
+        );
+    }
+
+    #[test]
+    fn replaced_pods() {
+        let now = at(NOW);
+        let w = with_pod(world(), "web-1", pod("u2", Phase::Running));
+        assert_eq!(
+            decide(&record("web-1", "u1"), &w, now, &flags()),
+            release(ReleaseReason::PodReplaced, None)
+        );
+        // StatefulSet pod recreated, not yet through CNI ADD: keep.
+        let mut new_pod = pod("u2", Phase::Pending);
+        new_pod.owner = Some(("StatefulSet".into(), "db".into()));
+        new_pod.has_ips = false;
+        let w = with_endpoint(
+            with_pod(world(), "db-1", new_pod.clone()),
+            endpoint("db-1", "u1", "StatefulSet", "db", true),
+        );
+        assert_eq!(
+            decide(&record("db-1", "u1"), &w, now, &flags()),
+            Verdict::Keep(KeepReason::AwaitingTakeover)
+        );
+        // Running with IPs and the endpoint holds the address: still the pod's.
+        let mut running = new_pod.clone();
+        running.has_ips = true;
+        running.phase = Phase::Running;
+        let w2 = with_endpoint(
+            with_pod(world(), "db-1", running.clone()),
+            endpoint("db-1", "u2", "StatefulSet", "db", true),
+        );
+        assert_eq!(
+            decide(&record("db-1", "u1"), &w2, now, &flags()),
+            Verdict::Keep(KeepReason::AwaitingTakeover)
+        );
+        // Running with IPs and the endpoint does not hold it: leftover.
+        let w3 = with_endpoint(
+            with_pod(world(), "db-1", running),
+            endpoint("db-1", "u2", "StatefulSet", "db", false),
+        );
+        assert_eq!(
+            decide(&record("db-1", "u1"), &w3, now, &flags()),
+            release(ReleaseReason::PodReplaced, None)
+        );
+        // Invalid member.
+        let w4 = with_pod(world(), "db-5", new_pod);
+        assert_eq!(
+            decide(&record("db-5", "u1"), &w4, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, None)
+        );
+    }
+
+    #[test]
+    fn terminating_pods_wait_for_grace_and_node_flags() {
+        let mut p = pod("u1", Phase::Running);
+        p.deletion = Some((at(NOW - 10), 30));
+        let w = with_endpoint(
+            with_pod(world(), "web-1", p.clone()),
+            endpoint("web-1", "u1", "ReplicaSet", "rs", true),
+        );
+        let r = record("web-1", "u1");
+        assert_eq!(
+            decide(&r, &w, at(NOW), &flags()),
+            Verdict::WaitUntil(at(NOW + 20))
+        );
+        let delayed = GcFlags {
+            additional_grace: Duration::from_secs(5),
+            ..flags()
+        };
+        assert_eq!(
+            decide(&r, &w, at(NOW), &delayed),
+            Verdict::WaitUntil(at(NOW + 25))
+        );
+        assert_eq!(
+            decide(&r, &w, at(NOW + 20), &flags()),
+            release(ReleaseReason::TerminatingPastGrace, Some("web-1"))
+        );
+        let no_ready = GcFlags {
+            terminating_on_ready_node: false,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&r, &w, at(NOW + 20), &no_ready),
+            Verdict::Keep(KeepReason::NodeStateFlag)
+        );
+        // NotReady node (and a pod on no node) follow the other switch.
+        let mut on_bad = p.clone();
+        on_bad.node = Some("n2".into());
+        let w_bad = with_pod(world(), "web-1", on_bad);
+        assert_eq!(
+            decide(&r, &w_bad, at(NOW + 20), &no_ready),
+            release(ReleaseReason::TerminatingPastGrace, None)
+        );
+        let no_not_ready = GcFlags {
+            terminating_on_not_ready_node: false,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&r, &w_bad, at(NOW + 20), &no_not_ready),
+            Verdict::Keep(KeepReason::NodeStateFlag)
+        );
+        let mut unbound = p;
+        unbound.node = None;
+        let w_unbound = with_pod(world(), "web-1", unbound);
+        assert_eq!(
+            decide(&r, &w_unbound, at(NOW + 20), &no_not_ready),
+            Verdict::Keep(KeepReason::NodeStateFlag)
+        );
+        // A valid StatefulSet member being deleted keeps its address.
+        let mut member = pod("u1", Phase::Running);
+        member.owner = Some(("StatefulSet".into(), "db".into()));
+        member.deletion = Some((at(0), 0));
+        let w = with_pod(world(), "db-0", member.clone());
+        assert_eq!(
+            decide(&record("db-0", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        // Scaled-away member being deleted: released past grace.
+        let w = with_pod(world(), "db-9", member);
+        assert_eq!(
+            decide(&record("db-9", "u1"), &w, at(NOW), &flags()),
+            release(ReleaseReason::TerminatingPastGrace, None)
+        );
+    }
+
+    #[test]
+    fn finished_pods() {
+        let r = record("job-1", "u1");
+        let mut p = pod("u1", Phase::Succeeded);
+        p.finished_at = Some(at(NOW - 40));
+        let w = with_endpoint(
+            with_pod(world(), "job-1", p.clone()),
+            endpoint("job-1", "u1", "Job", "j", true),
+        );
+        assert_eq!(
+            decide(&r, &w, at(NOW), &flags()),
+            release(ReleaseReason::PodFinished, Some("job-1"))
+        );
+        assert_eq!(
+            decide(&r, &w, at(NOW - 20), &flags()),
+            Verdict::WaitUntil(at(NOW - 10))
+        );
+        p.finished_at = None;
+        p.phase = Phase::Failed;
+        let w = with_pod(world(), "job-1", p);
+        assert_eq!(
+            decide(&r, &w, at(NOW), &flags()),
+            release(ReleaseReason::PodFinished, None)
+        );
+        // Finished StatefulSet members are restarted by their controller: keep.
+        let mut member = pod("u1", Phase::Failed);
+        member.owner = Some(("StatefulSet".into(), "db".into()));
+        let w = with_pod(world(), "db-1", member.clone());
+        assert_eq!(
+            decide(&record("db-1", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        let w = with_pod(world(), "db-4", member);
+        assert_eq!(
+            decide(&record("db-4", "u1"), &w, at(NOW), &flags()),
+            release(ReleaseReason::NoLongerRetained, None)
+        );
+    }
+
+    #[test]
+    fn live_pods_keep_their_addresses() {
+        let r = record("web-1", "u1");
+        for phase in [Phase::Pending, Phase::Running, Phase::Unknown] {
+            let w = with_pod(world(), "web-1", pod("u1", phase));
+            assert_eq!(
+                decide(&r, &w, at(NOW), &flags()),
+                Verdict::Keep(KeepReason::PodAlive),
+                "{phase:?}"
+            );
+        }
+        let mut pending = pod("u1", Phase::Pending);
+        pending.has_ips = false;
+        let w = with_pod(world(), "web-1", pending);
+        assert_eq!(
+            decide(&r, &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::PodAlive)
+        );
+
+        let mut no_ips = pod("u1", Phase::Running);
+        no_ips.has_ips = false;
+        let w = with_pod(world(), "web-1", no_ips.clone());
+        assert_eq!(
+            decide(&r, &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::NoIpsButRunning)
+        );
+        let on = GcFlags {
+            running_on_empty_pod_ips: true,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&r, &w, at(NOW), &on),
+            release(ReleaseReason::NoPodIps, None)
+        );
+        let mut unknown = no_ips.clone();
+        unknown.phase = Phase::Unknown;
+        let w = with_pod(world(), "web-1", unknown);
+        assert_eq!(
+            decide(&r, &w, at(NOW), &on),
+            Verdict::Keep(KeepReason::NoIpsButRunning)
+        );
+
+        let mut member = no_ips;
+        member.owner = Some(("StatefulSet".into(), "db".into()));
+        let w = with_pod(world(), "db-0", member.clone());
+        assert_eq!(
+            decide(&record("db-0", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        let w = with_pod(world(), "db-7", member);
+        assert_eq!(
+            decide(&record("db-7", "u1"), &w, at(NOW), &flags()),
+            release(ReleaseReason::NoLongerRetained, None)
+        );
+    }
+
+    #[test]
+    fn outdated_endpoint_rules() {
+        let w = with_endpoint(world(), endpoint("orphan", "u9", "ReplicaSet", "rs", true));
+        let w = with_endpoint(w, endpoint("referenced", "u1", "ReplicaSet", "rs", true));
+        let w = with_endpoint(w, endpoint("claimed", "u3", "ReplicaSet", "rs", true));
+        let w = with_endpoint(w, endpoint("stale", "u4", "ReplicaSet", "rs", true));
+        let w = with_endpoint(w, endpoint("vm1", "u5", "VirtualMachineInstance", "vm1", true));
+        let w = with_pod(w, "claimed", pod("u3", Phase::Running));
+        let w = with_pod(w, "stale", pod("u4-new", Phase::Running));
+        let records = vec![record("referenced", "u1"), record("virt-launcher-vm1", "u5")];
+        assert_eq!(
+            outdated_endpoints(&w, &records),
+            vec![
+                ("ns".to_string(), "orphan".to_string()),
+                ("ns".to_string(), "stale".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn reasons_have_stable_names() {
+        assert_eq!(ReleaseReason::PodGone.as_str(), "pod_gone");
+        assert_eq!(
+            ReleaseReason::TerminatingPastGrace.as_str(),
+            "terminating_past_grace"
+        );
+    }
+}
