@@ -1,0 +1,328 @@
+//! IP reclaim against a real control plane. Pool records and SpiderEndpoints are written here as the
+//! node daemon writes them; pods stay Pending (no kubelet), which is all GC needs.
+//!
+//! Covered: a force-deleted pod's address and endpoint go (event path); a valid StatefulSet pod keeps
+//! its address when its pod is deleted and loses it when scaled away; a pod stuck terminating past its
+//! grace period is released; the periodic scan releases a record whose pod never existed and deletes an
+//! endpoint nothing needs.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
+use spiderpool_operator::controller::reclaim::{self, ReclaimConfig};
+use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
+use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool, SpiderIPPoolSpec};
+use spiderpool_tests::{TestCluster, TestNamespace, init_tracing};
+
+const WAIT: Duration = Duration::from_secs(60);
+const POOL: &str = "reclaim-pool";
+
+async fn install_crds(client: &Client) -> Result<()> {
+    let mut yaml = String::new();
+    for (_, file) in spiderpool_schema::crd_files()? {
+        yaml.push_str("---\n");
+        yaml.push_str(&file);
+    }
+    spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
+    Ok(())
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn pod(name: &str, finalizer: bool) -> Pod {
+    let mut p: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]}
+    }))
+    .unwrap();
+    if finalizer {
+        p.metadata.finalizers = Some(vec!["spiderpool.test/hold".into()]);
+    }
+    p
+}
+
+/// Adds a record to the pool as the node daemon does (read-modify-write with resourceVersion).
+async fn add_record(client: &Client, ip: &str, pod: &str, uid: &str) -> Result<()> {
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let (pod, uid) = (pod.to_string(), uid.to_string());
+    ippool::update_allocations(&api, POOL, |records| {
+        records.insert(
+            ip.to_string(),
+            spiderpool_schema::ippool::PoolIPAllocation {
+                pod: pod.clone(),
+                pod_uid: uid.clone(),
+            },
+        );
+        (true, ())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn record_of(client: &Client, ip: &str) -> Result<Option<String>> {
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let pool = api.get(POOL).await?;
+    let records = pool.status.unwrap_or_default().allocations()?;
+    Ok(records.get(ip).map(|r| r.pod_uid.clone()))
+}
+
+/// Writes the endpoint the node daemon writes: finalizer, ownerReference to the pod for stateless pods.
+async fn add_endpoint(
+    ns: &TestNamespace,
+    name: &str,
+    uid: &str,
+    ip: &str,
+    owner: (&str, &str),
+    pod_owned: bool,
+) -> Result<()> {
+    let mut ep = SpiderEndpoint::new(
+        name,
+        ns.name(),
+        SpiderEndpointStatus {
+            current: PodIPAllocation {
+                uid: uid.into(),
+                node: "node-1".into(),
+                ips: vec![IPAllocationDetail {
+                    nic: "eth0".into(),
+                    ipv4: Some(format!("{ip}/24")),
+                    ipv4_pool: Some(POOL.into()),
+                    ..IPAllocationDetail::default()
+                }],
+            },
+            owner_controller_type: owner.0.into(),
+            owner_controller_name: owner.1.into(),
+        },
+    );
+    ep.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    if pod_owned {
+        ep.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: name.into(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        }]);
+    }
+    ns.api::<SpiderEndpoint>()
+        .create(&PostParams::default(), &ep)
+        .await?;
+    Ok(())
+}
+
+async fn endpoint_exists(ns: &TestNamespace, name: &str) -> Result<bool> {
+    Ok(ns.api::<SpiderEndpoint>().get_opt(name).await?.is_some())
+}
+
+async fn force_delete(ns: &TestNamespace, name: &str) -> Result<()> {
+    ns.api::<Pod>()
+        .delete(name, &DeleteParams::default().grace_period(0))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::shared().await?;
+    let client = cluster.client()?;
+    install_crds(&client).await?;
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let _ = pools.delete(POOL, &DeleteParams::default()).await;
+    pools
+        .create(
+            &PostParams::default(),
+            &SpiderIPPool::new(
+                POOL,
+                SpiderIPPoolSpec {
+                    subnet: "10.99.0.0/24".into(),
+                    ips: vec!["10.99.0.1-10.99.0.50".into()],
+                    ..SpiderIPPoolSpec::default()
+                },
+            ),
+        )
+        .await?;
+    let ns = cluster.namespace("reclaim").await?;
+    let config = ReclaimConfig {
+        scan_interval: Duration::from_secs(3),
+        trace_interval: Duration::from_millis(500),
+        ..ReclaimConfig::default()
+    };
+    let metrics = config.metrics.clone();
+    let pool_counts = tokio::spawn(ippool::run(
+        client.clone(),
+        IPPoolControllerConfig {
+            resync: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(500),
+        },
+    ));
+
+    // A StatefulSet whose pods exist (Pending) before GC starts.
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 2, "serviceName": "db", "podManagementPolicy": "Parallel", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]}}}
+    }))?;
+    ns.api::<StatefulSet>()
+        .create(&PostParams::default(), &sts)
+        .await?;
+    let pods: Api<Pod> = ns.api();
+    let db1 = eventually("pod db-1", || async {
+        pods.get_opt("db-1").await.map_err(Into::into)
+    })
+    .await?;
+    let db1_uid = db1.uid().unwrap();
+    add_record(&client, "10.99.0.2", &format!("{}/db-1", ns.name()), &db1_uid).await?;
+    add_endpoint(&ns, "db-1", &db1_uid, "10.99.0.2", ("StatefulSet", "db"), false).await?;
+
+    // A live stateless pod, to be force-deleted.
+    let web = pods.create(&PostParams::default(), &pod("web-1", false)).await?;
+    let web_uid = web.uid().unwrap();
+    add_record(&client, "10.99.0.1", &format!("{}/web-1", ns.name()), &web_uid).await?;
+    add_endpoint(&ns, "web-1", &web_uid, "10.99.0.1", ("Pod", "web-1"), true).await?;
+
+    // A pod that will hang terminating (a finalizer holds it).
+    let stuck = pods.create(&PostParams::default(), &pod("stuck", true)).await?;
+    let stuck_uid = stuck.uid().unwrap();
+    add_record(&client, "10.99.0.3", &format!("{}/stuck", ns.name()), &stuck_uid).await?;
+    add_endpoint(&ns, "stuck", &stuck_uid, "10.99.0.3", ("Pod", "stuck"), true).await?;
+
+    let gc = tokio::spawn(reclaim::run(client.clone(), config.clone()));
+
+    // Live pods keep their addresses.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (ip, uid) in [
+        ("10.99.0.1", &web_uid),
+        ("10.99.0.2", &db1_uid),
+        ("10.99.0.3", &stuck_uid),
+    ] {
+        ensure!(
+            record_of(&client, ip).await?.as_ref() == Some(uid),
+            "{ip} was released from a live pod"
+        );
+    }
+
+    // Force-deleted stateless pod: address and endpoint go.
+    force_delete(&ns, "web-1").await?;
+    eventually("web-1 released and its endpoint deleted", || async {
+        let released = record_of(&client, "10.99.0.1").await?.is_none();
+        Ok((released && !endpoint_exists(&ns, "web-1").await?).then_some(()))
+    })
+    .await?;
+
+    // Terminating past grace (unbound pods get grace 0).
+    pods.delete("stuck", &DeleteParams::default()).await?;
+    eventually("stuck pod released", || async {
+        let released = record_of(&client, "10.99.0.3").await?.is_none();
+        Ok((released && !endpoint_exists(&ns, "stuck").await?).then_some(()))
+    })
+    .await?;
+    pods.patch(
+        "stuck",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+
+    // Valid StatefulSet member: its pod is deleted and recreated with a new UID; the address stays,
+    // through event path and scans alike.
+    force_delete(&ns, "db-1").await?;
+    eventually("db-1 recreated", || async {
+        Ok(pods
+            .get_opt("db-1")
+            .await?
+            .filter(|p| p.uid() != Some(db1_uid.clone()))
+            .map(|_| ()))
+    })
+    .await?;
+    let report = reclaim::scan_all(&client, &config).await?;
+    ensure!(
+        report.released.iter().all(|r| r.1 != "10.99.0.2"),
+        "scan released a retained address: {report:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        record_of(&client, "10.99.0.2").await?.as_ref() == Some(&db1_uid),
+        "retained address released"
+    );
+    ensure!(endpoint_exists(&ns, "db-1").await?, "retained endpoint deleted");
+
+    // Scaled away: db-1 is no longer a member; address and endpoint go.
+    ns.api::<StatefulSet>()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+    eventually("db-1 released after scale-down", || async {
+        let released = record_of(&client, "10.99.0.2").await?.is_none();
+        Ok((released && !endpoint_exists(&ns, "db-1").await?).then_some(()))
+    })
+    .await?;
+
+    // The periodic scan: a record whose pod never existed, an endpoint nothing needs.
+    add_record(&client, "10.99.0.4", &format!("{}/ghost", ns.name()), "ghost-uid").await?;
+    add_endpoint(
+        &ns,
+        "leftover",
+        "leftover-uid",
+        "10.99.0.9",
+        ("Pod", "leftover"),
+        false,
+    )
+    .await?;
+    eventually("ghost record and leftover endpoint cleaned", || async {
+        let released = record_of(&client, "10.99.0.4").await?.is_none();
+        Ok((released && !endpoint_exists(&ns, "leftover").await?).then_some(()))
+    })
+    .await?;
+
+    // Counts follow, and metrics saw it.
+    eventually("pool count 0", || async {
+        let p = pools.get(POOL).await?;
+        Ok((p.status.unwrap_or_default().allocated_ip_count == Some(0)).then_some(()))
+    })
+    .await?;
+    let released: u64 = [
+        reclaim::decide::ReleaseReason::PodGone,
+        reclaim::decide::ReleaseReason::TerminatingPastGrace,
+        reclaim::decide::ReleaseReason::NoLongerRetained,
+    ]
+    .into_iter()
+    .map(|r| metrics.released_total(r))
+    .sum();
+    ensure!(released >= 4, "released counter {released}");
+
+    gc.abort();
+    pool_counts.abort();
+    ns.delete().await?;
+    pools.delete(POOL, &DeleteParams::default()).await?;
+    Ok(())
+}
