@@ -7,11 +7,12 @@
 #   containernetworking-plugins  the reference CNI plugins the node simulator runs (/usr/lib/cni)
 #   iproute2                     `ip netns` / `ip link`, used by the node simulator
 #   iputils-ping                 connectivity checks between simulated pods
+#   lua5.1                       runs the chart's Argo CD health check (Argo CD's gopher-lua is a Lua 5.1)
 #   Go >= 1.24 on PATH           only when the Kubernetes binaries are not cached yet
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates)
+packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates lua5.1)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -42,6 +43,7 @@ for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/c
     exit 1
   fi
 done
+command -v lua5.1 >/dev/null 2>&1 || { echo "install-test-deps.sh: 'lua5.1' is not on PATH" >&2; exit 1; }
 command -v ip >/dev/null 2>&1 || { echo "install-test-deps.sh: 'ip' (iproute2) is not on PATH" >&2; exit 1; }
 
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler on the first run (minutes; needs
