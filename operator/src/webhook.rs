@@ -23,7 +23,9 @@ pub mod tls;
 use serde::Serialize;
 use spiderpool_schema::{NetworkAttachmentDefinition, Problem, SpiderIPPool, SpiderSubnet};
 
-pub use server::{DEFAULT_PORT, TlsSource, WebhookConfig, WebhookServer, bind, serve, url_target};
+pub use server::{
+    DEFAULT_PORT, TlsSource, WebhookArgs, WebhookConfig, WebhookServer, bind, serve, url_target,
+};
 
 /// Label upstream's pool webhook sets to the pool's CIDR in label form (`10-6-0-0-16`).
 pub const LABEL_IPPOOL_CIDR: &str = "ipam.spidernet.io/ippool-cidr";
