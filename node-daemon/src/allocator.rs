@@ -446,7 +446,7 @@ impl Allocator {
         let mut reasons = Vec::new();
         let mut eligible = Vec::new();
         for name in &names {
-            match self.inner.stores.pool(name) {
+            match self.pool(name).await? {
                 None => reasons.push(format!("{name}: does not exist")),
                 Some(pool) => match filter::check_pool(&pool, family, &nic.nic, scope) {
                     Ok(()) => eligible.push(pool),
@@ -504,6 +504,20 @@ impl Allocator {
             nic.nic,
             exhausted.join("; ")
         )))
+    }
+
+    /// A pool from the cache, or from the API server when the cache has not seen it yet (a pool
+    /// created just before the pod).
+    async fn pool(&self, name: &str) -> Result<Option<Arc<SpiderIPPool>>, IpamError> {
+        if let Some(pool) = self.inner.stores.pool(name) {
+            return Ok(Some(pool));
+        }
+        let api: Api<SpiderIPPool> = Api::all(self.inner.client.clone());
+        Ok(api
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error("reading a SpiderIPPool", e))?
+            .map(Arc::new))
     }
 
     /// Waits for the SpiderSubnet automatic pool of (application, interface, family), which the
@@ -942,6 +956,15 @@ impl Allocator {
             return Ok(());
         };
         let status = ep.status.clone().unwrap_or_default();
+        // The pod may be gone already: then its endpoint says whether it belonged to a StatefulSet.
+        let stickiness = match (&pod, status.owner_controller_type.as_str()) {
+            (None, "StatefulSet") if config.enable_statefulset => Stickiness::StatefulSet {
+                ordinal: owner::statefulset_ordinal(&args.pod_name, &status.owner_controller_name)
+                    .unwrap_or_default(),
+                set: status.owner_controller_name.clone(),
+            },
+            _ => stickiness,
+        };
         let holder = ep
             .metadata
             .annotations
@@ -983,6 +1006,10 @@ impl Allocator {
         match stickiness {
             Stickiness::None => Ok(false),
             Stickiness::StatefulSet { set, ordinal } => {
+                // Kept while the StatefulSet exists, also for ordinals beyond `replicas`: a set scaled
+                // down and up again gets its members' addresses back. Upstream releases on scale-down
+                // (reference 4.4, open requests #3488/#3893); deleting the StatefulSet releases them.
+                let _ = ordinal;
                 let sets: Api<StatefulSet> = Api::namespaced(self.inner.client.clone(), namespace);
                 let Some(sts) = sets
                     .get_opt(set)
@@ -991,17 +1018,7 @@ impl Allocator {
                 else {
                     return Ok(false);
                 };
-                if sts.metadata.deletion_timestamp.is_some() {
-                    return Ok(false);
-                }
-                let spec = sts.spec.unwrap_or_default();
-                let replicas = u64::try_from(spec.replicas.unwrap_or(1)).unwrap_or_default();
-                let start = spec
-                    .ordinals
-                    .and_then(|o| o.start)
-                    .and_then(|s| u64::try_from(s).ok())
-                    .unwrap_or(0);
-                Ok(owner::statefulset_member_valid(*ordinal, replicas, start))
+                Ok(sts.metadata.deletion_timestamp.is_none())
             }
             Stickiness::KubeVirt { vmi } => {
                 let _ = pod;

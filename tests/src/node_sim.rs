@@ -437,6 +437,11 @@ impl NodeSimulator {
     }
 
     /// Waits until the simulator has set up the pod's networks.
+    /// Takes the errors recorded so far (for tests that provoke some on purpose), leaving none.
+    pub fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.inner.errors))
+    }
+
     pub async fn wait_pod(&self, namespace: &str, name: &str, timeout: Duration) -> Result<PodNetwork> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -313,6 +313,7 @@ mod tests {
         apply(&mut records, &usable, &[alloc("db-0")], 100);
         let rebind = Op::Rebind {
             ip: ip("10.0.0.1"),
+            previous_uid: "uid-db-0".into(),
             pod: "ns/db-0".into(),
             pod_uid: "new".into(),
         };
@@ -320,6 +321,7 @@ mod tests {
         assert_eq!(records["10.0.0.1"].pod_uid, "new");
         let stolen = Op::Rebind {
             ip: ip("10.0.0.1"),
+            previous_uid: "old".into(),
             pod: "ns/db-1".into(),
             pod_uid: "x".into(),
         };
@@ -329,6 +331,7 @@ mod tests {
         ));
         let free_again = Op::Rebind {
             ip: ip("10.0.0.2"),
+            previous_uid: "old".into(),
             pod: "ns/db-1".into(),
             pod_uid: "x".into(),
         };
@@ -336,8 +339,18 @@ mod tests {
             apply(&mut records, &usable, &[free_again], 100),
             [Outcome::Rebound]
         );
+        // A VM's new launcher pod (another name) takes over by the previous UID.
+        let vm = Op::Rebind {
+            ip: ip("10.0.0.2"),
+            previous_uid: "x".into(),
+            pod: "ns/virt-launcher-vm-b".into(),
+            pod_uid: "z".into(),
+        };
+        assert_eq!(apply(&mut records, &usable, &[vm], 100), [Outcome::Rebound]);
+        assert_eq!(records["10.0.0.2"].pod, "ns/virt-launcher-vm-b");
         let outside = Op::Rebind {
             ip: ip("10.0.0.7"),
+            previous_uid: "old".into(),
             pod: "ns/db-2".into(),
             pod_uid: "y".into(),
         };

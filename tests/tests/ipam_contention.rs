@@ -1,0 +1,212 @@
+//! Many node daemons allocating from one pool at once, against the real API server: the pool holds
+//! exactly as many addresses as there are pods. Every pod must get an address, no address twice; the
+//! next pod must be refused as "exhausted"; after every DEL every address is free again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::json;
+use spiderpool_tests::daemon::Daemon;
+use spiderpool_tests::ipam::{self, run_plugin};
+use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing};
+
+const NODES: usize = 10;
+const PODS_PER_NODE: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_daemons_fill_a_pool_exactly_without_duplicates_and_free_it_again() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    let ns = cluster.namespace("contention").await?;
+    let pods = NODES * PODS_PER_NODE;
+    // Exactly `pods` usable addresses: 10.20.0.1 - 10.20.0.(pods+1) minus one excluded, minus one
+    // reserved cluster-wide.
+    let last = pods + 2;
+    ipam::create_pool(
+        &client,
+        "contended",
+        json!({"subnet": "10.20.0.0/16", "ips": [format!("10.20.0.1-10.20.0.{last}")],
+               "excludeIPs": ["10.20.0.2"], "gateway": "10.20.255.254"}),
+    )
+    .await?;
+    let reserved: spiderpool_schema::SpiderReservedIP = serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderReservedIP",
+        "metadata": {"name": "contention-reserved"},
+        "spec": {"ipVersion": 4, "ips": ["10.20.0.3"]},
+    }))?;
+    kube::Api::<spiderpool_schema::SpiderReservedIP>::all(client.clone())
+        .create(&Default::default(), &reserved)
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let plugin = ipam::plugin_binary(false)?;
+    let nodes: Vec<String> = (0..NODES).map(|i| format!("contention-node{i}")).collect();
+    let daemons: Vec<Daemon> = nodes
+        .iter()
+        .map(|node| Daemon::start(&cluster, node, dir.path(), false, &[]))
+        .collect::<Result<_>>()?;
+
+    let names: Vec<(String, String)> = (0..=pods)
+        .map(|i| (format!("pod-{i}"), nodes[i % NODES].clone()))
+        .collect();
+    let uids = ipam::create_bare_pods(&client, ns.name(), &names, &json!({})).await?;
+
+    // Every pod's ADD at once: one thread per pod, each running the real plugin binary.
+    let namespace = ns.name().to_owned();
+    let mut handles = Vec::new();
+    for (i, ((name, _node), uid)) in names.iter().zip(&uids).enumerate().take(pods) {
+        let netconf = ipam::ipam_netconf(
+            "contended-net",
+            daemons[i % NODES].socket(),
+            &["contended"],
+            dir.path(),
+        );
+        let (plugin, name, uid, namespace) = (plugin.clone(), name.clone(), uid.clone(), namespace.clone());
+        handles.push(std::thread::spawn(move || {
+            run_plugin(
+                &plugin,
+                "ADD",
+                &format!("c-{name}"),
+                "eth0",
+                (&namespace, &name, &uid),
+                &netconf,
+            )
+        }));
+    }
+    let mut ips = BTreeSet::new();
+    for (handle, (name, _)) in handles.into_iter().zip(&names) {
+        let run = handle.join().expect("plugin thread")?;
+        ensure!(run.success, "{name}: ADD failed: {} / {}", run.output, run.stderr);
+        let ip =
+            ipam::result_ip(&run.output).with_context(|| format!("{name}: no address in {}", run.output))?;
+        ensure!(
+            !["10.20.0.2", "10.20.0.3"].contains(&ip.as_str()),
+            "{name} got excluded/reserved {ip}"
+        );
+        ensure!(ips.insert(ip.clone()), "{name}: {ip} given twice");
+        ensure!(
+            run.output["routes"][0]["gw"] == "10.20.255.254",
+            "{name}: {}",
+            run.output
+        );
+    }
+    ensure!(ips.len() == pods);
+    let records = ipam::pool_records(&client, "contended").await?;
+    ensure!(records.len() == pods, "pool records {} != {pods}", records.len());
+    ensure!(
+        records.keys().cloned().collect::<BTreeSet<_>>() == ips,
+        "pool records differ from the answers"
+    );
+
+    // The pool is full: the next pod is refused with "exhausted", and nothing is recorded for it.
+    let (extra, extra_uid) = (&names[pods].0, &uids[pods]);
+    let netconf = ipam::ipam_netconf("contended-net", daemons[0].socket(), &["contended"], dir.path());
+    let run = run_plugin(
+        &plugin,
+        "ADD",
+        "c-extra",
+        "eth0",
+        (ns.name(), extra, extra_uid),
+        &netconf,
+    )?;
+    ensure!(
+        !run.success,
+        "an ADD beyond the pool's size succeeded: {}",
+        run.output
+    );
+    ensure!(
+        run.output["code"] == 102,
+        "expected code 102 (pools exhausted): {}",
+        run.output
+    );
+    ensure!(
+        run.output["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("all IP addresses used out"),
+        "{}",
+        run.output
+    );
+    ensure!(ipam::pool_records(&client, "contended").await?.len() == pods);
+
+    // Repeating an ADD gives the same answer (idempotent), without a new record.
+    let run = run_plugin(
+        &plugin,
+        "ADD",
+        "c-pod-0",
+        "eth0",
+        (ns.name(), "pod-0", &uids[0]),
+        &ipam::ipam_netconf("contended-net", daemons[0].socket(), &["contended"], dir.path()),
+    )?;
+    ensure!(run.success, "{}", run.output);
+    ensure!(ipam::pool_records(&client, "contended").await?.len() == pods);
+
+    // Every DEL at once, then every address is free.
+    let mut handles = Vec::new();
+    for (i, ((name, _), uid)) in names.iter().zip(&uids).enumerate().take(pods) {
+        let netconf = ipam::ipam_netconf(
+            "contended-net",
+            daemons[i % NODES].socket(),
+            &["contended"],
+            dir.path(),
+        );
+        let (plugin, name, uid, namespace) = (plugin.clone(), name.clone(), uid.clone(), namespace.clone());
+        handles.push(std::thread::spawn(move || {
+            run_plugin(
+                &plugin,
+                "DEL",
+                &format!("c-{name}"),
+                "eth0",
+                (&namespace, &name, &uid),
+                &netconf,
+            )
+        }));
+    }
+    for (handle, (name, _)) in handles.into_iter().zip(&names) {
+        let run = handle.join().expect("plugin thread")?;
+        ensure!(run.success, "{name}: DEL failed: {} / {}", run.output, run.stderr);
+    }
+    let records = ipam::pool_records(&client, "contended").await?;
+    ensure!(
+        records.is_empty(),
+        "addresses still held after every DEL: {records:?}"
+    );
+    let endpoints = ns
+        .api::<spiderpool_schema::SpiderEndpoint>()
+        .list(&Default::default())
+        .await?;
+    ensure!(
+        endpoints.items.is_empty(),
+        "{} SpiderEndpoints left",
+        endpoints.items.len()
+    );
+
+    // A second DEL is harmless.
+    let run = run_plugin(
+        &plugin,
+        "DEL",
+        "c-pod-0",
+        "eth0",
+        (ns.name(), "pod-0", &uids[0]),
+        &ipam::ipam_netconf("contended-net", daemons[0].socket(), &["contended"], dir.path()),
+    )?;
+    ensure!(run.success, "{}", run.output);
+
+    let mut conflicts = 0.0;
+    let mut writes = 0.0;
+    for d in &daemons {
+        conflicts += d.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
+        writes += d.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
+    }
+    tracing::info!(
+        pods,
+        writes,
+        conflicts,
+        "pool status writes for {pods} allocations and releases"
+    );
+    Ok(())
+}
