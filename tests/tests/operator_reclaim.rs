@@ -1,8 +1,9 @@
 //! IP reclaim against a real control plane. Pool records and SpiderEndpoints are written here as the
 //! node daemon writes them; pods stay Pending (no kubelet), which is all GC needs.
 //!
-//! Covered: a force-deleted pod's address and endpoint go (event path); a valid StatefulSet pod keeps
-//! its address when its pod is deleted and loses it when scaled away; a pod stuck terminating past its
+//! Covered: a force-deleted pod's address and endpoint go (event path); a StatefulSet pod keeps its
+//! address when its pod is deleted and also when scaled away (unlike upstream: the member gets it back
+//! when scaled up again), and loses it when the StatefulSet is deleted; a pod stuck terminating past its
 //! grace period is released; the periodic scan releases a record whose pod never existed and deletes an
 //! endpoint nothing needs.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
@@ -273,7 +274,8 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     );
     ensure!(endpoint_exists(&ns, "db-1").await?, "retained endpoint deleted");
 
-    // Scaled away: db-1 is no longer a member; address and endpoint go.
+    // Scaled down: db-1's pod goes, but the StatefulSet still exists, so the address and endpoint stay
+    // for when it is scaled up again (a deliberate difference from upstream, which releases them).
     ns.api::<StatefulSet>()
         .patch(
             "db",
@@ -281,7 +283,31 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
             &Patch::Merge(json!({"spec": {"replicas": 1}})),
         )
         .await?;
-    eventually("db-1 released after scale-down", || async {
+    eventually("db-1 deleted by the scale-down", || async {
+        Ok(pods.get_opt("db-1").await?.is_none().then_some(()))
+    })
+    .await?;
+    let report = reclaim::scan_all(&client, &config).await?;
+    ensure!(
+        report.released.iter().all(|r| r.1 != "10.99.0.2"),
+        "scan released the address of a scaled-down StatefulSet member: {report:?}"
+    );
+    // Long enough for the event path and at least one periodic scan.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ensure!(
+        record_of(&client, "10.99.0.2").await?.as_ref() == Some(&db1_uid),
+        "the address of a scaled-down StatefulSet member was released"
+    );
+    ensure!(
+        endpoint_exists(&ns, "db-1").await?,
+        "the endpoint of a scaled-down StatefulSet member was deleted"
+    );
+
+    // The StatefulSet is deleted: address and endpoint go.
+    ns.api::<StatefulSet>()
+        .delete("db", &DeleteParams::default())
+        .await?;
+    eventually("db-1 released after the StatefulSet was deleted", || async {
         let released = record_of(&client, "10.99.0.2").await?.is_none();
         Ok((released && !endpoint_exists(&ns, "db-1").await?).then_some(()))
     })

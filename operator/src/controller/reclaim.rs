@@ -238,11 +238,10 @@ fn endpoint_facts(ep: &SpiderEndpoint) -> Option<EndpointFacts> {
     })
 }
 
+/// Only whether the set is being deleted matters: its members keep their addresses at any ordinal
+/// (see the `decide` module documentation for the difference from upstream).
 fn sts_facts(sts: &StatefulSet) -> StatefulSetFacts {
-    let spec = sts.spec.clone().unwrap_or_default();
     StatefulSetFacts {
-        replicas: i64::from(spec.replicas.unwrap_or(1)),
-        ordinal_start: i64::from(spec.ordinals.and_then(|o| o.start).unwrap_or(0)),
         terminating: sts.metadata.deletion_timestamp.is_some(),
     }
 }

@@ -4,6 +4,13 @@
 //! The shell ([`super`]) gathers a [`World`] (a consistent-enough snapshot: pools are read first, then
 //! endpoints, then pods, so anything newer than a record is seen) and applies the verdicts with
 //! resourceVersion guards (a record is only removed if it still names the same pod UID).
+//!
+//! Deliberate difference from upstream (reference 4.4): a StatefulSet member's addresses are retained
+//! while its StatefulSet exists and is not being deleted, whatever its ordinal and `spec.replicas`.
+//! Upstream releases a member's addresses once its ordinal falls outside `[start, start + replicas)`,
+//! so a set scaled down and up again gets new addresses (its open requests #3488/#3893). The node
+//! daemon keeps them on DEL by the same rule; reclaim must agree, or it would free what the daemon
+//! hands back on the next scale-up. Deleting the StatefulSet (or it being deleted) releases them.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -78,13 +85,10 @@ pub struct EndpointFacts {
     pub held: HashSet<(String, String)>,
 }
 
-/// What GC needs of a StatefulSet.
+/// What GC needs of a StatefulSet. Its replicas and ordinals do not matter: every member keeps its
+/// addresses while the set exists (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatefulSetFacts {
-    /// `spec.replicas`.
-    pub replicas: i64,
-    /// `spec.ordinals.start` (0 by default).
-    pub ordinal_start: i64,
     /// Being deleted.
     pub terminating: bool,
 }
@@ -160,7 +164,7 @@ pub enum ReleaseReason {
     PodFinished,
     /// The pod has been terminating longer than its grace period.
     TerminatingPastGrace,
-    /// A StatefulSet pod whose ordinal was scaled away, or a VM that is gone.
+    /// A StatefulSet pod whose StatefulSet is gone or being deleted, or a VM that is gone.
     NoLongerRetained,
     /// A Running pod without IPs (only with the switch on).
     NoPodIps,
@@ -206,21 +210,16 @@ enum Retention {
     Static { valid: bool },
 }
 
-/// Whether `pod_name` is a current member of StatefulSet `sts_name`: `<sts>-<ordinal>` with the ordinal
-/// inside `[start, start + replicas)`.
-pub fn statefulset_member_valid(pod_name: &str, sts_name: &str, sts: &StatefulSetFacts) -> bool {
-    if sts.terminating {
-        return false;
-    }
-    let Some(ordinal) = pod_name
-        .strip_prefix(sts_name)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|digits| digits.parse::<i64>().ok())
-    else {
-        return false;
-    };
-    ordinal >= sts.ordinal_start && ordinal < sts.ordinal_start.saturating_add(sts.replicas)
+/// Whether StatefulSet `sts_name` retains the addresses of `pod_name`: the pod is one of its members
+/// (`<sts>-<ordinal>`, any ordinal, also beyond `spec.replicas`) and the set is not being deleted.
+/// Upstream also requires the ordinal to be inside `[start, start + replicas)`; see the module
+/// documentation for why this does not.
+pub fn statefulset_retains(pod_name: &str, sts_name: &str, sts: &StatefulSetFacts) -> bool {
+    !sts.terminating
+        && pod_name
+            .strip_prefix(sts_name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn retention(
@@ -235,9 +234,11 @@ fn retention(
             valid: world
                 .statefulsets
                 .get(&(namespace.to_string(), sts_name.to_string()))
-                .is_some_and(|sts| statefulset_member_valid(pod_name, sts_name, sts)),
+                .is_some_and(|sts| statefulset_retains(pod_name, sts_name, sts)),
         },
-        Some(("VirtualMachineInstance", vm_name)) if flags.kubevirt => Retention::Static {
+        // A launcher pod names its VMI; an endpoint names its top controller (the VM, or the VMI when
+        // it has no VM). VMIs and VMs share the VM's name.
+        Some(("VirtualMachineInstance" | "VirtualMachine", vm_name)) if flags.kubevirt => Retention::Static {
             valid: world
                 .kubevirt_vms
                 .contains(&(namespace.to_string(), vm_name.to_string())),
@@ -489,12 +490,21 @@ mod tests {
         w.nodes_ready.insert("n2".into(), false);
         w.statefulsets.insert(
             ("ns".into(), "db".into()),
-            StatefulSetFacts {
-                replicas: 2,
-                ordinal_start: 0,
-                terminating: false,
-            },
+            StatefulSetFacts { terminating: false },
         );
+        w
+    }
+
+    /// StatefulSet `db` being deleted.
+    fn sts_terminating(mut w: World) -> World {
+        w.statefulsets
+            .insert(("ns".into(), "db".into()), StatefulSetFacts { terminating: true });
+        w
+    }
+
+    /// StatefulSet `db` gone.
+    fn sts_gone(mut w: World) -> World {
+        w.statefulsets.clear();
         w
     }
 
@@ -520,32 +530,19 @@ mod tests {
     }
 
     #[test]
-    fn statefulset_membership() {
-        let sts = StatefulSetFacts {
-            replicas: 3,
-            ordinal_start: 0,
-            terminating: false,
-        };
-        assert!(statefulset_member_valid("db-0", "db", &sts));
-        assert!(statefulset_member_valid("db-2", "db", &sts));
-        assert!(!statefulset_member_valid("db-3", "db", &sts));
-        assert!(!statefulset_member_valid("db-x", "db", &sts));
-        assert!(!statefulset_member_valid("db-", "db", &sts));
-        assert!(!statefulset_member_valid("dbx-0", "db", &sts));
-        assert!(!statefulset_member_valid("other-0", "db", &sts));
-        let window = StatefulSetFacts {
-            ordinal_start: 5,
-            ..sts
-        };
-        assert!(!statefulset_member_valid("db-0", "db", &window));
-        assert!(statefulset_member_valid("db-5", "db", &window));
-        assert!(statefulset_member_valid("db-7", "db", &window));
-        assert!(!statefulset_member_valid("db-8", "db", &window));
-        let going = StatefulSetFacts {
-            terminating: true,
-            ..sts
-        };
-        assert!(!statefulset_member_valid("db-0", "db", &going));
+    fn statefulset_retains_every_member_while_it_exists() {
+        let sts = StatefulSetFacts { terminating: false };
+        assert!(statefulset_retains("db-0", "db", &sts));
+        assert!(statefulset_retains("db-2", "db", &sts));
+        // Any ordinal, also beyond spec.replicas (scaled down, to be scaled up again).
+        assert!(statefulset_retains("db-17", "db", &sts));
+        assert!(!statefulset_retains("db-x", "db", &sts));
+        assert!(!statefulset_retains("db-", "db", &sts));
+        assert!(!statefulset_retains("dbx-0", "db", &sts));
+        assert!(!statefulset_retains("other-0", "db", &sts));
+        assert!(statefulset_retains("my-db-1", "my-db", &sts));
+        let going = StatefulSetFacts { terminating: true };
+        assert!(!statefulset_retains("db-0", "db", &going));
     }
 
     #[test]
@@ -583,17 +580,20 @@ mod tests {
             decide(&record("db-1", "u1"), &stale, now, &flags()),
             release(ReleaseReason::PodGone, None)
         );
-        // Scaled down: ordinal 2 with 2 replicas.
-        let scaled = with_endpoint(world(), endpoint("db-2", "u2", "StatefulSet", "db", true));
+        // Scaled down (the pod of a high ordinal is gone, the set still exists): kept, unlike upstream,
+        // so that scaling up again gives the member its address back.
+        let scaled = with_endpoint(world(), endpoint("db-7", "u7", "StatefulSet", "db", true));
         assert_eq!(
-            decide(&record("db-2", "u2"), &scaled, now, &flags()),
-            release(ReleaseReason::NoLongerRetained, Some("db-2"))
+            decide(&record("db-7", "u7"), &scaled, now, &flags()),
+            Verdict::Keep(KeepReason::Retained)
         );
-        // StatefulSet deleted.
-        let mut gone = valid.clone();
-        gone.statefulsets.clear();
+        // StatefulSet being deleted, or deleted: released with the endpoint.
         assert_eq!(
-            decide(&record("db-1", "u1"), &gone, now, &flags()),
+            decide(&record("db-7", "u7"), &sts_terminating(scaled), now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("db-7"))
+        );
+        assert_eq!(
+            decide(&record("db-1", "u1"), &sts_gone(valid.clone()), now, &flags()),
             release(ReleaseReason::NoLongerRetained, Some("db-1"))
         );
         // Feature off: treated as stateless.
@@ -621,6 +621,17 @@ mod tests {
         );
         w.kubevirt_vms.insert(("ns".into(), "vm1".into()));
         assert_eq!(decide(&r, &w, now, &flags()), Verdict::Keep(KeepReason::Retained));
+        // The node daemon records the top controller: the VM.
+        let mut by_vm = with_endpoint(world(), endpoint("vm1", "u1", "VirtualMachine", "vm1", true));
+        assert_eq!(
+            decide(&r, &by_vm, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("vm1"))
+        );
+        by_vm.kubevirt_vms.insert(("ns".into(), "vm1".into()));
+        assert_eq!(
+            decide(&r, &by_vm, now, &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
         let off = GcFlags {
             kubevirt: false,
             ..flags()
@@ -672,10 +683,15 @@ mod tests {
             decide(&record("db-1", "u1"), &w3, now, &flags()),
             release(ReleaseReason::PodReplaced, None)
         );
-        // Invalid member.
+        // A member beyond spec.replicas (scaled up again) also awaits its takeover.
         let w4 = with_pod(world(), "db-5", new_pod);
         assert_eq!(
             decide(&record("db-5", "u1"), &w4, now, &flags()),
+            Verdict::Keep(KeepReason::AwaitingTakeover)
+        );
+        // The StatefulSet is being deleted: nothing is retained.
+        assert_eq!(
+            decide(&record("db-5", "u1"), &sts_terminating(w4), now, &flags()),
             release(ReleaseReason::NoLongerRetained, None)
         );
     }
@@ -745,10 +761,15 @@ mod tests {
             decide(&record("db-0", "u1"), &w, at(NOW), &flags()),
             Verdict::Keep(KeepReason::Retained)
         );
-        // Scaled-away member being deleted: released past grace.
+        // So does a member beyond spec.replicas (scale-down deletes it).
         let w = with_pod(world(), "db-9", member);
         assert_eq!(
             decide(&record("db-9", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        // Members of a StatefulSet being deleted are released past grace.
+        assert_eq!(
+            decide(&record("db-9", "u1"), &sts_terminating(w), at(NOW), &flags()),
             release(ReleaseReason::TerminatingPastGrace, None)
         );
     }
@@ -788,6 +809,10 @@ mod tests {
         let w = with_pod(world(), "db-4", member);
         assert_eq!(
             decide(&record("db-4", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        assert_eq!(
+            decide(&record("db-4", "u1"), &sts_gone(w), at(NOW), &flags()),
             release(ReleaseReason::NoLongerRetained, None)
         );
     }
@@ -844,6 +869,10 @@ mod tests {
         let w = with_pod(world(), "db-7", member);
         assert_eq!(
             decide(&record("db-7", "u1"), &w, at(NOW), &flags()),
+            Verdict::Keep(KeepReason::Retained)
+        );
+        assert_eq!(
+            decide(&record("db-7", "u1"), &sts_terminating(w), at(NOW), &flags()),
             release(ReleaseReason::NoLongerRetained, None)
         );
     }
