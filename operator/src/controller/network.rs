@@ -351,6 +351,7 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .clone()
         .ok_or(Error::MissingMetadata("uid"))?;
 
+    let started = std::time::Instant::now();
     let rendered = match compile(&network) {
         Ok(rendered) => rendered,
         Err(problems) => {
@@ -405,7 +406,9 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .iter()
         .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
         .collect();
+    let compiled = started.elapsed();
     let desired = desired_children(&rendered, tasks, &owner, &node_uids)?;
+    drop(rendered);
     let wanted: HashSet<ChildKey> = desired.iter().map(|d| d.key.clone()).collect();
     let live = ctx.caches.live_children(&name, &wanted);
     let plan = {
@@ -443,13 +446,18 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .await?;
         return Ok(Action::requeue(ctx.options.resync));
     }
+    let planned = started.elapsed();
+    let writes = plan.writes();
+    let failures = ctx.execute(&uid, plan.phases).await;
     debug!(
-        writes = plan.writes(),
+        writes,
         unchanged = plan.unchanged,
         conflicts = plan.conflicts.len(),
-        "planned"
+        compile_ms = compiled.as_millis() as u64,
+        plan_ms = (planned - compiled).as_millis() as u64,
+        write_ms = (started.elapsed() - planned).as_millis() as u64,
+        "applied"
     );
-    let failures = ctx.execute(&uid, plan.phases).await;
     let mut problems = plan.conflicts;
     let (outcome, requeue) = if !failures.is_empty() {
         ctx.metrics.reconcile_failed(CONTROLLER, "apply");
@@ -586,6 +594,9 @@ impl Context {
             for (write, result) in results {
                 match (write, result) {
                     (Write::Apply(child), Ok(Some(rv))) => {
+                        recent
+                            .verified
+                            .insert(child.key.clone(), (rv, child.hash.clone()));
                         recent.applied.insert(child.key, (rv, child.hash));
                     }
                     (Write::Delete { key, uid }, Ok(_)) => {
