@@ -873,6 +873,12 @@ impl Allocator {
     ) -> Result<(), IpamError> {
         let status = ep.status.clone().unwrap_or_default();
         let uid = status.current.uid.clone();
+        tracing::info!(
+            endpoint = ep.metadata.name.as_deref().unwrap_or_default(),
+            uid,
+            interfaces = status.current.ips.len(),
+            "releasing every address the endpoint records"
+        );
         let mut jobs = Vec::new();
         for detail in &status.current.ips {
             for (ip, pool) in detail_addresses(detail) {
@@ -887,6 +893,9 @@ impl Allocator {
         }
         for (pool, result) in join_all(jobs).await {
             match result {
+                Ok(Outcome::Released(false)) => {
+                    tracing::info!(pool, uid, "the pool records no address of this pod any more");
+                }
                 Ok(_) | Err(WriteError::PoolGone(_)) => {}
                 Err(e) => {
                     return Err(IpamError::Transient(format!(
@@ -944,15 +953,30 @@ impl Allocator {
             .as_ref()
             .map(|p| owner::stickiness(p, config.enable_statefulset, config.enable_kubevirt))
             .unwrap_or(Stickiness::None);
-        let endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
+        let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
+        let mut endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
+        if pod.is_none()
+            && config.enable_kubevirt
+            && endpoints
+                .get_opt(&endpoint_name)
+                .await
+                .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
+                .is_none()
+            && let Some(vm) = self
+                .vm_endpoint_of_sandbox(&endpoints, &args.container_id)
+                .await?
+        {
+            // A gone VM launcher pod: its endpoint is named after the VM; find it by the sandbox.
+            endpoint_name = vm;
+        }
         let lock = self.lock_for(&format!("{}/{endpoint_name}", args.pod_namespace));
         let _guard = lock.lock().await;
-        let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
         let Some(ep) = endpoints
             .get_opt(&endpoint_name)
             .await
             .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
         else {
+            tracing::info!(endpoint = endpoint_name, "no SpiderEndpoint: nothing to release");
             return Ok(());
         };
         let status = ep.status.clone().unwrap_or_default();
@@ -963,6 +987,11 @@ impl Allocator {
                     .unwrap_or_default(),
                 set: status.owner_controller_name.clone(),
             },
+            (None, "VirtualMachine" | "VirtualMachineInstance") if config.enable_kubevirt => {
+                Stickiness::KubeVirt {
+                    vmi: endpoint_name.clone(),
+                }
+            }
             _ => stickiness,
         };
         let holder = ep
@@ -981,6 +1010,11 @@ impl Allocator {
         let uid_mismatch = pod_uid.as_ref().is_some_and(|u| u != &status.current.uid)
             || (!args.pod_uid.is_empty() && args.pod_uid != status.current.uid);
         if uid_mismatch && !(stickiness.is_sticky() && pod_uid.is_none()) {
+            tracing::info!(
+                endpoint = endpoint_name,
+                holder_uid = status.current.uid,
+                "the addresses belong to another incarnation of the pod: nothing to release"
+            );
             return Ok(());
         }
         if self
@@ -994,6 +1028,36 @@ impl Allocator {
             return Ok(());
         }
         self.release_endpoint(&endpoints, &ep).await
+    }
+
+    /// The name of the KubeVirt VM endpoint whose addresses sandbox `container_id` holds.
+    async fn vm_endpoint_of_sandbox(
+        &self,
+        endpoints: &Api<SpiderEndpoint>,
+        container_id: &str,
+    ) -> Result<Option<String>, IpamError> {
+        let list = endpoints
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| kube_error("listing SpiderEndpoints", e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|ep| {
+                ep.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNO_CONTAINER_ID))
+                    .map(String::as_str)
+                    == Some(container_id)
+                    && ep.status.as_ref().is_some_and(|s| {
+                        matches!(
+                            s.owner_controller_type.as_str(),
+                            "VirtualMachine" | "VirtualMachineInstance"
+                        )
+                    })
+            })
+            .and_then(|ep| ep.metadata.name))
     }
 
     /// Whether a sticky owner still wants the addresses kept.

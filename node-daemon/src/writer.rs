@@ -152,6 +152,7 @@ async fn commit(
 ) -> Option<SpiderIPPool> {
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
+    let mut conflicts: u64 = 0;
     loop {
         // Drop requests whose caller gave up or whose deadline passed.
         let now = Instant::now();
@@ -226,7 +227,14 @@ async fn commit(
                     "pool status write conflicted; deciding again"
                 );
                 last_error = "conflicting writes from other nodes".to_owned();
-                // Others wrote first: read again and merge whatever queued up meanwhile.
+                conflicts += 1;
+                // Back off a little, randomised and growing with the conflict streak, so that nodes
+                // contending for one pool stop colliding in lockstep; meanwhile more requests queue
+                // and the next write decides more of them.
+                tokio::time::sleep(jitter(Duration::from_millis(2 * conflicts.min(10)))).await;
+                // The winner's version usually arrives through the watch meanwhile: use it rather
+                // than reading the (large) pool object again.
+                latest = newer_from_store(inner, pool, current.metadata.resource_version.as_deref()).await;
                 while let Ok(more) = queue.try_recv() {
                     batch.push(more);
                 }
@@ -279,6 +287,45 @@ fn decide(
         Some(serde_json::to_string(&records).map_err(|e| bad(e.to_string()))?)
     };
     Ok((Some(text), records.len(), outcomes))
+}
+
+/// A uniformly random duration in `[0, max)`.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(random % nanos)
+}
+
+/// The cached pool once the watch has delivered a version other than `tried` (waiting up to 30 ms),
+/// or `None` (the caller then reads it from the API server).
+async fn newer_from_store(inner: &Inner, pool: &str, tried: Option<&str>) -> Option<SpiderIPPool> {
+    let deadline = Instant::now() + Duration::from_millis(30);
+    loop {
+        if let Some(cached) = inner.stores.pool(pool)
+            && is_newer(cached.metadata.resource_version.as_deref(), tried)
+        {
+            return Some((*cached).clone());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Whether `candidate` is a later resourceVersion than `tried`. Versions are opaque by contract but
+/// etcd revisions in practice: compare them as numbers when both are, else accept any difference.
+fn is_newer(candidate: Option<&str>, tried: Option<&str>) -> bool {
+    match (
+        candidate.and_then(|c| c.parse::<u64>().ok()),
+        tried.and_then(|t| t.parse::<u64>().ok()),
+    ) {
+        (Some(c), Some(t)) => c > t,
+        _ => candidate != tried,
+    }
 }
 
 /// The pool's IP family: `spec.ipVersion`, else its subnet's.

@@ -1,0 +1,256 @@
+//! IPAM benchmark against the real API server: 1,000 pods across 10 nodes (one real
+//! `spiderpool-agent` each, release build), one shared pool of exactly 1,000 addresses, every CNI
+//! ADD through the real `spiderpool` plugin binary; then every DEL.
+//!
+//! Reports total time, p50/p99 of the plugin's wall time per call, API writes per allocation and per
+//! release (from the daemons' metrics), pool-write conflicts, duplicates (must be 0) and the daemons'
+//! peak memory.
+//!
+//! `cargo bench -p spiderpool-tests --bench ipam_alloc`; knobs: `BENCH_PODS` (1000), `BENCH_NODES` (10),
+//! `BENCH_PARALLEL` (concurrent CNI calls per node, 8).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark report"
+)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use serde_json::json;
+use spiderpool_tests::daemon::Daemon;
+use spiderpool_tests::ipam::{self, run_plugin};
+use spiderpool_tests::{ClusterOptions, TestCluster};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+struct Phase {
+    total: Duration,
+    latencies: Vec<Duration>,
+    failures: Vec<String>,
+    ips: Vec<String>,
+}
+
+/// Runs `command` for every pod, `parallel` at a time per node, each node's calls against its daemon.
+fn run_phase(
+    command: &'static str,
+    plugin: &std::path::Path,
+    pods: &[(String, String, usize)],
+    namespace: &str,
+    netconfs: &[serde_json::Value],
+    nodes: usize,
+    parallel: usize,
+) -> Phase {
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for (node, netconf) in netconfs.iter().enumerate().take(nodes) {
+        let mine: Vec<(String, String, usize)> = pods.iter().filter(|p| p.2 == node).cloned().collect();
+        let queue = Arc::new(std::sync::Mutex::new(mine));
+        for _ in 0..parallel {
+            let queue = queue.clone();
+            let (plugin, namespace, netconf) =
+                (plugin.to_path_buf(), namespace.to_owned(), netconf.clone());
+            workers.push(std::thread::spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap().pop();
+                    let Some((name, uid, _)) = next else { break };
+                    let container = format!("c-{name}");
+                    let result = run_plugin(
+                        &plugin,
+                        command,
+                        &container,
+                        "eth0",
+                        (&namespace, &name, &uid),
+                        &netconf,
+                    );
+                    out.push((name, result));
+                }
+                out
+            }));
+        }
+    }
+    let mut phase = Phase {
+        total: Duration::ZERO,
+        latencies: Vec::new(),
+        failures: Vec::new(),
+        ips: Vec::new(),
+    };
+    for worker in workers {
+        for (name, result) in worker.join().unwrap() {
+            match result {
+                Ok(run) if run.success => {
+                    phase.latencies.push(run.elapsed);
+                    if let Some(ip) = ipam::result_ip(&run.output) {
+                        phase.ips.push(ip);
+                    }
+                }
+                Ok(run) => phase.failures.push(format!("{name}: {}", run.output)),
+                Err(e) => phase.failures.push(format!("{name}: {e:#}")),
+            }
+        }
+    }
+    phase.total = started.elapsed();
+    phase.latencies.sort();
+    phase
+}
+
+fn writes(daemons: &[Daemon]) -> Result<(f64, f64, f64)> {
+    let (mut pool, mut endpoint, mut conflicts) = (0.0, 0.0, 0.0);
+    for d in daemons {
+        pool += d.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
+        endpoint += d.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
+        conflicts += d.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
+    }
+    Ok((pool, endpoint, conflicts))
+}
+
+fn report(label: &str, phase: &Phase, pods: usize, before: (f64, f64, f64), after: (f64, f64, f64)) {
+    let p50 = percentile(&phase.latencies, 0.50);
+    let p99 = percentile(&phase.latencies, 0.99);
+    let max = phase.latencies.last().copied().unwrap_or_default();
+    let pool_writes = after.0 - before.0;
+    let endpoint_writes = after.1 - before.1;
+    let conflicts = after.2 - before.2;
+    println!(
+        "{label}: {} ok, {} failed in {:.2} s ({:.0}/s); CNI {label} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         API writes {:.0} pool status + {:.0} endpoint = {:.2} per pod (pool status writes {:.3}/pod, {:.0} of them lost a conflict)",
+        phase.latencies.len(),
+        phase.failures.len(),
+        phase.total.as_secs_f64(),
+        phase.latencies.len() as f64 / phase.total.as_secs_f64(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+        pool_writes,
+        endpoint_writes,
+        (pool_writes + endpoint_writes) / pods as f64,
+        pool_writes / pods as f64,
+        conflicts,
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let pods = env_usize("BENCH_PODS", 1000);
+    let nodes = env_usize("BENCH_NODES", 10);
+    let parallel = env_usize("BENCH_PARALLEL", 8);
+    ensure!(pods <= 60_000, "BENCH_PODS too large for one /16 pool");
+
+    let plugin = ipam::plugin_binary(true)?;
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    let ns = cluster.namespace("bench").await?;
+    let last = pods - 1;
+    let (hi, lo) = (last / 256, last % 256);
+    ipam::create_pool(
+        &client,
+        "bench",
+        json!({"subnet": "10.30.0.0/16", "ips": [format!("10.30.0.0-10.30.{hi}.{lo}")], "gateway": "10.30.255.254"}),
+    )
+    .await?;
+
+    let dir = tempfile::tempdir()?;
+    let node_names: Vec<String> = (0..nodes).map(|i| format!("bench-node{i}")).collect();
+    let daemons: Vec<Daemon> = node_names
+        .iter()
+        .map(|n| Daemon::start(&cluster, n, dir.path(), true, &["--worker-threads", "1"]))
+        .collect::<Result<_>>()?;
+    let netconfs: Vec<serde_json::Value> = daemons
+        .iter()
+        .map(|d| ipam::ipam_netconf("bench-net", d.socket(), &["bench"], dir.path()))
+        .collect();
+
+    let names: Vec<(String, String)> = (0..pods)
+        .map(|i| (format!("pod-{i}"), node_names[i % nodes].clone()))
+        .collect();
+    let created = Instant::now();
+    let uids = ipam::create_bare_pods(&client, ns.name(), &names, &json!({})).await?;
+    println!(
+        "setup: {pods} pods created in {:.2} s (not counted)",
+        created.elapsed().as_secs_f64()
+    );
+    let work: Vec<(String, String, usize)> = names
+        .iter()
+        .zip(&uids)
+        .enumerate()
+        .map(|(i, ((n, _), u))| (n.clone(), u.clone(), i % nodes))
+        .collect();
+
+    let before = writes(&daemons)?;
+    let (plugin2, ns_name, work2, netconfs2) = (
+        plugin.clone(),
+        ns.name().to_owned(),
+        work.clone(),
+        netconfs.clone(),
+    );
+    let add = tokio::task::spawn_blocking(move || {
+        run_phase("ADD", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel)
+    })
+    .await?;
+    let after_add = writes(&daemons)?;
+    report("ADD", &add, pods, before, after_add);
+    let unique: BTreeSet<&String> = add.ips.iter().collect();
+    let records = ipam::pool_records(&client, "bench").await?;
+    println!(
+        "ADD check: {} addresses handed out, {} distinct, {} duplicates, pool records {}",
+        add.ips.len(),
+        unique.len(),
+        add.ips.len() - unique.len(),
+        records.len()
+    );
+    for failure in add.failures.iter().take(5) {
+        println!("  failure: {failure}");
+    }
+
+    let (plugin2, ns_name, work2, netconfs2) = (
+        plugin.clone(),
+        ns.name().to_owned(),
+        work.clone(),
+        netconfs.clone(),
+    );
+    let del = tokio::task::spawn_blocking(move || {
+        run_phase("DEL", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel)
+    })
+    .await?;
+    let after_del = writes(&daemons)?;
+    report("DEL", &del, pods, after_add, after_del);
+    let records = ipam::pool_records(&client, "bench").await?;
+    println!("DEL check: pool records left {}", records.len());
+    for failure in del.failures.iter().take(5) {
+        println!("  failure: {failure}");
+    }
+
+    let mut peak = 0;
+    for d in &daemons {
+        peak = peak.max(d.peak_rss_kib().context("daemon memory")?);
+    }
+    println!(
+        "daemon peak RSS (max of {nodes}): {:.1} MiB",
+        peak as f64 / 1024.0
+    );
+    ensure!(
+        add.failures.is_empty() && del.failures.is_empty(),
+        "failures (see above)"
+    );
+    ensure!(unique.len() == pods, "duplicates or missing addresses");
+    Ok(())
+}
