@@ -171,6 +171,9 @@ fn start_operator(cluster: &TestCluster, namespace: &str, identity: &str) -> Res
             "0.3",
         ])
         .args(["--bind-address", "127.0.0.1"])
+        // Webhooks are tested on their own (operator_webhook); two replicas on one host would also
+        // compete for the webhook port.
+        .args(["--enable-webhooks", "false"])
         .args([
             "--health-port",
             &health_port.to_string(),
@@ -303,7 +306,14 @@ async fn the_operator_refuses_to_start_without_its_crds() -> Result<()> {
         TIMEOUT,
         tokio::process::Command::new(binary)
             .env("KUBECONFIG", cluster.kubeconfig_path())
-            .args(["--pod-name", "x", "--bind-address", "127.0.0.1"])
+            .args([
+                "--pod-name",
+                "x",
+                "--bind-address",
+                "127.0.0.1",
+                "--enable-webhooks",
+                "false",
+            ])
             .args([
                 "--health-port",
                 &free_port()?.to_string(),

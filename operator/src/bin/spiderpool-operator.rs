@@ -28,7 +28,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, Resource};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use spiderpool_operator::controller::{multusconfig, network};
+use spiderpool_operator::controller::{self, multusconfig, network};
 use spiderpool_operator::leader::{DEFAULT_LEASE_NAME, LeaderElector, LeaderError, LeaseConfig, Outcome};
 use spiderpool_operator::metrics::{self, Metrics};
 use spiderpool_operator::telemetry;
@@ -76,6 +76,17 @@ struct Args {
     /// How often an applied topology is re-checked for drift, in seconds.
     #[arg(long, env = "SPIDERPOOL_NETWORK_RESYNC", default_value = "300", value_parser = seconds)]
     network_resync: Duration,
+    /// Serve the admission webhooks (every replica serves them, leader or not).
+    #[arg(long, env = "SPIDERPOOL_ENABLE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_webhooks: bool,
+    /// Reclaim addresses of gone pods (IP GC).
+    #[arg(long, env = "SPIDERPOOL_GC_IP_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_gc: bool,
+    /// Interval of the reclaim's full scan, in seconds.
+    #[arg(long, env = "SPIDERPOOL_GC_DEFAULT_INTERVAL_DURATION", default_value = "600", value_parser = seconds)]
+    gc_interval: Duration,
+    #[command(flatten)]
+    webhook: spiderpool_operator::webhook::WebhookArgs,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -110,6 +121,8 @@ async fn run(args: Args) -> Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let gc_metrics = spiderpool_operator::controller::reclaim::GcMetrics::default();
+    gc_metrics.register(&mut registry);
     let registry = Arc::new(registry);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -149,7 +162,15 @@ async fn run(args: Args) -> Result<()> {
         shutdown(),
     )
     .await?;
-    // Webhooks are served by every replica, leader or not; the webhook server starts here.
+    // Webhooks are served by every replica, leader or not.
+    let webhook_server = args.enable_webhooks.then(|| {
+        let (client, config, stop) = (client.clone(), args.webhook.to_config(), shutdown());
+        tokio::spawn(async move {
+            if let Err(err) = spiderpool_operator::webhook::serve(client, config, stop).await {
+                error!("the admission webhook server failed: {err:#}");
+            }
+        })
+    });
 
     let elector = LeaderElector::new(
         client.clone(),
@@ -184,6 +205,31 @@ async fn run(args: Args) -> Result<()> {
     let controllers: Vec<BoxFuture<'static, Result<()>>> = vec![
         network::run_with(client.clone(), metrics.clone(), network_options).boxed(),
         multusconfig::run_with(client.clone(), metrics.clone(), multus_options).boxed(),
+        controller::ippool::run(
+            client.clone(),
+            controller::ippool::IPPoolControllerConfig::default(),
+        )
+        .boxed(),
+        controller::subnet::run(
+            client.clone(),
+            controller::subnet::SubnetControllerConfig::default(),
+        )
+        .boxed(),
+        controller::coordinator::run(
+            client.clone(),
+            controller::coordinator::CoordinatorConfig::default(),
+        )
+        .boxed(),
+        controller::reclaim::run(
+            client.clone(),
+            controller::reclaim::ReclaimConfig {
+                enabled: args.enable_gc,
+                scan_interval: args.gc_interval,
+                metrics: gc_metrics,
+                ..controller::reclaim::ReclaimConfig::default()
+            },
+        )
+        .boxed(),
     ];
     let work = async move { futures::future::try_join_all(controllers).await.map(|_| ()) };
 
@@ -197,6 +243,11 @@ async fn run(args: Args) -> Result<()> {
                 if let Err(err) = server.await {
                     warn!(error = %err, "an HTTP server did not stop cleanly");
                 }
+            }
+            if let Some(webhooks) = webhook_server
+                && let Err(err) = webhooks.await
+            {
+                warn!(error = %err, "the webhook server did not stop cleanly");
             }
             info!("stopped");
             Ok(())
