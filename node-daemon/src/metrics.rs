@@ -71,8 +71,7 @@ impl Metrics {
         let api_writes = Family::<WriteLabel, Counter>::default();
         let pool_conflicts = Counter::default();
         let pool_write_duration = Histogram::new(latency_buckets());
-        let pool_batch_size =
-            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let pool_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         registry.register(
             "spiderpool_ipam_allocation_counts",
             "Successful IP allocations (CNI ADD)",

@@ -65,8 +65,7 @@ fn run_phase(
         let queue = Arc::new(std::sync::Mutex::new(mine));
         for _ in 0..parallel {
             let queue = queue.clone();
-            let (plugin, namespace, netconf) =
-                (plugin.to_path_buf(), namespace.to_owned(), netconf.clone());
+            let (plugin, namespace, netconf) = (plugin.to_path_buf(), namespace.to_owned(), netconf.clone());
             workers.push(std::thread::spawn(move || {
                 let mut out = Vec::new();
                 loop {
