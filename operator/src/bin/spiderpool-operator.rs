@@ -348,3 +348,16 @@ async fn check_crds(client: &Client) -> Result<()> {
     info!("every CRD the controllers need is installed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    /// clap checks its definitions (unique ids, valid defaults) only when asked or at first parse.
+    #[test]
+    fn command_line_definition_is_valid() {
+        Args::command().debug_assert();
+    }
+}

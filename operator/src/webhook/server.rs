@@ -353,6 +353,7 @@ pub struct WebhookArgs {
     pub ca_file: Option<PathBuf>,
     /// Namespace of the operator (its Service and certificate Secret live there).
     #[arg(
+        id = "webhook_namespace",
         long = "webhook-namespace",
         env = "SPIDERPOOL_NAMESPACE",
         default_value = "kube-system"
