@@ -726,4 +726,20 @@ impl TestNamespace {
             .with_context(|| format!("deleting {}", self.name))?;
         Ok(())
     }
+
+    /// Deletes the namespace and waits until it is gone (needs kube-controller-manager's namespace
+    /// controller), so that cluster-wide controllers of the next test see nothing of it.
+    pub async fn delete_and_wait(self, timeout: Duration) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let name = self.name.clone();
+        self.delete().await?;
+        let deadline = std::time::Instant::now() + timeout;
+        while api.get_opt(&name).await?.is_some() {
+            if std::time::Instant::now() >= deadline {
+                bail!("namespace {name} still exists {timeout:?} after its deletion");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
 }

@@ -183,7 +183,7 @@ async fn every_cni_type_gets_its_nad_kept_in_step_and_collected_with_the_smc() -
     )
     .await?;
     fresh.check_alive()?;
-    ns.delete().await?;
+    ns.delete_and_wait(Duration::from_secs(60)).await?;
     Ok(())
 }
 
@@ -257,6 +257,6 @@ async fn a_nad_of_another_owner_is_not_taken_over_and_render_errors_become_event
     let nad = nad_api.get("first").await?;
     assert!(nad.spec.config.contains("eth1"), "{}", nad.spec.config);
     assert_eq!(nad.owner_references()[0].uid, first.uid().unwrap());
-    ns.delete().await?;
+    ns.delete_and_wait(Duration::from_secs(60)).await?;
     Ok(())
 }
