@@ -135,6 +135,8 @@ fn start_operator(binary: &Path, cluster: &TestCluster, metrics_port: u16) -> Re
         .env("KUBECONFIG", cluster.kubeconfig_path())
         .args(["--namespace", "default", "--pod-name", "bench"])
         .args(["--bind-address", "127.0.0.1"])
+        // No Service fronts the webhooks here; the benchmark measures the controller.
+        .args(["--enable-webhooks", "false"])
         .args([
             "--health-port",
             &free_port()?.to_string(),
