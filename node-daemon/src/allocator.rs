@@ -943,16 +943,8 @@ impl Allocator {
             ("podName (K8S_POD_NAME)", &args.pod_name),
             ("containerID", &args.container_id),
         ])?;
-        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let pod = pods
-            .get_opt(&args.pod_name)
-            .await
-            .map_err(|e| kube_error("reading the pod", e))?;
+        let (pod, stickiness) = self.pod_if_any(&args.pod_namespace, &args.pod_name).await?;
         let config = &self.inner.config;
-        let stickiness = pod
-            .as_ref()
-            .map(|p| owner::stickiness(p, config.enable_statefulset, config.enable_kubevirt))
-            .unwrap_or(Stickiness::None);
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
         let mut endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
         if pod.is_none()
@@ -1164,12 +1156,11 @@ impl Allocator {
         as_app(parent.as_ref().unwrap_or(direct))
     }
 
-    /// `DELETE /v1/ipam/ips`: release every address of a pod (after an address conflict).
-    pub async fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), IpamError> {
-        require(&[("podNamespace", &args.pod_namespace), ("podName", &args.pod_name)])?;
-        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
+    /// The pod, if it still exists, and what its owner means for its addresses (none when it is gone).
+    async fn pod_if_any(&self, namespace: &str, name: &str) -> Result<(Option<Pod>, Stickiness), IpamError> {
+        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), namespace);
         let pod = pods
-            .get_opt(&args.pod_name)
+            .get_opt(name)
             .await
             .map_err(|e| kube_error("reading the pod", e))?;
         let config = &self.inner.config;
@@ -1177,6 +1168,13 @@ impl Allocator {
             .as_ref()
             .map(|p| owner::stickiness(p, config.enable_statefulset, config.enable_kubevirt))
             .unwrap_or(Stickiness::None);
+        Ok((pod, stickiness))
+    }
+
+    /// `DELETE /v1/ipam/ips`: release every address of a pod (after an address conflict).
+    pub async fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), IpamError> {
+        require(&[("podNamespace", &args.pod_namespace), ("podName", &args.pod_name)])?;
+        let (_, stickiness) = self.pod_if_any(&args.pod_namespace, &args.pod_name).await?;
         if stickiness.is_sticky() && args.is_release_conflict_ips {
             return Err(IpamError::Forbidden(
                 "refusing to release the retained addresses of a StatefulSet member or KubeVirt VM"
