@@ -181,6 +181,15 @@ struct Grant {
     family: IpFamily,
     ip: IpAddr,
     pool: Arc<SpiderIPPool>,
+    /// No default route through the gateway on this interface (as the candidate rules said).
+    clean_gateway: bool,
+}
+
+/// What a fresh allocation gives: the addresses, and the pod's `ipam.spidernet.io/routes` (parsed
+/// once, before anything is allocated, so a malformed annotation costs no pool write).
+struct Fresh {
+    grants: Vec<Grant>,
+    extra_routes: Vec<annotations::RouteItem>,
 }
 
 impl Allocator {
@@ -312,7 +321,7 @@ impl Allocator {
             None => None,
         };
 
-        let grants = self.allocate_fresh(&pod, &app, args, endpoint.as_ref()).await?;
+        let fresh = self.allocate_fresh(&pod, &app, args, endpoint.as_ref()).await?;
         match self
             .record(
                 &endpoints,
@@ -322,13 +331,13 @@ impl Allocator {
                 &stickiness,
                 &endpoint_name,
                 args,
-                &grants,
+                &fresh,
             )
             .await
         {
             Ok(status) => Ok(self.response(&status)),
             Err(e) => {
-                self.take_back(&pod_uid, &grants).await;
+                self.take_back(&pod_uid, &fresh.grants).await;
                 Err(e)
             }
         }
@@ -343,7 +352,7 @@ impl Allocator {
         app: &AppRef,
         args: &IpamAddArgs,
         endpoint: Option<&SpiderEndpoint>,
-    ) -> Result<Vec<Grant>, IpamError> {
+    ) -> Result<Fresh, IpamError> {
         let config = &self.inner.config;
         let stores = &self.inner.stores;
         let pod_annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -363,9 +372,10 @@ impl Allocator {
             enable_auto_pools: config.enable_auto_pools,
             ..CandidateInput::new(&pod_annotations, &namespace_annotations, &args.if_name)
         })?;
-        if let Some(text) = pod_annotations.get(annotations::ANNO_ROUTES) {
-            annotations::parse_routes(text)?;
-        }
+        let extra_routes = match pod_annotations.get(annotations::ANNO_ROUTES) {
+            Some(text) => annotations::parse_routes(text)?,
+            None => Vec::new(),
+        };
 
         let already: Vec<&str> = endpoint
             .and_then(|e| e.status.as_ref())
@@ -422,7 +432,7 @@ impl Allocator {
             self.take_back(&claim.1, &grants).await;
             return Err(e);
         }
-        Ok(grants)
+        Ok(Fresh { grants, extra_routes })
     }
 
     async fn allocate_one(
@@ -487,6 +497,7 @@ impl Allocator {
                         family,
                         ip,
                         pool,
+                        clean_gateway: nic.clean_gateway,
                     });
                 }
                 Ok(Outcome::Exhausted(reason)) => exhausted.push(format!("{name}: {reason}")),
@@ -588,26 +599,9 @@ impl Allocator {
         stickiness: &Stickiness,
         endpoint_name: &str,
         args: &IpamAddArgs,
-        grants: &[Grant],
+        fresh: &Fresh,
     ) -> Result<SpiderEndpointStatus, IpamError> {
-        let pod_annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let extra_routes = match pod_annotations.get(annotations::ANNO_ROUTES) {
-            Some(text) => annotations::parse_routes(text)?,
-            None => Vec::new(),
-        };
-        let clean: BTreeMap<String, bool> = {
-            let ns_annotations = BTreeMap::new();
-            let input = CandidateInput {
-                netconf_clean_gateway: args.clean_gateway,
-                ..CandidateInput::new(&pod_annotations, &ns_annotations, &args.if_name)
-            };
-            // Clean-gateway flags per interface come from the same rules that chose the pools.
-            match candidates::candidates(&input) {
-                Ok(c) => c.nics.into_iter().map(|n| (n.nic, n.clean_gateway)).collect(),
-                Err(_) => BTreeMap::from([(args.if_name.clone(), args.clean_gateway)]),
-            }
-        };
-        let details = build_details(grants, &clean, &extra_routes);
+        let details = build_details(&fresh.grants, &fresh.extra_routes);
 
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut networks: BTreeMap<String, String> = existing
@@ -802,15 +796,15 @@ impl Allocator {
                 .map_err(|e| kube_error("updating the SpiderEndpoint", e))?;
             return Ok(self.response(&written.status.unwrap_or_default()));
         }
-        let grants = self.allocate_fresh(pod, app, args, Some(&ep)).await?;
+        let fresh = self.allocate_fresh(pod, app, args, Some(&ep)).await?;
         let name = stickiness.endpoint_name(&args.pod_name).to_owned();
         match self
-            .record(endpoints, Some(ep), pod, app, stickiness, &name, args, &grants)
+            .record(endpoints, Some(ep), pod, app, stickiness, &name, args, &fresh)
             .await
         {
             Ok(status) => Ok(self.response(&status)),
             Err(e) => {
-                self.take_back(&pod_uid, &grants).await;
+                self.take_back(&pod_uid, &fresh.grants).await;
                 Err(e)
             }
         }
@@ -947,27 +941,36 @@ impl Allocator {
         let config = &self.inner.config;
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
         let mut endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
-        if pod.is_none()
+        let mut guard = self
+            .lock_for(&format!("{}/{endpoint_name}", args.pod_namespace))
+            .lock_owned()
+            .await;
+        let mut found = endpoints
+            .get_opt(&endpoint_name)
+            .await
+            .map_err(|e| kube_error("reading the SpiderEndpoint", e))?;
+        if found.is_none()
+            && pod.is_none()
             && config.enable_kubevirt
-            && endpoints
-                .get_opt(&endpoint_name)
-                .await
-                .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
-                .is_none()
             && let Some(vm) = self
                 .vm_endpoint_of_sandbox(&endpoints, &args.container_id)
                 .await?
         {
-            // A gone VM launcher pod: its endpoint is named after the VM; find it by the sandbox.
+            // A gone VM launcher pod: its endpoint is named after the VM; find it by the sandbox and
+            // read it again under the VM's lock.
+            drop(guard);
             endpoint_name = vm;
+            guard = self
+                .lock_for(&format!("{}/{endpoint_name}", args.pod_namespace))
+                .lock_owned()
+                .await;
+            found = endpoints
+                .get_opt(&endpoint_name)
+                .await
+                .map_err(|e| kube_error("reading the SpiderEndpoint", e))?;
         }
-        let lock = self.lock_for(&format!("{}/{endpoint_name}", args.pod_namespace));
-        let _guard = lock.lock().await;
-        let Some(ep) = endpoints
-            .get_opt(&endpoint_name)
-            .await
-            .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
-        else {
+        let _guard = guard;
+        let Some(ep) = found else {
             tracing::info!(endpoint = endpoint_name, "no SpiderEndpoint: nothing to release");
             return Ok(());
         };
@@ -1368,11 +1371,7 @@ fn detail_addresses(detail: &IPAllocationDetail) -> Vec<(IpAddr, String)> {
 }
 
 /// Endpoint entries for fresh grants, one per interface, with the routes of each.
-fn build_details(
-    grants: &[Grant],
-    clean: &BTreeMap<String, bool>,
-    extra: &[annotations::RouteItem],
-) -> Vec<IPAllocationDetail> {
+fn build_details(grants: &[Grant], extra: &[annotations::RouteItem]) -> Vec<IPAllocationDetail> {
     let mut by_nic: BTreeMap<&str, IPAllocationDetail> = BTreeMap::new();
     let mut order: Vec<&str> = Vec::new();
     let mut allocated = Vec::new();
@@ -1381,7 +1380,7 @@ fn build_details(
         let prefix = subnet
             .map(|n| n.prefix_len())
             .unwrap_or(if g.family == IpFamily::V4 { 32 } else { 128 });
-        let clean_gateway = clean.get(&g.nic).copied().unwrap_or(false);
+        let clean_gateway = g.clean_gateway;
         if !by_nic.contains_key(g.nic.as_str()) {
             order.push(&g.nic);
         }
