@@ -33,6 +33,9 @@ use spiderpool_agent_api::{
     IpamGcResponse, Route, WorkloadEndpointStatus, codes,
 };
 use spiderpool_ipmath::IpFamily;
+use spiderpool_schema::annotations::{
+    LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET, ip_version_label,
+};
 use spiderpool_schema::common::Route as PoolRoute;
 use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
 use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool};
@@ -54,12 +57,6 @@ pub const ANNO_CONTAINER_ID: &str = "spiderpool.spidernet.io/container-id";
 pub const ANNO_NETWORKS: &str = "spiderpool.spidernet.io/networks";
 /// Label on a SpiderEndpoint: the node whose daemon wrote it (CNI GC lists by it).
 pub const LABEL_NODE: &str = "spiderpool.spidernet.io/node";
-
-/// Labels upstream puts on SpiderSubnet automatic pools (reference 2.1).
-const LABEL_OWNER_APP_UID: &str = "ipam.spidernet.io/owner-application-uid";
-const LABEL_OWNER_SUBNET: &str = "ipam.spidernet.io/owner-spider-subnet";
-const LABEL_INTERFACE: &str = "ipam.spidernet.io/interface";
-const LABEL_IP_VERSION: &str = "ipam.spidernet.io/ip-version";
 
 /// Settings of the allocator.
 #[derive(Debug, Clone)]
@@ -382,7 +379,7 @@ impl Allocator {
             .map(|s| s.current.ips.iter().map(|d| d.nic.as_str()).collect())
             .unwrap_or_default();
         let mut labels = pod.metadata.labels.clone().unwrap_or_default();
-        labels.extend(app.labels());
+        labels.extend(app.affinity_labels());
         let node_labels = stores.node_labels();
         let scope = PodScope {
             namespace: &args.pod_namespace,
@@ -540,10 +537,7 @@ impl Allocator {
         nic: &str,
         family: IpFamily,
     ) -> Result<String, IpamError> {
-        let version = match family {
-            IpFamily::V4 => "IPv4",
-            IpFamily::V6 => "IPv6",
-        };
+        let version = ip_version_label(family);
         let deadline = Instant::now() + self.inner.config.auto_pool_wait;
         loop {
             let found = self.inner.stores.pools.state().into_iter().find(|pool| {
@@ -551,7 +545,7 @@ impl Allocator {
                 labels.get(LABEL_OWNER_APP_UID) == Some(&app.uid)
                     && labels.get(LABEL_INTERFACE).map(String::as_str) == Some(nic)
                     && labels.get(LABEL_IP_VERSION).map(String::as_str) == Some(version)
-                    && labels.get(LABEL_OWNER_SUBNET).is_none_or(|s| s == subnet)
+                    && labels.get(LABEL_OWNER_SPIDER_SUBNET).is_none_or(|s| s == subnet)
             });
             if let Some(pool) = found {
                 return Ok(pool.metadata.name.clone().unwrap_or_default());
@@ -1113,7 +1107,7 @@ impl Allocator {
     /// falling back to the direct controller when a hop cannot be read.
     async fn top_controller(&self, pod: &Pod) -> AppRef {
         let Some(direct) = owner::controller_ref(pod) else {
-            return AppRef::bare_pod(pod);
+            return owner::bare_pod_app(pod);
         };
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let as_app = |r: &OwnerReference| AppRef {

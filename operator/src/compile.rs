@@ -17,6 +17,7 @@
 //! Names are derived from spec entry names (never from positions), so renaming or reordering one rack
 //! changes only that rack's objects.
 
+use spiderpool_schema::annotations;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -59,17 +60,17 @@ pub const ANNOTATION_SOURCE: &str = "spiderpool.spidernet.io/source";
 
 /// Upstream's labels that tie an automatic pool to its application (matched against the pod's top
 /// controller by the allocator). We use them for fixed-address pools of workload bindings.
-pub const APP_LABEL_API_GROUP: &str = "ipam.spidernet.io/app-api-group";
+pub const APP_LABEL_API_GROUP: &str = annotations::AFFINITY_APP_API_GROUP;
 /// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_API_VERSION: &str = "ipam.spidernet.io/app-api-version";
+pub const APP_LABEL_API_VERSION: &str = annotations::AFFINITY_APP_API_VERSION;
 /// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_KIND: &str = "ipam.spidernet.io/app-kind";
+pub const APP_LABEL_KIND: &str = annotations::AFFINITY_APP_KIND;
 /// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAMESPACE: &str = "ipam.spidernet.io/app-namespace";
+pub const APP_LABEL_NAMESPACE: &str = annotations::AFFINITY_APP_NAMESPACE;
 /// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAME: &str = "ipam.spidernet.io/app-name";
+pub const APP_LABEL_NAME: &str = annotations::AFFINITY_APP_NAME;
 /// Upstream's pool label holding the CIDR in label form.
-pub const LABEL_IPPOOL_CIDR: &str = "ipam.spidernet.io/ippool-cidr";
+pub const LABEL_IPPOOL_CIDR: &str = annotations::LABEL_IPPOOL_CIDR;
 
 /// Everything one topology stands for.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -820,19 +821,15 @@ impl<'a> Context<'a> {
 /// own pod selector.
 fn pod_affinity(app: &AppBinding) -> LabelSelector {
     if let Some(workload) = &app.workload {
-        let api_version = workload.effective_api_version().unwrap_or_default();
-        let (group, version) = match api_version.split_once('/') {
-            Some((g, v)) => (g.to_string(), v.to_string()),
-            None => (String::new(), api_version.clone()),
+        let application = annotations::AppRef {
+            api_version: workload.effective_api_version().unwrap_or_default(),
+            kind: workload.kind.clone(),
+            namespace: app.namespace.clone(),
+            name: workload.name.clone(),
+            uid: String::new(),
         };
         LabelSelector {
-            match_labels: Some(BTreeMap::from([
-                (APP_LABEL_API_GROUP.to_string(), group),
-                (APP_LABEL_API_VERSION.to_string(), version),
-                (APP_LABEL_KIND.to_string(), workload.kind.clone()),
-                (APP_LABEL_NAMESPACE.to_string(), app.namespace.clone()),
-                (APP_LABEL_NAME.to_string(), workload.name.clone()),
-            ])),
+            match_labels: Some(application.affinity_labels()),
             match_expressions: None,
         }
     } else {

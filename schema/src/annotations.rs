@@ -362,6 +362,20 @@ impl AppRef {
         )
     }
 
+    /// Upstream's five `ipam.spidernet.io/app-*` labels of this application: what a pool's podAffinity
+    /// names to select the application's pods (automatic pools, and the topology compiler's
+    /// fixed-address pools); the allocator matches them against the pod's top controller.
+    pub fn affinity_labels(&self) -> BTreeMap<String, String> {
+        let (group, version) = self.group_version();
+        BTreeMap::from([
+            (AFFINITY_APP_API_GROUP.to_string(), group.to_string()),
+            (AFFINITY_APP_API_VERSION.to_string(), version.to_string()),
+            (AFFINITY_APP_KIND.to_string(), self.kind.clone()),
+            (AFFINITY_APP_NAMESPACE.to_string(), self.namespace.clone()),
+            (AFFINITY_APP_NAME.to_string(), self.name.clone()),
+        ])
+    }
+
     /// Reads the application back from an automatic pool's labels; `None` for other pools.
     pub fn from_pool_labels(labels: &BTreeMap<String, String>) -> Option<Self> {
         let get = |key: &str| labels.get(key).cloned();
@@ -439,15 +453,8 @@ pub fn auto_pool_labels(
 /// The podAffinity of an automatic pool: the five `ipam.spidernet.io/app-*` keys, which the allocator
 /// compares with the pod's top controller (not with pod labels).
 pub fn auto_pool_pod_affinity(app: &AppRef) -> LabelSelector {
-    let (group, version) = app.group_version();
     LabelSelector {
-        match_labels: Some(BTreeMap::from([
-            (AFFINITY_APP_API_GROUP.to_string(), group.to_string()),
-            (AFFINITY_APP_API_VERSION.to_string(), version.to_string()),
-            (AFFINITY_APP_KIND.to_string(), app.kind.clone()),
-            (AFFINITY_APP_NAMESPACE.to_string(), app.namespace.clone()),
-            (AFFINITY_APP_NAME.to_string(), app.name.clone()),
-        ])),
+        match_labels: Some(app.affinity_labels()),
         match_expressions: None,
     }
 }

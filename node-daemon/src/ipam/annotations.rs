@@ -13,10 +13,8 @@ pub const ANNO_IPPOOL: &str = "ipam.spidernet.io/ippool";
 pub const ANNO_IPPOOLS: &str = "ipam.spidernet.io/ippools";
 /// Extra routes: `[{"dst":"10.0.0.0/16","gw":"192.168.1.1"}]`.
 pub const ANNO_ROUTES: &str = "ipam.spidernet.io/routes";
-/// SpiderSubnet auto-pool for the interface being added.
-pub const ANNO_SUBNET: &str = "ipam.spidernet.io/subnet";
-/// SpiderSubnet auto-pools for several interfaces (wins over [`ANNO_SUBNET`]).
-pub const ANNO_SUBNETS: &str = "ipam.spidernet.io/subnets";
+/// SpiderSubnet automatic pools, for the interface being added or for several (`subnets` wins).
+pub use spiderpool_schema::annotations::{ANNO_SUBNET, ANNO_SUBNETS};
 /// Namespace annotation: default IPv4 pools of the namespace (JSON string array).
 pub const ANNO_NS_DEFAULT_IPV4: &str = "ipam.spidernet.io/default-ipv4-ippool";
 /// Namespace annotation: default IPv6 pools of the namespace (JSON string array).

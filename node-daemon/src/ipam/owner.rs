@@ -2,64 +2,18 @@
 //! step 2), upstream's application labels, and the "sticky" owners whose pods keep their addresses
 //! across restarts (StatefulSet members, KubeVirt VMs; reference 4.4, 4.5).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Pod;
 
-/// Upstream's application labels, matched against a pool's `podAffinity` (automatic pools, and the
-/// fixed-address pools the topology compiler renders).
-pub const APP_LABEL_API_GROUP: &str = "ipam.spidernet.io/app-api-group";
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_API_VERSION: &str = "ipam.spidernet.io/app-api-version";
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_KIND: &str = "ipam.spidernet.io/app-kind";
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAMESPACE: &str = "ipam.spidernet.io/app-namespace";
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAME: &str = "ipam.spidernet.io/app-name";
+pub use spiderpool_schema::annotations::AppRef;
 
-/// A pod's top controller: a Deployment (through its ReplicaSet), CronJob (through its Job),
-/// StatefulSet, DaemonSet, KubeVirt VirtualMachine (through its VMI), a third-party controller, or the
-/// pod itself.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AppRef {
-    /// e.g. `apps/v1`, `v1` for a bare pod.
-    pub api_version: String,
-    /// e.g. `Deployment`, `Pod`.
-    pub kind: String,
-    /// Namespace (the pod's).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// UID.
-    pub uid: String,
-}
-
-impl AppRef {
-    /// The five application labels of this controller.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        let (group, version) = match self.api_version.split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", self.api_version.as_str()),
-        };
-        BTreeMap::from([
-            (APP_LABEL_API_GROUP.to_owned(), group.to_owned()),
-            (APP_LABEL_API_VERSION.to_owned(), version.to_owned()),
-            (APP_LABEL_KIND.to_owned(), self.kind.clone()),
-            (APP_LABEL_NAMESPACE.to_owned(), self.namespace.clone()),
-            (APP_LABEL_NAME.to_owned(), self.name.clone()),
-        ])
-    }
-
-    /// The owner of a pod with no controller: the pod itself.
-    pub fn bare_pod(pod: &Pod) -> Self {
-        AppRef {
-            api_version: "v1".to_owned(),
-            kind: "Pod".to_owned(),
-            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-            name: pod.metadata.name.clone().unwrap_or_default(),
-            uid: pod.metadata.uid.clone().unwrap_or_default(),
-        }
+/// The owner of a pod with no controller: the pod itself.
+pub fn bare_pod_app(pod: &Pod) -> AppRef {
+    AppRef {
+        api_version: "v1".to_owned(),
+        kind: "Pod".to_owned(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
     }
 }
 
@@ -170,6 +124,7 @@ pub fn is_pod_alive(pod: &Pod) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use spiderpool_schema::annotations::{AFFINITY_APP_API_GROUP, AFFINITY_APP_API_VERSION};
 
     fn pod(name: &str, owner: Option<(&str, &str, &str)>) -> Pod {
         let mut pod = Pod::default();
@@ -262,13 +217,13 @@ mod tests {
             name: "db".into(),
             uid: "u".into(),
         };
-        let labels = app.labels();
-        assert_eq!(labels[APP_LABEL_API_GROUP], "apps");
-        assert_eq!(labels[APP_LABEL_API_VERSION], "v1");
+        let labels = app.affinity_labels();
+        assert_eq!(labels[AFFINITY_APP_API_GROUP], "apps");
+        assert_eq!(labels[AFFINITY_APP_API_VERSION], "v1");
         let core = AppRef {
             api_version: "v1".into(),
             ..app
         };
-        assert_eq!(core.labels()[APP_LABEL_API_GROUP], "");
+        assert_eq!(core.affinity_labels()[AFFINITY_APP_API_GROUP], "");
     }
 }
