@@ -44,3 +44,24 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Polls `probe` every 100 ms until it returns `Some`, failing after `timeout` with the last error.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: std::time::Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last_err = Some(err),
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}; last error: {last_err:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

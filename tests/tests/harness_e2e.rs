@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod, PodSpec};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -37,25 +37,7 @@ fn macvlan_network(name: &str, ipam_dir: &Path, range: (&str, &str)) -> Value {
     })
 }
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match probe().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => last_err = Some(err),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last error: {last_err:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use spiderpool_tests::wait_for;
 
 fn pod_spec(sim: &NodeSimulator) -> Result<PodSpec> {
     let mut spec: PodSpec = serde_json::from_value(json!({

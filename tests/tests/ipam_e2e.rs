@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
@@ -111,25 +111,7 @@ async fn create_pod(setup: &Setup, name: &str, annotations: Value) -> Result<()>
     Ok(())
 }
 
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last error: {last:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use spiderpool_tests::wait_for;
 
 fn in_pod(setup: &Setup, pod: &str, args: &[&str]) -> Result<String> {
     setup.sim.exec_in_pod(setup.ns.name(), pod, args)

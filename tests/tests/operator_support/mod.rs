@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -97,26 +97,7 @@ pub fn start_multusconfig(client: &Client) -> Running {
     Running { handle, metrics }
 }
 
-/// Polls `probe` every 100 ms until it returns `Some`, failing after `timeout` with the last error.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match probe().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => last_err = Some(err),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last error: {last_err:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use spiderpool_tests::wait_for;
 
 /// Waits until the controller's write count has not moved for `quiet` (its reconciles settled).
 pub async fn settle(metrics: &Metrics, controller: &str, quiet: Duration) -> u64 {
