@@ -163,20 +163,62 @@ pub struct SpiderIPPoolStatus {
     #[schemars(range(min = 0))]
     pub total_ip_count: Option<i64>,
 
-    /// Number of addresses given out.
+    /// Number of addresses held by pods (addresses a node's agent has reserved but not yet recorded
+    /// for a pod are in `allocatedIPs` but not counted).
     #[serde(default, rename = "allocatedIPCount", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub allocated_ip_count: Option<i64>,
 }
 
 /// Who holds one address of a pool (an entry of `status.allocatedIPs`).
+///
+/// Either a pod (upstream's `{"pod":"<namespace>/<name>","podUid":"<uid>"}`) or, our extension, a
+/// node's agent that reserved the address for pods it is about to start
+/// (`{"pod":"","podUid":"","reservedForNode":"<node>"}`): a busy node takes a few addresses in one
+/// pool write and hands them out without writing the shared pool for every pod, then records the
+/// pods in its next write (`node-daemon/README.md`, "Concurrency design"). Upstream's readers ignore
+/// the unknown key and see an address that is taken, which it is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PoolIPAllocation {
-    /// `<namespace>/<name>` of the pod.
+    /// `<namespace>/<name>` of the pod; empty for a node's reservation.
     pub pod: String,
-    /// UID of the pod that holds the address.
+    /// UID of the pod that holds the address; empty for a node's reservation.
     #[serde(rename = "podUid")]
     pub pod_uid: String,
+    /// The node whose agent reserved the address (no pod holds it yet, as far as this record says).
+    #[serde(default, rename = "reservedForNode", skip_serializing_if = "Option::is_none")]
+    pub reserved_for_node: Option<String>,
+}
+
+impl PoolIPAllocation {
+    /// The record of an address held by pod `pod` (`<namespace>/<name>`) with UID `pod_uid`.
+    pub fn held_by(pod: impl Into<String>, pod_uid: impl Into<String>) -> Self {
+        PoolIPAllocation {
+            pod: pod.into(),
+            pod_uid: pod_uid.into(),
+            reserved_for_node: None,
+        }
+    }
+
+    /// The record of an address reserved by the agent of `node`.
+    pub fn reserved_for(node: impl Into<String>) -> Self {
+        PoolIPAllocation {
+            pod: String::new(),
+            pod_uid: String::new(),
+            reserved_for_node: Some(node.into()),
+        }
+    }
+
+    /// The node this address is reserved for, if it is a reservation rather than a pod's address.
+    pub fn reservation(&self) -> Option<&str> {
+        self.reserved_for_node.as_deref()
+    }
+}
+
+/// How many of `records` are held by pods (reservations of node agents do not count): what
+/// `status.allocatedIPCount` reports.
+pub fn count_held(records: &BTreeMap<String, PoolIPAllocation>) -> usize {
+    records.values().filter(|r| r.reservation().is_none()).count()
 }
 
 impl SpiderIPPoolStatus {
@@ -188,8 +230,8 @@ impl SpiderIPPoolStatus {
         }
     }
 
-    /// Encodes `allocatedIPs` and the count together, so they never disagree. An empty map is stored as
-    /// absent, as upstream does.
+    /// Encodes `allocatedIPs` and the count (of addresses held by pods, [`count_held`]) together, so
+    /// they never disagree. An empty map is stored as absent, as upstream does.
     pub fn set_allocations(
         &mut self,
         allocations: &BTreeMap<String, PoolIPAllocation>,
@@ -199,7 +241,7 @@ impl SpiderIPPoolStatus {
         } else {
             Some(serde_json::to_string(allocations)?)
         };
-        self.allocated_ip_count = Some(i64::try_from(allocations.len()).unwrap_or(i64::MAX));
+        self.allocated_ip_count = Some(i64::try_from(count_held(allocations)).unwrap_or(i64::MAX));
         Ok(())
     }
 }
@@ -356,10 +398,7 @@ mod tests {
         let mut map = BTreeMap::new();
         map.insert(
             "10.0.0.5".to_string(),
-            PoolIPAllocation {
-                pod: "default/a".into(),
-                pod_uid: "uid-1".into(),
-            },
+            PoolIPAllocation::held_by("default/a", "uid-1"),
         );
         status.set_allocations(&map).unwrap();
         assert_eq!(

@@ -73,10 +73,7 @@ async fn write_records(api: &Api<SpiderIPPool>, name: &str, ips: &[&str]) -> Res
         .map(|(i, ip)| {
             (
                 ip.to_string(),
-                PoolIPAllocation {
-                    pod: format!("ns/pod-{i}"),
-                    pod_uid: format!("uid-{i}"),
-                },
+                PoolIPAllocation::held_by(format!("ns/pod-{i}"), format!("uid-{i}")),
             )
         })
         .collect();

@@ -74,10 +74,7 @@ async fn add_record(client: &Client, ip: &str, pod: &str, uid: &str) -> Result<(
     ippool::update_allocations(&api, POOL, |records| {
         records.insert(
             ip.to_string(),
-            spiderpool_schema::ippool::PoolIPAllocation {
-                pod: pod.clone(),
-                pod_uid: uid.clone(),
-            },
+            spiderpool_schema::ippool::PoolIPAllocation::held_by(pod.clone(), uid.clone()),
         );
         (true, ())
     })

@@ -120,13 +120,7 @@ pub fn apply(
                 }
                 Some(record) => Outcome::RebindRefused(format!("{ip} is held by {}", record.pod)),
                 None if usable.contains(ip) => {
-                    records.insert(
-                        key,
-                        PoolIPAllocation {
-                            pod: pod.clone(),
-                            pod_uid: pod_uid.clone(),
-                        },
-                    );
+                    records.insert(key, PoolIPAllocation::held_by(pod.clone(), pod_uid.clone()));
                     Outcome::Rebound
                 }
                 None => Outcome::RebindRefused(format!("{ip} is no longer a usable address of the pool")),
@@ -180,10 +174,7 @@ pub fn apply(
             Some(ip) => {
                 records.insert(
                     ip.to_string(),
-                    PoolIPAllocation {
-                        pod: pod.clone(),
-                        pod_uid: pod_uid.clone(),
-                    },
+                    PoolIPAllocation::held_by(pod.clone(), pod_uid.clone()),
                 );
                 given.insert(pod_uid, ip);
                 Outcome::Allocated(ip)
@@ -234,10 +225,7 @@ mod tests {
         .unwrap();
         let mut records = BTreeMap::from([(
             "10.0.0.2".to_owned(),
-            PoolIPAllocation {
-                pod: "ns/old".into(),
-                pod_uid: "uid-old".into(),
-            },
+            PoolIPAllocation::held_by("ns/old", "uid-old"),
         )]);
         let out = apply(
             &mut records,

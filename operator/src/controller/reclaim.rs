@@ -715,19 +715,10 @@ mod tests {
         let mut status = SpiderIPPoolStatus::default();
         status
             .set_allocations(&BTreeMap::from([
-                (
-                    "10.0.0.5".to_string(),
-                    PoolIPAllocation {
-                        pod: "ns/a".into(),
-                        pod_uid: "u".into(),
-                    },
-                ),
+                ("10.0.0.5".to_string(), PoolIPAllocation::held_by("ns/a", "u")),
                 (
                     "10.0.0.6".to_string(),
-                    PoolIPAllocation {
-                        pod: "malformed".into(),
-                        pod_uid: "u".into(),
-                    },
+                    PoolIPAllocation::held_by("malformed", "u"),
                 ),
             ]))
             .unwrap();

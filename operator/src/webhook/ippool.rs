@@ -314,15 +314,7 @@ mod tests {
     fn with_allocations(mut p: SpiderIPPool, ips: &[&str]) -> SpiderIPPool {
         let map = ips
             .iter()
-            .map(|ip| {
-                (
-                    ip.to_string(),
-                    PoolIPAllocation {
-                        pod: "ns/web-0".into(),
-                        pod_uid: "u1".into(),
-                    },
-                )
-            })
+            .map(|ip| (ip.to_string(), PoolIPAllocation::held_by("ns/web-0", "u1")))
             .collect();
         let mut status = spiderpool_schema::SpiderIPPoolStatus::default();
         status.set_allocations(&map).unwrap();

@@ -496,10 +496,7 @@ mod tests {
         status
             .set_allocations(&BTreeMap::from([(
                 ip.to_string(),
-                PoolIPAllocation {
-                    pod: "ns/pod-0".into(),
-                    pod_uid: "u".into(),
-                },
+                PoolIPAllocation::held_by("ns/pod-0", "u"),
             )]))
             .unwrap();
         pool.status = Some(status);
