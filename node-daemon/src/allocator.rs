@@ -49,7 +49,7 @@ use crate::ipam::pick::{Op, Outcome};
 use crate::ipam::routes::{self, Allocated};
 use crate::metrics::Metrics;
 use crate::store::Stores;
-use crate::writer::{PoolWriters, WriteError};
+use crate::writer::{LeaseTuning, PoolWriters, WriteError};
 
 /// Annotation on a SpiderEndpoint: the container id of the sandbox that holds the addresses.
 pub const ANNO_CONTAINER_ID: &str = "spiderpool.spidernet.io/container-id";
@@ -83,6 +83,8 @@ pub struct Config {
     pub enable_gateway_detection: bool,
     /// Most addresses one pool may hold.
     pub max_allocated_ips: usize,
+    /// This node's reservations in shared pools.
+    pub lease: LeaseTuning,
     /// Deadline of one ADD or DEL.
     pub request_timeout: Duration,
     /// How long to wait for a SpiderSubnet automatic pool to appear.
@@ -182,6 +184,31 @@ struct Grant {
     clean_gateway: bool,
 }
 
+impl Grant {
+    fn pool_name(&self) -> String {
+        self.pool.metadata.name.clone().unwrap_or_default()
+    }
+}
+
+/// Why an endpoint could not be written.
+enum RecordError {
+    /// Creating it found one of the same name.
+    Exists,
+    /// Anything else.
+    Failed(IpamError),
+}
+
+impl RecordError {
+    fn into_ipam(self) -> IpamError {
+        match self {
+            RecordError::Exists => {
+                IpamError::Transient("the SpiderEndpoint was created concurrently; retry".to_owned())
+            }
+            RecordError::Failed(e) => e,
+        }
+    }
+}
+
 /// What a fresh allocation gives: the addresses, and the pod's `ipam.spidernet.io/routes` (parsed
 /// once, before anything is allocated, so a malformed annotation costs no pool write).
 struct Fresh {
@@ -194,9 +221,13 @@ impl Allocator {
     pub fn new(client: Client, config: Config, stores: Stores, metrics: Metrics) -> Self {
         let writers = PoolWriters::new(
             Api::all(client.clone()),
+            Api::all(client.clone()),
+            &config.node_name,
+            &label_value(&config.node_name),
             stores.clone(),
             metrics.clone(),
             config.max_allocated_ips,
+            config.lease.clone(),
         );
         Allocator {
             inner: Arc::new(Inner {
@@ -208,6 +239,12 @@ impl Allocator {
                 locks: std::sync::Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Starts recovering this node's reservations left by a previous run (call once the caches are
+    /// synced).
+    pub fn recover_reservations(&self) {
+        self.inner.writers.recover_reservations();
     }
 
     /// The metrics.
@@ -253,17 +290,25 @@ impl Allocator {
             ("containerID", &args.container_id),
             ("ifName", &args.if_name),
         ])?;
-        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let pod = pods
-            .get_opt(&args.pod_name)
-            .await
-            .map_err(|e| kube_error("reading the pod", e))?
-            .ok_or_else(|| {
-                IpamError::PodNotAlive(format!(
-                    "pod {}/{} does not exist",
-                    args.pod_namespace, args.pod_name
-                ))
-            })?;
+        let pod = match self
+            .inner
+            .stores
+            .pod(&args.pod_namespace, &args.pod_name, &args.pod_uid)
+        {
+            Some(cached) => (*cached).clone(),
+            None => {
+                let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
+                pods.get_opt(&args.pod_name)
+                    .await
+                    .map_err(|e| kube_error("reading the pod", e))?
+                    .ok_or_else(|| {
+                        IpamError::PodNotAlive(format!(
+                            "pod {}/{} does not exist",
+                            args.pod_namespace, args.pod_name
+                        ))
+                    })?
+            }
+        };
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
         if !args.pod_uid.is_empty() && args.pod_uid != pod_uid {
             return Err(IpamError::PodNotAlive(format!(
@@ -285,57 +330,92 @@ impl Allocator {
 
         let app = self.top_controller(&pod).await;
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
-        let existing = endpoints
-            .get_opt(&endpoint_name)
-            .await
-            .map_err(|e| kube_error("reading the SpiderEndpoint", e))?;
-
-        let mut endpoint = match existing {
-            Some(ep) => {
-                let status = ep.status.clone().unwrap_or_default();
-                if status.current.uid == pod_uid {
-                    if status.current.ips.iter().any(|d| d.nic == args.if_name) {
-                        // A repeated ADD (retry, sandbox re-creation): the same answer.
-                        self.note_container(&endpoints, &ep, args).await?;
-                        return Ok(self.response(&status));
+        // Most pods are new: their endpoint is created without reading first, and read only when one
+        // exists (a retried ADD, the pod's next interface, a stale endpoint of an earlier pod of the
+        // same name). Sticky pods usually have one, so it is read first.
+        let mut optimistic = !stickiness.is_sticky();
+        loop {
+            let existing = if optimistic {
+                None
+            } else {
+                endpoints
+                    .get_opt(&endpoint_name)
+                    .await
+                    .map_err(|e| kube_error("reading the SpiderEndpoint", e))?
+            };
+            let mut endpoint = match existing {
+                Some(ep) => {
+                    let status = ep.status.clone().unwrap_or_default();
+                    if status.current.uid == pod_uid {
+                        if status.current.ips.iter().any(|d| d.nic == args.if_name) {
+                            // A repeated ADD (retry, sandbox re-creation): the same answer.
+                            self.note_container(&endpoints, &ep, args).await?;
+                            return Ok(self.response(&status));
+                        }
+                        Some(ep)
+                    } else if stickiness.is_sticky() {
+                        return self
+                            .take_over(&endpoints, ep, &pod, &app, &stickiness, args)
+                            .await;
+                    } else {
+                        // An endpoint left by an earlier pod of the same name: free what it holds.
+                        tracing::info!(
+                            endpoint = endpoint_name,
+                            stale_uid = status.current.uid,
+                            "removing a stale SpiderEndpoint"
+                        );
+                        self.release_endpoint(&endpoints, &ep).await?;
+                        None
                     }
-                    Some(ep)
-                } else if stickiness.is_sticky() {
-                    return self
-                        .take_over(&endpoints, ep, &pod, &app, &stickiness, args)
-                        .await;
-                } else {
-                    // An endpoint left by an earlier pod of the same name: free what it holds.
-                    tracing::info!(
-                        endpoint = endpoint_name,
-                        stale_uid = status.current.uid,
-                        "removing a stale SpiderEndpoint"
-                    );
-                    self.release_endpoint(&endpoints, &ep).await?;
-                    None
                 }
-            }
-            None => None,
-        };
+                None => None,
+            };
 
-        let fresh = self.allocate_fresh(&pod, &app, args, endpoint.as_ref()).await?;
-        match self
-            .record(
-                &endpoints,
-                endpoint.take(),
-                &pod,
-                &app,
-                &stickiness,
-                &endpoint_name,
-                args,
-                &fresh,
-            )
-            .await
-        {
-            Ok(status) => Ok(self.response(&status)),
-            Err(e) => {
-                self.take_back(&pod_uid, &fresh.grants).await;
-                Err(e)
+            let fresh = self.allocate_fresh(&pod, &app, args, endpoint.as_ref()).await?;
+            match self
+                .record(
+                    &endpoints,
+                    endpoint.take(),
+                    &pod,
+                    &app,
+                    &stickiness,
+                    &endpoint_name,
+                    args,
+                    &fresh,
+                )
+                .await
+            {
+                Ok(status) => return Ok(self.response(&status)),
+                Err(RecordError::Exists) if optimistic => {
+                    // Give back what this attempt took beyond what the existing endpoint records
+                    // for this pod (a retried ADD gets the same addresses again), then decide with
+                    // the endpoint in hand.
+                    let existing = endpoints
+                        .get_opt(&endpoint_name)
+                        .await
+                        .map_err(|e| kube_error("reading the SpiderEndpoint", e))?;
+                    let recorded: Vec<(IpAddr, String)> = existing
+                        .as_ref()
+                        .and_then(|ep| ep.status.as_ref())
+                        .filter(|status| status.current.uid == pod_uid)
+                        .map(|status| status.current.ips.iter().flat_map(detail_addresses).collect())
+                        .unwrap_or_default();
+                    let unrecorded: Vec<Grant> = fresh
+                        .grants
+                        .into_iter()
+                        .filter(|g| {
+                            !recorded
+                                .iter()
+                                .any(|(ip, pool)| *ip == g.ip && *pool == g.pool_name())
+                        })
+                        .collect();
+                    self.take_back(&pod_uid, &unrecorded).await;
+                    optimistic = false;
+                }
+                Err(e) => {
+                    self.take_back(&pod_uid, &fresh.grants).await;
+                    return Err(e.into_ipam());
+                }
             }
         }
     }
@@ -594,7 +674,7 @@ impl Allocator {
         endpoint_name: &str,
         args: &IpamAddArgs,
         fresh: &Fresh,
-    ) -> Result<SpiderEndpointStatus, IpamError> {
+    ) -> Result<SpiderEndpointStatus, RecordError> {
         let details = build_details(&fresh.grants, &fresh.extra_routes);
 
         let pod_uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -622,7 +702,7 @@ impl Allocator {
                 endpoints
                     .replace(&name, &PostParams::default(), &ep)
                     .await
-                    .map_err(|e| kube_error("updating the SpiderEndpoint", e))?;
+                    .map_err(|e| RecordError::Failed(kube_error("updating the SpiderEndpoint", e)))?;
                 Ok(status)
             }
             None => {
@@ -663,11 +743,13 @@ impl Allocator {
                     status: Some(status.clone()),
                 };
                 self.inner.metrics.api_write("endpoint");
-                endpoints
-                    .create(&PostParams::default(), &ep)
-                    .await
-                    .map_err(|e| kube_error("creating the SpiderEndpoint", e))?;
-                Ok(status)
+                match endpoints.create(&PostParams::default(), &ep).await {
+                    Ok(_) => Ok(status),
+                    Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
+                        Err(RecordError::Exists)
+                    }
+                    Err(e) => Err(RecordError::Failed(kube_error("creating the SpiderEndpoint", e))),
+                }
             }
         }
     }
@@ -799,7 +881,7 @@ impl Allocator {
             Ok(status) => Ok(self.response(&status)),
             Err(e) => {
                 self.take_back(&pod_uid, &fresh.grants).await;
-                Err(e)
+                Err(e.into_ipam())
             }
         }
     }
@@ -931,7 +1013,9 @@ impl Allocator {
             ("podName (K8S_POD_NAME)", &args.pod_name),
             ("containerID", &args.container_id),
         ])?;
-        let (pod, stickiness) = self.pod_if_any(&args.pod_namespace, &args.pod_name).await?;
+        let (pod, stickiness) = self
+            .pod_if_any(&args.pod_namespace, &args.pod_name, &args.pod_uid)
+            .await?;
         let config = &self.inner.config;
         let endpoints: Api<SpiderEndpoint> = Api::namespaced(self.inner.client.clone(), &args.pod_namespace);
         let mut endpoint_name = stickiness.endpoint_name(&args.pod_name).to_owned();
@@ -1154,12 +1238,30 @@ impl Allocator {
     }
 
     /// The pod, if it still exists, and what its owner means for its addresses (none when it is gone).
-    async fn pod_if_any(&self, namespace: &str, name: &str) -> Result<(Option<Pod>, Stickiness), IpamError> {
-        let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), namespace);
-        let pod = pods
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_error("reading the pod", e))?;
+    /// `uid`, when the runtime names one, is the pod the caller expects: a cached pod with another UID
+    /// is re-read.
+    async fn pod_if_any(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<(Option<Pod>, Stickiness), IpamError> {
+        // A pod bound to this node is in the cache (possibly a moment after it was deleted: its owner,
+        // which is what matters here, is the same); one that is not is read, to be sure it is gone.
+        let cached = self
+            .inner
+            .stores
+            .pod_by_name(namespace, name)
+            .filter(|p| uid.is_empty() || p.metadata.uid.as_deref() == Some(uid));
+        let pod = match cached {
+            Some(cached) => Some((*cached).clone()),
+            None => {
+                let pods: Api<Pod> = Api::namespaced(self.inner.client.clone(), namespace);
+                pods.get_opt(name)
+                    .await
+                    .map_err(|e| kube_error("reading the pod", e))?
+            }
+        };
         let config = &self.inner.config;
         let stickiness = pod
             .as_ref()
@@ -1171,7 +1273,7 @@ impl Allocator {
     /// `DELETE /v1/ipam/ips`: release every address of a pod (after an address conflict).
     pub async fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), IpamError> {
         require(&[("podNamespace", &args.pod_namespace), ("podName", &args.pod_name)])?;
-        let (_, stickiness) = self.pod_if_any(&args.pod_namespace, &args.pod_name).await?;
+        let (_, stickiness) = self.pod_if_any(&args.pod_namespace, &args.pod_name, "").await?;
         if stickiness.is_sticky() && args.is_release_conflict_ips {
             return Err(IpamError::Forbidden(
                 "refusing to release the retained addresses of a StatefulSet member or KubeVirt VM"

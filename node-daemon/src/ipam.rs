@@ -7,6 +7,7 @@ pub mod annotations;
 pub mod candidates;
 pub mod filter;
 pub mod glob;
+pub mod lease;
 pub mod owner;
 pub mod pick;
 pub mod routes;

@@ -43,6 +43,8 @@ struct MetricsInner {
     pool_conflicts: Counter,
     pool_write_duration: Histogram,
     pool_batch_size: Histogram,
+    reserved_handouts: Counter,
+    reservations_lost: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -72,6 +74,8 @@ impl Metrics {
         let pool_conflicts = Counter::default();
         let pool_write_duration = Histogram::new(latency_buckets());
         let pool_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
+        let reserved_handouts = Counter::default();
+        let reservations_lost = Counter::default();
         registry.register(
             "spiderpool_ipam_allocation_counts",
             "Successful IP allocations (CNI ADD)",
@@ -122,6 +126,17 @@ impl Metrics {
             "Requests decided by one pool status write",
             pool_batch_size.clone(),
         );
+        registry.register(
+            "spiderpool_ipam_reserved_handouts",
+            "Addresses handed to pods from this node's reservations, without a pool write of their own",
+            reserved_handouts.clone(),
+        );
+        registry.register(
+            "spiderpool_ipam_reservations_lost",
+            "Addresses handed out from a reservation that the pool no longer showed as this node's when \
+             recording them (never expected: someone else edited the pool status)",
+            reservations_lost.clone(),
+        );
         Metrics {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -135,6 +150,8 @@ impl Metrics {
                 pool_conflicts,
                 pool_write_duration,
                 pool_batch_size,
+                reserved_handouts,
+                reservations_lost,
             }),
         }
     }
@@ -188,6 +205,16 @@ impl Metrics {
     /// A pool status write lost to a concurrent writer.
     pub fn pool_conflict(&self) {
         self.inner.pool_conflicts.inc();
+    }
+
+    /// An address was handed out from this node's reservations.
+    pub fn reserved_handout(&self) {
+        self.inner.reserved_handouts.inc();
+    }
+
+    /// A handed-out reservation could not be recorded for its pod.
+    pub fn reservation_lost(&self) {
+        self.inner.reservations_lost.inc();
     }
 
     /// Some other write to the API server (`endpoint`, ...).

@@ -6,8 +6,17 @@
 //! release (from the daemons' metrics), pool-write conflicts, duplicates (must be 0) and the daemons'
 //! peak memory.
 //!
+//! Two ways to drive it:
+//! - closed loop (default): each node keeps `BENCH_PARALLEL` CNI calls in flight until its pods are
+//!   done. This measures throughput; with 80 calls in flight on 2 cores, latency is mostly queueing
+//!   (Little's law: in-flight calls / throughput).
+//! - open loop (`BENCH_RATE=<pods per second>`): ADDs start at a fixed rate, round-robin over the nodes,
+//!   as pods arriving from the scheduler would, each timed from its own start. This measures the
+//!   latency a pod sees at that arrival rate. DEL runs at the same rate.
+//!
 //! `cargo bench -p spiderpool-tests --bench ipam_alloc`; knobs: `BENCH_PODS` (1000), `BENCH_NODES` (10),
-//! `BENCH_PARALLEL` (concurrent CNI calls per node, 8).
+//! `BENCH_PARALLEL` (concurrent CNI calls per node, 8), `BENCH_RATE` (unset: closed loop),
+//! `BENCH_RESERVATION` (the daemons' `--node-reservation-size`, default theirs).
 
 #![allow(
     clippy::print_stdout,
@@ -86,6 +95,46 @@ fn run_phase(
             }));
         }
     }
+    collect(workers, started)
+}
+
+fn run_phase_open(
+    command: &'static str,
+    plugin: &std::path::Path,
+    pods: &[(String, String, usize)],
+    namespace: &str,
+    netconfs: &[serde_json::Value],
+    rate: f64,
+) -> Phase {
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for (i, (name, uid, node)) in pods.iter().cloned().enumerate() {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let (plugin, namespace, netconf) =
+            (plugin.to_path_buf(), namespace.to_owned(), netconfs[node].clone());
+        workers.push(std::thread::spawn(move || {
+            let container = format!("c-{name}");
+            let result = run_plugin(
+                &plugin,
+                command,
+                &container,
+                "eth0",
+                (&namespace, &name, &uid),
+                &netconf,
+            );
+            vec![(name, result)]
+        }));
+    }
+    collect(workers, started)
+}
+
+fn collect(
+    workers: Vec<std::thread::JoinHandle<Vec<(String, Result<ipam::PluginRun>)>>>,
+    started: Instant,
+) -> Phase {
     let mut phase = Phase {
         total: Duration::ZERO,
         latencies: Vec::new(),
@@ -111,26 +160,35 @@ fn run_phase(
     phase
 }
 
-fn writes(daemons: &[Daemon]) -> Result<(f64, f64, f64)> {
-    let (mut pool, mut endpoint, mut conflicts) = (0.0, 0.0, 0.0);
+fn writes(daemons: &[Daemon]) -> Result<(f64, f64, f64, f64)> {
+    let (mut pool, mut endpoint, mut conflicts, mut handouts) = (0.0, 0.0, 0.0, 0.0);
     for d in daemons {
         pool += d.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
         endpoint += d.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
         conflicts += d.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
+        handouts += d.metric("spiderpool_ipam_reserved_handouts_total")?;
     }
-    Ok((pool, endpoint, conflicts))
+    Ok((pool, endpoint, conflicts, handouts))
 }
 
-fn report(label: &str, phase: &Phase, pods: usize, before: (f64, f64, f64), after: (f64, f64, f64)) {
+fn report(
+    label: &str,
+    phase: &Phase,
+    pods: usize,
+    before: (f64, f64, f64, f64),
+    after: (f64, f64, f64, f64),
+) {
     let p50 = percentile(&phase.latencies, 0.50);
     let p99 = percentile(&phase.latencies, 0.99);
     let max = phase.latencies.last().copied().unwrap_or_default();
     let pool_writes = after.0 - before.0;
     let endpoint_writes = after.1 - before.1;
     let conflicts = after.2 - before.2;
+    let handouts = after.3 - before.3;
     println!(
         "{label}: {} ok, {} failed in {:.2} s ({:.0}/s); CNI {label} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         API writes {:.0} pool status + {:.0} endpoint = {:.2} per pod (pool status writes {:.3}/pod, {:.0} of them lost a conflict)",
+         API writes {:.0} pool status + {:.0} endpoint = {:.2} per pod (pool status writes {:.3}/pod, {:.0} of them lost a conflict); \
+         {:.0} addresses handed out from node reservations",
         phase.latencies.len(),
         phase.failures.len(),
         phase.total.as_secs_f64(),
@@ -143,6 +201,7 @@ fn report(label: &str, phase: &Phase, pods: usize, before: (f64, f64, f64), afte
         (pool_writes + endpoint_writes) / pods as f64,
         pool_writes / pods as f64,
         conflicts,
+        handouts,
     );
 }
 
@@ -151,6 +210,12 @@ async fn main() -> Result<()> {
     let pods = env_usize("BENCH_PODS", 1000);
     let nodes = env_usize("BENCH_NODES", 10);
     let parallel = env_usize("BENCH_PARALLEL", 8);
+    let rate: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
+    let reservation = std::env::var("BENCH_RESERVATION").ok();
+    match rate {
+        Some(r) => println!("open loop: {r} ADDs started per second across {nodes} nodes"),
+        None => println!("closed loop: {parallel} CNI calls in flight per node, {nodes} nodes"),
+    }
     ensure!(pods <= 60_000, "BENCH_PODS too large for one /16 pool");
 
     let plugin = ipam::plugin_binary(true)?;
@@ -171,7 +236,13 @@ async fn main() -> Result<()> {
     let node_names: Vec<String> = (0..nodes).map(|i| format!("bench-node{i}")).collect();
     let daemons: Vec<Daemon> = node_names
         .iter()
-        .map(|n| Daemon::start(&cluster, n, dir.path(), true, &["--worker-threads", "1"]))
+        .map(|n| {
+            let mut args = vec!["--worker-threads", "1"];
+            if let Some(size) = reservation.as_deref() {
+                args.extend(["--node-reservation-size", size]);
+            }
+            Daemon::start(&cluster, n, dir.path(), true, &args)
+        })
         .collect::<Result<_>>()?;
     let netconfs: Vec<serde_json::Value> = daemons
         .iter()
@@ -201,8 +272,9 @@ async fn main() -> Result<()> {
         work.clone(),
         netconfs.clone(),
     );
-    let add = tokio::task::spawn_blocking(move || {
-        run_phase("ADD", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel)
+    let add = tokio::task::spawn_blocking(move || match rate {
+        Some(rate) => run_phase_open("ADD", &plugin2, &work2, &ns_name, &netconfs2, rate),
+        None => run_phase("ADD", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel),
     })
     .await?;
     let after_add = writes(&daemons)?;
@@ -226,8 +298,9 @@ async fn main() -> Result<()> {
         work.clone(),
         netconfs.clone(),
     );
-    let del = tokio::task::spawn_blocking(move || {
-        run_phase("DEL", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel)
+    let del = tokio::task::spawn_blocking(move || match rate {
+        Some(rate) => run_phase_open("DEL", &plugin2, &work2, &ns_name, &netconfs2, rate),
+        None => run_phase("DEL", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel),
     })
     .await?;
     let after_del = writes(&daemons)?;
@@ -238,6 +311,18 @@ async fn main() -> Result<()> {
         println!("  failure: {failure}");
     }
 
+    let (mut write_sum, mut write_count, mut alloc_sum, mut alloc_count) = (0.0, 0.0, 0.0, 0.0);
+    for d in &daemons {
+        write_sum += d.metric("spiderpool_ipam_ippool_write_duration_seconds_sum")?;
+        write_count += d.metric("spiderpool_ipam_ippool_write_duration_seconds_count")?;
+        alloc_sum += d.metric("spiderpool_ipam_allocation_duration_seconds_sum")?;
+        alloc_count += d.metric("spiderpool_ipam_allocation_duration_seconds_count")?;
+    }
+    println!(
+        "daemon side: pool status write {:.1} ms on average ({write_count:.0} attempts), ADD handled in {:.1} ms on average",
+        write_sum / write_count.max(1.0) * 1e3,
+        alloc_sum / alloc_count.max(1.0) * 1e3,
+    );
     let mut peak = 0;
     for d in &daemons {
         peak = peak.max(d.peak_rss_kib().context("daemon memory")?);

@@ -41,19 +41,46 @@ pub async fn create_pool(client: &Client, name: &str, spec: Value) -> Result<Spi
         .with_context(|| format!("creating SpiderIPPool {name}"))
 }
 
-/// A pool's records (`status.allocatedIPs`): IP -> pod UID.
+/// A pool's records (`status.allocatedIPs`) as IP -> pod UID, once the pool has settled: no node
+/// agent holds reservations in it and its status has not changed for 400 ms. Agents answer DEL before
+/// recording the release and record addresses handed out from reservations in a later write (within
+/// 200 ms of going quiet), then give unused reservations back (node-daemon/README.md); this waits up
+/// to 15 s for that. Fails if `allocatedIPCount` ever disagrees with the pod-held records.
 pub async fn pool_records(client: &Client, name: &str) -> Result<BTreeMap<String, String>> {
-    let pool = Api::<SpiderIPPool>::all(client.clone()).get(name).await?;
-    let status = pool.status.unwrap_or_default();
-    let records = status.allocations()?;
-    if status.allocated_ip_count.unwrap_or(0) as usize != records.len() {
-        bail!(
-            "pool {name}: allocatedIPCount {:?} but {} records",
-            status.allocated_ip_count,
-            records.len()
-        );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut stable_since: Option<(String, Instant)> = None;
+    loop {
+        let pool = Api::<SpiderIPPool>::all(client.clone()).get(name).await?;
+        let version = pool.metadata.resource_version.clone().unwrap_or_default();
+        let status = pool.status.unwrap_or_default();
+        let records = status.allocations()?;
+        let held = spiderpool_schema::ippool::count_held(&records);
+        if status.allocated_ip_count.unwrap_or(0) as usize != held {
+            bail!(
+                "pool {name}: allocatedIPCount {:?} but {held} records held by pods",
+                status.allocated_ip_count,
+            );
+        }
+        let reservations: Vec<String> = records
+            .iter()
+            .filter_map(|(ip, r)| Some(format!("{ip} for {}", r.reservation()?)))
+            .collect();
+        let now = Instant::now();
+        let since = match &stable_since {
+            Some((seen, since)) if *seen == version => *since,
+            _ => {
+                stable_since = Some((version, now));
+                now
+            }
+        };
+        if reservations.is_empty() && now.duration_since(since) >= Duration::from_millis(400) {
+            return Ok(records.into_iter().map(|(ip, r)| (ip, r.pod_uid)).collect());
+        }
+        if now >= deadline {
+            bail!("pool {name} did not settle within 15 s (node reservations: {reservations:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(records.into_iter().map(|(ip, r)| (ip, r.pod_uid)).collect())
 }
 
 /// Creates bare pods bound to `node` (no scheduler, no kubelet needed: the daemon only reads them).

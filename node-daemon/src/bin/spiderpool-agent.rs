@@ -13,6 +13,7 @@ use spiderpool_node_daemon::allocator::{Allocator, Config};
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::store::Stores;
+use spiderpool_node_daemon::writer::LeaseTuning;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +61,11 @@ struct Args {
     /// Most addresses one pool may hold (upstream: 5000).
     #[arg(long, env = "SPIDERPOOL_IPPOOL_MAX_ALLOCATED_IPS", default_value_t = 5000)]
     max_allocated_ips: usize,
+    /// Most unused addresses this node reserves in one shared pool while it is starting pods, so that
+    /// its ADDs need no pool write each (node-daemon/README.md, "Concurrency design"); 0 turns
+    /// reservations off.
+    #[arg(long, env = "SPIDERPOOL_NODE_RESERVATION_SIZE", default_value_t = 32)]
+    node_reservation_size: usize,
     /// Deadline of one ADD or DEL, in seconds.
     #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     request_timeout_seconds: u64,
@@ -105,6 +111,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         enable_ip_conflict_detection: args.enable_ip_conflict_detection,
         enable_gateway_detection: args.enable_gateway_detection,
         max_allocated_ips: args.max_allocated_ips,
+        lease: LeaseTuning {
+            max_size: args.node_reservation_size,
+            ..LeaseTuning::default()
+        },
         request_timeout: Duration::from_secs(args.request_timeout_seconds),
         auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
     };
@@ -140,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     stores.wait_ready().await.context("waiting for the caches")?;
+    state.allocator.recover_reservations();
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
 

@@ -1,6 +1,10 @@
 //! Which addresses a batch of requests gets from one pool, given the pool's records: pure, so the same
 //! decision is made whether it is the first attempt or the fifth after write conflicts.
 //!
+//! A record may also be a node agent's reservation ([`PoolIPAllocation::reservation`]): it counts as
+//! taken, but no pod holds it, so no release, rebind or retried ADD matches it. What a node does
+//! with its own reservations is [`super::lease`].
+//!
 //! Addresses are handed out lowest-free first (upstream's behaviour since v1.0, reference 13.1):
 //! the usable addresses are `spec.ips` minus `spec.excludeIPs` minus every SpiderReservedIP of the
 //! family minus the addresses already recorded. A request whose pod UID already holds an address of
@@ -53,6 +57,9 @@ pub enum Outcome {
     Allocated(IpAddr),
     /// No address is free (or the pool reached its size cap); the reason says which.
     Exhausted(String),
+    /// No address is free now, but other nodes' agents hold reservations they may give back: ask
+    /// again when the pool changes ([`super::lease`]).
+    Wait(String),
     /// Released (`true`) or there was nothing to release (`false`).
     Released(bool),
     /// Rebound to the new UID.
@@ -60,6 +67,9 @@ pub enum Outcome {
     /// The address is held by another pod: the sticky pod must get a new one.
     RebindRefused(String),
 }
+
+/// Why an allocation found nothing: every usable address is taken.
+pub const ALL_USED: &str = "all IP addresses used out";
 
 /// The addresses a pool may give out: `ips − excludeIPs − reserved`.
 pub fn usable_addresses(
@@ -95,7 +105,9 @@ pub fn apply(
     for (i, op) in ops.iter().enumerate() {
         if let Op::Release { ip, pod_uid } = op {
             let key = ip.to_string();
-            let held = records.get(&key).is_some_and(|r| &r.pod_uid == pod_uid);
+            let held = records
+                .get(&key)
+                .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid);
             if held {
                 records.remove(&key);
             }
@@ -113,12 +125,18 @@ pub fn apply(
         {
             let key = ip.to_string();
             outcomes[i] = Some(match records.get_mut(&key) {
-                Some(record) if &record.pod_uid == previous_uid || &record.pod == pod => {
+                Some(record)
+                    if record.reservation().is_none()
+                        && (&record.pod_uid == previous_uid || &record.pod == pod) =>
+                {
                     record.pod.clone_from(pod);
                     record.pod_uid.clone_from(pod_uid);
                     Outcome::Rebound
                 }
-                Some(record) => Outcome::RebindRefused(format!("{ip} is held by {}", record.pod)),
+                Some(record) => Outcome::RebindRefused(match record.reservation() {
+                    Some(node) => format!("{ip} is reserved by the agent of node {node}"),
+                    None => format!("{ip} is held by {}", record.pod),
+                }),
                 None if usable.contains(ip) => {
                     records.insert(key, PoolIPAllocation::held_by(pod.clone(), pod_uid.clone()));
                     Outcome::Rebound
@@ -130,6 +148,7 @@ pub fn apply(
 
     let by_uid: HashMap<&str, &str> = records
         .iter()
+        .filter(|(_, r)| r.reservation().is_none())
         .map(|(ip, r)| (r.pod_uid.as_str(), ip.as_str()))
         .collect();
     let mut existing: Vec<(usize, IpAddr)> = Vec::new();
@@ -179,7 +198,7 @@ pub fn apply(
                 given.insert(pod_uid, ip);
                 Outcome::Allocated(ip)
             }
-            None => Outcome::Exhausted("all IP addresses used out".to_owned()),
+            None => Outcome::Exhausted(ALL_USED.to_owned()),
         });
     }
 

@@ -1,0 +1,619 @@
+//! A node's reservations in a shared pool ("lease"), decided purely.
+//!
+//! Every node's agent writes the same pool status, and the API server's resourceVersion check lets one
+//! write in at a time. If every ADD waited for its own write, a busy pool would serialise the whole
+//! cluster's pod starts. Instead, an agent that is starting pods reserves a few more addresses than
+//! it needs in the same write (records `{"pod":"","podUid":"","reservedForNode":"<node>"}`) and hands
+//! the next pods those addresses without touching the pool; a later write, in the background, turns
+//! each handed-out reservation into the pod's record. The pod's SpiderEndpoint, written before the ADD
+//! answers, is what ties a handed-out reservation to its pod until then (and what a restarted agent
+//! reads to tell handed-out reservations from unused ones, [`recover`]).
+//!
+//! Safety rests on one rule: only the agent of the node named in a reservation hands it out, and it
+//! only hands out addresses that the pool's records, as last written by a successful write, show as
+//! reserved for it. No other writer touches another node's reservations (the operator's reclaim
+//! only removes those of a node that no longer exists). So an address is never given twice.
+//!
+//! Fairness: a node reserves at most a share of what is still free ([`fair_share`]), sized by its
+//! recent demand ([`target_size`]), and gives unused reservations back when it goes idle, sooner
+//! when the pool is nearly full. A node that finds nothing free while other nodes hold reservations
+//! waits for them ([`Outcome::Wait`]) instead of failing the pod.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use spiderpool_ipmath::IpSet;
+use spiderpool_schema::ippool::PoolIPAllocation;
+
+use super::pick::{self, Op, Outcome};
+
+/// The pod an address was handed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// `<namespace>/<name>`.
+    pub pod: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+}
+
+impl Holder {
+    fn record(&self) -> PoolIPAllocation {
+        PoolIPAllocation::held_by(self.pod.clone(), self.pod_uid.clone())
+    }
+}
+
+/// What one write of a node's pool writer starts from, besides the pool's records.
+#[derive(Debug)]
+pub struct RoundInput<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// The addresses the pool may give out.
+    pub usable: &'a IpSet,
+    /// Most records one pool may hold.
+    pub max_records: usize,
+    /// Reservations of this node handed to pods since the last write: recorded for the pods now.
+    pub converting: &'a BTreeMap<IpAddr, Holder>,
+    /// Addresses this node's pods gave back since the last write (address to the UID that held it):
+    /// they become reservations of this node (`keep_released`) or free.
+    pub releasing: &'a BTreeMap<IpAddr, String>,
+    /// Keep released addresses as this node's reservations rather than freeing them.
+    pub keep_released: bool,
+    /// Unused reservations of this node to give back.
+    pub returning: &'a BTreeSet<IpAddr>,
+    /// Every other reservation this node knows of: unused ones it keeps (they may be handed out
+    /// while the write is in flight) and handed-out ones not recorded in this round. The round leaves
+    /// them exactly as they are.
+    pub kept: &'a BTreeSet<IpAddr>,
+    /// Allocations, releases and rebinds queued for the pool.
+    pub ops: &'a [Op],
+    /// How many more addresses this node would like to reserve.
+    pub extra_wanted: usize,
+}
+
+/// What a round decided. The records were changed in place.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RoundOutput {
+    /// One per op. [`Outcome::Wait`] means: nothing is free now but other nodes hold reservations.
+    pub outcomes: Vec<Outcome>,
+    /// Reservations of this node that are new to it once the write succeeds: the extras reserved now,
+    /// and any the records show for this node that it did not know of (an earlier write whose
+    /// response was lost).
+    pub reserved: BTreeSet<IpAddr>,
+    /// Handed-out addresses whose records no longer say this node reserved them (and which are not
+    /// free to claim): someone removed the reservation. Never expected; reported loudly.
+    pub lost: Vec<(IpAddr, Holder, String)>,
+}
+
+/// Decides one write: records the handed-out reservations for their pods, turns released addresses
+/// into reservations (or frees them), gives back `returning`, applies the queued ops (as
+/// [`pick::apply`] does), then reserves up to `extra_wanted` more.
+pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &RoundInput<'_>) -> RoundOutput {
+    let mut output = RoundOutput::default();
+
+    for (ip, holder) in input.converting {
+        let key = ip.to_string();
+        match records.get(&key) {
+            Some(record) if record.reservation() == Some(input.node) => {
+                records.insert(key, holder.record());
+            }
+            Some(record) if record.reservation().is_none() && record.pod_uid == holder.pod_uid => {}
+            None if input.usable.contains(ip) => {
+                records.insert(key, holder.record());
+            }
+            Some(record) => output.lost.push((
+                *ip,
+                holder.clone(),
+                match record.reservation() {
+                    Some(other) => format!("the pool now says node {other} reserved it"),
+                    None => format!("the pool now says {} holds it", record.pod),
+                },
+            )),
+            None => output.lost.push((
+                *ip,
+                holder.clone(),
+                "its reservation was removed and it is no longer a usable address of the pool".to_owned(),
+            )),
+        }
+    }
+
+    for (ip, pod_uid) in input.releasing {
+        let key = ip.to_string();
+        let held = records
+            .get(&key)
+            .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid);
+        if !held {
+            continue;
+        }
+        if input.keep_released && input.usable.contains(ip) {
+            records.insert(key, PoolIPAllocation::reserved_for(input.node));
+            output.reserved.insert(*ip);
+        } else {
+            records.remove(&key);
+        }
+    }
+
+    for ip in input.returning {
+        let key = ip.to_string();
+        if records
+            .get(&key)
+            .is_some_and(|r| r.reservation() == Some(input.node))
+        {
+            records.remove(&key);
+        }
+    }
+
+    // Reservations of this node that it does not know: adopt them (see `RoundOutput::reserved`).
+    for (key, record) in records.iter() {
+        if record.reservation() == Some(input.node)
+            && let Ok(ip) = key.parse::<IpAddr>()
+            && !input.kept.contains(&ip)
+            && !input.returning.contains(&ip)
+            && !input.converting.contains_key(&ip)
+        {
+            output.reserved.insert(ip);
+        }
+    }
+
+    output.outcomes = pick::apply(records, input.usable, input.ops, input.max_records);
+    let others = reserving_nodes(records, Some(input.node));
+    for outcome in &mut output.outcomes {
+        if matches!(outcome, Outcome::Exhausted(reason) if reason == pick::ALL_USED) && !others.is_empty() {
+            let names: Vec<&str> = others.iter().copied().collect();
+            *outcome = Outcome::Wait(format!(
+                "every free address is reserved by the agents of nodes {}",
+                names.join(", ")
+            ));
+        }
+    }
+
+    let free = free_addresses(records, input.usable);
+    let room = input.max_records.saturating_sub(records.len());
+    let extra = input
+        .extra_wanted
+        .min(fair_share(
+            usize::try_from(free.len()).unwrap_or(usize::MAX),
+            others.len(),
+        ))
+        .min(room);
+    for ip in free.iter().take(extra) {
+        records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
+        output.reserved.insert(ip);
+    }
+    output
+}
+
+/// After a restart: which of this node's reservations in `records` were handed to pods (an endpoint
+/// written by this node claims them: `claims`) and which are unused.
+pub fn recover(
+    records: &BTreeMap<String, PoolIPAllocation>,
+    node: &str,
+    claims: &HashMap<IpAddr, Holder>,
+) -> (BTreeMap<IpAddr, Holder>, BTreeSet<IpAddr>) {
+    let mut handed = BTreeMap::new();
+    let mut unused = BTreeSet::new();
+    for (key, record) in records {
+        if record.reservation() != Some(node) {
+            continue;
+        }
+        let Ok(ip) = key.parse::<IpAddr>() else { continue };
+        match claims.get(&ip) {
+            Some(holder) => {
+                handed.insert(ip, holder.clone());
+            }
+            None => {
+                unused.insert(ip);
+            }
+        }
+    }
+    (handed, unused)
+}
+
+/// Whether `records` hold any reservation of `node`.
+pub fn has_reservations(records: &BTreeMap<String, PoolIPAllocation>, node: &str) -> bool {
+    records.values().any(|r| r.reservation() == Some(node))
+}
+
+/// Pod UID to address, for every address of the pool held by a pod.
+pub fn holders(records: &BTreeMap<String, PoolIPAllocation>) -> HashMap<String, IpAddr> {
+    records
+        .iter()
+        .filter(|(_, r)| r.reservation().is_none())
+        .filter_map(|(ip, r)| Some((r.pod_uid.clone(), ip.parse().ok()?)))
+        .collect()
+}
+
+/// The usable addresses no record takes, lowest first.
+pub fn free_addresses(records: &BTreeMap<String, PoolIPAllocation>, usable: &IpSet) -> IpSet {
+    let used: Vec<IpAddr> = records.keys().filter_map(|ip| ip.parse().ok()).collect();
+    let used =
+        IpSet::from_ips(usable.family(), used.iter()).unwrap_or_else(|_| IpSet::empty(usable.family()));
+    usable.difference(&used)
+}
+
+/// Nodes holding reservations in `records`, except `except`.
+pub fn reserving_nodes<'r>(
+    records: &'r BTreeMap<String, PoolIPAllocation>,
+    except: Option<&str>,
+) -> BTreeSet<&'r str> {
+    records
+        .values()
+        .filter_map(PoolIPAllocation::reservation)
+        .filter(|n| Some(*n) != except)
+        .collect()
+}
+
+/// How many of `free` addresses one node may reserve while `others` other nodes hold reservations:
+/// half of an even split, so that however the nodes take turns, the last one still finds addresses,
+/// and a nearly full pool is not parked on nodes that may not need it.
+pub fn fair_share(free: usize, others: usize) -> usize {
+    free / (2 * (others + 1))
+}
+
+/// How many unused reservations a node should hold, given how many addresses it was asked for in the
+/// last second: none for an occasional pod (its own write records it; a reservation would only cost a
+/// second write to give back), else enough for about four seconds of demand, capped at `max`, so
+/// that a busy node writes the shared pool every couple of seconds rather than for every pod.
+pub fn target_size(recent_demand: usize, max: usize) -> usize {
+    if recent_demand <= 1 {
+        0
+    } else {
+        (4 * recent_demand).min(max)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use proptest::prelude::*;
+    use spiderpool_ipmath::IpFamily;
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn usable(range: &str) -> IpSet {
+        IpSet::parse_list(IpFamily::V4, &[range]).unwrap()
+    }
+
+    fn holder(pod: &str) -> Holder {
+        Holder {
+            pod: format!("ns/{pod}"),
+            pod_uid: format!("uid-{pod}"),
+        }
+    }
+
+    fn alloc(pod: &str) -> Op {
+        Op::Allocate {
+            pod: format!("ns/{pod}"),
+            pod_uid: format!("uid-{pod}"),
+        }
+    }
+
+    static NO_RELEASES: BTreeMap<IpAddr, String> = BTreeMap::new();
+
+    fn input<'a>(
+        node: &'a str,
+        usable: &'a IpSet,
+        converting: &'a BTreeMap<IpAddr, Holder>,
+        returning: &'a BTreeSet<IpAddr>,
+        kept: &'a BTreeSet<IpAddr>,
+        ops: &'a [Op],
+        extra_wanted: usize,
+    ) -> RoundInput<'a> {
+        RoundInput {
+            node,
+            usable,
+            max_records: 1000,
+            converting,
+            releasing: &NO_RELEASES,
+            keep_released: true,
+            returning,
+            kept,
+            ops,
+            extra_wanted,
+        }
+    }
+
+    #[test]
+    fn a_round_allocates_then_reserves_extras_after_the_pods() {
+        let usable = usable("10.0.0.1-10.0.0.100");
+        let mut records = BTreeMap::new();
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let ops = [alloc("a"), alloc("b")];
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &ops, 3));
+        assert_eq!(
+            out.outcomes,
+            [
+                Outcome::Allocated(ip("10.0.0.1")),
+                Outcome::Allocated(ip("10.0.0.2"))
+            ]
+        );
+        assert_eq!(
+            out.reserved,
+            BTreeSet::from([ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.5")])
+        );
+        assert_eq!(records["10.0.0.3"], PoolIPAllocation::reserved_for("n1"));
+        assert_eq!(records["10.0.0.1"], PoolIPAllocation::held_by("ns/a", "uid-a"));
+        assert_eq!(spiderpool_schema::ippool::count_held(&records), 2);
+    }
+
+    #[test]
+    fn handed_out_reservations_become_pod_records_and_returned_ones_disappear() {
+        let usable = usable("10.0.0.1-10.0.0.10");
+        let mut records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.4".to_owned(), PoolIPAllocation::reserved_for("n2")),
+        ]);
+        let converting = BTreeMap::from([(ip("10.0.0.1"), holder("a"))]);
+        let returning = BTreeSet::from([ip("10.0.0.2"), ip("10.0.0.4")]);
+        let kept = BTreeSet::from([ip("10.0.0.3")]);
+        let out = decide_round(
+            &mut records,
+            &input("n1", &usable, &converting, &returning, &kept, &[], 0),
+        );
+        assert_eq!(records["10.0.0.1"], PoolIPAllocation::held_by("ns/a", "uid-a"));
+        assert!(!records.contains_key("10.0.0.2"));
+        assert_eq!(records["10.0.0.3"], PoolIPAllocation::reserved_for("n1"));
+        // Another node's reservation is never touched, even if asked.
+        assert_eq!(records["10.0.0.4"], PoolIPAllocation::reserved_for("n2"));
+        assert!(out.lost.is_empty() && out.reserved.is_empty());
+    }
+
+    #[test]
+    fn a_conversion_whose_reservation_was_taken_by_another_is_reported_lost() {
+        let usable = usable("10.0.0.1-10.0.0.10");
+        let mut records = BTreeMap::from([(
+            "10.0.0.1".to_owned(),
+            PoolIPAllocation::held_by("ns/other", "uid-other"),
+        )]);
+        let converting = BTreeMap::from([(ip("10.0.0.1"), holder("a")), (ip("10.0.0.2"), holder("b"))]);
+        let (r, k) = (BTreeSet::new(), BTreeSet::new());
+        let out = decide_round(&mut records, &input("n1", &usable, &converting, &r, &k, &[], 0));
+        assert_eq!(out.lost.len(), 1);
+        assert_eq!(out.lost[0].0, ip("10.0.0.1"));
+        assert!(out.lost[0].2.contains("ns/other"), "{}", out.lost[0].2);
+        // A handed-out address whose reservation vanished but which is still free is claimed.
+        assert_eq!(records["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+        assert_eq!(records["10.0.0.1"].pod, "ns/other");
+    }
+
+    #[test]
+    fn released_addresses_become_this_nodes_reservations_or_free() {
+        let usable = usable("10.0.0.1-10.0.0.10");
+        let mut records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::held_by("ns/b", "uid-b")),
+            (
+                "10.0.0.3".to_owned(),
+                PoolIPAllocation::held_by("ns/c2", "uid-c2"),
+            ),
+        ]);
+        let releasing = BTreeMap::from([
+            (ip("10.0.0.1"), "uid-a".to_owned()),
+            (ip("10.0.0.2"), "uid-b".to_owned()),
+            // Already recorded for a newer pod (reclaim freed it, another node gave it out): untouched.
+            (ip("10.0.0.3"), "uid-c".to_owned()),
+        ]);
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let mut round = input("n1", &usable, &c, &r, &k, &[], 0);
+        round.releasing = &releasing;
+        let out = decide_round(&mut records, &round);
+        assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2")]));
+        assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+        assert_eq!(records["10.0.0.3"].pod_uid, "uid-c2");
+
+        let mut records =
+            BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
+        round.keep_released = false;
+        let out = decide_round(&mut records, &round);
+        assert!(records.is_empty() && out.reserved.is_empty());
+    }
+
+    #[test]
+    fn unknown_reservations_of_this_node_are_adopted() {
+        let usable = usable("10.0.0.1-10.0.0.10");
+        let mut records = BTreeMap::from([
+            ("10.0.0.5".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.6".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ]);
+        let (c, r) = (BTreeMap::new(), BTreeSet::new());
+        let kept = BTreeSet::from([ip("10.0.0.5")]);
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 0));
+        assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.6")]));
+    }
+
+    #[test]
+    fn nothing_free_waits_while_other_nodes_hold_reservations_else_is_exhausted() {
+        let usable = usable("10.0.0.1-10.0.0.2");
+        let mut records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/x", "uid-x")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n2")),
+        ]);
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let ops = [alloc("a")];
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &ops, 4));
+        assert!(
+            matches!(&out.outcomes[0], Outcome::Wait(why) if why.contains("n2")),
+            "{:?}",
+            out.outcomes
+        );
+        records.remove("10.0.0.2");
+        records.insert("10.0.0.2".to_owned(), PoolIPAllocation::held_by("ns/y", "uid-y"));
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &ops, 4));
+        assert!(matches!(&out.outcomes[0], Outcome::Exhausted(_)));
+    }
+
+    #[test]
+    fn extras_are_capped_by_the_fair_share_and_the_record_cap() {
+        let usable = usable("10.0.0.1-10.0.0.40");
+        let mut records: BTreeMap<String, PoolIPAllocation> = (1..=4)
+            .map(|i| {
+                (
+                    format!("10.0.0.{i}"),
+                    PoolIPAllocation::reserved_for(format!("n{}", i + 1)),
+                )
+            })
+            .collect();
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        // 36 free, 4 other reserving nodes: 36 / 10 = 3.
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &[], 32));
+        assert_eq!(out.reserved.len(), 3);
+        let kept = out.reserved;
+        let capped = RoundInput {
+            max_records: records.len() + 1,
+            ..input("n1", &usable, &c, &r, &kept, &[], 32)
+        };
+        let out = decide_round(&mut records, &capped);
+        assert_eq!(out.reserved.len(), 1);
+    }
+
+    #[test]
+    fn releases_and_retried_adds_never_match_a_reservation() {
+        let usable = usable("10.0.0.1-10.0.0.2");
+        let mut records = BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1"))]);
+        let ops = [
+            Op::Release {
+                ip: ip("10.0.0.1"),
+                pod_uid: String::new(),
+            },
+            Op::Rebind {
+                ip: ip("10.0.0.1"),
+                previous_uid: String::new(),
+                pod: String::new(),
+                pod_uid: "new".into(),
+            },
+        ];
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::from([ip("10.0.0.1")]));
+        let out = decide_round(&mut records, &input("n2", &usable, &c, &r, &k, &ops, 0));
+        assert_eq!(out.outcomes[0], Outcome::Released(false));
+        assert!(matches!(&out.outcomes[1], Outcome::RebindRefused(why) if why.contains("n1")));
+        assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+    }
+
+    #[test]
+    fn recovery_splits_handed_out_from_unused_by_the_endpoints() {
+        let records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n2")),
+            ("10.0.0.4".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
+        ]);
+        let claims = HashMap::from([(ip("10.0.0.1"), holder("a")), (ip("10.0.0.3"), holder("b"))]);
+        let (handed, unused) = recover(&records, "n1", &claims);
+        assert_eq!(handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
+        assert_eq!(unused, BTreeSet::from([ip("10.0.0.2")]));
+        assert!(has_reservations(&records, "n2") && !has_reservations(&records, "n3"));
+        assert_eq!(
+            holders(&records),
+            HashMap::from([("uid-z".to_owned(), ip("10.0.0.4"))])
+        );
+    }
+
+    #[test]
+    fn target_size_grows_with_demand() {
+        assert_eq!(target_size(0, 32), 0);
+        assert_eq!(target_size(1, 32), 0);
+        assert_eq!(target_size(5, 32), 20);
+        assert_eq!(target_size(100, 32), 32);
+        assert_eq!(fair_share(100, 0), 50);
+        assert_eq!(fair_share(100, 4), 10);
+        assert_eq!(fair_share(3, 9), 0);
+    }
+
+    /// One simulated node agent: its view of its own reservations.
+    #[derive(Default, Clone, Debug)]
+    struct Agent {
+        free: BTreeSet<IpAddr>,
+        handed: BTreeMap<IpAddr, Holder>,
+        releasing: BTreeMap<IpAddr, String>,
+    }
+
+    proptest! {
+        /// Several nodes share one small pool. Each step, a node either hands out one of its
+        /// reservations to a new pod without writing (the fast path), or writes a round (converting
+        /// what it handed out, returning or keeping the rest, allocating and reserving), or releases
+        /// a pod's record. After every step: no address is held by two pods (records plus every
+        /// node's not-yet-written handouts), every handout is still reserved for its node or
+        /// recorded for its pod, and no handout is ever lost.
+        #[test]
+        fn nodes_sharing_a_pool_never_hand_out_an_address_twice(
+            steps in proptest::collection::vec((0usize..3, 0u8..4, 0usize..6), 1..80)
+        ) {
+            let usable = usable("10.0.0.1-10.0.0.12");
+            let nodes = ["n0", "n1", "n2"];
+            let mut agents = vec![Agent::default(); nodes.len()];
+            let mut records: BTreeMap<String, PoolIPAllocation> = BTreeMap::new();
+            let mut next_pod = 0u32;
+            for (node, action, amount) in steps {
+                let name = nodes[node];
+                let agent = &mut agents[node];
+                match action {
+                    0 => {
+                        if let Some(ip) = agent.free.pop_first() {
+                            next_pod += 1;
+                            agent.handed.insert(ip, holder(&format!("p{next_pod}")));
+                        }
+                    }
+                    1 | 2 => {
+                        let converting = std::mem::take(&mut agent.handed);
+                        let releasing = std::mem::take(&mut agent.releasing);
+                        let returning = if action == 2 { std::mem::take(&mut agent.free) } else { BTreeSet::new() };
+                        let ops: Vec<Op> = (0..amount % 3).map(|_| { next_pod += 1; alloc(&format!("p{next_pod}")) }).collect();
+                        let kept = agent.free.clone();
+                        let out = decide_round(&mut records, &RoundInput {
+                            node: name, usable: &usable, max_records: 100, converting: &converting,
+                            releasing: &releasing, keep_released: action == 1,
+                            returning: &returning, kept: &kept, ops: &ops, extra_wanted: amount,
+                        });
+                        prop_assert!(out.lost.is_empty(), "{:?}", out.lost);
+                        agent.free.extend(out.reserved);
+                    }
+                    3 if amount % 2 == 0 => {
+                        // A pod gives its address back; the write comes later (released lazily).
+                        let held: Vec<(String, String)> = records.iter()
+                            .filter(|(_, r)| r.reservation().is_none())
+                            .map(|(ip, r)| (ip.clone(), r.pod_uid.clone())).collect();
+                        if let Some((ip_text, uid)) = held.get(amount % held.len().max(1)) {
+                            agent.releasing.insert(ip(ip_text), uid.clone());
+                        }
+                    }
+                    _ => {
+                        let held: Vec<(String, String)> = records.iter()
+                            .filter(|(_, r)| r.reservation().is_none())
+                            .map(|(ip, r)| (ip.clone(), r.pod_uid.clone())).collect();
+                        if let Some((ip_text, uid)) = held.get(amount % held.len().max(1)) {
+                            let ops = [Op::Release { ip: ip(ip_text), pod_uid: uid.clone() }];
+                            let (c, r) = (BTreeMap::new(), BTreeSet::new());
+                            let kept: BTreeSet<IpAddr> = agent.free.iter().chain(agent.handed.keys()).copied().collect();
+                            let out = decide_round(&mut records, &input(name, &usable, &c, &r, &kept, &ops, 0));
+                            agent.free.extend(out.reserved);
+                        }
+                    }
+                }
+                let mut holder_of: BTreeMap<IpAddr, String> = BTreeMap::new();
+                for (ip_text, record) in &records {
+                    if record.reservation().is_none() {
+                        holder_of.insert(ip(ip_text), record.pod_uid.clone());
+                    }
+                }
+                for (n, agent) in agents.iter().enumerate() {
+                    for (ip, h) in &agent.handed {
+                        let record = records.get(&ip.to_string());
+                        prop_assert!(
+                            record == Some(&PoolIPAllocation::reserved_for(nodes[n])),
+                            "handout {ip} of {} is not reserved for it: {record:?}", nodes[n]
+                        );
+                        prop_assert!(holder_of.insert(*ip, h.pod_uid.clone()).is_none(), "{ip} held twice");
+                    }
+                    for ip in &agent.free {
+                        prop_assert_eq!(records.get(&ip.to_string()), Some(&PoolIPAllocation::reserved_for(nodes[n])));
+                    }
+                }
+            }
+        }
+    }
+}
