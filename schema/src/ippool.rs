@@ -213,6 +213,15 @@ impl PoolIPAllocation {
     pub fn reservation(&self) -> Option<&str> {
         self.reserved_for_node.as_deref()
     }
+
+    /// Who holds the address, for messages: `pod <namespace>/<name>` or `reserved by the agent of
+    /// node <node>`.
+    pub fn describe(&self) -> String {
+        match self.reservation() {
+            Some(node) => format!("reserved by the agent of node {node}"),
+            None => format!("pod {}", self.pod),
+        }
+    }
 }
 
 /// How many of `records` are held by pods (reservations of node agents do not count): what

@@ -169,9 +169,9 @@ fn update_rules(
             continue;
         };
         if !block.ips.contains(&ip) {
-            removed.push(format!("{ip_text} (pod {})", holder.pod));
+            removed.push(format!("{ip_text} ({})", holder.describe()));
         } else if block.excluded.contains(&ip) {
-            excluded.push(format!("{ip_text} (pod {})", holder.pod));
+            excluded.push(format!("{ip_text} ({})", holder.describe()));
         }
     }
     if !removed.is_empty() {

@@ -32,6 +32,28 @@ pub struct Record {
     pub pod_uid: String,
 }
 
+/// A node agent's reservation (`reservedForNode`) in one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Reservation {
+    /// Pool name.
+    pub pool: String,
+    /// The address.
+    pub ip: String,
+    /// The node whose agent reserved it.
+    pub node: String,
+}
+
+/// Whether a reservation is released. Only the agent of its node hands it out or gives it back, so
+/// reclaim leaves it alone while the node exists (its agent gives unused reservations back within
+/// seconds, and records handed-out ones for their pods). Once the Node object is gone, nobody will:
+/// it is released, unless an endpoint lists the address (a pod got it before the node went away and
+/// the record was not rewritten yet); that pod's own cleanup comes first, and the next scan frees it.
+pub fn release_reservation(reservation: &Reservation, world: &World) -> bool {
+    let key = (reservation.pool.clone(), reservation.ip.clone());
+    !world.nodes_ready.contains_key(&reservation.node)
+        && !world.endpoints.values().any(|e| e.held.contains(&key))
+}
+
 /// Pod phase, as far as GC cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -168,6 +190,8 @@ pub enum ReleaseReason {
     NoLongerRetained,
     /// A Running pod without IPs (only with the switch on).
     NoPodIps,
+    /// A node agent's reservation whose node no longer exists.
+    NodeGone,
 }
 
 impl ReleaseReason {
@@ -180,6 +204,7 @@ impl ReleaseReason {
             Self::TerminatingPastGrace => "terminating_past_grace",
             Self::NoLongerRetained => "no_longer_retained",
             Self::NoPodIps => "no_pod_ips",
+            Self::NodeGone => "node_gone",
         }
     }
 }
@@ -482,6 +507,26 @@ mod tests {
                 HashSet::new()
             },
         }
+    }
+
+    #[test]
+    fn reservations_are_released_only_when_their_node_is_gone_and_no_endpoint_lists_them() {
+        let mut w = world();
+        let reservation = |node: &str| Reservation {
+            pool: "p".into(),
+            ip: "10.0.0.5".into(),
+            node: node.into(),
+        };
+        // Ready or not, an existing node's agent owns its reservations.
+        assert!(!release_reservation(&reservation("n1"), &w));
+        assert!(!release_reservation(&reservation("n2"), &w));
+        assert!(release_reservation(&reservation("gone"), &w));
+        w.endpoints.insert(
+            ("ns".into(), "web".into()),
+            endpoint("web", "u1", "ReplicaSet", "rs", true),
+        );
+        assert!(!release_reservation(&reservation("gone"), &w));
+        assert_eq!(ReleaseReason::NodeGone.as_str(), "node_gone");
     }
 
     fn world() -> World {
