@@ -66,6 +66,22 @@ struct Args {
     /// reservations off.
     #[arg(long, env = "SPIDERPOOL_NODE_RESERVATION_SIZE", default_value_t = 32)]
     node_reservation_size: usize,
+    /// Record addresses handed out from reservations once none was handed out for this long (ms).
+    #[arg(
+        long,
+        env = "SPIDERPOOL_NODE_RESERVATION_FLUSH_IDLE_MS",
+        default_value_t = 200,
+        hide = true
+    )]
+    node_reservation_flush_idle_ms: u64,
+    /// …or once the oldest has waited this long (ms).
+    #[arg(
+        long,
+        env = "SPIDERPOOL_NODE_RESERVATION_FLUSH_MAX_AGE_MS",
+        default_value_t = 2000,
+        hide = true
+    )]
+    node_reservation_flush_max_age_ms: u64,
     /// Deadline of one ADD or DEL, in seconds.
     #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     request_timeout_seconds: u64,
@@ -113,6 +129,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_allocated_ips: args.max_allocated_ips,
         lease: LeaseTuning {
             max_size: args.node_reservation_size,
+            flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms),
+            flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms),
             ..LeaseTuning::default()
         },
         request_timeout: Duration::from_secs(args.request_timeout_seconds),
