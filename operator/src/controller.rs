@@ -1,6 +1,7 @@
 //! The operator's controllers (kube-runtime), one module per kind. Each runs only while this replica
 //! holds the leader Lease (see [`crate::leader`]).
 
+pub mod cache;
 pub mod coordinator;
 pub mod ippool;
 pub mod multusconfig;

@@ -28,6 +28,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, Resource};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
+use spiderpool_operator::controller::cache::SharedCache;
 use spiderpool_operator::controller::{self, multusconfig, network};
 use spiderpool_operator::leader::{DEFAULT_LEASE_NAME, LeaderElector, LeaderError, LeaseConfig, Outcome};
 use spiderpool_operator::metrics::{self, Metrics};
@@ -202,17 +203,22 @@ async fn run(args: Args) -> Result<()> {
         instance: Some(identity.clone()),
         ..multusconfig::Options::default()
     };
+    // One pool cache for every controller that reads pools (a large topology has tens of thousands):
+    // one watch on the API server and one copy in memory. Controllers subscribe before it runs.
+    let pools = SharedCache::<SpiderIPPool>::new(&client);
     let controllers: Vec<BoxFuture<'static, Result<()>>> = vec![
-        network::run_with(client.clone(), metrics.clone(), network_options).boxed(),
+        network::run_shared(client.clone(), metrics.clone(), network_options, &pools).boxed(),
         multusconfig::run_with(client.clone(), metrics.clone(), multus_options).boxed(),
-        controller::ippool::run(
+        controller::ippool::run_shared(
             client.clone(),
             controller::ippool::IPPoolControllerConfig::default(),
+            &pools,
         )
         .boxed(),
-        controller::subnet::run(
+        controller::subnet::run_shared(
             client.clone(),
             controller::subnet::SubnetControllerConfig::default(),
+            &pools,
         )
         .boxed(),
         controller::coordinator::run(
@@ -220,7 +226,7 @@ async fn run(args: Args) -> Result<()> {
             controller::coordinator::CoordinatorConfig::default(),
         )
         .boxed(),
-        controller::reclaim::run(
+        controller::reclaim::run_shared(
             client.clone(),
             controller::reclaim::ReclaimConfig {
                 enabled: args.enable_gc,
@@ -228,7 +234,13 @@ async fn run(args: Args) -> Result<()> {
                 metrics: gc_metrics,
                 ..controller::reclaim::ReclaimConfig::default()
             },
+            &pools,
         )
+        .boxed(),
+        async move {
+            pools.run().await;
+            anyhow::bail!("the shared SpiderIPPool watch ended")
+        }
         .boxed(),
     ];
     let work = async move { futures::future::try_join_all(controllers).await.map(|_| ()) };

@@ -21,13 +21,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpSet, parse_cidr};
 use spiderpool_schema::annotations::{AppRef, LABEL_IPPOOL_RECLAIM};
 use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
+
+use super::cache::SharedCache;
 
 /// How the IPPool controller runs.
 #[derive(Debug, Clone)]
@@ -388,19 +389,36 @@ fn error_policy(_pool: Arc<SpiderIPPool>, error: &PoolError, ctx: Arc<Context>) 
     Action::requeue(ctx.config.retry_delay)
 }
 
-/// Runs the IPPool controller until the watch ends (it does not on its own). Run it only while leader.
+/// Runs the IPPool controller with its own pool cache until the watch ends (it does not on its own).
+/// Run it only while leader.
 pub async fn run(client: Client, config: IPPoolControllerConfig) -> anyhow::Result<()> {
-    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let pools = SharedCache::<SpiderIPPool>::new(&client);
+    let controller = run_shared(client, config, &pools);
+    tokio::select! {
+        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
+        result = controller => result,
+    }
+}
+
+/// [`run`] on a pool cache shared with other controllers (the caller drives the cache).
+pub fn run_shared(
+    client: Client,
+    config: IPPoolControllerConfig,
+    pools: &SharedCache<SpiderIPPool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+    let controller = Controller::for_shared_stream(pools.subscribe_objects(), pools.store());
     let ctx = Arc::new(Context { client, config });
-    Controller::new(api, watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "pool controller event");
-            }
-        })
-        .await;
-    Ok(())
+    async move {
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "pool controller event");
+                }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use kube::{Client, Resource, ResourceExt};
 use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
 use tracing::{debug, error, info, instrument, warn};
 
-use super::network::diff;
+use super::network::diff::{self, RenderedHash};
 use crate::metrics::Metrics;
 use crate::nad::render_nad;
 
@@ -108,7 +108,7 @@ struct Context {
     options: Options,
     /// NAD (`namespace/name`) -> resourceVersion our last apply produced and its hash, for when the
     /// cache has not caught up with our own write yet.
-    recent: Mutex<HashMap<String, (u64, String)>>,
+    recent: Mutex<HashMap<String, (u64, RenderedHash)>>,
 }
 
 /// Runs the controller until the future is dropped (or the SMC watch ends).
@@ -188,12 +188,12 @@ async fn reconcile(smc: Arc<SpiderMultusConfig>, ctx: Arc<Context>) -> Result<Ac
     };
     let name = nad.name_any();
     let full_name = format!("{namespace}/{name}");
-    let mut desired = serde_json::to_value(&nad).map_err(|source| Error::Serialize {
+    let mut desired = nad;
+    diff::strip_tracking(&mut desired.metadata);
+    let hash = diff::stamp_hash(&mut desired).map_err(|source| Error::Serialize {
         name: full_name.clone(),
         source,
     })?;
-    diff::strip_tracking(&mut desired);
-    let hash = diff::stamp_hash(&mut desired);
 
     ctx.prune_renamed(&smc, &namespace, &uid, &name).await?;
 
@@ -216,7 +216,7 @@ async fn reconcile(smc: Arc<SpiderMultusConfig>, ctx: Arc<Context>) -> Result<Ac
             // Upstream retries until the old object is gone.
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        if ctx.up_to_date(&full_name, live, &desired, &hash) {
+        if ctx.up_to_date(&full_name, live, &desired, hash) {
             return Ok(Action::requeue(ctx.options.resync));
         }
     }
@@ -248,8 +248,8 @@ impl Context {
         &self,
         full_name: &str,
         live: &NetworkAttachmentDefinition,
-        desired: &serde_json::Value,
-        hash: &str,
+        desired: &NetworkAttachmentDefinition,
+        hash: RenderedHash,
     ) -> bool {
         let live_rv: Option<u64> = live
             .metadata
@@ -263,7 +263,7 @@ impl Context {
         match (recent.get(full_name), live_rv) {
             // The cache has not seen our last write yet: that write is what counts.
             (Some((written_rv, written_hash)), Some(live_rv)) if live_rv < *written_rv => {
-                return written_hash == hash;
+                return *written_hash == hash;
             }
             (Some(_), _) => {
                 recent.remove(full_name);
@@ -271,8 +271,11 @@ impl Context {
             (None, _) => {}
         }
         drop(recent);
-        diff::live_hash(live.metadata.annotations.as_ref()) == Some(hash)
-            && serde_json::to_value(live).is_ok_and(|live| diff::contains(&live, desired))
+        diff::live_hash(&live.metadata) == Some(hash)
+            && match (serde_json::to_value(live), serde_json::to_value(desired)) {
+                (Ok(live), Ok(desired)) => diff::contains(&live, &desired),
+                _ => false,
+            }
     }
 
     /// Deletes NADs this SMC controls under a name it no longer renders.

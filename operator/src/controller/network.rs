@@ -29,6 +29,7 @@
 pub mod diff;
 pub mod plan;
 pub mod status;
+pub mod trigger;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -38,17 +39,14 @@ use std::time::Duration;
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{
-    Api, DeleteParams, DynamicObject, ObjectMeta, PartialObjectMeta, Patch, PatchParams, Preconditions,
-};
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use spiderpool_schema::network::RenderedCounts;
 use spiderpool_schema::validation::Problem;
 use spiderpool_schema::{
@@ -57,8 +55,9 @@ use spiderpool_schema::{
 };
 use tracing::{debug, info, instrument, warn};
 
-use self::plan::{ChildKey, ChildKind, DesiredChild, LiveObject, RecentWrites, Write};
+use self::plan::{ChildKey, ChildObject, DesiredChild, LiveObject, RecentWrites, Write};
 use self::status::{Outcome, StatusInput};
+use super::cache::{CacheEvent, SharedCache};
 use crate::compile::{
     ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY, Rendered, compile,
     expand_interface_tasks,
@@ -77,8 +76,14 @@ pub struct Options {
     pub apply_concurrency: usize,
     /// Topologies reconciled at once.
     pub concurrency: u16,
-    /// Quiet time after the last event before a topology is reconciled (many child events arrive
-    /// together; one reconcile handles them all).
+    /// Quiet time after the last event before a topology is reconciled. Events of one burst (our own
+    /// writes echoing back, several objects applied at once) arrive within milliseconds of each
+    /// other, and this lets one reconcile take them all. It is kept short because it is added to
+    /// every edit's latency, and because any event inside the window restarts it (kube-runtime's
+    /// debounce), so a long one could postpone a reconcile for as long as events keep coming. Pool
+    /// status churn, the one steady stream of child events, does not wake the controller at all
+    /// ([`trigger`]); events that arrive while a topology is being reconciled are coalesced into one
+    /// follow-up reconcile whatever the debounce.
     pub debounce: Duration,
     /// Periodic re-check of an applied topology (drift on objects whose events we do not map).
     pub resync: Duration,
@@ -89,7 +94,7 @@ impl Default for Options {
         Options {
             apply_concurrency: 32,
             concurrency: 4,
-            debounce: Duration::from_millis(200),
+            debounce: Duration::from_millis(50),
             resync: Duration::from_secs(300),
         }
     }
@@ -211,6 +216,9 @@ struct Context {
     recent: Mutex<HashMap<String, RecentWrites>>,
     /// Per topology UID: the resourceVersion our last status write produced and that status.
     recent_status: Mutex<HashMap<String, (u64, SpiderNetworkStatus)>>,
+    /// Names of the topologies refused with `AddressesInUse`: status changes of their pools wake
+    /// them ([`trigger`]).
+    waiting_for_addresses: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Runs the controller until the future is dropped (or the SpiderNetwork watch ends).
@@ -220,7 +228,88 @@ pub async fn run(client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 
 /// [`run`] with explicit [`Options`].
 pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -> anyhow::Result<()> {
-    let (pools, pool_events) = cache::<SpiderIPPool>(&client);
+    let pools = SharedCache::<SpiderIPPool>::new(&client);
+    let controller = run_shared(client, metrics, options, &pools);
+    tokio::select! {
+        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
+        result = controller => result,
+    }
+}
+
+/// [`run_with`] on a pool cache shared with other controllers (the caller drives the cache).
+pub fn run_shared(
+    client: Client,
+    metrics: Arc<Metrics>,
+    options: Options,
+    pools: &SharedCache<SpiderIPPool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+    let waiting_for_addresses: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let store = pools.store();
+    let mut seen = trigger::SeenChildren::default();
+    let waiting = waiting_for_addresses.clone();
+    // See [`trigger`]: status-only pool changes wake only topologies waiting for addresses.
+    let pool_events = pools.subscribe().filter_map(move |event| {
+        let wake = match event {
+            CacheEvent::Applied(pool) => {
+                let changed = seen.changed_apart_from_status(pool.as_ref());
+                let waiting = || {
+                    topology_of(pool.as_ref()).is_some_and(|topology| {
+                        waiting
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .contains(&topology.name)
+                    })
+                };
+                (changed || waiting()).then_some(pool)
+            }
+            CacheEvent::Deleted(pool) => {
+                seen.forget(&pool.name_any());
+                Some(pool)
+            }
+            CacheEvent::Relisted => {
+                seen.retain(|name| store.get(&ObjectRef::new(name)).is_some());
+                None
+            }
+        };
+        std::future::ready(wake)
+    });
+    // Pools deleted while the watch was down leave no event: a relist re-checks every topology.
+    let relisted = pools
+        .subscribe()
+        .filter_map(|event| std::future::ready(matches!(event, CacheEvent::Relisted).then_some(())));
+    run_on(
+        client,
+        metrics,
+        options,
+        Pools {
+            store: pools.store(),
+            events: pool_events,
+            relisted,
+            waiting_for_addresses,
+        },
+    )
+}
+
+/// The pool side of the controller's inputs.
+struct Pools<E, R> {
+    store: Store<SpiderIPPool>,
+    /// Pool events that should wake their topology.
+    events: E,
+    /// One item per relist of the pool watch.
+    relisted: R,
+    /// Topologies refused with `AddressesInUse`, which status changes of their pools wake.
+    waiting_for_addresses: Arc<Mutex<HashSet<String>>>,
+}
+
+async fn run_on(
+    client: Client,
+    metrics: Arc<Metrics>,
+    options: Options,
+    pools: Pools<
+        impl Stream<Item = Arc<SpiderIPPool>> + Send + 'static,
+        impl Stream<Item = ()> + Send + 'static,
+    >,
+) -> anyhow::Result<()> {
     let (reserved, reserved_events) = cache::<SpiderReservedIP>(&client);
     let (multus, multus_events) = cache::<SpiderMultusConfig>(&client);
     let (tasks, task_events) = cache::<SpiderInterfaceTask>(&client);
@@ -249,10 +338,11 @@ pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -
     );
     let networks = controller.store();
     let controller = controller
-        .watches_stream(pool_events, topology_of)
-        .watches_stream(reserved_events, topology_of)
-        .watches_stream(multus_events, topology_of)
-        .watches_stream(task_events, topology_of)
+        .watches_shared_stream(pools.events, |pool| topology_of(pool.as_ref()))
+        .reconcile_all_on(pools.relisted)
+        .watches_stream(reserved_events, |object| topology_of(&object))
+        .watches_stream(multus_events, |object| topology_of(&object))
+        .watches_stream(task_events, |object| topology_of(&object))
         .watches_stream(node_events, move |_node: PartialObjectMeta<Node>| {
             // Few topologies, rare label changes: re-check all of them rather than working out which
             // ones the node matched before and after.
@@ -266,7 +356,7 @@ pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -
         client,
         metrics,
         caches: Caches {
-            pools,
+            pools: pools.store,
             reserved,
             multus,
             tasks,
@@ -275,6 +365,7 @@ pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -
         options,
         recent: Mutex::new(HashMap::new()),
         recent_status: Mutex::new(HashMap::new()),
+        waiting_for_addresses: pools.waiting_for_addresses,
     });
     info!("SpiderNetwork controller started");
     controller
@@ -318,7 +409,7 @@ where
 }
 
 /// The topology a generated object belongs to, from its labels.
-fn topology_of<K: Resource>(object: K) -> Option<ObjectRef<SpiderNetwork>> {
+fn topology_of<K: Resource>(object: &K) -> Option<ObjectRef<SpiderNetwork>> {
     let labels = object.meta().labels.as_ref()?;
     if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
         return None;
@@ -338,6 +429,7 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
     ctx.caches.wait_until_ready().await?;
     if network.metadata.deletion_timestamp.is_some() {
         // Children go with it through their owner references.
+        ctx.set_waiting_for_addresses(&network.name_any(), false);
         return Ok(Action::await_change());
     }
     let name = network
@@ -407,8 +499,8 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
         .collect();
     let compiled = started.elapsed();
-    let desired = desired_children(&rendered, tasks, &owner, &node_uids)?;
-    drop(rendered);
+    let desired = desired_children(rendered, tasks, &owner, &node_uids)?;
+    let stamped = started.elapsed();
     let wanted: HashSet<ChildKey> = desired.iter().map(|d| d.key.clone()).collect();
     let live = ctx.caches.live_children(&name, &wanted);
     let plan = {
@@ -454,7 +546,8 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         unchanged = plan.unchanged,
         conflicts = plan.conflicts.len(),
         compile_ms = compiled.as_millis() as u64,
-        plan_ms = (planned - compiled).as_millis() as u64,
+        stamp_ms = (stamped - compiled).as_millis() as u64,
+        plan_ms = (planned - stamped).as_millis() as u64,
         write_ms = (started.elapsed() - planned).as_millis() as u64,
         "applied"
     );
@@ -485,33 +578,47 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Every child as it is to be applied.
-fn desired_children(
-    rendered: &Rendered,
+/// Every child as it is to be applied. Takes the rendered objects by value: each is given its
+/// owners and hash stamp in place, so no child is copied.
+pub fn desired_children(
+    rendered: Rendered,
     tasks: Vec<SpiderInterfaceTask>,
     owner: &OwnerReference,
     node_uids: &HashMap<String, String>,
 ) -> Result<Vec<DesiredChild>, Error> {
-    let mut out = Vec::with_capacity(
-        rendered.reserved_ips.len() + rendered.ip_pools.len() + rendered.multus_configs.len() + tasks.len(),
-    );
-    let owners = std::slice::from_ref(owner);
-    for object in &rendered.reserved_ips {
-        out.push(desired_child(ChildKind::ReservedIp, object, owners, None)?);
-    }
-    for object in &rendered.ip_pools {
+    let Rendered {
+        reserved_ips,
+        ip_pools,
+        multus_configs,
+        ..
+    } = rendered;
+    let mut out =
+        Vec::with_capacity(reserved_ips.len() + ip_pools.len() + multus_configs.len() + tasks.len());
+    let owners = || vec![owner.clone()];
+    for object in reserved_ips {
         out.push(desired_child(
-            ChildKind::IpPool,
-            object,
-            owners,
-            plan::pool_usable(&object.spec),
+            ChildObject::ReservedIp(Box::new(object)),
+            owners(),
+            None,
         )?);
     }
-    for object in &rendered.multus_configs {
-        out.push(desired_child(ChildKind::MultusConfig, object, owners, None)?);
+    for object in ip_pools {
+        let usable = plan::pool_usable(&object.spec);
+        out.push(desired_child(
+            ChildObject::IpPool(Box::new(object)),
+            owners(),
+            usable,
+        )?);
     }
-    for task in &tasks {
-        let mut owners = vec![owner.clone()];
+    for object in multus_configs {
+        out.push(desired_child(
+            ChildObject::MultusConfig(Box::new(object)),
+            owners(),
+            None,
+        )?);
+    }
+    for task in tasks {
+        let mut owners = owners();
         // Not a controller reference: it only makes a deleted node take its task with it.
         if let Some(uid) = node_uids.get(&task.spec.node_name) {
             owners.push(OwnerReference {
@@ -523,22 +630,22 @@ fn desired_children(
                 block_owner_deletion: None,
             });
         }
-        let mut child = desired_child(ChildKind::InterfaceTask, task, &owners, None)?;
-        child.source = format!("node {}", task.spec.node_name);
+        let source = format!("node {}", task.spec.node_name);
+        let mut child = desired_child(ChildObject::InterfaceTask(Box::new(task)), owners, None)?;
+        child.source = source;
         out.push(child);
     }
     Ok(out)
 }
 
-fn desired_child<K: Resource + Serialize>(
-    kind: ChildKind,
-    object: &K,
-    owners: &[OwnerReference],
+fn desired_child(
+    mut object: ChildObject,
+    owners: Vec<OwnerReference>,
     usable: Option<spiderpool_ipmath::IpSet>,
 ) -> Result<DesiredChild, Error> {
-    let meta: &ObjectMeta = object.meta();
+    let meta = object.meta();
     let key = ChildKey {
-        kind,
+        kind: object.kind(),
         namespace: meta.namespace.clone(),
         name: meta.name.clone().unwrap_or_default(),
     };
@@ -548,21 +655,17 @@ fn desired_child<K: Resource + Serialize>(
         .and_then(|a| a.get(ANNOTATION_SOURCE))
         .cloned()
         .unwrap_or_else(|| key.to_string());
-    let mut value = serde_json::to_value(object).map_err(|source| Error::Serialize {
+    object.clear_status();
+    let meta = object.meta_mut();
+    meta.owner_references = Some(owners);
+    diff::strip_tracking(meta);
+    let hash = object.stamp_hash().map_err(|source| Error::Serialize {
         key: key.to_string(),
         source,
     })?;
-    if let Value::Object(map) = &mut value {
-        map.remove("status");
-    }
-    if let Some(Value::Object(meta)) = value.get_mut("metadata") {
-        meta.insert("ownerReferences".to_string(), json!(owners));
-    }
-    diff::strip_tracking(&mut value);
-    let hash = diff::stamp_hash(&mut value);
     Ok(DesiredChild {
         key,
-        object: value,
+        object,
         hash,
         source,
         usable,
@@ -570,6 +673,19 @@ fn desired_child<K: Resource + Serialize>(
 }
 
 impl Context {
+    /// Whether status changes of the topology's pools should wake it (see [`trigger`]).
+    fn set_waiting_for_addresses(&self, topology: &str, waiting: bool) {
+        let mut set = self
+            .waiting_for_addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waiting {
+            set.insert(topology.to_string());
+        } else {
+            set.remove(topology);
+        }
+    }
+
     /// Runs the writes phase by phase; stops after a phase with failures (later phases rely on the
     /// earlier ones). Returns the failures as problems.
     async fn execute(&self, topology_uid: &str, phases: [Vec<Write>; 4]) -> Vec<Problem> {
@@ -594,9 +710,7 @@ impl Context {
             for (write, result) in results {
                 match (write, result) {
                     (Write::Apply(child), Ok(Some(rv))) => {
-                        recent
-                            .verified
-                            .insert(child.key.clone(), (rv, child.hash.clone()));
+                        recent.verified.insert(child.key.clone(), (rv, child.hash));
                         recent.applied.insert(child.key, (rv, child.hash));
                     }
                     (Write::Delete { key, uid }, Ok(_)) => {
@@ -662,6 +776,7 @@ impl Context {
         nodes: Option<spiderpool_schema::network::NodeRollout>,
     ) -> Result<(), Error> {
         let name = network.name_any();
+        self.set_waiting_for_addresses(&name, outcome == Outcome::AddressesInUse);
         let uid = network.metadata.uid.clone().unwrap_or_default();
         let stored_rv: Option<u64> = network
             .metadata
@@ -699,6 +814,7 @@ impl Context {
             "status": new,
         });
         self.metrics.count_write(CONTROLLER, "status");
+        let writing = std::time::Instant::now();
         let written = api
             .patch_status(
                 &name,
@@ -710,6 +826,7 @@ impl Context {
                 name: name.clone(),
                 source,
             })?;
+        debug!(status_ms = writing.elapsed().as_millis() as u64, "status written");
         if let Some(rv) = written.metadata.resource_version.and_then(|rv| rv.parse().ok()) {
             let stored = written.status.unwrap_or(new);
             self.recent_status

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +39,7 @@ use self::decide::{
     EndpointFacts, GcFlags, Phase, PodFacts, Record, StatefulSetFacts, Verdict, World, decide,
     outdated_endpoints,
 };
+use super::cache::SharedCache;
 use super::ippool::{PoolError, is_conflict, is_not_found, update_allocations};
 
 /// How reclaim runs (upstream's `SPIDERPOOL_GC_*` settings).
@@ -481,15 +483,34 @@ async fn delete_endpoint(client: &Client, namespace: &str, name: &str) -> Result
 }
 
 /// Looks at every record of every pool once (upstream's scan-all) and releases what is no longer
-/// needed; also deletes outdated endpoints when configured.
+/// needed; also deletes outdated endpoints when configured. Reads the pools with a fresh LIST.
 pub async fn scan_all(client: &Client, config: &ReclaimConfig) -> Result<ReclaimReport, ReclaimError> {
+    scan(client, config, &Pools::List).await
+}
+
+/// Where a scan reads the pools from.
+enum Pools {
+    /// A LIST of every pool (a full copy of all of them while the scan runs).
+    List,
+    /// The process's shared pool cache. Safe to judge from: a release only removes a record that
+    /// still names the pod UID judged (see [`apply`]), so a lagging cache can at worst miss a record
+    /// until the next scan.
+    Cache(Store<SpiderIPPool>),
+}
+
+async fn scan(client: &Client, config: &ReclaimConfig, pools: &Pools) -> Result<ReclaimReport, ReclaimError> {
     config.metrics.runs.inc();
-    let pools: Api<SpiderIPPool> = Api::all(client.clone());
-    let list = pools
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("listing pools"))?;
-    let records: Vec<Record> = list.iter().flat_map(records_of).collect();
+    let records: Vec<Record> = match pools {
+        Pools::List => {
+            let api: Api<SpiderIPPool> = Api::all(client.clone());
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(kube_err("listing pools"))?;
+            list.iter().flat_map(records_of).collect()
+        }
+        Pools::Cache(store) => store.state().iter().flat_map(|pool| records_of(pool)).collect(),
+    };
     let world = observe(client, config, None).await?;
     let now = Timestamp::now();
     let verdicts: Vec<(Record, Verdict)> = records
@@ -585,8 +606,22 @@ fn due_time(pod: &Pod, deleted: bool, flags: &GcFlags) -> Option<Timestamp> {
 type Traced = Arc<Mutex<HashMap<(String, String), (Timestamp, u32)>>>;
 
 /// Runs reclaim: the pod watch, the due-pod ticker and the periodic scan (first one at start), until
-/// they end (they do not on their own). Run it only while leader.
+/// they end (they do not on their own). Run it only while leader. The scans LIST the pools.
 pub async fn run(client: Client, config: ReclaimConfig) -> anyhow::Result<()> {
+    run_scanning(client, config, Pools::List).await
+}
+
+/// [`run`] with the scans reading the process's shared pool cache instead of listing every pool each
+/// time (the caller drives the cache).
+pub fn run_shared(
+    client: Client,
+    config: ReclaimConfig,
+    pools: &SharedCache<SpiderIPPool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+    run_scanning(client, config, Pools::Cache(pools.store()))
+}
+
+async fn run_scanning(client: Client, config: ReclaimConfig, pools: Pools) -> anyhow::Result<()> {
     if !config.enabled {
         tracing::info!("IP reclaim is disabled");
         futures::future::pending::<()>().await;
@@ -684,10 +719,16 @@ pub async fn run(client: Client, config: ReclaimConfig) -> anyhow::Result<()> {
         let client = client.clone();
         let config = config.clone();
         async move {
+            if let Pools::Cache(store) = &pools
+                && store.wait_until_ready().await.is_err()
+            {
+                tracing::warn!("the pool cache stopped before it was filled; no reclaim scans");
+                return;
+            }
             let mut tick = tokio::time::interval(config.scan_interval);
             loop {
                 tick.tick().await;
-                if let Err(e) = scan_all(&client, &config).await {
+                if let Err(e) = scan(&client, &config, &pools).await {
                     config.metrics.failures.inc();
                     tracing::warn!(error = %e, "reclaim scan failed");
                 }

@@ -24,8 +24,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpNet, IpSet, parse_cidr};
@@ -33,6 +33,7 @@ use spiderpool_schema::annotations::{AppRef, LABEL_OWNER_SPIDER_SUBNET};
 use spiderpool_schema::subnet::PoolIPPreAllocation;
 use spiderpool_schema::{SpiderIPPool, SpiderSubnet, SpiderSubnetSpec};
 
+use super::cache::{CacheEvent, SharedCache};
 use super::ippool::{finalizer_patch, is_conflict, is_not_found, pool_family};
 
 /// How the subnet controllers run.
@@ -348,74 +349,83 @@ fn error_policy(_subnet: Arc<SpiderSubnet>, error: &SubnetError, ctx: Arc<Contex
     Action::requeue(ctx.config.retry_delay)
 }
 
-/// What of a pool its subnet's status and adoption depend on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PoolShape {
-    generation: Option<i64>,
-    terminating: bool,
-    labels: BTreeMap<String, String>,
-    owners: usize,
+/// What of a pool its subnet's status and adoption depend on (generation, deletion, labels, owner
+/// count), as a fingerprint: the controller remembers one per pool, and a `u64` is much smaller than a
+/// copy of every pool's labels. Fingerprints are only compared within one process, so the hasher's
+/// output need not be stable across versions; a collision would only delay a reconcile until the
+/// periodic resync.
+fn pool_shape(pool: &SpiderIPPool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pool.meta().generation.hash(&mut hasher);
+    pool.meta().deletion_timestamp.is_some().hash(&mut hasher);
+    pool.labels().hash(&mut hasher);
+    pool.owner_references().len().hash(&mut hasher);
+    hasher.finish()
 }
 
-impl PoolShape {
-    fn of(pool: &SpiderIPPool) -> Self {
-        Self {
-            generation: pool.meta().generation,
-            terminating: pool.meta().deletion_timestamp.is_some(),
-            labels: pool.labels().clone(),
-            owners: pool.owner_references().len(),
-        }
+/// Runs the subnet status controller and, when enabled, the automatic-pool controller, with their own
+/// pool cache, until they end (they do not on their own). Run it only while leader.
+pub async fn run(client: Client, config: SubnetControllerConfig) -> anyhow::Result<()> {
+    let pools = SharedCache::<SpiderIPPool>::new(&client);
+    let controllers = run_shared(client, config, &pools);
+    tokio::select! {
+        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
+        result = controllers => result,
     }
 }
 
-/// Runs the subnet status controller and, when enabled, the automatic-pool controller, until they end
-/// (they do not on their own). Run it only while leader.
-pub async fn run(client: Client, config: SubnetControllerConfig) -> anyhow::Result<()> {
+/// [`run`] on a pool cache shared with other controllers (the caller drives the cache).
+pub fn run_shared(
+    client: Client,
+    config: SubnetControllerConfig,
+    pools: &SharedCache<SpiderIPPool>,
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
     let subnets: Api<SpiderSubnet> = Api::all(client.clone());
-    let pools_api: Api<SpiderIPPool> = Api::all(client.clone());
-    let (pool_reader, pool_writer) = reflector::store::<SpiderIPPool>();
     // Subnet status depends on pool specs, labels and existence, not on pool status: the allocator's
     // status writes (one per allocation) are filtered out before they trigger subnet reconciles.
-    let mut seen: HashMap<String, PoolShape> = HashMap::new();
-    let pool_changes = watcher(pools_api, watcher::Config::default())
-        .default_backoff()
-        .reflect(pool_writer)
-        .filter_map(move |event| {
-            let changed = match event {
-                Ok(watcher::Event::Apply(pool) | watcher::Event::InitApply(pool)) => {
-                    let shape = PoolShape::of(&pool);
-                    seen.insert(pool.name_any(), shape.clone()) != Some(shape)
-                }
-                Ok(watcher::Event::Delete(pool)) => {
-                    seen.remove(&pool.name_any());
-                    true
-                }
-                Ok(watcher::Event::InitDone) => true,
-                Ok(watcher::Event::Init) | Err(_) => false,
-            };
-            futures::future::ready(changed.then_some(()))
-        });
-    let controller = Controller::new(subnets, watcher::Config::default());
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let store = pools.store();
+    let pool_changes = pools.subscribe().filter_map(move |event| {
+        let changed = match event {
+            CacheEvent::Applied(pool) => {
+                let shape = pool_shape(&pool);
+                seen.insert(pool.name_any(), shape) != Some(shape)
+            }
+            CacheEvent::Deleted(pool) => {
+                seen.remove(&pool.name_any());
+                true
+            }
+            // Pools deleted while the watch was down left no event.
+            CacheEvent::Relisted => {
+                seen.retain(|name, _| store.get(&ObjectRef::new(name)).is_some());
+                true
+            }
+        };
+        futures::future::ready(changed.then_some(()))
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         config: config.clone(),
-        pools: pool_reader,
+        pools: pools.store(),
     });
-    let status = controller
-        .reconcile_all_on(pool_changes)
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "subnet controller event");
-            }
-        });
-    if config.enable_auto_pool {
-        let (_, apps) = tokio::join!(status, apps::run(client, config));
-        apps
-    } else {
-        status.await;
-        Ok(())
+    async move {
+        let status = Controller::new(subnets, watcher::Config::default())
+            .reconcile_all_on(pool_changes)
+            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)))
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "subnet controller event");
+                }
+            });
+        if config.enable_auto_pool {
+            let (_, apps) = tokio::join!(status, apps::run(client, config));
+            apps
+        } else {
+            status.await;
+            Ok(())
+        }
     }
 }
 

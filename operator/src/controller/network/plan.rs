@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use kube::api::ApiResource;
+use kube::api::{ApiResource, ObjectMeta};
+use serde::Serialize;
 use serde_json::Value;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::validation::Problem;
@@ -28,7 +29,7 @@ use spiderpool_schema::{
     SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask, SpiderMultusConfig, SpiderReservedIP,
 };
 
-use super::diff;
+use super::diff::{self, RenderedHash};
 use crate::compile::{LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
 
 /// The kinds a SpiderNetwork renders and the operator applies (NADs are the multus-config
@@ -87,15 +88,88 @@ impl std::fmt::Display for ChildKey {
     }
 }
 
+/// A rendered object, typed: serialized straight into the hasher and into the apply request, and
+/// turned into a JSON tree only when it must be compared field by field with a live object. Boxed:
+/// the kinds differ a lot in size and a topology holds thousands of these at once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ChildObject {
+    /// A SpiderReservedIP.
+    ReservedIp(Box<SpiderReservedIP>),
+    /// A SpiderIPPool.
+    IpPool(Box<SpiderIPPool>),
+    /// A SpiderMultusConfig.
+    MultusConfig(Box<SpiderMultusConfig>),
+    /// A SpiderInterfaceTask.
+    InterfaceTask(Box<SpiderInterfaceTask>),
+}
+
+impl ChildObject {
+    /// Its metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            ChildObject::ReservedIp(o) => &o.metadata,
+            ChildObject::IpPool(o) => &o.metadata,
+            ChildObject::MultusConfig(o) => &o.metadata,
+            ChildObject::InterfaceTask(o) => &o.metadata,
+        }
+    }
+
+    /// Its metadata, to give it owners and strip tracking labels.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            ChildObject::ReservedIp(o) => &mut o.metadata,
+            ChildObject::IpPool(o) => &mut o.metadata,
+            ChildObject::MultusConfig(o) => &mut o.metadata,
+            ChildObject::InterfaceTask(o) => &mut o.metadata,
+        }
+    }
+
+    /// Which kind it is.
+    pub fn kind(&self) -> ChildKind {
+        match self {
+            ChildObject::ReservedIp(_) => ChildKind::ReservedIp,
+            ChildObject::IpPool(_) => ChildKind::IpPool,
+            ChildObject::MultusConfig(_) => ChildKind::MultusConfig,
+            ChildObject::InterfaceTask(_) => ChildKind::InterfaceTask,
+        }
+    }
+
+    /// Drops any status: the status belongs to whoever fills it in, never to the rendering.
+    pub fn clear_status(&mut self) {
+        match self {
+            ChildObject::IpPool(o) => o.status = None,
+            ChildObject::InterfaceTask(o) => o.status = None,
+            // These kinds have no status.
+            ChildObject::ReservedIp(_) | ChildObject::MultusConfig(_) => {}
+        }
+    }
+
+    /// Sets [`diff::ANNOTATION_RENDERED_HASH`] and returns the hash ([`diff::stamp_hash`]).
+    pub fn stamp_hash(&mut self) -> Result<RenderedHash, serde_json::Error> {
+        match self {
+            ChildObject::ReservedIp(o) => diff::stamp_hash(o.as_mut()),
+            ChildObject::IpPool(o) => diff::stamp_hash(o.as_mut()),
+            ChildObject::MultusConfig(o) => diff::stamp_hash(o.as_mut()),
+            ChildObject::InterfaceTask(o) => diff::stamp_hash(o.as_mut()),
+        }
+    }
+
+    /// The object as a JSON tree, for [`diff::contains`].
+    fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 /// One rendered child, ready to apply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredChild {
     /// Which object.
     pub key: ChildKey,
     /// The whole object as applied (apiVersion, kind, metadata, spec), hash annotation included.
-    pub object: Value,
-    /// [`diff::rendered_hash`] of the object.
-    pub hash: String,
+    pub object: ChildObject,
+    /// [`RenderedHash`] of the object without its hash annotation.
+    pub hash: RenderedHash,
     /// Spec path the object comes from (for problems), e.g. `spec.racks[0].ranges[1]`.
     pub source: String,
     /// Addresses a pool hands out (`ips` minus `excludeIPs`); pools only.
@@ -166,13 +240,13 @@ impl LiveObject {
 #[derive(Debug, Default, Clone)]
 pub struct RecentWrites {
     /// Objects applied: the resourceVersion the API server answered and the hash applied.
-    pub applied: HashMap<ChildKey, (u64, String)>,
+    pub applied: HashMap<ChildKey, (u64, RenderedHash)>,
     /// Objects deleted, by UID.
     pub deleted: HashMap<ChildKey, String>,
     /// Objects known to hold a rendering: resourceVersion and hash. An object still at that
     /// resourceVersion is unchanged, so it is not compared field by field again (which would mean
     /// serializing every child on every reconcile: seconds for 16,000 pools).
-    pub verified: HashMap<ChildKey, (u64, String)>,
+    pub verified: HashMap<ChildKey, (u64, RenderedHash)>,
 }
 
 impl RecentWrites {
@@ -341,12 +415,12 @@ fn up_to_date(child: &DesiredChild, current: &LiveObject, recent: &mut RecentWri
     {
         return *verified_hash == child.hash;
     }
-    let same = diff::live_hash(meta.annotations.as_ref()) == Some(child.hash.as_str())
-        && diff::contains(&current.to_json(), &child.object);
+    // Not seen at this resourceVersion: someone else may have edited it, so compare field by field
+    // (only here are JSON trees built).
+    let same = diff::live_hash(meta) == Some(child.hash)
+        && diff::contains(&current.to_json(), &child.object.to_json());
     if same && let Some(live_rv) = live_rv {
-        recent
-            .verified
-            .insert(child.key.clone(), (live_rv, child.hash.clone()));
+        recent.verified.insert(child.key.clone(), (live_rv, child.hash));
     }
     same
 }
@@ -463,8 +537,8 @@ mod tests {
     }
 
     fn desired(pool: &SpiderIPPool) -> DesiredChild {
-        let mut object = serde_json::to_value(pool).unwrap();
-        let hash = diff::stamp_hash(&mut object);
+        let mut object = ChildObject::IpPool(Box::new(pool.clone()));
+        let hash = object.stamp_hash().unwrap();
         DesiredChild {
             key: ChildKey {
                 kind: ChildKind::IpPool,
@@ -480,7 +554,10 @@ mod tests {
 
     /// What the API server would hold after applying `child`: the object plus server metadata.
     fn applied(child: &DesiredChild, rv: u64) -> SpiderIPPool {
-        let mut pool: SpiderIPPool = serde_json::from_value(child.object.clone()).unwrap();
+        let ChildObject::IpPool(object) = &child.object else {
+            unreachable!("pools only")
+        };
+        let mut pool = object.as_ref().clone();
         pool.metadata.uid = Some(format!("uid-{}", child.key.name));
         pool.metadata.resource_version = Some(rv.to_string());
         pool.spec.default = Some(false);
@@ -526,7 +603,7 @@ mod tests {
         let new = desired(&pool("a", &["10.0.0.1-10.0.0.20"]));
         let live = live_of(vec![LiveObject::IpPool(Arc::new(applied(&old, 5)))]);
         let mut recent = RecentWrites::default();
-        recent.applied.insert(new.key.clone(), (9, new.hash.clone()));
+        recent.applied.insert(new.key.clone(), (9, new.hash));
         assert_eq!(plan("t", vec![new.clone()], &live, &mut recent).writes(), 0);
         // Once the cache shows rv 9 the entry is dropped and the live object itself is compared.
         let caught_up = live_of(vec![LiveObject::IpPool(Arc::new(applied(&new, 9)))]);
@@ -540,7 +617,7 @@ mod tests {
         let mut recent = RecentWrites::default();
         let live = live_of(vec![LiveObject::IpPool(Arc::new(applied(&a, 5)))]);
         assert_eq!(plan("t", vec![a.clone()], &live, &mut recent).writes(), 0);
-        assert_eq!(recent.verified.get(&a.key), Some(&(5, a.hash.clone())));
+        assert_eq!(recent.verified.get(&a.key), Some(&(5, a.hash)));
         // An edit by someone else gives a new resourceVersion, so it is compared (and reverted).
         let mut edited = applied(&a, 6);
         edited.spec.ips = vec!["10.0.0.1".into()];
@@ -557,6 +634,55 @@ mod tests {
         let plan = plan("t", vec![a], &live, &mut RecentWrites::default());
         // The live pool has fewer addresses than rendered: it gains, so phase 2.
         assert_eq!(plan.phases[2].len(), 1);
+    }
+
+    #[test]
+    fn hand_edits_of_rendered_fields_and_of_the_stamp_are_repaired() {
+        let a = desired(&pool("a", &["10.0.0.1-10.0.0.9"]));
+        let mut recent = RecentWrites::default();
+        let untouched = live_of(vec![LiveObject::IpPool(Arc::new(applied(&a, 5)))]);
+        assert_eq!(plan("t", vec![a.clone()], &untouched, &mut recent).writes(), 0);
+
+        let mut relabelled = applied(&a, 6);
+        relabelled
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(LABEL_TOPOLOGY.to_string(), "t".to_string());
+        relabelled
+            .metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert("extra".to_string(), "kept".to_string());
+        let mut resubnetted = applied(&a, 7);
+        resubnetted.spec.subnet = "10.0.0.0/16".into();
+        let mut unstamped = applied(&a, 8);
+        unstamped.metadata.annotations = None;
+        let mut restamped = applied(&a, 9);
+        restamped
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                diff::ANNOTATION_RENDERED_HASH.to_string(),
+                "0123456789abcdef".to_string(),
+            );
+        for (edit, expected_writes) in [
+            // Labels added by others are fine: not ours to remove.
+            (relabelled, 0),
+            (resubnetted, 1),
+            (unstamped, 1),
+            (restamped, 1),
+        ] {
+            let live = live_of(vec![LiveObject::IpPool(Arc::new(edit.clone()))]);
+            let mut recent = recent.clone();
+            assert_eq!(
+                plan("t", vec![a.clone()], &live, &mut recent).writes(),
+                expected_writes,
+                "{:?}",
+                edit.metadata
+            );
+        }
     }
 
     #[test]
@@ -630,8 +756,8 @@ mod tests {
     fn reserved_ips_come_first_and_go_last() {
         let mut reserved = SpiderReservedIP::new("r", SpiderReservedIPSpec::default());
         reserved.metadata.labels = labels("t");
-        let mut object = serde_json::to_value(&reserved).unwrap();
-        let hash = diff::stamp_hash(&mut object);
+        let mut object = ChildObject::ReservedIp(Box::new(reserved.clone()));
+        let hash = object.stamp_hash().unwrap();
         let child = DesiredChild {
             key: ChildKey {
                 kind: ChildKind::ReservedIp,
