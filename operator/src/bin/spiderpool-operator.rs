@@ -40,6 +40,12 @@ use spiderpool_schema::{
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+/// mimalloc rather than glibc's malloc: a reconcile of a large topology makes and drops tens of
+/// thousands of small objects, and glibc's malloc and free took about 40% of its CPU time (see
+/// `operator/benches/reconcile_large.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The spiderpool operator: controllers behind a leader Lease, health and metrics endpoints.
 #[derive(Debug, Parser)]
 #[command(name = "spiderpool-operator", version, about)]
