@@ -53,6 +53,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 struct Phase {
     total: Duration,
     latencies: Vec<Duration>,
+    /// The slowest call of each tenth of the pods, in pod order (open loop: arrival order).
+    slowest_by_tenth: Vec<Duration>,
     failures: Vec<String>,
     ips: Vec<String>,
 }
@@ -131,21 +133,26 @@ fn run_phase_open(
     collect(workers, started)
 }
 
-fn collect(
-    workers: Vec<std::thread::JoinHandle<Vec<(String, Result<ipam::PluginRun>)>>>,
-    started: Instant,
-) -> Phase {
+/// One worker thread's runs: each pod's name with the plugin's outcome.
+type Worker = std::thread::JoinHandle<Vec<(String, Result<ipam::PluginRun>)>>;
+
+fn collect(workers: Vec<Worker>, started: Instant) -> Phase {
     let mut phase = Phase {
         total: Duration::ZERO,
         latencies: Vec::new(),
+        slowest_by_tenth: Vec::new(),
         failures: Vec::new(),
         ips: Vec::new(),
     };
+    let mut in_order: Vec<(usize, Duration)> = Vec::new();
     for worker in workers {
         for (name, result) in worker.join().unwrap() {
             match result {
                 Ok(run) if run.success => {
                     phase.latencies.push(run.elapsed);
+                    if let Some(index) = name.strip_prefix("pod-").and_then(|i| i.parse().ok()) {
+                        in_order.push((index, run.elapsed));
+                    }
                     if let Some(ip) = ipam::result_ip(&run.output) {
                         phase.ips.push(ip);
                     }
@@ -157,6 +164,12 @@ fn collect(
     }
     phase.total = started.elapsed();
     phase.latencies.sort();
+    in_order.sort();
+    let tenth = in_order.len().div_ceil(10).max(1);
+    phase.slowest_by_tenth = in_order
+        .chunks(tenth)
+        .map(|chunk| chunk.iter().map(|(_, d)| *d).max().unwrap_or_default())
+        .collect();
     phase
 }
 
@@ -202,6 +215,15 @@ fn report(
         pool_writes / pods as f64,
         conflicts,
         handouts,
+    );
+    let tenths: Vec<String> = phase
+        .slowest_by_tenth
+        .iter()
+        .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+        .collect();
+    println!(
+        "  slowest {label} (ms) in each tenth of the pods: {}",
+        tenths.join(" ")
     );
 }
 
