@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -21,6 +21,7 @@ use serde_json::json;
 use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
 use spiderpool_operator::controller::reclaim::{self, ReclaimConfig};
 use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
+use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool, SpiderIPPoolSpec};
 use spiderpool_tests::{TestCluster, TestNamespace, init_tracing};
 
@@ -327,7 +328,45 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     })
     .await?;
 
-    // Counts follow, and metrics saw it.
+    // Node agents' reservations: one of a node that exists stays (its agent gives it back or hands
+    // it out); one of a node that is gone is released, since no agent ever will.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let live_node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "reclaim-live-node"}
+    }))?;
+    let _ = nodes.create(&PostParams::default(), &live_node).await;
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    ippool::update_allocations(&api, POOL, |records| {
+        records.insert(
+            "10.99.0.40".into(),
+            PoolIPAllocation::reserved_for("reclaim-live-node"),
+        );
+        records.insert(
+            "10.99.0.41".into(),
+            PoolIPAllocation::reserved_for("reclaim-gone-node"),
+        );
+        (true, ())
+    })
+    .await?;
+    eventually("the reservation of the gone node released", || async {
+        Ok(record_of(&client, "10.99.0.41").await?.is_none().then_some(()))
+    })
+    .await?;
+    let report = reclaim::scan_all(&client, &config).await?;
+    ensure!(
+        report.released.iter().all(|r| r.1 != "10.99.0.40"),
+        "scan released the reservation of a live node: {report:?}"
+    );
+    ensure!(
+        record_of(&client, "10.99.0.40").await?.is_some(),
+        "the reservation of a live node was released"
+    );
+    ensure!(
+        metrics.released_total(reclaim::decide::ReleaseReason::NodeGone) >= 1,
+        "node_gone release not counted"
+    );
+
+    // Counts follow (a reservation is not an allocated address), and metrics saw it.
     eventually("pool count 0", || async {
         let p = pools.get(POOL).await?;
         Ok((p.status.unwrap_or_default().allocated_ip_count == Some(0)).then_some(()))
@@ -347,5 +386,8 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     pool_counts.abort();
     ns.delete().await?;
     pools.delete(POOL, &DeleteParams::default()).await?;
+    nodes
+        .delete("reclaim-live-node", &DeleteParams::default())
+        .await?;
     Ok(())
 }

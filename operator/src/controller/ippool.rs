@@ -368,7 +368,8 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             None
         }
     };
-    let allocated = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    // Node agents' reservations are in the records but are not addresses held by pods.
+    let allocated = i64::try_from(spiderpool_schema::ippool::count_held(&records)).unwrap_or(i64::MAX);
     if let Some(patch) = count_patch(&pool, total, allocated) {
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -36,7 +36,7 @@ use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool};
 use tokio::sync::Mutex;
 
 use self::decide::{
-    EndpointFacts, GcFlags, Phase, PodFacts, Record, StatefulSetFacts, Verdict, World, decide,
+    EndpointFacts, GcFlags, Phase, PodFacts, Record, Reservation, StatefulSetFacts, Verdict, World, decide,
     outdated_endpoints,
 };
 use super::cache::SharedCache;
@@ -175,6 +175,73 @@ fn records_of(pool: &SpiderIPPool) -> Vec<Record> {
             })
         })
         .collect()
+}
+
+/// The node agents' reservations of a pool (records that [`records_of`] leaves out).
+fn reservations_of(pool: &SpiderIPPool) -> Vec<Reservation> {
+    let name = pool.name_any();
+    let Some(Ok(allocations)) = pool.status.as_ref().map(|s| s.allocations()) else {
+        return Vec::new();
+    };
+    allocations
+        .into_iter()
+        .filter_map(|(ip, holder)| {
+            Some(Reservation {
+                pool: name.clone(),
+                ip,
+                node: holder.reservation()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Removes reservations of nodes that are gone, pool by pool, each only if the pool still shows it
+/// reserved for the same node.
+async fn release_reservations(
+    client: &Client,
+    config: &ReclaimConfig,
+    stale: Vec<Reservation>,
+    report: &mut ReclaimReport,
+) -> Result<(), ReclaimError> {
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut by_pool: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
+    for reservation in stale {
+        by_pool
+            .entry(reservation.pool.clone())
+            .or_default()
+            .push(reservation);
+    }
+    for (pool, reservations) in by_pool {
+        let removed = update_allocations(&pools, &pool, |records| {
+            let mut removed = Vec::new();
+            for r in &reservations {
+                if records.get(&r.ip).and_then(|h| h.reservation()) == Some(r.node.as_str()) {
+                    records.remove(&r.ip);
+                    removed.push(r.clone());
+                }
+            }
+            (!removed.is_empty(), removed)
+        })
+        .await?
+        .unwrap_or_default();
+        for r in removed {
+            tracing::info!(pool = %r.pool, ip = %r.ip, node = %r.node, reason = "node_gone", "released a reservation of a node that no longer exists");
+            config
+                .metrics
+                .released
+                .get_or_create(&ReasonLabel {
+                    reason: decide::ReleaseReason::NodeGone.as_str().to_string(),
+                })
+                .inc();
+            report.released.push((
+                r.pool,
+                r.ip,
+                format!("node {}", r.node),
+                decide::ReleaseReason::NodeGone.as_str(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn pod_facts(pod: &Pod) -> PodFacts {
@@ -500,16 +567,25 @@ enum Pools {
 
 async fn scan(client: &Client, config: &ReclaimConfig, pools: &Pools) -> Result<ReclaimReport, ReclaimError> {
     config.metrics.runs.inc();
-    let records: Vec<Record> = match pools {
+    let (records, reservations): (Vec<Record>, Vec<Reservation>) = match pools {
         Pools::List => {
             let api: Api<SpiderIPPool> = Api::all(client.clone());
             let list = api
                 .list(&ListParams::default())
                 .await
                 .map_err(kube_err("listing pools"))?;
-            list.iter().flat_map(records_of).collect()
+            (
+                list.iter().flat_map(records_of).collect(),
+                list.iter().flat_map(reservations_of).collect(),
+            )
         }
-        Pools::Cache(store) => store.state().iter().flat_map(|pool| records_of(pool)).collect(),
+        Pools::Cache(store) => {
+            let state = store.state();
+            (
+                state.iter().flat_map(|pool| records_of(pool)).collect(),
+                state.iter().flat_map(|pool| reservations_of(pool)).collect(),
+            )
+        }
     };
     let world = observe(client, config, None).await?;
     let now = Timestamp::now();
@@ -522,7 +598,12 @@ async fn scan(client: &Client, config: &ReclaimConfig, pools: &Pools) -> Result<
     } else {
         Vec::new()
     };
-    let report = apply(client, config, verdicts, outdated).await?;
+    let mut report = apply(client, config, verdicts, outdated).await?;
+    let stale: Vec<Reservation> = reservations
+        .into_iter()
+        .filter(|r| decide::release_reservation(r, &world))
+        .collect();
+    release_reservations(client, config, stale, &mut report).await?;
     tracing::debug!(
         records = records.len(),
         released = report.released.len(),

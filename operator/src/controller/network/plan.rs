@@ -465,14 +465,14 @@ fn push_apply(plan: &mut Plan, child: DesiredChild, current: Option<&LiveObject>
     plan.phases[phase].push(Write::Apply(child));
 }
 
-/// `ip -> pod` of a pool's `status.allocatedIPs`. An unreadable value counts as one allocation, so the
+/// `ip -> holder` (`pod <ns>/<name>` or a node's reservation) of a pool's `status.allocatedIPs`. An unreadable value counts as one allocation, so the
 /// pool is treated as in use (the safe reading).
 fn allocated_ips(pool: &SpiderIPPool) -> Vec<(String, String)> {
     let Some(status) = &pool.status else {
         return Vec::new();
     };
     match status.allocations() {
-        Ok(map) => map.into_iter().map(|(ip, a)| (ip, a.pod)).collect(),
+        Ok(map) => map.into_iter().map(|(ip, a)| (ip, a.describe())).collect(),
         Err(e) => vec![("status.allocatedIPs".to_string(), format!("unreadable: {e}"))],
     }
 }
@@ -481,7 +481,7 @@ fn describe(allocated: &[(String, String)]) -> String {
     let mut text: Vec<String> = allocated
         .iter()
         .take(10)
-        .map(|(ip, pod)| format!("{ip} (pod {pod})"))
+        .map(|(ip, holder)| format!("{ip} ({holder})"))
         .collect();
     if allocated.len() > 10 {
         text.push(format!("and {} more", allocated.len() - 10));
