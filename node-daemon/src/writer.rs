@@ -119,6 +119,11 @@ impl Default for LeaseTuning {
 
 /// The window over which a node's demand for a pool is counted.
 const DEMAND_WINDOW: Duration = Duration::from_secs(1);
+/// Unused reservations a node keeps while the pool has nothing else free: enough for its next pod or
+/// two. The rest goes back at once, so that nodes waiting for an address get one.
+const TIGHT_KEEP: usize = 2;
+/// How often a node holding unused reservations looks (in its watch cache) whether the pool filled up.
+const TIGHT_CHECK: Duration = Duration::from_millis(50);
 /// After a top-up that got fewer addresses than wanted, wait this long before the next one (the pool
 /// is nearly full; trying again at once would only spin).
 const SHORT_REFILL_PAUSE: Duration = Duration::from_millis(100);
@@ -181,8 +186,10 @@ struct Lease {
     /// When allocations were asked for, within [`DEMAND_WINDOW`].
     demand: VecDeque<Instant>,
     last_demand: Option<Instant>,
-    /// The last written version had nothing free outside reservations.
+    /// The pool has nothing free outside reservations (as last written or seen in the watch cache).
     tight: bool,
+    /// How many addresses the pool may give out, for the spec generation it was counted at.
+    usable_count: Option<(Option<i64>, u128)>,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -291,6 +298,11 @@ impl Lease {
                 tuning.idle_return
             };
             consider(self.last_demand.unwrap_or(now) + idle);
+            if self.tight && self.free.len() > TIGHT_KEEP {
+                consider(now);
+            } else if !self.tight {
+                consider(now + TIGHT_CHECK);
+            }
         }
         if self.ready && self.refill_wanted(now, tuning) {
             consider(self.short_refill.map_or(now, |t| t + SHORT_REFILL_PAUSE));
@@ -300,6 +312,9 @@ impl Lease {
 
     /// A top-up is worth a write of its own: demand continues and half the target is used up.
     fn refill_wanted(&mut self, now: Instant, tuning: &LeaseTuning) -> bool {
+        if self.tight {
+            return false;
+        }
         let target = self.target(now, tuning);
         target > 0 && self.free.len() <= target / 2
     }
@@ -432,6 +447,35 @@ impl PoolWriters {
     }
 }
 
+/// Whether the pool, as the watch cache shows it, has nothing free outside reservations: as many
+/// records as usable addresses. Counting records by their `"podUid"` key avoids decoding the whole
+/// (possibly large) status every time; the usable count is kept per spec generation.
+fn refresh_tight(lease: &mut Lease, pool: &str, stores: &Stores) {
+    let Some(cached) = stores.pool(pool) else { return };
+    let generation = cached.metadata.generation;
+    let usable = match lease.usable_count {
+        Some((counted_at, count)) if counted_at == generation => count,
+        _ => {
+            let Some(family) = pool_family(&cached) else {
+                return;
+            };
+            let reserved = stores.reserved_ips(family);
+            let Ok(usable) = pick::usable_addresses(&cached.spec, family, &reserved) else {
+                return;
+            };
+            let count = usable.len();
+            lease.usable_count = Some((generation, count));
+            count
+        }
+    };
+    let records = cached
+        .status
+        .as_ref()
+        .and_then(|s| s.allocated_ips.as_deref())
+        .map_or(0, |text| text.matches("\"podUid\"").count());
+    lease.tight = u128::try_from(records).unwrap_or(u128::MAX) >= usable;
+}
+
 /// The lowest unused reservation that may be handed out now: the pool's spec has not changed since
 /// the reservations were checked against it (else the writer checks again first), the pool is not
 /// being deleted, and no SpiderReservedIP took the address since.
@@ -460,6 +504,9 @@ async fn run_writer(
         if batch.is_empty() {
             let due = {
                 let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+                if !lease.free.is_empty() {
+                    refresh_tight(&mut lease, &pool, &inner.stores);
+                }
                 lease.next_due(Instant::now(), &inner.tuning)
             };
             let sleep = async {
@@ -620,8 +667,9 @@ fn take_snapshot(
         && lease
             .short_refill
             .is_none_or(|t| now.duration_since(t) >= SHORT_REFILL_PAUSE);
+    let excess_due = lease.tight && lease.free.len() > TIGHT_KEEP;
     let writes_anyway = !batch.is_empty() || force;
-    if !(writes_anyway || return_due || flush_due || refill_due) {
+    if !(writes_anyway || return_due || flush_due || refill_due || excess_due) {
         return Snapshot::default();
     }
     let target = lease.target(now, tuning);
@@ -636,7 +684,12 @@ fn take_snapshot(
     let allocates = batch.iter().any(|r| matches!(r.op, Op::Allocate { .. }));
     if return_due {
         snapshot.returning = std::mem::take(&mut lease.free);
-    } else if refill_due || allocates {
+    } else if excess_due {
+        let keep: BTreeSet<IpAddr> = lease.free.iter().take(TIGHT_KEEP).copied().collect();
+        snapshot.returning = std::mem::replace(&mut lease.free, keep);
+        let kept = lease.free.clone();
+        snapshot.returning.retain(|ip| !kept.contains(ip));
+    } else if !lease.tight && (refill_due || allocates) {
         snapshot.extra_wanted = target.saturating_sub(lease.free.len());
     }
     snapshot

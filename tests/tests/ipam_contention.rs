@@ -55,18 +55,22 @@ async fn ten_daemons_fill_a_pool_exactly_without_duplicates_and_free_it_again() 
         .collect();
     let uids = ipam::create_bare_pods(&client, ns.name(), &names, &json!({})).await?;
 
-    // Every pod's ADD at once: one thread per pod, each running the real plugin binary.
+    // Two pods per node first, so that every node has seen demand (one pod alone reserves nothing)
+    // and reserved a few addresses;
+    // then every other pod's ADD at once, one thread per pod, each running the real plugin binary.
+    // The burst is then served partly from those reservations (asserted below), and the pool runs
+    // out exactly while nodes still hold some: the end-game the reservations must get right.
     let namespace = ns.name().to_owned();
-    let mut handles = Vec::new();
-    for (i, ((name, _node), uid)) in names.iter().zip(&uids).enumerate().take(pods) {
+    let spawn_add = |i: usize| {
         let netconf = ipam::ipam_netconf(
             "contended-net",
             daemons[i % NODES].socket(),
             &["contended"],
             dir.path(),
         );
-        let (plugin, name, uid, namespace) = (plugin.clone(), name.clone(), uid.clone(), namespace.clone());
-        handles.push(std::thread::spawn(move || {
+        let (name, uid) = (names[i].0.clone(), uids[i].clone());
+        let (plugin, namespace) = (plugin.clone(), namespace.clone());
+        std::thread::spawn(move || {
             run_plugin(
                 &plugin,
                 "ADD",
@@ -75,11 +79,19 @@ async fn ten_daemons_fill_a_pool_exactly_without_duplicates_and_free_it_again() 
                 (&namespace, &name, &uid),
                 &netconf,
             )
-        }));
+        })
+    };
+    let first_wave: Vec<_> = (0..2 * NODES).map(spawn_add).collect();
+    let mut runs = Vec::with_capacity(pods);
+    for handle in first_wave {
+        runs.push(handle.join().expect("plugin thread")?);
+    }
+    let burst: Vec<_> = (2 * NODES..pods).map(spawn_add).collect();
+    for handle in burst {
+        runs.push(handle.join().expect("plugin thread")?);
     }
     let mut ips = BTreeSet::new();
-    for (handle, (name, _)) in handles.into_iter().zip(&names) {
-        let run = handle.join().expect("plugin thread")?;
+    for (run, (name, _)) in runs.into_iter().zip(&names) {
         ensure!(run.success, "{name}: ADD failed: {} / {}", run.output, run.stderr);
         let ip =
             ipam::result_ip(&run.output).with_context(|| format!("{name}: no address in {}", run.output))?;
