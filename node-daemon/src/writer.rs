@@ -108,7 +108,7 @@ pub struct LeaseTuning {
 impl Default for LeaseTuning {
     fn default() -> Self {
         LeaseTuning {
-            max_size: 64,
+            max_size: 128,
             flush_idle: Duration::from_millis(200),
             flush_max_age: Duration::from_secs(2),
             idle_return: Duration::from_secs(2),
@@ -190,6 +190,8 @@ struct Lease {
     tight: bool,
     /// How many addresses the pool may give out, for the spec generation it was counted at.
     usable_count: Option<(Option<i64>, u128)>,
+    /// What a top-up could get now, as the watch cache shows the pool (`None`: not known).
+    share_hint: Option<usize>,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -316,7 +318,11 @@ impl Lease {
             return false;
         }
         let target = self.target(now, tuning);
-        target > 0 && self.free.len() <= target / 2
+        target > 0
+            && self.free.len() <= target / 2
+            && self
+                .share_hint
+                .is_none_or(|share| share.min(target - self.free.len()) >= lease::worthwhile_refill(target))
     }
 }
 
@@ -447,10 +453,12 @@ impl PoolWriters {
     }
 }
 
-/// Whether the pool, as the watch cache shows it, has nothing free outside reservations: as many
-/// records as usable addresses. Counting records by their `"podUid"` key avoids decoding the whole
-/// (possibly large) status every time; the usable count is kept per spec generation.
-fn refresh_tight(lease: &mut Lease, pool: &str, stores: &Stores) {
+/// What the watch cache shows of the pool: whether it has nothing free outside reservations (as many
+/// records as usable addresses), and what a top-up of this node could get (its fair share of the
+/// rest). Counting records by their `"podUid"` key and reserving nodes by their `"reservedForNode"`
+/// values avoids decoding the whole (possibly large) status every time; the usable count is kept per
+/// spec generation.
+fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
     let Some(cached) = stores.pool(pool) else { return };
     let generation = cached.metadata.generation;
     let usable = match lease.usable_count {
@@ -468,12 +476,24 @@ fn refresh_tight(lease: &mut Lease, pool: &str, stores: &Stores) {
             count
         }
     };
-    let records = cached
+    let text = cached
         .status
         .as_ref()
         .and_then(|s| s.allocated_ips.as_deref())
-        .map_or(0, |text| text.matches("\"podUid\"").count());
-    lease.tight = u128::try_from(records).unwrap_or(u128::MAX) >= usable;
+        .unwrap_or_default();
+    let records = text.matches("\"podUid\"").count();
+    let free = usable.saturating_sub(u128::try_from(records).unwrap_or(u128::MAX));
+    lease.tight = free == 0;
+    let others: BTreeSet<&str> = text
+        .split("\"reservedForNode\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|name| *name != node)
+        .collect();
+    lease.share_hint = Some(lease::fair_share(
+        usize::try_from(free).unwrap_or(usize::MAX),
+        others.len(),
+    ));
 }
 
 /// The lowest unused reservation that may be handed out now: the pool's spec has not changed since
@@ -504,9 +524,7 @@ async fn run_writer(
         if batch.is_empty() {
             let due = {
                 let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
-                if !lease.free.is_empty() {
-                    refresh_tight(&mut lease, &pool, &inner.stores);
-                }
+                refresh_view(&mut lease, &pool, &inner.node, &inner.stores);
                 lease.next_due(Instant::now(), &inner.tuning)
             };
             let sleep = async {
@@ -789,6 +807,17 @@ async fn round(
         inner.metrics.pool_write(started.elapsed(), batch.len());
         match result {
             Ok(updated) => {
+                tracing::debug!(
+                    pool,
+                    requests = batch.len(),
+                    recorded_handouts = snapshot.converting.len(),
+                    released = snapshot.releasing.len(),
+                    returned = snapshot.returning.len(),
+                    extra_wanted = snapshot.extra_wanted,
+                    reserved = decided.output.reserved.len(),
+                    conflicts,
+                    "pool status written"
+                );
                 let waiting = finish(pool, handle, inner, &updated, snapshot, decided, batch);
                 return (Some(updated), waiting);
             }

@@ -16,7 +16,8 @@
 //!
 //! `cargo bench -p spiderpool-tests --bench ipam_alloc`; knobs: `BENCH_PODS` (1000), `BENCH_NODES` (10),
 //! `BENCH_PARALLEL` (concurrent CNI calls per node, 8), `BENCH_RATE` (unset: closed loop),
-//! `BENCH_RESERVATION` (the daemons' `--node-reservation-size`, default theirs).
+//! `BENCH_RESERVATION` (the daemons' `--node-reservation-size`, default theirs), `BENCH_KEEP_LOGS`
+//! (keep the daemons' logs; `SPIDERPOOL_DAEMON_LOG` sets their filter).
 
 #![allow(
     clippy::print_stdout,
@@ -255,6 +256,9 @@ async fn main() -> Result<()> {
     .await?;
 
     let dir = tempfile::tempdir()?;
+    if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+        println!("daemon logs kept in {}", dir.path().display());
+    }
     let node_names: Vec<String> = (0..nodes).map(|i| format!("bench-node{i}")).collect();
     let daemons: Vec<Daemon> = node_names
         .iter()
@@ -353,6 +357,9 @@ async fn main() -> Result<()> {
         "daemon peak RSS (max of {nodes}): {:.1} MiB",
         peak as f64 / 1024.0
     );
+    if std::env::var_os("BENCH_KEEP_LOGS").is_some() {
+        let _ = dir.keep();
+    }
     ensure!(
         add.failures.is_empty() && del.failures.is_empty(),
         "failures (see above)"

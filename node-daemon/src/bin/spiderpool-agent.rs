@@ -64,7 +64,7 @@ struct Args {
     /// Most unused addresses this node reserves in one shared pool while it is starting pods, so that
     /// its ADDs need no pool write each (node-daemon/README.md, "Concurrency design"); 0 turns
     /// reservations off.
-    #[arg(long, env = "SPIDERPOOL_NODE_RESERVATION_SIZE", default_value_t = 32)]
+    #[arg(long, env = "SPIDERPOOL_NODE_RESERVATION_SIZE", default_value_t = 128)]
     node_reservation_size: usize,
     /// Record addresses handed out from reservations once none was handed out for this long (ms).
     #[arg(

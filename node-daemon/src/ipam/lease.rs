@@ -243,21 +243,31 @@ pub fn reserving_nodes<'r>(
 }
 
 /// How many of `free` addresses one node may reserve while `others` other nodes hold reservations:
-/// half of an even split, so that however the nodes take turns, the last one still finds addresses,
-/// and a nearly full pool is not parked on nodes that may not need it.
+/// an even split, so that however the nodes take turns, each finds about as much as the one before
+/// it (each node's own demand caps what it asks for, and unused reservations go back when it idles
+/// or the pool runs out). Half an even split was tried: a nearly full pool was then handed out in
+/// ever smaller pieces, one write each, and those writes crowded out the ones pods waited for.
 pub fn fair_share(free: usize, others: usize) -> usize {
-    free / (2 * (others + 1))
+    free / (others + 1)
+}
+
+/// The least a top-up of its own must gain to be worth a write: with less on offer, the node keeps
+/// using what it holds, and its next allocation's write (which it needs anyway) takes what is there.
+/// Without this floor, a nearly fully reserved pool is handed out a few addresses per write, and the
+/// many small writes crowd out the ones pods are waiting for.
+pub fn worthwhile_refill(target: usize) -> usize {
+    (target / 4).max(4)
 }
 
 /// How many unused reservations a node should hold, given how many addresses it was asked for in the
 /// last second: none for an occasional pod (its own write records it; a reservation would only cost a
-/// second write to give back), else enough for about four seconds of demand, capped at `max`, so
-/// that a busy node writes the shared pool every couple of seconds rather than for every pod.
+/// second write to give back), else enough for about eight seconds of demand, capped at `max`, so
+/// that a busy node writes the shared pool every few seconds rather than for every pod.
 pub fn target_size(recent_demand: usize, max: usize) -> usize {
     if recent_demand <= 1 {
         0
     } else {
-        (4 * recent_demand).min(max)
+        (8 * recent_demand).min(max)
     }
 }
 
@@ -459,9 +469,9 @@ mod tests {
             })
             .collect();
         let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
-        // 36 free, 4 other reserving nodes: 36 / 10 = 3.
+        // 36 free, 4 other reserving nodes: 36 / 5 = 7.
         let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &[], 32));
-        assert_eq!(out.reserved.len(), 3);
+        assert_eq!(out.reserved.len(), 7);
         let kept = out.reserved;
         let capped = RoundInput {
             max_records: records.len() + 1,
@@ -517,11 +527,13 @@ mod tests {
     fn target_size_grows_with_demand() {
         assert_eq!(target_size(0, 32), 0);
         assert_eq!(target_size(1, 32), 0);
-        assert_eq!(target_size(5, 32), 20);
+        assert_eq!(target_size(3, 32), 24);
         assert_eq!(target_size(100, 32), 32);
-        assert_eq!(fair_share(100, 0), 50);
-        assert_eq!(fair_share(100, 4), 10);
-        assert_eq!(fair_share(3, 9), 0);
+        assert_eq!(fair_share(100, 0), 100);
+        assert_eq!(fair_share(100, 4), 20);
+        assert_eq!(fair_share(9, 9), 0);
+        assert_eq!(worthwhile_refill(8), 4);
+        assert_eq!(worthwhile_refill(128), 32);
     }
 
     /// One simulated node agent: its view of its own reservations.
