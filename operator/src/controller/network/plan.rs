@@ -465,8 +465,8 @@ fn push_apply(plan: &mut Plan, child: DesiredChild, current: Option<&LiveObject>
     plan.phases[phase].push(Write::Apply(child));
 }
 
-/// `ip -> holder` (`pod <ns>/<name>` or a node's reservation) of a pool's `status.allocatedIPs`. An unreadable value counts as one allocation, so the
-/// pool is treated as in use (the safe reading).
+/// `ip -> holder` (`pod <ns>/<name>` or a node's reservation) of a pool's `status.allocatedIPs`. An
+/// unreadable value counts as one allocation, so the pool is treated as in use (the safe reading).
 fn allocated_ips(pool: &SpiderIPPool) -> Vec<(String, String)> {
     let Some(status) = &pool.status else {
         return Vec::new();
