@@ -334,9 +334,13 @@ impl Allocator {
         // exists (a retried ADD, the pod's next interface, a stale endpoint of an earlier pod of the
         // same name). Sticky pods usually have one, so it is read first.
         let mut optimistic = !stickiness.is_sticky();
+        // The endpoint as read after an optimistic create found one (not read a second time).
+        let mut in_hand: Option<Option<SpiderEndpoint>> = None;
         loop {
             let existing = if optimistic {
                 None
+            } else if let Some(read) = in_hand.take() {
+                read
             } else {
                 endpoints
                     .get_opt(&endpoint_name)
@@ -410,6 +414,7 @@ impl Allocator {
                         })
                         .collect();
                     self.take_back(&pod_uid, &unrecorded).await;
+                    in_hand = Some(existing);
                     optimistic = false;
                 }
                 Err(e) => {

@@ -162,6 +162,15 @@ struct Handle {
     wake: Notify,
 }
 
+impl Handle {
+    /// The lease, locked (a poisoned lock is used as it is, as everywhere in this daemon).
+    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
+        self.lease
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// This node's reservations in one pool, shared by [`PoolWriters::submit`] and the writer task.
 #[derive(Default)]
 struct Lease {
@@ -192,6 +201,8 @@ struct Lease {
     usable_count: Option<(Option<i64>, u128)>,
     /// What a top-up could get now, as the watch cache shows the pool (`None`: not known).
     share_hint: Option<usize>,
+    /// The pool version `tight` and `share_hint` were last read from in the watch cache.
+    viewed_version: Option<String>,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -439,7 +450,7 @@ impl PoolWriters {
     /// The fast path ([`Lease::answer`]).
     fn serve_at_once(&self, pool: &str, handle: &Handle, op: &Op) -> Option<Outcome> {
         let now = Instant::now();
-        let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = handle.lease();
         if matches!(op, Op::Allocate { .. }) {
             lease.note_demand(now);
         }
@@ -456,10 +467,15 @@ impl PoolWriters {
 /// What the watch cache shows of the pool: whether it has nothing free outside reservations (as many
 /// records as usable addresses), and what a top-up of this node could get (its fair share of the
 /// rest). Counting records by their `"podUid"` key and reserving nodes by their `"reservedForNode"`
-/// values avoids decoding the whole (possibly large) status every time; the usable count is kept per
-/// spec generation.
+/// values avoids decoding the whole (possibly large) status; the usable count is kept per spec
+/// generation, and nothing is read again until the cache holds another version (the writer wakes for
+/// every handout, and most of those find the pool as it was).
 fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
     let Some(cached) = stores.pool(pool) else { return };
+    if cached.metadata.resource_version.is_some() && lease.viewed_version == cached.metadata.resource_version
+    {
+        return;
+    }
     let generation = cached.metadata.generation;
     let usable = match lease.usable_count {
         Some((counted_at, count)) if counted_at == generation => count,
@@ -494,6 +510,7 @@ fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
         usize::try_from(free).unwrap_or(usize::MAX),
         others.len(),
     ));
+    lease.viewed_version.clone_from(&cached.metadata.resource_version);
 }
 
 /// The lowest unused reservation that may be handed out now: the pool's spec has not changed since
@@ -523,7 +540,7 @@ async fn run_writer(
         let mut batch = std::mem::take(&mut waiting);
         if batch.is_empty() {
             let due = {
-                let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+                let mut lease = handle.lease();
                 refresh_view(&mut lease, &pool, &inner.node, &inner.stores);
                 lease.next_due(Instant::now(), &inner.tuning)
             };
@@ -595,7 +612,7 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         );
     }
     let (handed, unused) = recovered;
-    let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lease = handle.lease();
     lease.holders = lease::holders(&records);
     let now = Instant::now();
     for (ip, holder) in handed {
@@ -664,7 +681,7 @@ fn take_snapshot(
 ) -> Snapshot {
     let now = Instant::now();
     let tuning = &inner.tuning;
-    let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lease = handle.lease();
     serve_from_lease(pool, &mut lease, batch, inner, now);
 
     let idle = if lease.tight {
@@ -743,12 +760,7 @@ async fn round(
     inner: &Inner,
 ) -> (Option<SpiderIPPool>, Vec<Request>) {
     // The first round after recovery checks the recovered reservations against the pool's spec.
-    let force = handle
-        .lease
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .generation
-        .is_none();
+    let force = handle.lease().generation.is_none();
     let mut snapshot = take_snapshot(pool, handle, &mut batch, inner, force);
     if batch.is_empty() && snapshot.is_empty() && !force {
         return (latest, Vec::new());
@@ -898,7 +910,7 @@ fn prepare(
     let before = records.clone();
 
     let kept = {
-        let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = handle.lease();
         let unusable: Vec<IpAddr> = lease
             .free
             .iter()
@@ -965,7 +977,7 @@ fn finish(
 ) -> Vec<Request> {
     let now = Instant::now();
     {
-        let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = handle.lease();
         let got = decided.output.reserved.len();
         lease.free.extend(decided.output.reserved.iter().copied());
         let mut holders = lease::holders(&decided.records);
@@ -1012,7 +1024,7 @@ fn finish(
 /// NOT offered again: an earlier attempt of the round may have been applied without an answer, so
 /// they are only trusted again once a successful round finds them still reserved for this node.
 fn restore(handle: &Handle, snapshot: Snapshot) {
-    let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lease = handle.lease();
     let now = Instant::now();
     for (ip, holder) in snapshot.converting {
         lease.hand_out(ip, holder, now);
@@ -1026,7 +1038,7 @@ fn restore(handle: &Handle, snapshot: Snapshot) {
 /// The pool is gone: every request fails and the lease is empty.
 fn pool_gone(pool: &str, batch: Vec<Request>, handle: &Handle) {
     answer_all(batch, |_| Err(WriteError::PoolGone(pool.to_owned())));
-    let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lease = handle.lease();
     lease.free.clear();
     lease.handed.clear();
     lease.releasing.clear();
@@ -1071,7 +1083,7 @@ fn merge_queued(
         return;
     }
     {
-        let mut lease = handle.lease.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lease = handle.lease();
         serve_from_lease(pool, &mut lease, &mut more, inner, Instant::now());
     }
     batch.extend(more);
