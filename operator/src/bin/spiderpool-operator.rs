@@ -243,13 +243,9 @@ async fn run(args: Args) -> Result<()> {
             &pools,
         )
         .boxed(),
-        async move {
-            pools.run().await;
-            anyhow::bail!("the shared SpiderIPPool watch ended")
-        }
-        .boxed(),
     ];
-    let work = async move { futures::future::try_join_all(controllers).await.map(|_| ()) };
+    let work =
+        pools.run_alongside(async move { futures::future::try_join_all(controllers).await.map(|_| ()) });
 
     ready.store(true, Ordering::SeqCst);
     info!(%identity, namespace = %args.namespace, lease = %args.lease_name, "waiting for the leader Lease");

@@ -15,6 +15,7 @@
 //! events (and the store).
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::channel::mpsc;
@@ -97,6 +98,16 @@ where
     pub fn subscribe_objects(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
         self.subscribe()
             .filter_map(|event| futures::future::ready(event.object().cloned()))
+    }
+
+    /// Drives the cache while `work` (controllers subscribed to it) runs, until `work` ends; the
+    /// watch ending first is an error.
+    pub async fn run_alongside(self, work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+        let kind = K::kind(&()).into_owned();
+        tokio::select! {
+            () = self.run() => anyhow::bail!("the {kind} watch ended"),
+            result = work => result,
+        }
     }
 
     /// Watches, fills the store and tells the subscribers, until the watch ends (it does not on its

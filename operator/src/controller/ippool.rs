@@ -395,10 +395,7 @@ fn error_policy(_pool: Arc<SpiderIPPool>, error: &PoolError, ctx: Arc<Context>) 
 pub async fn run(client: Client, config: IPPoolControllerConfig) -> anyhow::Result<()> {
     let pools = SharedCache::<SpiderIPPool>::new(&client);
     let controller = run_shared(client, config, &pools);
-    tokio::select! {
-        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
-        result = controller => result,
-    }
+    pools.run_alongside(controller).await
 }
 
 /// [`run`] on a pool cache shared with other controllers (the caller drives the cache).

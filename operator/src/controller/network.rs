@@ -230,10 +230,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
 pub async fn run_with(client: Client, metrics: Arc<Metrics>, options: Options) -> anyhow::Result<()> {
     let pools = SharedCache::<SpiderIPPool>::new(&client);
     let controller = run_shared(client, metrics, options, &pools);
-    tokio::select! {
-        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
-        result = controller => result,
-    }
+    pools.run_alongside(controller).await
 }
 
 /// [`run_with`] on a pool cache shared with other controllers (the caller drives the cache).

@@ -116,6 +116,15 @@ impl GcMetrics {
         sub.register("failures", "Failed reclaim steps", self.failures.clone());
     }
 
+    /// Counts one released address.
+    fn count_release(&self, reason: decide::ReleaseReason) {
+        self.released
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+    }
+
     /// Addresses released so far for one reason.
     pub fn released_total(&self, reason: decide::ReleaseReason) -> u64 {
         self.released
@@ -158,41 +167,34 @@ pub struct ReclaimReport {
 }
 
 fn records_of(pool: &SpiderIPPool) -> Vec<Record> {
+    holdings_of(pool).0
+}
+
+/// A pool's records held by pods, and the node agents' reservations, from one read of its status.
+fn holdings_of(pool: &SpiderIPPool) -> (Vec<Record>, Vec<Reservation>) {
     let name = pool.name_any();
     let Some(Ok(allocations)) = pool.status.as_ref().map(|s| s.allocations()) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    allocations
-        .into_iter()
-        .filter_map(|(ip, holder)| {
-            let (namespace, pod) = holder.pod.split_once('/')?;
-            Some(Record {
+    let (mut records, mut reservations) = (Vec::new(), Vec::new());
+    for (ip, holder) in allocations {
+        if let Some(node) = holder.reservation() {
+            reservations.push(Reservation {
+                pool: name.clone(),
+                ip,
+                node: node.to_owned(),
+            });
+        } else if let Some((namespace, pod)) = holder.pod.split_once('/') {
+            records.push(Record {
                 pool: name.clone(),
                 ip,
                 namespace: namespace.to_string(),
                 name: pod.to_string(),
                 pod_uid: holder.pod_uid,
-            })
-        })
-        .collect()
-}
-
-/// The node agents' reservations of a pool (records that [`records_of`] leaves out).
-fn reservations_of(pool: &SpiderIPPool) -> Vec<Reservation> {
-    let name = pool.name_any();
-    let Some(Ok(allocations)) = pool.status.as_ref().map(|s| s.allocations()) else {
-        return Vec::new();
-    };
-    allocations
-        .into_iter()
-        .filter_map(|(ip, holder)| {
-            Some(Reservation {
-                pool: name.clone(),
-                ip,
-                node: holder.reservation()?.to_owned(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    (records, reservations)
 }
 
 /// Removes reservations of nodes that are gone, pool by pool, each only if the pool still shows it
@@ -226,13 +228,7 @@ async fn release_reservations(
         .unwrap_or_default();
         for r in removed {
             tracing::info!(pool = %r.pool, ip = %r.ip, node = %r.node, reason = "node_gone", "released a reservation of a node that no longer exists");
-            config
-                .metrics
-                .released
-                .get_or_create(&ReasonLabel {
-                    reason: decide::ReleaseReason::NodeGone.as_str().to_string(),
-                })
-                .inc();
+            config.metrics.count_release(decide::ReleaseReason::NodeGone);
             report.released.push((
                 r.pool,
                 r.ip,
@@ -468,13 +464,7 @@ async fn apply(
                         reason = reason.as_str(),
                         "released address"
                     );
-                    config
-                        .metrics
-                        .released
-                        .get_or_create(&ReasonLabel {
-                            reason: reason.as_str().to_string(),
-                        })
-                        .inc();
+                    config.metrics.count_release(reason);
                     report.released.push((
                         record.pool,
                         record.ip,
@@ -567,26 +557,21 @@ enum Pools {
 
 async fn scan(client: &Client, config: &ReclaimConfig, pools: &Pools) -> Result<ReclaimReport, ReclaimError> {
     config.metrics.runs.inc();
-    let (records, reservations): (Vec<Record>, Vec<Reservation>) = match pools {
+    let (records, reservations): (Vec<Vec<Record>>, Vec<Vec<Reservation>>) = match pools {
         Pools::List => {
             let api: Api<SpiderIPPool> = Api::all(client.clone());
             let list = api
                 .list(&ListParams::default())
                 .await
                 .map_err(kube_err("listing pools"))?;
-            (
-                list.iter().flat_map(records_of).collect(),
-                list.iter().flat_map(reservations_of).collect(),
-            )
+            list.iter().map(holdings_of).unzip()
         }
-        Pools::Cache(store) => {
-            let state = store.state();
-            (
-                state.iter().flat_map(|pool| records_of(pool)).collect(),
-                state.iter().flat_map(|pool| reservations_of(pool)).collect(),
-            )
-        }
+        Pools::Cache(store) => store.state().iter().map(|pool| holdings_of(pool)).unzip(),
     };
+    let (records, reservations): (Vec<Record>, Vec<Reservation>) = (
+        records.into_iter().flatten().collect(),
+        reservations.into_iter().flatten().collect(),
+    );
     let world = observe(client, config, None).await?;
     let now = Timestamp::now();
     let verdicts: Vec<(Record, Verdict)> = records

@@ -369,10 +369,7 @@ fn pool_shape(pool: &SpiderIPPool) -> u64 {
 pub async fn run(client: Client, config: SubnetControllerConfig) -> anyhow::Result<()> {
     let pools = SharedCache::<SpiderIPPool>::new(&client);
     let controllers = run_shared(client, config, &pools);
-    tokio::select! {
-        () = pools.run() => anyhow::bail!("the SpiderIPPool watch ended"),
-        result = controllers => result,
-    }
+    pools.run_alongside(controllers).await
 }
 
 /// [`run`] on a pool cache shared with other controllers (the caller drives the cache).
