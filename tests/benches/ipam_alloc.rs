@@ -60,6 +60,25 @@ struct Phase {
     ips: Vec<String>,
 }
 
+/// One CNI call of the real plugin for pod `name` (container `c-<name>`, interface eth0).
+fn call(
+    plugin: &std::path::Path,
+    command: &str,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    netconf: &serde_json::Value,
+) -> Result<ipam::PluginRun> {
+    run_plugin(
+        plugin,
+        command,
+        &format!("c-{name}"),
+        "eth0",
+        (namespace, name, uid),
+        netconf,
+    )
+}
+
 /// Runs `command` for every pod, `parallel` at a time per node, each node's calls against its daemon.
 fn run_phase(
     command: &'static str,
@@ -83,15 +102,7 @@ fn run_phase(
                 loop {
                     let next = queue.lock().unwrap().pop();
                     let Some((name, uid, _)) = next else { break };
-                    let container = format!("c-{name}");
-                    let result = run_plugin(
-                        &plugin,
-                        command,
-                        &container,
-                        "eth0",
-                        (&namespace, &name, &uid),
-                        &netconf,
-                    );
+                    let result = call(&plugin, command, &namespace, &name, &uid, &netconf);
                     out.push((name, result));
                 }
                 out
@@ -119,15 +130,7 @@ fn run_phase_open(
         let (plugin, namespace, netconf) =
             (plugin.to_path_buf(), namespace.to_owned(), netconfs[node].clone());
         workers.push(std::thread::spawn(move || {
-            let container = format!("c-{name}");
-            let result = run_plugin(
-                &plugin,
-                command,
-                &container,
-                "eth0",
-                (&namespace, &name, &uid),
-                &netconf,
-            );
+            let result = call(&plugin, command, &namespace, &name, &uid, &netconf);
             vec![(name, result)]
         }));
     }
