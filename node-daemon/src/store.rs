@@ -139,6 +139,19 @@ impl Stores {
         self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// How many pods bound to this node, as far as the cache shows, still wait for their network
+    /// ([`awaits_network`]) and hold no address that `has_address` knows of (by UID). A forecast of
+    /// the ADDs to come, for sizing reservations only.
+    pub fn pods_awaiting_network(&self, has_address: impl Fn(&str) -> bool) -> usize {
+        self.pods
+            .state()
+            .iter()
+            .filter(|pod| {
+                awaits_network(pod) && pod.metadata.uid.as_deref().is_some_and(|uid| !has_address(uid))
+            })
+            .count()
+    }
+
     /// This node's labels.
     pub fn node_labels(&self) -> BTreeMap<String, String> {
         self.node
@@ -147,6 +160,19 @@ impl Stores {
             .and_then(|n| n.meta().labels.clone())
             .unwrap_or_default()
     }
+}
+
+/// Whether a pod's sandbox network is presumably still to be set up: it is pending without a pod IP,
+/// not on the host network and not being deleted. (The scheduler binds a pod before its kubelet
+/// creates the sandbox and calls CNI ADD; the pod IP is reported after.)
+pub fn awaits_network(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
+        && status
+            .and_then(|s| s.phase.as_deref())
+            .is_none_or(|p| p == "Pending")
+        && status.and_then(|s| s.pod_ip.as_deref()).is_none_or(str::is_empty)
 }
 
 fn reflect<K>(api: Api<K>, config: watcher::Config) -> Store<K>
@@ -169,4 +195,36 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
+mod tests {
+    use super::*;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn only_pending_pods_without_an_address_await_their_network() {
+        assert!(awaits_network(&pod(
+            serde_json::json!({"metadata": {"name": "a"}})
+        )));
+        assert!(awaits_network(&pod(serde_json::json!({
+            "metadata": {"name": "a"}, "status": {"phase": "Pending"}
+        }))));
+        assert!(!awaits_network(&pod(serde_json::json!({
+            "metadata": {"name": "a"}, "status": {"phase": "Pending", "podIP": "10.0.0.1"}
+        }))));
+        assert!(!awaits_network(&pod(serde_json::json!({
+            "metadata": {"name": "a"}, "status": {"phase": "Running"}
+        }))));
+        assert!(!awaits_network(&pod(serde_json::json!({
+            "metadata": {"name": "a"}, "spec": {"containers": [], "hostNetwork": true}
+        }))));
+        assert!(!awaits_network(&pod(serde_json::json!({
+            "metadata": {"name": "a", "deletionTimestamp": "2026-11-24T00:00:00Z"}
+        }))));
+    }
 }

@@ -5,12 +5,16 @@
 //! Upstream writes the pool status once per allocation with an optimistic update and gives up after
 //! five conflicts (reference 4.2); under contention from many nodes on one pool most attempts lose
 //! and pods fail, and even when they succeed each pod waits for its own write to win. Here:
-//! - **Reservations.** A node that is starting pods reserves a few addresses more than it needs in
-//!   the same write, sized by its recent demand and capped at a share of what is still free. The
-//!   next ADDs take one of them at once ([`PoolWriters::submit`]: no write, no wait), and a later
-//!   background write records them for their pods. Unused reservations go back when the node goes
-//!   idle, sooner when the pool is nearly full. Only this node hands out its reservations, and only
-//!   those that a successful write recorded, so no address is given twice.
+//! - **Reservations.** A node that is starting pods reserves, in the same write, one address for
+//!   each other pod bound to it that still waits for its network (the scheduler binds pods before
+//!   their kubelet asks for addresses, so these are the ADDs to come), capped at an even share of
+//!   what no pod holds ([`lease::target_size`]). The next ADDs take one of them at once
+//!   ([`PoolWriters::submit`]: no write, no wait), and a later background write records them for
+//!   their pods. Unused reservations go back when the node goes idle; when the pool has nothing
+//!   free outside reservations, holdings beyond that same target go back at once
+//!   ([`lease::excess_to_return`]), so the last addresses of a full pool end up where pods still
+//!   wait. Only this node hands out its reservations, and only those that a successful write
+//!   recorded, so no address is given twice.
 //! - **Batching.** Everything else (releases, rebinds, allocations when no reservation is left) queues
 //!   on a channel. The writer takes everything queued, decides it all at once with the pure
 //!   [`lease::decide_round`], and writes the result with ONE merge patch of the status subresource
@@ -44,7 +48,7 @@
 //!   then the operator's reclaim removes them. Meanwhile other nodes wait for them only when nothing
 //!   else is free, and fail with "try again later" at their deadline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,15 +116,13 @@ impl Default for LeaseTuning {
             flush_idle: Duration::from_millis(200),
             flush_max_age: Duration::from_secs(2),
             idle_return: Duration::from_secs(2),
-            tight_return: Duration::from_millis(50),
+            tight_return: Duration::from_millis(500),
         }
     }
 }
 
-/// The window over which a node's demand for a pool is counted.
-const DEMAND_WINDOW: Duration = Duration::from_secs(1);
-/// Unused reservations a node keeps while the pool has nothing else free: enough for its next pod or
-/// two. The rest goes back at once, so that nodes waiting for an address get one.
+/// Unused reservations a node with pods still to come keeps while the pool has nothing else free,
+/// however small its target: enough for its next pod or two ([`lease::excess_to_return`]).
 const TIGHT_KEEP: usize = 2;
 /// How often a node holding unused reservations looks (in its watch cache) whether the pool filled up.
 const TIGHT_CHECK: Duration = Duration::from_millis(50);
@@ -192,16 +194,21 @@ struct Lease {
     /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
     /// the same answer).
     holders: HashMap<String, IpAddr>,
-    /// When allocations were asked for, within [`DEMAND_WINDOW`].
-    demand: VecDeque<Instant>,
+    /// When an allocation was last asked for.
     last_demand: Option<Instant>,
+    /// Pods bound to this node that wait for their network and hold no address of the pool yet
+    /// ([`Stores::pods_awaiting_network`]), as last counted.
+    upcoming: usize,
     /// The pool has nothing free outside reservations (as last written or seen in the watch cache).
     tight: bool,
     /// How many addresses the pool may give out, for the spec generation it was counted at.
     usable_count: Option<(Option<i64>, u128)>,
-    /// What a top-up could get now, as the watch cache shows the pool (`None`: not known).
-    share_hint: Option<usize>,
-    /// The pool version `tight` and `share_hint` were last read from in the watch cache.
+    /// This node's even share of the addresses no pod holds ([`lease::even_share`]) and how many
+    /// are free outside reservations, as the watch cache shows the pool (`None`: not known).
+    even_share: Option<usize>,
+    outside_free: Option<usize>,
+    /// The pool version `tight`, `even_share` and `outside_free` were last read from in the watch
+    /// cache.
     viewed_version: Option<String>,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
@@ -210,27 +217,32 @@ struct Lease {
 impl Lease {
     fn note_demand(&mut self, now: Instant) {
         self.last_demand = Some(now);
-        self.demand.push_back(now);
-        self.trim_demand(now);
     }
 
-    fn trim_demand(&mut self, now: Instant) {
-        while self
-            .demand
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > DEMAND_WINDOW)
-        {
-            self.demand.pop_front();
-        }
-        // A burst beyond any useful size is still "a burst": keep the window bounded.
-        while self.demand.len() > 4096 {
-            self.demand.pop_front();
-        }
+    /// Counts the pods still to come ([`Lease::upcoming`]); the cache is read afresh because pods
+    /// arrive and start without the pool changing.
+    fn count_upcoming(&mut self, stores: &Stores) {
+        let holders = &self.holders;
+        self.upcoming = stores.pods_awaiting_network(|uid| holders.contains_key(uid));
     }
 
-    fn target(&mut self, now: Instant, tuning: &LeaseTuning) -> usize {
-        self.trim_demand(now);
-        lease::target_size(self.demand.len(), tuning.max_size)
+    /// How many unused reservations this node should hold now ([`lease::target_size`]).
+    fn target(&self, tuning: &LeaseTuning) -> usize {
+        lease::target_size(self.upcoming, self.even_share, tuning.max_size)
+    }
+
+    /// How many unused reservations to give back now ([`lease::excess_to_return`]): only while the
+    /// pool has nothing free outside reservations.
+    fn excess(&self, tuning: &LeaseTuning) -> usize {
+        if !self.tight {
+            return 0;
+        }
+        // A node with no pods to come keeps nothing back.
+        lease::excess_to_return(
+            self.free.len(),
+            self.target(tuning),
+            TIGHT_KEEP.min(self.upcoming),
+        )
     }
 
     fn hand_out(&mut self, ip: IpAddr, holder: Holder, now: Instant) {
@@ -311,7 +323,7 @@ impl Lease {
                 tuning.idle_return
             };
             consider(self.last_demand.unwrap_or(now) + idle);
-            if self.tight && self.free.len() > TIGHT_KEEP {
+            if self.excess(tuning) > 0 {
                 consider(now);
             } else if !self.tight {
                 consider(now + TIGHT_CHECK);
@@ -323,17 +335,24 @@ impl Lease {
         due
     }
 
-    /// A top-up is worth a write of its own: demand continues and half the target is used up.
-    fn refill_wanted(&mut self, now: Instant, tuning: &LeaseTuning) -> bool {
-        if self.tight {
+    /// A top-up is worth a write of its own: pods are starting here (one asked for an address
+    /// within `tight_return`, the idle time after which a full pool takes reservations back: a
+    /// top-up after it would be given back at once), half the target is used up, and enough is free
+    /// outside reservations.
+    fn refill_wanted(&self, now: Instant, tuning: &LeaseTuning) -> bool {
+        if self.tight
+            || self
+                .last_demand
+                .is_none_or(|t| now.duration_since(t) >= tuning.tight_return)
+        {
             return false;
         }
-        let target = self.target(now, tuning);
+        let target = self.target(tuning);
         target > 0
             && self.free.len() <= target / 2
             && self
-                .share_hint
-                .is_none_or(|share| share.min(target - self.free.len()) >= lease::worthwhile_refill(target))
+                .outside_free
+                .is_none_or(|free| free.min(target - self.free.len()) >= lease::worthwhile_refill(target))
     }
 }
 
@@ -465,8 +484,8 @@ impl PoolWriters {
 }
 
 /// What the watch cache shows of the pool: whether it has nothing free outside reservations (as many
-/// records as usable addresses), and what a top-up of this node could get (its fair share of the
-/// rest). Counting records by their `"podUid"` key and reserving nodes by their `"reservedForNode"`
+/// records as usable addresses), how many are free, and this node's even share of what no pod holds
+/// ([`lease::even_share`]). Counting records by their `"podUid"` key and reserving nodes by their `"reservedForNode"`
 /// values avoids decoding the whole (possibly large) status; the usable count is kept per spec
 /// generation, and nothing is read again until the cache holds another version (the writer wakes for
 /// every handout, and most of those find the pool as it was).
@@ -498,18 +517,23 @@ fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
         .and_then(|s| s.allocated_ips.as_deref())
         .unwrap_or_default();
     let records = text.matches("\"podUid\"").count();
-    let free = usable.saturating_sub(u128::try_from(records).unwrap_or(u128::MAX));
+    let free = usize::try_from(usable.saturating_sub(u128::try_from(records).unwrap_or(u128::MAX)))
+        .unwrap_or(usize::MAX);
     lease.tight = free == 0;
-    let others: BTreeSet<&str> = text
+    let mut reservations = 0_usize;
+    let mut others: BTreeSet<&str> = BTreeSet::new();
+    for name in text
         .split("\"reservedForNode\":\"")
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
-        .filter(|name| *name != node)
-        .collect();
-    lease.share_hint = Some(lease::fair_share(
-        usize::try_from(free).unwrap_or(usize::MAX),
-        others.len(),
-    ));
+    {
+        reservations += 1;
+        if name != node {
+            others.insert(name);
+        }
+    }
+    lease.even_share = Some(lease::even_share(free.saturating_add(reservations), others.len()));
+    lease.outside_free = Some(free);
     lease.viewed_version.clone_from(&cached.metadata.resource_version);
 }
 
@@ -542,6 +566,7 @@ async fn run_writer(
             let due = {
                 let mut lease = handle.lease();
                 refresh_view(&mut lease, &pool, &inner.node, &inner.stores);
+                lease.count_upcoming(&inner.stores);
                 lease.next_due(Instant::now(), &inner.tuning)
             };
             let sleep = async {
@@ -683,6 +708,7 @@ fn take_snapshot(
     let tuning = &inner.tuning;
     let mut lease = handle.lease();
     serve_from_lease(pool, &mut lease, batch, inner, now);
+    lease.count_upcoming(&inner.stores);
 
     let idle = if lease.tight {
         tuning.tight_return
@@ -702,12 +728,13 @@ fn take_snapshot(
         && lease
             .short_refill
             .is_none_or(|t| now.duration_since(t) >= SHORT_REFILL_PAUSE);
-    let excess_due = lease.tight && lease.free.len() > TIGHT_KEEP;
+    let excess = lease.excess(tuning);
+    let excess_due = excess > 0;
     let writes_anyway = !batch.is_empty() || force;
     if !(writes_anyway || return_due || flush_due || refill_due || excess_due) {
         return Snapshot::default();
     }
-    let target = lease.target(now, tuning);
+    let target = lease.target(tuning);
     let mut snapshot = Snapshot {
         converting: std::mem::take(&mut lease.handed),
         releasing: std::mem::take(&mut lease.releasing),
@@ -716,16 +743,25 @@ fn take_snapshot(
     };
     lease.oldest_pending = None;
     lease.last_pending = None;
-    let allocates = batch.iter().any(|r| matches!(r.op, Op::Allocate { .. }));
+    // The pods allocated by this round are among the upcoming ones: reserve only for the others.
+    let allocating = batch
+        .iter()
+        .filter(|r| matches!(r.op, Op::Allocate { .. }))
+        .count();
     if return_due {
         snapshot.returning = std::mem::take(&mut lease.free);
     } else if excess_due {
-        let keep: BTreeSet<IpAddr> = lease.free.iter().take(TIGHT_KEEP).copied().collect();
+        let keep: BTreeSet<IpAddr> = lease
+            .free
+            .iter()
+            .take(lease.free.len() - excess)
+            .copied()
+            .collect();
         snapshot.returning = std::mem::replace(&mut lease.free, keep);
         let kept = lease.free.clone();
         snapshot.returning.retain(|ip| !kept.contains(ip));
-    } else if !lease.tight && (refill_due || allocates) {
-        snapshot.extra_wanted = target.saturating_sub(lease.free.len());
+    } else if !lease.tight && (refill_due || allocating > 0) {
+        snapshot.extra_wanted = target.saturating_sub(lease.free.len() + allocating);
     }
     snapshot
 }
@@ -857,7 +893,7 @@ async fn round(
                     Duration::from_millis(30),
                 )
                 .await;
-                merge_queued(pool, queue, &mut batch, handle, inner);
+                merge_queued(pool, queue, &mut batch, &mut snapshot, handle, inner);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 pool_gone(pool, batch, handle);
@@ -868,7 +904,7 @@ async fn round(
                 last_error = e.to_string();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                merge_queued(pool, queue, &mut batch, handle, inner);
+                merge_queued(pool, queue, &mut batch, &mut snapshot, handle, inner);
             }
         }
     }
@@ -1072,6 +1108,7 @@ fn merge_queued(
     pool: &str,
     queue: &mut mpsc::UnboundedReceiver<Request>,
     batch: &mut Vec<Request>,
+    snapshot: &mut Snapshot,
     handle: &Handle,
     inner: &Inner,
 ) {
@@ -1086,6 +1123,12 @@ fn merge_queued(
         let mut lease = handle.lease();
         serve_from_lease(pool, &mut lease, &mut more, inner, Instant::now());
     }
+    // Pods allocated by this round were counted among those the extra reservations are for.
+    let allocating = more
+        .iter()
+        .filter(|r| matches!(r.op, Op::Allocate { .. }))
+        .count();
+    snapshot.extra_wanted = snapshot.extra_wanted.saturating_sub(allocating);
     batch.extend(more);
 }
 

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result, ensure};
 use serde_json::json;
@@ -86,6 +86,47 @@ async fn ten_daemons_fill_a_pool_exactly_without_duplicates_and_free_it_again() 
     for handle in first_wave {
         runs.push(handle.join().expect("plugin thread")?);
     }
+    // Each node's first write reserved for the pods bound to it that are still to start (the
+    // forecast that sizes reservations), never more, and within the even share of the pool.
+    let pool = kube::Api::<spiderpool_schema::SpiderIPPool>::all(client.clone())
+        .get("contended")
+        .await?;
+    let records = pool.status.unwrap_or_default().allocations()?;
+    let mut reserved_by_node: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started_by_node: BTreeMap<String, usize> = BTreeMap::new();
+    for record in records.values() {
+        match record.reservation() {
+            Some(node) => *reserved_by_node.entry(node.to_owned()).or_default() += 1,
+            None => {
+                let index: usize = record
+                    .pod
+                    .rsplit("/pod-")
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .with_context(|| format!("unexpected pod record {record:?}"))?;
+                *started_by_node.entry(nodes[index % NODES].clone()).or_default() += 1;
+            }
+        }
+    }
+    for node in &nodes {
+        let bound = names.iter().filter(|(_, n)| n == node).count();
+        let started = started_by_node.get(node).copied().unwrap_or(0);
+        let reserved = reserved_by_node.get(node).copied().unwrap_or(0);
+        // Handed-out reservations not yet recorded for their pods still count as reservations.
+        ensure!(
+            reserved <= bound - started,
+            "{node} holds {reserved} reservations for {} pods still without a recorded address",
+            bound - started
+        );
+    }
+    let total_reserved: usize = reserved_by_node.values().sum();
+    ensure!(
+        total_reserved >= 3 * NODES,
+        "after the first wave the nodes reserved only {total_reserved} addresses for the {} pods to come: \
+         {reserved_by_node:?}",
+        pods - 2 * NODES
+    );
+
     let burst: Vec<_> = (2 * NODES..pods).map(spawn_add).collect();
     for handle in burst {
         runs.push(handle.join().expect("plugin thread")?);

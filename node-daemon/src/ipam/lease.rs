@@ -14,10 +14,11 @@
 //! reserved for it. No other writer touches another node's reservations (the operator's reclaim
 //! only removes those of a node that no longer exists). So an address is never given twice.
 //!
-//! Fairness: a node reserves at most a share of what is still free ([`fair_share`]), sized by its
-//! recent demand ([`target_size`]), and gives unused reservations back when it goes idle, sooner
-//! when the pool is nearly full. A node that finds nothing free while other nodes hold reservations
-//! waits for them ([`Outcome::Wait`]) instead of failing the pod.
+//! Sizing and fairness: a node reserves for the pods bound to it that still wait for their network,
+//! at most an even share of what no pod holds ([`target_size`], [`even_share`]); it gives unused
+//! reservations back when it goes idle, and, once nothing outside reservations is free, whatever it
+//! holds beyond that target ([`excess_to_return`]). A node that finds nothing free while other nodes
+//! hold reservations waits for them ([`Outcome::Wait`]) instead of failing the pod.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -167,13 +168,18 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
 
     let free = free_addresses(records, input.usable);
+    let free_count = usize::try_from(free.len()).unwrap_or(usize::MAX);
+    let reservations = records.values().filter(|r| r.reservation().is_some()).count();
+    let mine = records
+        .values()
+        .filter(|r| r.reservation() == Some(input.node))
+        .count();
+    let share = even_share(free_count.saturating_add(reservations), others.len());
     let room = input.max_records.saturating_sub(records.len());
     let extra = input
         .extra_wanted
-        .min(fair_share(
-            usize::try_from(free.len()).unwrap_or(usize::MAX),
-            others.len(),
-        ))
+        .min(free_count)
+        .min(share.saturating_sub(mine))
         .min(room);
     for ip in free.iter().take(extra) {
         records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
@@ -242,33 +248,45 @@ pub fn reserving_nodes<'r>(
         .collect()
 }
 
-/// How many of `free` addresses one node may reserve while `others` other nodes hold reservations:
-/// an even split, so that however the nodes take turns, each finds about as much as the one before
-/// it (each node's own demand caps what it asks for, and unused reservations go back when it idles
-/// or the pool runs out). Half an even split was tried: a nearly full pool was then handed out in
-/// ever smaller pieces, one write each, and those writes crowded out the ones pods waited for.
-pub fn fair_share(free: usize, others: usize) -> usize {
-    free / (others + 1)
+/// How many reservations one node may hold while `others` other nodes hold some: an even part of
+/// every address no pod holds yet (`unheld`: the free ones plus all nodes' reservations), rounded up.
+/// Top-ups stop at it and, once nothing outside reservations is free, holdings beyond it go back
+/// ([`excess_to_return`]): the same quantity on both sides, so a node is never asked to give back
+/// what it may take again at once. Nodes that start pods at the same pace thus hold about what each
+/// still needs, and the last free addresses are not raced for. (A share of only the free addresses
+/// let early nodes keep large holdings while late ones found nothing free and waited.)
+pub fn even_share(unheld: usize, others: usize) -> usize {
+    unheld.div_ceil(others + 1)
 }
 
-/// The least a top-up of its own must gain to be worth a write: with less on offer, the node keeps
-/// using what it holds, and its next allocation's write (which it needs anyway) takes what is there.
-/// Without this floor, a nearly fully reserved pool is handed out a few addresses per write, and the
-/// many small writes crowd out the ones pods are waiting for.
-pub fn worthwhile_refill(target: usize) -> usize {
-    (target / 4).max(4)
-}
-
-/// How many unused reservations a node should hold, given how many addresses it was asked for in the
-/// last second: none for an occasional pod (its own write records it; a reservation would only cost a
-/// second write to give back), else enough for about eight seconds of demand, capped at `max`, so
-/// that a busy node writes the shared pool every few seconds rather than for every pod.
-pub fn target_size(recent_demand: usize, max: usize) -> usize {
-    if recent_demand <= 1 {
-        0
+/// How many of `unused` reservations a node gives back once nothing outside reservations is free and
+/// its even share is `share`: what it holds beyond the share, once that is more than a margin (a
+/// quarter of the share, at least `keep`), so that a node just above its share does not spend a
+/// write on one address; never below `keep` (its next pod or two).
+pub fn excess_to_return(unused: usize, share: usize, keep: usize) -> usize {
+    let keep_up_to = share.max(keep);
+    if unused > keep_up_to + (share / 4).max(keep) {
+        unused - keep_up_to
     } else {
-        (8 * recent_demand).min(max)
+        0
     }
+}
+
+/// The least a top-up of its own must gain to be worth a write: a quarter of the target, so that a
+/// busy node writes the pool a few times per target's worth of pods, not once per pod.
+pub fn worthwhile_refill(target: usize) -> usize {
+    (target / 4).max(1)
+}
+
+/// How many unused reservations a node should hold: one for each pod bound to it that still waits
+/// for its network and holds no address of the pool (`upcoming`: the scheduler binds a pod before its
+/// kubelet asks for an address, so these are the ADDs to come), at most its `even_share` (when known)
+/// and `max`. A node that starts a burst of pods thus reserves for all of them in one write, and a
+/// node with few pods left holds few, so that the last addresses of a full pool are where the
+/// remaining pods are. A lone pod reserves nothing beyond its own address.
+pub fn target_size(upcoming: usize, even_share: Option<usize>, max: usize) -> usize {
+    let wanted = upcoming.min(max);
+    even_share.map_or(wanted, |share| wanted.min(share))
 }
 
 #[cfg(test)]
@@ -458,9 +476,9 @@ mod tests {
     }
 
     #[test]
-    fn extras_are_capped_by_the_fair_share_and_the_record_cap() {
+    fn extras_are_capped_by_the_even_share_and_the_record_cap() {
         let usable = usable("10.0.0.1-10.0.0.40");
-        let mut records: BTreeMap<String, PoolIPAllocation> = (1..=4)
+        let others: BTreeMap<String, PoolIPAllocation> = (1..=4)
             .map(|i| {
                 (
                     format!("10.0.0.{i}"),
@@ -468,14 +486,28 @@ mod tests {
                 )
             })
             .collect();
+        let mut records = others.clone();
         let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
-        // 36 free, 4 other reserving nodes: 36 / 5 = 7.
+        // 40 addresses no pod holds (36 free, 4 reserved), 5 nodes: 8 each.
         let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &[], 32));
-        assert_eq!(out.reserved.len(), 7);
+        assert_eq!(out.reserved.len(), 8);
+        // Holding its share, the node gets no more however much it wants.
         let kept = out.reserved;
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 32));
+        assert!(out.reserved.is_empty(), "{:?}", out.reserved);
+        // Pods took 30 addresses: 10 left unheld, so a sixth node's share is 2 (rounded up).
+        let mut records = others;
+        for i in 11..=40 {
+            records.insert(
+                format!("10.0.0.{i}"),
+                PoolIPAllocation::held_by("ns/p", format!("uid-{i}")),
+            );
+        }
+        let out = decide_round(&mut records, &input("n6", &usable, &c, &r, &k, &[], 32));
+        assert_eq!(out.reserved.len(), 2);
         let capped = RoundInput {
             max_records: records.len() + 1,
-            ..input("n1", &usable, &c, &r, &kept, &[], 32)
+            ..input("n7", &usable, &c, &r, &k, &[], 32)
         };
         let out = decide_round(&mut records, &capped);
         assert_eq!(out.reserved.len(), 1);
@@ -524,16 +556,30 @@ mod tests {
     }
 
     #[test]
-    fn target_size_grows_with_demand() {
-        assert_eq!(target_size(0, 32), 0);
-        assert_eq!(target_size(1, 32), 0);
-        assert_eq!(target_size(3, 32), 24);
-        assert_eq!(target_size(100, 32), 32);
-        assert_eq!(fair_share(100, 0), 100);
-        assert_eq!(fair_share(100, 4), 20);
-        assert_eq!(fair_share(9, 9), 0);
-        assert_eq!(worthwhile_refill(8), 4);
+    fn targets_follow_the_pods_to_come_within_the_share() {
+        assert_eq!(target_size(0, None, 128), 0);
+        assert_eq!(target_size(40, None, 128), 40);
+        assert_eq!(target_size(400, None, 128), 128);
+        assert_eq!(target_size(40, Some(25), 128), 25);
+        assert_eq!(even_share(100, 0), 100);
+        assert_eq!(even_share(100, 4), 20);
+        assert_eq!(even_share(9, 9), 1);
+        assert_eq!(even_share(0, 9), 0);
+        assert_eq!(worthwhile_refill(2), 1);
         assert_eq!(worthwhile_refill(128), 32);
+    }
+
+    #[test]
+    fn only_holdings_clearly_beyond_the_target_go_back() {
+        // Target 20, margin 5: up to 25 stays, beyond that everything above 20 goes.
+        assert_eq!(excess_to_return(25, 20, 2), 0);
+        assert_eq!(excess_to_return(26, 20, 2), 6);
+        // A small target keeps its next pods' worth and a margin of as much.
+        assert_eq!(excess_to_return(4, 1, 2), 0);
+        assert_eq!(excess_to_return(5, 1, 2), 3);
+        // Nothing to come: everything goes.
+        assert_eq!(excess_to_return(1, 0, 0), 1);
+        assert_eq!(excess_to_return(0, 0, 0), 0);
     }
 
     /// One simulated node agent: its view of its own reservations.
