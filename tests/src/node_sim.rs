@@ -563,6 +563,13 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
+/// Whether a write to a pod failed only because that pod no longer exists: deleted (404), or replaced
+/// by a new pod of the same name (409: the patch's UID precondition). The sandbox of the old pod is
+/// torn down when its deletion is observed, as the kubelet does.
+fn pod_replaced<T>(written: &Result<T, kube::Error>) -> bool {
+    matches!(written, Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409)
+}
+
 impl Inner {
     fn record_error(&self, error: String) {
         tracing::warn!(sim = %self.id, "{error}");
@@ -1155,7 +1162,9 @@ impl Inner {
             status["podIP"] = Value::String(first.clone());
             status["podIPs"] = Value::Array(pod_ips.iter().map(|ip| json!({"ip": ip})).collect());
         }
-        json!({"status": status})
+        // The UID makes the patch a precondition (as the kubelet's status patches do): a pod deleted
+        // and recreated under the same name meanwhile must not get this incarnation's status.
+        json!({"metadata": {"uid": pod.metadata.uid}, "status": status})
     }
 
     async fn setup(self: &Arc<Self>, pod: &Pod) -> Result<()> {
@@ -1171,8 +1180,12 @@ impl Inner {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         if spec.host_network == Some(true) {
             let status = self.running_status(pod, &node, &[node.ip.to_string()]);
-            pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
-                .await?;
+            let written = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+                .await;
+            if !pod_replaced(&written) {
+                written?;
+            }
             return Ok(());
         }
         let delegates = self.delegates(pod).await?;
@@ -1210,16 +1223,27 @@ impl Inner {
             }
         }
         let status_annotation = multus::render_network_status(&record.network_status)?;
-        let patch = json!({"metadata": {"annotations": {NETWORK_STATUS_ANNOTATION: status_annotation}}});
-        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .context("writing the network-status annotation")?;
+        let patch =
+            json!({"metadata": {"uid": uid, "annotations": {NETWORK_STATUS_ANNOTATION: status_annotation}}});
+        let written = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        if pod_replaced(&written) {
+            tracing::info!(pod = %format!("{namespace}/{name}"), "the pod is gone or replaced; not writing its status");
+            return Ok(());
+        }
+        written.context("writing the network-status annotation")?;
 
         // kubelet: the pod status.
         let status = self.running_status(pod, &node, &record.pod_ips);
-        pods.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
-            .await
-            .context("writing the pod status")?;
+        let written = pods
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+            .await;
+        if pod_replaced(&written) {
+            tracing::info!(pod = %format!("{namespace}/{name}"), "the pod is gone or replaced; not writing its status");
+            return Ok(());
+        }
+        written.context("writing the pod status")?;
         tracing::info!(pod = %format!("{namespace}/{name}"), node = %node.name, ips = ?record.pod_ips, "pod running");
         Ok(())
     }

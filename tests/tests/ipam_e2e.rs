@@ -465,9 +465,15 @@ async fn statefulset_members_keep_their_addresses_across_recreation_and_scaling(
     for name in ["db-0", "db-1", "db-2"] {
         ensure!(
             again[name].1 == first[name].1,
-            "{name}: {} after scaling, had {}",
+            "{name}: {} after scaling, had {}; daemon logs:\n{}",
             again[name].1,
-            first[name].1
+            first[name].1,
+            setup
+                ._daemons
+                .iter()
+                .map(|d| d.log())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let ep = setup.ns.api::<SpiderEndpoint>().get("db-2").await?;
