@@ -57,6 +57,9 @@ pub const ANNO_CONTAINER_ID: &str = "spiderpool.spidernet.io/container-id";
 pub const ANNO_NETWORKS: &str = "spiderpool.spidernet.io/networks";
 /// Label on a SpiderEndpoint: the node whose daemon wrote it (CNI GC lists by it).
 pub const LABEL_NODE: &str = "spiderpool.spidernet.io/node";
+/// How long a sticky pod's new incarnation waits for the node that handed its retained address out
+/// of a reservation to record it for the previous incarnation (agents record handouts within 2 s).
+const REBIND_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the allocator.
 #[derive(Debug, Clone)]
@@ -584,7 +587,7 @@ impl Allocator {
                 }
                 Ok(Outcome::Exhausted(reason)) => exhausted.push(format!("{name}: {reason}")),
                 Ok(other) => exhausted.push(format!("{name}: unexpected outcome {other:?}")),
-                Err(WriteError::Timeout { pool, last_error }) => {
+                Err(WriteError::Timeout { pool, last_error, .. }) => {
                     return Err(IpamError::Transient(format!(
                         "SpiderIPPool {pool}: no status write succeeded before the deadline ({last_error})"
                     )));
@@ -811,18 +814,25 @@ impl Allocator {
                     pod: claim_pod.clone(),
                     pod_uid: pod_uid.clone(),
                 };
-                match self
-                    .inner
-                    .writers
-                    .submit(&pool, op, self.inner.config.request_timeout)
-                    .await
-                {
+                let deadline = self.inner.config.request_timeout.min(REBIND_WAIT);
+                match self.inner.writers.submit(&pool, op, deadline).await {
                     Ok(Outcome::Rebound) => {}
                     Ok(other) => {
                         tracing::info!(pool, %ip, outcome = ?other, "a retained address cannot be kept; allocating afresh");
                         ok = false;
                     }
-                    Err(WriteError::Timeout { pool, last_error }) => {
+                    Err(WriteError::Timeout {
+                        last_error,
+                        waited_for_reservations: true,
+                        ..
+                    }) => {
+                        // The node whose reservation the previous incarnation was handed did not
+                        // record it for that pod in time (its agent is gone?): keeping the address
+                        // would stall this pod indefinitely.
+                        tracing::warn!(pool, %ip, why = last_error, "a retained address is still a node's reservation; allocating afresh");
+                        ok = false;
+                    }
+                    Err(WriteError::Timeout { pool, last_error, .. }) => {
                         return Err(IpamError::Transient(format!("SpiderIPPool {pool}: {last_error}")));
                     }
                     Err(e) => {

@@ -87,6 +87,9 @@ pub enum WriteError {
         pool: String,
         /// The last error seen.
         last_error: String,
+        /// The request was decided and waited for other nodes' reservations ([`Outcome::Wait`]),
+        /// rather than failing to write.
+        waited_for_reservations: bool,
     },
     /// The writer task is gone (daemon shutting down).
     #[error("the writer of SpiderIPPool {0} stopped")]
@@ -485,10 +488,10 @@ impl PoolWriters {
 
 /// What the watch cache shows of the pool: whether it has nothing free outside reservations (as many
 /// records as usable addresses), how many are free, and this node's even share of what no pod holds
-/// ([`lease::even_share`]). Counting records by their `"podUid"` key and reserving nodes by their `"reservedForNode"`
-/// values avoids decoding the whole (possibly large) status; the usable count is kept per spec
-/// generation, and nothing is read again until the cache holds another version (the writer wakes for
-/// every handout, and most of those find the pool as it was).
+/// ([`lease::even_share`]). Counting records by their `"podUid"` key and reservations by their
+/// `"reservedForNode"` values avoids decoding the whole (possibly large) status; the usable count is
+/// kept per spec generation, and nothing is read again until the cache holds another version (the
+/// writer wakes for every handout, and most of those find the pool as it was).
 fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
     let Some(cached) = stores.pool(pool) else { return };
     if cached.metadata.resource_version.is_some() && lease.viewed_version == cached.metadata.resource_version
@@ -743,11 +746,8 @@ fn take_snapshot(
     };
     lease.oldest_pending = None;
     lease.last_pending = None;
-    // The pods allocated by this round are among the upcoming ones: reserve only for the others.
-    let allocating = batch
-        .iter()
-        .filter(|r| matches!(r.op, Op::Allocate { .. }))
-        .count();
+    // The pods this round gives an address are among the upcoming ones: reserve only for the others.
+    let allocating = gives_addresses(batch);
     if return_due {
         snapshot.returning = std::mem::take(&mut lease.free);
     } else if excess_due {
@@ -1099,6 +1099,7 @@ fn expire(pool: &str, batch: &mut Vec<Request>, last_error: &str) {
         let _ = r.reply.send(Err(WriteError::Timeout {
             pool: pool.to_owned(),
             last_error: why,
+            waited_for_reservations: r.waiting_for.is_some(),
         }));
     }
 }
@@ -1123,13 +1124,18 @@ fn merge_queued(
         let mut lease = handle.lease();
         serve_from_lease(pool, &mut lease, &mut more, inner, Instant::now());
     }
-    // Pods allocated by this round were counted among those the extra reservations are for.
-    let allocating = more
-        .iter()
-        .filter(|r| matches!(r.op, Op::Allocate { .. }))
-        .count();
-    snapshot.extra_wanted = snapshot.extra_wanted.saturating_sub(allocating);
+    // The pods these requests give an address were counted among those the extra reservations are for.
+    snapshot.extra_wanted = snapshot.extra_wanted.saturating_sub(gives_addresses(&more));
     batch.extend(more);
+}
+
+/// How many of `requests` give a pod an address (allocations, and rebinds of a sticky pod's retained
+/// address to its new incarnation).
+fn gives_addresses(requests: &[Request]) -> usize {
+    requests
+        .iter()
+        .filter(|r| matches!(r.op, Op::Allocate { .. } | Op::Rebind { .. }))
+        .count()
 }
 
 /// A uniformly random duration in `[0, max)`.

@@ -564,10 +564,14 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
 }
 
 /// Whether a write to a pod failed only because that pod no longer exists: deleted (404), or replaced
-/// by a new pod of the same name (409: the patch's UID precondition). The sandbox of the old pod is
-/// torn down when its deletion is observed, as the kubelet does.
+/// by a new pod of the same name (the patch's UID differs: 422 "metadata.uid ... field is
+/// immutable", or a 409 precondition failure). The sandbox of the old pod is torn down when its
+/// deletion is observed, as the kubelet does.
 fn pod_replaced<T>(written: &Result<T, kube::Error>) -> bool {
-    matches!(written, Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409)
+    matches!(written, Err(kube::Error::Api(status))
+        if status.code == 404
+            || status.code == 409
+            || (status.code == 422 && status.message.contains("metadata.uid")))
 }
 
 impl Inner {

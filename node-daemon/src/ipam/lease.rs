@@ -156,6 +156,22 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
 
     output.outcomes = pick::apply(records, input.usable, input.ops, input.max_records);
+    // A sticky pod's retained address that is still another node's reservation was handed out by
+    // that node's agent to the pod's previous incarnation and is recorded for it in that agent's
+    // next write (the pod's endpoint says so): wait for that instead of giving the pod a new address.
+    for (outcome, op) in output.outcomes.iter_mut().zip(input.ops) {
+        if let (Outcome::RebindRefused(_), Op::Rebind { ip, .. }) = (&*outcome, op)
+            && let Some(node) = records
+                .get(&ip.to_string())
+                .and_then(PoolIPAllocation::reservation)
+            && node != input.node
+        {
+            *outcome = Outcome::Wait(format!(
+                "{ip} was handed out from a reservation of node {node}, whose agent has not yet \
+                 recorded it for the pod"
+            ));
+        }
+    }
     let others = reserving_nodes(records, Some(input.node));
     for outcome in &mut output.outcomes {
         if matches!(outcome, Outcome::Exhausted(reason) if reason == pick::ALL_USED) && !others.is_empty() {
@@ -250,9 +266,9 @@ pub fn reserving_nodes<'r>(
 
 /// How many reservations one node may hold while `others` other nodes hold some: an even part of
 /// every address no pod holds yet (`unheld`: the free ones plus all nodes' reservations), rounded up.
-/// Top-ups stop at it and, once nothing outside reservations is free, holdings beyond it go back
-/// ([`excess_to_return`]): the same quantity on both sides, so a node is never asked to give back
-/// what it may take again at once. Nodes that start pods at the same pace thus hold about what each
+/// It caps a node's target ([`target_size`]); top-ups stop at the target and, once nothing outside
+/// reservations is free, holdings beyond it go back ([`excess_to_return`]): the same quantity on
+/// both sides, so a node is never asked to give back what it may take again at once. Nodes that start pods at the same pace thus hold about what each
 /// still needs, and the last free addresses are not raced for. (A share of only the free addresses
 /// let early nodes keep large holdings while late ones found nothing free and waited.)
 pub fn even_share(unheld: usize, others: usize) -> usize {
@@ -260,12 +276,12 @@ pub fn even_share(unheld: usize, others: usize) -> usize {
 }
 
 /// How many of `unused` reservations a node gives back once nothing outside reservations is free and
-/// its even share is `share`: what it holds beyond the share, once that is more than a margin (a
-/// quarter of the share, at least `keep`), so that a node just above its share does not spend a
-/// write on one address; never below `keep` (its next pod or two).
-pub fn excess_to_return(unused: usize, share: usize, keep: usize) -> usize {
-    let keep_up_to = share.max(keep);
-    if unused > keep_up_to + (share / 4).max(keep) {
+/// its target is `target` ([`target_size`]): what it holds beyond the target, once that is more than
+/// a margin (a quarter of the target, at least `keep`), so that a node just above its target does not
+/// spend a write on one address; never below `keep` (its next pod or two).
+pub fn excess_to_return(unused: usize, target: usize, keep: usize) -> usize {
+    let keep_up_to = target.max(keep);
+    if unused > keep_up_to + (target / 4).max(keep) {
         unused - keep_up_to
     } else {
         0
@@ -532,8 +548,34 @@ mod tests {
         let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::from([ip("10.0.0.1")]));
         let out = decide_round(&mut records, &input("n2", &usable, &c, &r, &k, &ops, 0));
         assert_eq!(out.outcomes[0], Outcome::Released(false));
-        assert!(matches!(&out.outcomes[1], Outcome::RebindRefused(why) if why.contains("n1")));
+        // A rebind of another node's reservation waits for that node to record it for the pod it
+        // handed it to (the rebinding pod's previous incarnation).
+        assert!(
+            matches!(&out.outcomes[1], Outcome::Wait(why) if why.contains("node n1")),
+            "{:?}",
+            out.outcomes
+        );
         assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+    }
+
+    #[test]
+    fn a_rebind_on_the_node_that_handed_the_address_out_follows_its_recording() {
+        let usable = usable("10.0.0.1-10.0.0.2");
+        let mut records = BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1"))]);
+        let converting = BTreeMap::from([(ip("10.0.0.1"), holder("old"))]);
+        let ops = [Op::Rebind {
+            ip: ip("10.0.0.1"),
+            previous_uid: "uid-old".into(),
+            pod: "ns/new".into(),
+            pod_uid: "uid-new".into(),
+        }];
+        let (r, k) = (BTreeSet::new(), BTreeSet::new());
+        let out = decide_round(&mut records, &input("n1", &usable, &converting, &r, &k, &ops, 0));
+        assert_eq!(out.outcomes, [Outcome::Rebound]);
+        assert_eq!(
+            records["10.0.0.1"],
+            PoolIPAllocation::held_by("ns/new", "uid-new")
+        );
     }
 
     #[test]
