@@ -563,15 +563,26 @@ fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
-/// Whether a write to a pod failed only because that pod no longer exists: deleted (404), or replaced
-/// by a new pod of the same name (the patch's UID differs: 422 "metadata.uid ... field is
-/// immutable", or a 409 precondition failure). The sandbox of the old pod is torn down when its
-/// deletion is observed, as the kubelet does.
-fn pod_replaced<T>(written: &Result<T, kube::Error>) -> bool {
-    matches!(written, Err(kube::Error::Api(status))
-        if status.code == 404
-            || status.code == 409
-            || (status.code == 422 && status.message.contains("metadata.uid")))
+/// `Ok(true)` when a write to a pod succeeded; `Ok(false)` when it failed only because that pod no
+/// longer exists: deleted (404), or replaced by a new pod of the same name (the patch's UID differs:
+/// 422 "metadata.uid ... field is immutable", or a 409 precondition failure) — the old pod's sandbox
+/// is torn down when its deletion is observed, as the kubelet does; else the error, in context `what`.
+fn still_there<T>(written: Result<T, kube::Error>, what: &str) -> Result<bool> {
+    match written {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status))
+            if status.code == 404
+                || status.code == 409
+                || (status.code == 422 && status.message.contains("metadata.uid")) =>
+        {
+            tracing::info!(
+                reason = status.message,
+                "the pod is gone or replaced; {what} skipped"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(what.to_owned())),
+    }
 }
 
 impl Inner {
@@ -1187,9 +1198,7 @@ impl Inner {
             let written = pods
                 .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
                 .await;
-            if !pod_replaced(&written) {
-                written?;
-            }
+            still_there(written, "writing the pod status")?;
             return Ok(());
         }
         let delegates = self.delegates(pod).await?;
@@ -1232,22 +1241,18 @@ impl Inner {
         let written = pods
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await;
-        if pod_replaced(&written) {
-            tracing::info!(pod = %format!("{namespace}/{name}"), "the pod is gone or replaced; not writing its status");
+        if !still_there(written, "writing the network-status annotation")? {
             return Ok(());
         }
-        written.context("writing the network-status annotation")?;
 
         // kubelet: the pod status.
         let status = self.running_status(pod, &node, &record.pod_ips);
         let written = pods
             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
             .await;
-        if pod_replaced(&written) {
-            tracing::info!(pod = %format!("{namespace}/{name}"), "the pod is gone or replaced; not writing its status");
+        if !still_there(written, "writing the pod status")? {
             return Ok(());
         }
-        written.context("writing the pod status")?;
         tracing::info!(pod = %format!("{namespace}/{name}"), node = %node.name, ips = ?record.pod_ips, "pod running");
         Ok(())
     }

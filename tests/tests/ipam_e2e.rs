@@ -113,6 +113,16 @@ async fn create_pod(setup: &Setup, name: &str, annotations: Value) -> Result<()>
 
 use spiderpool_tests::wait_for;
 
+/// Every daemon's log, for a failure message.
+fn daemon_logs(setup: &Setup) -> String {
+    setup
+        ._daemons
+        .iter()
+        .map(|d| d.log())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn in_pod(setup: &Setup, pod: &str, args: &[&str]) -> Result<String> {
     setup.sim.exec_in_pod(setup.ns.name(), pod, args)
 }
@@ -440,12 +450,7 @@ async fn statefulset_members_keep_their_addresses_across_recreation_and_scaling(
     ensure!(
         first.values().all(|(_, ip)| ip != &intruder_ip),
         "a new pod got a scaled-down member's address {intruder_ip}; members had {first:?}; daemon logs:\n{}",
-        setup
-            ._daemons
-            .iter()
-            .map(|d| d.log())
-            .collect::<Vec<_>>()
-            .join("\n")
+        daemon_logs(&setup)
     );
 
     // Scale up again: the members get their old addresses.
@@ -468,12 +473,7 @@ async fn statefulset_members_keep_their_addresses_across_recreation_and_scaling(
             "{name}: {} after scaling, had {}; daemon logs:\n{}",
             again[name].1,
             first[name].1,
-            setup
-                ._daemons
-                .iter()
-                .map(|d| d.log())
-                .collect::<Vec<_>>()
-                .join("\n")
+            daemon_logs(&setup)
         );
     }
     let ep = setup.ns.api::<SpiderEndpoint>().get("db-2").await?;
