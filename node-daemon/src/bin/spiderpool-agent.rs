@@ -136,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_seconds),
         auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
     };
-    let allocator = Allocator::new(client, config, stores.clone(), metrics);
+    let allocator = Allocator::new(client.clone(), config, stores.clone(), metrics);
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         allocator,
@@ -168,6 +168,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     stores.wait_ready().await.context("waiting for the caches")?;
+    warm_connections(&client).await;
     state.allocator.recover_reservations();
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
@@ -194,4 +195,24 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Connections the client opens to the API server before the first ADD.
+const WARM_CONNECTIONS: usize = 4;
+
+/// Opens a few connections to the API server and leaves them idle in the client's pool. The client
+/// speaks HTTP/1.1, one request per connection at a time, and the watches hold theirs, so without this
+/// the first ADDs each pay a TLS handshake, and when every node starts pods at once those handshakes
+/// pile up on the API server (in the IPAM bench a node's first endpoint write took up to 90 ms where
+/// later ones took under 20). Failure only costs that time later, so it is not waited for long.
+async fn warm_connections(client: &kube::Client) {
+    let requests = (0..WARM_CONNECTIONS).map(|_| client.apiserver_version());
+    match tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(requests)).await {
+        Ok(results) => {
+            for e in results.into_iter().filter_map(Result::err) {
+                tracing::debug!(error = %e, "warming a connection to the API server failed");
+            }
+        }
+        Err(_) => tracing::debug!("warming connections to the API server took over 2 s; going on"),
+    }
 }
