@@ -17,7 +17,9 @@
 //! `cargo bench -p spiderpool-tests --bench ipam_alloc`; knobs: `BENCH_PODS` (1000), `BENCH_NODES` (10),
 //! `BENCH_PARALLEL` (concurrent CNI calls per node, 8), `BENCH_RATE` (unset: closed loop),
 //! `BENCH_RESERVATION` (the daemons' `--node-reservation-size`, default theirs), `BENCH_KEEP_LOGS`
-//! (keep the daemons' logs; `SPIDERPOOL_DAEMON_LOG` sets their filter).
+//! (keep the daemons' logs; `SPIDERPOOL_DAEMON_LOG` sets their filter), `BENCH_SETTLE_MS` (pause between
+//! creating the pods and the first ADD, 0: ADDs start while the API server still digests the 1,000
+//! pod creations, as they would if the pods arrived at once).
 
 #![allow(
     clippy::print_stdout,
@@ -287,6 +289,11 @@ async fn main() -> Result<()> {
         "setup: {pods} pods created in {:.2} s (not counted)",
         created.elapsed().as_secs_f64()
     );
+    let settle = env_usize("BENCH_SETTLE_MS", 0);
+    if settle > 0 {
+        println!("waiting {settle} ms after creating the pods before the first ADD");
+        tokio::time::sleep(Duration::from_millis(settle as u64)).await;
+    }
     let work: Vec<(String, String, usize)> = names
         .iter()
         .zip(&uids)
