@@ -234,6 +234,16 @@ impl Lease {
         lease::target_size(self.upcoming, self.even_share, tuning.max_size)
     }
 
+    /// How long without an allocation before unused reservations go back: shorter while the pool has
+    /// nothing free outside reservations.
+    fn idle_return(&self, tuning: &LeaseTuning) -> Duration {
+        if self.tight {
+            tuning.tight_return
+        } else {
+            tuning.idle_return
+        }
+    }
+
     /// How many unused reservations to give back now ([`lease::excess_to_return`]): only while the
     /// pool has nothing free outside reservations.
     fn excess(&self, tuning: &LeaseTuning) -> usize {
@@ -320,12 +330,7 @@ impl Lease {
             }
         }
         if !self.free.is_empty() {
-            let idle = if self.tight {
-                tuning.tight_return
-            } else {
-                tuning.idle_return
-            };
-            consider(self.last_demand.unwrap_or(now) + idle);
+            consider(self.last_demand.unwrap_or(now) + self.idle_return(tuning));
             if self.excess(tuning) > 0 {
                 consider(now);
             } else if !self.tight {
@@ -713,11 +718,7 @@ fn take_snapshot(
     serve_from_lease(pool, &mut lease, batch, inner, now);
     lease.count_upcoming(&inner.stores);
 
-    let idle = if lease.tight {
-        tuning.tight_return
-    } else {
-        tuning.idle_return
-    };
+    let idle = lease.idle_return(tuning);
     let return_due =
         !lease.free.is_empty() && lease.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
     let flush_due = lease.has_pending()
@@ -751,15 +752,11 @@ fn take_snapshot(
     if return_due {
         snapshot.returning = std::mem::take(&mut lease.free);
     } else if excess_due {
-        let keep: BTreeSet<IpAddr> = lease
-            .free
-            .iter()
-            .take(lease.free.len() - excess)
-            .copied()
-            .collect();
-        snapshot.returning = std::mem::replace(&mut lease.free, keep);
-        let kept = lease.free.clone();
-        snapshot.returning.retain(|ip| !kept.contains(ip));
+        // The lowest addresses stay, the highest go back.
+        let keep = lease.free.len() - excess;
+        if let Some(first_returned) = lease.free.iter().nth(keep).copied() {
+            snapshot.returning = lease.free.split_off(&first_returned);
+        }
     } else if !lease.tight && (refill_due || allocating > 0) {
         snapshot.extra_wanted = target.saturating_sub(lease.free.len() + allocating);
     }

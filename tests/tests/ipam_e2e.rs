@@ -38,7 +38,7 @@ struct Setup {
     cluster: &'static TestCluster,
     ns: TestNamespace,
     sim: NodeSimulator,
-    _daemons: Vec<Daemon>,
+    daemons: Vec<Daemon>,
     _dir: tempfile::TempDir,
 }
 
@@ -75,7 +75,7 @@ async fn setup(prefix: &str, default_pools: &[&str]) -> Result<Setup> {
         cluster,
         ns,
         sim,
-        _daemons: daemons,
+        daemons,
         _dir: dir,
     })
 }
@@ -116,7 +116,7 @@ use spiderpool_tests::wait_for;
 /// Every daemon's log, for a failure message.
 fn daemon_logs(setup: &Setup) -> String {
     setup
-        ._daemons
+        .daemons
         .iter()
         .map(|d| d.log())
         .collect::<Vec<_>>()

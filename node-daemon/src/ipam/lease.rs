@@ -185,11 +185,11 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
 
     let free = free_addresses(records, input.usable);
     let free_count = usize::try_from(free.len()).unwrap_or(usize::MAX);
-    let reservations = records.values().filter(|r| r.reservation().is_some()).count();
-    let mine = records
-        .values()
-        .filter(|r| r.reservation() == Some(input.node))
-        .count();
+    let (mut reservations, mut mine) = (0_usize, 0_usize);
+    for node in records.values().filter_map(PoolIPAllocation::reservation) {
+        reservations += 1;
+        mine += usize::from(node == input.node);
+    }
     let share = even_share(free_count.saturating_add(reservations), others.len());
     let room = input.max_records.saturating_sub(records.len());
     let extra = input
@@ -268,9 +268,10 @@ pub fn reserving_nodes<'r>(
 /// every address no pod holds yet (`unheld`: the free ones plus all nodes' reservations), rounded up.
 /// It caps a node's target ([`target_size`]); top-ups stop at the target and, once nothing outside
 /// reservations is free, holdings beyond it go back ([`excess_to_return`]): the same quantity on
-/// both sides, so a node is never asked to give back what it may take again at once. Nodes that start pods at the same pace thus hold about what each
-/// still needs, and the last free addresses are not raced for. (A share of only the free addresses
-/// let early nodes keep large holdings while late ones found nothing free and waited.)
+/// both sides, so a node is never asked to give back what it may take again at once. Nodes that
+/// start pods at the same pace thus hold about what each still needs, and the last free addresses
+/// are not raced for. (A share of only the free addresses let early nodes keep large holdings while
+/// late ones found nothing free and waited.)
 pub fn even_share(unheld: usize, others: usize) -> usize {
     unheld.div_ceil(others + 1)
 }
