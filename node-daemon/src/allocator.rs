@@ -250,6 +250,17 @@ impl Allocator {
         self.inner.writers.recover_reservations();
     }
 
+    /// The task that reserves in the pools of pods bound to this node before their ADD comes
+    /// ([`crate::ahead`]); run it once the caches are synced.
+    pub fn reserve_ahead(&self) -> crate::ahead::ReserveAhead {
+        crate::ahead::ReserveAhead::new(
+            self.inner.client.clone(),
+            self.inner.config.clone(),
+            self.inner.stores.clone(),
+            self.inner.writers.clone(),
+        )
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

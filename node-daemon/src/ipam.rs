@@ -3,6 +3,7 @@
 //! owner means for keeping its addresses. No Kubernetes client, no clock, no I/O: the I/O shell in
 //! [`crate::allocator`] gathers the facts and carries out the decisions.
 
+pub mod ahead;
 pub mod annotations;
 pub mod candidates;
 pub mod filter;

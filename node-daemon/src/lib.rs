@@ -5,10 +5,12 @@
 //! - [`writer`]: one writer task per pool; batches this node's changes into one status write per round
 //!   with optimistic concurrency (the design and its failure modes are documented there).
 //! - [`allocator`]: the I/O shell: pods, owners, SpiderEndpoints, rollback.
-//! - [`store`]: watch caches of pools, reserved IPs, namespaces and the node.
+//! - [`ahead`]: reserving in the pools of pods bound to this node before their ADD comes.
+//! - [`store`]: watch caches of pools, reserved IPs, namespaces, the node and its pods.
 //! - [`server`]: the unix-socket API and the health/metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod ahead;
 pub mod allocator;
 pub mod ipam;
 pub mod metrics;

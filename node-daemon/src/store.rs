@@ -14,6 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::{SpiderIPPool, SpiderReservedIP};
+use tokio::sync::Notify;
 
 use crate::writer::pool_family;
 
@@ -30,24 +31,31 @@ pub struct Stores {
     pub node: Store<Node>,
     /// The pods bound to this node (without managedFields).
     pub pods: Store<Pod>,
+    /// Notified whenever the pod cache changes (a permit is kept while nobody waits, so changes
+    /// during a scan lead to one more scan).
+    pub pod_changes: Arc<Notify>,
 }
 
 impl Stores {
     /// Starts the reflectors (on the current tokio runtime) and returns their stores; they fill
     /// asynchronously, see [`Stores::wait_ready`].
     pub fn start(client: &Client, node_name: &str) -> Self {
+        let pod_changes = Arc::new(Notify::new());
         Stores {
-            pools: reflect(Api::all(client.clone()), watcher::Config::default()),
-            reserved: reflect(Api::all(client.clone()), watcher::Config::default()),
-            namespaces: reflect(Api::all(client.clone()), watcher::Config::default()),
+            pools: reflect(Api::all(client.clone()), watcher::Config::default(), None),
+            reserved: reflect(Api::all(client.clone()), watcher::Config::default(), None),
+            namespaces: reflect(Api::all(client.clone()), watcher::Config::default(), None),
             node: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+                None,
             ),
             pods: reflect(
                 Api::all(client.clone()),
                 watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
+                Some(pod_changes.clone()),
             ),
+            pod_changes,
         }
     }
 
@@ -175,7 +183,8 @@ pub fn awaits_network(pod: &Pod) -> bool {
         && status.and_then(|s| s.pod_ip.as_deref()).is_none_or(str::is_empty)
 }
 
-fn reflect<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+/// A reflector's store; `changed`, if given, is notified after every object the watch applies.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Option<Arc<Notify>>) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -189,8 +198,13 @@ where
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                tracing::warn!(error = %e, "watch error (retrying)");
+            match item {
+                Ok(_) => {
+                    if let Some(changed) = &changed {
+                        changed.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watch error (retrying)"),
             }
         }
     });

@@ -452,6 +452,19 @@ impl PoolWriters {
         answer.await.map_err(|_| WriteError::Stopped(pool.to_owned()))?
     }
 
+    /// Pods bound to this node will soon ask `pool` for addresses ([`crate::ahead`]): counts as demand,
+    /// so the writer (started if need be) tops up this node's reservations for the pods to come as
+    /// it would after an ADD, and keeps them until the node goes idle. Does nothing when
+    /// reservations are off.
+    pub fn expect_demand(&self, pool: &str) {
+        if self.inner.tuning.max_size == 0 {
+            return;
+        }
+        let handle = self.handle(pool);
+        handle.lease().note_demand(Instant::now());
+        handle.wake.notify_one();
+    }
+
     fn handle(&self, pool: &str) -> Arc<Handle> {
         let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
         pools

@@ -19,7 +19,12 @@
 //! `BENCH_RESERVATION` (the daemons' `--node-reservation-size`, default theirs), `BENCH_KEEP_LOGS`
 //! (keep the daemons' logs; `SPIDERPOOL_DAEMON_LOG` sets their filter), `BENCH_SETTLE_MS` (pause between
 //! creating the pods and the first ADD, 0: ADDs start while the API server still digests the 1,000
-//! pod creations, as they would if the pods arrived at once).
+//! pod creations, as they would if the pods arrived at once), `BENCH_POOL_FROM` (how the pods' ADDs
+//! find the pool: `nad`, the default (the CNI configuration's `default_ipv4_ippool`, and the pods
+//! name that configuration's NetworkAttachmentDefinition as their default network, as Multus
+//! pods do); `netconf` (the same CNI configuration, but no NetworkAttachmentDefinition: the agents
+//! cannot know the pool before the first ADD, see node-daemon/README.md "Reserving ahead");
+//! `annotation` (pods carry `ipam.spidernet.io/ippool`)).
 
 #![allow(
     clippy::print_stdout,
@@ -280,11 +285,25 @@ async fn main() -> Result<()> {
         .map(|d| ipam::ipam_netconf("bench-net", d.socket(), &["bench"], dir.path()))
         .collect();
 
+    let pool_from = std::env::var("BENCH_POOL_FROM").unwrap_or_else(|_| "nad".to_owned());
+    let pod_annotations = match pool_from.as_str() {
+        "nad" => {
+            // One NetworkAttachmentDefinition for every node, as Multus has it; only its IPAM
+            // section's default pool matters to the agents (each node's plugin call carries its own
+            // socket path).
+            ipam::create_nad(&client, ns.name(), "bench-net", &netconfs[0]).await?;
+            json!({"v1.multus-cni.io/default-network": "bench-net"})
+        }
+        "netconf" => json!({}),
+        "annotation" => json!({"ipam.spidernet.io/ippool": r#"{"ipv4":["bench"]}"#}),
+        other => anyhow::bail!("BENCH_POOL_FROM={other}: expected nad, netconf or annotation"),
+    };
+    println!("pods find the pool by: {pool_from}");
     let names: Vec<(String, String)> = (0..pods)
         .map(|i| (format!("pod-{i}"), node_names[i % nodes].clone()))
         .collect();
     let created = Instant::now();
-    let uids = ipam::create_bare_pods(&client, ns.name(), &names, &json!({})).await?;
+    let uids = ipam::create_bare_pods(&client, ns.name(), &names, &pod_annotations).await?;
     println!(
         "setup: {pods} pods created in {:.2} s (not counted)",
         created.elapsed().as_secs_f64()

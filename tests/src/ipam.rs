@@ -83,6 +83,19 @@ pub async fn pool_records(client: &Client, name: &str) -> Result<BTreeMap<String
     }
 }
 
+/// Creates a NetworkAttachmentDefinition `namespace/name` holding the CNI configuration `config`.
+pub async fn create_nad(client: &Client, namespace: &str, name: &str, config: &Value) -> Result<()> {
+    let gvk = kube::core::GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
+    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
+    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let mut nad = kube::core::DynamicObject::new(name, &resource);
+    nad.data = json!({"spec": {"config": config.to_string()}});
+    api.create(&PostParams::default(), &nad)
+        .await
+        .with_context(|| format!("creating NetworkAttachmentDefinition {namespace}/{name}"))?;
+    Ok(())
+}
+
 /// Creates bare pods bound to `node` (no scheduler, no kubelet needed: the daemon only reads them).
 /// Returns their UIDs in order.
 pub async fn create_bare_pods(

@@ -788,3 +788,90 @@ async fn excluded_and_reserved_addresses_are_never_handed_out() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pools holding reservations of `node`, as the API server has them now.
+async fn reserved_for(client: &kube::Client, pool: &str, node: &str) -> Result<usize> {
+    let pool = Api::<spiderpool_schema::SpiderIPPool>::all(client.clone())
+        .get(pool)
+        .await?;
+    let records = pool.status.unwrap_or_default().allocations()?;
+    Ok(records.values().filter(|r| r.reservation() == Some(node)).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_bound_to_a_node_get_reservations_before_their_first_add() -> Result<()> {
+    let env = env("api-ahead").await?;
+    let node = "api-ahead-node";
+    for (pool, net) in [("api-ahead-a", 76), ("api-ahead-b", 77), ("api-ahead-c", 78)] {
+        ipam::create_pool(
+            &env.client,
+            pool,
+            json!({"subnet": format!("10.{net}.0.0/24"), "ips": [format!("10.{net}.0.10-10.{net}.0.59")]}),
+        )
+        .await?;
+    }
+    let daemon = env.start_daemon(node)?;
+    let by_annotation = env.netconf("ahead-plain", daemon.socket(), &[], &[]);
+    let by_nad = env.netconf("ahead-net", daemon.socket(), &["api-ahead-b"], &[]);
+    ipam::create_nad(&env.client, env.ns.name(), "ahead-net", &by_nad).await?;
+
+    // No ADD yet: the agent reserves as soon as it sees the pods, in the pool each will ask.
+    let annotated = env
+        .create_pod(
+            "annotated",
+            node,
+            json!({"annotations": {"ipam.spidernet.io/ippool": r#"{"ipv4":["api-ahead-a"]}"#}}),
+        )
+        .await?;
+    let multus = env
+        .create_pod(
+            "multus",
+            node,
+            json!({"annotations": {"v1.multus-cni.io/default-network": "ahead-net"}}),
+        )
+        .await?;
+    // Its pool is only in the CNI configuration the ADD will carry: nothing to guess from.
+    let unhinted = env.create_pod("unhinted", node, json!({})).await?;
+    for pool in ["api-ahead-a", "api-ahead-b"] {
+        wait_until(
+            &format!("a reservation of {node} in {pool} before any ADD"),
+            || async { Ok(reserved_for(&env.client, pool, node).await? > 0) },
+        )
+        .await
+        .with_context(|| daemon.log_tail())?;
+    }
+    ensure!(
+        reserved_for(&env.client, "api-ahead-c", node).await? == 0,
+        "no pod hints at api-ahead-c, yet the agent reserved there"
+    );
+
+    let before = daemon.metric("spiderpool_ipam_reserved_handouts_total")?;
+    let a = single_ip(&env.add_ok("c-annotated", ("annotated", &annotated), &by_annotation, &daemon)?)?;
+    let b = single_ip(&env.add_ok("c-multus", ("multus", &multus), &by_nad, &daemon)?)?;
+    let handouts = daemon.metric("spiderpool_ipam_reserved_handouts_total")? - before;
+    ensure!(
+        handouts == 2.0,
+        "both first ADDs must be served from reservations made ahead, {handouts} were"
+    );
+    ensure!(
+        a.starts_with("10.76.") && b.starts_with("10.77."),
+        "addresses from the wrong pools: {a}, {b}"
+    );
+    let c = env.netconf("ahead-plain", daemon.socket(), &["api-ahead-c"], &[]);
+    let cip = single_ip(&env.add_ok("c-unhinted", ("unhinted", &unhinted), &c, &daemon)?)?;
+    ensure!(cip.starts_with("10.78."), "unhinted pod got {cip}");
+
+    // Unused reservations go back once the node is idle; the pools keep exactly the pods' records.
+    for (pool, ip, uid) in [
+        ("api-ahead-a", &a, &annotated),
+        ("api-ahead-b", &b, &multus),
+        ("api-ahead-c", &cip, &unhinted),
+    ] {
+        let records = ipam::pool_records(&env.client, pool).await?;
+        ensure!(
+            records == BTreeMap::from([(ip.clone(), uid.clone())]),
+            "{pool} records {records:?}"
+        );
+    }
+    Ok(())
+}

@@ -82,6 +82,11 @@ struct Args {
         hide = true
     )]
     node_reservation_flush_max_age_ms: u64,
+    /// Reserve addresses for the pods bound to this node as soon as they are bound, in the pools
+    /// their ADDs will ask (guessed from their annotations, namespace and NetworkAttachmentDefinition),
+    /// instead of on their first ADD (node-daemon/README.md, "Reserving ahead").
+    #[arg(long, env = "SPIDERPOOL_RESERVE_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
+    reserve_ahead: bool,
     /// Deadline of one ADD or DEL, in seconds.
     #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     request_timeout_seconds: u64,
@@ -170,6 +175,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stores.wait_ready().await.context("waiting for the caches")?;
     warm_connections(&client).await;
     state.allocator.recover_reservations();
+    if args.reserve_ahead && args.node_reservation_size > 0 {
+        tokio::spawn(state.allocator.reserve_ahead().run());
+    }
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
 

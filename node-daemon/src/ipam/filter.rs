@@ -157,6 +157,22 @@ pub fn attachment_network(nic: &str, scope: &PodScope<'_>) -> Option<String> {
         .map(|(_, (network, _))| network)
 }
 
+/// Every interface Multus gives the pod, with the NetworkAttachmentDefinition (`<ns>/<name>`) behind
+/// it when known: `eth0` (the default network) first, then the entries of
+/// `k8s.v1.cni.cncf.io/networks` in order, named as [`attachment_network`] names them.
+pub fn attachments(scope: &PodScope<'_>) -> Vec<(String, Option<String>)> {
+    let mut all = vec![("eth0".to_owned(), attachment_network("eth0", scope))];
+    if let Some(value) = scope.annotations.get(ANNO_POD_NETWORKS) {
+        for (index, (network, interface)) in parse_networks(value, scope.namespace).into_iter().enumerate() {
+            all.push((
+                interface.unwrap_or_else(|| format!("net{}", index + 1)),
+                Some(network),
+            ));
+        }
+    }
+    all
+}
+
 /// Multus' network selection forms: a JSON list of `{"name","namespace","interface"}` or a comma list of
 /// `[ns/]name[@interface]`. Returns `(ns/name, interface)` pairs.
 fn parse_networks(value: &str, pod_namespace: &str) -> Vec<(String, Option<String>)> {
@@ -378,6 +394,16 @@ mod tests {
             attachment_network("eth0", &scope).as_deref(),
             Some("kube-system/macvlan-eth0")
         );
+        let listed: Vec<(String, Option<String>)> = [
+            ("eth0", "kube-system/macvlan-eth0"),
+            ("net1", "ns1/vlan100"),
+            ("data", "other/vlan200"),
+            ("net3", "ns1/vlan300"),
+        ]
+        .into_iter()
+        .map(|(nic, net)| (nic.to_owned(), Some(net.to_owned())))
+        .collect();
+        assert_eq!(attachments(&scope), listed);
 
         let mut facts = Facts::new();
         facts.annotations.insert(

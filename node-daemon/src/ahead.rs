@@ -1,0 +1,180 @@
+//! Reserving ahead, the I/O shell of [`crate::ipam::ahead`]: whenever the cache of pods bound to this
+//! node changes, every pod that newly waits for its network has its pools guessed, and the writers of
+//! those pools are told to expect demand ([`PoolWriters::expect_demand`]). Each pool's writer then
+//! reserves for the pods to come, sized as it would after an ADD, before the first ADD arrives.
+//!
+//! The CNI configuration of a pod's interface comes from its NetworkAttachmentDefinition (Multus'
+//! rules, [`filter::attachment_network`]), read from the API server and kept for
+//! [`NAD_CACHE_TTL`]. A NetworkAttachmentDefinition that cannot be read (none, no Multus CRD, no
+//! permission) only means the CNI-configuration rules are not guessed for that interface.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
+use spiderpool_ipmath::IpFamily;
+
+use crate::allocator::Config;
+use crate::ipam::ahead;
+use crate::ipam::candidates::{self, CandidateInput};
+use crate::ipam::filter::{self, PodScope};
+use crate::store::{self, Stores};
+use crate::writer::PoolWriters;
+
+/// How long a NetworkAttachmentDefinition's default pools are used before being read again.
+pub const NAD_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Default pools per family of a CNI configuration; `None`: not known (unreadable, or not using
+/// `spiderpool` IPAM).
+type NetconfPools = Option<(Vec<String>, Vec<String>)>;
+
+/// The task's state.
+pub struct ReserveAhead {
+    client: Client,
+    config: Config,
+    stores: Stores,
+    writers: PoolWriters,
+    /// NetworkAttachmentDefinition (`ns/name`) to its default pools, with when it was read.
+    nads: std::sync::Mutex<HashMap<String, (Instant, NetconfPools)>>,
+    /// UIDs of the pods already looked at (a pod is guessed for once, when it starts waiting).
+    seen: HashSet<String>,
+}
+
+impl ReserveAhead {
+    pub(crate) fn new(client: Client, config: Config, stores: Stores, writers: PoolWriters) -> Self {
+        ReserveAhead {
+            client,
+            config,
+            stores,
+            writers,
+            nads: std::sync::Mutex::new(HashMap::new()),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Runs until the process ends: one scan now (pods bound before the daemon started), then one
+    /// per change of the pod cache.
+    pub async fn run(mut self) {
+        let changes = self.stores.pod_changes.clone();
+        loop {
+            self.scan().await;
+            changes.notified().await;
+        }
+    }
+
+    /// Looks at the pods that newly wait for their network and tells the writers of their pools.
+    async fn scan(&mut self) {
+        let mut live = HashSet::new();
+        let mut expected: Vec<String> = Vec::new();
+        for pod in self.stores.pods.state() {
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            live.insert(uid.clone());
+            if !store::awaits_network(&pod) || !self.seen.insert(uid) {
+                continue;
+            }
+            for pool in self.expected_pools(&pod).await {
+                if !expected.contains(&pool) {
+                    expected.push(pool);
+                }
+            }
+        }
+        self.seen.retain(|uid| live.contains(uid));
+        for pool in expected {
+            tracing::debug!(
+                pool,
+                "pods bound to this node will ask this pool; reserving ahead"
+            );
+            self.writers.expect_demand(&pool);
+        }
+    }
+
+    /// The pools the pod's ADDs will most likely draw from, one guess per interface Multus gives it
+    /// (eth0 and the entries of `k8s.v1.cni.cncf.io/networks`).
+    async fn expected_pools(&self, pod: &Pod) -> Vec<String> {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let (namespace_labels, namespace_annotations) = self.stores.namespace_meta(&namespace);
+        let node_labels = self.stores.node_labels();
+        let scope = PodScope {
+            namespace: &namespace,
+            labels: &labels,
+            annotations: &annotations,
+            node_name: &self.config.node_name,
+            node_labels: &node_labels,
+            namespace_labels: &namespace_labels,
+            default_multus_namespace: &self.config.namespace,
+            cluster_network: self.config.cluster_network.as_deref(),
+        };
+        let (all_v4, default_v4) = self.stores.pool_names(IpFamily::V4);
+        let (all_v6, default_v6) = self.stores.pool_names(IpFamily::V6);
+        let mut expected: Vec<String> = Vec::new();
+        for (nic, network) in filter::attachments(&scope) {
+            let netconf = match network {
+                Some(network) => self.netconf_pools(&network).await,
+                None => None,
+            };
+            let known = netconf.is_some();
+            let (netconf_v4, netconf_v6) = netconf.unwrap_or_default();
+            let chosen = candidates::candidates(&CandidateInput {
+                netconf_ipv4: &netconf_v4,
+                netconf_ipv6: &netconf_v6,
+                cluster_default_ipv4: if known { &default_v4 } else { &[] },
+                cluster_default_ipv6: if known { &default_v6 } else { &[] },
+                all_ipv4: &all_v4,
+                all_ipv6: &all_v6,
+                enable_ipv4: self.config.enable_ipv4,
+                enable_ipv6: self.config.enable_ipv6,
+                enable_auto_pools: self.config.enable_auto_pools,
+                ..CandidateInput::new(&annotations, &namespace_annotations, &nic)
+            });
+            let Ok(chosen) = chosen else { continue };
+            for pool in ahead::expected_pools(&chosen, |name| self.stores.pool(name), &scope) {
+                if !expected.contains(&pool) {
+                    expected.push(pool);
+                }
+            }
+        }
+        expected
+    }
+
+    /// The default pools of a NetworkAttachmentDefinition's CNI configuration (cached).
+    async fn netconf_pools(&self, network: &str) -> NetconfPools {
+        if let Some((read, pools)) = self.nads().get(network)
+            && read.elapsed() < NAD_CACHE_TTL
+        {
+            return pools.clone();
+        }
+        let pools = self.read_nad(network).await;
+        self.nads()
+            .insert(network.to_owned(), (Instant::now(), pools.clone()));
+        pools
+    }
+
+    fn nads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, NetconfPools)>> {
+        self.nads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn read_nad(&self, network: &str) -> NetconfPools {
+        let (namespace, name) = network.split_once('/')?;
+        let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let object = match api.get_opt(name).await {
+            Ok(object) => object?,
+            Err(e) => {
+                tracing::debug!(network, error = %e, "reading the NetworkAttachmentDefinition failed");
+                return None;
+            }
+        };
+        let config = object.data.get("spec")?.get("config")?.as_str()?;
+        let config: serde_json::Value = serde_json::from_str(config).ok()?;
+        ahead::netconf_default_pools(&config)
+    }
+}
