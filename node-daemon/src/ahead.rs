@@ -73,16 +73,19 @@ impl ReserveAhead {
                 continue;
             };
             live.insert(uid.clone());
-            if !store::awaits_network(&pod) || !self.seen.insert(uid) {
+            if !store::awaits_network(&pod) || !self.seen.insert(uid.clone()) {
                 continue;
             }
-            for pool in self.expected_pools(&pod).await {
+            let pools = self.expected_pools(&pod).await;
+            self.writers.note_guess(&uid, &pools);
+            for pool in pools {
                 if !expected.contains(&pool) {
                     expected.push(pool);
                 }
             }
         }
         self.seen.retain(|uid| live.contains(uid));
+        self.writers.keep_guesses(&live);
         for pool in expected {
             tracing::debug!(
                 pool,

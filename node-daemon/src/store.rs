@@ -148,15 +148,13 @@ impl Stores {
     }
 
     /// How many pods bound to this node, as far as the cache shows, still wait for their network
-    /// ([`awaits_network`]) and hold no address that `has_address` knows of (by UID). A forecast of
-    /// the ADDs to come, for sizing reservations only.
-    pub fn pods_awaiting_network(&self, has_address: impl Fn(&str) -> bool) -> usize {
+    /// ([`awaits_network`]) and are not ruled out by `skip` (by UID: they hold an address already, or
+    /// will ask another pool). A forecast of the ADDs to come, for sizing reservations only.
+    pub fn pods_awaiting_network(&self, skip: impl Fn(&str) -> bool) -> usize {
         self.pods
             .state()
             .iter()
-            .filter(|pod| {
-                awaits_network(pod) && pod.metadata.uid.as_deref().is_some_and(|uid| !has_address(uid))
-            })
+            .filter(|pod| awaits_network(pod) && pod.metadata.uid.as_deref().is_some_and(|uid| !skip(uid)))
             .count()
     }
 

@@ -48,7 +48,7 @@
 //!   then the operator's reclaim removes them. Meanwhile other nodes wait for them only when nothing
 //!   else is free, and fail with "try again later" at their deadline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,6 +157,17 @@ struct Inner {
     max_records: usize,
     tuning: LeaseTuning,
     pools: std::sync::Mutex<HashMap<String, Arc<Handle>>>,
+    /// Pod UID to the pools its ADDs are guessed to ask ([`crate::ahead`]); pods without a guess are
+    /// not listed.
+    guesses: std::sync::Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Inner {
+    fn guesses(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.guesses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// One pool's writer: its queue and this node's reservations in the pool.
@@ -222,11 +233,18 @@ impl Lease {
         self.last_demand = Some(now);
     }
 
-    /// Counts the pods still to come ([`Lease::upcoming`]); the cache is read afresh because pods
+    /// Counts the pods still to come ([`Lease::upcoming`]) for `pool`: those guessed to ask only
+    /// other pools ([`PoolWriters::note_guess`]) do not count. The cache is read afresh because pods
     /// arrive and start without the pool changing.
-    fn count_upcoming(&mut self, stores: &Stores) {
+    fn count_upcoming(&mut self, pool: &str, inner: &Inner) {
         let holders = &self.holders;
-        self.upcoming = stores.pods_awaiting_network(|uid| holders.contains_key(uid));
+        let guesses = inner.guesses();
+        self.upcoming = inner.stores.pods_awaiting_network(|uid| {
+            holders.contains_key(uid)
+                || guesses
+                    .get(uid)
+                    .is_some_and(|pools| !pools.iter().any(|p| p == pool))
+        });
     }
 
     /// How many unused reservations this node should hold now ([`lease::target_size`]).
@@ -408,6 +426,7 @@ impl PoolWriters {
                 max_records,
                 tuning,
                 pools: std::sync::Mutex::new(HashMap::new()),
+                guesses: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -463,6 +482,20 @@ impl PoolWriters {
         let handle = self.handle(pool);
         handle.lease().note_demand(Instant::now());
         handle.wake.notify_one();
+    }
+
+    /// Remembers the pools a pod bound to this node is guessed to ask ([`crate::ahead`]), so that
+    /// other pools do not size their reservations for it. An empty guess is not kept: such a pod
+    /// counts for every pool, as one never guessed.
+    pub fn note_guess(&self, pod_uid: &str, pools: &[String]) {
+        if !pools.is_empty() {
+            self.inner.guesses().insert(pod_uid.to_owned(), pools.to_vec());
+        }
+    }
+
+    /// Forgets the guesses of pods no longer bound to this node (`live`: the UIDs that are).
+    pub fn keep_guesses(&self, live: &HashSet<String>) {
+        self.inner.guesses().retain(|uid, _| live.contains(uid));
     }
 
     fn handle(&self, pool: &str) -> Arc<Handle> {
@@ -587,7 +620,7 @@ async fn run_writer(
             let due = {
                 let mut lease = handle.lease();
                 refresh_view(&mut lease, &pool, &inner.node, &inner.stores);
-                lease.count_upcoming(&inner.stores);
+                lease.count_upcoming(&pool, &inner);
                 lease.next_due(Instant::now(), &inner.tuning)
             };
             let sleep = async {
@@ -729,7 +762,7 @@ fn take_snapshot(
     let tuning = &inner.tuning;
     let mut lease = handle.lease();
     serve_from_lease(pool, &mut lease, batch, inner, now);
-    lease.count_upcoming(&inner.stores);
+    lease.count_upcoming(pool, inner);
 
     let idle = lease.idle_return(tuning);
     let return_due =

@@ -302,6 +302,9 @@ async fn main() -> Result<()> {
     let names: Vec<(String, String)> = (0..pods)
         .map(|i| (format!("pod-{i}"), node_names[i % nodes].clone()))
         .collect();
+    // Counted from before the pods exist: agents reserve ahead as soon as pods are bound, and those
+    // writes belong to the allocations.
+    let before = writes(&daemons)?;
     let created = Instant::now();
     let uids = ipam::create_bare_pods(&client, ns.name(), &names, &pod_annotations).await?;
     println!(
@@ -320,7 +323,6 @@ async fn main() -> Result<()> {
         .map(|(i, ((n, _), u))| (n.clone(), u.clone(), i % nodes))
         .collect();
 
-    let before = writes(&daemons)?;
     let (plugin2, ns_name, work2, netconfs2) = (
         plugin.clone(),
         ns.name().to_owned(),

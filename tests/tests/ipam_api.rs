@@ -875,3 +875,45 @@ async fn pods_bound_to_a_node_get_reservations_before_their_first_add() -> Resul
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_ahead_are_sized_by_the_pods_guessed_for_each_pool() -> Result<()> {
+    let env = env("api-share").await?;
+    let node = "api-share-node";
+    for (pool, net) in [("api-share-a", 79), ("api-share-b", 80)] {
+        ipam::create_pool(
+            &env.client,
+            pool,
+            json!({"subnet": format!("10.{net}.0.0/24"), "ips": [format!("10.{net}.0.10-10.{net}.0.59")]}),
+        )
+        .await?;
+    }
+    // Six pods for each pool are bound before the agent starts, so its first look sees all twelve.
+    for i in 0..12 {
+        let pool = if i % 2 == 0 { "api-share-a" } else { "api-share-b" };
+        let annotation = format!(r#"{{"ipv4":["{pool}"]}}"#);
+        env.create_pod(
+            &format!("pod{i}"),
+            node,
+            json!({"annotations": {"ipam.spidernet.io/ippool": annotation}}),
+        )
+        .await?;
+    }
+    let daemon = env.start_daemon(node)?;
+    for pool in ["api-share-a", "api-share-b"] {
+        wait_until(&format!("a reservation of {node} in {pool}"), || async {
+            Ok(reserved_for(&env.client, pool, node).await? > 0)
+        })
+        .await
+        .with_context(|| daemon.log_tail())?;
+    }
+    // Each pool reserves for its own six pods, not for all twelve pending on the node.
+    for pool in ["api-share-a", "api-share-b"] {
+        let reserved = reserved_for(&env.client, pool, node).await?;
+        ensure!(
+            reserved == 6,
+            "{pool} holds {reserved} reservations of {node}, expected one per pod guessed for it (6)"
+        );
+    }
+    Ok(())
+}
