@@ -8,7 +8,8 @@
 //! - **Reservations.** A node that is starting pods reserves, in the same write, one address for
 //!   each other pod bound to it that still waits for its network (the scheduler binds pods before
 //!   their kubelet asks for addresses, so these are the ADDs to come), capped at an even share of
-//!   what no pod holds ([`lease::target_size`]). The next ADDs take one of them at once
+//!   what no pod holds ([`lease::target_size`]); a node whose bound pods are guessed to ask this
+//!   pool does so before their first ADD ([`crate::ahead`]). The next ADDs take one of them at once
 //!   ([`PoolWriters::submit`]: no write, no wait), and a later background write records them for
 //!   their pods. Unused reservations go back when the node goes idle; when the pool has nothing
 //!   free outside reservations, holdings beyond that same target go back at once
