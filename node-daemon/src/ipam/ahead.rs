@@ -10,10 +10,10 @@
 //! Only what the cache settles is used: the pod's `ipam.spidernet.io/ippools` or `ippool`
 //! annotation, its namespace's default pools, or the default pools of the CNI configuration of the
 //! NetworkAttachmentDefinition that gives the pod its interface (rules 2 to 5 of
-//! [`super::candidates`]). Cluster default pools only apply when the CNI configuration names none,
-//! and automatic pools are created for the application on its first ADD, so neither is guessed. A
-//! pool whose `podAffinity` may depend on the pod's top controller (read only at ADD time) is not
-//! guessed either. A wrong guess costs only reservations, which go back when the node is idle.
+//! [`super::candidates`]), and cluster default pools (rule 6) only when that CNI configuration is
+//! known and names none. SpiderSubnet automatic pools are created for the application on its first
+//! ADD, so they are not guessed; nor is a pool whose `podAffinity` may depend on the pod's top
+//! controller (read only at ADD time). A wrong guess costs only reservations, which go back when the node is idle.
 
 use std::sync::Arc;
 
