@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 use spiderpool_ipmath::IpFamily;
+use spiderpool_schema::NetworkAttachmentDefinition;
 
 use crate::allocator::Config;
 use crate::ipam::ahead;
@@ -32,24 +32,31 @@ type NetconfPools = Option<(Vec<String>, Vec<String>)>;
 
 /// The task's state.
 pub struct ReserveAhead {
-    client: Client,
     config: Config,
     stores: Stores,
     writers: PoolWriters,
-    /// NetworkAttachmentDefinition (`ns/name`) to its default pools, with when it was read.
-    nads: std::sync::Mutex<HashMap<String, (Instant, NetconfPools)>>,
+    nads: NadCache,
     /// UIDs of the pods already looked at (a pod is guessed for once, when it starts waiting).
     seen: HashSet<String>,
+}
+
+/// The default pools of the NetworkAttachmentDefinitions read so far.
+struct NadCache {
+    client: Client,
+    /// NetworkAttachmentDefinition (`ns/name`) to its default pools, with when it was read.
+    read: HashMap<String, (Instant, NetconfPools)>,
 }
 
 impl ReserveAhead {
     pub(crate) fn new(client: Client, config: Config, stores: Stores, writers: PoolWriters) -> Self {
         ReserveAhead {
-            client,
             config,
             stores,
             writers,
-            nads: std::sync::Mutex::new(HashMap::new()),
+            nads: NadCache {
+                client,
+                read: HashMap::new(),
+            },
             seen: HashSet::new(),
         }
     }
@@ -97,7 +104,7 @@ impl ReserveAhead {
 
     /// The pools the pod's ADDs will most likely draw from, one guess per interface Multus gives it
     /// (eth0 and the entries of `k8s.v1.cni.cncf.io/networks`).
-    async fn expected_pools(&self, pod: &Pod) -> Vec<String> {
+    async fn expected_pools(&mut self, pod: &Pod) -> Vec<String> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -118,7 +125,7 @@ impl ReserveAhead {
         let mut expected: Vec<String> = Vec::new();
         for (nic, network) in filter::attachments(&scope) {
             let netconf = match network {
-                Some(network) => self.netconf_pools(&network).await,
+                Some(network) => self.nads.default_pools(&network).await,
                 None => None,
             };
             let known = netconf.is_some();
@@ -144,40 +151,34 @@ impl ReserveAhead {
         }
         expected
     }
+}
 
-    /// The default pools of a NetworkAttachmentDefinition's CNI configuration (cached).
-    async fn netconf_pools(&self, network: &str) -> NetconfPools {
-        if let Some((read, pools)) = self.nads().get(network)
+impl NadCache {
+    /// The default pools of a NetworkAttachmentDefinition's CNI configuration, read again once
+    /// older than [`NAD_CACHE_TTL`].
+    async fn default_pools(&mut self, network: &str) -> NetconfPools {
+        if let Some((read, pools)) = self.read.get(network)
             && read.elapsed() < NAD_CACHE_TTL
         {
             return pools.clone();
         }
-        let pools = self.read_nad(network).await;
-        self.nads()
+        let pools = self.fetch(network).await;
+        self.read
             .insert(network.to_owned(), (Instant::now(), pools.clone()));
         pools
     }
 
-    fn nads(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, NetconfPools)>> {
-        self.nads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn read_nad(&self, network: &str) -> NetconfPools {
+    async fn fetch(&self, network: &str) -> NetconfPools {
         let (namespace, name) = network.split_once('/')?;
-        let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
-        let resource = ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
-        let object = match api.get_opt(name).await {
-            Ok(object) => object?,
+        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(self.client.clone(), namespace);
+        let nad = match api.get_opt(name).await {
+            Ok(nad) => nad?,
             Err(e) => {
                 tracing::debug!(network, error = %e, "reading the NetworkAttachmentDefinition failed");
                 return None;
             }
         };
-        let config = object.data.get("spec")?.get("config")?.as_str()?;
-        let config: serde_json::Value = serde_json::from_str(config).ok()?;
+        let config = nad.spec.config_json().ok()??;
         ahead::netconf_default_pools(&config)
     }
 }

@@ -291,7 +291,7 @@ async fn main() -> Result<()> {
             // One NetworkAttachmentDefinition for every node, as Multus has it; only its IPAM
             // section's default pool matters to the agents (each node's plugin call carries its own
             // socket path).
-            ipam::create_nad(&client, ns.name(), "bench-net", &netconfs[0]).await?;
+            ipam::create_nad(&ns, "bench-net", &netconfs[0]).await?;
             json!({"v1.multus-cni.io/default-network": "bench-net"})
         }
         "netconf" => json!({}),

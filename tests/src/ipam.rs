@@ -13,8 +13,9 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use spiderpool_schema::SpiderIPPool;
+use spiderpool_schema::nad::{NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec};
 
-use crate::tools;
+use crate::{TestNamespace, tools};
 
 /// Installs every CRD of the chart (idempotent).
 pub async fn install_spiderpool_crds(client: &Client) -> Result<()> {
@@ -83,16 +84,20 @@ pub async fn pool_records(client: &Client, name: &str) -> Result<BTreeMap<String
     }
 }
 
-/// Creates a NetworkAttachmentDefinition `namespace/name` holding the CNI configuration `config`.
-pub async fn create_nad(client: &Client, namespace: &str, name: &str, config: &Value) -> Result<()> {
-    let gvk = kube::core::GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
-    let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
-    let api: Api<kube::core::DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let mut nad = kube::core::DynamicObject::new(name, &resource);
-    nad.data = json!({"spec": {"config": config.to_string()}});
-    api.create(&PostParams::default(), &nad)
+/// Creates a NetworkAttachmentDefinition `name` in the test namespace holding the CNI configuration
+/// `config`.
+pub async fn create_nad(ns: &TestNamespace, name: &str, config: &Value) -> Result<()> {
+    let nad = NetworkAttachmentDefinition::new(
+        name,
+        ns.name(),
+        NetworkAttachmentDefinitionSpec {
+            config: config.to_string(),
+        },
+    );
+    ns.api::<NetworkAttachmentDefinition>()
+        .create(&PostParams::default(), &nad)
         .await
-        .with_context(|| format!("creating NetworkAttachmentDefinition {namespace}/{name}"))?;
+        .with_context(|| format!("creating NetworkAttachmentDefinition {}/{name}", ns.name()))?;
     Ok(())
 }
 

@@ -13,9 +13,7 @@ use k8s_openapi::api::core::v1::{Event, Pod, PodSpec};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_tests::multus::NETWORK_STATUS_ANNOTATION;
-use spiderpool_tests::{
-    DefaultNetwork, NodeSimulator, SimOptions, TestCluster, TestNamespace, init_tracing, tools,
-};
+use spiderpool_tests::{DefaultNetwork, NodeSimulator, SimOptions, TestCluster, init_tracing, tools};
 
 /// The cluster default network of these tests: Debian's macvlan on each node's `eth0` (bridge mode)
 /// with host-local IPAM from 172.31.100.0/24 (the simulated underlay is 172.31.0.0/16).
@@ -226,26 +224,6 @@ async fn deployment_pods_run_on_simulated_nodes_with_macvlan() -> Result<()> {
     Ok(())
 }
 
-/// NADs for the additional networks, in the test namespace.
-async fn create_nad(ns: &TestNamespace, name: &str, config: &Value) -> Result<()> {
-    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-        ns.client().clone(),
-        ns.name(),
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
-            "network-attachment-definitions",
-        ),
-    );
-    let nad: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "k8s.cni.cncf.io/v1",
-        "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": name},
-        "spec": {"config": config.to_string()},
-    }))?;
-    api.create(&PostParams::default(), &nad).await?;
-    Ok(())
-}
-
 fn read_records(dir: &Path) -> Result<Vec<Value>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
@@ -287,8 +265,8 @@ async fn plugins_get_what_multus_and_the_runtime_give() -> Result<()> {
     let extra = macvlan_network("", &work.path().join("ipam"), ("172.31.102.10", "172.31.102.100"));
     let mut extra = extra.clone();
     extra.as_object_mut().context("object")?.remove("name");
-    create_nad(&ns, "extra", &extra).await?;
-    create_nad(
+    spiderpool_tests::ipam::create_nad(&ns, "extra", &extra).await?;
+    spiderpool_tests::ipam::create_nad(
         &ns,
         "probe",
         &json!({"cniVersion": "0.4.0", "name": "probe", "type": "cni-recorder", "recordDir": records.display().to_string(),
@@ -483,7 +461,7 @@ async fn failed_add_is_rolled_back_and_reported() -> Result<()> {
     let default = json!({"cniVersion": "1.0.0", "name": "ok", "plugins": [
         {"type": "cni-recorder", "recordDir": records.display().to_string()}
     ]});
-    create_nad(
+    spiderpool_tests::ipam::create_nad(
         &ns,
         "broken",
         &json!({"cniVersion": "1.0.0", "name": "broken", "type": "cni-recorder", "recordDir": records.display().to_string(), "fail": "ADD"}),

@@ -789,7 +789,20 @@ async fn excluded_and_reserved_addresses_are_never_handed_out() -> Result<()> {
     Ok(())
 }
 
-/// Pools holding reservations of `node`, as the API server has them now.
+/// One pool `10.<net>.0.0/24` of fifty addresses (`.10`-`.59`) per `(name, net)`.
+async fn create_pools(client: &kube::Client, pools: &[(&str, u8)]) -> Result<()> {
+    for (pool, net) in pools {
+        ipam::create_pool(
+            client,
+            pool,
+            json!({"subnet": format!("10.{net}.0.0/24"), "ips": [format!("10.{net}.0.10-10.{net}.0.59")]}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// How many reservations of `node` the pool holds, as the API server has it now.
 async fn reserved_for(client: &kube::Client, pool: &str, node: &str) -> Result<usize> {
     let pool = Api::<spiderpool_schema::SpiderIPPool>::all(client.clone())
         .get(pool)
@@ -802,18 +815,15 @@ async fn reserved_for(client: &kube::Client, pool: &str, node: &str) -> Result<u
 async fn pods_bound_to_a_node_get_reservations_before_their_first_add() -> Result<()> {
     let env = env("api-ahead").await?;
     let node = "api-ahead-node";
-    for (pool, net) in [("api-ahead-a", 76), ("api-ahead-b", 77), ("api-ahead-c", 78)] {
-        ipam::create_pool(
-            &env.client,
-            pool,
-            json!({"subnet": format!("10.{net}.0.0/24"), "ips": [format!("10.{net}.0.10-10.{net}.0.59")]}),
-        )
-        .await?;
-    }
+    create_pools(
+        &env.client,
+        &[("api-ahead-a", 76), ("api-ahead-b", 77), ("api-ahead-c", 78)],
+    )
+    .await?;
     let daemon = env.start_daemon(node)?;
     let by_annotation = env.netconf("ahead-plain", daemon.socket(), &[], &[]);
     let by_nad = env.netconf("ahead-net", daemon.socket(), &["api-ahead-b"], &[]);
-    ipam::create_nad(&env.client, env.ns.name(), "ahead-net", &by_nad).await?;
+    ipam::create_nad(&env.ns, "ahead-net", &by_nad).await?;
 
     // No ADD yet: the agent reserves as soon as it sees the pods, in the pool each will ask.
     let annotated = env
@@ -880,14 +890,7 @@ async fn pods_bound_to_a_node_get_reservations_before_their_first_add() -> Resul
 async fn reservations_ahead_are_sized_by_the_pods_guessed_for_each_pool() -> Result<()> {
     let env = env("api-share").await?;
     let node = "api-share-node";
-    for (pool, net) in [("api-share-a", 79), ("api-share-b", 80)] {
-        ipam::create_pool(
-            &env.client,
-            pool,
-            json!({"subnet": format!("10.{net}.0.0/24"), "ips": [format!("10.{net}.0.10-10.{net}.0.59")]}),
-        )
-        .await?;
-    }
+    create_pools(&env.client, &[("api-share-a", 79), ("api-share-b", 80)]).await?;
     // Six pods for each pool are bound before the agent starts, so its first look sees all twelve.
     for i in 0..12 {
         let pool = if i % 2 == 0 { "api-share-a" } else { "api-share-b" };

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use spiderpool_schema::{NetworkAttachmentDefinition, SpiderEndpoint};
+use spiderpool_schema::SpiderEndpoint;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::{
     DefaultNetwork, NodeSimulator, SimOptions, TestCluster, TestNamespace, init_tracing, ipam, tools,
@@ -24,14 +24,7 @@ async fn create_nad(ns: &TestNamespace, name: &str, ipam_section: Value) -> Resu
         "cniVersion": "1.0.0", "name": name,
         "plugins": [{"type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": ipam_section}],
     });
-    let nad: NetworkAttachmentDefinition = serde_json::from_value(json!({
-        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-        "metadata": {"name": name}, "spec": {"config": config.to_string()},
-    }))?;
-    ns.api::<NetworkAttachmentDefinition>()
-        .create(&PostParams::default(), &nad)
-        .await?;
-    Ok(())
+    ipam::create_nad(ns, name, &config).await
 }
 
 struct Setup {

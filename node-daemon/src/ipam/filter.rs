@@ -136,41 +136,53 @@ pub fn order(pools: &mut [&SpiderIPPool]) {
 /// `interface` or by position (`net1`, `net2`, ...).
 pub fn attachment_network(nic: &str, scope: &PodScope<'_>) -> Option<String> {
     if nic == "eth0" {
-        return match scope.annotations.get(ANNO_POD_DEFAULT_NETWORK) {
-            Some(value) => parse_networks(value, scope.namespace)
-                .into_iter()
-                .next()
-                .map(|(n, _)| n),
-            None => scope
-                .cluster_network
-                .map(|n| qualify(n, scope.default_multus_namespace)),
-        };
+        return default_network(scope);
     }
-    let value = scope.annotations.get(ANNO_POD_NETWORKS)?;
-    parse_networks(value, scope.namespace)
+    secondary_networks(scope)
         .into_iter()
-        .enumerate()
-        .find(|(index, (_, interface))| match interface {
-            Some(name) => name == nic,
-            None => format!("net{}", index + 1) == nic,
-        })
-        .map(|(_, (network, _))| network)
+        .find(|(interface, _)| interface == nic)
+        .map(|(_, network)| network)
 }
 
 /// Every interface Multus gives the pod, with the NetworkAttachmentDefinition (`<ns>/<name>`) behind
 /// it when known: `eth0` (the default network) first, then the entries of
 /// `k8s.v1.cni.cncf.io/networks` in order, named as [`attachment_network`] names them.
 pub fn attachments(scope: &PodScope<'_>) -> Vec<(String, Option<String>)> {
-    let mut all = vec![("eth0".to_owned(), attachment_network("eth0", scope))];
-    if let Some(value) = scope.annotations.get(ANNO_POD_NETWORKS) {
-        for (index, (network, interface)) in parse_networks(value, scope.namespace).into_iter().enumerate() {
-            all.push((
-                interface.unwrap_or_else(|| format!("net{}", index + 1)),
-                Some(network),
-            ));
-        }
-    }
+    let mut all = vec![("eth0".to_owned(), default_network(scope))];
+    all.extend(
+        secondary_networks(scope)
+            .into_iter()
+            .map(|(interface, network)| (interface, Some(network))),
+    );
     all
+}
+
+/// The network of `eth0`: the pod's `v1.multus-cni.io/default-network`, else the cluster network.
+fn default_network(scope: &PodScope<'_>) -> Option<String> {
+    match scope.annotations.get(ANNO_POD_DEFAULT_NETWORK) {
+        Some(value) => parse_networks(value, scope.namespace)
+            .into_iter()
+            .next()
+            .map(|(n, _)| n),
+        None => scope
+            .cluster_network
+            .map(|n| qualify(n, scope.default_multus_namespace)),
+    }
+}
+
+/// The entries of `k8s.v1.cni.cncf.io/networks` as `(interface, network)`: an entry without an
+/// `interface` is named by its position (`net1`, `net2`, ...).
+fn secondary_networks(scope: &PodScope<'_>) -> Vec<(String, String)> {
+    let Some(value) = scope.annotations.get(ANNO_POD_NETWORKS) else {
+        return Vec::new();
+    };
+    parse_networks(value, scope.namespace)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (network, interface))| {
+            (interface.unwrap_or_else(|| format!("net{}", index + 1)), network)
+        })
+        .collect()
 }
 
 /// Multus' network selection forms: a JSON list of `{"name","namespace","interface"}` or a comma list of
