@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Ok(_) => plugin::run(&invocation, &stdin),
         Err(error) => Outcome {
             stdout: serde_json::json!({
-                "cniVersion": spiderpool_cni::cni::LATEST_VERSION,
+                "cniVersion": spiderpool_cni_common::cni::LATEST_VERSION,
                 "code": spiderpool_agent_api::codes::IO_FAILURE,
                 "msg": format!("stdin: {error}"),
                 "details": "",
