@@ -210,9 +210,12 @@ fn dechunk(mut bytes: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
             // Trailers (rare) end with an empty line; we do not need them, only the body.
             return Ok(Some(body));
         }
-        let Some(data_end) = data_start.checked_add(size) else {
-            return Err(malformed("chunk too large"));
-        };
+        // The answer is bounded anyway; refusing a huge size here also keeps the arithmetic below
+        // far from overflowing.
+        if size > MAX_RESPONSE_BYTES {
+            return Err(malformed("chunk larger than 4 MiB"));
+        }
+        let data_end = data_start + size;
         if bytes.len() < data_end + 2 {
             return Ok(None);
         }
@@ -330,7 +333,9 @@ impl UnixClient {
         target: &str,
         body: Option<&[u8]>,
     ) -> Result<HttpResponse, ClientError> {
-        let deadline = Instant::now() + self.timeout;
+        // A timeout too large to add to the clock (a netconf may say anything) means no deadline
+        // in practice; it must not be a crash.
+        let deadline = Instant::now().checked_add(self.timeout);
         let path = &self.socket_path;
         let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
             path: path.clone(),
@@ -351,7 +356,9 @@ impl UnixClient {
         };
         let remaining = || {
             deadline
-                .checked_duration_since(Instant::now())
+                .map_or(Some(self.timeout), |deadline| {
+                    deadline.checked_duration_since(Instant::now())
+                })
                 .filter(|left| !left.is_zero())
                 .ok_or_else(|| ClientError::Timeout {
                     path: path.clone(),
@@ -543,6 +550,35 @@ mod tests {
             panic!()
         };
         assert_eq!(error.msg, "HTTP 503");
+    }
+
+    #[test]
+    fn a_chunk_size_near_the_end_of_the_address_space_is_malformed() {
+        // data start (18) + size reaches usize::MAX exactly; the CRLF after it would overflow.
+        let size = format!("{:x}", usize::MAX - 18);
+        let bytes = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nxy");
+        assert!(matches!(
+            parse_response(bytes.as_bytes(), false),
+            Err(ClientError::Malformed { .. })
+        ));
+        for size in ["ffffffffffffffff", "7fffffffffffffff", "400001"] {
+            let bytes = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\nxy");
+            assert!(
+                matches!(
+                    parse_response(bytes.as_bytes(), false),
+                    Err(ClientError::Malformed { .. })
+                ),
+                "{size}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_timeout_is_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = UnixClient::new(dir.path().join("absent.sock"), Duration::MAX);
+        let error = client.call_raw("GET", "/", None::<&()>).unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error:?}");
     }
 
     #[test]

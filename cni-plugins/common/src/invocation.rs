@@ -1,11 +1,14 @@
 //! One invocation: the `CNI_*` environment, the attachment parameters of ADD, DEL and CHECK
 //! (checked as the spec says), VERSION, and what the binary prints and how it exits.
 
+use std::path::PathBuf;
+
 use serde_json::Value;
 use spiderpool_agent_api::codes;
 
 use crate::args::CniArgs;
 use crate::cni::{CniError, Command, LATEST_VERSION, VersionInfo};
+use crate::confine::{self, LOG_DIR_ENV};
 
 /// Environment variable naming the node daemon's socket when the netconf does not: the runtime's
 /// environment on hosts that run several nodes' daemons (the project's node simulator does).
@@ -29,6 +32,8 @@ pub struct Invocation {
     pub path: Option<String>,
     /// [`SOCKET_PATH_ENV`]: the daemon's socket when the netconf names none.
     pub socket_override: Option<String>,
+    /// [`LOG_DIR_ENV`]: the directory log files must lie in, when not the default.
+    pub log_dir: Option<String>,
 }
 
 impl Invocation {
@@ -43,6 +48,7 @@ impl Invocation {
             args: read("CNI_ARGS"),
             path: read("CNI_PATH"),
             socket_override: read(SOCKET_PATH_ENV),
+            log_dir: read(LOG_DIR_ENV),
         }
     }
 }
@@ -211,6 +217,30 @@ fn validate_ifname(name: &str) -> Result<(), CniError> {
     }
 }
 
+impl Invocation {
+    /// The directory log files must lie in (see [`confine`]).
+    pub fn log_dir(&self) -> PathBuf {
+        confine::log_dir(self.log_dir.as_deref())
+    }
+}
+
+/// Runs `body`, turning a panic (always a bug) into a CNI error object, so that stdout still
+/// carries the protocol and the runtime gets a message instead of a bare exit status 101.
+pub fn guarded(body: impl FnOnce() -> Outcome + std::panic::UnwindSafe) -> Outcome {
+    std::panic::catch_unwind(body).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Outcome::failure(&CniError::new(
+            codes::INTERNAL,
+            "internal error: the plugin panicked",
+            what,
+        ))
+    })
+}
+
 /// The command of an invocation, required.
 pub fn command(invocation: &Invocation) -> Result<Command, CniError> {
     match invocation.command.as_deref() {
@@ -257,6 +287,18 @@ mod tests {
         for bad in ["", "-x", "a/b", "a b"] {
             assert_eq!(validate_container_id(bad).unwrap_err().code, 4, "{bad}");
         }
+    }
+
+    #[test]
+    #[allow(clippy::panic, reason = "the panic is what is tested")]
+    fn a_panic_is_reported_as_an_error_object() {
+        let outcome = guarded(|| panic!("bug"));
+        assert_eq!(outcome.exit_code, 1);
+        let value: Value = serde_json::from_str(&outcome.stdout).unwrap();
+        assert_eq!(
+            (value["code"].as_u64(), value["details"].as_str()),
+            (Some(999), Some("bug"))
+        );
     }
 
     #[test]

@@ -221,23 +221,24 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// A positive number of seconds (fractions allowed, numeric strings too).
-    pub fn seconds(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        const EXPECTED: &str = "a positive number of seconds";
+    /// A positive number of seconds (fractions allowed, numeric strings too), at most `max`: a
+    /// deadline from a netconf must stay a deadline.
+    pub fn seconds(&self, key: &str, max: Duration) -> Result<Option<Duration>, ConfigError> {
+        let expected = format!("a positive number of seconds up to {}", max.as_secs());
         let seconds = match self.get(key) {
             None => return Ok(None),
             Some(number @ Value::Number(inner)) => inner
                 .as_f64()
-                .ok_or_else(|| self.complain(key, EXPECTED, number))?,
+                .ok_or_else(|| self.complain(key, &expected, number))?,
             Some(text @ Value::String(inner)) => inner
                 .trim()
                 .parse::<f64>()
-                .map_err(|_| self.complain(key, EXPECTED, text))?,
-            Some(other) => return Err(self.complain(key, EXPECTED, other)),
+                .map_err(|_| self.complain(key, &expected, text))?,
+            Some(other) => return Err(self.complain(key, &expected, other)),
         };
         match Duration::try_from_secs_f64(seconds) {
-            Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
-            _ => Err(self.complain(key, EXPECTED, &Value::from(seconds))),
+            Ok(duration) if !duration.is_zero() && duration <= max => Ok(Some(duration)),
+            _ => Err(self.complain(key, &expected, &Value::from(seconds))),
         }
     }
 }
@@ -273,7 +274,7 @@ mod tests {
             keys.object("o").unwrap_err(),
             keys.integer("i").unwrap_err(),
             keys.count("c").unwrap_err(),
-            keys.seconds("t").unwrap_err(),
+            keys.seconds("t", Duration::from_secs(10)).unwrap_err(),
             keys.array("a").unwrap_err(),
         ];
         for (error, key) in errors
@@ -300,13 +301,16 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_seconds_accept_numeric_strings() {
-        let value = json!({"c": " 7 ", "t": "1.5", "huge": 1e300, "zero": 0});
+    fn counts_accept_numeric_strings_and_seconds_are_bounded() {
+        let value = json!({"c": " 7 ", "t": "1.5", "huge": 1e300, "big": 1e12, "zero": 0});
         let keys = section(&value);
         assert_eq!(keys.count("c").unwrap(), Some(7));
-        assert_eq!(keys.seconds("t").unwrap(), Some(Duration::from_millis(1500)));
-        assert!(keys.seconds("huge").is_err());
-        assert!(keys.seconds("zero").is_err());
+        let max = Duration::from_secs(600);
+        assert_eq!(keys.seconds("t", max).unwrap(), Some(Duration::from_millis(1500)));
+        for key in ["huge", "big", "zero"] {
+            let error = keys.seconds(key, max).unwrap_err().to_string();
+            assert!(error.contains("up to 600"), "{error}");
+        }
     }
 
     #[test]

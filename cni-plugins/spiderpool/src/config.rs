@@ -4,12 +4,13 @@
 //! its key (`ipam.log_file_max_size: ...`) and upstream's loose spellings (a numeric string for a
 //! size) are accepted. Unknown keys are ignored, at both levels.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 use spiderpool_agent_api::{Attachment, DEFAULT_SOCKET_PATH};
 use spiderpool_cni_common::cni::SpecVersion;
+use spiderpool_cni_common::confine;
 use spiderpool_cni_common::log::{LogConfig, LogLevel};
 pub use spiderpool_cni_common::netconf::ConfigError;
 use spiderpool_cni_common::netconf::{self, Section};
@@ -19,6 +20,9 @@ pub const DEFAULT_LOG_FILE_PATH: &str = "/var/log/spidernet/spiderpool.log";
 /// Bound on one request to the daemon. Upstream waits 100 s; a pod sandbox that cannot get an
 /// address within 30 s is better retried by kubelet than kept waiting.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest `timeout_seconds` accepted (upstream's own 100 s fits; a deadline of hours is no
+/// deadline).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The `ipam` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +87,19 @@ pub fn effective_socket_path(ipam: &IpamConfig, env_override: Option<&str>) -> P
         Some(path) if !ipam.socket_path_from_netconf => PathBuf::from(path),
         _ => ipam.socket_path.clone(),
     }
+}
+
+/// Refuses a log file outside `log_dir` and a socket outside the daemon's directories (see
+/// [`spiderpool_cni_common::confine`]): both come from whoever writes the netconf, and the plugin
+/// runs as root. The socket is checked only when the netconf names it.
+pub fn confine(ipam: &IpamConfig, log_dir: &Path, runtime_socket: Option<&str>) -> Result<(), ConfigError> {
+    confine::check_log_file(&ipam.log.file_path, log_dir)
+        .map_err(|reason| ConfigError::invalid("ipam.log_file_path", reason))?;
+    if ipam.socket_path_from_netconf {
+        confine::check_socket(&ipam.socket_path, runtime_socket)
+            .map_err(|reason| ConfigError::invalid("ipam.ipam_unix_socket_path", reason))?;
+    }
+    Ok(())
 }
 
 /// Parses the network configuration.
@@ -158,7 +175,9 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<IpamConfig, ConfigError> {
         match_master_subnet: keys.bool("match_master_subnet")?.unwrap_or(false),
         socket_path,
         socket_path_from_netconf,
-        timeout: keys.seconds("timeout_seconds")?.unwrap_or(defaults.timeout),
+        timeout: keys
+            .seconds("timeout_seconds", MAX_TIMEOUT)?
+            .unwrap_or(defaults.timeout),
     })
 }
 

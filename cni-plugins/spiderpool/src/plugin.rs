@@ -52,7 +52,11 @@ pub fn run_with<D: Daemon>(
         Ok(conf) => conf,
         Err(error) => return early_failure(error.to_cni()),
     };
-    let logger = Logger::from_config(&conf.ipam.log);
+    let log_dir = invocation.log_dir();
+    if let Err(error) = config::confine(&conf.ipam, &log_dir, invocation.socket_override.as_deref()) {
+        return early_failure(error.to_cni().in_version(conf.cni_version.as_str()));
+    }
+    let logger = Logger::from_config(&conf.ipam.log, &log_dir);
     if let Some(attachment) = &attachment {
         logger.set_context(&attachment.container_id, &attachment.pod_label());
         if !attachment.args.unknown.is_empty() {
@@ -560,6 +564,7 @@ mod tests {
             args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=uid-1".into()),
             path: Some("/opt/cni/bin".into()),
             socket_override: None,
+            log_dir: None,
         }
     }
 
