@@ -6,74 +6,15 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, IpamDelArgs, IpamGcArgs, codes};
-
-use crate::args::CniArgs;
-use crate::client::{ClientError, Daemon, UnixClient};
-use crate::cni::{
-    self, CniError, Command, IpamResult, LATEST_VERSION, ResultRoute, SpecVersion, VersionInfo,
+use spiderpool_cni_common::cni::{
+    self, CniError, Command, IpamResult, LATEST_VERSION, ResultRoute, SpecVersion,
 };
-use crate::config::{self, IpamConfig, LogLevel, NetConf};
-use crate::log::Logger;
+use spiderpool_cni_common::invocation::{self, version};
+pub use spiderpool_cni_common::invocation::{Attachment, Invocation, Outcome};
+use spiderpool_cni_common::log::{LogLevel, Logger};
 
-/// The `CNI_*` environment of one invocation; empty variables count as absent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Invocation {
-    /// `CNI_COMMAND`.
-    pub command: Option<String>,
-    /// `CNI_CONTAINERID`.
-    pub container_id: Option<String>,
-    /// `CNI_NETNS`.
-    pub netns: Option<String>,
-    /// `CNI_IFNAME`.
-    pub ifname: Option<String>,
-    /// `CNI_ARGS`.
-    pub args: Option<String>,
-    /// `CNI_PATH` (read for completeness: an IPAM plugin delegates to nothing, so it is never
-    /// required, even where the spec lists it).
-    pub path: Option<String>,
-    /// [`config::SOCKET_PATH_ENV`]: the daemon's socket when the netconf names none.
-    pub socket_override: Option<String>,
-}
-
-impl Invocation {
-    /// Reads the variables through `lookup` (e.g. `|name| std::env::var(name).ok()`).
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let read = |name: &str| lookup(name).filter(|value| !value.is_empty());
-        Self {
-            command: read("CNI_COMMAND"),
-            container_id: read("CNI_CONTAINERID"),
-            netns: read("CNI_NETNS"),
-            ifname: read("CNI_IFNAME"),
-            args: read("CNI_ARGS"),
-            path: read("CNI_PATH"),
-            socket_override: read(config::SOCKET_PATH_ENV),
-        }
-    }
-}
-
-/// What the binary prints and how it exits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Exactly what goes to stdout (may be empty: DEL, CHECK, GC and STATUS print nothing).
-    pub stdout: String,
-    /// 0 on success, 1 with a CNI error object on stdout.
-    pub exit_code: i32,
-}
-
-impl Outcome {
-    fn success(stdout: String) -> Self {
-        Self { stdout, exit_code: 0 }
-    }
-
-    fn failure(error: &CniError) -> Self {
-        // A CniError is strings and integers: serializing it cannot fail; the literal is a
-        // last-resort guard so stdout is a CNI error object whatever happens.
-        let stdout = serde_json::to_string(error).unwrap_or_else(|_| {
-            format!(r#"{{"cniVersion":"{LATEST_VERSION}","code":999,"msg":"internal error","details":""}}"#)
-        });
-        Self { stdout, exit_code: 1 }
-    }
-}
+use crate::client::{ClientError, Daemon, UnixClient};
+use crate::config::{self, IpamConfig, NetConf};
 
 /// Runs one invocation against the daemon socket named in the netconf.
 pub fn run(invocation: &Invocation, stdin: &[u8]) -> Outcome {
@@ -96,18 +37,9 @@ pub fn run_with<D: Daemon>(
         Logger::stderr(LogLevel::Info).error(&error.to_string());
         Outcome::failure(&error)
     };
-    let command = match invocation.command.as_deref() {
-        None => {
-            return early_failure(CniError::new(
-                codes::INVALID_ENVIRONMENT,
-                "CNI_COMMAND: missing",
-                "",
-            ));
-        }
-        Some(text) => match text.parse::<Command>() {
-            Ok(command) => command,
-            Err(error) => return early_failure(error),
-        },
+    let command = match invocation::command(invocation) {
+        Ok(command) => command,
+        Err(error) => return early_failure(error),
     };
     if command == Command::Version {
         return version(stdin).unwrap_or_else(early_failure);
@@ -120,7 +52,11 @@ pub fn run_with<D: Daemon>(
         Ok(conf) => conf,
         Err(error) => return early_failure(error.to_cni()),
     };
-    let logger = Logger::from_config(&conf.ipam.log);
+    let log_dir = invocation.log_dir();
+    if let Err(error) = config::confine(&conf.ipam, &log_dir, invocation.socket_override.as_deref()) {
+        return early_failure(error.to_cni().in_version(conf.cni_version.as_str()));
+    }
+    let logger = Logger::from_config(&conf.ipam.log, &log_dir);
     if let Some(attachment) = &attachment {
         logger.set_context(&attachment.container_id, &attachment.pod_label());
         if !attachment.args.unknown.is_empty() {
@@ -163,176 +99,6 @@ pub fn run_with<D: Daemon>(
     }
 }
 
-/// VERSION: stdin is optional (older runtimes send nothing), else `{"cniVersion": ...}`.
-fn version(stdin: &[u8]) -> Result<Outcome, CniError> {
-    let requested = if stdin.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let value: Value = serde_json::from_slice(stdin).map_err(|error| {
-            CniError::new(codes::DECODING_FAILURE, format!("stdin: not JSON: {error}"), "")
-        })?;
-        value.get("cniVersion").and_then(Value::as_str).map(str::to_owned)
-    };
-    let info = VersionInfo::answering(requested.as_deref());
-    let stdout = serde_json::to_string(&info)
-        .map_err(|error| CniError::new(codes::INTERNAL, format!("encoding VERSION: {error}"), ""))?;
-    Ok(Outcome::success(stdout))
-}
-
-/// The attachment parameters of ADD, DEL and CHECK, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_NETNS` (may be empty on DEL).
-    pub netns: String,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// `CNI_ARGS`, parsed.
-    pub args: CniArgs,
-}
-
-impl Attachment {
-    /// Checks the variables `command` requires (spec "Parameters"); `None` for VERSION, GC and
-    /// STATUS, which have no attachment.
-    pub fn from_invocation(command: Command, invocation: &Invocation) -> Result<Option<Self>, CniError> {
-        let needs_netns = match command {
-            Command::Add | Command::Check => true,
-            Command::Del => false,
-            Command::Version | Command::Gc | Command::Status => return Ok(None),
-        };
-        let mut missing = Vec::new();
-        if invocation.container_id.is_none() {
-            missing.push("CNI_CONTAINERID");
-        }
-        if needs_netns && invocation.netns.is_none() {
-            missing.push("CNI_NETNS");
-        }
-        if invocation.ifname.is_none() {
-            missing.push("CNI_IFNAME");
-        }
-        if !missing.is_empty() {
-            return Err(CniError::new(
-                codes::INVALID_ENVIRONMENT,
-                format!("{}: missing", missing.join(", ")),
-                format!(
-                    "{command} requires CNI_CONTAINERID, CNI_IFNAME{}",
-                    if needs_netns { " and CNI_NETNS" } else { "" }
-                ),
-            ));
-        }
-        let container_id = invocation.container_id.clone().unwrap_or_default();
-        let ifname = invocation.ifname.clone().unwrap_or_default();
-        validate_container_id(&container_id)?;
-        validate_ifname(&ifname)?;
-        let args = CniArgs::parse(invocation.args.as_deref().unwrap_or_default())
-            .map_err(|error| CniError::new(codes::INVALID_ENVIRONMENT, error.to_string(), ""))?;
-        Ok(Some(Self {
-            container_id,
-            netns: invocation.netns.clone().unwrap_or_default(),
-            ifname,
-            args,
-        }))
-    }
-
-    fn pod_label(&self) -> String {
-        format!(
-            "{}/{}",
-            self.args.pod_namespace.as_deref().unwrap_or("-"),
-            self.args.pod_name.as_deref().unwrap_or("-")
-        )
-    }
-
-    /// The pod's namespace and name, which ADD and CHECK cannot do without.
-    fn pod_identity(&self) -> Result<(&str, &str), CniError> {
-        match (self.args.pod_namespace.as_deref(), self.args.pod_name.as_deref()) {
-            (Some(namespace), Some(name)) => Ok((namespace, name)),
-            (namespace, _) => {
-                let key = if namespace.is_none() {
-                    "K8S_POD_NAMESPACE"
-                } else {
-                    "K8S_POD_NAME"
-                };
-                Err(CniError::new(
-                    codes::INVALID_ENVIRONMENT,
-                    format!("CNI_ARGS: {key} missing"),
-                    "the spiderpool IPAM plugin allocates per pod: the runtime must pass \
-                     K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS (kubelet does)",
-                ))
-            }
-        }
-    }
-}
-
-/// Spec: not empty, starts with an alphanumeric, then alphanumerics, `_`, `.` or `-`.
-fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|first| first.is_ascii_alphanumeric());
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            codes::INVALID_ENVIRONMENT,
-            format!("CNI_CONTAINERID: {id:?} is not a valid container id"),
-            "must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
-        ))
-    }
-}
-
-/// Spec: at most 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
-fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let reason = if name.len() > 15 {
-        Some("longer than 15 characters")
-    } else if name == "." || name == ".." {
-        Some("must not be . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        Some("must not contain '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match reason {
-        None => Ok(()),
-        Some(reason) => Err(CniError::new(
-            codes::INVALID_ENVIRONMENT,
-            format!("CNI_IFNAME: {name:?} is not a valid interface name: {reason}"),
-            "",
-        )),
-    }
-}
-
-/// Maps a daemon failure to the CNI error to report. Transport failures are "try again later"
-/// (code 11): the daemon is restarting or overloaded, and the runtime retries. A coded
-/// [`spiderpool_agent_api::ErrorResponse`] is passed through as is.
-fn daemon_error(command: Command, error: ClientError) -> CniError {
-    match error {
-        ClientError::Unreachable { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => {
-            CniError::new(codes::TRY_AGAIN_LATER, format!("{command}: {error}"), "")
-        }
-        ClientError::Malformed { .. } => CniError::new(codes::INTERNAL, format!("{command}: {error}"), ""),
-        ClientError::Status {
-            error: body,
-            coded: true,
-            ..
-        } => CniError::new(body.code, body.msg, body.details),
-        ClientError::Status {
-            status,
-            error: body,
-            coded: false,
-        } => {
-            let code = if status == 503 {
-                codes::TRY_AGAIN_LATER
-            } else {
-                codes::INTERNAL
-            };
-            CniError::new(
-                code,
-                format!("{command}: node daemon answered HTTP {status}: {}", body.msg),
-                "",
-            )
-        }
-    }
-}
-
 fn add<D: Daemon>(
     attachment: &Attachment,
     conf: &NetConf,
@@ -360,9 +126,7 @@ fn add<D: Daemon>(
             json_or_debug(&request)
         ));
     }
-    let response = daemon
-        .add(&request)
-        .map_err(|error| daemon_error(Command::Add, error))?;
+    let response = daemon.add(&request).map_err(|error| error.to_cni(Command::Add))?;
     if logger.enabled(LogLevel::Debug) {
         logger.debug(&format!("daemon answered: {}", json_or_debug(&response)));
     }
@@ -485,7 +249,7 @@ fn del<D: Daemon>(
             logger.info("the daemon holds nothing for this interface: nothing to release");
             Ok(())
         }
-        Err(error) => Err(daemon_error(Command::Del, error)),
+        Err(error) => Err(error.to_cni(Command::Del)),
     }
 }
 
@@ -511,7 +275,7 @@ fn check<D: Daemon>(attachment: &Attachment, conf: &NetConf, daemon: &D) -> Resu
     let (pod_namespace, pod_name) = attachment.pod_identity()?;
     let endpoint = daemon
         .workload_endpoint(pod_namespace, pod_name)
-        .map_err(|error| daemon_error(Command::Check, error))?;
+        .map_err(|error| error.to_cni(Command::Check))?;
     let recorded = endpoint
         .as_ref()
         .and_then(|endpoint| {
@@ -666,7 +430,7 @@ fn gc<D: Daemon>(conf: &NetConf, daemon: &D, logger: &Logger) -> Result<(), CniE
             net_name: conf.name.clone(),
             valid_attachments,
         })
-        .map_err(|error| daemon_error(Command::Gc, error))?;
+        .map_err(|error| error.to_cni(Command::Gc))?;
     logger.info(&format!(
         "GC released {} attachment(s) of network {:?}",
         response.released.len(),
@@ -800,6 +564,7 @@ mod tests {
             args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=uid-1".into()),
             path: Some("/opt/cni/bin".into()),
             socket_override: None,
+            log_dir: None,
         }
     }
 
@@ -1109,18 +874,16 @@ mod tests {
             assert_eq!(value["code"], code, "{command}: {value}");
             assert_eq!(value["cniVersion"], "1.1.0");
         }
-        let text = daemon_error(
-            Command::Add,
-            ClientError::Status {
-                status: 503,
-                error: ErrorResponse {
-                    code: 999,
-                    msg: "starting".into(),
-                    details: String::new(),
-                },
-                coded: false,
+        let text = ClientError::Status {
+            status: 503,
+            error: ErrorResponse {
+                code: 999,
+                msg: "starting".into(),
+                details: String::new(),
             },
-        );
+            coded: false,
+        }
+        .to_cni(Command::Add);
         assert_eq!(text.code, 11);
     }
 
@@ -1315,22 +1078,6 @@ mod tests {
         assert!(
             value["details"].as_str().unwrap().contains("/run/x.sock"),
             "{value}"
-        );
-    }
-
-    #[test]
-    fn environment_is_read_with_empty_values_absent() {
-        let invocation = Invocation::from_env(|name| match name {
-            "CNI_COMMAND" => Some("ADD".into()),
-            "CNI_NETNS" => Some(String::new()),
-            _ => None,
-        });
-        assert_eq!(
-            invocation,
-            Invocation {
-                command: Some("ADD".into()),
-                ..Invocation::default()
-            }
         );
     }
 }
