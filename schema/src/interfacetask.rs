@@ -30,6 +30,8 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
     status = "SpiderInterfaceTaskStatus",
     derive = "PartialEq",
     derive = "Default",
+    // Each node daemon watches only its own tasks (`--field-selector spec.nodeName=<node>`).
+    selectable = ".spec.nodeName",
     doc = "Bonds and VLAN sub-interfaces one node must have; generated from a SpiderNetwork and carried out by the node daemon.",
     printcolumn(
         name = "NODE",
