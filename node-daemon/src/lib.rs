@@ -9,9 +9,12 @@
 //! - [`store`]: watch caches of pools, reserved IPs, namespaces, the node and its pods.
 //! - [`server`]: the unix-socket API and the health/metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`interfaces`]: carrying out the node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint,
+//!   probe and rollback.
 
 pub mod ahead;
 pub mod allocator;
+pub mod interfaces;
 pub mod ipam;
 pub mod metrics;
 pub mod server;
