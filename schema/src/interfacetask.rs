@@ -341,7 +341,10 @@ fn check_probe(problems: &mut Problems, spec: &SpiderInterfaceTaskSpec, probe: &
     if let Some(timeout) = probe.timeout_seconds
         && !(1..=300).contains(&timeout)
     {
-        problems.push("spec.probe.timeoutSeconds", format!("{timeout} is not 1-300 seconds"));
+        problems.push(
+            "spec.probe.timeoutSeconds",
+            format!("{timeout} is not 1-300 seconds"),
+        );
     }
 }
 

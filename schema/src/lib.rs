@@ -29,6 +29,7 @@ pub mod nad;
 pub mod network;
 pub mod reservedip;
 pub mod subnet;
+pub mod taskconflict;
 pub mod validation;
 
 pub use coordinator::{SpiderCoordinator, SpiderCoordinatorStatus};
