@@ -10,15 +10,23 @@
 //!   asks for any more.
 //! - [`checkpoint`]: the prior state of every link a plan touches, and the operations restoring it.
 //! - [`verify`]: whether the node now matches a task (links up, members attached, carrier).
+//! - [`gateway`]: asking a gateway on an interface (ARP probe, neighbour solicitation from `::`).
 //! - [`fake`]: a model of the kernel's links, for tests.
 
 pub mod checkpoint;
+pub mod executor;
 pub mod fake;
+pub mod gateway;
+pub mod host;
 pub mod model;
+pub mod netlink_host;
 pub mod ownership;
 pub mod plan;
 pub mod safety;
+pub mod state;
 pub mod verify;
 
+#[cfg(test)]
+mod executor_tests;
 #[cfg(test)]
 mod plan_tests;

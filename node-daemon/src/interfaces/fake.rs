@@ -264,3 +264,76 @@ fn merge(base: &[BondOption], changes: &[BondOption]) -> Vec<BondOption> {
     }
     by_name.into_values().collect()
 }
+
+/// A [`Host`] over a shared [`FakeKernel`]: the status-flow tests run the agent's executor on it and
+/// look at, or change, the simulated node through a clone.
+#[derive(Clone, Debug, Default)]
+pub struct FakeHost {
+    node: std::sync::Arc<std::sync::Mutex<FakeNode>>,
+}
+
+/// What a [`FakeHost`] simulates.
+#[derive(Clone, Debug, Default)]
+pub struct FakeNode {
+    pub kernel: FakeKernel,
+    /// Where the node's own traffic starts.
+    pub anchors: Vec<super::safety::Anchor>,
+    /// Gateways that answer probes: (interface, address).
+    pub gateways: Vec<(String, std::net::IpAddr)>,
+    /// Operations (as displayed) the kernel refuses.
+    pub failing: Vec<String>,
+}
+
+impl FakeHost {
+    pub fn new(kernel: FakeKernel) -> FakeHost {
+        FakeHost {
+            node: std::sync::Arc::new(std::sync::Mutex::new(FakeNode {
+                kernel,
+                ..FakeNode::default()
+            })),
+        }
+    }
+
+    /// Runs `f` on the simulated node.
+    pub fn with<T>(&self, f: impl FnOnce(&mut FakeNode) -> T) -> T {
+        let mut node = self
+            .node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut node)
+    }
+}
+
+impl super::host::Host for FakeHost {
+    async fn observe(
+        &mut self,
+        _node_ips: &[std::net::IpAddr],
+    ) -> Result<super::host::Observation, super::host::HostError> {
+        Ok(self.with(|node| super::host::Observation {
+            links: node.kernel.links(),
+            anchors: node.anchors.clone(),
+        }))
+    }
+
+    async fn apply(&mut self, op: &LinkOp) -> Result<(), super::host::HostError> {
+        self.with(|node| {
+            if node.failing.contains(&op.to_string()) {
+                node.kernel.recorded.push(op.clone());
+                return Err(super::host::HostError::Refused(format!("{op}: injected failure")));
+            }
+            node.kernel.apply(op).map_err(super::host::HostError::Refused)
+        })
+    }
+
+    async fn probe_gateway(
+        &mut self,
+        interface: &str,
+        gateway: std::net::IpAddr,
+        _timeout: std::time::Duration,
+    ) -> Result<bool, super::host::HostError> {
+        Ok(self.with(|node| {
+            let up = node.kernel.link(interface).is_some_and(|l| l.up && l.carrier);
+            up && node.gateways.iter().any(|(i, g)| i == interface && *g == gateway)
+        }))
+    }
+}
