@@ -252,6 +252,45 @@ pub fn free_addresses(records: &BTreeMap<String, PoolIPAllocation>, usable: &IpS
     usable.difference(&used)
 }
 
+/// What a pool's encoded records hold, counted without decoding them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records of every kind.
+    pub records: usize,
+    /// Reservations of every node.
+    pub reservations: usize,
+    /// Nodes other than this one holding reservations.
+    pub other_nodes: usize,
+}
+
+/// Counts records by their `"podUid"` key and reservations by their `"reservedForNode"` values in
+/// the encoded `allocatedIPs` (`text`), for `node`: decoding a large pool's status on every look
+/// would cost far more, and this is only used for sizing.
+pub fn count_records(text: &str, node: &str) -> RecordCounts {
+    let mut counts = RecordCounts {
+        records: text.matches("\"podUid\"").count(),
+        ..RecordCounts::default()
+    };
+    let mut others: BTreeSet<&str> = BTreeSet::new();
+    for name in text
+        .split("\"reservedForNode\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+    {
+        counts.reservations += 1;
+        if name != node {
+            others.insert(name);
+        }
+    }
+    counts.other_nodes = others.len();
+    counts
+}
+
+/// Whether the encoded `allocatedIPs` (`text`) mention a reservation of `node`.
+pub fn mentions_reservations_of(text: &str, node: &str) -> bool {
+    text.contains(&format!("\"reservedForNode\":\"{node}\""))
+}
+
 /// Nodes holding reservations in `records`, except `except`.
 pub fn reserving_nodes<'r>(
     records: &'r BTreeMap<String, PoolIPAllocation>,

@@ -1,0 +1,475 @@
+//! Every transition of a node's reservations, one by one.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::ippool::PoolIPAllocation;
+
+use super::*;
+use crate::ipam::lease::{self, Holder, RoundInput};
+use crate::ipam::pick::{Op, Outcome};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn usable(range: &str) -> IpSet {
+    IpSet::parse_list(IpFamily::V4, &[range]).unwrap()
+}
+
+fn holder(pod: &str) -> Holder {
+    Holder {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+fn alloc(pod: &str) -> Op {
+    Op::Allocate {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+fn release(address: &str, pod: &str) -> Op {
+    Op::Release {
+        ip: ip(address),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+/// The gate of a pool at spec generation 1 with no SpiderReservedIPs.
+fn open_gate(_: IpFamily) -> Option<HandoutGate> {
+    Some(HandoutGate {
+        generation: Some(1),
+        deleting: false,
+        reserved: IpSet::empty(IpFamily::V4),
+    })
+}
+
+/// One simulated node: its state, and the pool's records it last wrote.
+struct Node {
+    name: &'static str,
+    state: Reservations,
+}
+
+impl Node {
+    /// A node recovered from `records` with no endpoints, checked against the spec by one round.
+    fn started(name: &'static str, records: &mut BTreeMap<String, PoolIPAllocation>, now: Instant) -> Self {
+        let mut node = Node {
+            name,
+            state: Reservations::default(),
+        };
+        node.state
+            .recover(records, BTreeMap::new(), BTreeSet::new(), Some(IpFamily::V4), now);
+        node.round(records, &usable_all(), &[], now, true);
+        node
+    }
+
+    /// Plans, decides and commits one round against `records` (the write succeeds).
+    fn round(
+        &mut self,
+        records: &mut BTreeMap<String, PoolIPAllocation>,
+        usable: &IpSet,
+        ops: &[Op],
+        now: Instant,
+        force: bool,
+    ) -> Option<lease::RoundOutput> {
+        let tuning = Tuning::default();
+        let mut plan = self
+            .state
+            .plan_round(now, &tuning, gives_addresses(ops), !ops.is_empty(), force)?;
+        let kept = self.state.check_spec(&mut plan, usable, IpFamily::V4);
+        let output = decide(records, self.name, usable, &plan, &kept, ops);
+        self.state
+            .committed(&plan, &output.reserved, records, usable, Some(1), now);
+        Some(output)
+    }
+}
+
+fn usable_all() -> IpSet {
+    usable("10.0.0.1-10.0.0.12")
+}
+
+fn decide(
+    records: &mut BTreeMap<String, PoolIPAllocation>,
+    node: &str,
+    usable: &IpSet,
+    plan: &RoundPlan,
+    kept: &BTreeSet<IpAddr>,
+    ops: &[Op],
+) -> lease::RoundOutput {
+    lease::decide_round(
+        records,
+        &RoundInput {
+            node,
+            usable,
+            max_records: 1000,
+            converting: &plan.converting,
+            releasing: &plan.releasing,
+            keep_released: plan.keep_released,
+            returning: &plan.returning,
+            kept,
+            ops,
+            extra_wanted: plan.extra_wanted,
+        },
+    )
+}
+
+#[test]
+fn nothing_is_answered_before_recovery() {
+    let mut state = Reservations::default();
+    let now = Instant::now();
+    assert_eq!(state.answer(&alloc("a"), now, open_gate), None);
+    assert!(!state.is_ready());
+    assert!(state.needs_spec_check());
+}
+
+#[test]
+fn top_up_reserves_for_the_pods_to_come_and_handout_needs_no_write() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    // An allocation with four pods to come: the round gives it one and reserves three more.
+    let out = node
+        .round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
+    assert_eq!(node.state.free().len(), 3);
+    assert_eq!(lease::holders(&records)["uid-a"], ip("10.0.0.1"));
+    // The next ADD is answered at once from a reservation, and a retried one gets the same.
+    let t1 = t0 + Duration::from_millis(10);
+    assert_eq!(
+        node.state.answer(&alloc("b"), t1, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.2")))
+    );
+    assert_eq!(
+        node.state.answer(&alloc("b"), t1, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.2")))
+    );
+    assert_eq!(node.state.handed().len(), 1);
+    // The pool still says "reserved for n1" until the next round records it for b.
+    assert_eq!(records["10.0.0.2"], PoolIPAllocation::reserved_for("n1"));
+    let due = node.state.next_due(t1, &Tuning::default()).unwrap();
+    assert!(due <= t1 + Tuning::default().flush_idle);
+    node.round(
+        &mut records,
+        &usable_all(),
+        &[],
+        t1 + Duration::from_millis(300),
+        false,
+    )
+    .unwrap();
+    assert_eq!(records["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert!(node.state.handed().is_empty());
+}
+
+#[test]
+fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_took_the_address() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(2);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 1);
+    let changed = |_: IpFamily| {
+        Some(HandoutGate {
+            generation: Some(2),
+            deleting: false,
+            reserved: IpSet::empty(IpFamily::V4),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, changed), None);
+    let deleting = |_: IpFamily| {
+        Some(HandoutGate {
+            generation: Some(1),
+            deleting: true,
+            reserved: IpSet::empty(IpFamily::V4),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, deleting), None);
+    let reserved_ip = |_: IpFamily| {
+        Some(HandoutGate {
+            generation: Some(1),
+            deleting: false,
+            reserved: IpSet::parse_list(IpFamily::V4, &["10.0.0.2"]).unwrap(),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, reserved_ip), None);
+}
+
+#[test]
+fn releases_of_handouts_free_them_at_once_and_recorded_ones_become_reservations() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let b = node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    assert_eq!(b, Outcome::Allocated(ip("10.0.0.2")));
+    // Released before it was recorded: unused again, no write needed.
+    assert_eq!(
+        node.state.answer(&release("10.0.0.2", "b"), t0, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert!(node.state.free().contains(&ip("10.0.0.2")));
+    // A recorded address: answered at once, recorded as this node's reservation by the next round.
+    assert_eq!(
+        node.state.answer(&release("10.0.0.1", "a"), t0, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert_eq!(node.state.releasing().len(), 1);
+    // A release by a pod that does not hold the address goes through a write.
+    assert_eq!(node.state.answer(&release("10.0.0.3", "x"), t0, open_gate), None);
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            t0 + Duration::from_millis(300),
+            false,
+        )
+        .unwrap();
+    assert!(out.reserved.contains(&ip("10.0.0.1")));
+    assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+}
+
+#[test]
+fn idle_reservations_go_back_and_a_full_pool_takes_back_the_excess_at_once() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(6);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 5);
+    // Idle for `idle_return`: everything unused goes back.
+    let later = t0 + tuning.idle_return;
+    assert!(node.state.next_due(t0, &tuning).unwrap() <= later);
+    node.state.set_upcoming(0);
+    let out = node
+        .round(&mut records, &usable_all(), &[], later, false)
+        .unwrap();
+    assert!(out.reserved.is_empty());
+    assert!(node.state.free().is_empty());
+    assert_eq!(records.len(), 1);
+
+    // Full pool (nothing free outside reservations), target 1 with one pod to come: the excess
+    // beyond target and margin goes back at once, the lowest stay.
+    let mut node = Node::started("n2", &mut records, t0);
+    node.state.set_upcoming(11);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("b")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 10);
+    node.state.set_upcoming(1);
+    node.state.observe(&PoolView {
+        version: Some("9".into()),
+        usable: 12,
+        records: 12,
+        reservations: 10,
+        other_nodes: 0,
+    });
+    // Target 1, margin 1: all but one go back.
+    assert_eq!(node.state.excess(&tuning), 9);
+    assert_eq!(node.state.next_due(t0, &tuning), Some(t0));
+    let mut plan = node.state.plan_round(t0, &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.returning.len(), 9);
+    assert_eq!(node.state.free().len(), 1);
+    assert!(
+        node.state
+            .free()
+            .iter()
+            .all(|kept| plan.returning.iter().all(|r| kept < r))
+    );
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    decide(&mut records, "n2", &usable_all(), &plan, &kept, &[]);
+    assert_eq!(lease::reserving_nodes(&records, None).len(), 1);
+}
+
+#[test]
+fn a_conflict_puts_handouts_back_and_gives_nothing_back_twice() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    node.state
+        .answer(&release("10.0.0.1", "a"), t0, open_gate)
+        .unwrap();
+    // The round conflicts (another node wrote first): it is abandoned.
+    let later = t0 + tuning.idle_return;
+    let plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    assert!(!plan.converting.is_empty() && !plan.releasing.is_empty() && !plan.returning.is_empty());
+    let returning = plan.returning.clone();
+    node.state.abandoned(plan, later);
+    // Handed-out and released ones are pending again; the ones being returned are not offered.
+    assert_eq!(node.state.handed().len(), 1);
+    assert_eq!(node.state.releasing().len(), 1);
+    assert!(node.state.free().is_disjoint(&returning));
+    assert_eq!(node.state.answer(&alloc("c"), later, open_gate), None);
+}
+
+#[test]
+fn a_lost_response_is_adopted_by_the_next_round() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    // The write is applied but its response is lost: the state abandons the round.
+    let mut plan = node.state.plan_round(t0, &tuning, 1, true, false).unwrap();
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    let ops = [alloc("a")];
+    decide(&mut records, "n1", &usable_all(), &plan, &kept, &ops);
+    node.state.abandoned(plan, t0);
+    assert!(node.state.free().is_empty());
+    // The retried round reads the applied write: the pod gets the same address, and the
+    // reservations this node did not know of are adopted.
+    let out = node.round(&mut records, &usable_all(), &ops, t0, false).unwrap();
+    assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
+    assert!(node.state.free().len() >= 3);
+    assert_eq!(lease::holders(&records).len(), 1);
+}
+
+#[test]
+fn reservations_the_operator_removed_are_reported_lost_never_handed_again() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    // Someone removed this node's reservations and another node took the handed-out one.
+    records.retain(|_, r| r.reservation().is_none());
+    records.insert("10.0.0.2".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            t0 + Duration::from_secs(3),
+            false,
+        )
+        .unwrap();
+    assert_eq!(out.lost.len(), 1);
+    assert_eq!(records["10.0.0.2"].pod_uid, "uid-x");
+}
+
+#[test]
+fn recovery_hands_back_out_nothing_until_the_spec_is_checked() {
+    let t0 = Instant::now();
+    let records = BTreeMap::from([
+        ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ("10.0.0.3".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
+    ]);
+    let claims = HashMap::from([(ip("10.0.0.1"), holder("a"))]);
+    let (handed, unused) = lease::recover(&records, "n1", &claims);
+    let mut state = Reservations::default();
+    state.note_demand(t0);
+    state.recover(&records, handed, unused, Some(IpFamily::V4), t0);
+    assert!(state.is_ready() && state.needs_spec_check());
+    assert_eq!(state.address_of("uid-a"), Some(ip("10.0.0.1")));
+    assert_eq!(state.address_of("uid-z"), Some(ip("10.0.0.3")));
+    // The gate's generation is known; the state's is not until a round checked the spec.
+    assert_eq!(state.answer(&alloc("b"), t0, open_gate), None);
+    // A retried ADD of a recovered pod is answered.
+    assert_eq!(
+        state.answer(&alloc("a"), t0, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.1")))
+    );
+}
+
+#[test]
+fn the_pool_gone_clears_everything() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.clear();
+    assert!(node.state.free().is_empty() && node.state.handed().is_empty());
+    assert!(node.state.needs_spec_check());
+    assert_eq!(node.state.address_of("uid-a"), None);
+}
+
+#[test]
+fn spec_changes_send_unusable_reservations_back() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 3);
+    let narrower = usable("10.0.0.1-10.0.0.2");
+    let mut plan = node
+        .state
+        .plan_round(t0, &Tuning::default(), 0, false, true)
+        .unwrap();
+    node.state.check_spec(&mut plan, &narrower, IpFamily::V4);
+    assert_eq!(plan.returning, BTreeSet::from([ip("10.0.0.3"), ip("10.0.0.4")]));
+    assert_eq!(node.state.free(), &BTreeSet::from([ip("10.0.0.2")]));
+}
+
+#[test]
+fn refills_pause_after_a_short_one() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    // Twelve addresses, wanted: one for a plus 20 to come. It gets what there is.
+    node.state.set_upcoming(21);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 11);
+    for i in 0..6 {
+        node.state
+            .answer(&alloc(&format!("p{i}")), t0, open_gate)
+            .unwrap();
+    }
+    node.state.observe(&PoolView {
+        version: Some("5".into()),
+        usable: 20,
+        records: 12,
+        reservations: 11,
+        other_nodes: 0,
+    });
+    // Half the target used, room outside: a refill is due, but not before the pause after the
+    // short one.
+    assert_eq!(node.state.target(&tuning), 19);
+    assert!(
+        node.state
+            .plan_round(t0 + SHORT_REFILL_PAUSE / 2, &tuning, 0, false, false)
+            .is_none()
+    );
+    let plan = node
+        .state
+        .plan_round(t0 + SHORT_REFILL_PAUSE, &tuning, 0, false, false)
+        .unwrap();
+    assert_eq!(plan.extra_wanted, 14);
+}
