@@ -16,7 +16,7 @@ use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::{SpiderIPPool, SpiderReservedIP};
 use tokio::sync::Notify;
 
-use crate::writer::pool_family;
+use crate::ipam::pool;
 
 /// The caches. Cheap to clone.
 #[derive(Clone)]
@@ -107,7 +107,7 @@ impl Stores {
         let mut all = Vec::new();
         let mut defaults = Vec::new();
         for pool in self.pools.state() {
-            if pool_family(&pool) != Some(family) {
+            if pool::family(&pool) != Some(family) {
                 continue;
             }
             let name = pool.meta().name.clone().unwrap_or_default();
