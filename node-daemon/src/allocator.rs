@@ -402,3 +402,6 @@ impl Allocator {
         Ok(Some(endpoint::workload_status(namespace, name, &status)))
     }
 }
+
+#[cfg(test)]
+mod tests;

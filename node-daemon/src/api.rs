@@ -2,9 +2,14 @@
 //! writes, SpiderEndpoint reads and writes, pods, the owners of a pod's chain, and
 //! NetworkAttachmentDefinitions. The watch caches ([`crate::store`]) are separate.
 //!
-//! [`kube::KubeApi`] talks to a real API server.
+//! One implementation talks to a real API server ([`kube::KubeApi`]); a deterministic in-memory one
+//! with the API server's compare-and-swap semantics and injectable faults ([`fake::FakeApi`], with
+//! the `fake` feature or in this crate's tests) drives the shell's unit tests.
 
 pub mod kube;
+
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;

@@ -7,7 +7,7 @@
 //! - [`writer`]: one writer task per pool; batches this node's changes into one status write per round
 //!   with optimistic concurrency (the design and its failure modes are documented there).
 //! - [`ahead`]: reserving in the pools of pods bound to this node before their ADD comes.
-//! - API I/O: [`api`] (the narrow face of the API server and its kube implementation),
+//! - API I/O: [`api`] (the narrow face of the API server, a kube implementation and a fake),
 //!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
 //! - [`config`], [`error`], [`clock`].
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].

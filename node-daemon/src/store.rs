@@ -36,6 +36,22 @@ pub struct Stores {
     pub pod_changes: Arc<Notify>,
 }
 
+/// The writing ends of caches filled by hand ([`Stores::in_memory`]).
+pub struct StoreFeeds {
+    /// SpiderIPPools.
+    pub pools: reflector::store::Writer<SpiderIPPool>,
+    /// SpiderReservedIPs.
+    pub reserved: reflector::store::Writer<SpiderReservedIP>,
+    /// Namespaces.
+    pub namespaces: reflector::store::Writer<Namespace>,
+    /// This node.
+    pub node: reflector::store::Writer<Node>,
+    /// The pods bound to this node.
+    pub pods: reflector::store::Writer<Pod>,
+    /// Notified after a pod change, as the pod watch does.
+    pub pod_changes: Arc<Notify>,
+}
+
 impl Stores {
     /// Starts the reflectors (on the current tokio runtime) and returns their stores; they fill
     /// asynchronously, see [`Stores::wait_ready`].
@@ -57,6 +73,44 @@ impl Stores {
             ),
             pod_changes,
         }
+    }
+
+    /// Caches filled by hand (the fake API server, [`crate::api::fake`]): every cache is ready and
+    /// empty; `feeds` writes into them.
+    pub fn in_memory() -> (Self, StoreFeeds) {
+        fn ready<K>() -> (Store<K>, reflector::store::Writer<K>)
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let (reader, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            (reader, writer)
+        }
+        let (pools, pools_feed) = ready();
+        let (reserved, reserved_feed) = ready();
+        let (namespaces, namespaces_feed) = ready();
+        let (node, node_feed) = ready();
+        let (pods, pods_feed) = ready();
+        let pod_changes = Arc::new(Notify::new());
+        let stores = Stores {
+            pools,
+            reserved,
+            namespaces,
+            node,
+            pods,
+            pod_changes: pod_changes.clone(),
+        };
+        let feeds = StoreFeeds {
+            pools: pools_feed,
+            reserved: reserved_feed,
+            namespaces: namespaces_feed,
+            node: node_feed,
+            pods: pods_feed,
+            pod_changes,
+        };
+        (stores, feeds)
     }
 
     /// Waits until every cache has its first full list.

@@ -789,3 +789,5 @@ fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, Write
         let _ = r.reply.send(answer);
     }
 }
+#[cfg(test)]
+mod tests;
