@@ -146,6 +146,10 @@ pub struct Reservations {
     handed: BTreeMap<IpAddr, Holder>,
     /// Given back by this node's pods (address to the UID that held it), still recorded for them.
     releasing: BTreeMap<IpAddr, String>,
+    /// Handed-out addresses that a round which may have been applied tried to record (its answer
+    /// was lost and it was abandoned): the pool may already say their pod holds them, so releasing
+    /// one goes through a write like a recorded address, never straight back to `free`.
+    unconfirmed: BTreeSet<IpAddr>,
     /// When the oldest and the newest of `handed` and `releasing` were added.
     oldest_pending: Option<Instant>,
     last_pending: Option<Instant>,
@@ -357,7 +361,12 @@ impl Reservations {
                 if self.handed.get(ip).is_some_and(|h| &h.pod_uid == pod_uid) {
                     self.handed.remove(ip);
                     self.holders.remove(pod_uid);
-                    self.free.insert(*ip);
+                    if self.unconfirmed.remove(ip) {
+                        self.releasing.insert(*ip, pod_uid.clone());
+                        self.note_pending(now);
+                    } else {
+                        self.free.insert(*ip);
+                    }
                     return Some(Outcome::Released(true));
                 }
                 if self.holders.get(pod_uid) == Some(ip) {
@@ -529,18 +538,23 @@ impl Reservations {
             holders.insert(holder.pod_uid.clone(), *ip);
         }
         self.holders = holders;
+        // The round recorded what it converted; only handouts still waiting stay unconfirmed.
+        let handed = &self.handed;
+        self.unconfirmed.retain(|ip| handed.contains_key(ip));
         self.tight = lease::free_addresses(records, usable).is_empty();
         self.generation = generation;
         self.short_refill = (plan.extra_wanted > 0 && got < plan.extra_wanted).then_some(now);
     }
 
-    /// A round could not write: what it had taken goes back. Handed-out reservations go back to
-    /// being handed out (a later round records them); unused ones being given back are NOT offered
-    /// again: an earlier attempt of the round may have been applied without an answer, so they are
-    /// only trusted again once a successful round finds them still reserved for this node (it
-    /// adopts them, [`lease::RoundOutput::reserved`]).
+    /// A round could not write: what it had taken goes back. An earlier attempt of the round may
+    /// have been applied without an answer, so: handed-out reservations go back to being handed out
+    /// (a later round records them) but as unconfirmed (the pool may already record them for their
+    /// pods: a release goes through a write); unused ones being given back are NOT offered again,
+    /// and are only trusted again once a successful round finds them still reserved for this node
+    /// (it adopts them, [`lease::RoundOutput::reserved`]).
     pub fn abandoned(&mut self, plan: RoundPlan, now: Instant) {
         for (ip, holder) in plan.converting {
+            self.unconfirmed.insert(ip);
             self.hand_out(ip, holder, now);
         }
         if !plan.releasing.is_empty() {
@@ -554,6 +568,7 @@ impl Reservations {
         self.free.clear();
         self.handed.clear();
         self.releasing.clear();
+        self.unconfirmed.clear();
         self.holders.clear();
         self.oldest_pending = None;
         self.generation = None;

@@ -1,4 +1,6 @@
-//! Every transition of a node's reservations, one by one.
+//! Every transition of a node's reservations, one by one, then several nodes sharing one pool through
+//! random sequences of them (with conflicts, lost responses and crashes), checking that no address
+//! is ever held twice.
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
@@ -6,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use proptest::prelude::*;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::ippool::PoolIPAllocation;
 
@@ -472,4 +475,190 @@ fn refills_pause_after_a_short_one() {
         .plan_round(t0 + SHORT_REFILL_PAUSE, &tuning, 0, false, false)
         .unwrap();
     assert_eq!(plan.extra_wanted, 14);
+}
+
+#[test]
+fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, open_gate) else {
+        panic!("no handout");
+    };
+    // The round recording b's address is applied, but its answer is lost and the round is abandoned
+    // (the retry could not decide: say the pool's spec became unreadable).
+    let later = t0 + Duration::from_millis(300);
+    let mut plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    decide(&mut records, "n1", &usable_all(), &plan, &kept, &[]);
+    node.state.abandoned(plan, later);
+    assert_eq!(
+        records[&handed.to_string()],
+        PoolIPAllocation::held_by("ns/b", "uid-b")
+    );
+    // b's DEL: the address must not be offered again before a write turns b's record into this
+    // node's reservation; handing it to c now would leave the pool saying b holds it, and the
+    // operator's reclaim would free it under c once b is gone.
+    assert_eq!(
+        node.state
+            .answer(&release(&handed.to_string(), "b"), later, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert!(
+        !node.state.free().contains(&handed),
+        "{handed} offered again before a write"
+    );
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            later + Duration::from_millis(300),
+            false,
+        )
+        .unwrap();
+    assert!(out.reserved.contains(&handed));
+    assert_eq!(records[&handed.to_string()], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.free().contains(&handed));
+}
+
+/// What a simulated node did.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Hand out one reservation to a new pod (fast path).
+    Handout(usize),
+    /// Release one of the pods this node gave an address (fast path, or through a round).
+    Release(usize, usize),
+    /// A round that succeeds, with some allocations.
+    Round(usize, usize),
+    /// A round that conflicts.
+    Conflict(usize),
+    /// A round applied by the API server whose answer was lost.
+    LostResponse(usize, usize),
+    /// The node's agent crashes and restarts (recovering from the records and its endpoints).
+    Crash(usize),
+    /// Time passes.
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..3).prop_map(Step::Handout),
+        (0usize..3, 0usize..8).prop_map(|(n, i)| Step::Release(n, i)),
+        (0usize..3, 0usize..3).prop_map(|(n, a)| Step::Round(n, a)),
+        (0usize..3).prop_map(Step::Conflict),
+        (0usize..3, 0usize..3).prop_map(|(n, a)| Step::LostResponse(n, a)),
+        (0usize..3).prop_map(Step::Crash),
+        (0u64..3000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    /// Three nodes share one small pool and go through random transitions. The ledger is what every
+    /// pod was told (its address, until it released it) and stands in for the pods' endpoints,
+    /// which a crashed node recovers from. After every step: no address is held by two pods; each
+    /// handout is reserved for its node or recorded for its pod; a node's unused reservations are
+    /// reserved for it; nothing is lost.
+    #[test]
+    fn no_address_is_ever_held_twice(steps in proptest::collection::vec(step(), 1..120)) {
+        let names = ["n0", "n1", "n2"];
+        let usable = usable_all();
+        let tuning = Tuning::default();
+        let mut now = Instant::now();
+        let mut records: BTreeMap<String, PoolIPAllocation> = BTreeMap::new();
+        let mut nodes: Vec<Node> = names.iter().map(|n| Node::started(n, &mut records, now)).collect();
+        // Pod UID -> (node, address) for every pod told an address and not released.
+        let mut ledger: BTreeMap<String, (usize, IpAddr)> = BTreeMap::new();
+        let mut next_pod = 0u32;
+        let mut new_pod = || { next_pod += 1; format!("p{next_pod}") };
+        for step in steps {
+            match step {
+                Step::Handout(n) => {
+                    let pod = new_pod();
+                    nodes[n].state.note_demand(now);
+                    nodes[n].state.set_upcoming(3);
+                    if let Some(Outcome::Allocated(ip)) = nodes[n].state.answer(&alloc(&pod), now, open_gate) {
+                        ledger.insert(format!("uid-{pod}"), (n, ip));
+                    }
+                }
+                Step::Release(n, i) => {
+                    let mine: Vec<(String, IpAddr)> = ledger.iter()
+                        .filter(|(_, (node, _))| *node == n)
+                        .map(|(uid, (_, ip))| (uid.clone(), *ip)).collect();
+                    if let Some((uid, ip)) = mine.get(i % mine.len().max(1)).cloned() {
+                        let op = Op::Release { ip, pod_uid: uid.clone() };
+                        let answered = nodes[n].state.answer(&op, now, open_gate);
+                        if answered.is_none() {
+                            nodes[n].round(&mut records, &usable, &[op], now, false);
+                        }
+                        ledger.remove(&uid);
+                    }
+                }
+                Step::Round(n, allocations) | Step::LostResponse(n, allocations) => {
+                    let pods: Vec<String> = (0..allocations).map(|_| new_pod()).collect();
+                    let ops: Vec<Op> = pods.iter().map(|p| alloc(p)).collect();
+                    nodes[n].state.note_demand(now);
+                    let node = &mut nodes[n];
+                    let Some(mut plan) = node.state.plan_round(now, &tuning, ops.len(), !ops.is_empty(), false) else {
+                        continue;
+                    };
+                    let kept = node.state.check_spec(&mut plan, &usable, IpFamily::V4);
+                    let out = decide(&mut records, node.name, &usable, &plan, &kept, &ops);
+                    prop_assert!(out.lost.is_empty(), "{:?}", out.lost);
+                    if matches!(step, Step::LostResponse(..)) {
+                        // Applied, but the node never learns it: nothing was answered.
+                        node.state.abandoned(plan, now);
+                    } else {
+                        node.state.committed(&plan, &out.reserved, &records, &usable, Some(1), now);
+                        for (pod, outcome) in pods.iter().zip(&out.outcomes) {
+                            if let Outcome::Allocated(ip) = outcome {
+                                ledger.insert(format!("uid-{pod}"), (n, *ip));
+                            }
+                        }
+                    }
+                }
+                Step::Conflict(n) => {
+                    if let Some(plan) = nodes[n].state.plan_round(now, &tuning, 0, false, true) {
+                        nodes[n].state.abandoned(plan, now);
+                    }
+                }
+                Step::Crash(n) => {
+                    // Its pods' endpoints say what it handed out.
+                    let claims: HashMap<IpAddr, Holder> = ledger.iter()
+                        .filter(|(_, (node, _))| *node == n)
+                        .map(|(uid, (_, ip))| (*ip, Holder { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() }))
+                        .collect();
+                    let (handed, unused) = lease::recover(&records, names[n], &claims);
+                    let mut state = Reservations::default();
+                    state.recover(&records, handed, unused, Some(IpFamily::V4), now);
+                    nodes[n].state = state;
+                    nodes[n].round(&mut records, &usable, &[], now, true);
+                }
+                Step::Wait(ms) => now += Duration::from_millis(ms),
+            }
+            // No address twice among the pods told an address.
+            let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
+            for (uid, (_, ip)) in &ledger {
+                prop_assert!(seen.insert(*ip, uid).is_none(), "{ip} told to two pods: {ledger:?}");
+            }
+            // Every pod's address is recorded for it, or still reserved for its node (handed out).
+            for (uid, (n, ip)) in &ledger {
+                let record = records.get(&ip.to_string());
+                let ok = record.is_some_and(|r| &r.pod_uid == uid)
+                    || record == Some(&PoolIPAllocation::reserved_for(names[*n]));
+                prop_assert!(ok, "{uid}'s {ip} is {record:?}");
+            }
+            for (n, node) in nodes.iter().enumerate() {
+                for ip in node.state.free() {
+                    prop_assert_eq!(records.get(&ip.to_string()), Some(&PoolIPAllocation::reserved_for(names[n])));
+                    prop_assert!(!ledger.values().any(|(_, held)| held == ip), "{} offers {} which a pod holds", names[n], ip);
+                }
+            }
+        }
+    }
 }
