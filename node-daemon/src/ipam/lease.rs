@@ -192,8 +192,11 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
     let share = even_share(free_count.saturating_add(reservations), others.len());
     let room = input.max_records.saturating_sub(records.len());
+    // Adopted reservations (an earlier write of this node whose answer was lost) are what the node
+    // wanted then and wants again now: they count toward `extra_wanted`.
     let extra = input
         .extra_wanted
+        .saturating_sub(output.reserved.len())
         .min(free_count)
         .min(share.saturating_sub(mine))
         .min(room);
@@ -508,6 +511,11 @@ mod tests {
         let kept = BTreeSet::from([ip("10.0.0.5")]);
         let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 0));
         assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.6")]));
+        // After a lost response the node wants again what that write reserved: the adopted ones
+        // count toward it, nothing more is taken.
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 1));
+        assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.6")]));
+        assert_eq!(records.len(), 2);
     }
 
     #[test]
