@@ -14,6 +14,7 @@ pub mod lease;
 pub mod owner;
 pub mod pick;
 pub mod pool;
+pub mod records;
 pub mod release;
 pub mod reservations;
 pub mod routes;

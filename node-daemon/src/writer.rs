@@ -50,6 +50,7 @@
 //!   else is free, and fail with "try again later" at their deadline.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,10 +195,19 @@ impl Inner {
     }
 }
 
+/// A pool's foreign record keys and addresses claimed by several records, as last reported.
+#[derive(Default)]
+struct Reported {
+    foreign_keys: Vec<String>,
+    ambiguous: Vec<(IpAddr, Vec<String>)>,
+}
+
 /// One pool's writer: its queue and this node's reservations in the pool.
 struct Handle {
     queue: mpsc::UnboundedSender<Request>,
     state: std::sync::Mutex<Reservations>,
+    /// What was last reported, so each finding is logged once.
+    reported: std::sync::Mutex<Reported>,
     /// Tells the writer that the state changed (an address was handed out), so it re-plans its timers.
     wake: Notify,
 }
@@ -304,6 +314,7 @@ impl PoolWriters {
                 let handle = Arc::new(Handle {
                     queue: tx,
                     state: std::sync::Mutex::new(Reservations::default()),
+                    reported: std::sync::Mutex::new(Default::default()),
                     wake: Notify::new(),
                 });
                 tokio::spawn(run_writer(
@@ -662,6 +673,7 @@ fn finish(
         written.metadata.generation,
         clock::now(),
     );
+    report_records(pool, handle, inner, &decided.output);
     for (ip, holder, why) in &decided.output.lost {
         inner.metrics.reservation_lost();
         tracing::error!(
@@ -686,6 +698,41 @@ fn finish(
         }
     }
     waiting
+}
+
+/// Logs the pool's foreign record keys and its addresses claimed by several records when they
+/// change (and counts each newly ambiguous address).
+fn report_records(pool: &str, handle: &Handle, inner: &Inner, output: &lease::RoundOutput) {
+    let mut reported = handle
+        .reported
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if reported.foreign_keys != output.foreign_keys {
+        if !output.foreign_keys.is_empty() {
+            tracing::warn!(
+                pool,
+                keys = ?output.foreign_keys,
+                "status.allocatedIPs has records whose keys are not canonical addresses of the pool; they \
+                 are kept and count as occupying every address they may name"
+            );
+        }
+        reported.foreign_keys.clone_from(&output.foreign_keys);
+    }
+    if reported.ambiguous != output.ambiguous {
+        for (ip, keys) in &output.ambiguous {
+            if !reported.ambiguous.iter().any(|(seen, _)| seen == ip) {
+                inner.metrics.ambiguous_claim("records");
+                tracing::error!(
+                    pool,
+                    %ip,
+                    ?keys,
+                    "several records of the pool name one address; it stays occupied until each is \
+                     released by the pod it names, and is not handed out"
+                );
+            }
+        }
+        reported.ambiguous.clone_from(&output.ambiguous);
+    }
 }
 
 /// The pool is gone: every request fails and nothing is reserved any more.

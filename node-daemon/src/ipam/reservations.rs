@@ -188,7 +188,9 @@ impl Reservations {
         family: Option<IpFamily>,
         now: Instant,
     ) {
-        self.holders = lease::holders(records);
+        self.holders = family
+            .map(|family| lease::holders(records, family))
+            .unwrap_or_default();
         for (ip, holder) in handed {
             self.hand_out(ip, holder, now);
         }
@@ -529,7 +531,7 @@ impl Reservations {
     ) {
         let got = reserved.len();
         self.free.extend(reserved.iter().copied());
-        let mut holders = lease::holders(records);
+        let mut holders = lease::holders(records, usable.family());
         // Releases answered while the write was in flight are still recorded for their pods.
         for pod_uid in self.releasing.values() {
             holders.remove(pod_uid);

@@ -334,3 +334,37 @@ async fn a_missing_or_unusable_pool_fails_the_request_at_once() {
     let err = w.writers.submit("bad", alloc("a"), TIMEOUT).await.unwrap_err();
     assert!(matches!(err, WriteError::BadPool { .. }), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn foreign_record_keys_stay_occupied_and_kept_and_ambiguous_ones_are_counted() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.4",
+        &[
+            ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
+            // The same address again, as an old writer spelled it: two claims on 10.0.0.1.
+            ("10.0.0.01", PoolIPAllocation::held_by("ns/y", "uid-y")),
+            ("::ffff:10.0.0.2", PoolIPAllocation::held_by("ns/z", "uid-z")),
+            ("fd00::3", PoolIPAllocation::held_by("ns/v", "uid-v")),
+        ],
+    ));
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.3")));
+    let written = records(&w.fake, "p");
+    for key in ["10.0.0.1", "10.0.0.01", "::ffff:10.0.0.2", "fd00::3"] {
+        assert!(written.contains_key(key), "{key} was dropped: {written:?}");
+    }
+    let metrics = w.metrics.encode();
+    assert!(
+        metrics.contains("spiderpool_ipam_ambiguous_claims_total{kind=\"records\"} 1"),
+        "{metrics}"
+    );
+    // Reported once, not on every write.
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"records\"} 1")
+    );
+}

@@ -145,7 +145,7 @@ fn top_up_reserves_for_the_pods_to_come_and_handout_needs_no_write() {
         .unwrap();
     assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
     assert_eq!(node.state.free().len(), 3);
-    assert_eq!(lease::holders(&records)["uid-a"], ip("10.0.0.1"));
+    assert_eq!(lease::holders(&records, IpFamily::V4)["uid-a"], ip("10.0.0.1"));
     // The next ADD is answered at once from a reservation, and a retried one gets the same.
     let t1 = t0 + Duration::from_millis(10);
     assert_eq!(
@@ -349,7 +349,7 @@ fn a_lost_response_is_adopted_by_the_next_round() {
     let out = node.round(&mut records, &usable_all(), &ops, t0, false).unwrap();
     assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
     assert_eq!(node.state.free().len(), 3);
-    assert_eq!(lease::holders(&records).len(), 1);
+    assert_eq!(lease::holders(&records, IpFamily::V4).len(), 1);
 }
 
 #[test]
