@@ -201,6 +201,15 @@ impl Stores {
         self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// Whether a pod bound to this node with UID `uid` is in the cache and may still use its network
+    /// ([`crate::ipam::owner::is_pod_alive`]).
+    pub fn pod_alive(&self, uid: &str) -> bool {
+        self.pods
+            .state()
+            .iter()
+            .any(|pod| pod.metadata.uid.as_deref() == Some(uid) && crate::ipam::owner::is_pod_alive(pod))
+    }
+
     /// How many pods bound to this node, as far as the cache shows, still wait for their network
     /// ([`awaits_network`]) and are not ruled out by `skip` (by UID: they hold an address already, or
     /// will ask another pool). A forecast of the ADDs to come, for sizing reservations only.

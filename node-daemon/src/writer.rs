@@ -127,6 +127,7 @@ impl Inner {
     fn handout_gate(&self, pool: &str, family: IpFamily) -> Option<HandoutGate> {
         let cached = self.stores.pool(pool)?;
         Some(HandoutGate {
+            version: cached.metadata.resource_version.clone(),
             generation: cached.metadata.generation,
             deleting: cached.metadata.deletion_timestamp.is_some(),
             reserved: self.stores.reserved_ips(family),
@@ -409,7 +410,7 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.allocations().ok())
         .unwrap_or_default();
-    let mut recovered = Default::default();
+    let mut recovered = lease::Recovered::default();
     if lease::has_reservations(&records, &inner.node) {
         let endpoints = loop {
             match inner
@@ -426,19 +427,35 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
             }
         };
         let claims = endpoint::claims(&endpoints, pool);
-        recovered = lease::recover(&records, &inner.node, &claims);
+        recovered = lease::recover(&records, &inner.node, &claims, |uid| inner.stores.pod_alive(uid));
+        for (ip, claimants) in &recovered.contested {
+            inner.metrics.ambiguous_claim("endpoints");
+            let pods: Vec<&str> = claimants.iter().map(|h| h.pod.as_str()).collect();
+            let outcome = match (recovered.handed.get(ip), recovered.disputed.contains_key(ip)) {
+                (Some(holder), _) => format!("recorded for {}, the only one alive", holder.pod),
+                (None, true) => "several are alive: kept reserved for this node and out of use".to_owned(),
+                (None, false) => "none is alive: unused".to_owned(),
+            };
+            tracing::error!(pool, %ip, ?pods, outcome, "several SpiderEndpoints of this node claim one reservation");
+        }
         tracing::info!(
             pool,
-            handed_out = recovered.0.len(),
-            unused = recovered.1.len(),
+            handed_out = recovered.handed.len(),
+            unused = recovered.unused.len(),
+            disputed = recovered.disputed.len(),
             "recovered this node's reservations"
         );
     }
-    let (handed, unused) = recovered;
     let family = current.as_ref().and_then(pool::family);
-    handle
-        .state()
-        .recover(&records, handed, unused, family, clock::now());
+    handle.state().recover(
+        &records,
+        recovered,
+        family,
+        current
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.as_deref()),
+        clock::now(),
+    );
     current
 }
 
@@ -485,10 +502,10 @@ async fn round(
             return (latest, Vec::new());
         }
 
-        let current = match latest.take() {
-            Some(obj) => obj,
+        let (current, read_now) = match latest.take() {
+            Some(obj) => (obj, false),
             None => match inner.api.get_pool(pool).await {
-                Ok(Some(obj)) => obj,
+                Ok(Some(obj)) => (obj, true),
                 Ok(None) => {
                     pool_gone(pool, batch, handle);
                     return (None, Vec::new());
@@ -513,6 +530,17 @@ async fn round(
             }
         };
         let Some(allocated_ips) = decided.text.clone() else {
+            if !batch.is_empty() && !read_now {
+                // Nothing to write, so no resourceVersion check will catch a stale decision: the
+                // answers (a retried ADD's address, a release of what is not held) must come from
+                // the pool as it is, not as this node last wrote or saw it. Read it and decide again.
+                handle.state().abandoned(plan.clone(), clock::now());
+                plan = match plan_round(pool, handle, &mut batch, inner, true) {
+                    Some(plan) => plan,
+                    None => return (None, Vec::new()),
+                };
+                continue;
+            }
             // Nothing changes (repeated ADDs, releases of what is not held): no write needed.
             let waiting = finish(pool, handle, inner, &current, &plan, decided, batch);
             return (Some(current), waiting);
@@ -671,6 +699,7 @@ fn finish(
         &decided.records,
         &decided.usable,
         written.metadata.generation,
+        written.metadata.resource_version.as_deref(),
         clock::now(),
     );
     report_records(pool, handle, inner, &decided.output);

@@ -130,11 +130,26 @@ impl Allocator {
             // Act.
             let existing = match (verdict, endpoint) {
                 (EndpointVerdict::Repeat, Some(ep)) => {
-                    self.inner
-                        .endpoints
-                        .note_container(&ep, &args.container_id)
-                        .await?;
-                    return Ok(self.response(&ep.status.unwrap_or_default()));
+                    let stale = self.stale_addresses(&facts, &ep).await?;
+                    if stale.is_empty() {
+                        self.inner
+                            .endpoints
+                            .note_container(&ep, &args.container_id)
+                            .await?;
+                        return Ok(self.response(&ep.status.unwrap_or_default()));
+                    }
+                    for address in &stale {
+                        self.inner.metrics.ambiguous_claim("endpoints");
+                        tracing::error!(
+                            endpoint = facts.endpoint_name,
+                            ip = %address.ip,
+                            pool = address.pool,
+                            why = address.why,
+                            "the pod's SpiderEndpoint records an address its pool does not hold for it; \
+                             allocating the interface afresh and leaving the pool's records as they are"
+                        );
+                    }
+                    Some(endpoint::without_interface(ep, &args.if_name))
                 }
                 (EndpointVerdict::TakeOver, Some(ep)) => return self.take_over(&facts, ep).await,
                 (EndpointVerdict::ReplaceStale, Some(ep)) => {
@@ -197,6 +212,43 @@ impl Allocator {
                 }
             }
         }
+    }
+
+    /// The addresses of the interface being added that the pod's endpoint records but their pools
+    /// do not hold for the pod ([`add::stale_addresses`]): judged from the watch cache, and when that
+    /// finds any, confirmed from pools read afresh (the cache may lag a write made for the pod).
+    async fn stale_addresses(
+        &self,
+        facts: &Facts<'_>,
+        ep: &SpiderEndpoint,
+    ) -> Result<Vec<add::StaleAddress>, IpamError> {
+        let Some(detail) = ep
+            .status
+            .as_ref()
+            .and_then(|s| s.current.ips.iter().find(|d| d.nic == facts.args.if_name))
+        else {
+            return Ok(Vec::new());
+        };
+        let node = &self.inner.config.node_name;
+        let cached = add::stale_addresses(detail, &facts.pod_uid, node, |pool| self.inner.stores.pool(pool));
+        if cached.is_empty() {
+            return Ok(cached);
+        }
+        let mut fresh = std::collections::HashMap::new();
+        for address in &cached {
+            if !fresh.contains_key(&address.pool) {
+                let pool = self
+                    .inner
+                    .api
+                    .get_pool(&address.pool)
+                    .await
+                    .map_err(IpamError::api("reading a SpiderIPPool"))?;
+                fresh.insert(address.pool.clone(), pool.map(std::sync::Arc::new));
+            }
+        }
+        Ok(add::stale_addresses(detail, &facts.pod_uid, node, |pool| {
+            fresh.get(pool).cloned().flatten()
+        }))
     }
 
     /// Writes the endpoint with the fresh grants: adds the interfaces to the pod's endpoint

@@ -289,3 +289,43 @@ async fn a_bad_request_or_a_gone_pod_fails_before_any_write() {
     // No pool write happened.
     assert_eq!(w.fake.pool("p").unwrap().status, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_add_never_answers_an_address_the_pool_now_records_for_another_pod() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // Reclaim freed a's record (say a looked dead) and the address went to b.
+    let pool = w.fake.pool("p").unwrap();
+    w.fake
+        .write_pool_status(
+            "p",
+            &crate::api::PoolStatusWrite {
+                resource_version: pool.metadata.resource_version.clone(),
+                allocated_ips: Some(r#"{"10.0.0.10":{"pod":"ns/b","podUid":"u2"}}"#.into()),
+                allocated_ip_count: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let again = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    let answered = again.ips[0].address.trim_end_matches("/24").to_owned();
+    assert_ne!(answered, "10.0.0.10");
+    let records = holders(&w.fake);
+    assert!(
+        records.contains(&("10.0.0.10".to_owned(), "u2".to_owned())),
+        "{records:?}"
+    );
+    let of_a: Vec<&(String, String)> = records.iter().filter(|(_, uid)| uid == "u1").collect();
+    assert_eq!(of_a, [&(answered.clone(), "u1".to_owned())]);
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    let addresses = endpoint::status_addresses(&ep.status.unwrap());
+    assert_eq!(addresses.len(), 1, "{addresses:?}");
+    assert_eq!(addresses[0].0.to_string(), answered);
+    assert!(
+        w.allocator
+            .metrics()
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 1")
+    );
+}

@@ -18,6 +18,7 @@ use super::candidates::{CandidateError, Candidates, NicRequest, Source};
 use super::endpoint::detail_addresses;
 use super::filter::{self, PodScope};
 use super::owner;
+use super::records::RecordIndex;
 
 /// Why an ADD cannot go on, before or without any write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,6 +202,66 @@ pub fn eligible_pools(
     }
     filter::order(&mut eligible);
     Ok(eligible)
+}
+
+/// An address an endpoint records for its pod that the pool no longer holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its pool.
+    pub pool: String,
+    /// What the pool says instead.
+    pub why: String,
+}
+
+/// The addresses of `detail` (an interface of the endpoint of pod `pod_uid`) whose pool does not hold
+/// them for that pod: no record names them, or a record names another pod or another node's
+/// reservation, or several records name them. A reservation of this node (`node`) counts as held
+/// (this node hands reservations out before recording them). A pool `pools` cannot find, or whose
+/// records cannot be read, is not judged.
+pub fn stale_addresses(
+    detail: &IPAllocationDetail,
+    pod_uid: &str,
+    node: &str,
+    pools: impl Fn(&str) -> Option<Arc<SpiderIPPool>>,
+) -> Vec<StaleAddress> {
+    let mut stale = Vec::new();
+    for (ip, pool_name) in detail_addresses(detail) {
+        let Some(pool) = pools(&pool_name) else { continue };
+        let (Some(family), Ok(records)) = (
+            super::pool::family(&pool),
+            pool.status.clone().unwrap_or_default().allocations(),
+        ) else {
+            continue;
+        };
+        let index = RecordIndex::new(&records, family);
+        let keys = index.keys_naming(&records, &ip);
+        let holders: Vec<&spiderpool_schema::ippool::PoolIPAllocation> =
+            keys.iter().filter_map(|k| records.get(k)).collect();
+        let why = match holders.as_slice() {
+            [] => Some("the pool has no record of it".to_owned()),
+            [one] if one.reservation() == Some(node) => None,
+            [one] if one.reservation().is_none() && one.pod_uid == pod_uid => None,
+            [one] => Some(match one.reservation() {
+                Some(other) => format!("the pool says node {other} reserved it"),
+                None => format!("the pool says {} holds it", one.pod),
+            }),
+            several => Some(format!(
+                "{} records of the pool name it ({})",
+                several.len(),
+                keys.join(", ")
+            )),
+        };
+        if let Some(why) = why {
+            stale.push(StaleAddress {
+                ip,
+                pool: pool_name,
+                why,
+            });
+        }
+    }
+    stale
 }
 
 /// The retained addresses of a sticky pod's endpoint, interface by interface: `(index of the

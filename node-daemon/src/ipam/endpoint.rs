@@ -243,6 +243,15 @@ pub fn extend_endpoint(
     annotations.insert(ANNO_NETWORKS.to_owned(), networks);
 }
 
+/// The endpoint without its interface `nic` (whose addresses turned out stale, to be allocated
+/// afresh).
+pub fn without_interface(mut endpoint: SpiderEndpoint, nic: &str) -> SpiderEndpoint {
+    if let Some(status) = endpoint.status.as_mut() {
+        status.current.ips.retain(|d| d.nic != nic);
+    }
+    endpoint
+}
+
 /// Switches a sticky pod's endpoint to its new incarnation (`pod_uid` on `node`, sandbox
 /// `container_id`), keeping only the interfaces `keep` says were rebound.
 pub fn take_over_endpoint(
@@ -362,10 +371,10 @@ pub fn workload_status(namespace: &str, name: &str, status: &SpiderEndpointStatu
     }
 }
 
-/// What `endpoints` (this node's) say they hold from `pool`: address to the pod (for a VM the
-/// endpoint is named after the VM, not its launcher pod; the UID is what counts, as rebinds and
-/// reclaim match by UID).
-pub fn claims(endpoints: &[SpiderEndpoint], pool: &str) -> HashMap<IpAddr, Holder> {
+/// What `endpoints` (this node's) say they hold from `pool`: address to every pod claiming it, each
+/// once (for a VM the endpoint is named after the VM, not its launcher pod; the UID is what counts,
+/// as rebinds and reclaim match by UID).
+pub fn claims(endpoints: &[SpiderEndpoint], pool: &str) -> HashMap<IpAddr, Vec<Holder>> {
     let mut claims = HashMap::new();
     for ep in endpoints {
         let Some(status) = ep.status.as_ref() else {
@@ -377,13 +386,14 @@ pub fn claims(endpoints: &[SpiderEndpoint], pool: &str) -> HashMap<IpAddr, Holde
             if from != pool {
                 continue;
             }
-            claims.insert(
-                ip,
-                Holder {
-                    pod: format!("{namespace}/{name}"),
-                    pod_uid: status.current.uid.clone(),
-                },
-            );
+            let holder = Holder {
+                pod: format!("{namespace}/{name}"),
+                pod_uid: status.current.uid.clone(),
+            };
+            let claimants: &mut Vec<Holder> = claims.entry(ip).or_default();
+            if !claimants.iter().any(|h| h.pod_uid == holder.pod_uid) {
+                claimants.push(holder);
+            }
         }
     }
     claims

@@ -243,15 +243,31 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     output
 }
 
-/// After a restart: which of this node's reservations in `records` were handed to pods (an endpoint
-/// written by this node claims them: `claims`) and which are unused.
+/// This node's reservations after a restart ([`recover`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Handed to a pod (one endpoint of this node claims it, or one live pod among its claimants).
+    pub handed: BTreeMap<IpAddr, Holder>,
+    /// Unused (no endpoint claims it, or none of its claimants' pods is alive).
+    pub unused: BTreeSet<IpAddr>,
+    /// Claimed by endpoints of several live pods: kept reserved for this node and out of use (neither
+    /// recorded for one of them nor handed out again) until a later recovery finds one claimant.
+    pub disputed: BTreeMap<IpAddr, Vec<Holder>>,
+    /// Every address claimed by several endpoints, with the claimants (resolved or not), to report.
+    pub contested: BTreeMap<IpAddr, Vec<Holder>>,
+}
+
+/// After a restart: which of this node's reservations in `records` were handed to pods (endpoints
+/// written by this node claim them: `claims`, address to every pod claiming it) and which are
+/// unused. An address claimed by several pods goes to the one whose pod is alive (`alive`, by UID);
+/// with none alive it is unused; with several it is disputed.
 pub fn recover(
     records: &BTreeMap<String, PoolIPAllocation>,
     node: &str,
-    claims: &HashMap<IpAddr, Holder>,
-) -> (BTreeMap<IpAddr, Holder>, BTreeSet<IpAddr>) {
-    let mut handed = BTreeMap::new();
-    let mut unused = BTreeSet::new();
+    claims: &HashMap<IpAddr, Vec<Holder>>,
+    alive: impl Fn(&str) -> bool,
+) -> Recovered {
+    let mut recovered = Recovered::default();
     for (key, record) in records {
         if record.reservation() != Some(node) {
             continue;
@@ -260,16 +276,28 @@ pub fn recover(
         if ip.to_string() != *key {
             continue;
         }
-        match claims.get(&ip) {
-            Some(holder) => {
-                handed.insert(ip, holder.clone());
+        let claimants = claims.get(&ip).map(Vec::as_slice).unwrap_or_default();
+        if claimants.len() > 1 {
+            recovered.contested.insert(ip, claimants.to_vec());
+        }
+        let live: Vec<&Holder> = if claimants.len() > 1 {
+            claimants.iter().filter(|h| alive(&h.pod_uid)).collect()
+        } else {
+            claimants.iter().collect()
+        };
+        match live.as_slice() {
+            [] => {
+                recovered.unused.insert(ip);
             }
-            None => {
-                unused.insert(ip);
+            [holder] => {
+                recovered.handed.insert(ip, (*holder).clone());
+            }
+            _ => {
+                recovered.disputed.insert(ip, claimants.to_vec());
             }
         }
     }
-    (handed, unused)
+    recovered
 }
 
 /// Whether `records` hold any reservation of `node`.
@@ -687,15 +715,43 @@ mod tests {
             ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n2")),
             ("10.0.0.4".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
         ]);
-        let claims = HashMap::from([(ip("10.0.0.1"), holder("a")), (ip("10.0.0.3"), holder("b"))]);
-        let (handed, unused) = recover(&records, "n1", &claims);
-        assert_eq!(handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
-        assert_eq!(unused, BTreeSet::from([ip("10.0.0.2")]));
+        let claims = HashMap::from([
+            (ip("10.0.0.1"), vec![holder("a")]),
+            (ip("10.0.0.3"), vec![holder("b")]),
+        ]);
+        let recovered = recover(&records, "n1", &claims, |_| true);
+        assert_eq!(recovered.handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
+        assert_eq!(recovered.unused, BTreeSet::from([ip("10.0.0.2")]));
+        assert!(recovered.disputed.is_empty() && recovered.contested.is_empty());
         assert!(has_reservations(&records, "n2") && !has_reservations(&records, "n3"));
         assert_eq!(
             holders(&records, IpFamily::V4),
             HashMap::from([("uid-z".to_owned(), ip("10.0.0.4"))])
         );
+    }
+
+    #[test]
+    fn a_reservation_several_endpoints_claim_goes_to_the_one_live_pod_or_is_disputed() {
+        let records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ]);
+        let claims = HashMap::from([
+            (ip("10.0.0.1"), vec![holder("gone"), holder("a")]),
+            (ip("10.0.0.2"), vec![holder("b"), holder("c")]),
+            (ip("10.0.0.3"), vec![holder("gone"), holder("dead")]),
+        ]);
+        let recovered = recover(&records, "n1", &claims, |uid| {
+            !["uid-gone", "uid-dead"].contains(&uid)
+        });
+        assert_eq!(recovered.handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
+        assert_eq!(recovered.unused, BTreeSet::from([ip("10.0.0.3")]));
+        assert_eq!(
+            recovered.disputed.keys().copied().collect::<Vec<_>>(),
+            [ip("10.0.0.2")]
+        );
+        assert_eq!(recovered.contested.len(), 3);
     }
 
     #[test]

@@ -65,9 +65,13 @@ pub const SHORT_REFILL_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the watch cache says about the pool right now, for the fast path: a reservation is only
 /// handed out while the pool's spec is the one the reservations were last checked against, the pool
-/// is not being deleted, and no SpiderReservedIP took the address since.
+/// is not being deleted, and no SpiderReservedIP took the address since; a pod is only told the
+/// address this node knows it holds while the pool is still at the version that knowledge comes
+/// from (someone else's write, such as the operator's reclaim, may have freed or moved it).
 #[derive(Debug, Clone)]
 pub struct HandoutGate {
+    /// The cached pool's `metadata.resourceVersion`.
+    pub version: Option<String>,
     /// The cached pool's `metadata.generation`.
     pub generation: Option<i64>,
     /// The cached pool is being deleted.
@@ -146,6 +150,9 @@ pub struct Reservations {
     handed: BTreeMap<IpAddr, Holder>,
     /// Given back by this node's pods (address to the UID that held it), still recorded for them.
     releasing: BTreeMap<IpAddr, String>,
+    /// Reserved for this node and claimed by the endpoints of several live pods after a restart
+    /// ([`lease::Recovered::disputed`]): never handed out, given back or adopted as unused.
+    disputed: BTreeSet<IpAddr>,
     /// Handed-out addresses that a round which may have been applied tried to record (its answer
     /// was lost and it was abandoned): the pool may already say their pod holds them, so releasing
     /// one goes through a write like a recorded address, never straight back to `free`.
@@ -156,6 +163,8 @@ pub struct Reservations {
     /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
     /// the same answer).
     holders: HashMap<String, IpAddr>,
+    /// The pool version `holders` was read from (recovery or this node's last write).
+    records_version: Option<String>,
     /// When an allocation was last asked for.
     last_demand: Option<Instant>,
     /// Pods bound to this node that wait for their network and hold no address of the pool yet, as
@@ -176,18 +185,26 @@ pub struct Reservations {
 }
 
 impl Reservations {
-    /// Recovery after a (re)start, from the pool's records as read (`records`), this node's
-    /// reservations that its endpoints claim (`handed`, [`lease::recover`]) and the unused ones.
+    /// Recovery after a (re)start, from the pool's records as read (`records`) and what
+    /// [`lease::recover`] made of this node's reservations and its endpoints' claims.
     /// Unused ones are checked against the pool's spec by the first round before being handed out
     /// (the generation is unknown until then). Demand noted before recovery is kept.
     pub fn recover(
         &mut self,
         records: &BTreeMap<String, PoolIPAllocation>,
-        handed: BTreeMap<IpAddr, Holder>,
-        unused: BTreeSet<IpAddr>,
+        recovered: lease::Recovered,
         family: Option<IpFamily>,
+        version: Option<&str>,
         now: Instant,
     ) {
+        let lease::Recovered {
+            handed,
+            unused,
+            disputed,
+            ..
+        } = recovered;
+        self.disputed = disputed.into_keys().collect();
+        self.records_version = version.map(str::to_owned);
         self.holders = family
             .map(|family| lease::holders(records, family))
             .unwrap_or_default();
@@ -344,8 +361,11 @@ impl Reservations {
         }
         match op {
             Op::Allocate { pod, pod_uid } => {
-                if let Some(ip) = self.holders.get(pod_uid) {
-                    return Some(Outcome::Allocated(*ip));
+                if let Some(ip) = self.holders.get(pod_uid).copied() {
+                    // Only while the pool is as this node last read or wrote it; else the round
+                    // decides from the records as they are now.
+                    let gate = gate(self.family?)?;
+                    return (gate.version == self.records_version).then_some(Outcome::Allocated(ip));
                 }
                 let ip = self.handout_candidate(gate)?;
                 self.free.remove(&ip);
@@ -500,8 +520,8 @@ impl Reservations {
 
     /// Checks the unused reservations against the pool's usable addresses before a round decides:
     /// those the spec no longer allows join the plan's give-back. Returns every other reservation
-    /// this node knows of (unused, and handed out but not in this round), which the round leaves as
-    /// they are ([`lease::RoundInput::kept`]).
+    /// this node knows of (unused, handed out but not in this round, disputed), which the round leaves
+    /// as they are ([`lease::RoundInput::kept`]).
     pub fn check_spec(&mut self, plan: &mut RoundPlan, usable: &IpSet, family: IpFamily) -> BTreeSet<IpAddr> {
         let unusable: Vec<IpAddr> = self
             .free
@@ -514,12 +534,21 @@ impl Reservations {
             plan.returning.insert(ip);
         }
         self.family = Some(family);
-        self.free.iter().chain(self.handed.keys()).copied().collect()
+        self.free
+            .iter()
+            .chain(self.handed.keys())
+            .chain(&self.disputed)
+            .copied()
+            .collect()
     }
 
     /// A round's write succeeded (or nothing needed writing): `reserved` are this node's new
-    /// reservations, `records` the pool's records as written (at spec generation `generation`), of
-    /// which `usable` may be given out.
+    /// reservations, `records` the pool's records as written (at spec generation `generation`,
+    /// resourceVersion `version`), of which `usable` may be given out.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the facts of one written round"
+    )]
     pub fn committed(
         &mut self,
         plan: &RoundPlan,
@@ -527,6 +556,7 @@ impl Reservations {
         records: &BTreeMap<String, PoolIPAllocation>,
         usable: &IpSet,
         generation: Option<i64>,
+        version: Option<&str>,
         now: Instant,
     ) {
         let got = reserved.len();
@@ -540,6 +570,7 @@ impl Reservations {
             holders.insert(holder.pod_uid.clone(), *ip);
         }
         self.holders = holders;
+        self.records_version = version.map(str::to_owned);
         // The round recorded what it converted; only handouts still waiting stay unconfirmed.
         let handed = &self.handed;
         self.unconfirmed.retain(|ip| handed.contains_key(ip));
@@ -571,6 +602,7 @@ impl Reservations {
         self.handed.clear();
         self.releasing.clear();
         self.unconfirmed.clear();
+        self.disputed.clear();
         self.holders.clear();
         self.oldest_pending = None;
         self.generation = None;

@@ -368,3 +368,55 @@ async fn foreign_record_keys_stay_occupied_and_kept_and_ambiguous_ones_are_count
             .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"records\"} 1")
     );
 }
+
+fn running_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": "n1", "containers": []},
+        "status": {"phase": "Running", "podIP": "10.0.0.99"},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_two_endpoints_claim_goes_to_the_live_pod_or_stays_out_of_use() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.9",
+        &[
+            ("10.0.0.1", PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2", PoolIPAllocation::reserved_for("n1")),
+        ],
+    ));
+    // 10.0.0.1: claimed by a (alive) and z (gone); 10.0.0.2: by b and c, both alive.
+    w.fake.put_pod(running_pod("a"));
+    w.fake.put_pod(running_pod("b"));
+    w.fake.put_pod(running_pod("c"));
+    for (name, address) in [
+        ("a", "10.0.0.1"),
+        ("z", "10.0.0.1"),
+        ("b", "10.0.0.2"),
+        ("c", "10.0.0.2"),
+    ] {
+        w.fake.put_endpoint(endpoint_claiming(name, address));
+    }
+    w.writers.recover_reservations();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.1"], PoolIPAllocation::held_by("ns/a", "uid-a"));
+    // Neither live pod is given 10.0.0.2 over the other, nor is it given back or handed out.
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::reserved_for("n1"));
+    let next = w.writers.submit("p", alloc("d"), TIMEOUT).await.unwrap();
+    assert_eq!(next, Outcome::Allocated(ip("10.0.0.3")));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        records(&w.fake, "p")["10.0.0.2"],
+        PoolIPAllocation::reserved_for("n1")
+    );
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 2")
+    );
+}

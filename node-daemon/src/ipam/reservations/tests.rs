@@ -48,6 +48,7 @@ fn release(address: &str, pod: &str) -> Op {
 /// The gate of a pool at spec generation 1 with no SpiderReservedIPs.
 fn open_gate(_: IpFamily) -> Option<HandoutGate> {
     Some(HandoutGate {
+        version: None,
         generation: Some(1),
         deleting: false,
         reserved: IpSet::empty(IpFamily::V4),
@@ -67,8 +68,13 @@ impl Node {
             name,
             state: Reservations::default(),
         };
-        node.state
-            .recover(records, BTreeMap::new(), BTreeSet::new(), Some(IpFamily::V4), now);
+        node.state.recover(
+            records,
+            lease::Recovered::default(),
+            Some(IpFamily::V4),
+            None,
+            now,
+        );
         node.round(records, &usable_all(), &[], now, true);
         node
     }
@@ -89,7 +95,7 @@ impl Node {
         let kept = self.state.check_spec(&mut plan, usable, IpFamily::V4);
         let output = decide(records, self.name, usable, &plan, &kept, ops);
         self.state
-            .committed(&plan, &output.reserved, records, usable, Some(1), now);
+            .committed(&plan, &output.reserved, records, usable, Some(1), None, now);
         Some(output)
     }
 }
@@ -185,6 +191,7 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
     assert_eq!(node.state.free().len(), 1);
     let changed = |_: IpFamily| {
         Some(HandoutGate {
+            version: None,
             generation: Some(2),
             deleting: false,
             reserved: IpSet::empty(IpFamily::V4),
@@ -193,6 +200,7 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
     assert_eq!(node.state.answer(&alloc("b"), t0, changed), None);
     let deleting = |_: IpFamily| {
         Some(HandoutGate {
+            version: None,
             generation: Some(1),
             deleting: true,
             reserved: IpSet::empty(IpFamily::V4),
@@ -201,6 +209,7 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
     assert_eq!(node.state.answer(&alloc("b"), t0, deleting), None);
     let reserved_ip = |_: IpFamily| {
         Some(HandoutGate {
+            version: None,
             generation: Some(1),
             deleting: false,
             reserved: IpSet::parse_list(IpFamily::V4, &["10.0.0.2"]).unwrap(),
@@ -386,11 +395,11 @@ fn recovery_hands_back_out_nothing_until_the_spec_is_checked() {
         ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
         ("10.0.0.3".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
     ]);
-    let claims = HashMap::from([(ip("10.0.0.1"), holder("a"))]);
-    let (handed, unused) = lease::recover(&records, "n1", &claims);
+    let claims = HashMap::from([(ip("10.0.0.1"), vec![holder("a")])]);
+    let recovered = lease::recover(&records, "n1", &claims, |_| true);
     let mut state = Reservations::default();
     state.note_demand(t0);
-    state.recover(&records, handed, unused, Some(IpFamily::V4), t0);
+    state.recover(&records, recovered, Some(IpFamily::V4), None, t0);
     assert!(state.is_ready() && state.needs_spec_check());
     assert_eq!(state.address_of("uid-a"), Some(ip("10.0.0.1")));
     assert_eq!(state.address_of("uid-z"), Some(ip("10.0.0.3")));
@@ -401,6 +410,36 @@ fn recovery_hands_back_out_nothing_until_the_spec_is_checked() {
         state.answer(&alloc("a"), t0, open_gate),
         Some(Outcome::Allocated(ip("10.0.0.1")))
     );
+}
+
+#[test]
+fn a_retried_add_is_answered_from_memory_only_while_the_pool_is_as_last_read_or_written() {
+    let t0 = Instant::now();
+    let records = BTreeMap::from([("10.0.0.3".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
+    let mut state = Reservations::default();
+    state.recover(
+        &records,
+        lease::Recovered::default(),
+        Some(IpFamily::V4),
+        Some("7"),
+        t0,
+    );
+    let at = |version: &'static str| {
+        move |_: IpFamily| {
+            Some(HandoutGate {
+                version: Some(version.to_owned()),
+                generation: None,
+                deleting: false,
+                reserved: IpSet::empty(IpFamily::V4),
+            })
+        }
+    };
+    assert_eq!(
+        state.answer(&alloc("a"), t0, at("7")),
+        Some(Outcome::Allocated(ip("10.0.0.3")))
+    );
+    // Someone else wrote the pool since (reclaim may have freed a's address): ask the records.
+    assert_eq!(state.answer(&alloc("a"), t0, at("8")), None);
 }
 
 #[test]
@@ -614,7 +653,7 @@ proptest! {
                         // Applied, but the node never learns it: nothing was answered.
                         node.state.abandoned(plan, now);
                     } else {
-                        node.state.committed(&plan, &out.reserved, &records, &usable, Some(1), now);
+                        node.state.committed(&plan, &out.reserved, &records, &usable, Some(1), None, now);
                         for (pod, outcome) in pods.iter().zip(&out.outcomes) {
                             if let Outcome::Allocated(ip) = outcome {
                                 ledger.insert(format!("uid-{pod}"), (n, *ip));
@@ -629,13 +668,13 @@ proptest! {
                 }
                 Step::Crash(n) => {
                     // Its pods' endpoints say what it handed out.
-                    let claims: HashMap<IpAddr, Holder> = ledger.iter()
+                    let claims: HashMap<IpAddr, Vec<Holder>> = ledger.iter()
                         .filter(|(_, (node, _))| *node == n)
-                        .map(|(uid, (_, ip))| (*ip, Holder { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() }))
+                        .map(|(uid, (_, ip))| (*ip, vec![Holder { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() }]))
                         .collect();
-                    let (handed, unused) = lease::recover(&records, names[n], &claims);
+                    let recovered = lease::recover(&records, names[n], &claims, |_| true);
                     let mut state = Reservations::default();
-                    state.recover(&records, handed, unused, Some(IpFamily::V4), now);
+                    state.recover(&records, recovered, Some(IpFamily::V4), None, now);
                     nodes[n].state = state;
                     nodes[n].round(&mut records, &usable, &[], now, true);
                 }
