@@ -10,9 +10,17 @@
 //!   asks for any more.
 //! - [`checkpoint`]: the prior state of every link a plan touches, and the operations restoring it.
 //! - [`verify`]: whether the node now matches a task (links up, members attached, carrier).
-//! - [`gateway`]: asking a gateway on an interface (ARP probe, neighbour solicitation from `::`).
-//! - [`fake`]: a model of the kernel's links, for tests.
+//! - [`status`]: a task's status and Events from what happened.
+//!
+//! The shell:
+//! - [`executor`]: one task at a time: checkpoint on disk, apply, probe, roll back; crash recovery;
+//!   revert. [`state`] keeps its memory (ownership, rolled-back generations, the checkpoint).
+//! - [`host`]: the node behind a trait; [`netlink_host`] is the real one, [`gateway`] asks a gateway
+//!   on an interface (ARP probe, neighbour solicitation from `::`), [`fake`] models the kernel's
+//!   links for tests.
+//! - [`agent`]: the watch of the node's tasks, status writes and Events.
 
+pub mod agent;
 pub mod checkpoint;
 pub mod executor;
 pub mod fake;
@@ -24,6 +32,7 @@ pub mod ownership;
 pub mod plan;
 pub mod safety;
 pub mod state;
+pub mod status;
 pub mod verify;
 
 #[cfg(test)]
