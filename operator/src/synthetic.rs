@@ -112,6 +112,7 @@ pub fn topology(shape: Shape) -> SpiderNetwork {
             racks,
             networks,
             apps,
+            rollout: None,
         },
     )
 }

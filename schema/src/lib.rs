@@ -28,6 +28,7 @@ pub mod multusconfig;
 pub mod nad;
 pub mod network;
 pub mod reservedip;
+pub mod rollout;
 pub mod subnet;
 pub mod taskconflict;
 pub mod validation;

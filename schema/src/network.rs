@@ -97,6 +97,11 @@ pub struct SpiderNetworkSpec {
     #[schemars(length(max = 20000))]
     #[garde(dive)]
     pub apps: Vec<AppBinding>,
+
+    /// How interface changes (bonds, VLANs) roll out to the nodes: at most `maxUnavailable` at a
+    /// time, pausing after `maxFailures` failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPolicy>,
 }
 
 /// A subnet: an IPv4 and/or IPv6 prefix, its gateway, VLAN, routes and addresses never handed out.
@@ -467,6 +472,9 @@ pub struct SpiderNetworkStatus {
     /// Node interface task rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeRollout>,
+    /// Progress of the bounded rollout of interface changes (see `spec.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutProgress>,
     /// Every problem of the spec, with the path of the field it is about. Nothing is applied while there are
     /// problems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -6,8 +6,8 @@
 //!    `Invalid` with every problem and its spec path, `Stalled=True`; change nothing else.
 //! 2. Expand the per-rack interface templates against the live Nodes (watched; any node label change
 //!    re-reconciles every topology).
-//! 3. Give every child a controller owner reference to the SpiderNetwork (interface tasks also a plain
-//!    one to their Node, so a deleted node's task is garbage-collected), strip GitOps tracking labels,
+//! 3. Give every child a controller owner reference to the SpiderNetwork (only the SpiderNetwork: a deleted node's
+//!    task is pruned like any child no longer rendered), strip GitOps tracking labels,
 //!    and stamp the rendered hash ([`diff`]).
 //! 4. [`plan::plan`] against the watch caches of the child kinds: only what differs is written, so a
 //!    reconcile with nothing to do makes no write at all; children labelled with this topology and
@@ -28,6 +28,7 @@
 
 pub mod diff;
 pub mod plan;
+pub mod rollout;
 pub mod status;
 pub mod trigger;
 
@@ -483,6 +484,9 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .iter()
         .map(|t| (t.name_any(), t.spec.node_name.clone()))
         .collect();
+    // The bounded rollout: only some changed tasks are written now (see rollout.rs).
+    let gate = rollout::gate(&network, tasks, &ctx.caches.tasks.state());
+    let (tasks, progress) = (gate.tasks, gate.progress);
     let owner = OwnerReference {
         api_version: SpiderNetwork::api_version(&()).to_string(),
         kind: SpiderNetwork::kind(&()).to_string(),
@@ -491,12 +495,8 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let node_uids: HashMap<String, String> = nodes
-        .iter()
-        .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
-        .collect();
     let compiled = started.elapsed();
-    let desired = desired_children(rendered, tasks, &owner, &node_uids)?;
+    let desired = desired_children(rendered, tasks, &owner)?;
     let stamped = started.elapsed();
     let wanted: HashSet<ChildKey> = desired.iter().map(|d| d.key.clone()).collect();
     let live = ctx.caches.live_children(&name, &wanted);
@@ -530,7 +530,7 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
             Outcome::AddressesInUse,
             problems,
             Some(counts),
-            Some(rollout),
+            Some((rollout, progress)),
         )
         .await?;
         return Ok(Action::requeue(ctx.options.resync));
@@ -566,8 +566,14 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
     } else {
         (Outcome::Applied, ctx.options.resync)
     };
-    ctx.finish(&network, outcome, problems, Some(counts), Some(rollout))
-        .await?;
+    ctx.finish(
+        &network,
+        outcome,
+        problems,
+        Some(counts),
+        Some((rollout, progress)),
+    )
+    .await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -581,7 +587,6 @@ pub fn desired_children(
     rendered: Rendered,
     tasks: Vec<SpiderInterfaceTask>,
     owner: &OwnerReference,
-    node_uids: &HashMap<String, String>,
 ) -> Result<Vec<DesiredChild>, Error> {
     let Rendered {
         reserved_ips,
@@ -615,18 +620,11 @@ pub fn desired_children(
         )?);
     }
     for task in tasks {
-        let mut owners = owners();
-        // Not a controller reference: it only makes a deleted node take its task with it.
-        if let Some(uid) = node_uids.get(&task.spec.node_name) {
-            owners.push(OwnerReference {
-                api_version: "v1".to_string(),
-                kind: "Node".to_string(),
-                name: task.spec.node_name.clone(),
-                uid: uid.clone(),
-                controller: None,
-                block_owner_deletion: None,
-            });
-        }
+        // Only the SpiderNetwork owns a task: the garbage collector deletes a dependent only when
+        // every owner is gone, so a second owner (the Node) would keep a deleted topology's tasks,
+        // and the bonds and VLANs the agent made for them, until the node went. A deleted or
+        // relabelled node's task is pruned by the reconcile its Node event triggers.
+        let owners = owners();
         let source = format!("node {}", task.spec.node_name);
         let mut child = desired_child(ChildObject::InterfaceTask(Box::new(task)), owners, None)?;
         child.source = source;
@@ -770,7 +768,10 @@ impl Context {
         outcome: Outcome,
         problems: Vec<Problem>,
         counts: Option<RenderedCounts>,
-        nodes: Option<spiderpool_schema::network::NodeRollout>,
+        nodes: Option<(
+            spiderpool_schema::network::NodeRollout,
+            spiderpool_schema::rollout::RolloutProgress,
+        )>,
     ) -> Result<(), Error> {
         let name = network.name_any();
         self.set_waiting_for_addresses(&name, outcome == Outcome::AddressesInUse);
@@ -797,7 +798,8 @@ impl Context {
             outcome,
             problems,
             counts,
-            nodes,
+            rollout: nodes.as_ref().map(|(_, progress)| progress.clone()),
+            nodes: nodes.map(|(nodes, _)| nodes),
             previous,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         });
