@@ -77,29 +77,35 @@ impl<H: Host> InterfaceAgent<H> {
         }
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
         let (store, writer) = reflector::store();
-        let mut changes = watcher(self.tasks(), config)
-            .default_backoff()
-            .reflect(writer)
-            .touched_objects()
-            .boxed();
-        let mut ticker = tokio::time::interval(self.resync);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let watch = {
+            let changed = changed.clone();
+            let mut stream = watcher(self.tasks(), config)
+                .default_backoff()
+                .reflect(writer)
+                .touched_objects()
+                .boxed();
+            tokio::spawn(async move {
+                while let Some(change) = stream.next().await {
+                    match change {
+                        Ok(_) => changed.notify_one(),
+                        Err(e) => tracing::warn!(error = %e, "watching SpiderInterfaceTasks"),
+                    }
+                }
+            })
+        };
+        let _stop_watch = AbortOnDrop(watch);
         if store.wait_until_ready().await.is_err() {
             return Err(AgentError::WatchEnded);
         }
+        let mut ticker = tokio::time::interval(self.resync);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                change = changes.next() => match change {
-                    Some(Ok(_)) => {
-                        // Let a burst of changes settle into one pass.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "watching SpiderInterfaceTasks");
-                        continue;
-                    }
-                    None => return Err(AgentError::WatchEnded),
-                },
+                () = changed.notified() => {
+                    // Let a burst of changes settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 _ = ticker.tick() => {}
             }
             let mut tasks: Vec<SpiderInterfaceTask> = store
@@ -239,11 +245,21 @@ impl<H: Host> InterfaceAgent<H> {
                 .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
                 .filter_map(|a| a.address.parse().ok())
                 .collect(),
+            Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
             Err(e) => {
                 tracing::warn!(node = %self.node, error = %e, "reading the Node's addresses");
                 Vec::new()
             }
         }
+    }
+}
+
+/// Stops the watch when the loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

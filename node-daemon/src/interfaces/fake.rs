@@ -282,6 +282,8 @@ pub struct FakeNode {
     pub gateways: Vec<(String, std::net::IpAddr)>,
     /// Operations (as displayed) the kernel refuses.
     pub failing: Vec<String>,
+    /// How long each operation takes (so a test can watch a change in progress).
+    pub apply_delay: std::time::Duration,
 }
 
 impl FakeHost {
@@ -316,6 +318,10 @@ impl super::host::Host for FakeHost {
     }
 
     async fn apply(&mut self, op: &LinkOp) -> Result<(), super::host::HostError> {
+        let delay = self.with(|node| node.apply_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.with(|node| {
             if node.failing.contains(&op.to_string()) {
                 node.kernel.recorded.push(op.clone());
