@@ -27,6 +27,7 @@
 //! aborts the spawned reconcilers); every step is idempotent, so the next leader just carries on.
 
 pub mod diff;
+pub mod node_trigger;
 pub mod plan;
 pub mod rollout;
 pub mod status;
@@ -41,10 +42,10 @@ use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -312,7 +313,8 @@ async fn run_on(
     let (multus, multus_events) = cache::<SpiderMultusConfig>(&client);
     let (tasks, task_events) = cache::<SpiderInterfaceTask>(&client);
     let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
-    // Only label changes matter (rack selectors match labels); node heartbeats are ignored.
+    // Label changes (rack selectors match labels) and deletions (a gone node's task is pruned: the
+    // topology is a task's only owner) matter; node heartbeats are ignored.
     let node_events = reflector::reflector(
         node_writer,
         watcher(
@@ -322,8 +324,10 @@ async fn run_on(
         .default_backoff()
         .modify(|node| node.managed_fields_mut().clear()),
     )
-    .touched_objects()
-    .predicate_filter(predicates::labels, Default::default());
+    .scan(HashMap::new(), |labels, event| {
+        futures::future::ready(Some(node_trigger::node_change(labels, event)))
+    })
+    .filter_map(futures::future::ready);
 
     let controller = Controller::new(
         Api::<SpiderNetwork>::all(client.clone()),
