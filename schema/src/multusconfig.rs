@@ -35,9 +35,12 @@ pub const ANNO_NETWORK_RESOURCE_INJECT: &str = "cni.spidernet.io/network-resourc
 
 /// `cniVersion` rendered when the SpiderMultusConfig does not choose one.
 pub const DEFAULT_CNI_VERSION: &str = "0.3.1";
-/// CNI spec versions a SpiderMultusConfig may choose: upstream's four, plus 1.1.0, which our plugins
-/// also speak.
-pub const SUPPORTED_CNI_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// CNI spec versions a SpiderMultusConfig may choose: upstream's four. Not 1.1.0, although our own
+/// plugins speak it: the runtime calls every plugin of a configuration list at the list's version, and
+/// the main plugins a NetworkAttachmentDefinition chains are not ours. The reference plugins Debian 12
+/// ships (macvlan, ipvlan, vlan, tuning; 1.1.1) stop at 1.0.0 and refuse 1.1.0, and the SR-IOV, OVS and
+/// InfiniBand plugins need not speak it either, so every pod on such a network would fail to start.
+pub const SUPPORTED_CNI_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
 /// The values `cniType` accepts, as upstream spells them.
 pub const CNI_TYPES: [&str; 8] = [
@@ -517,11 +520,8 @@ impl SpiderMultusConfigSpec {
                 format!("is required when cniType is {}", cni_type.as_str()),
             );
         };
-        let inject = annotations.contains_key(ANNO_RDMA_RESOURCE_INJECT)
-            || annotations.contains_key(ANNO_NETWORK_RESOURCE_INJECT);
-        // For the resource-inject rule: the active sub-configuration's default pools and, for the types
-        // whose resource is optional (macvlan, ipvlan, vlan), its `rdmaResourceName`.
-        let mut injected: Option<(Option<Option<&str>>, Option<&SpiderpoolPools>)> = None;
+        // For the resource-inject rules: what the active sub-configuration offers (see `Injection`).
+        let mut injected: Option<Injection<'_>> = None;
         match cni_type {
             CniType::Macvlan | CniType::Ipvlan => {
                 let config = if cni_type == CniType::Macvlan {
@@ -537,7 +537,10 @@ impl SpiderMultusConfigSpec {
                         check_mtu(problems, &here, c.mtu);
                         check_vlan_id(problems, &format!("{here}.vlanID"), c.vlan_id);
                         check_no_match_master_subnet(problems, &here, c.ippools.as_ref(), cni_type);
-                        injected = Some((Some(c.rdma_resource_name.as_deref()), c.ippools.as_ref()));
+                        injected = Some(Injection::shared_nic(
+                            c.rdma_resource_name.as_deref(),
+                            c.ippools.as_ref(),
+                        ));
                     }
                 }
             }
@@ -563,7 +566,10 @@ impl SpiderMultusConfigSpec {
                         _ => {}
                     }
                     check_no_match_master_subnet(problems, &here, c.ippools.as_ref(), cni_type);
-                    injected = Some((Some(c.rdma_resource_name.as_deref()), c.ippools.as_ref()));
+                    injected = Some(Injection::shared_nic(
+                        c.rdma_resource_name.as_deref(),
+                        c.ippools.as_ref(),
+                    ));
                 }
             },
             CniType::Sriov => match &self.sriov {
@@ -594,7 +600,7 @@ impl SpiderMultusConfigSpec {
                             format!("{min} is above maxTxRateMbps {max}"),
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::IbSriov => match &self.ibsriov {
@@ -610,7 +616,7 @@ impl SpiderMultusConfigSpec {
                             format!("`{state}` is not one of {}", IB_LINK_STATES.join(", ")),
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::Ipoib => match &self.ipoib {
@@ -622,7 +628,7 @@ impl SpiderMultusConfigSpec {
                             "must name the host IPoIB interface",
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::Ovs => match &self.ovs {
@@ -661,41 +667,13 @@ impl SpiderMultusConfigSpec {
                 }
             }
         }
-        if inject {
-            match injected {
-                _ if matches!(cni_type, CniType::Ovs | CniType::Custom) => {
-                    for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
-                        if annotations.contains_key(key) {
-                            problems.push(
-                                format!("metadata.annotations[{key}]"),
-                                format!(
-                                    "resource injection is not supported for cniType {}",
-                                    cni_type.as_str()
-                                ),
-                            );
-                        }
-                    }
-                }
-                Some((resource, pools)) => {
-                    let here = format!("{path}.{}", cni_type.spec_field());
-                    if let Some(resource) = resource
-                        && resource.is_none_or(str::is_empty)
-                    {
-                        problems.push(
-                            format!("{here}.rdmaResourceName"),
-                            "is required when the object has a resource-inject annotation",
-                        );
-                    }
-                    if pools.is_none_or(|p| p.ipv4.is_empty() && p.ipv6.is_empty()) {
-                        problems.push(
-                            format!("{here}.ippools"),
-                            "must name at least one pool when the object has a resource-inject annotation",
-                        );
-                    }
-                }
-                None => {}
-            }
-        }
+        check_injection(
+            problems,
+            &format!("{path}.{}", cni_type.spec_field()),
+            cni_type,
+            annotations,
+            injected,
+        );
         if let Some(coordinator) = &self.coordinator {
             coordinator.check(problems, &format!("{path}.coordinator"), false);
         }
@@ -782,6 +760,91 @@ fn check_no_match_master_subnet(
         problems.push(
             format!("{path}.ippools.matchMasterSubnet"),
             format!("is only supported for sriov, not {}", cni_type.as_str()),
+        );
+    }
+}
+
+/// What a sub-configuration offers the pod webhook's resource injection.
+struct Injection<'a> {
+    /// `Some` for the types whose RDMA resource is optional (macvlan, ipvlan, vlan): their
+    /// `rdmaResourceName`. SR-IOV and InfiniBand always name their resource; IPoIB's is its master.
+    rdma_resource: Option<Option<&'a str>>,
+    /// The default pools pods of the network get.
+    pools: Option<&'a SpiderpoolPools>,
+}
+
+impl<'a> Injection<'a> {
+    /// macvlan, ipvlan, vlan: a NIC shared by pods, with an optional RDMA resource.
+    fn shared_nic(rdma_resource: Option<&'a str>, pools: Option<&'a SpiderpoolPools>) -> Self {
+        Injection {
+            rdma_resource: Some(rdma_resource),
+            pools,
+        }
+    }
+
+    /// sriov, ib-sriov, ipoib: the resource is part of the configuration.
+    fn own_resource(pools: Option<&'a SpiderpoolPools>) -> Self {
+        Injection {
+            rdma_resource: None,
+            pools,
+        }
+    }
+}
+
+/// Upstream's rules for the `cni.spidernet.io/rdma-resource-inject` and `network-resource-inject`
+/// annotations: neither for ovs and custom; RDMA injection needs the RDMA resource and default pools;
+/// network injection (of the network alone, no resource) needs default pools for macvlan, ipvlan and
+/// vlan, and nothing more for the other types.
+fn check_injection(
+    problems: &mut Problems,
+    here: &str,
+    cni_type: CniType,
+    annotations: &BTreeMap<String, String>,
+    injected: Option<Injection<'_>>,
+) {
+    let rdma = annotations.contains_key(ANNO_RDMA_RESOURCE_INJECT);
+    let network = annotations.contains_key(ANNO_NETWORK_RESOURCE_INJECT);
+    if !rdma && !network {
+        return;
+    }
+    if matches!(cni_type, CniType::Ovs | CniType::Custom) {
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if annotations.contains_key(key) {
+                problems.push(
+                    format!("metadata.annotations[{key}]"),
+                    format!(
+                        "resource injection is not supported for cniType {}",
+                        cni_type.as_str()
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    let Some(injected) = injected else { return };
+    if rdma
+        && let Some(resource) = injected.rdma_resource
+        && resource.is_none_or(str::is_empty)
+    {
+        problems.push(
+            format!("{here}.rdmaResourceName"),
+            format!("is required with the annotation {ANNO_RDMA_RESOURCE_INJECT}"),
+        );
+    }
+    let pools_needed = rdma || (network && injected.rdma_resource.is_some());
+    if pools_needed
+        && injected
+            .pools
+            .is_none_or(|p| p.ipv4.is_empty() && p.ipv6.is_empty())
+    {
+        let key = if rdma {
+            ANNO_RDMA_RESOURCE_INJECT
+        } else {
+            ANNO_NETWORK_RESOURCE_INJECT
+        };
+        problems.push(
+            format!("{here}.ippools"),
+            format!("must name at least one pool with the annotation {key}"),
         );
     }
 }
@@ -1008,9 +1071,9 @@ mod tests {
     }
 
     #[test]
-    fn resource_injection_needs_a_resource_and_pools() {
+    fn rdma_injection_needs_a_resource_and_pools() {
         let c = smc(
-            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: nics\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens1f0]\n",
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/rdma-resource-inject: roce\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens1f0]\n",
         );
         assert_eq!(
             paths(&c),
@@ -1020,6 +1083,47 @@ mod tests {
             "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/rdma-resource-inject: roce\nspec:\n  cniType: sriov\n  sriov:\n    resourceName: ''\n    ippools:\n      ipv6: [v6]\n",
         );
         assert_eq!(paths(&c), vec!["spec.sriov.resourceName"]);
+    }
+
+    #[test]
+    fn network_injection_needs_pools_but_no_resource() {
+        // Upstream's multi-underlay-NIC guide: network injection of macvlan NICs without RDMA.
+        let with_pools = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: macvlan-ens192\n  namespace: spiderpool\n  annotations:\n    cni.spidernet.io/network-resource-inject: multi-network\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens192]\n    ippools:\n      ipv4: [macvlan-ens192]\n    vlanID: 0\n",
+        );
+        assert_eq!(with_pools.validate(), Ok(()));
+        let mut without = with_pools.clone();
+        if let Some(m) = without.spec.macvlan.as_mut() {
+            m.ippools = None;
+        }
+        let problems = without.validate().unwrap_err();
+        assert_eq!(problems[0].path, "spec.macvlan.ippools");
+        assert!(
+            problems[0].message.contains("network-resource-inject"),
+            "{problems:?}"
+        );
+        let sriov = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: nics\nspec:\n  cniType: sriov\n  sriov:\n    resourceName: r\n",
+        );
+        assert_eq!(sriov.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cni_versions_are_upstreams_four() {
+        let with_version = |v: &str| {
+            smc(&format!(
+                "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    multus.spidernet.io/cni-version: {v}\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [eth0]\n"
+            ))
+        };
+        for ok in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+            assert_eq!(with_version(ok).validate(), Ok(()), "{ok}");
+        }
+        let problems = with_version("1.1.0").validate().unwrap_err();
+        assert_eq!(
+            problems[0].path,
+            "metadata.annotations[multus.spidernet.io/cni-version]"
+        );
+        assert!(problems[0].message.contains("1.0.0"), "{problems:?}");
     }
 
     #[test]
