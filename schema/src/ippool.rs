@@ -334,12 +334,34 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// Whether `value` may be a label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting
+/// and ending alphanumeric.
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pool(yaml: &str) -> SpiderIPPool {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn label_values() {
+        assert!(is_label_value("10-6-0-0-16"));
+        assert!(is_label_value("fd00---64"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("--1-128"));
+        assert!(!is_label_value("---0"));
+        assert!(!is_label_value("has space"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::coordinator::CoordinatorSpec;
-use crate::ippool::is_dns1123_subdomain;
+use crate::ippool::{is_dns1123_subdomain, is_label_value};
 use crate::nad::check_plugin;
 use crate::validation::{Problem, Problems, Validate};
 
@@ -457,6 +457,91 @@ impl SpiderMultusConfigSpec {
         self.chain_cni_json_data.as_deref().unwrap_or_default()
     }
 
+    /// [`SpiderMultusConfig::with_upstream_defaults`] for the spec.
+    fn apply_upstream_defaults(&mut self) {
+        let empty = || Some(String::new());
+        let cni_type = self.cni_type.get_or_insert_with(|| "custom".to_string());
+        match CniType::parse(cni_type) {
+            Some(CniType::Macvlan | CniType::Ipvlan) => {
+                let config = if CniType::parse(cni_type) == Some(CniType::Macvlan) {
+                    self.macvlan.as_mut()
+                } else {
+                    self.ipvlan.as_mut()
+                };
+                if let Some(c) = config {
+                    c.vlan_id.get_or_insert(0);
+                    c.rdma_resource_name.get_or_insert_with(String::new);
+                    if let Some(bond) = c.bond.as_mut() {
+                        bond.options.get_or_insert_with(String::new);
+                    }
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Vlan) => {
+                if let Some(c) = self.vlan.as_mut() {
+                    let mode = c.vlan_mode.get_or_insert_with(|| "manual".to_string());
+                    if mode == "manual" {
+                        c.vlan_id.get_or_insert(0);
+                    }
+                    c.rdma_resource_name.get_or_insert_with(String::new);
+                    if let Some(bond) = c.bond.as_mut() {
+                        bond.options.get_or_insert_with(String::new);
+                    }
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Sriov) => {
+                if let Some(c) = self.sriov.as_mut() {
+                    c.vlan_id.get_or_insert(0);
+                    c.min_tx_rate_mbps.get_or_insert(0);
+                    c.max_tx_rate_mbps.get_or_insert(0);
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::IbSriov) => {
+                if let Some(c) = self.ibsriov.as_mut() {
+                    c.pkey.get_or_insert_with(String::new);
+                    c.enable_ib_kubernetes.get_or_insert(false);
+                    c.rdma_isolation.get_or_insert(true);
+                    c.link_state.get_or_insert_with(|| "enable".to_string());
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Ipoib) => {
+                if let Some(c) = self.ipoib.as_mut() {
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Ovs) => {
+                if let Some(c) = self.ovs.as_mut() {
+                    c.vlan.get_or_insert(0);
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Custom) => {
+                self.custom_cni.get_or_insert_with(String::new);
+            }
+            // Validation refuses it; nothing to fill.
+            None => {}
+        }
+        if self.effective_cni_type() == Some(CniType::Custom) {
+            self.enable_coordinator = Some(false);
+        } else {
+            let written = self.coordinator.is_some();
+            let c = self.coordinator.get_or_insert_with(CoordinatorSpec::default);
+            c.mode.get_or_insert_with(|| "auto".to_string());
+            c.tune_pod_routes.get_or_insert(true);
+            c.pod_rp_filter.get_or_insert(0);
+            c.tx_queue_len.get_or_insert(0);
+            c.pod_mac_prefix.get_or_insert_with(String::new);
+            c.pod_default_route_nic.get_or_insert_with(String::new);
+            if !written {
+                c.veth_link_address = empty();
+            }
+        }
+        self.chain_cni_json_data.get_or_insert_with(Vec::new);
+    }
+
     /// Which sub-configurations are set.
     fn sub_configs_set(&self) -> Vec<CniType> {
         [
@@ -876,6 +961,36 @@ impl SpiderMultusConfig {
             .unwrap_or_else(|| self.net_attach_def_name())
     }
 
+    /// The object as upstream's mutating webhook stores it, which is also what the
+    /// NetworkAttachmentDefinition is rendered from. Only absent fields are filled (what the user wrote
+    /// is kept), with upstream's values:
+    ///
+    /// - macvlan, ipvlan, vlan: `vlanID: 0` (vlan: with `vlanMode: manual` unless `auto`),
+    ///   `rdmaResourceName: ""`, `bond.options: ""`, `ippools: {}`; sriov: `vlanID`, `minTxRateMbps`,
+    ///   `maxTxRateMbps` 0 (rendered, so the SR-IOV plugin resets a VF's VLAN and rate limits left over
+    ///   from its previous pod); ib-sriov: `pkey: ""`, `linkState: enable`, `rdmaIsolation: true`,
+    ///   `enableIbKubernetes: false`; ovs: `vlan: 0` (rendered: an access port of VLAN 0, as upstream);
+    ///   ipoib: `ippools: {}`.
+    /// - `chainCNIJsonData: []`; the `*-resource-inject` annotations copied to labels (the pod webhook
+    ///   selects networks by label).
+    /// - custom: `customCNI: ""` and `enableCoordinator: false` (a custom configuration never gets the
+    ///   coordinator); a `coordinator` the user wrote is kept (upstream drops it), unused.
+    /// - other types: the coordinator settings `mode: auto`, `tunePodRoutes: true`, `podRPFilter: 0`,
+    ///   `txQueueLen: 0`, empty `podMACPrefix` and `podDefaultRouteNIC` (and `vethLinkAddress` when
+    ///   there was no `coordinator` at all). Upstream sets `tunePodRoutes: false` when `coordinator` is
+    ///   partly written (reference §13.10); the CRD's default (`true`) already fills it before any
+    ///   webhook runs, so this differs only for objects written without the CRD's defaults.
+    pub fn with_upstream_defaults(&self) -> SpiderMultusConfig {
+        let mut out = self.clone();
+        out.spec.apply_upstream_defaults();
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if let Some(value) = self.annotations().get(key) {
+                out.labels_mut().insert(key.to_string(), value.clone());
+            }
+        }
+        out
+    }
+
     /// Upstream's update rule: the `multus.spidernet.io/cr-name` annotation cannot be added or changed
     /// (the NetworkAttachmentDefinition would be orphaned). Run together with [`Validate::problems`].
     pub fn update_problems(&self, old: &SpiderMultusConfig) -> Vec<Problem> {
@@ -921,6 +1036,18 @@ impl Validate for SpiderMultusConfig {
                     SUPPORTED_CNI_VERSIONS.join(", ")
                 ),
             );
+        }
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if let Some(value) = annotations.get(key)
+                && !is_label_value(value)
+            {
+                problems.push(
+                    format!("metadata.annotations[{key}]"),
+                    format!(
+                        "`{value}` is not a label value (at most 63 letters, digits, `-`, `_`, `.`): it is copied to a label the pod webhook selects networks by"
+                    ),
+                );
+            }
         }
         self.spec.check(&mut problems, "spec", annotations);
         problems.into_vec()
@@ -1124,6 +1251,83 @@ mod tests {
             "metadata.annotations[multus.spidernet.io/cni-version]"
         );
         assert!(problems[0].message.contains("1.0.0"), "{problems:?}");
+    }
+
+    #[test]
+    fn upstream_defaults_fill_only_what_is_absent() {
+        let spec_of = |yaml: &str| {
+            let c = smc(&format!("{HEAD}{yaml}")).with_upstream_defaults();
+            assert_eq!(c.with_upstream_defaults(), c, "defaulting twice changes nothing");
+            serde_json::to_value(&c.spec).unwrap()
+        };
+        let macvlan = spec_of(
+            "spec:\n  cniType: macvlan\n  macvlan:\n    master: [eth1]\n    vlanID: 30\n    bond: {name: bond9, mode: 1}\n",
+        );
+        assert_eq!(
+            macvlan["macvlan"],
+            serde_json::json!({"master": ["eth1"], "vlanID": 30, "rdmaResourceName": "",
+                               "bond": {"name": "bond9", "mode": 1, "options": ""}, "ippools": {}})
+        );
+        assert_eq!(
+            macvlan["coordinator"],
+            serde_json::json!({"mode": "auto", "tunePodRoutes": true, "podRPFilter": 0, "txQueueLen": 0,
+                               "podMACPrefix": "", "podDefaultRouteNIC": "", "vethLinkAddress": ""})
+        );
+        assert_eq!(macvlan["chainCNIJsonData"], serde_json::json!([]));
+        let partial = spec_of(
+            "spec:\n  cniType: ipvlan\n  ipvlan:\n    master: [eth1]\n  coordinator:\n    mode: overlay\n    tunePodRoutes: false\n",
+        );
+        assert_eq!(
+            partial["coordinator"],
+            serde_json::json!({"mode": "overlay", "tunePodRoutes": false, "podRPFilter": 0, "txQueueLen": 0,
+                               "podMACPrefix": "", "podDefaultRouteNIC": ""})
+        );
+        let sriov =
+            spec_of("spec:\n  cniType: sriov\n  sriov:\n    resourceName: r\n    maxTxRateMbps: 100\n");
+        assert_eq!(
+            sriov["sriov"],
+            serde_json::json!({"resourceName": "r", "vlanID": 0, "minTxRateMbps": 0, "maxTxRateMbps": 100, "ippools": {}})
+        );
+        let vlan = spec_of("spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n");
+        assert_eq!(vlan["vlan"]["vlanMode"], "manual");
+        assert_eq!(vlan["vlan"]["vlanID"], 0);
+        let auto = spec_of("spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n    vlanMode: auto\n");
+        assert!(auto["vlan"].get("vlanID").is_none(), "{auto}");
+        let ib = spec_of("spec:\n  cniType: ib-sriov\n  ibsriov:\n    resourceName: r\n");
+        assert_eq!(
+            ib["ibsriov"],
+            serde_json::json!({"resourceName": "r", "pkey": "", "linkState": "enable", "rdmaIsolation": true,
+                               "enableIbKubernetes": false, "ippools": {}})
+        );
+        let ovs = spec_of("spec:\n  cniType: ovs\n  ovs:\n    bridge: br1\n");
+        assert_eq!(
+            ovs["ovs"],
+            serde_json::json!({"bridge": "br1", "vlan": 0, "ippools": {}})
+        );
+        let custom = spec_of("spec:\n  enableCoordinator: true\n");
+        assert_eq!(
+            custom,
+            serde_json::json!({"cniType": "custom", "customCNI": "", "enableCoordinator": false, "chainCNIJsonData": []})
+        );
+    }
+
+    #[test]
+    fn inject_annotations_become_labels() {
+        let c = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: multi-network\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [eth0]\n    ippools: {ipv4: [p]}\n",
+        )
+        .with_upstream_defaults();
+        assert_eq!(
+            c.labels().get(ANNO_NETWORK_RESOURCE_INJECT).map(String::as_str),
+            Some("multi-network")
+        );
+        let mut bad = c.clone();
+        bad.annotations_mut()
+            .insert(ANNO_NETWORK_RESOURCE_INJECT.into(), "not a label".into());
+        assert_eq!(
+            paths(&bad),
+            vec!["metadata.annotations[cni.spidernet.io/network-resource-inject]"]
+        );
     }
 
     #[test]
