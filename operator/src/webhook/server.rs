@@ -310,7 +310,7 @@ async fn read_snapshot(
         snapshot.pools = pools.items;
         snapshot.subnets = subnets.items;
     }
-    if let Some((namespace, name)) = review::nad_to_read(endpoint, request)? {
+    if let Some((namespace, name)) = review::nad_to_read(endpoint, request) {
         let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &namespace);
         snapshot.existing_nad = nads
             .get_opt(&name)
