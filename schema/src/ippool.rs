@@ -84,15 +84,16 @@ use crate::validation::{Problem, Problems, Validate};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderIPPoolSpec {
+    // Immutability of `ipVersion` (and `subnet`) is the validating webhook's rule, as upstream's. No CEL
+    // rule: any CEL rule in a CRD makes the API server append `<nil>: Invalid value: "null": some
+    // validation rules were not checked ...` to every schema refusal of the kind.
     /// IP version of the pool, 4 or 6. Derived from `subnet` when left out. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [4, 6]))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("ipVersion is immutable"))]
     pub ip_version: Option<i64>,
 
     /// Subnet of the pool in canonical CIDR form, e.g. `172.18.0.0/16`. Required and immutable. Pools may
     /// share the same subnet but not overlap a different one.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("subnet is immutable"))]
     pub subnet: String,
 
     /// Addresses the pool hands out: single IPs (`172.18.30.131`) or ranges (`172.18.30.131-172.18.30.140`),
