@@ -7,9 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -19,12 +17,12 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use spiderpool_operator::webhook::registration::{self, Registration};
-use spiderpool_operator::webhook::{self, TlsSource, WebhookConfig};
+use spiderpool_operator::webhook;
 use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP,
     SpiderSubnet,
 };
+use spiderpool_tests::admission::{Webhooks, install_crds};
 use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools};
 
 const REGISTRATION: &str = "spiderpool-webhook-e2e";
@@ -78,47 +76,6 @@ where
     }
 }
 
-async fn install_crds(client: &Client) -> Result<()> {
-    let mut yaml = String::new();
-    for (_, file) in spiderpool_schema::crd_files()? {
-        yaml.push_str("---\n");
-        yaml.push_str(&file);
-    }
-    spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
-    Ok(())
-}
-
-/// Waits until the API server calls our webhooks (its webhook configuration cache refreshes a moment
-/// after the configurations are written).
-async fn wait_until_webhooks_answer(client: &Client) -> Result<()> {
-    let networks: Api<SpiderNetwork> = Api::all(client.clone());
-    let probe: SpiderNetwork = object(json!({
-        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNetwork",
-        "metadata": {"name": "not.a.label"},
-        "spec": {"subnets": [{"name": "s", "ipv4": {"cidr": "10.250.0.0/24"}}],
-                 "racks": [{"name": "r", "nodeSelector": {"matchLabels": {"a": "b"}}}]},
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let result = networks
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                },
-                &probe,
-            )
-            .await;
-        match result {
-            Err(kube::Error::Api(status)) if status.message.contains("admission webhook") => return Ok(()),
-            other if Instant::now() > deadline => {
-                bail!("the webhooks never answered; last result: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 /// The field path an invalid example's comment says it must be refused for ("Expected problem: <path>").
 fn expected_path(text: &str) -> Option<String> {
     let comment: Vec<&str> = text
@@ -152,49 +109,19 @@ async fn webhooks_admit_mutate_and_refuse_through_the_api_server() -> Result<()>
     .await?;
     let client = cluster.client()?;
     install_crds(&client).await?;
-
-    let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let server = webhook::bind(
-        client.clone(),
-        WebhookConfig {
-            listen,
-            tls: TlsSource::Generated {
-                names: vec!["127.0.0.1".into()],
-            },
-            registration: None,
-        },
-    )
-    .await?;
-    let registration = Registration {
-        name: REGISTRATION.into(),
-        target: webhook::url_target(server.local_addr()?),
-        object_selector: None,
-        timeout_seconds: 10,
-    };
-    let server = server.with_registration(registration.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-
+    let webhooks = Webhooks::start(&client, REGISTRATION).await?;
     let outcome = exercise(&client).await;
-
     // Clean up whatever happened: the configurations are cluster-wide.
-    let _ = stop.send(());
-    let served = serving.await.context("the webhook server task panicked")?;
-    registration::remove(client.clone(), &registration).await?;
+    webhooks.stop().await?;
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     ensure!(
         configs.get_opt(REGISTRATION).await?.is_none(),
         "the configuration was not removed"
     );
-    outcome?;
-    served?;
-    Ok(())
+    outcome
 }
 
 async fn exercise(client: &Client) -> Result<()> {
-    wait_until_webhooks_answer(client).await?;
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let registered = configs.get(REGISTRATION).await?;
     ensure!(
@@ -310,7 +237,7 @@ async fn pools(client: &Client) -> Result<()> {
     )
     .await
     .context("removing free addresses was refused")?;
-    // subnet is immutable (the CEL rule and the webhook agree; either message is fine, both name it).
+    // subnet is immutable (the webhook's rule, as upstream's).
     let moved = api
         .patch(
             "a",
@@ -319,7 +246,7 @@ async fn pools(client: &Client) -> Result<()> {
         )
         .await;
     ensure!(
-        matches!(&moved, Err(kube::Error::Api(s)) if s.message.contains("subnet")),
+        matches!(&moved, Err(kube::Error::Api(s)) if s.message.contains("spec.subnet: is immutable")),
         "{moved:?}"
     );
     Ok(())
@@ -373,7 +300,11 @@ async fn reserved_ips(client: &Client) -> Result<()> {
         )
         .await?;
     ensure!(created.spec.ip_version == Some(6));
-    ensure!(created.spec.ips == ["fd00::1-fd00::2"], "{:?}", created.spec.ips);
+    ensure!(
+        created.spec.ips == ["fd00::2", "fd00::1"],
+        "{:?}",
+        created.spec.ips
+    );
     refused(
         &api,
         &object(json!({
