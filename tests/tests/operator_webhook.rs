@@ -142,7 +142,7 @@ async fn exercise(client: &Client) -> Result<()> {
 
 async fn pools(client: &Client) -> Result<()> {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
-    // Mutation: finalizer, ipVersion, CIDR label, merged ips.
+    // Mutation: finalizer, ipVersion, CIDR label; ips kept as written.
     let created = api
         .create(
             &PostParams::default(),
@@ -170,7 +170,7 @@ async fn pools(client: &Client) -> Result<()> {
         created.labels()
     );
     ensure!(
-        created.spec.ips == ["10.6.0.10-10.6.0.20"],
+        created.spec.ips == ["10.6.0.20", "10.6.0.10-10.6.0.19"],
         "ips: {:?}",
         created.spec.ips
     );
@@ -267,7 +267,7 @@ async fn subnets(client: &Client) -> Result<()> {
         )
         .await?;
     ensure!(
-        created.spec.ips == ["10.20.0.1-10.20.0.2"],
+        created.spec.ips == ["10.20.0.2", "10.20.0.1"],
         "{:?}",
         created.spec.ips
     );

@@ -1,7 +1,9 @@
 //! SpiderIPPool admission (upstream's pool webhook, section 2.1 of the reference).
 //!
-//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/ippool-cidr` label, and
-//! `ips`/`excludeIPs` merged into upstream's canonical list form. Validation: the spec rules, overlap
+//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/ippool-cidr` label.
+//! `ips`/`excludeIPs` are kept as written (upstream merges lists of more than one entry and rewrites
+//! their text, e.g. `::0` as `::`, which GitOps tools then show as drift forever); every rule compares
+//! them as sets of addresses. Validation: the spec rules, overlap
 //! with other pools (a different CIDR that overlaps, or the same addresses in the same CIDR), fitting
 //! inside the SpiderSubnet of the same CIDR, immutable fields, no spec change while terminating, and no
 //! removal of an address still allocated to a pod.
@@ -46,12 +48,14 @@ impl AddressBlock {
     }
 }
 
-/// Rewrites an address list into upstream's merged, sorted form when it parses (else leaves it for
-/// validation to report).
-pub(crate) fn normalise_list(items: &mut Vec<String>, family: IpFamily) {
-    if let Ok(set) = IpSet::parse_list(family, items) {
-        *items = set.to_strings();
-    }
+/// Whether two address lists hold the same addresses (written the same, or parsing to the same set):
+/// lists are kept as users write them, so only a change of addresses counts as one.
+pub(crate) fn same_addresses(family: IpFamily, a: &[String], b: &[String]) -> bool {
+    a == b
+        || matches!(
+            (IpSet::parse_list(family, a), IpSet::parse_list(family, b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// The pool as the mutating webhook stores it.
@@ -66,8 +70,6 @@ pub fn mutate(pool: &SpiderIPPool) -> SpiderIPPool {
         if is_label_value(&label) {
             out.labels_mut().insert(LABEL_IPPOOL_CIDR.to_string(), label);
         }
-        normalise_list(&mut out.spec.ips, family);
-        normalise_list(&mut out.spec.exclude_ips, family);
     }
     out
 }
@@ -104,7 +106,9 @@ pub fn validate(change: Change<'_, SpiderIPPool>, snapshot: &Snapshot) -> Vec<Pr
     }
     // Overlaps are checked when the addresses are set or change, so an unrelated edit of a pool that
     // predates the webhook is not refused for someone else's overlap.
-    let addresses_changed = change.old().is_none_or(|old| old.spec.ips != pool.spec.ips);
+    let addresses_changed = change
+        .old()
+        .is_none_or(|old| !same_addresses(block.family, &old.spec.ips, &pool.spec.ips));
     if addresses_changed {
         overlap_with_pools(&mut problems, pool, &block, snapshot);
         fit_in_subnets(&mut problems, &block, snapshot);
@@ -142,7 +146,13 @@ fn update_rules(
             "the pool is being deleted (it waits for its allocated addresses to be released); its spec cannot change",
         );
     }
-    let addresses_changed = old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips;
+    let addresses_changed = match block {
+        Some(block) => {
+            !same_addresses(block.family, &old.spec.ips, &pool.spec.ips)
+                || !same_addresses(block.family, &old.spec.exclude_ips, &pool.spec.exclude_ips)
+        }
+        None => old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips,
+    };
     if !addresses_changed {
         return;
     }
@@ -323,7 +333,28 @@ mod tests {
     }
 
     #[test]
-    fn mutation_adds_finalizer_version_label_and_merges_lists() {
+    fn lists_compare_as_address_sets() {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let v6 = IpFamily::V6;
+        assert!(same_addresses(
+            v6,
+            &list(&["fd00::0-fd00::2"]),
+            &list(&["fd00::-fd00::2"])
+        ));
+        assert!(same_addresses(
+            IpFamily::V4,
+            &list(&["10.0.0.2", "10.0.0.1"]),
+            &list(&["10.0.0.1-10.0.0.2"])
+        ));
+        assert!(!same_addresses(
+            IpFamily::V4,
+            &list(&["10.0.0.1"]),
+            &list(&["10.0.0.2"])
+        ));
+    }
+
+    #[test]
+    fn mutation_adds_finalizer_version_label_and_keeps_lists_as_written() {
         let mut p = pool(
             "a",
             "10.6.0.0/16",
@@ -337,8 +368,15 @@ mod tests {
         );
         assert_eq!(m.spec.ip_version, Some(4));
         assert_eq!(m.labels()[LABEL_IPPOOL_CIDR], "10-6-0-0-16");
-        assert_eq!(m.spec.ips, vec!["10.6.0.10-10.6.0.12", "10.6.0.20"]);
-        assert_eq!(m.spec.exclude_ips, vec!["10.6.0.10-10.6.0.11"]);
+        assert_eq!(m.spec.ips, p.spec.ips, "what the user wrote is kept");
+        assert_eq!(m.spec.exclude_ips, p.spec.exclude_ips);
+        // Upstream's AWS guide writes `::0`; rewriting it as `::` made GitOps tools see drift forever.
+        let v6 = pool(
+            "v6",
+            "2406:da1e:c4:ed01::/64",
+            &["2406:da1e:c4:ed01:c57d::0-2406:da1e:c4:ed01:c57d::f"],
+        );
+        assert_eq!(mutate(&v6).spec.ips, v6.spec.ips);
 
         let patch = serde_json::to_value(admit_mutation(&p).unwrap().patch).unwrap();
         let ops: Vec<&str> = patch
