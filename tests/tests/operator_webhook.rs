@@ -260,18 +260,39 @@ async fn subnets(client: &Client) -> Result<()> {
             "metadata": {"name": name}, "spec": {"subnet": cidr, "ips": ips},
         }))
     };
-    let created = api
-        .create(
-            &PostParams::default(),
-            &subnet("s1", "10.20.0.0/16", &["10.20.0.2", "10.20.0.1"]),
-        )
-        .await?;
+    let mut s1 = subnet("s1", "10.20.0.0/16", &["10.20.0.2", "10.20.0.1"]);
+    s1.spec.gateway = Some("10.20.0.254".into());
+    let created = api.create(&PostParams::default(), &s1).await?;
     ensure!(
         created.spec.ips == ["10.20.0.2", "10.20.0.1"],
         "{:?}",
         created.spec.ips
     );
     ensure!(created.spec.ip_version == Some(4));
+    // A pool of the subnet's CIDR is adopted at admission, as upstream does: no controller runs here.
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let adopted = pools
+        .create(
+            &PostParams::default(),
+            &pool("in-s1", "10.20.0.0/16", &["10.20.0.1"]),
+        )
+        .await?;
+    ensure!(
+        adopted
+            .labels()
+            .get(webhook::LABEL_OWNER_SUBNET)
+            .map(String::as_str)
+            == Some("s1")
+            && adopted
+                .owner_references()
+                .iter()
+                .any(|r| r.uid == created.uid().unwrap_or_default() && r.controller == Some(true))
+            && adopted.spec.gateway.as_deref() == Some("10.20.0.254"),
+        "not adopted at admission: {:?} {:?} {:?}",
+        adopted.labels(),
+        adopted.owner_references(),
+        adopted.spec.gateway
+    );
     refused(
         &api,
         &subnet("s2", "10.20.1.0/24", &[]),

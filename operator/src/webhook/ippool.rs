@@ -58,8 +58,11 @@ pub(crate) fn same_addresses(family: IpFamily, a: &[String], b: &[String]) -> bo
         )
 }
 
-/// The pool as the mutating webhook stores it.
-pub fn mutate(pool: &SpiderIPPool) -> SpiderIPPool {
+/// The pool as the mutating webhook stores it. `snapshot.subnets` are the SpiderSubnets: a pool of a
+/// subnet's CIDR is adopted by it at admission, as upstream does ([`SpiderSubnet::adopted`]).
+///
+/// [`SpiderSubnet::adopted`]: spiderpool_schema::SpiderSubnet::adopted
+pub fn mutate(pool: &SpiderIPPool, snapshot: &Snapshot) -> SpiderIPPool {
     let mut out = pool.clone();
     ensure_finalizer(&mut out.metadata);
     if let Ok(net) = ipmath::parse_canonical_cidr(&pool.spec.subnet) {
@@ -70,14 +73,22 @@ pub fn mutate(pool: &SpiderIPPool) -> SpiderIPPool {
         if is_label_value(&label) {
             out.labels_mut().insert(LABEL_IPPOOL_CIDR.to_string(), label);
         }
+        let subnet = snapshot
+            .subnets
+            .iter()
+            .filter(|_| pool.metadata.deletion_timestamp.is_none())
+            .find(|s| ipmath::parse_canonical_cidr(&s.spec.subnet).is_ok_and(|n| n == net));
+        if let Some(adopted) = subnet.and_then(|s| s.adopted(&out)) {
+            out = adopted;
+        }
     }
     out
 }
 
 /// The mutating webhook's decision: always allowed, with the patch [`mutate`] implies.
-pub fn admit_mutation(pool: &SpiderIPPool) -> Result<Decision, PatchError> {
+pub fn admit_mutation(pool: &SpiderIPPool, snapshot: &Snapshot) -> Result<Decision, PatchError> {
     Ok(Decision {
-        patch: patch_between(pool, &mutate(pool))?,
+        patch: patch_between(pool, &mutate(pool, snapshot))?,
         ..Decision::default()
     })
 }
@@ -294,6 +305,7 @@ fn fit_in_subnets(problems: &mut Problems, block: &AddressBlock, snapshot: &Snap
 
 #[cfg(test)]
 mod tests {
+    use super::super::LABEL_OWNER_SUBNET;
     use super::*;
     use serde_json::json;
     use spiderpool_schema::SpiderSubnet;
@@ -333,6 +345,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_of_a_subnets_cidr_is_adopted_at_admission() {
+        let mut s = subnet("s6", "10.6.0.0/16", &["10.6.0.1-10.6.0.100"]);
+        s.metadata.uid = Some("subnet-uid".into());
+        s.spec.gateway = Some("10.6.0.1".into());
+        let snapshot = Snapshot {
+            subnets: vec![subnet("other", "10.7.0.0/16", &[]), s],
+            ..Snapshot::default()
+        };
+        let m = mutate(&pool("p", "10.6.0.0/16", &["10.6.0.10"]), &snapshot);
+        assert_eq!(m.labels()[LABEL_OWNER_SUBNET], "s6");
+        let owner = &m.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SpiderSubnet", "subnet-uid", Some(true))
+        );
+        assert_eq!(m.spec.gateway.as_deref(), Some("10.6.0.1"), "inherited");
+        assert!(admit_mutation(&m, &snapshot).unwrap().patch.0.is_empty());
+
+        let mut own = pool("q", "10.6.0.0/16", &["10.6.0.20"]);
+        own.spec.gateway = Some("10.6.0.254".into());
+        assert_eq!(
+            mutate(&own, &snapshot).spec.gateway.as_deref(),
+            Some("10.6.0.254"),
+            "a pool's own gateway is kept"
+        );
+        let elsewhere = mutate(&pool("r", "10.8.0.0/16", &["10.8.0.1"]), &snapshot);
+        assert!(elsewhere.owner_references().is_empty());
+    }
+
+    #[test]
     fn lists_compare_as_address_sets() {
         let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let v6 = IpFamily::V6;
@@ -361,7 +403,7 @@ mod tests {
             &["10.6.0.12", "10.6.0.10-10.6.0.11", "10.6.0.20"],
         );
         p.spec.exclude_ips = vec!["10.6.0.11".into(), "10.6.0.10".into()];
-        let m = mutate(&p);
+        let m = mutate(&p, &Snapshot::default());
         assert_eq!(
             m.metadata.finalizers,
             Some(vec![spiderpool_schema::FINALIZER.to_string()])
@@ -376,9 +418,9 @@ mod tests {
             "2406:da1e:c4:ed01::/64",
             &["2406:da1e:c4:ed01:c57d::0-2406:da1e:c4:ed01:c57d::f"],
         );
-        assert_eq!(mutate(&v6).spec.ips, v6.spec.ips);
+        assert_eq!(mutate(&v6, &Snapshot::default()).spec.ips, v6.spec.ips);
 
-        let patch = serde_json::to_value(admit_mutation(&p).unwrap().patch).unwrap();
+        let patch = serde_json::to_value(admit_mutation(&p, &Snapshot::default()).unwrap().patch).unwrap();
         let ops: Vec<&str> = patch
             .as_array()
             .unwrap()
@@ -392,10 +434,16 @@ mod tests {
         );
         // Applying the patch to the raw object gives the mutated object.
         let mut raw = serde_json::to_value(&p).unwrap();
-        json_patch::patch(&mut raw, &admit_mutation(&p).unwrap().patch).unwrap();
+        json_patch::patch(&mut raw, &admit_mutation(&p, &Snapshot::default()).unwrap().patch).unwrap();
         assert_eq!(raw, serde_json::to_value(&m).unwrap());
         // Idempotent: a mutated pool needs no further patch.
-        assert!(admit_mutation(&m).unwrap().patch.0.is_empty());
+        assert!(
+            admit_mutation(&m, &Snapshot::default())
+                .unwrap()
+                .patch
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
@@ -404,7 +452,7 @@ mod tests {
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             Default::default(),
         ));
-        let m = mutate(&p);
+        let m = mutate(&p, &Snapshot::default());
         assert_eq!(m.metadata.finalizers, None);
         assert_eq!(m.spec.ip_version, Some(6));
         // Reversed range: left as written for validation to report.
@@ -585,6 +633,10 @@ mod tests {
         let p = pool("a", "::/64", &["::1"]);
         let problems = validate(Change::Create(&p), &Snapshot::default());
         assert_eq!(paths(&problems), vec!["spec.subnet"]);
-        assert!(!mutate(&p).labels().contains_key(LABEL_IPPOOL_CIDR));
+        assert!(
+            !mutate(&p, &Snapshot::default())
+                .labels()
+                .contains_key(LABEL_IPPOOL_CIDR)
+        );
     }
 }

@@ -126,9 +126,14 @@ impl Endpoint {
         )
     }
 
-    /// Whether the rule compares against every SpiderIPPool and SpiderSubnet.
-    pub fn needs_pools_and_subnets(self) -> bool {
+    /// Whether the rule compares against every SpiderIPPool.
+    pub fn needs_pools(self) -> bool {
         self.mode == Mode::Validate && matches!(self.kind, Kind::IpPool | Kind::Subnet)
+    }
+
+    /// Whether the rule reads every SpiderSubnet (the pool mutation adopts a pool into its subnet).
+    pub fn needs_subnets(self) -> bool {
+        self.needs_pools() || (self.mode == Mode::Mutate && self.kind == Kind::IpPool)
     }
 }
 
@@ -265,7 +270,7 @@ fn decide_typed(
     let kind = endpoint.kind;
     let decision = match (endpoint.mode, kind) {
         (Mode::Mutate, Kind::IpPool) => match typed::<SpiderIPPool>(request)? {
-            Some((new, _)) => ippool::admit_mutation(&new)?,
+            Some((new, _)) => ippool::admit_mutation(&new, snapshot)?,
             None => Decision::default(),
         },
         (Mode::Mutate, Kind::Subnet) => match typed::<SpiderSubnet>(request)? {
