@@ -105,9 +105,10 @@ pub struct SpiderMultusConfigSpec {
     pub ipoib: Option<SpiderIpoibCniConfig>,
 
     /// Whether to chain the `coordinator` plugin after the main plugin (routes to the node and services,
-    /// multi-NIC policy routing). Always off for `custom`.
+    /// multi-NIC policy routing). Defaults to true, and to false for `custom`, which never gets it.
+    // No schema default (upstream's CRD has `true`): the webhook fills it per cniType, so that a custom
+    // SMC is stored with `false` as upstream stores it, without rewriting a `true` a user wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = true))]
     pub enable_coordinator: Option<bool>,
 
     /// Leave the `ipam` section out of the main plugin (addresses come from elsewhere, e.g. DHCP or none).
@@ -525,8 +526,9 @@ impl SpiderMultusConfigSpec {
             None => {}
         }
         if self.effective_cni_type() == Some(CniType::Custom) {
-            self.enable_coordinator = Some(false);
+            self.enable_coordinator.get_or_insert(false);
         } else {
+            self.enable_coordinator.get_or_insert(true);
             let written = self.coordinator.is_some();
             let c = self.coordinator.get_or_insert_with(CoordinatorSpec::default);
             c.mode.get_or_insert_with(|| "auto".to_string());
@@ -974,10 +976,11 @@ impl SpiderMultusConfig {
     /// - `chainCNIJsonData: []`; the `*-resource-inject` annotations copied to labels (the pod webhook
     ///   selects networks by label).
     /// - custom: `customCNI: ""` and `enableCoordinator: false` (a custom configuration never gets the
-    ///   coordinator); a `coordinator` the user wrote is kept (upstream drops it), unused.
-    /// - other types: the coordinator settings `mode: auto`, `tunePodRoutes: true`, `podRPFilter: 0`,
-    ///   `txQueueLen: 0`, empty `podMACPrefix` and `podDefaultRouteNIC` (and `vethLinkAddress` when
-    ///   there was no `coordinator` at all). Upstream sets `tunePodRoutes: false` when `coordinator` is
+    ///   coordinator); an `enableCoordinator: true` or a `coordinator` the user wrote is kept, unused
+    ///   (upstream rewrites the one and drops the other, which GitOps tools then show as drift).
+    /// - other types: `enableCoordinator: true`, and the coordinator settings `mode: auto`,
+    ///   `tunePodRoutes: true`, `podRPFilter: 0`, `txQueueLen: 0`, empty `podMACPrefix` and
+    ///   `podDefaultRouteNIC` (and `vethLinkAddress` when there was no `coordinator` at all). Upstream sets `tunePodRoutes: false` when `coordinator` is
     ///   partly written (reference §13.10); the CRD's default (`true`) already fills it before any
     ///   webhook runs, so this differs only for objects written without the CRD's defaults.
     pub fn with_upstream_defaults(&self) -> SpiderMultusConfig {
@@ -1304,11 +1307,13 @@ mod tests {
             ovs["ovs"],
             serde_json::json!({"bridge": "br1", "vlan": 0, "ippools": {}})
         );
-        let custom = spec_of("spec:\n  enableCoordinator: true\n");
+        let custom = spec_of("spec: {}\n");
         assert_eq!(
             custom,
             serde_json::json!({"cniType": "custom", "customCNI": "", "enableCoordinator": false, "chainCNIJsonData": []})
         );
+        let written = spec_of("spec:\n  enableCoordinator: true\n");
+        assert_eq!(written["enableCoordinator"], true, "what the user wrote is kept");
     }
 
     #[test]
@@ -1376,7 +1381,10 @@ mod tests {
         assert!(version.get("subresources").is_none_or(|s| s.is_null()));
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["cniType"]["default"], "custom");
-        assert_eq!(spec["enableCoordinator"]["default"], true);
+        assert!(
+            spec["enableCoordinator"].get("default").is_none(),
+            "the webhook defaults it per cniType"
+        );
         assert_eq!(spec["macvlan"]["properties"]["vlanID"]["maximum"], 4094.0);
         assert_eq!(
             spec["macvlan"]["properties"]["bond"]["properties"]["mode"]["maximum"],

@@ -70,7 +70,11 @@ struct ExpectedNad {
 
 /// Where we store something other than upstream, on purpose: (input id, `*` for any; JSON pointer in
 /// the stored object; why). Each is in the README's compatibility notes.
-const DOCUMENTED_DIFFERENCES: &[(&str, &str, &str)] = &[];
+const DOCUMENTED_DIFFERENCES: &[(&str, &str, &str)] = &[(
+    "x03",
+    "/spec/enableCoordinator",
+    "a custom SpiderMultusConfig that says enableCoordinator: true keeps it (unused: custom never gets the coordinator); upstream rewrites it to false, which GitOps tools show as drift",
+)];
 
 /// Annotations our NetworkAttachmentDefinitions carry that upstream's do not (README, compatibility
 /// notes): the hash of the rendering, by which the controller skips writes that would change nothing.
@@ -117,12 +121,9 @@ fn collection(input: &Input) -> String {
 /// `kubectl apply`'s create of a new object (strict field validation), as a server-side dry run: the
 /// stored object, or the API server's refusal message.
 async fn create_dry_run(client: &Client, input: &Input) -> Result<std::result::Result<Value, String>> {
-    let request = http::Request::post(format!(
-        "{}?dryRun=All&fieldValidation=Strict",
-        collection(input)
-    ))
-    .header("content-type", "application/json")
-    .body(serde_json::to_vec(&object(input))?)?;
+    let request = http::Request::post(format!("{}?dryRun=All&fieldValidation=Strict", collection(input)))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&object(input))?)?;
     match client.request::<Value>(request).await {
         Ok(stored) => Ok(Ok(stored)),
         Err(kube::Error::Api(status)) => Ok(Err(status.message)),
@@ -209,7 +210,10 @@ async fn check(client: &Client) -> Result<()> {
     for input in &inputs {
         if let Some(ns) = namespace_of(input) {
             namespaces
-                .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                )
                 .await?;
         }
     }
@@ -225,15 +229,26 @@ async fn check(client: &Client) -> Result<()> {
         } else {
             row.expected_accepted += 1;
         }
-        let what = format!("{} {} {} ({})", input.id, input.kind, input.name.as_deref().unwrap_or("?"), input.source);
+        let what = format!(
+            "{} {} {} ({})",
+            input.id,
+            input.kind,
+            input.name.as_deref().unwrap_or("?"),
+            input.source
+        );
         match (create_dry_run(client, input).await?, refusal) {
             (Err(message), Some(refusal)) => {
                 row.refused += 1;
                 if !message.contains(&refusal.path) {
-                    failures.push(format!("{what}: refused without naming {}: {message}", refusal.path));
+                    failures.push(format!(
+                        "{what}: refused without naming {}: {message}",
+                        refusal.path
+                    ));
                 }
                 if message.contains("<nil>") {
-                    failures.push(format!("{what}: the refusal has a line naming no field: {message}"));
+                    failures.push(format!(
+                        "{what}: the refusal has a line naming no field: {message}"
+                    ));
                 }
             }
             (Err(message), None) => {
@@ -273,7 +288,11 @@ async fn check(client: &Client) -> Result<()> {
     failures.extend(rendered_nads(client, &accepted_smcs, &expected).await?);
 
     let mut table = String::from("\nupstream docs corpus (+ issue cases): ours vs upstream's\n");
-    writeln!(table, "{:<20} {:>9} {:>9} {:>11} {:>11}", "kind", "accepted", "refused", "upstream-a", "upstream-r")?;
+    writeln!(
+        table,
+        "{:<20} {:>9} {:>9} {:>11} {:>11}",
+        "kind", "accepted", "refused", "upstream-a", "upstream-r"
+    )?;
     for (kind, row) in &tally {
         writeln!(
             table,
@@ -291,12 +310,21 @@ async fn check(client: &Client) -> Result<()> {
         sum(|r| r.expected_accepted),
         sum(|r| r.expected_refused)
     )?;
-    writeln!(table, "NetworkAttachmentDefinitions compared with upstream's rendering: {}", accepted_smcs.len())?;
+    writeln!(
+        table,
+        "NetworkAttachmentDefinitions compared with upstream's rendering: {}",
+        accepted_smcs.len()
+    )?;
     #[allow(clippy::print_stdout, reason = "the table is this test's report")]
     {
         println!("{table}");
     }
-    ensure!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+    ensure!(
+        failures.is_empty(),
+        "{} problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -314,9 +342,13 @@ async fn rendered_nads(client: &Client, smcs: &[Input], expected: &Expected) -> 
         let ns = namespace_of(input).unwrap_or_default();
         let api: Api<SpiderMultusConfig> = Api::namespaced(client.clone(), &ns);
         let name = input.name.clone().unwrap_or_default();
-        api.patch(&name, &PatchParams::apply("corpus").validation_strict(), &Patch::Apply(object(input)))
-            .await
-            .with_context(|| format!("applying {}", input.id))?;
+        api.patch(
+            &name,
+            &PatchParams::apply("corpus").validation_strict(),
+            &Patch::Apply(object(input)),
+        )
+        .await
+        .with_context(|| format!("applying {}", input.id))?;
     }
     for input in smcs {
         let ns = namespace_of(input).unwrap_or_default();
@@ -336,7 +368,10 @@ async fn rendered_nads(client: &Client, smcs: &[Input], expected: &Expected) -> 
             }
         }
         if annotations != upstream.annotations {
-            failures.push(format!("{what}: annotations {annotations:?}, upstream's {:?}", upstream.annotations));
+            failures.push(format!(
+                "{what}: annotations {annotations:?}, upstream's {:?}",
+                upstream.annotations
+            ));
         }
         let config = if nad.spec.config.is_empty() {
             json!("")
@@ -353,7 +388,10 @@ async fn rendered_nads(client: &Client, smcs: &[Input], expected: &Expected) -> 
             failures.push(format!("{what}: config differs from upstream's: {difference}"));
         }
     }
-    ensure!(!controller.is_finished(), "the SpiderMultusConfig controller stopped");
+    ensure!(
+        !controller.is_finished(),
+        "the SpiderMultusConfig controller stopped"
+    );
     controller.abort();
     Ok(failures)
 }

@@ -150,7 +150,7 @@ mod tests {
 
         let custom = mutate(&smc(
             "c",
-            json!({"cniType": "custom", "enableCoordinator": true, "customCNI": "{\"type\":\"x\"}"}),
+            json!({"cniType": "custom", "customCNI": "{\"type\":\"x\"}"}),
         ));
         assert_eq!(
             custom.spec.enable_coordinator,
@@ -158,6 +158,12 @@ mod tests {
             "upstream stores false"
         );
         assert_eq!(custom.spec.coordinator, None);
+        let written = mutate(&smc("c", json!({"cniType": "custom", "enableCoordinator": true})));
+        assert_eq!(
+            written.spec.enable_coordinator,
+            Some(true),
+            "kept as written (upstream rewrites it), and unused"
+        );
     }
 
     #[test]
