@@ -471,11 +471,7 @@ impl SpiderMultusConfigSpec {
                 };
                 if let Some(c) = config {
                     c.vlan_id.get_or_insert(0);
-                    c.rdma_resource_name.get_or_insert_with(String::new);
-                    if let Some(bond) = c.bond.as_mut() {
-                        bond.options.get_or_insert_with(String::new);
-                    }
-                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                    fill_shared_nic_defaults(&mut c.rdma_resource_name, c.bond.as_mut(), &mut c.ippools);
                 }
             }
             Some(CniType::Vlan) => {
@@ -484,11 +480,7 @@ impl SpiderMultusConfigSpec {
                     if mode == "manual" {
                         c.vlan_id.get_or_insert(0);
                     }
-                    c.rdma_resource_name.get_or_insert_with(String::new);
-                    if let Some(bond) = c.bond.as_mut() {
-                        bond.options.get_or_insert_with(String::new);
-                    }
-                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                    fill_shared_nic_defaults(&mut c.rdma_resource_name, c.bond.as_mut(), &mut c.ippools);
                 }
             }
             Some(CniType::Sriov) => {
@@ -849,6 +841,20 @@ fn check_no_match_master_subnet(
             format!("is only supported for sriov, not {}", cni_type.as_str()),
         );
     }
+}
+
+/// Upstream's defaults common to macvlan, ipvlan and vlan: `rdmaResourceName: ""`, `bond.options: ""`,
+/// `ippools: {}`.
+fn fill_shared_nic_defaults(
+    rdma_resource_name: &mut Option<String>,
+    bond: Option<&mut BondConfig>,
+    ippools: &mut Option<SpiderpoolPools>,
+) {
+    rdma_resource_name.get_or_insert_with(String::new);
+    if let Some(bond) = bond {
+        bond.options.get_or_insert_with(String::new);
+    }
+    ippools.get_or_insert_with(SpiderpoolPools::default);
 }
 
 /// What a sub-configuration offers the pod webhook's resource injection.

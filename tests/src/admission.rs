@@ -3,29 +3,42 @@
 //! and the Mutating/ValidatingWebhookConfigurations registered with its URL, so requests go through
 //! the API server exactly as `kubectl` sends them.
 //!
-//! The configurations are cluster-wide: use this only with a cluster of the test's own
-//! ([`TestCluster::start`](crate::TestCluster::start)), never the shared one.
+//! The configurations are cluster-wide: [`with_webhooks`] starts a control plane of the test's own.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use spiderpool_operator::webhook::registration::{self, Registration};
 use spiderpool_operator::webhook::{self, TlsSource, WebhookConfig};
 use spiderpool_schema::SpiderNetwork;
 
-/// Installs every CRD the schema generates (the classic kinds, SpiderNetwork, SpiderInterfaceTask and
-/// the NetworkAttachmentDefinition) and waits until they are established.
-pub async fn install_crds(client: &Client) -> Result<()> {
-    let mut yaml = String::new();
-    for (_, file) in spiderpool_schema::crd_files()? {
-        yaml.push_str("---\n");
-        yaml.push_str(&file);
-    }
-    crate::cluster::install_crd_yaml(client, &yaml).await?;
-    Ok(())
+use crate::{ClusterOptions, TestCluster, ipam};
+
+/// Starts a private control plane (API server only) with every CRD of the chart and our webhooks
+/// registered as `name`, runs `check` with an admin client, then removes the webhooks (also when the
+/// check failed) and returns the check's outcome.
+pub async fn with_webhooks<F, Fut, T>(name: &str, check: F) -> Result<T>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let cluster = TestCluster::start(ClusterOptions {
+        install_nad_crd: false,
+        ..ClusterOptions::apiserver_only()
+    })
+    .await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    let webhooks = Webhooks::start(&client, name).await?;
+    let outcome = check(client).await;
+    webhooks.stop().await?;
+    outcome
 }
 
 /// The webhook server running in this process and registered with the API server.
@@ -81,7 +94,8 @@ impl Webhooks {
         Ok(webhooks)
     }
 
-    /// Stops the server and removes the configurations; fails if serving failed.
+    /// Stops the server and removes the configurations (checking they are gone); fails if serving
+    /// failed.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -91,6 +105,13 @@ impl Webhooks {
             None => Ok(()),
         };
         registration::remove(self.client.clone(), &self.registration).await?;
+        let name = &self.registration.name;
+        let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        ensure!(
+            mutating.get_opt(name).await?.is_none() && validating.get_opt(name).await?.is_none(),
+            "the webhook configurations {name} were not removed"
+        );
         served
     }
 }

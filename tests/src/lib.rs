@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod ipam;
 pub mod multus;
 pub mod node_sim;
+pub mod objects;
 pub mod tools;
 pub mod vm;
 pub mod watchdog;

@@ -22,16 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spiderpool_operator::controller::multusconfig;
 use spiderpool_operator::metrics::Metrics;
 use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
-use spiderpool_tests::admission::{Webhooks, install_crds};
-use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools, wait_for};
+use spiderpool_tests::admission::with_webhooks;
+use spiderpool_tests::objects::{differences, ensure_namespace};
+use spiderpool_tests::{init_tracing, tools, wait_for};
 
 /// One document of the corpus.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,31 +154,6 @@ fn stored_view(stored: &Value) -> Value {
     Value::Object(view)
 }
 
-/// Every path where two JSON values differ.
-fn differences(expected: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for key in e.keys().chain(a.keys().filter(|k| !e.contains_key(*k))) {
-                let here = format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"));
-                match (e.get(key), a.get(key)) {
-                    (Some(x), Some(y)) => differences(x, y, &here, out),
-                    (Some(x), None) => out.push(format!("{here}: upstream {x}, ours absent")),
-                    (None, Some(y)) => out.push(format!("{here}: upstream absent, ours {y}")),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
-            for (i, (x, y)) in e.iter().zip(a).enumerate() {
-                differences(x, y, &format!("{path}/{i}"), out);
-            }
-        }
-        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
-        (x, y) if x == y => {}
-        (x, y) => out.push(format!("{path}: upstream {x}, ours {y}")),
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     accepted: usize,
@@ -190,32 +165,18 @@ struct Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_docs_apply_as_upstream_applies_them() -> Result<()> {
     init_tracing();
-    let cluster = TestCluster::start(ClusterOptions {
-        install_nad_crd: false,
-        ..ClusterOptions::apiserver_only()
-    })
-    .await?;
-    let client = cluster.client()?;
-    install_crds(&client).await?;
-    let webhooks = Webhooks::start(&client, "corpus-upstream-docs").await?;
-    let outcome = check(&client).await;
-    webhooks.stop().await?;
-    outcome
+    with_webhooks(
+        "corpus-upstream-docs",
+        |client| async move { check(&client).await },
+    )
+    .await
 }
 
 async fn check(client: &Client) -> Result<()> {
     let inputs = inputs()?;
     let expected: Expected = serde_json::from_str(&data("expected-upstream.json")?)?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for input in &inputs {
-        if let Some(ns) = namespace_of(input) {
-            namespaces
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-                )
-                .await?;
-        }
+    for ns in inputs.iter().filter_map(namespace_of) {
+        ensure_namespace(client, &ns).await?;
     }
 
     let mut failures = Vec::new();
@@ -274,10 +235,10 @@ async fn check(client: &Client) -> Result<()> {
                         remove_pointer(&mut theirs, pointer);
                     }
                 }
-                let mut found = Vec::new();
-                differences(&theirs, &ours, "", &mut found);
-                for difference in found {
-                    failures.push(format!("{what}: stored differently: {difference}"));
+                for difference in differences(&theirs, &ours) {
+                    failures.push(format!(
+                        "{what}: stored differently (upstream != ours): {difference}"
+                    ));
                 }
                 if input.kind == "SpiderMultusConfig" {
                     accepted_smcs.push(input.clone());
@@ -382,10 +343,10 @@ async fn rendered_nads(client: &Client, smcs: &[Input], expected: &Expected) -> 
             Value::String(text) if !text.is_empty() => serde_json::from_str(text)?,
             other => other.clone(),
         };
-        let mut found = Vec::new();
-        differences(&upstream_config, &config, "", &mut found);
-        for difference in found {
-            failures.push(format!("{what}: config differs from upstream's: {difference}"));
+        for difference in differences(&upstream_config, &config) {
+            failures.push(format!(
+                "{what}: config differs (upstream's != ours): {difference}"
+            ));
         }
     }
     ensure!(

@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use spiderpool_tests::admission::{Webhooks, install_crds};
-use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools, wait_for};
+use spiderpool_tests::admission::with_webhooks;
+use spiderpool_tests::objects::{ensure_namespace, not_kept};
+use spiderpool_tests::{init_tracing, tools, wait_for};
 
 /// Field manager of the applies, as Argo CD's server-side sync names itself.
 const MANAGER: &str = "argocd-controller";
@@ -127,31 +127,6 @@ fn corpus_manifests() -> Result<Vec<Manifest>> {
         .collect())
 }
 
-/// Argo CD's default comparison: every field of the manifest must be in the live object with the same
-/// value (lists item by item and of the same length); fields only the live object has are ignored.
-fn argo_differences(desired: &Value, live: &Value, path: &str, out: &mut Vec<String>) {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => {
-            for (key, value) in d {
-                let here = format!("{path}.{key}");
-                match l.get(key) {
-                    Some(other) => argo_differences(value, other, &here, out),
-                    None if value.is_null() => {}
-                    None => out.push(format!("{here}: in Git {value}, not in the cluster")),
-                }
-            }
-        }
-        (Value::Array(d), Value::Array(l)) if d.len() == l.len() => {
-            for (i, (a, b)) in d.iter().zip(l).enumerate() {
-                argo_differences(a, b, &format!("{path}[{i}]"), out);
-            }
-        }
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
-        (a, b) if a == b => {}
-        (a, b) => out.push(format!("{path}: in Git {a}, in the cluster {b}")),
-    }
-}
-
 fn json_of(object: &DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(object)?)
 }
@@ -167,9 +142,12 @@ async fn check_stable(client: &Client, manifest: &Manifest) -> Result<Vec<String
         .with_context(|| format!("{}: first apply", manifest.what))?;
     let first = json_of(&first)?;
     let mut problems = Vec::new();
-    let mut found = Vec::new();
-    argo_differences(&manifest.object, &first, "", &mut found);
-    problems.extend(found.into_iter().map(|d| format!("rewritten: {d}")));
+    // Argo CD's default comparison: every field of the manifest as it is in Git, with the same value.
+    problems.extend(
+        not_kept(&manifest.object, &first, "")
+            .into_iter()
+            .map(|d| format!("rewritten (Git's value, the cluster's): {d}")),
+    );
 
     let predicted = api
         .patch(name, &apply.clone().dry_run(), &Patch::Apply(&manifest.object))
@@ -188,21 +166,17 @@ async fn check_stable(client: &Client, manifest: &Manifest) -> Result<Vec<String
         .await
         .with_context(|| format!("{}: second apply", manifest.what))?;
     let second = json_of(&second)?;
-    let version = |v: &Value| v["metadata"]["resourceVersion"].clone();
-    if version(&first) != version(&second) {
-        problems.push(format!(
-            "the second apply wrote: resourceVersion {} -> {}",
-            version(&first),
-            version(&second)
-        ));
-    }
-    let managed = |v: &Value| v["metadata"]["managedFields"].clone();
-    if managed(&first) != managed(&second) {
-        problems.push(format!(
-            "managedFields changed: {} -> {}",
-            managed(&first),
-            managed(&second)
-        ));
+    for (what, pointer) in [
+        (
+            "the second apply wrote: resourceVersion",
+            "/metadata/resourceVersion",
+        ),
+        ("managedFields changed", "/metadata/managedFields"),
+    ] {
+        let (before, after) = (first.pointer(pointer), second.pointer(pointer));
+        if before != after {
+            problems.push(format!("{what}: {before:?} -> {after:?}"));
+        }
     }
     if first != second && problems.is_empty() {
         problems.push(format!("the object changed: {first} -> {second}"));
@@ -234,30 +208,14 @@ async fn remove(client: &Client, manifest: &Manifest) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_twice_nothing_changes() -> Result<()> {
     init_tracing();
-    let cluster = TestCluster::start(ClusterOptions {
-        install_nad_crd: false,
-        ..ClusterOptions::apiserver_only()
-    })
-    .await?;
-    let client = cluster.client()?;
-    install_crds(&client).await?;
-    let webhooks = Webhooks::start(&client, "gitops-stability").await?;
-    let outcome = check(&client).await;
-    webhooks.stop().await?;
-    outcome
+    with_webhooks("gitops-stability", |client| async move { check(&client).await }).await
 }
 
 async fn check(client: &Client) -> Result<()> {
     let topologies = topologies()?;
     let corpus = corpus_manifests()?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in corpus.iter().filter_map(Manifest::namespace) {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
+        ensure_namespace(client, ns).await?;
     }
     let mut failures = Vec::new();
     for manifest in &topologies {

@@ -22,8 +22,8 @@ use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP,
     SpiderSubnet,
 };
-use spiderpool_tests::admission::{Webhooks, install_crds};
-use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools};
+use spiderpool_tests::admission::with_webhooks;
+use spiderpool_tests::{init_tracing, tools};
 
 const REGISTRATION: &str = "spiderpool-webhook-e2e";
 
@@ -102,23 +102,9 @@ fn topology_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_admit_mutate_and_refuse_through_the_api_server() -> Result<()> {
     init_tracing();
-    let cluster = TestCluster::start(ClusterOptions {
-        install_nad_crd: false,
-        ..ClusterOptions::apiserver_only()
-    })
-    .await?;
-    let client = cluster.client()?;
-    install_crds(&client).await?;
-    let webhooks = Webhooks::start(&client, REGISTRATION).await?;
-    let outcome = exercise(&client).await;
-    // Clean up whatever happened: the configurations are cluster-wide.
-    webhooks.stop().await?;
-    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    ensure!(
-        configs.get_opt(REGISTRATION).await?.is_none(),
-        "the configuration was not removed"
-    );
-    outcome
+    // The configurations are cluster-wide: a control plane of this test's own, and they are removed
+    // (and checked gone) whatever happened.
+    with_webhooks(REGISTRATION, |client| async move { exercise(&client).await }).await
 }
 
 async fn exercise(client: &Client) -> Result<()> {
