@@ -514,7 +514,10 @@ async fn start_attempt(
         format!("--service-account-key-file={}", certs.sa_pub.display()),
         format!("--service-account-signing-key-file={}", certs.sa_key.display()),
         format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-        format!("--kubelet-client-certificate={}", certs.kubelet_client_cert.display()),
+        format!(
+            "--kubelet-client-certificate={}",
+            certs.kubelet_client_cert.display()
+        ),
         format!("--kubelet-client-key={}", certs.kubelet_client_key.display()),
         "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),

@@ -10,6 +10,8 @@
 //! - [`cni`]: the CNI runtime side (what libcni does): executes plugins of a network configuration
 //!   list with the environment and stdin the CNI specification prescribes.
 //! - [`multus`]: Multus' pod-annotation parsing and network-status rendering.
+//! - [`realnode`]: [`realnode::RealCluster`], a cluster of real nodes on this machine (kubelet +
+//!   containerd + kube-proxy in namespaces of their own, joined by an underlay switch).
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod ipam;
 pub mod multus;
 pub mod node_sim;
+pub mod realnode;
 pub mod tools;
 pub mod watchdog;
 

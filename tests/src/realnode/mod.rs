@@ -1,0 +1,469 @@
+//! A Kubernetes cluster with real nodes on this machine: kubelet + containerd + kube-proxy per node,
+//! pods started by the real runtime, joined by an underlay switch.
+//!
+//! - [`underlay`]: the switch (a bridge in a network namespace of its own), the machine's link to
+//!   it, each node's `eth0` (node IP) and `eth1` (uplink);
+//! - the control plane is the loopback harness's [`TestCluster`], listening on the machine's
+//!   address on the underlay, with Node authorization;
+//! - [`node`]: one node in its own network, mount, UTS and PID namespaces, with the standard paths
+//!   (`/etc/cni/net.d`, `/opt/cni/bin`, `/var/lib/kubelet`, `/run/containerd`, ...) private to it;
+//! - [`images`]: the sandbox and busybox images, built locally and imported into every node;
+//! - [`config`]: the nodes' configuration files.
+//!
+//! Nothing here sends traffic outside the machine: the nodes have no default route, the switch
+//! forwards nothing, and the only link to the machine's namespace carries the API server.
+//!
+//! Teardown: dropping a [`RealCluster`] stops every node (its namespaces' holder dies and the
+//! kernel ends every process in them), removes their cgroups and namespaces, then the control plane
+//! and the switch; the [`crate::watchdog`] does the same when the process dies first (and for the
+//! [`RealCluster::shared`] one, which lives in a static).
+
+pub mod binaries;
+pub mod config;
+pub mod images;
+pub mod node;
+pub mod underlay;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+
+use crate::cluster::{Authorization, ClusterOptions, TestCluster, TestNamespace};
+use crate::util;
+use crate::watchdog::{self, Registration};
+pub use images::{ImageArchive, WorkloadImages};
+pub use node::{NodeSpec, RealNode};
+pub use underlay::Underlay;
+
+/// Node label naming the node's primary CNI configuration in the standard layout.
+pub const PRIMARY_CNI_LABEL: &str = "spiderpool.test/primary-cni";
+/// [`PRIMARY_CNI_LABEL`] of nodes whose primary configuration is the Multus stand-in, with a pod
+/// network as the cluster network.
+pub const PRIMARY_MULTUS_STANDIN: &str = "multus-standin";
+/// [`PRIMARY_CNI_LABEL`] of nodes whose only network is the underlay (no Multus).
+pub const PRIMARY_UNDERLAY: &str = "underlay";
+/// The node label racks select by.
+pub const RACK_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The pod networks of the standard layout's nodes come from here (a /24 per node).
+pub const POD_NETWORK_CIDR: &str = "10.244.0.0/16";
+
+/// The file of [`underlay_chain`] on the `underlay-*` nodes.
+pub const UNDERLAY_CHAIN_FILE: &str = "10-underlay.conflist";
+
+/// The primary CNI configuration of a node whose only network is the underlay, as an administrator
+/// without Multus writes it: macvlan on the NIC that carries the node's IP, addresses from
+/// Spiderpool (the pools come from the pod's annotations or the cluster's defaults).
+pub fn underlay_chain() -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "underlay",
+        "plugins": [
+            {"type": "macvlan", "master": underlay::NODE_NIC, "mode": "bridge", "ipam": {"type": "spiderpool"}},
+        ],
+    })
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct RealClusterOptions {
+    pub nodes: Vec<NodeSpec>,
+    /// kube-proxy's `clusterCIDR`.
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// How long to wait for every Node to be Ready.
+    pub ready_timeout: Duration,
+}
+
+impl RealClusterOptions {
+    /// The real-node tier's layout: four nodes in two racks (`rack-a`: `multus-0`, `underlay-0`;
+    /// `rack-b`: `multus-1`, `underlay-1`). The `multus-*` nodes have a pod network (for the Multus
+    /// stand-in's cluster network); the `underlay-*` nodes have the underlay as their only network,
+    /// [`underlay_chain`] as `/etc/cni/net.d/10-underlay.conflist`.
+    pub fn standard() -> Self {
+        let pod_cidr: Ipv4Net = POD_NETWORK_CIDR.parse().unwrap_or_default();
+        let mut subnets = pod_cidr.subnets(24).into_iter().flatten().skip(1);
+        let mut nodes = Vec::new();
+        for (role, with_pod_network) in [(PRIMARY_MULTUS_STANDIN, true), (PRIMARY_UNDERLAY, false)] {
+            for (i, rack) in ["rack-a", "rack-b"].into_iter().enumerate() {
+                let short = if with_pod_network { "multus" } else { "underlay" };
+                nodes.push(NodeSpec {
+                    name: format!("{short}-{i}"),
+                    labels: BTreeMap::from([
+                        (PRIMARY_CNI_LABEL.to_owned(), role.to_owned()),
+                        (RACK_LABEL.to_owned(), rack.to_owned()),
+                    ]),
+                    pod_subnet: if with_pod_network { subnets.next() } else { None },
+                    cni_configs: if with_pod_network {
+                        BTreeMap::new()
+                    } else {
+                        BTreeMap::from([(UNDERLAY_CHAIN_FILE.to_owned(), underlay_chain())])
+                    },
+                });
+            }
+        }
+        RealClusterOptions {
+            nodes,
+            cluster_cidr: Some(pod_cidr),
+            ready_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How long each part of [`RealCluster::start`] took.
+#[derive(Debug, Clone, Default)]
+pub struct StartupTimes {
+    /// Finding (or building) kubelet, kube-proxy and the images.
+    pub prerequisites: Duration,
+    pub control_plane: Duration,
+    /// From starting the first node to every Node Ready and schedulable.
+    pub nodes: Duration,
+    pub total: Duration,
+}
+
+/// A running cluster with real nodes. See the [module docs](self).
+pub struct RealCluster {
+    // Fields drop in this order: the nodes before the control plane and the switch.
+    nodes: Vec<RealNode>,
+    control: TestCluster,
+    underlay: Underlay,
+    images: WorkloadImages,
+    id: String,
+    times: StartupTimes,
+    dir: PathBuf,
+    _dir_registration: Option<Registration>,
+}
+
+impl std::fmt::Debug for RealCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealCluster")
+            .field("id", &self.id)
+            .field("subnet", &self.underlay.subnet())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(RealNode::name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs blocking work from async code: in place on a multi-threaded runtime (the runtime moves its
+/// other tasks away), directly otherwise.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// Where node directories go: `SPIDERPOOL_REALNODE_TMPDIR`, else `/var/tmp` (on disk: containerd's
+/// image layers and the pods' writable layers live there).
+fn state_root() -> PathBuf {
+    std::env::var_os("SPIDERPOOL_REALNODE_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+impl RealCluster {
+    /// Starts the switch, the control plane and every node, and waits until every Node is Ready and
+    /// schedulable. Fails, never skips, when something is missing.
+    pub async fn start(options: RealClusterOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        // /proc/self belongs to the process' effective user.
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX)
+            != 0
+        {
+            bail!("the real-node tier needs root (network, mount and PID namespaces, cgroups)");
+        }
+        let (binaries, images) = blocking(|| -> Result<_> {
+            crate::tools::require_iproute2()?;
+            Ok((binaries::node_binaries()?, images::workload_images()?))
+        })?;
+        let prerequisites = t0.elapsed();
+
+        let id = util::unique_hex(6);
+        let prefix = format!("rn{id}");
+        let root = state_root();
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let dir = root.join(format!("spiderpool-realnode-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let keep = std::env::var_os("SPIDERPOOL_TEST_KEEP").is_some();
+        let dir_registration = (!keep).then(|| watchdog::register_dir(&dir));
+        let underlay = blocking(|| Underlay::create(&prefix))?;
+
+        let t1 = Instant::now();
+        let control = TestCluster::start(ClusterOptions {
+            address: underlay.host_address().into(),
+            authorization: Authorization::NodeRbac,
+            ..ClusterOptions::default()
+        })
+        .await
+        .context("starting the control plane")?;
+        let control_plane = t1.elapsed();
+
+        let t2 = Instant::now();
+        let kube_proxy_kubeconfig = control.user_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
+        let cluster_cidr = options.cluster_cidr.map(|c| c.to_string());
+        let ctx = node::NodeContext {
+            cluster: &control,
+            underlay: &underlay,
+            images: &images,
+            binaries: &binaries,
+            prefix: &prefix,
+            dir: &dir,
+            kube_proxy_kubeconfig: &kube_proxy_kubeconfig,
+            cluster_cidr: cluster_cidr.as_deref(),
+        };
+        let nodes = blocking(|| start_nodes(&ctx, &options.nodes))?;
+        let mut cluster = RealCluster {
+            nodes,
+            control,
+            underlay,
+            images,
+            id,
+            times: StartupTimes {
+                prerequisites,
+                control_plane,
+                ..StartupTimes::default()
+            },
+            dir,
+            _dir_registration: dir_registration,
+        };
+        cluster.route_pod_networks()?;
+        cluster.wait_ready(options.ready_timeout).await?;
+        cluster.times.nodes = t2.elapsed();
+        cluster.times.total = t0.elapsed();
+        tracing::info!(
+            id = %cluster.id,
+            subnet = %cluster.underlay.subnet(),
+            nodes = ?cluster.nodes.iter().map(RealNode::name).collect::<Vec<_>>(),
+            times = ?cluster.times,
+            "real-node cluster ready"
+        );
+        Ok(cluster)
+    }
+
+    /// The cluster shared by every test of this test binary ([`RealClusterOptions::standard`]).
+    /// Started by the first caller; removed by the [`crate::watchdog`] when the process exits. Give
+    /// each test its own namespace ([`RealCluster::namespace`]). If starting fails, the next caller
+    /// retries.
+    pub async fn shared() -> Result<&'static RealCluster> {
+        static SHARED: tokio::sync::OnceCell<RealCluster> = tokio::sync::OnceCell::const_new();
+        SHARED
+            .get_or_try_init(|| RealCluster::start(RealClusterOptions::standard()))
+            .await
+    }
+
+    /// Every node gets a route to every other node's pod network, via that node's IP.
+    fn route_pod_networks(&self) -> Result<()> {
+        for target in &self.nodes {
+            let Some(subnet) = target.spec().pod_subnet else {
+                continue;
+            };
+            for node in self.nodes.iter().filter(|n| n.name() != target.name()) {
+                let (subnet, via) = (subnet.to_string(), target.ip().to_string());
+                util::ip(&["-n", node.netns(), "route", "add", &subnet, "via", &via])?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let api: Api<Node> = Api::all(self.client()?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for node in &self.nodes {
+                let ready = match api.get_opt(node.name()).await? {
+                    Some(object) => node_schedulable(&object),
+                    None => false,
+                };
+                if !ready {
+                    pending.push(node.name().to_owned());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let crashed: Vec<String> = self.nodes.iter().flat_map(RealNode::crashed).collect();
+            if !crashed.is_empty() {
+                bail!("real-node processes exited:\n{}", crashed.join("\n"));
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| pending.iter().any(|p| p == n.name()))
+                    .map(|n| {
+                        format!(
+                            "--- kubelet of {}:\n{}",
+                            n.name(),
+                            util::tail(&n.log_path("kubelet"), 20)
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "nodes {pending:?} not Ready within {timeout:?}\n{}",
+                    tails.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The control plane.
+    pub fn control_plane(&self) -> &TestCluster {
+        &self.control
+    }
+
+    /// A new admin client for the calling runtime.
+    pub fn client(&self) -> Result<Client> {
+        self.control.client()
+    }
+
+    /// A namespace of its own for one test.
+    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
+        self.control.namespace(prefix).await
+    }
+
+    /// The nodes, in the order of their specs.
+    pub fn nodes(&self) -> &[RealNode] {
+        &self.nodes
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Result<&RealNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| anyhow!("no node {name} in this cluster"))
+    }
+
+    /// The nodes carrying `label=value`.
+    pub fn nodes_with(&self, label: &str, value: &str) -> Vec<&RealNode> {
+        self.nodes
+            .iter()
+            .filter(|n| n.spec().labels.get(label).is_some_and(|v| v == value))
+            .collect()
+    }
+
+    /// The underlay switch.
+    pub fn underlay(&self) -> &Underlay {
+        &self.underlay
+    }
+
+    /// The images every node has (`imagePullPolicy: Never` or `IfNotPresent`).
+    pub fn images(&self) -> &WorkloadImages {
+        &self.images
+    }
+
+    /// The busybox image reference for workloads.
+    pub fn busybox(&self) -> &str {
+        &self.images.busybox.reference
+    }
+
+    /// The cluster's id (in netns, link and cgroup names: `rn<id>`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The cluster's directory (nodes' state and logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How long the start took, by part.
+    pub fn startup_times(&self) -> &StartupTimes {
+        &self.times
+    }
+
+    /// Imports an image archive into every node's containerd.
+    pub fn import_image(&self, image: &ImageArchive) -> Result<()> {
+        blocking(|| self.nodes.iter().try_for_each(|n| n.import_image(image)))
+    }
+
+    /// Processes of the nodes that exited although nobody stopped them, with their log tails.
+    pub fn crashed(&self) -> Vec<String> {
+        self.nodes.iter().flat_map(RealNode::crashed).collect()
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                tracing::error!(
+                    node = node.name(),
+                    "test panicked; last lines of the kubelet log:\n{}",
+                    util::tail(&node.log_path("kubelet"), 15)
+                );
+            }
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        blocking(|| drop(nodes));
+        if self._dir_registration.is_some() {
+            if let Err(err) = std::fs::remove_dir_all(&self.dir) {
+                tracing::warn!(%err, dir = %self.dir.display(), "cannot remove the real-node cluster dir");
+            }
+        } else {
+            tracing::warn!(dir = %self.dir.display(), "SPIDERPOOL_TEST_KEEP is set: keeping the real-node cluster dir");
+        }
+    }
+}
+
+/// Ready, and without the taints the node lifecycle controller keeps on nodes that are not.
+fn node_schedulable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conds| conds.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| {
+            taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/not-ready" || t.key == "node.kubernetes.io/unreachable")
+        });
+    ready && !tainted
+}
+
+/// Starts the nodes in parallel (each waits on its containerd and image imports).
+fn start_nodes(ctx: &node::NodeContext<'_>, specs: &[NodeSpec]) -> Result<Vec<RealNode>> {
+    if specs.len() > 90 {
+        bail!("at most 90 nodes");
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let spec = spec.clone();
+                scope.spawn(move || RealNode::start(ctx, u8::try_from(index).unwrap_or(u8::MAX), spec))
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        let mut errors = Vec::new();
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(node)) => nodes.push(node),
+                Ok(Err(err)) => errors.push(format!("{err:#}")),
+                Err(_) => errors.push("a node's start panicked".to_owned()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(nodes)
+        } else {
+            Err(anyhow!("starting the nodes failed:\n{}", errors.join("\n")))
+        }
+    })
+}
