@@ -6,39 +6,138 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
-use spiderpool_tests::init_tracing;
-use spiderpool_tests::realnode::RealCluster;
+use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
+use spiderpool_tests::realnode::workload::{self, Placement};
+use spiderpool_tests::realnode::{self, RealCluster};
+use spiderpool_tests::{init_tracing, ipam, wait_for};
+
+const POD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The shared cluster with Spiderpool installed (once per test binary).
+async fn cluster() -> Result<&'static RealCluster> {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let cluster = RealCluster::shared().await?;
+    INSTALLED
+        .get_or_try_init(|| realnode::install::install_host_processes(cluster))
+        .await?;
+    Ok(cluster)
+}
+
+fn on(node: &str) -> Placement {
+    Placement::Node(node.to_owned())
+}
+
+/// A pool of `count` underlay addresses of its own, gateway the switch.
+async fn underlay_pool(cluster: &RealCluster, name: &str, count: u8) -> Result<SpiderIPPool> {
+    let (first, last) = cluster.address_block(count)?;
+    let underlay = cluster.underlay();
+    ipam::create_pool(
+        &cluster.client()?,
+        name,
+        json!({
+            "subnet": underlay.subnet().to_string(),
+            "ips": [format!("{first}-{last}")],
+            "gateway": underlay.gateway().to_string(),
+        }),
+    )
+    .await
+}
+
+async fn allocated(cluster: &RealCluster, pool: &str) -> Result<i64> {
+    let pool = Api::<SpiderIPPool>::all(cluster.client()?).get(pool).await?;
+    Ok(pool.status.and_then(|s| s.allocated_ip_count).unwrap_or(0))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_run_on_real_nodes_and_reach_each_other_over_the_pod_network() -> Result<()> {
+async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them() -> Result<()> {
     init_tracing();
-    let cluster = RealCluster::shared().await?;
-    eprintln!("startup: {:?}", cluster.startup_times());
-    let ns = cluster.namespace("smoke").await?;
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("underlay-only").await?;
     let pods = ns.api::<Pod>();
-    for node in ["multus-0", "multus-1"] {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": format!("sleeper-{node}")},
-            "spec": {
-                "nodeName": node,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [{"name": "c", "image": cluster.busybox(), "imagePullPolicy": "Never",
-                                 "command": ["sleep", "3600"]}],
-            },
-        }))?;
+    let pool = format!("{}-v4", ns.name());
+    let created = underlay_pool(cluster, &pool, 8).await?;
+    let annotations = workload::ippool_annotation(&pool);
+
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_UNDERLAY);
+    ensure!(nodes.len() >= 2, "the layout has two underlay nodes");
+    let mut ips = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let name = format!("server-{i}");
+        let pod = workload::busybox_pod(
+            cluster.busybox(),
+            &name,
+            &on(node.name()),
+            &["sleep", "3600"],
+            &annotations,
+        )?;
         pods.create(&PostParams::default(), &pod).await?;
     }
-    let ip = spiderpool_tests::wait_for("the pods to run", Duration::from_secs(60), || async {
-        let a = pods.get("sleeper-multus-0").await?;
-        let b = pods.get("sleeper-multus-1").await?;
-        let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
-        Ok(ip(&a).zip(ip(&b)))
+    for (i, _) in nodes.iter().enumerate() {
+        let pod = workload::wait_running(&pods, &format!("server-{i}"), POD_TIMEOUT).await?;
+        let pod_ips = workload::pod_ips(&pod);
+        let range = &created.spec.ips;
+        ensure!(pod_ips.len() == 1, "one IPv4 address: {pod_ips:?}");
+        let ip: std::net::Ipv4Addr = pod_ips[0].parse()?;
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address (pool {range:?})"
+        );
+        ips.push(ip.to_string());
+    }
+    ensure!(ips[0] != ips[1], "two pods, two addresses: {ips:?}");
+    // Across the switch, both ways, from pods of the other node.
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(nodes[1].name()),
+        &annotations,
+        &ips[0],
+    )
+    .await?;
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(nodes[0].name()),
+        &annotations,
+        &ips[1],
+    )
+    .await?;
+    ensure!(
+        allocated(cluster, &pool).await? == 2,
+        "the two servers hold their addresses"
+    );
+    let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
+    ensure!(
+        endpoints.items.len() == 2,
+        "one SpiderEndpoint per server: {:?}",
+        endpoints.items.len()
+    );
+
+    for i in 0..nodes.len() {
+        workload::delete_and_wait(&pods, &format!("server-{i}"), POD_TIMEOUT).await?;
+    }
+    wait_for("the pool to be empty", Duration::from_secs(30), || async {
+        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
+    })
+    .await
+    .with_context(|| "every address goes back to the pool".to_owned())?;
+    wait_for("no SpiderEndpoint left", Duration::from_secs(30), || async {
+        Ok(ns
+            .api::<SpiderEndpoint>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
     })
     .await?;
-    eprintln!("pod IPs: {ip:?}");
+    Api::<SpiderIPPool>::all(cluster.client()?)
+        .delete(&pool, &DeleteParams::default())
+        .await?;
     Ok(())
 }

@@ -13,6 +13,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates lua5.1)
+# The real-node tier (tests/src/realnode): real kubelets need a container runtime and netfilter tools,
+# and its sandbox and workload images are built locally.
+#   containerd, runc             every real node's container runtime (Debian's 1.6 and 1.1)
+#   iptables, conntrack          kube-proxy (iptables mode) and kubelet's own rules, per node
+#   busybox-static               the workload image
+#   gcc, libc6-dev               the static pause program of the sandbox image
+packages+=(containerd runc iptables conntrack busybox-static gcc libc6-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -37,7 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/cni/loopback \
+  /usr/bin/containerd /usr/sbin/runc /bin/busybox; do
   if [ ! -x "$bin" ]; then
     echo "install-test-deps.sh: $bin is missing after installing ${packages[*]}" >&2
     exit 1

@@ -21,8 +21,10 @@
 pub mod binaries;
 pub mod config;
 pub mod images;
+pub mod install;
 pub mod node;
 pub mod underlay;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -134,6 +136,8 @@ pub struct RealCluster {
     images: WorkloadImages,
     id: String,
     times: StartupTimes,
+    /// The next host number [`RealCluster::address_block`] hands out.
+    next_address: std::sync::atomic::AtomicU32,
     dir: PathBuf,
     _dir_registration: Option<Registration>,
 }
@@ -153,7 +157,7 @@ impl std::fmt::Debug for RealCluster {
 
 /// Runs blocking work from async code: in place on a multi-threaded runtime (the runtime moves its
 /// other tasks away), directly otherwise.
-fn blocking<R>(work: impl FnOnce() -> R) -> R {
+pub(crate) fn blocking<R>(work: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
@@ -233,6 +237,7 @@ impl RealCluster {
                 control_plane,
                 ..StartupTimes::default()
             },
+            next_address: std::sync::atomic::AtomicU32::new(100),
             dir,
             _dir_registration: dir_registration,
         };
@@ -357,6 +362,21 @@ impl RealCluster {
     /// The underlay switch.
     pub fn underlay(&self) -> &Underlay {
         &self.underlay
+    }
+
+    /// `count` addresses of the underlay subnet no other caller of this cluster got: the first and
+    /// the last (for a pool's `ips` range). They come from `.100`-`.254`.
+    pub fn address_block(&self, count: u8) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+        use std::sync::atomic::Ordering;
+        let first = self.next_address.fetch_add(u32::from(count), Ordering::SeqCst);
+        let last = first + u32::from(count.max(1)) - 1;
+        let (Ok(first), Ok(last)) = (u8::try_from(first), u8::try_from(last)) else {
+            bail!("the underlay subnet has no {count} addresses left for pools");
+        };
+        if last > 254 {
+            bail!("the underlay subnet has no {count} addresses left for pools");
+        }
+        Ok((self.underlay.host(first), self.underlay.host(last)))
     }
 
     /// The images every node has (`imagePullPolicy: Never` or `IfNotPresent`).

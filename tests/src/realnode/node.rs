@@ -395,10 +395,15 @@ impl RealNode {
     }
 
     /// `path` as the node sees it (through its mount namespace), for reading and writing from the
-    /// machine.
+    /// machine. An absolute symbolic link on the way resolves in the machine's view, not the node's:
+    /// `/var/run` (a link to `/run`) is therefore replaced by `/run` here.
     pub fn path(&self, path: impl AsRef<Path>) -> PathBuf {
         let path = path.as_ref();
-        let relative = path.strip_prefix("/").unwrap_or(path);
+        let path = path
+            .strip_prefix("/var/run")
+            .map(|rest| Path::new("/run").join(rest))
+            .unwrap_or_else(|_| path.to_path_buf());
+        let relative = path.strip_prefix("/").unwrap_or(&path);
         PathBuf::from(format!("/proc/{}/root", self.init_pid)).join(relative)
     }
 
@@ -488,6 +493,13 @@ impl RealNode {
     /// exited, and how.
     pub fn process_exited(&self, name: &str) -> Option<std::process::ExitStatus> {
         lock(&self.processes).get_mut(name).and_then(NodeProcess::exited)
+    }
+
+    /// Whether a process started with [`RealNode::spawn`] runs.
+    pub fn process_running(&self, name: &str) -> bool {
+        lock(&self.processes)
+            .get_mut(name)
+            .is_some_and(|p| p.exited().is_none())
     }
 
     /// Stops a process of the node (SIGTERM, SIGKILL after 10 s).
