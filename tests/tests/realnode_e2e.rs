@@ -141,3 +141,97 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
         .await?;
     Ok(())
 }
+
+/// The pod's addresses on `interface`, from Multus' network-status annotation.
+fn network_status_ips(pod: &Pod, interface: &str) -> Result<Vec<String>> {
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(spiderpool_tests::multus::NETWORK_STATUS_ANNOTATION))
+        .context("no network-status annotation")?;
+    let statuses: Vec<spiderpool_tests::multus::NetworkStatus> = serde_json::from_str(annotation)?;
+    Ok(statuses
+        .into_iter()
+        .filter(|s| s.interface == interface)
+        .flat_map(|s| s.ips)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("standin").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    underlay_pool(cluster, &pool, 8).await?;
+    let nad = json!({
+        "cniVersion": "1.0.0", "name": "uplink",
+        "plugins": [{"type": "macvlan", "master": realnode::underlay::UPLINK_NIC, "mode": "bridge", "ipam": {"type": "spiderpool"}}],
+    });
+    ipam::create_nad(&ns, "uplink", &nad).await?;
+    let annotations: std::collections::BTreeMap<String, String> = [
+        (
+            spiderpool_tests::multus::NETWORKS_ANNOTATION.to_owned(),
+            "uplink".to_owned(),
+        ),
+        (
+            "ipam.spidernet.io/ippools".to_owned(),
+            json!([{"interface": "net1", "ipv4": [pool]}]).to_string(),
+        ),
+    ]
+    .into();
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_MULTUS_STANDIN);
+    ensure!(nodes.len() >= 2, "the layout has two Multus nodes");
+    for (i, node) in nodes.iter().enumerate() {
+        let pod = workload::busybox_pod(
+            cluster.busybox(),
+            &format!("app-{i}"),
+            &on(node.name()),
+            &["sleep", "3600"],
+            &annotations,
+        )?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let mut net1 = Vec::new();
+    for i in 0..nodes.len() {
+        let pod = workload::wait_running(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
+        let eth0 = workload::pod_ips(&pod);
+        ensure!(
+            eth0.iter().all(|ip| ip.starts_with("10.244.")),
+            "the pod IP is the pod network's: {eth0:?}"
+        );
+        let ips = network_status_ips(&pod, "net1")?;
+        ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");
+        let ip: std::net::Ipv4Addr = ips[0].parse()?;
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address"
+        );
+        net1.push(ips[0].clone());
+    }
+    // From net1 of a pod on the other node, across the switch.
+    for (from, to) in [(1, 0), (0, 1)] {
+        workload::run_to_completion(
+            &pods,
+            cluster.busybox(),
+            &on(nodes[from].name()),
+            &["ping", "-I", "net1", "-c", "3", "-W", "2", &net1[to]],
+            &annotations,
+            POD_TIMEOUT,
+        )
+        .await?;
+    }
+    for i in 0..nodes.len() {
+        workload::delete_and_wait(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
+    }
+    wait_for("the pool to be empty", Duration::from_secs(30), || async {
+        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
+    })
+    .await?;
+    Api::<SpiderIPPool>::all(cluster.client()?)
+        .delete(&pool, &DeleteParams::default())
+        .await?;
+    Ok(())
+}

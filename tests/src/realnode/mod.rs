@@ -22,6 +22,7 @@ pub mod binaries;
 pub mod config;
 pub mod images;
 pub mod install;
+pub mod multus_standin;
 pub mod node;
 pub mod underlay;
 pub mod workload;
@@ -100,6 +101,7 @@ impl RealClusterOptions {
                         (RACK_LABEL.to_owned(), rack.to_owned()),
                     ]),
                     pod_subnet: if with_pod_network { subnets.next() } else { None },
+                    multus: with_pod_network,
                     cni_configs: if with_pod_network {
                         BTreeMap::new()
                     } else {
@@ -215,6 +217,11 @@ impl RealCluster {
         let t2 = Instant::now();
         let kube_proxy_kubeconfig = control.user_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
         let cluster_cidr = options.cluster_cidr.map(|c| c.to_string());
+        let multus = if options.nodes.iter().any(|n| n.multus) {
+            Some(multus_install(&control).await?)
+        } else {
+            None
+        };
         let ctx = node::NodeContext {
             cluster: &control,
             underlay: &underlay,
@@ -224,6 +231,7 @@ impl RealCluster {
             dir: &dir,
             kube_proxy_kubeconfig: &kube_proxy_kubeconfig,
             cluster_cidr: cluster_cidr.as_deref(),
+            multus: multus.as_ref(),
         };
         let nodes = blocking(|| start_nodes(&ctx, &options.nodes))?;
         let mut cluster = RealCluster {
@@ -435,6 +443,51 @@ impl Drop for RealCluster {
         } else {
             tracing::warn!(dir = %self.dir.display(), "SPIDERPOOL_TEST_KEEP is set: keeping the real-node cluster dir");
         }
+    }
+}
+
+/// The environment variable naming a real Multus thin-plugin binary to use instead of the stand-in.
+pub const REAL_MULTUS_ENV: &str = "SPIDERPOOL_REALNODE_MULTUS_BIN";
+
+/// The Multus stand-in (or, with [`REAL_MULTUS_ENV`], a real Multus), its RBAC and credentials.
+async fn multus_install(control: &TestCluster) -> Result<node::MultusInstall> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let (binary, plugin_type) = match std::env::var_os(REAL_MULTUS_ENV) {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !crate::tools::is_executable(&path) {
+                bail!("{REAL_MULTUS_ENV}={} is not an executable", path.display());
+            }
+            tracing::warn!(binary = %path.display(), "using a real Multus instead of the stand-in");
+            (path, "multus".to_owned())
+        }
+        None => (
+            blocking(|| crate::tools::workspace_binary("spiderpool-tests", "multus-standin", false))?,
+            multus_standin::PLUGIN_TYPE.to_owned(),
+        ),
+    };
+    let client = control.client()?;
+    let role: ClusterRole = serde_json::from_value(multus_standin::cluster_role())?;
+    let binding: ClusterRoleBinding = serde_json::from_value(multus_standin::cluster_role_binding())?;
+    create_or_keep(&Api::all(client.clone()), &role).await?;
+    create_or_keep(&Api::all(client), &binding).await?;
+    let kubeconfig = control.user_kubeconfig("multus", multus_standin::USER, &[])?;
+    let conf = multus_standin::conf(&plugin_type, &kubeconfig, node::POD_NETWORK_NAME);
+    Ok(node::MultusInstall {
+        binary,
+        plugin_type,
+        conf,
+    })
+}
+
+async fn create_or_keep<K>(api: &Api<K>, object: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&kube::api::PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
 

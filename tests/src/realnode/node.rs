@@ -113,6 +113,9 @@ pub struct NodeSpec {
     /// nodes), as the network plugin of a cluster with Multus would provide; written as
     /// `/etc/cni/net.d/10-podnet.conflist`.
     pub pod_subnet: Option<Ipv4Net>,
+    /// The node's primary network is Multus (the stand-in, see [`super::multus_standin`]) with the
+    /// pod network as its cluster network; needs `pod_subnet`.
+    pub multus: bool,
     /// More files for `/etc/cni/net.d` (name, content), written before containerd starts: the
     /// node's primary network as its administrator would install it. containerd uses the first file
     /// by name; kubelet reports the node Ready only once there is one.
@@ -217,6 +220,18 @@ pub(crate) struct NodeContext<'a> {
     pub kube_proxy_kubeconfig: &'a Path,
     /// kube-proxy's `clusterCIDR`: the pod networks' supernet.
     pub cluster_cidr: Option<&'a str>,
+    /// What nodes with [`NodeSpec::multus`] get.
+    pub multus: Option<&'a MultusInstall>,
+}
+
+/// The Multus plugin of nodes with [`NodeSpec::multus`]: a binary for `/opt/cni/bin` and its
+/// configuration.
+#[derive(Debug, Clone)]
+pub struct MultusInstall {
+    pub binary: PathBuf,
+    /// Its `type` (and file name): `multus-standin`, or `multus` for a real Multus.
+    pub plugin_type: String,
+    pub conf: serde_json::Value,
 }
 
 impl RealNode {
@@ -269,6 +284,20 @@ impl RealNode {
                 &Path::new("/etc/cni/net.d").join(POD_NETWORK_FILE),
                 serde_json::to_string_pretty(&pod_network_config(subnet))?.as_bytes(),
             )?;
+        }
+        if self.spec.multus {
+            let multus = ctx
+                .multus
+                .ok_or_else(|| anyhow!("node {} wants Multus but the cluster has none", self.name))?;
+            if self.spec.pod_subnet.is_none() {
+                bail!(
+                    "node {}: Multus needs the pod network as its cluster network",
+                    self.name
+                );
+            }
+            self.install_cni_plugin(&multus.binary, &multus.plugin_type)?;
+            let path = Path::new("/etc/cni/net.d").join(super::multus_standin::CONF_FILE);
+            self.write_file(&path, serde_json::to_string_pretty(&multus.conf)?.as_bytes())?;
         }
         for (name, config) in &self.spec.cni_configs {
             let path = Path::new("/etc/cni/net.d").join(name);
