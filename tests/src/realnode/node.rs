@@ -401,6 +401,19 @@ impl RealNode {
         &self.netns
     }
 
+    /// The machine's PID of the node's init (PID 1 of its PID namespace).
+    pub fn init_pid(&self) -> u32 {
+        self.init_pid
+    }
+
+    /// The machine's PIDs of the node's holder and of the launchers (`nsenter`) of its processes;
+    /// everything else of the node runs in its PID namespace.
+    pub fn launcher_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = lock(&self.processes).values().map(|p| p.child.id()).collect();
+        pids.extend(lock(&self.holder).as_ref().map(|h| h.child.id()));
+        pids
+    }
+
     /// The spec the node was started with.
     pub fn spec(&self) -> &NodeSpec {
         &self.spec
@@ -573,6 +586,12 @@ impl RealNode {
         if let Some(mut holder) = lock(&self.holder).take() {
             holder.stop(Duration::ZERO);
         }
+        // The init's death (and with it every process of the namespace) follows its holder's
+        // asynchronously; it is gone once the kernel has ended all of them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_alive(self.init_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         remove_cgroup_root(&self.cgroup_root);
         if let Err(err) = util::ip(&["netns", "delete", &self.netns]) {
             tracing::warn!(%err, node = %self.name, "removing the node's network namespace");
@@ -584,6 +603,16 @@ impl Drop for RealNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
