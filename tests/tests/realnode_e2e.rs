@@ -235,3 +235,39 @@ async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Re
         .await?;
     Ok(())
 }
+
+/// `tests/demo up` runs this scenario; here it runs on the shared cluster so the demo cannot rot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_scenario_deploys_reports_and_pings_across_nodes() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("demo").await?;
+    let pool = format!("{}-pool", ns.name());
+    let scenario = realnode::demo::deploy(cluster, ns.name(), &pool).await?;
+    let report = realnode::demo::report(&cluster.client()?, &scenario).await?;
+    let pings = realnode::demo::ping_across_nodes(cluster, &scenario).await?;
+    eprintln!("{report}\n{pings}");
+    ensure!(report.contains(&pool), "the report lists the pool:\n{report}");
+    ensure!(
+        report.matches("net1=").count() >= 4,
+        "the endpoints and pods of the Multus workload show net1:\n{report}"
+    );
+    ensure!(
+        pings.matches(" 0% packet loss").count() == 2,
+        "both pings answered:\n{pings}"
+    );
+    let client = cluster.client()?;
+    for name in scenario.deployments.keys() {
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns.name())
+            .delete(name, &DeleteParams::default())
+            .await?;
+    }
+    wait_for("the demo's pool to be empty", Duration::from_secs(60), || async {
+        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
+    })
+    .await?;
+    Api::<SpiderIPPool>::all(client)
+        .delete(&pool, &DeleteParams::default())
+        .await?;
+    Ok(())
+}

@@ -20,6 +20,7 @@
 
 pub mod binaries;
 pub mod config;
+pub mod demo;
 pub mod images;
 pub mod install;
 pub mod multus_standin;
