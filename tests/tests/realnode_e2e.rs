@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
 use spiderpool_tests::realnode::workload::{self, Placement};
-use spiderpool_tests::realnode::{self, RealCluster};
+use spiderpool_tests::realnode::{self, RealCluster, RealClusterOptions};
 use spiderpool_tests::{init_tracing, ipam, wait_for};
 
 const POD_TIMEOUT: Duration = Duration::from_secs(90);
@@ -21,9 +21,22 @@ const POD_TIMEOUT: Duration = Duration::from_secs(90);
 /// The shared cluster with Spiderpool installed (once per test binary).
 async fn cluster() -> Result<&'static RealCluster> {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    let cluster = RealCluster::shared().await?;
+    let cluster = RealCluster::shared_with(|| RealClusterOptions {
+        multus_standin: Some(env!("CARGO_BIN_EXE_multus-standin").into()),
+        ..RealClusterOptions::standard()
+    })
+    .await?;
     INSTALLED
-        .get_or_try_init(|| realnode::install::install_host_processes(cluster))
+        .get_or_try_init(|| async {
+            let t0 = std::time::Instant::now();
+            realnode::install::install_host_processes(cluster).await?;
+            eprintln!(
+                "TIMING real-node cluster {:?}; Spiderpool installed in {:?}",
+                cluster.startup_times(),
+                t0.elapsed()
+            );
+            anyhow::Ok(())
+        })
         .await?;
     Ok(cluster)
 }
@@ -269,5 +282,171 @@ async fn the_demo_scenario_deploys_reports_and_pings_across_nodes() -> Result<()
     Api::<SpiderIPPool>::all(client)
         .delete(&pool, &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// The StatefulSet's pods, by name: (IP, node, UID).
+async fn members(
+    pods: &Api<Pod>,
+    app: &str,
+) -> Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                (
+                    workload::pod_ips(p).join(","),
+                    workload::pod_node(p).unwrap_or_default(),
+                    p.metadata.uid.clone().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// Waits until the StatefulSet's `replicas` pods are Running and Ready, none of them one of `old`
+/// (UIDs), and returns them.
+async fn wait_members(
+    pods: &Api<Pod>,
+    app: &str,
+    replicas: usize,
+    old: &[String],
+) -> Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    wait_for(
+        &format!("{replicas} new members of {app}"),
+        POD_TIMEOUT,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && !old.contains(&p.metadata.uid.clone().unwrap_or_default())
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            if ready == replicas && list.items.len() == replicas {
+                Ok(Some(members(pods, app).await?))
+            } else {
+                Ok(None)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_keeps_its_addresses_when_its_pods_come_back_on_the_same_or_another_node() -> Result<()>
+{
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("sts").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    underlay_pool(cluster, &pool, 8).await?;
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_UNDERLAY);
+    let (first, second) = (nodes[0].name().to_owned(), nodes[1].name().to_owned());
+    let statefulset = |node: &str| -> Result<k8s_openapi::api::apps::v1::StatefulSet> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {
+                "serviceName": "db",
+                "replicas": 2,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {
+                    "metadata": {"labels": {"app": "db"}, "annotations": workload::ippool_annotation(&pool)},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "db", "image": cluster.busybox(), "imagePullPolicy": "Never",
+                                         "command": ["sleep", "3600"]}],
+                    },
+                },
+            },
+        }))?)
+    };
+    let api = ns.api::<k8s_openapi::api::apps::v1::StatefulSet>();
+    api.create(&PostParams::default(), &statefulset(&first)?).await?;
+    let before = wait_members(&pods, "db", 2, &[]).await?;
+    let addresses =
+        |m: &std::collections::BTreeMap<String, (String, String, String)>| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(name, (ip, _, _))| (name.clone(), ip.clone()))
+                .collect()
+        };
+    ensure!(
+        before
+            .values()
+            .all(|(ip, node, _)| !ip.is_empty() && *node == first),
+        "{before:?}"
+    );
+
+    // Deleted: they come back on the same node with the same addresses.
+    let uids: Vec<String> = before.values().map(|(_, _, uid)| uid.clone()).collect();
+    for name in before.keys() {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let again = wait_members(&pods, "db", 2, &uids).await?;
+    ensure!(
+        addresses(&again) == addresses(&before),
+        "same addresses after a delete: {before:?} -> {again:?}"
+    );
+
+    // Moved: the template now wants the other node; the rolling update recreates them there.
+    let uids: Vec<String> = again.values().map(|(_, _, uid)| uid.clone()).collect();
+    api.patch(
+        "db",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": second}}}}}),
+        ),
+    )
+    .await?;
+    let moved = wait_members(&pods, "db", 2, &uids).await?;
+    ensure!(
+        moved.values().all(|(_, node, _)| *node == second),
+        "on the other node now: {moved:?}"
+    );
+    ensure!(
+        addresses(&moved) == addresses(&before),
+        "same addresses on another node: {before:?} -> {moved:?}"
+    );
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(&first),
+        &workload::ippool_annotation(&pool),
+        &moved
+            .values()
+            .next()
+            .map(|(ip, _, _)| ip.clone())
+            .unwrap_or_default(),
+    )
+    .await?;
+
+    api.delete("db", &DeleteParams::default()).await?;
+    wait_for("the StatefulSet's pods to go", POD_TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=db"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
     Ok(())
 }

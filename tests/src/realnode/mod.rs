@@ -81,6 +81,9 @@ pub struct RealClusterOptions {
     pub cluster_cidr: Option<Ipv4Net>,
     /// How long to wait for every Node to be Ready.
     pub ready_timeout: Duration,
+    /// The `multus-standin` binary (integration tests: `env!("CARGO_BIN_EXE_multus-standin")`);
+    /// `None`: the one next to the running executable, else built with cargo.
+    pub multus_standin: Option<PathBuf>,
 }
 
 impl RealClusterOptions {
@@ -115,6 +118,7 @@ impl RealClusterOptions {
             nodes,
             cluster_cidr: Some(pod_cidr),
             ready_timeout: Duration::from_secs(120),
+            multus_standin: None,
         }
     }
 }
@@ -219,7 +223,7 @@ impl RealCluster {
         let kube_proxy_kubeconfig = control.user_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
         let cluster_cidr = options.cluster_cidr.map(|c| c.to_string());
         let multus = if options.nodes.iter().any(|n| n.multus) {
-            Some(multus_install(&control).await?)
+            Some(multus_install(&control, options.multus_standin.as_deref()).await?)
         } else {
             None
         };
@@ -269,10 +273,14 @@ impl RealCluster {
     /// each test its own namespace ([`RealCluster::namespace`]). If starting fails, the next caller
     /// retries.
     pub async fn shared() -> Result<&'static RealCluster> {
+        Self::shared_with(RealClusterOptions::standard).await
+    }
+
+    /// [`RealCluster::shared`], started with `options()` by the first caller (later callers' options
+    /// are not used).
+    pub async fn shared_with(options: impl FnOnce() -> RealClusterOptions) -> Result<&'static RealCluster> {
         static SHARED: tokio::sync::OnceCell<RealCluster> = tokio::sync::OnceCell::const_new();
-        SHARED
-            .get_or_try_init(|| RealCluster::start(RealClusterOptions::standard()))
-            .await
+        SHARED.get_or_try_init(|| RealCluster::start(options())).await
     }
 
     /// Every node gets a route to every other node's pod network, via that node's IP.
@@ -451,7 +459,7 @@ impl Drop for RealCluster {
 pub const REAL_MULTUS_ENV: &str = "SPIDERPOOL_REALNODE_MULTUS_BIN";
 
 /// The Multus stand-in (or, with [`REAL_MULTUS_ENV`], a real Multus), its RBAC and credentials.
-async fn multus_install(control: &TestCluster) -> Result<node::MultusInstall> {
+async fn multus_install(control: &TestCluster, standin: Option<&Path>) -> Result<node::MultusInstall> {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let (binary, plugin_type) = match std::env::var_os(REAL_MULTUS_ENV) {
         Some(path) => {
@@ -462,10 +470,7 @@ async fn multus_install(control: &TestCluster) -> Result<node::MultusInstall> {
             tracing::warn!(binary = %path.display(), "using a real Multus instead of the stand-in");
             (path, "multus".to_owned())
         }
-        None => (
-            blocking(|| crate::tools::workspace_binary("spiderpool-tests", "multus-standin", false))?,
-            multus_standin::PLUGIN_TYPE.to_owned(),
-        ),
+        None => (standin_binary(standin)?, multus_standin::PLUGIN_TYPE.to_owned()),
     };
     let client = control.client()?;
     let role: ClusterRole = serde_json::from_value(multus_standin::cluster_role())?;
@@ -479,6 +484,23 @@ async fn multus_install(control: &TestCluster) -> Result<node::MultusInstall> {
         plugin_type,
         conf,
     })
+}
+
+/// The stand-in given, else the one next to the running executable (the demo's), else cargo's.
+fn standin_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(multus_standin::PLUGIN_TYPE)))
+        .filter(|p| crate::tools::is_executable(p));
+    match sibling {
+        Some(path) => Ok(path),
+        None => blocking(|| {
+            crate::tools::workspace_binary("spiderpool-tests", multus_standin::PLUGIN_TYPE, false)
+        }),
+    }
 }
 
 async fn create_or_keep<K>(api: &Api<K>, object: &K) -> Result<()>
