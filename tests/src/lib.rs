@@ -21,6 +21,7 @@
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
 
+pub mod child;
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
@@ -49,6 +50,16 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// Whether process `pid` exists and is not a zombie (`/proc/<pid>/stat`'s state after the command).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing after `timeout` with the last error.

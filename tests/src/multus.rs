@@ -448,6 +448,21 @@ fn is_mac(s: &str) -> bool {
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
+/// The message of Multus' `AddedInterface` event for one delegate's result: `Add <ifname> [<addresses>]
+/// from <network>`.
+pub fn added_interface_message(result: &Value, ifname: &str, network: &str) -> String {
+    let ips: Vec<&str> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("Add {ifname} [{}] from {network}", ips.join(" "))
+}
+
 /// One entry of the network-status annotation (NPWG `NetworkStatus`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkStatus {

@@ -1121,17 +1121,7 @@ impl Inner {
         for a in &record.attachments {
             let has_any = a.result.get("interfaces").is_some() || a.result.get("ips").is_some();
             if has_any {
-                let ips: Vec<&str> = a
-                    .result
-                    .get("ips")
-                    .and_then(Value::as_array)
-                    .map(|ips| {
-                        ips.iter()
-                            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let message = format!("Add {} [{}] from {}", a.ifname, ips.join(" "), a.network);
+                let message = multus::added_interface_message(&a.result, &a.ifname, &a.network);
                 self.emit_event(pod, "Normal", "AddedInterface", message, "multus")
                     .await;
             }

@@ -64,15 +64,6 @@ fn processes_of(prefix: &str, pid_namespaces: &[String]) -> Vec<u32> {
         .collect()
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            != Some("Z")
-    })
-}
-
 /// Starts a pod on the cluster's node and returns the cluster's footprint.
 async fn cluster_with_a_pod(cluster: &RealCluster) -> Result<Footprint> {
     let ns = cluster.namespace("cleanup").await?;
@@ -123,7 +114,7 @@ fn leftovers(footprint: &Footprint) -> Result<Vec<String>> {
     let mut left: Vec<String> = footprint
         .pids
         .iter()
-        .filter(|p| alive(**p))
+        .filter(|p| spiderpool_tests::process_alive(**p))
         .map(|p| {
             let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
             format!("process {p} ({})", cmdline.replace('\0', " ").trim())
@@ -192,18 +183,17 @@ fn leftovers(footprint: &Footprint) -> Result<Vec<String>> {
     Ok(left)
 }
 
+/// Waits until nothing of `footprint` is left (the watchdog works after its process is gone).
 async fn wait_clean(footprint: &Footprint, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    spiderpool_tests::wait_for("nothing left of the cluster", timeout, || async {
         let left = leftovers(footprint)?;
         if left.is_empty() {
-            return Ok(());
+            Ok(Some(()))
+        } else {
+            bail!("left: {left:#?}")
         }
-        if Instant::now() >= deadline {
-            bail!("left behind after {timeout:?}: {left:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +221,7 @@ async fn realnode_cleanup_helper_child() -> Result<()> {
     init_tracing();
     let cluster = RealCluster::start(options()).await?;
     let footprint = cluster_with_a_pod(&cluster).await?;
-    println!("{INFO_PREFIX}{}", serde_json::to_string(&footprint)?);
+    spiderpool_tests::child::report(INFO_PREFIX, &footprint)?;
     tokio::time::sleep(Duration::from_secs(600)).await;
     std::mem::forget(cluster);
     Ok(())
@@ -241,32 +231,8 @@ async fn realnode_cleanup_helper_child() -> Result<()> {
 async fn a_killed_test_process_leaves_nothing_behind() -> Result<()> {
     init_tracing();
     let _serial = SERIAL.lock().await;
-    let (mut child, footprint) = tokio::task::spawn_blocking(|| -> Result<_> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "realnode_cleanup_helper_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(HELPER_ENV, "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("running the helper")?;
-        let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
-        let footprint = loop {
-            let Some(line) = lines.next() else {
-                let status = child.wait()?;
-                bail!("helper ended ({status}) without reporting its footprint");
-            };
-            if let Some(json) = line?.strip_prefix(INFO_PREFIX) {
-                break serde_json::from_str::<Footprint>(json)?;
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok((child, footprint))
+    let (mut child, footprint): (_, Footprint) = tokio::task::spawn_blocking(|| {
+        spiderpool_tests::child::spawn_test("realnode_cleanup_helper_child", (HELPER_ENV, "1"), INFO_PREFIX)
     })
     .await??;
     child.kill()?; // SIGKILL: nothing runs in the child; the watchdog does it all

@@ -66,6 +66,21 @@ async fn allocated(cluster: &RealCluster, pool: &str) -> Result<i64> {
     Ok(pool.status.and_then(|s| s.allocated_ip_count).unwrap_or(0))
 }
 
+/// Waits until no address of `pool` is allocated, then deletes the pool.
+async fn drain_and_delete_pool(cluster: &RealCluster, pool: &str) -> Result<()> {
+    wait_for(
+        &format!("pool {pool} to be empty"),
+        Duration::from_secs(60),
+        || async { Ok((allocated(cluster, pool).await? == 0).then_some(())) },
+    )
+    .await
+    .context("every address goes back to the pool")?;
+    Api::<SpiderIPPool>::all(cluster.client()?)
+        .delete(pool, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them() -> Result<()> {
     init_tracing();
@@ -134,11 +149,6 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
     for i in 0..nodes.len() {
         workload::delete_and_wait(&pods, &format!("server-{i}"), POD_TIMEOUT).await?;
     }
-    wait_for("the pool to be empty", Duration::from_secs(30), || async {
-        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
-    })
-    .await
-    .with_context(|| "every address goes back to the pool".to_owned())?;
     wait_for("no SpiderEndpoint left", Duration::from_secs(30), || async {
         Ok(ns
             .api::<SpiderEndpoint>()
@@ -149,10 +159,7 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
             .then_some(()))
     })
     .await?;
-    Api::<SpiderIPPool>::all(cluster.client()?)
-        .delete(&pool, &DeleteParams::default())
-        .await?;
-    Ok(())
+    drain_and_delete_pool(cluster, &pool).await
 }
 
 /// The pod's addresses on `interface`, from Multus' network-status annotation.
@@ -239,14 +246,7 @@ async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Re
     for i in 0..nodes.len() {
         workload::delete_and_wait(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
     }
-    wait_for("the pool to be empty", Duration::from_secs(30), || async {
-        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
-    })
-    .await?;
-    Api::<SpiderIPPool>::all(cluster.client()?)
-        .delete(&pool, &DeleteParams::default())
-        .await?;
-    Ok(())
+    drain_and_delete_pool(cluster, &pool).await
 }
 
 /// `tests/demo up` runs this scenario; here it runs on the shared cluster so the demo cannot rot.
@@ -275,14 +275,7 @@ async fn the_demo_scenario_deploys_reports_and_pings_across_nodes() -> Result<()
             .delete(name, &DeleteParams::default())
             .await?;
     }
-    wait_for("the demo's pool to be empty", Duration::from_secs(60), || async {
-        Ok((allocated(cluster, &pool).await? == 0).then_some(()))
-    })
-    .await?;
-    Api::<SpiderIPPool>::all(client)
-        .delete(&pool, &DeleteParams::default())
-        .await?;
-    Ok(())
+    drain_and_delete_pool(cluster, &pool).await
 }
 
 /// The StatefulSet's pods, by name: (IP, node, UID).

@@ -142,20 +142,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
-/// Packs `rootfs` as the single layer of an image tagged `reference` with the OCI image config
-/// `config` (`Entrypoint`, `Cmd`, `Env`, `User`), as a docker-archive tarball at `out` (written
-/// under a temporary name in `work`, then renamed, so a concurrent reader never sees half of it).
-pub fn write_docker_archive(
-    rootfs: &Path,
-    reference: &str,
-    config: &Value,
-    work: &Path,
-    out: &Path,
-) -> Result<()> {
+/// `tar -cf out -C dir entries...` with fixed owners, order and times: the same files give the same
+/// bytes.
+fn deterministic_tar(dir: &Path, out: &Path, entries: &[&str]) -> Result<()> {
     let tar = tools::which("tar").ok_or_else(|| anyhow!("GNU tar not found: `apt-get install -y tar`"))?;
-    let staging = work.join("archive");
-    std::fs::create_dir_all(&staging)?;
-    let layer = work.join("layer.tar");
     util::run(
         Command::new(&tar)
             .args([
@@ -166,12 +156,28 @@ pub fn write_docker_archive(
                 "--mtime=@0",
                 "-C",
             ])
-            .arg(rootfs)
+            .arg(dir)
             .arg("-cf")
-            .arg(&layer)
-            .arg("."),
-    )
-    .context("packing an image layer")?;
+            .arg(out)
+            .args(entries),
+    )?;
+    Ok(())
+}
+
+/// Packs `rootfs` as the single layer of an image tagged `reference` with the OCI image config
+/// `config` (`Entrypoint`, `Cmd`, `Env`, `User`), as a docker-archive tarball at `out` (written
+/// under a temporary name in `work`, then renamed, so a concurrent reader never sees half of it).
+pub fn write_docker_archive(
+    rootfs: &Path,
+    reference: &str,
+    config: &Value,
+    work: &Path,
+    out: &Path,
+) -> Result<()> {
+    let staging = work.join("archive");
+    std::fs::create_dir_all(&staging)?;
+    let layer = work.join("layer.tar");
+    deterministic_tar(rootfs, &layer, &["."]).context("packing an image layer")?;
     let layer_bytes = std::fs::read(&layer)?;
     let layer_digest = util::sha256_hex(&[&layer_bytes]);
     std::fs::create_dir_all(staging.join(&layer_digest))?;
@@ -193,20 +199,10 @@ pub fn write_docker_archive(
     }]);
     std::fs::write(staging.join("manifest.json"), serde_json::to_vec(&manifest)?)?;
     let partial = work.join("image.tar");
-    util::run(
-        Command::new(&tar)
-            .args([
-                "--sort=name",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-                "--mtime=@0",
-                "-C",
-            ])
-            .arg(&staging)
-            .arg("-cf")
-            .arg(&partial)
-            .args(["manifest.json", &config_name, &layer_digest]),
+    deterministic_tar(
+        &staging,
+        &partial,
+        &["manifest.json", &config_name, &layer_digest],
     )
     .context("packing an image archive")?;
     std::fs::rename(&partial, out).with_context(|| format!("moving the image to {}", out.display()))?;

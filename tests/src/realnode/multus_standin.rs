@@ -409,15 +409,6 @@ async fn report(client: &Client, pod: &Pod, delegates: &[CachedDelegate]) {
     let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
     for d in delegates {
         let Some(result) = &d.result else { continue };
-        let ips: Vec<&str> = result
-            .get("ips")
-            .and_then(Value::as_array)
-            .map(|ips| {
-                ips.iter()
-                    .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                    .collect()
-            })
-            .unwrap_or_default();
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{name}.")),
@@ -433,11 +424,10 @@ async fn report(client: &Client, pod: &Pod, delegates: &[CachedDelegate]) {
                 ..ObjectReference::default()
             },
             reason: Some("AddedInterface".to_owned()),
-            message: Some(format!(
-                "Add {} [{}] from {}",
-                d.runtime_conf.ifname,
-                ips.join(" "),
-                d.network
+            message: Some(multus::added_interface_message(
+                result,
+                &d.runtime_conf.ifname,
+                &d.network,
             )),
             type_: Some("Normal".to_owned()),
             source: Some(EventSource {

@@ -589,7 +589,7 @@ impl RealNode {
         // The init's death (and with it every process of the namespace) follows its holder's
         // asynchronously; it is gone once the kernel has ended all of them.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while process_alive(self.init_pid) && Instant::now() < deadline {
+        while crate::process_alive(self.init_pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         remove_cgroup_root(&self.cgroup_root);
@@ -603,16 +603,6 @@ impl Drop for RealNode {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            != Some("Z")
-    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
