@@ -443,3 +443,54 @@ async fn a_statefulset_keeps_its_addresses_when_its_pods_come_back_on_the_same_o
     .await?;
     Ok(())
 }
+
+/// The harness itself: kube-proxy runs on every node, so host-network pods (what the chart's agents
+/// are) and pod-network pods reach the API server through the `kubernetes` Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_the_api_server_through_the_kubernetes_service_on_every_node() -> Result<()> {
+    init_tracing();
+    let cluster = RealCluster::shared_with(|| RealClusterOptions {
+        multus_standin: Some(env!("CARGO_BIN_EXE_multus-standin").into()),
+        ..RealClusterOptions::standard()
+    })
+    .await?;
+    let ns = cluster.namespace("kube-proxy").await?;
+    let pods = ns.api::<Pod>();
+    let kubernetes = Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client()?, "default")
+        .get("kubernetes")
+        .await?;
+    let cluster_ip = kubernetes
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the kubernetes Service has a ClusterIP")?;
+    let connect = ["sh", "-c", &format!("echo | nc -w 3 {cluster_ip} 443")];
+    for node in cluster.nodes() {
+        let name = format!("hostnet-{}", node.name());
+        let mut pod = workload::busybox_pod(
+            cluster.busybox(),
+            &name,
+            &on(node.name()),
+            &connect,
+            &Default::default(),
+        )?;
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        workload::run_pod_to_completion(&pods, pod, POD_TIMEOUT)
+            .await
+            .with_context(|| format!("from the host network of {}", node.name()))?;
+    }
+    for node in cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_MULTUS_STANDIN) {
+        workload::run_to_completion(
+            &pods,
+            cluster.busybox(),
+            &on(node.name()),
+            &connect,
+            &Default::default(),
+            POD_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("from the pod network of {}", node.name()))?;
+    }
+    Ok(())
+}

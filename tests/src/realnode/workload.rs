@@ -180,6 +180,20 @@ pub async fn run_to_completion(
 ) -> Result<String> {
     let name = format!("run-{}", util::unique_hex(8));
     let pod = busybox_pod(image, &name, placement, command, annotations)?;
+    run_pod_to_completion(api, pod, timeout).await
+}
+
+/// [`run_to_completion`] of a pod built by the caller (from [`busybox_pod`], say, with
+/// `hostNetwork`).
+pub async fn run_pod_to_completion(api: &Api<Pod>, pod: Pod, timeout: Duration) -> Result<String> {
+    let name = pod.metadata.name.clone().context("the pod has no name")?;
+    let command = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.command.clone())
+        .unwrap_or_default()
+        .join(" ");
     api.create(&PostParams::default(), &pod)
         .await
         .with_context(|| format!("creating pod {name}"))?;
@@ -190,7 +204,7 @@ pub async fn run_to_completion(
     if succeeded {
         Ok(log)
     } else {
-        Err(anyhow!("`{}` failed in pod {name}:\n{log}", command.join(" ")))
+        Err(anyhow!("`{command}` failed in pod {name}:\n{log}"))
     }
 }
 
