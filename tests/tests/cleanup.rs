@@ -5,9 +5,8 @@
 //! SIGKILL. The last two run this very test binary as a child (`cleanup_helper_child`, which does
 //! nothing unless `SPIDERPOOL_CLEANUP_HELPER` is set) and check after it is gone.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
