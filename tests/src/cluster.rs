@@ -46,9 +46,8 @@ use crate::tools::{self, Binaries};
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
 
-/// The Service CIDR of every test cluster.
+/// The Service CIDR of every test cluster (unless [`ClusterOptions::service_cidr`] says otherwise).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-const SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
 
 /// The minimal NetworkAttachmentDefinition CRD (k8s.cni.cncf.io/v1); Multus owns the real one.
 pub const NAD_CRD_YAML: &str = include_str!("../manifests/network-attachment-definition-crd.yaml");
@@ -85,6 +84,9 @@ pub struct ClusterOptions {
     /// The address the API server listens on and advertises (the `kubernetes` Service's endpoint
     /// unless it is loopback, which a Service cannot point to).
     pub address: IpAddr,
+    /// `--service-cluster-ip-range` of the API server and controller-manager; the serving
+    /// certificate names its first address (the `kubernetes` Service's ClusterIP).
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 impl Default for ClusterOptions {
@@ -99,6 +101,7 @@ impl Default for ClusterOptions {
             controller_manager_args: Vec::new(),
             ready_timeout: Duration::from_secs(90),
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default(),
         }
     }
 }
@@ -275,7 +278,12 @@ impl TestCluster {
             Some(watchdog::register_dir(dir.path()))
         };
         let dir_path = dir.path().to_path_buf();
-        let (certs, ca) = certs::write(&dir_path.join("pki"), SERVICE_IP, options.address)?;
+        let service_ip = options
+            .service_cidr
+            .hosts()
+            .next()
+            .ok_or_else(|| anyhow!("service CIDR {} has no address", options.service_cidr))?;
+        let (certs, ca) = certs::write(&dir_path.join("pki"), service_ip.into(), options.address)?;
         std::fs::create_dir_all(dir_path.join("logs")).context("creating the log dir")?;
 
         let mut attempt = 0;
@@ -505,7 +513,7 @@ async fn start_attempt(
         format!("--secure-port={api_port}"),
         format!("--bind-address={address}"),
         format!("--advertise-address={address}"),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--service-cluster-ip-range={}", options.service_cidr),
         format!("--authorization-mode={authorization}"),
         format!("--client-ca-file={}", certs.ca_cert.display()),
         format!("--tls-cert-file={}", certs.server_cert.display()),
@@ -573,7 +581,7 @@ async fn start_attempt(
             "--secure-port=0".to_owned(),
             format!("--service-account-private-key-file={}", certs.sa_key.display()),
             format!("--root-ca-file={}", certs.ca_cert.display()),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", options.service_cidr),
             "--use-service-account-credentials=false".to_owned(),
             "--controllers=*".to_owned(),
             // Notice Ready/NotReady nodes (and lift the not-ready taint of new nodes) quickly.

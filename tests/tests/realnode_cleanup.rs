@@ -28,7 +28,8 @@ struct Footprint {
     prefix: String,
     pids: Vec<u32>,
     dirs: Vec<PathBuf>,
-    subnet: String,
+    /// The cluster's /21: no route into it may be left.
+    block: String,
 }
 
 /// A small cluster: one node with a pod network.
@@ -37,7 +38,7 @@ fn options() -> RealClusterOptions {
         nodes: vec![NodeSpec {
             name: "cleanup-0".to_owned(),
             labels: BTreeMap::new(),
-            pod_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            pod_network: true,
             multus: false,
             cni_configs: BTreeMap::new(),
         }],
@@ -94,7 +95,7 @@ async fn cluster_with_a_pod(cluster: &RealCluster) -> Result<Footprint> {
             cluster.dir().to_path_buf(),
             cluster.control_plane().dir().to_path_buf(),
         ],
-        subnet: cluster.underlay().subnet().to_string(),
+        block: cluster.underlay().block().to_string(),
     };
     // containerd, shim, pause, sleep, kubelet, kube-proxy, init: the pod's processes are seen.
     ensure!(
@@ -158,7 +159,7 @@ fn leftovers(footprint: &Footprint) -> Result<Vec<String>> {
     }
     let routes = String::from_utf8_lossy(
         &Command::new("ip")
-            .args(["-4", "route", "show", &footprint.subnet])
+            .args(["-4", "route", "show", "root", &footprint.block])
             .output()?
             .stdout,
     )

@@ -218,9 +218,12 @@ async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Re
     for i in 0..nodes.len() {
         let pod = workload::wait_running(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
         let eth0 = workload::pod_ips(&pod);
+        let pod_cidr = cluster.underlay().pod_cidr();
         ensure!(
-            eth0.iter().all(|ip| ip.starts_with("10.244.")),
-            "the pod IP is the pod network's: {eth0:?}"
+            eth0.iter().all(|ip| ip
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| pod_cidr.contains(&ip))),
+            "the pod IP is the pod network's ({pod_cidr}): {eth0:?}"
         );
         let ips = network_status_ips(&pod, "net1")?;
         ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");

@@ -54,9 +54,6 @@ pub const PRIMARY_UNDERLAY: &str = "underlay";
 /// The node label racks select by.
 pub const RACK_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// The pod networks of the standard layout's nodes come from here (a /24 per node).
-pub const POD_NETWORK_CIDR: &str = "10.244.0.0/16";
-
 /// The file of [`underlay_chain`] on the `underlay-*` nodes.
 pub const UNDERLAY_CHAIN_FILE: &str = "10-underlay.conflist";
 
@@ -77,8 +74,6 @@ pub fn underlay_chain() -> serde_json::Value {
 #[derive(Debug, Clone)]
 pub struct RealClusterOptions {
     pub nodes: Vec<NodeSpec>,
-    /// kube-proxy's `clusterCIDR`.
-    pub cluster_cidr: Option<Ipv4Net>,
     /// How long to wait for every Node to be Ready.
     pub ready_timeout: Duration,
     /// The `multus-standin` binary (integration tests: `env!("CARGO_BIN_EXE_multus-standin")`);
@@ -92,8 +87,6 @@ impl RealClusterOptions {
     /// stand-in's cluster network); the `underlay-*` nodes have the underlay as their only network,
     /// [`underlay_chain`] as `/etc/cni/net.d/10-underlay.conflist`.
     pub fn standard() -> Self {
-        let pod_cidr: Ipv4Net = POD_NETWORK_CIDR.parse().unwrap_or_default();
-        let mut subnets = pod_cidr.subnets(24).into_iter().flatten().skip(1);
         let mut nodes = Vec::new();
         for (role, with_pod_network) in [(PRIMARY_MULTUS_STANDIN, true), (PRIMARY_UNDERLAY, false)] {
             for (i, rack) in ["rack-a", "rack-b"].into_iter().enumerate() {
@@ -104,7 +97,7 @@ impl RealClusterOptions {
                         (PRIMARY_CNI_LABEL.to_owned(), role.to_owned()),
                         (RACK_LABEL.to_owned(), rack.to_owned()),
                     ]),
-                    pod_subnet: if with_pod_network { subnets.next() } else { None },
+                    pod_network: with_pod_network,
                     multus: with_pod_network,
                     cni_configs: if with_pod_network {
                         BTreeMap::new()
@@ -116,7 +109,6 @@ impl RealClusterOptions {
         }
         RealClusterOptions {
             nodes,
-            cluster_cidr: Some(pod_cidr),
             ready_timeout: Duration::from_secs(120),
             multus_standin: None,
         }
@@ -213,6 +205,10 @@ impl RealCluster {
         let control = TestCluster::start(ClusterOptions {
             address: underlay.host_address().into(),
             authorization: Authorization::NodeRbac,
+            service_cidr: underlay.service_cidr(),
+            // Webhooks and aggregated APIs are called at their endpoints' addresses, which the
+            // machine routes to the nodes, rather than at ClusterIPs only kube-proxy knows.
+            apiserver_args: vec!["--enable-aggregator-routing=true".to_owned()],
             ..ClusterOptions::default()
         })
         .await
@@ -221,7 +217,7 @@ impl RealCluster {
 
         let t2 = Instant::now();
         let kube_proxy_kubeconfig = control.user_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
-        let cluster_cidr = options.cluster_cidr.map(|c| c.to_string());
+        let cluster_cidr = Some(underlay.pod_cidr().to_string());
         let multus = if options.nodes.iter().any(|n| n.multus) {
             Some(multus_install(&control, options.multus_standin.as_deref()).await?)
         } else {
@@ -238,7 +234,7 @@ impl RealCluster {
             cluster_cidr: cluster_cidr.as_deref(),
             multus: multus.as_ref(),
         };
-        let nodes = blocking(|| start_nodes(&ctx, &options.nodes))?;
+        let nodes = blocking(|| start_nodes(&ctx, &options.nodes, underlay.pod_cidr()))?;
         let mut cluster = RealCluster {
             nodes,
             control,
@@ -254,7 +250,7 @@ impl RealCluster {
             dir,
             _dir_registration: dir_registration,
         };
-        cluster.route_pod_networks()?;
+        cluster.route_cluster_networks()?;
         cluster.wait_ready(options.ready_timeout).await?;
         cluster.times.nodes = t2.elapsed();
         cluster.times.total = t0.elapsed();
@@ -283,16 +279,22 @@ impl RealCluster {
         SHARED.get_or_try_init(|| RealCluster::start(options())).await
     }
 
-    /// Every node gets a route to every other node's pod network, via that node's IP.
-    fn route_pod_networks(&self) -> Result<()> {
+    /// Every node (and the machine) gets a route to every node's pod network, via that node's IP;
+    /// the machine routes the Service CIDR to the first node, whose kube-proxy translates it.
+    fn route_cluster_networks(&self) -> Result<()> {
         for target in &self.nodes {
-            let Some(subnet) = target.spec().pod_subnet else {
+            let Some(subnet) = target.pod_subnet() else {
                 continue;
             };
             for node in self.nodes.iter().filter(|n| n.name() != target.name()) {
                 let (subnet, via) = (subnet.to_string(), target.ip().to_string());
                 util::ip(&["-n", node.netns(), "route", "add", &subnet, "via", &via])?;
             }
+            self.underlay.route_to_node(subnet, target.ip())?;
+        }
+        if let Some(first) = self.nodes.first() {
+            self.underlay
+                .route_to_node(self.underlay.service_cidr(), first.ip())?;
         }
         Ok(())
     }
@@ -533,18 +535,35 @@ fn node_schedulable(node: &Node) -> bool {
     ready && !tainted
 }
 
-/// Starts the nodes in parallel (each waits on its containerd and image imports).
-fn start_nodes(ctx: &node::NodeContext<'_>, specs: &[NodeSpec]) -> Result<Vec<RealNode>> {
+/// Starts the nodes in parallel (each waits on its containerd and image imports); nodes with a pod
+/// network get the /24s of `pod_cidr` in order.
+fn start_nodes(ctx: &node::NodeContext<'_>, specs: &[NodeSpec], pod_cidr: Ipv4Net) -> Result<Vec<RealNode>> {
     if specs.len() > 90 {
         bail!("at most 90 nodes");
+    }
+    let mut pod_subnets = pod_cidr.subnets(24)?;
+    let mut assigned = Vec::new();
+    for spec in specs {
+        let subnet = if spec.pod_network {
+            Some(
+                pod_subnets
+                    .next()
+                    .ok_or_else(|| anyhow!("more nodes with a pod network than /24s in {pod_cidr}"))?,
+            )
+        } else {
+            None
+        };
+        assigned.push(subnet);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = specs
             .iter()
+            .zip(assigned)
             .enumerate()
-            .map(|(index, spec)| {
+            .map(|(index, (spec, subnet))| {
                 let spec = spec.clone();
-                scope.spawn(move || RealNode::start(ctx, u8::try_from(index).unwrap_or(u8::MAX), spec))
+                let index = u8::try_from(index).unwrap_or(u8::MAX);
+                scope.spawn(move || RealNode::start(ctx, index, spec, subnet))
             })
             .collect();
         let mut nodes = Vec::new();

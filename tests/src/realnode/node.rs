@@ -50,7 +50,7 @@ use super::binaries::NodeBinaries;
 use super::config;
 use super::images::{ImageArchive, WorkloadImages};
 use super::underlay::{NODE_NIC, Underlay};
-use crate::cluster::{SERVICE_CIDR, TestCluster};
+use crate::cluster::TestCluster;
 use crate::tools;
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
@@ -109,12 +109,12 @@ pub struct NodeSpec {
     /// Labels kubelet registers the Node with (`--node-labels`; NodeRestriction forbids most of the
     /// `kubernetes.io` namespace).
     pub labels: BTreeMap<String, String>,
-    /// A pod network of the node's own (Debian's `bridge` + `host-local` on `cni0`, routed between
-    /// nodes), as the network plugin of a cluster with Multus would provide; written as
-    /// `/etc/cni/net.d/10-podnet.conflist`.
-    pub pod_subnet: Option<Ipv4Net>,
+    /// A pod network of the node's own (Debian's `bridge` + `host-local` on `cni0`, a /24 of the
+    /// cluster's pod CIDR, routed between nodes), as the network plugin of a cluster with Multus
+    /// would provide; written as `/etc/cni/net.d/10-podnet.conflist`.
+    pub pod_network: bool,
     /// The node's primary network is Multus (the stand-in, see [`super::multus_standin`]) with the
-    /// pod network as its cluster network; needs `pod_subnet`.
+    /// pod network as its cluster network; needs `pod_network`.
     pub multus: bool,
     /// More files for `/etc/cni/net.d` (name, content), written before containerd starts: the
     /// node's primary network as its administrator would install it. containerd uses the first file
@@ -200,6 +200,7 @@ pub struct RealNode {
     cgroup_root: String,
     init_pid: u32,
     spec: NodeSpec,
+    pod_subnet: Option<Ipv4Net>,
     /// containerd, kubelet, kube-proxy and whatever a test starts on the node, by name.
     processes: Mutex<BTreeMap<String, NodeProcess>>,
     holder: Mutex<Option<NodeProcess>>,
@@ -237,7 +238,12 @@ pub struct MultusInstall {
 impl RealNode {
     /// Creates the node's namespaces and links, starts containerd (with the workload images
     /// imported), kubelet and kube-proxy. Does not wait for the Node to become Ready. Blocking.
-    pub(crate) fn start(ctx: &NodeContext<'_>, index: u8, spec: NodeSpec) -> Result<Self> {
+    pub(crate) fn start(
+        ctx: &NodeContext<'_>,
+        index: u8,
+        spec: NodeSpec,
+        pod_subnet: Option<Ipv4Net>,
+    ) -> Result<Self> {
         let netns = format!("{}-n{index}", ctx.prefix);
         let cgroup_root = netns.clone();
         let dir = ctx.dir.join(&spec.name);
@@ -245,7 +251,7 @@ impl RealNode {
         let mut registrations = Vec::new();
         util::ip(&["netns", "add", &netns])?;
         registrations.push(watchdog::register(Resource::Netns(netns.clone())));
-        let links = ctx.underlay.attach_node(&netns, index, SERVICE_CIDR)?;
+        let links = ctx.underlay.attach_node(&netns, index)?;
         registrations.push(watchdog::register(Resource::Cgroup(cgroup_root.clone())));
         create_cgroup_root(&cgroup_root)?;
         let (holder, init_pid) = start_holder(&netns, &dir, &spec.name)?;
@@ -258,6 +264,7 @@ impl RealNode {
             cgroup_root,
             init_pid,
             spec,
+            pod_subnet,
             processes: Mutex::new(BTreeMap::new()),
             holder: Mutex::new(Some(holder)),
             _registrations: registrations,
@@ -279,7 +286,7 @@ impl RealNode {
             std::os::unix::fs::symlink(entry.path(), &link)
                 .with_context(|| format!("linking {}", link.display()))?;
         }
-        if let Some(subnet) = self.spec.pod_subnet {
+        if let Some(subnet) = self.pod_subnet {
             self.write_file(
                 &Path::new("/etc/cni/net.d").join(POD_NETWORK_FILE),
                 serde_json::to_string_pretty(&pod_network_config(subnet))?.as_bytes(),
@@ -289,7 +296,7 @@ impl RealNode {
             let multus = ctx
                 .multus
                 .ok_or_else(|| anyhow!("node {} wants Multus but the cluster has none", self.name))?;
-            if self.spec.pod_subnet.is_none() {
+            if self.pod_subnet.is_none() {
                 bail!(
                     "node {}: Multus needs the pod network as its cluster network",
                     self.name
@@ -412,6 +419,11 @@ impl RealNode {
         let mut pids: Vec<u32> = lock(&self.processes).values().map(|p| p.child.id()).collect();
         pids.extend(lock(&self.holder).as_ref().map(|h| h.child.id()));
         pids
+    }
+
+    /// The node's pod network, if it has one.
+    pub fn pod_subnet(&self) -> Option<Ipv4Net> {
+        self.pod_subnet
     }
 
     /// The spec the node was started with.

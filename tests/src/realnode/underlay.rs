@@ -11,8 +11,12 @@
 //!   its `eth1`, an "uplink" without an address (a second NIC, for macvlan interfaces of secondary
 //!   networks).
 //!
-//! The subnet is a /24 of 198.18.0.0/15 (reserved for network tests), picked per cluster so that it
-//! overlaps no route of the machine.
+//! Every address of a cluster comes from one /21 of 198.18.0.0/15 (reserved for network tests),
+//! picked per cluster so that it overlaps no route of the machine (another cluster's included): its
+//! first /24 is the underlay subnet, its second the Service CIDR, its upper /22 the pod networks.
+//! The machine routes the Service CIDR and each pod network to a node over its link, so that nothing
+//! the machine's own processes send to a cluster address (the API server calling a webhook, a user's
+//! `curl` to a ClusterIP) follows the machine's default route out.
 
 use std::net::Ipv4Addr;
 
@@ -40,6 +44,7 @@ pub const UPLINK_NIC: &str = "eth1";
 pub struct Underlay {
     switch_netns: String,
     host_link: String,
+    block: Ipv4Net,
     subnet: Ipv4Net,
     prefix: String,
     _registrations: Vec<Registration>,
@@ -49,7 +54,8 @@ impl Underlay {
     /// Creates the switch namespace and bridge, and the machine's link to it. `prefix` (`rn<id>`) is
     /// unique per cluster.
     pub fn create(prefix: &str) -> Result<Self> {
-        let subnet = free_subnet()?;
+        let block = free_block()?;
+        let subnet = Ipv4Net::new(block.network(), 24)?;
         let switch_netns = format!("{prefix}-sw");
         let host_link = format!("{prefix}-h");
         let mut registrations = Vec::new();
@@ -58,6 +64,7 @@ impl Underlay {
         let underlay = Underlay {
             switch_netns,
             host_link,
+            block,
             subnet,
             prefix: prefix.to_owned(),
             _registrations: registrations,
@@ -99,6 +106,57 @@ impl Underlay {
         self.subnet
     }
 
+    /// The cluster's /21: every address of the cluster is in it.
+    pub fn block(&self) -> Ipv4Net {
+        self.block
+    }
+
+    /// The cluster's Service CIDR (a /24).
+    pub fn service_cidr(&self) -> Ipv4Net {
+        self.nth_24(1)
+    }
+
+    /// A /24 of the block nobody uses otherwise (`index` 0 or 1): another subnet on the same switch
+    /// (a second rack's, say; [`Underlay::add_gateway`] gives it a gateway).
+    pub fn spare_subnet(&self, index: u8) -> Result<Ipv4Net> {
+        match index {
+            0 | 1 => Ok(self.nth_24(2 + usize::from(index))),
+            _ => bail!("the underlay has two spare /24s"),
+        }
+    }
+
+    /// The pod networks' /22 (kube-proxy's `clusterCIDR`); a node's pod network is one of its /24s.
+    pub fn pod_cidr(&self) -> Ipv4Net {
+        self.block
+            .subnets(22)
+            .ok()
+            .and_then(|mut s| s.nth(1))
+            .unwrap_or(self.block)
+    }
+
+    fn nth_24(&self, n: usize) -> Ipv4Net {
+        self.block
+            .subnets(24)
+            .ok()
+            .and_then(|mut s| s.nth(n))
+            .unwrap_or(self.subnet)
+    }
+
+    /// Routes `cidr` from the machine's namespace to `node` over the machine's link (the route goes
+    /// with the link).
+    pub fn route_to_node(&self, cidr: Ipv4Net, node: Ipv4Addr) -> Result<()> {
+        util::ip(&[
+            "route",
+            "add",
+            &cidr.to_string(),
+            "via",
+            &node.to_string(),
+            "dev",
+            &self.host_link,
+        ])?;
+        Ok(())
+    }
+
     /// The gateway (`.1`), on the switch.
     pub fn gateway(&self) -> Ipv4Addr {
         self.host(1)
@@ -129,7 +187,7 @@ impl Underlay {
     /// (`.10 + index`) and `eth1` without one. Also routes the Service CIDR out of `eth0`: a
     /// node's own connections to a ClusterIP need a route before kube-proxy's DNAT rewrites them, and
     /// the nodes have no default route.
-    pub fn attach_node(&self, netns: &str, index: u8, service_cidr: &str) -> Result<NodeLinks> {
+    pub fn attach_node(&self, netns: &str, index: u8) -> Result<NodeLinks> {
         let host_number = index
             .checked_add(10)
             .filter(|n| *n < 100)
@@ -158,7 +216,8 @@ impl Underlay {
         util::ip(&["-n", netns, "link", "set", "lo", "up"])?;
         let address = format!("{ip}/{}", self.subnet.prefix_len());
         util::ip(&["-n", netns, "addr", "add", &address, "dev", NODE_NIC])?;
-        util::ip(&["-n", netns, "route", "add", service_cidr, "dev", NODE_NIC])?;
+        let service_cidr = self.service_cidr().to_string();
+        util::ip(&["-n", netns, "route", "add", &service_cidr, "dev", NODE_NIC])?;
         Ok(NodeLinks { ip })
     }
 
@@ -206,9 +265,9 @@ fn sysctl_in(netns: &str, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// A /24 of 198.18.0.0/15 that overlaps none of the machine's IPv4 routes (another cluster's
-/// underlay included), starting at a random one.
-fn free_subnet() -> Result<Ipv4Net> {
+/// A /21 of 198.18.0.0/15 that overlaps none of the machine's IPv4 routes and addresses (another
+/// cluster's included), starting at a random one.
+fn free_block() -> Result<Ipv4Net> {
     let routes = util::ip(&["-4", "route", "show", "table", "all"])?;
     let taken: Vec<Ipv4Net> = routes
         .lines()
@@ -220,16 +279,17 @@ fn free_subnet() -> Result<Ipv4Net> {
         .lines()
         .filter_map(|line| line.split_whitespace().find_map(|w| w.parse::<Ipv4Net>().ok()))
         .collect();
-    let start = u16::from_str_radix(&util::unique_hex(4), 16).unwrap_or(0) % 512;
-    for offset in 0..512u16 {
-        let n = (start + offset) % 512;
-        let [hi, lo] = n.to_be_bytes();
-        let candidate = Ipv4Net::new(Ipv4Addr::new(198, 18 + hi, lo, 0), 24)?;
+    let blocks: Vec<Ipv4Net> = Ipv4Net::new(Ipv4Addr::new(198, 18, 0, 0), 15)?
+        .subnets(21)?
+        .collect();
+    let start = usize::from(u16::from_str_radix(&util::unique_hex(4), 16).unwrap_or(0)) % blocks.len();
+    for offset in 0..blocks.len() {
+        let candidate = blocks[(start + offset) % blocks.len()];
         let overlaps =
             |net: &Ipv4Net| net.contains(&candidate.network()) || candidate.contains(&net.network());
         if !taken.iter().any(overlaps) && !taken_addresses.iter().any(|a| overlaps(&a.trunc())) {
             return Ok(candidate);
         }
     }
-    bail!("no free /24 left in 198.18.0.0/15 for a real-node underlay")
+    bail!("no free /21 left in 198.18.0.0/15 for a real-node cluster")
 }
