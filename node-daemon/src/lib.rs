@@ -9,11 +9,13 @@
 //! - [`store`]: watch caches of pools, reserved IPs, namespaces, the node and its pods.
 //! - [`server`]: the unix-socket API and the health/metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 
 pub mod ahead;
 pub mod allocator;
 pub mod ipam;
 pub mod metrics;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod writer;

@@ -20,9 +20,11 @@
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
+pub mod images;
 pub mod ipam;
 pub mod multus;
 pub mod node_sim;
+pub mod oci;
 pub mod tools;
 pub mod watchdog;
 
