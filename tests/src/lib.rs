@@ -17,6 +17,7 @@
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
 
+pub mod chart;
 pub mod cluster;
 pub mod cni;
 pub mod daemon;

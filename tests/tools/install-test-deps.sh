@@ -8,11 +8,15 @@
 #   iproute2                     `ip netns` / `ip link`, used by the node simulator
 #   iputils-ping                 connectivity checks between simulated pods
 #   lua5.1                       runs the chart's Argo CD health check (Argo CD's gopher-lua is a Lua 5.1)
-#   Go >= 1.24 on PATH           only when the Kubernetes binaries are not cached yet
+#   Go >= 1.24 on PATH           only when the Kubernetes binaries or helm are not cached yet
+#   gcc-aarch64-linux-gnu, musl-tools, rustup targets x86_64/aarch64-unknown-linux-musl
+#                                the container images' static binaries (tests/tools/build-images.sh)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates lua5.1)
+# The container images (issue 16): a C cross compiler for ring's arm64 objects, musl-gcc for amd64.
+packages+=(gcc-aarch64-linux-gnu musl-tools)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -45,6 +49,16 @@ for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/c
 done
 command -v lua5.1 >/dev/null 2>&1 || { echo "install-test-deps.sh: 'lua5.1' is not on PATH" >&2; exit 1; }
 command -v ip >/dev/null 2>&1 || { echo "install-test-deps.sh: 'ip' (iproute2) is not on PATH" >&2; exit 1; }
+
+# The container images' Rust targets (rustup fetches them once; a no-op when installed).
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup target list --installed)
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    grep -qx "$target" <<<"$installed" || rustup target add "$target" >&2
+  done
+fi
+# helm at the pinned version (first run: about two minutes with Go; cached afterwards).
+bash "$here/build-helm.sh" >/dev/null
 
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler on the first run (minutes; needs
 # Go and the Go module proxy), a no-op afterwards. Prints the directory of the binaries.
