@@ -109,7 +109,7 @@ pub enum InitError {
         /// Name.
         name: String,
         /// The answer.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The deadline passed while the webhooks still did not admit an object.
     #[error("creating {kind} {name}: still failing after {waited:?} (last: {source})")]
@@ -121,7 +121,7 @@ pub enum InitError {
         /// How long it tried.
         waited: Duration,
         /// The last answer.
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -421,13 +421,19 @@ where
                         kind,
                         name,
                         waited: started.elapsed(),
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 tracing::info!(%kind, %name, error = %source, "not admitted yet; retrying");
                 tokio::time::sleep(retry.interval).await;
             }
-            Err(source) => return Err(InitError::Refused { kind, name, source }),
+            Err(source) => {
+                return Err(InitError::Refused {
+                    kind,
+                    name,
+                    source: Box::new(source),
+                });
+            }
         }
     }
 }

@@ -64,9 +64,9 @@ pub struct SpiderpoolConf {
 pub struct ConfError {
     /// The file.
     pub path: String,
-    /// Why.
+    /// Why (boxed: the parser's error is large and this one travels up through `Result`s).
     #[source]
-    pub source: serde_saphyr::Error,
+    pub source: Box<serde_saphyr::Error>,
 }
 
 impl SpiderpoolConf {
@@ -77,7 +77,7 @@ impl SpiderpoolConf {
         }
         serde_saphyr::from_str(text).map_err(|source| ConfError {
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 

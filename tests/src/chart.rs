@@ -139,10 +139,22 @@ pub const OPEN: &[&str] = &[
 
 /// Keys with a fixed set of values.
 pub const ENUMS: &[(&str, &[&str])] = &[
-    ("coordinator.mode", &["auto", "underlay", "overlay", "disabled", "disable"]),
-    ("coordinator.podCIDRType", &["auto", "cluster", "calico", "cilium", "none"]),
-    ("spiderpoolController.tls.method", &["auto", "provided", "certmanager"]),
-    ("*.debug.logLevel", &["debug", "info", "warn", "error", "fatal", "panic"]),
+    (
+        "coordinator.mode",
+        &["auto", "underlay", "overlay", "disabled", "disable"],
+    ),
+    (
+        "coordinator.podCIDRType",
+        &["auto", "cluster", "calico", "cilium", "none"],
+    ),
+    (
+        "spiderpoolController.tls.method",
+        &["auto", "provided", "certmanager"],
+    ),
+    (
+        "*.debug.logLevel",
+        &["debug", "info", "warn", "error", "fatal", "panic"],
+    ),
     ("*.image.pullPolicy", &["Always", "IfNotPresent", "Never"]),
 ];
 
@@ -181,7 +193,10 @@ pub fn values_schema(values_yaml: &str) -> Result<Value> {
     let mut schema = schema_of("", &values, &descriptions);
     if let Some(object) = schema.as_object_mut() {
         let mut top = Map::new();
-        top.insert("$schema".into(), json!("https://json-schema.org/draft-07/schema#"));
+        top.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft-07/schema#"),
+        );
         top.insert("title".into(), json!("Values of the spiderpool-rs chart"));
         top.extend(std::mem::take(object));
         *object = top;
@@ -258,7 +273,10 @@ pub fn values_table(values_yaml: &str) -> Result<String> {
             other => format!("`{}`", serde_json::to_string(other)?),
         };
         let default = default.replace('|', "\\|");
-        table.push_str(&format!("| `{key}` | {default} | {} |\n", description.replace('|', "\\|")));
+        table.push_str(&format!(
+            "| `{key}` | {default} | {} |\n",
+            description.replace('|', "\\|")
+        ));
     }
     Ok(table)
 }
@@ -301,9 +319,15 @@ mod tests {
         assert_eq!(a["properties"]["port"]["maximum"], 65535);
         assert_eq!(a["properties"]["port"]["description"], "the port");
         assert_eq!(a["properties"]["resources"], json!({"type": "object"}));
-        assert_eq!(a["properties"]["debug"]["properties"]["logLevel"]["enum"][0], "debug");
+        assert_eq!(
+            a["properties"]["debug"]["properties"]["logLevel"]["enum"][0],
+            "debug"
+        );
         assert_eq!(schema["properties"]["rdma"]["additionalProperties"], true);
-        assert_eq!(schema["properties"]["rdma"]["properties"]["plugin"]["additionalProperties"], true);
+        assert_eq!(
+            schema["properties"]["rdma"]["properties"]["plugin"]["additionalProperties"],
+            true
+        );
     }
 
     #[test]
@@ -314,7 +338,13 @@ mod tests {
         assert!(values_table("## @param x.y gone\nx: {}\n").is_err());
         assert_eq!(
             leaf_keys(VALUES).unwrap(),
-            vec!["a.port", "a.labels", "a.resources", "a.debug.logLevel", "rdma.plugin.install"]
+            vec![
+                "a.port",
+                "a.labels",
+                "a.resources",
+                "a.debug.logLevel",
+                "rdma.plugin.install"
+            ]
         );
     }
 }

@@ -212,6 +212,70 @@ pub fn input_hash(repo: &Path) -> Result<String> {
 /// Builds (or takes from the cache) every image and copies the archives into `out`. Returns what is
 /// in `out/images.json`.
 pub fn build(repo: &Path, out: &Path) -> Result<Vec<Built>> {
+    let (cached, built) = build_cached(repo)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for image in &built {
+        let target = out.join(&image.archive);
+        let partial = target.with_extension("partial");
+        std::fs::copy(cached.join(&image.archive), &partial)
+            .with_context(|| format!("copying {} into {}", image.archive, out.display()))?;
+        std::fs::rename(&partial, &target)?;
+    }
+    std::fs::write(out.join("images.json"), serde_json::to_vec_pretty(&built)?)?;
+    Ok(built)
+}
+
+/// An image's files for one architecture, unpacked, and what its configuration says to run.
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    /// The root file system.
+    pub rootfs: PathBuf,
+    /// The configuration's `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// The configuration's `Env` (`KEY=value`).
+    pub env: Vec<String>,
+}
+
+/// Builds (or takes from the cache) every image and unpacks `architecture` of each, once per build
+/// (under the cache), for running them ([`crate::kubelet`]). Keyed by image reference.
+pub fn unpacked(architecture: &str) -> Result<BTreeMap<String, ImageRoot>> {
+    let (cached, built) = build_cached(tools::repo_root())?;
+    let mut roots = BTreeMap::new();
+    for image in built {
+        let archive = oci::read_archive(&cached.join(&image.archive))?;
+        let (_, config) = archive.platform(architecture)?;
+        let strings = |value: &serde_json::Value| -> Vec<String> {
+            value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        let rootfs = cached.join(format!("rootfs-{architecture}")).join(&image.name);
+        if !rootfs.is_dir() {
+            let partial = rootfs.with_extension("partial");
+            if partial.exists() {
+                std::fs::remove_dir_all(&partial)?;
+            }
+            oci::unpack(&archive, architecture, &partial)?;
+            std::fs::rename(&partial, &rootfs)?;
+        }
+        roots.insert(
+            image.reference,
+            ImageRoot {
+                rootfs,
+                entrypoint: strings(&config["config"]["Entrypoint"]),
+                env: strings(&config["config"]["Env"]),
+            },
+        );
+    }
+    Ok(roots)
+}
+
+/// Builds every image into the cache unless it holds them for these inputs; returns the cache
+/// directory and what is in it.
+fn build_cached(repo: &Path) -> Result<(PathBuf, Vec<Built>)> {
     let key = input_hash(repo)?;
     let cached = cache_root().join("images").join(&key);
     let manifest = cached.join("images.json");
@@ -241,16 +305,7 @@ pub fn build(repo: &Path, out: &Path) -> Result<Vec<Built>> {
             .with_context(|| format!("moving the images into {}", cached.display()))?;
         built
     };
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    for image in &built {
-        let target = out.join(&image.archive);
-        let partial = target.with_extension("partial");
-        std::fs::copy(cached.join(&image.archive), &partial)
-            .with_context(|| format!("copying {} into {}", image.archive, out.display()))?;
-        std::fs::rename(&partial, &target)?;
-    }
-    std::fs::write(out.join("images.json"), serde_json::to_vec_pretty(&built)?)?;
-    Ok(built)
+    Ok((cached, built))
 }
 
 /// The built binaries: per architecture, per binary name, the path.
@@ -364,6 +419,12 @@ fn check_prerequisites() -> Result<()> {
                  (or run tests/tools/install-test-deps.sh)"
             );
         }
+    }
+    if !Path::new("/usr/aarch64-linux-gnu/include/stdint.h").is_file() {
+        bail!(
+            "the arm64 C headers are missing: install them with `apt-get install -y libc6-dev-arm64-cross` \
+             (or run tests/tools/install-test-deps.sh)"
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 # tests/src/images.rs): a second run with unchanged sources takes seconds. Prints the output directory.
 #
 # Import into a node's containerd:  ctr -n k8s.io images import target/images/spiderpool-agent.oci.tar
-# Needs: rustup targets x86_64/aarch64-unknown-linux-musl, musl-tools, gcc-aarch64-linux-gnu, Go (for
+# Needs: rustup targets x86_64/aarch64-unknown-linux-musl, musl-tools, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, Go (for
 # helm, built once by build-helm.sh); tests/tools/install-test-deps.sh installs all of them.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

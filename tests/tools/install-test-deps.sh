@@ -24,7 +24,7 @@ packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certi
 #   binutils         objcopy, to strip debug info from binaries copied into the guest
 packages+=(qemu-system-x86 busybox-static kmod binutils)
 # The container images (issue 16): a C cross compiler for ring's arm64 objects, musl-gcc for amd64.
-packages+=(gcc-aarch64-linux-gnu musl-tools)
+packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools)
 
 missing=()
 for pkg in "${packages[@]}"; do
