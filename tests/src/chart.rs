@@ -348,3 +348,128 @@ mod tests {
         );
     }
 }
+
+/// Helm's install order of kinds (`helm.sh/helm/v3/pkg/releaseutil.InstallOrder`); kinds it does not
+/// name come last. Uninstall deletes in the reverse order.
+pub const INSTALL_ORDER: &[&str] = &[
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
+
+fn install_rank(doc: &Value) -> usize {
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    INSTALL_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(INSTALL_ORDER.len())
+}
+
+/// Whether a rendered object is a Helm hook (`helm.sh/hook`), which Helm creates after the release's
+/// objects (post-install) instead of with them.
+pub fn is_hook(doc: &Value) -> bool {
+    doc["metadata"]["annotations"]["helm.sh/hook"].is_string()
+}
+
+/// The release's objects (hooks apart) in Helm's install order.
+pub fn install_sequence(docs: &[Value]) -> Vec<Value> {
+    let mut sequence: Vec<Value> = docs.iter().filter(|d| !is_hook(d)).cloned().collect();
+    sequence.sort_by_key(install_rank);
+    sequence
+}
+
+/// The release's objects (hooks apart) in Helm's uninstall order.
+pub fn uninstall_sequence(docs: &[Value]) -> Vec<Value> {
+    let mut sequence = install_sequence(docs);
+    sequence.reverse();
+    sequence
+}
+
+/// The API of a rendered object's kind, in its namespace (`namespace` when it names none and the kind
+/// is namespaced), found by discovery.
+pub async fn api_for(
+    client: &kube::Client,
+    doc: &Value,
+    namespace: &str,
+) -> Result<(kube::Api<kube::api::DynamicObject>, String)> {
+    use kube::api::{Api, DynamicObject};
+    use kube::core::GroupVersionKind;
+    let api_version = doc["apiVersion"]
+        .as_str()
+        .ok_or_else(|| anyhow!("object without apiVersion"))?;
+    let kind = doc["kind"]
+        .as_str()
+        .ok_or_else(|| anyhow!("object without kind"))?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("discovering {api_version} {kind}"))?;
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let api = match capabilities.scope {
+        kube::discovery::Scope::Namespaced => {
+            let ns = doc["metadata"]["namespace"].as_str().unwrap_or(namespace);
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        }
+        kube::discovery::Scope::Cluster => Api::<DynamicObject>::all_with(client.clone(), &resource),
+    };
+    Ok((api, name))
+}
+
+/// Server-side applies one rendered object (field manager `helm`), as `helm install` creates it.
+pub async fn apply(client: &kube::Client, doc: &Value, namespace: &str) -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let (api, name) = api_for(client, doc, namespace).await?;
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply("helm").force(), &Patch::Apply(doc))
+        .await
+        .with_context(|| format!("applying {kind} {name}"))?;
+    Ok(())
+}
+
+/// Deletes one rendered object (absent is fine), as `helm uninstall` does: background propagation,
+/// no waiting.
+pub async fn delete(client: &kube::Client, doc: &Value, namespace: &str) -> Result<()> {
+    use kube::api::DeleteParams;
+    let (api, name) = api_for(client, doc, namespace).await?;
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("deleting {} {name}", doc["kind"])),
+    }
+}
