@@ -233,88 +233,95 @@ pub fn capacity_series(pools: &[Capacity], subnets: &[Capacity], debug: bool) ->
     };
     let count =
         |objects: &[Capacity]| vec![(String::new(), i64::try_from(objects.len()).unwrap_or(i64::MAX))];
+    let gauge = |name, help, label, values| GaugeSeries {
+        name,
+        help,
+        label,
+        values,
+    };
     let mut series = vec![
-        GaugeSeries {
-            name: "spiderpool_ippool_total_ip_counts",
-            help: "Addresses of a SpiderIPPool (its IPs minus excluded ones)",
-            label: Some("pool"),
-            values: per(pools, |c| c.total),
-        },
-        GaugeSeries {
-            name: "spiderpool_ippool_allocated_ip_counts",
-            help: "Addresses of a SpiderIPPool held by pods",
-            label: Some("pool"),
-            values: per(pools, |c| c.allocated),
-        },
-        GaugeSeries {
-            name: "spiderpool_ippool_available_ip_counts",
-            help: "Addresses of a SpiderIPPool still free",
-            label: Some("pool"),
-            values: per(pools, Capacity::available),
-        },
-        GaugeSeries {
-            name: "spiderpool_subnet_total_ip_counts",
-            help: "Addresses of a SpiderSubnet",
-            label: Some("subnet"),
-            values: per(subnets, |c| c.total),
-        },
-        GaugeSeries {
-            name: "spiderpool_subnet_allocated_ip_counts",
-            help: "Addresses of a SpiderSubnet given to its pools",
-            label: Some("subnet"),
-            values: per(subnets, |c| c.allocated),
-        },
-        GaugeSeries {
-            name: "spiderpool_subnet_available_ip_counts",
-            help: "Addresses of a SpiderSubnet no pool has yet",
-            label: Some("subnet"),
-            values: per(subnets, Capacity::available),
-        },
-        GaugeSeries {
-            name: "spiderpool_total_ippool_counts",
-            help: "SpiderIPPools in the cluster",
-            label: None,
-            values: count(pools),
-        },
-        GaugeSeries {
-            name: "spiderpool_total_subnet_counts",
-            help: "SpiderSubnets in the cluster",
-            label: None,
-            values: count(subnets),
-        },
+        gauge(
+            "spiderpool_ippool_total_ip_counts",
+            "Addresses of a SpiderIPPool (its IPs minus excluded ones)",
+            Some("pool"),
+            per(pools, |c| c.total),
+        ),
+        gauge(
+            "spiderpool_ippool_allocated_ip_counts",
+            "Addresses of a SpiderIPPool held by pods",
+            Some("pool"),
+            per(pools, |c| c.allocated),
+        ),
+        gauge(
+            "spiderpool_ippool_available_ip_counts",
+            "Addresses of a SpiderIPPool still free",
+            Some("pool"),
+            per(pools, Capacity::available),
+        ),
+        gauge(
+            "spiderpool_subnet_total_ip_counts",
+            "Addresses of a SpiderSubnet",
+            Some("subnet"),
+            per(subnets, |c| c.total),
+        ),
+        gauge(
+            "spiderpool_subnet_allocated_ip_counts",
+            "Addresses of a SpiderSubnet given to its pools",
+            Some("subnet"),
+            per(subnets, |c| c.allocated),
+        ),
+        gauge(
+            "spiderpool_subnet_available_ip_counts",
+            "Addresses of a SpiderSubnet no pool has yet",
+            Some("subnet"),
+            per(subnets, Capacity::available),
+        ),
+        gauge(
+            "spiderpool_total_ippool_counts",
+            "SpiderIPPools in the cluster",
+            None,
+            count(pools),
+        ),
+        gauge(
+            "spiderpool_total_subnet_counts",
+            "SpiderSubnets in the cluster",
+            None,
+            count(subnets),
+        ),
     ];
     if debug {
+        // Upstream's debug-level names and label keys (reference section 9).
         series.extend([
-            GaugeSeries {
-                name: "spiderpool_debug_ippool_total_ip_counts",
-                help: "Addresses of a SpiderIPPool (upstream's debug metric)",
-                label: Some("SpiderIPPool"),
-                values: per(pools, |c| c.total),
-            },
-            GaugeSeries {
-                name: "spiderpool_debug_ippool_available_ip_counts",
-                help: "Addresses of a SpiderIPPool still free (upstream's debug metric)",
-                label: Some("SpiderIPPool"),
-                values: per(pools, Capacity::available),
-            },
-            GaugeSeries {
-                name: "spiderpool_debug_subnet_ippool_counts",
-                help: "Pools a SpiderSubnet controls (upstream's debug metric)",
-                label: Some("SpiderSubnet"),
-                values: per(subnets, |c| c.controlled_pools),
-            },
-            GaugeSeries {
-                name: "spiderpool_debug_subnet_total_ip_counts",
-                help: "Addresses of a SpiderSubnet (upstream's debug metric)",
-                label: Some("SpiderSubnet"),
-                values: per(subnets, |c| c.total),
-            },
-            GaugeSeries {
-                name: "spiderpool_debug_subnet_available_ip_counts",
-                help: "Addresses of a SpiderSubnet no pool has yet (upstream's debug metric)",
-                label: Some("SpiderSubnet"),
-                values: per(subnets, Capacity::available),
-            },
+            gauge(
+                "spiderpool_debug_ippool_total_ip_counts",
+                "Addresses of a SpiderIPPool",
+                Some("SpiderIPPool"),
+                per(pools, |c| c.total),
+            ),
+            gauge(
+                "spiderpool_debug_ippool_available_ip_counts",
+                "Addresses of a SpiderIPPool still free",
+                Some("SpiderIPPool"),
+                per(pools, Capacity::available),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_ippool_counts",
+                "Pools a SpiderSubnet controls",
+                Some("SpiderSubnet"),
+                per(subnets, |c| c.controlled_pools),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_total_ip_counts",
+                "Addresses of a SpiderSubnet",
+                Some("SpiderSubnet"),
+                per(subnets, |c| c.total),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_available_ip_counts",
+                "Addresses of a SpiderSubnet no pool has yet",
+                Some("SpiderSubnet"),
+                per(subnets, Capacity::available),
+            ),
         ]);
     }
     series

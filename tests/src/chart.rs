@@ -304,51 +304,6 @@ pub fn leaf_keys(values_yaml: &str) -> Result<Vec<String>> {
     Ok(keys)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const VALUES: &str = "## @param a.port the port\na:\n  port: 5710\n  labels: {}\n  resources:\n    limits: {cpu: 1}\n  debug:\n    ## @param a.debug.logLevel level\n    logLevel: info\nrdma:\n  plugin:\n    install: false\n";
-
-    #[test]
-    fn objects_are_closed_maps_free_and_unsupported_subtrees_open() {
-        let schema = values_schema(VALUES).unwrap();
-        assert_eq!(schema["additionalProperties"], false);
-        let a = &schema["properties"]["a"];
-        assert_eq!(a["additionalProperties"], false);
-        assert_eq!(a["properties"]["port"]["maximum"], 65535);
-        assert_eq!(a["properties"]["port"]["description"], "the port");
-        assert_eq!(a["properties"]["resources"], json!({"type": "object"}));
-        assert_eq!(
-            a["properties"]["debug"]["properties"]["logLevel"]["enum"][0],
-            "debug"
-        );
-        assert_eq!(schema["properties"]["rdma"]["additionalProperties"], true);
-        assert_eq!(
-            schema["properties"]["rdma"]["properties"]["plugin"]["additionalProperties"],
-            true
-        );
-    }
-
-    #[test]
-    fn the_table_lists_documented_keys_with_defaults() {
-        let table = values_table(VALUES).unwrap();
-        assert!(table.contains("| `a.port` | `5710` | the port |"));
-        assert!(table.contains("| `a.debug.logLevel` | `\"info\"` | level |"));
-        assert!(values_table("## @param x.y gone\nx: {}\n").is_err());
-        assert_eq!(
-            leaf_keys(VALUES).unwrap(),
-            vec![
-                "a.port",
-                "a.labels",
-                "a.resources",
-                "a.debug.logLevel",
-                "rdma.plugin.install"
-            ]
-        );
-    }
-}
-
 /// Helm's install order of kinds (`helm.sh/helm/v3/pkg/releaseutil.InstallOrder`); kinds it does not
 /// name come last. Uninstall deletes in the reverse order.
 pub const INSTALL_ORDER: &[&str] = &[
@@ -471,5 +426,50 @@ pub async fn delete(client: &kube::Client, doc: &Value, namespace: &str) -> Resu
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(err) => Err(err).with_context(|| format!("deleting {} {name}", doc["kind"])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALUES: &str = "## @param a.port the port\na:\n  port: 5710\n  labels: {}\n  resources:\n    limits: {cpu: 1}\n  debug:\n    ## @param a.debug.logLevel level\n    logLevel: info\nrdma:\n  plugin:\n    install: false\n";
+
+    #[test]
+    fn objects_are_closed_maps_free_and_unsupported_subtrees_open() {
+        let schema = values_schema(VALUES).unwrap();
+        assert_eq!(schema["additionalProperties"], false);
+        let a = &schema["properties"]["a"];
+        assert_eq!(a["additionalProperties"], false);
+        assert_eq!(a["properties"]["port"]["maximum"], 65535);
+        assert_eq!(a["properties"]["port"]["description"], "the port");
+        assert_eq!(a["properties"]["resources"], json!({"type": "object"}));
+        assert_eq!(
+            a["properties"]["debug"]["properties"]["logLevel"]["enum"][0],
+            "debug"
+        );
+        assert_eq!(schema["properties"]["rdma"]["additionalProperties"], true);
+        assert_eq!(
+            schema["properties"]["rdma"]["properties"]["plugin"]["additionalProperties"],
+            true
+        );
+    }
+
+    #[test]
+    fn the_table_lists_documented_keys_with_defaults() {
+        let table = values_table(VALUES).unwrap();
+        assert!(table.contains("| `a.port` | `5710` | the port |"));
+        assert!(table.contains("| `a.debug.logLevel` | `\"info\"` | level |"));
+        assert!(values_table("## @param x.y gone\nx: {}\n").is_err());
+        assert_eq!(
+            leaf_keys(VALUES).unwrap(),
+            vec![
+                "a.port",
+                "a.labels",
+                "a.resources",
+                "a.debug.logLevel",
+                "rdma.plugin.install"
+            ]
+        );
     }
 }

@@ -21,14 +21,19 @@ fn update() -> bool {
 fn helm_lint_strict_is_clean() {
     let dir = chart::chart_dir();
     let out = run_helm(&["lint", "--strict", &dir.to_string_lossy()]).unwrap();
-    assert!(out.success, "helm lint --strict failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.success,
+        "helm lint --strict failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
     assert!(out.stdout.contains("0 chart(s) failed"), "{}", out.stdout);
 }
 
 #[test]
 fn values_schema_is_derived_from_values_yaml() {
     let path = chart::chart_dir().join("values.schema.json");
-    let expected = serde_json::to_string_pretty(&chart::values_schema(&values_yaml()).unwrap()).unwrap() + "\n";
+    let expected =
+        serde_json::to_string_pretty(&chart::values_schema(&values_yaml()).unwrap()).unwrap() + "\n";
     if update() {
         std::fs::write(&path, &expected).unwrap();
     }
@@ -49,7 +54,10 @@ fn every_value_is_documented_and_the_readme_table_is_current() {
         .into_iter()
         .filter(|key| !documented.contains_key(key))
         .collect();
-    assert!(missing.is_empty(), "values without a `## @param` comment: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "values without a `## @param` comment: {missing:?}"
+    );
 
     let readme_path = chart::chart_dir().join("README.md");
     let readme = std::fs::read_to_string(&readme_path).unwrap();
@@ -110,29 +118,50 @@ fn default_values_render_upstreams_objects() {
         );
     }
     // Off by default, as upstream.
-    for absent in ["PodDisruptionBudget", "ServiceMonitor", "PrometheusRule", "GrafanaDashboard", "Certificate"] {
-        assert!(!kinds.iter().any(|(k, _)| k == absent), "{absent} rendered by default");
+    for absent in [
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "GrafanaDashboard",
+        "Certificate",
+    ] {
+        assert!(
+            !kinds.iter().any(|(k, _)| k == absent),
+            "{absent} rendered by default"
+        );
     }
     let docs = documents(&yaml).unwrap();
-    let agent = docs.iter().find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "spiderpool-agent").unwrap();
-    let image = agent["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    let agent = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "spiderpool-agent")
+        .unwrap();
+    let image = agent["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
     assert_eq!(
         image,
-        format!("{}:{}", spiderpool_tests::images::repository("spiderpool-agent"), spiderpool_tests::images::tag()),
+        format!(
+            "{}:{}",
+            spiderpool_tests::images::repository("spiderpool-agent"),
+            spiderpool_tests::images::tag()
+        ),
         "the chart's default image must be what tests/tools/build-images.sh builds"
     );
     // Every object carries the release's labels, so `kubectl get all -l` finds them.
     for doc in &docs {
-        assert_eq!(doc["metadata"]["labels"]["app.kubernetes.io/instance"], "spiderpool", "{}", doc["kind"]);
+        assert_eq!(
+            doc["metadata"]["labels"]["app.kubernetes.io/instance"], "spiderpool",
+            "{}",
+            doc["kind"]
+        );
     }
 }
 
 #[test]
 fn chart_app_version_is_the_workspace_version() {
-    let chart_yaml: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart::chart_dir().join("Chart.yaml")).unwrap(),
-    )
-    .unwrap();
+    let chart_yaml: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart::chart_dir().join("Chart.yaml")).unwrap())
+            .unwrap();
     assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
 }
 
@@ -143,13 +172,24 @@ fn a_typo_in_a_key_fails_the_render() {
         .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("enableIPV4"), "{text}");
-    let err = template("spiderpool", "kube-system", &["--set", "spiderpoolAgent.httpPort=notaport"])
-        .map(|_| "rendered")
-        .unwrap_err();
-    assert!(format!("{err:#}").contains("/spiderpoolAgent/httpPort"), "{err:#}");
-    let err = template("spiderpool", "kube-system", &["--set", "coordinator.mode=bridged"])
-        .map(|_| "rendered")
-        .unwrap_err();
+    let err = template(
+        "spiderpool",
+        "kube-system",
+        &["--set", "spiderpoolAgent.httpPort=notaport"],
+    )
+    .map(|_| "rendered")
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("/spiderpoolAgent/httpPort"),
+        "{err:#}"
+    );
+    let err = template(
+        "spiderpool",
+        "kube-system",
+        &["--set", "coordinator.mode=bridged"],
+    )
+    .map(|_| "rendered")
+    .unwrap_err();
     assert!(format!("{err:#}").contains("/coordinator/mode"), "{err:#}");
 }
 
@@ -165,7 +205,10 @@ fn unsupported_upstream_features_fail_with_the_reason() {
         let err = template("spiderpool", "kube-system", &["--set", key]).unwrap_err();
         let name = key.split('=').next().unwrap();
         let text = format!("{err:#}");
-        assert!(text.contains(name) && text.contains("does not support"), "{key}: {text}");
+        assert!(
+            text.contains(name) && text.contains("does not support"),
+            "{key}: {text}"
+        );
     }
 }
 
@@ -206,13 +249,35 @@ fn provided_and_certmanager_certificates_render() {
     let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
     assert_eq!(secret["data"]["tls.crt"], "Y2VydA==");
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
-    assert!(args.iter().any(|a| a == "--tls-ca-file=/etc/spiderpool/webhook-tls/ca.crt"), "{args:?}");
-    let err = template("spiderpool", "kube-system", &["--set", "spiderpoolController.tls.method=provided"]).unwrap_err();
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a == "--tls-ca-file=/etc/spiderpool/webhook-tls/ca.crt"),
+        "{args:?}"
+    );
+    let err = template(
+        "spiderpool",
+        "kube-system",
+        &["--set", "spiderpoolController.tls.method=provided"],
+    )
+    .unwrap_err();
     assert!(format!("{err:#}").contains("tlsCert"), "{err:#}");
 
-    let certmanager = template("spiderpool", "kube-system", &["--set", "spiderpoolController.tls.method=certmanager"]).unwrap();
+    let certmanager = template(
+        "spiderpool",
+        "kube-system",
+        &["--set", "spiderpoolController.tls.method=certmanager"],
+    )
+    .unwrap();
     let kinds = kinds(&certmanager);
-    assert!(kinds.contains(&("Certificate".into(), "spiderpool-controller-server-certs".into())), "{kinds:?}");
-    assert!(kinds.contains(&("Issuer".into(), "spiderpool-controller-ca".into())), "{kinds:?}");
+    assert!(
+        kinds.contains(&("Certificate".into(), "spiderpool-controller-server-certs".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("Issuer".into(), "spiderpool-controller-ca".into())),
+        "{kinds:?}"
+    );
 }

@@ -697,7 +697,7 @@ async fn agent_rbac(install: &Install, agent_pod: &Pod) -> Result<()> {
     let tasks: Api<SpiderInterfaceTask> = Api::all(admin.clone());
     let task: SpiderInterfaceTask = serde_json::from_value(json!({
         "metadata": {"name": format!("rbac-{node}")},
-        "spec": {"nodeName": node, "interfaces": []},
+        "spec": {"nodeName": node, "vlans": [{"parent": "eth0", "id": 100}]},
     }))?;
     tasks.create(&PostParams::default(), &task).await?;
 
