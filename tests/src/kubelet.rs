@@ -126,7 +126,7 @@ impl ImageKubelet {
         }
         let inner = Arc::new(Inner {
             client: cluster.client()?,
-            cluster_ca: cluster.ca_cert_path(),
+            cluster_ca: cluster.ca_cert_path().to_path_buf(),
             images,
             dir: dir.to_path_buf(),
             nodes: nodes.to_vec(),
