@@ -388,6 +388,36 @@ impl TestCluster {
         Ok(TestNamespace { name, client })
     }
 
+    /// A token of ServiceAccount `namespace/name`; see [`request_token`].
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String> {
+        request_token(&self.client()?, namespace, name, pod).await
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name` (a token from
+    /// [`TestCluster::service_account_token`]), so a test runs with exactly that account's RBAC.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
+        let token = self.service_account_token(namespace, name, None).await?;
+        let mut config = self.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).context("creating a ServiceAccount client")
+    }
+
+    /// The API server's address (`127.0.0.1:<port>`).
+    pub fn apiserver_address(&self) -> Result<std::net::SocketAddr> {
+        self.apiserver_url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("parsing {}", self.apiserver_url))
+    }
+
     /// Path of the admin kubeconfig (usable with kubectl).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
@@ -735,6 +765,40 @@ pub async fn install_crd_yaml(client: &Client, yaml: &str) -> Result<Vec<String>
             .with_context(|| format!("watching CRD {name}"))?;
     }
     Ok(names)
+}
+
+/// A token of ServiceAccount `namespace/name` from the TokenRequest API (one hour), bound to `pod`
+/// (name, uid) when given, as the kubelet's projected tokens are: the API server then adds the pod's
+/// node to the token's user info.
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pod: Option<(&str, &str)>,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: pod.map(|(pod_name, uid)| BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod_name.to_owned()),
+                uid: Some(uid.to_owned()),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))
 }
 
 /// Parses every non-empty document of a multi-document YAML string.

@@ -24,14 +24,19 @@
 //! prerequisite is missing.
 
 pub mod admission;
+pub mod chart;
 pub mod child;
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
+pub mod images;
 pub mod ipam;
+pub mod kubelet;
 pub mod multus;
+pub mod netns;
 pub mod node_sim;
 pub mod objects;
+pub mod oci;
 pub mod realnode;
 pub mod tools;
 pub mod vm;

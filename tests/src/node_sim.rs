@@ -110,6 +110,13 @@ pub struct SimOptions {
     /// Extra environment of the CNI plugins run on each node; `{node}` in a value becomes the node's
     /// name (e.g. `SPIDERPOOL_IPAM_UNIX_SOCKET_PATH=/tmp/x/{node}.sock`: one daemon per simulated node).
     pub node_env: Vec<(String, String)>,
+    /// An address (in `node_cidr`) for the host's end of the simulated underlay, so that processes
+    /// of the host's namespace (the API server calling a webhook on a node) reach the nodes. Needs a
+    /// `node_cidr` no other simulator uses at the same time. None by default.
+    pub host_address: Option<Ipv4Addr>,
+    /// Mark hostNetwork pods Running without running anything (the default). Turn off when another
+    /// kubelet stand-in runs them (`crate::kubelet::ImageKubelet`).
+    pub host_network_pods: bool,
 }
 
 impl SimOptions {
@@ -127,6 +134,8 @@ impl SimOptions {
             plugin_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
             node_env: Vec::new(),
+            host_address: None,
+            host_network_pods: true,
         }
     }
 }
@@ -212,7 +221,12 @@ struct HostNet {
 }
 
 impl HostNet {
-    fn build(prefix: &str, nodes: &[SimNode], cidr: ipnet::Ipv4Net) -> Result<HostNet> {
+    fn build(
+        prefix: &str,
+        nodes: &[SimNode],
+        cidr: ipnet::Ipv4Net,
+        host_address: Option<Ipv4Addr>,
+    ) -> Result<HostNet> {
         let mut host = HostNet::default();
         let bridge = format!("{prefix}-br");
         util::ip(&["link", "add", &bridge, "type", "bridge"])?;
@@ -220,6 +234,10 @@ impl HostNet {
             .push(watchdog::register(Resource::Link(bridge.clone())));
         host.bridge = Some(bridge.clone());
         util::ip(&["link", "set", &bridge, "up"])?;
+        if let Some(address) = host_address {
+            let addr = format!("{address}/{}", cidr.prefix_len());
+            util::ip(&["addr", "add", &addr, "dev", &bridge])?;
+        }
         for node in nodes {
             util::ip(&["netns", "add", &node.netns])?;
             host._registrations
@@ -316,7 +334,8 @@ impl NodeSimulator {
             .collect();
         let host = {
             let (prefix, nodes, cidr) = (prefix.clone(), nodes.clone(), options.node_cidr);
-            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr))
+            let host_address = options.host_address;
+            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr, host_address))
                 .await
                 .context("host network setup panicked")?
                 .context("building the simulated host network")?
@@ -1316,7 +1335,9 @@ async fn watch_pods(inner: Arc<Inner>) {
         let Some(uid) = pod.metadata.uid.clone() else {
             continue;
         };
-        if !on_our_node {
+        let left_to_another_kubelet =
+            !inner.options.host_network_pods && pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        if !on_our_node || left_to_another_kubelet {
             continue;
         }
         match workers.get(&uid) {
