@@ -17,7 +17,6 @@
 //! Names are derived from spec entry names (never from positions), so renaming or reordering one rack
 //! changes only that rack's objects.
 
-use spiderpool_schema::annotations;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -28,6 +27,10 @@ use sha2::{Digest, Sha256};
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::common::selector_matches;
 use spiderpool_schema::interfacetask::{Bond, VlanInterface};
+use spiderpool_schema::labels::{
+    ANNOTATION_SOURCE, LABEL_APP, LABEL_IPPOOL_CIDR, LABEL_MANAGED_BY, LABEL_NETWORK, LABEL_POOL_INTERFACE,
+    LABEL_RACK, LABEL_SUBNET, LABEL_TOPOLOGY, LABEL_VLAN, MANAGED_BY,
+};
 use spiderpool_schema::network::{AppBinding, Network, ParsedSubnet, ParsedTopology, family_key};
 use spiderpool_schema::validation::{Problem, Problems};
 use spiderpool_schema::{
@@ -36,41 +39,6 @@ use spiderpool_schema::{
 };
 
 use crate::nad::{multus_config_for_network, render_nad};
-
-/// Label on every generated object: the SpiderNetwork it comes from. The operator prunes by it.
-pub const LABEL_TOPOLOGY: &str = "spiderpool.spidernet.io/topology";
-/// Label: the subnet entry a pool or reserved-IP object comes from.
-pub const LABEL_SUBNET: &str = "spiderpool.spidernet.io/subnet";
-/// Label: the rack entry a pool or task comes from.
-pub const LABEL_RACK: &str = "spiderpool.spidernet.io/rack";
-/// Label: the network entry a multus config comes from.
-pub const LABEL_NETWORK: &str = "spiderpool.spidernet.io/network";
-/// Label: the app binding a fixed-address pool comes from.
-pub const LABEL_APP: &str = "spiderpool.spidernet.io/app";
-/// Label: the pod interface a fixed-address pool is for.
-pub const LABEL_INTERFACE: &str = "spiderpool.spidernet.io/interface";
-/// Label: the VLAN a pool's subnet is tagged with (pools have no VLAN field since upstream v2beta1).
-pub const LABEL_VLAN: &str = "spiderpool.spidernet.io/vlan";
-/// Standard label naming the manager of the object.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Value of [`LABEL_MANAGED_BY`].
-pub const MANAGED_BY: &str = "spiderpool-operator";
-/// Annotation: the spec path of the entry an object was rendered from, for people reading the object.
-pub const ANNOTATION_SOURCE: &str = "spiderpool.spidernet.io/source";
-
-/// Upstream's labels that tie an automatic pool to its application (matched against the pod's top
-/// controller by the allocator). We use them for fixed-address pools of workload bindings.
-pub const APP_LABEL_API_GROUP: &str = annotations::AFFINITY_APP_API_GROUP;
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_API_VERSION: &str = annotations::AFFINITY_APP_API_VERSION;
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_KIND: &str = annotations::AFFINITY_APP_KIND;
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAMESPACE: &str = annotations::AFFINITY_APP_NAMESPACE;
-/// See [`APP_LABEL_API_GROUP`].
-pub const APP_LABEL_NAME: &str = annotations::AFFINITY_APP_NAME;
-/// Upstream's pool label holding the CIDR in label form.
-pub const LABEL_IPPOOL_CIDR: &str = annotations::LABEL_IPPOOL_CIDR;
 
 /// Everything one topology stands for.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -180,14 +148,7 @@ impl Rendered {
 
 /// Addresses a pool hands out (`ips` minus `excludeIPs`), as upstream counts `totalIPCount`.
 pub fn pool_size(pool: &SpiderIPPool) -> u128 {
-    let family = if pool.spec.subnet.contains(':') {
-        IpFamily::V6
-    } else {
-        IpFamily::V4
-    };
-    let ips = IpSet::parse_list(family, &pool.spec.ips).unwrap_or_else(|_| IpSet::empty(family));
-    let excluded = IpSet::parse_list(family, &pool.spec.exclude_ips).unwrap_or_else(|_| IpSet::empty(family));
-    ips.difference(&excluded).len()
+    pool.spec.usable_addresses().map_or(0, |set| set.len())
 }
 
 /// Validates and compiles one topology. Every problem is reported at once, with its spec path.
@@ -585,7 +546,7 @@ impl<'a> Context<'a> {
             labels.extend([
                 (LABEL_RACK, rack.name.clone()),
                 (LABEL_APP, app.name.clone()),
-                (LABEL_INTERFACE, nic_name.clone()),
+                (LABEL_POOL_INTERFACE, nic_name.clone()),
             ]);
             let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let mut pool = SpiderIPPool::new(&name, pool_spec);
@@ -821,7 +782,7 @@ impl<'a> Context<'a> {
 /// own pod selector.
 fn pod_affinity(app: &AppBinding) -> LabelSelector {
     if let Some(workload) = &app.workload {
-        let application = annotations::AppRef {
+        let application = spiderpool_schema::annotations::AppRef {
             api_version: workload.effective_api_version().unwrap_or_default(),
             kind: workload.kind.clone(),
             namespace: app.namespace.clone(),

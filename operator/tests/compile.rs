@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use spiderpool_operator::compile::{LABEL_RACK, compile};
+use spiderpool_operator::compile::compile;
 use spiderpool_schema::SpiderNetwork;
+use spiderpool_schema::labels::LABEL_RACK;
 
 fn example(name: &str) -> SpiderNetwork {
     let path = format!("{}/../examples/topologies/{name}", env!("CARGO_MANIFEST_DIR"));
