@@ -33,11 +33,12 @@ use spiderpool_agent_api::{
     IpamGcResponse, Route, WorkloadEndpointStatus, codes,
 };
 use spiderpool_ipmath::IpFamily;
-use spiderpool_schema::annotations::{
-    LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET, ip_version_label,
-};
+use spiderpool_schema::annotations::ip_version_label;
 use spiderpool_schema::common::Route as PoolRoute;
 use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
+use spiderpool_schema::labels::{
+    LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET,
+};
 use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool};
 use tokio::sync::Mutex;
 

@@ -1226,13 +1226,9 @@ fn is_newer(candidate: Option<&str>, tried: Option<&str>) -> bool {
     }
 }
 
-/// The pool's IP family: `spec.ipVersion`, else its subnet's.
+/// The pool's IP family ([`spiderpool_schema::SpiderIPPoolSpec::family`]).
 pub fn pool_family(pool: &SpiderIPPool) -> Option<IpFamily> {
-    pool.spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&pool.spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    })
+    pool.spec.family()
 }
 
 fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, WriteError>) {
