@@ -12,8 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use spiderpool_ipmath::IpFamily;
 
-// Re-exported until the node daemon's call sites import them from `labels`.
-pub use crate::labels::{
+use crate::labels::{
     AFFINITY_APP_API_GROUP, AFFINITY_APP_API_VERSION, AFFINITY_APP_KIND, AFFINITY_APP_NAME,
     AFFINITY_APP_NAMESPACE, LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_IPPOOL_CIDR, LABEL_IPPOOL_RECLAIM,
     LABEL_OWNER_APP_GV, LABEL_OWNER_APP_KIND, LABEL_OWNER_APP_NAME, LABEL_OWNER_APP_NAMESPACE,
