@@ -1,0 +1,106 @@
+//! What every part of the compiler reads: the topology, its parsed subnets and rack ranges, and the
+//! metadata every generated object carries.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::SpiderNetwork;
+use spiderpool_schema::labels::{ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
+use spiderpool_schema::network::{Network, ParsedSubnet, ParsedTopology, TopologySubnet};
+
+/// Everything derived from the spec that rendering needs, parsed once.
+pub(super) struct Context<'a> {
+    pub(super) network: &'a SpiderNetwork,
+    pub(super) topology: String,
+    pub(super) subnets: BTreeMap<String, ParsedSubnet>,
+    /// (rack index, subnet name, family) -> the addresses the rack's range lists.
+    pub(super) rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
+    /// (rack index, subnet name, family) -> addresses the rack hands out, minus what is excluded or
+    /// reserved and minus the gateway.
+    pub(super) rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(network: &'a SpiderNetwork, parsed: ParsedTopology) -> Self {
+        let ParsedTopology { subnets, rack_sets } = parsed;
+        let mut rack_free = BTreeMap::new();
+        for ((r, subnet, family), set) in &rack_sets {
+            let Some(parsed) = subnets.get(subnet) else {
+                continue;
+            };
+            let mut free = set.clone();
+            if let Some(excluded) = parsed.excluded.get(family) {
+                free = free.difference(excluded);
+            }
+            if let Some(reserved) = parsed.reserved.get(family) {
+                free = free.difference(reserved);
+            }
+            if let Some(gw) = parsed.gateways.get(family) {
+                free = free.difference(&IpSet::from_ip(gw));
+            }
+            rack_free.insert((*r, subnet.clone(), *family), free);
+        }
+        Context {
+            network,
+            topology: network.metadata.name.clone().unwrap_or_default(),
+            subnets,
+            rack_sets,
+            rack_free,
+        }
+    }
+
+    pub(super) fn network_named(&self, name: &str) -> Option<&'a Network> {
+        self.network.spec.networks.iter().find(|n| n.name == name)
+    }
+
+    pub(super) fn racks_serving(&self, subnet: &str) -> Vec<usize> {
+        self.network
+            .spec
+            .racks
+            .iter()
+            .enumerate()
+            .filter(|(_, rack)| rack.ranges.iter().any(|r| r.subnet == subnet))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// The rack's range as written (before exclusions), for error messages.
+    pub(super) fn raw_rack_set(&self, rack: usize, subnet: &str, family: IpFamily) -> IpSet {
+        self.rack_sets
+            .get(&(rack, subnet.to_string(), family))
+            .cloned()
+            .unwrap_or_else(|| IpSet::empty(family))
+    }
+
+    pub(super) fn subnet_of(&self, network: &Network) -> Option<&'a TopologySubnet> {
+        self.network
+            .spec
+            .subnets
+            .iter()
+            .find(|s| s.name == network.subnet)
+    }
+
+    pub(super) fn meta(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        labels: &[(&str, &str)],
+        source: String,
+    ) -> ObjectMeta {
+        let mut all = BTreeMap::from([
+            (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        ]);
+        for (k, v) in labels {
+            all.insert((*k).to_string(), (*v).to_string());
+        }
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            labels: Some(all),
+            annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
+            ..ObjectMeta::default()
+        }
+    }
+}

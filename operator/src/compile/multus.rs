@@ -1,0 +1,155 @@
+//! SpiderMultusConfigs (one per network and allowed namespace) and the NetworkAttachmentDefinitions they
+//! render to, by the renderer the operator uses for hand-written ones.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use spiderpool_ipmath::IpFamily;
+use spiderpool_schema::interfacetask::Bond;
+use spiderpool_schema::labels::LABEL_NETWORK;
+use spiderpool_schema::multusconfig::{
+    BondConfig, SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig, SpiderSriovCniConfig,
+    SpiderpoolPools,
+};
+use spiderpool_schema::network::{Network, NetworkType, Rack, TopologySubnet};
+use spiderpool_schema::validation::Problems;
+use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
+
+use super::context::Context;
+use super::pools::FixedPoolNames;
+use crate::nad::render_nad;
+
+impl Context<'_> {
+    /// The multus configs of every network and namespace, and their NADs.
+    pub(super) fn render_multus_configs(
+        &self,
+        fixed_pool_names: &FixedPoolNames,
+        rack_pool_names: &BTreeMap<(String, IpFamily), Vec<String>>,
+        problems: &mut Problems,
+    ) -> (Vec<SpiderMultusConfig>, Vec<NetworkAttachmentDefinition>) {
+        let mut configs = Vec::new();
+        let mut nads = Vec::new();
+        for (n, network) in self.network.spec.networks.iter().enumerate() {
+            for namespace in &network.namespaces {
+                let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
+                for ((net_name, ns, family), names) in &fixed_pool_names.by_network {
+                    if net_name == &network.name && ns == namespace {
+                        pools.entry(*family).or_default().extend(names.iter().cloned());
+                    }
+                }
+                for ((subnet, family), names) in rack_pool_names {
+                    if subnet == &network.subnet {
+                        pools.entry(*family).or_default().extend(names.iter().cloned());
+                    }
+                }
+                let meta = self.meta(
+                    &network.name,
+                    Some(namespace),
+                    &[(LABEL_NETWORK, &network.name)],
+                    format!("spec.networks[{n}]"),
+                );
+                let smc = multus_config_for_network(
+                    meta,
+                    network,
+                    self.subnet_of(network),
+                    &self.network.spec.racks,
+                    &pools,
+                );
+                match render_nad(&smc) {
+                    Ok(nad) => nads.push(nad),
+                    Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
+                }
+                configs.push(smc);
+            }
+        }
+        (configs, nads)
+    }
+}
+
+/// The SpiderMultusConfig a topology network renders to in one namespace.
+///
+/// For a bond master: when every rack serving the subnet defines the bond identically, the config lists
+/// the bond's NICs and the bond itself, so upstream's `ifacer` can create it at pod start even before the
+/// node daemon has; when racks differ (different NIC names per hardware generation), the config names
+/// only the bond and the node interface tasks are what create it.
+fn multus_config_for_network(
+    metadata: ObjectMeta,
+    network: &Network,
+    subnet: Option<&TopologySubnet>,
+    racks: &[Rack],
+    pools: &BTreeMap<IpFamily, Vec<String>>,
+) -> SpiderMultusConfig {
+    let ippools = Some(SpiderpoolPools {
+        ipv4: pools.get(&IpFamily::V4).cloned().unwrap_or_default(),
+        ipv6: pools.get(&IpFamily::V6).cloned().unwrap_or_default(),
+        match_master_subnet: None,
+    });
+    let vlan = network.vlan_id(subnet);
+    let mut spec = SpiderMultusConfigSpec {
+        cni_type: Some(network.cni_type.cni_type().to_string()),
+        enable_coordinator: network.enable_coordinator,
+        ..SpiderMultusConfigSpec::default()
+    };
+    match network.cni_type {
+        NetworkType::Macvlan | NetworkType::Ipvlan => {
+            let master = network.master.clone().unwrap_or_default();
+            let bond = consistent_bond(&master, &network.subnet, racks);
+            let config = SpiderMacvlanCniConfig {
+                master: bond
+                    .map(|b| b.interfaces.clone())
+                    .unwrap_or_else(|| vec![master.clone()]),
+                mtu: network.mtu,
+                vlan_id: (vlan != 0).then_some(vlan),
+                bond: bond.map(|b| BondConfig {
+                    name: b.name.clone(),
+                    mode: b.mode.number(),
+                    options: Some(b.options_string()).filter(|o| !o.is_empty()),
+                }),
+                rdma_resource_name: None,
+                ippools,
+            };
+            if network.cni_type == NetworkType::Macvlan {
+                spec.macvlan = Some(config);
+            } else {
+                spec.ipvlan = Some(config);
+            }
+        }
+        NetworkType::Sriov => {
+            spec.sriov = Some(SpiderSriovCniConfig {
+                resource_name: network.sriov_resource_name.clone().unwrap_or_default(),
+                vlan_id: (vlan != 0).then_some(vlan),
+                mtu: network.mtu,
+                ippools,
+                ..SpiderSriovCniConfig::default()
+            });
+        }
+        NetworkType::Ovs => {
+            spec.ovs = Some(SpiderOvsCniConfig {
+                bridge: network.ovs_bridge.clone().unwrap_or_default(),
+                vlan: (vlan != 0).then_some(vlan),
+                ippools,
+                ..SpiderOvsCniConfig::default()
+            });
+        }
+        NetworkType::Custom => {
+            spec.custom_cni = network.custom_config.clone();
+        }
+    }
+    SpiderMultusConfig { metadata, spec }
+}
+
+/// The bond named `master`, when every rack serving `subnet` defines it and all definitions agree.
+fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<&'a Bond> {
+    let mut found: Option<&Bond> = None;
+    for rack in racks
+        .iter()
+        .filter(|r| r.ranges.iter().any(|x| x.subnet == subnet))
+    {
+        let bond = rack.bonds.iter().find(|b| b.name == master)?;
+        match found {
+            Some(previous) if previous != bond => return None,
+            _ => found = Some(bond),
+        }
+    }
+    found.filter(|b| b.interfaces.len() > 1)
+}
