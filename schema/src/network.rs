@@ -25,12 +25,18 @@ use crate::interfacetask::{Bond, VlanInterface};
 use crate::ippool::is_dns1123_label;
 use crate::validation::{Problem, Problems, Validate};
 
+mod attach;
+mod interfaces;
 mod selectors;
 mod status;
 mod validate;
 
+pub use attach::{NetworkLayout, NodeLink, RackAttachment};
+pub use interfaces::RackVlan;
 pub use selectors::selectors_disjoint;
-pub use status::{NodeFailure, NodeRollout, RenderedCounts, SpiderNetworkStatus};
+pub use status::{
+    AddressCounts, Capacity, CapacityEntry, NodeFailure, NodeRollout, RenderedCounts, SpiderNetworkStatus,
+};
 
 /// One network topology: subnets, racks, networks and application bindings.
 #[derive(
@@ -72,6 +78,13 @@ pub use status::{NodeFailure, NodeRollout, RenderedCounts, SpiderNetworkStatus};
         description = "Nodes whose interface task is applied, of those selected"
     ),
     printcolumn(
+        name = "CAPACITY-LOW",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"CapacityLow\")].status",
+        description = "Whether a range, subnet or app binding is nearly full (see status.capacity)",
+        priority = 10
+    ),
+    printcolumn(
         name = "REASON",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
@@ -104,6 +117,13 @@ pub struct SpiderNetworkSpec {
     #[schemars(length(max = 20000))]
     #[garde(dive)]
     pub apps: Vec<AppBinding>,
+
+    /// The share of a range's, subnet's or app binding's addresses in use (percent) at which the
+    /// status condition `CapacityLow` turns True and a warning Event is recorded. Default 90.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    #[garde(inner(range(min = 1, max = 100)))]
+    pub capacity_threshold_percent: Option<i32>,
 }
 
 /// A subnet: an IPv4 and/or IPv6 prefix, its gateway, VLAN, routes and addresses never handed out.
@@ -134,6 +154,12 @@ pub struct TopologySubnet {
     #[schemars(range(min = 0, max = 4094))]
     #[garde(custom(vlan_id))]
     pub vlan: Option<i32>,
+    /// What the subnet is for, e.g. `fabric` or `storage` (a DNS label). A network with `subnetRole` takes
+    /// every subnet of that role: with one subnet per rack, one network then serves every rack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[garde(inner(custom(dns_label)))]
+    pub role: Option<String>,
 }
 
 /// One address family of a subnet.
@@ -194,6 +220,11 @@ pub struct Rack {
     #[schemars(length(max = 256))]
     #[garde(dive)]
     pub ranges: Vec<RackRange>,
+    /// Which uplink or bond of this rack carries a network, by network name, where it differs from the
+    /// network's `master` (e.g. `{fabric: bond0}` on a rack of newer hardware).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256))]
+    pub masters: BTreeMap<String, String>,
 }
 
 /// The addresses of one subnet that one rack hands out.
@@ -228,16 +259,35 @@ pub struct Network {
     /// CNI plugin that creates the pod interface.
     #[serde(rename = "type")]
     pub cni_type: NetworkType,
-    /// Name of a subnet of `spec.subnets` the network's addresses come from.
-    #[schemars(length(min = 1, max = 63))]
-    #[garde(length(min = 1))]
+    /// Name of the subnet of `spec.subnets` the network's addresses come from. Set exactly one of
+    /// `subnet`, `subnets` and `subnetRole`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63))]
     pub subnet: String,
+    /// Several subnets, typically one per rack (routed to the rack): pods on a node take the addresses
+    /// of the subnet its rack serves. A rack may serve at most one of them, and all of them must have
+    /// the same address families.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2048))]
+    pub subnets: Vec<String>,
+    /// Every subnet whose `role` is this, as if listed in `subnets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub subnet_role: Option<String>,
     /// The node interface pods attach to (macvlan, ipvlan): an uplink or a bond of the racks serving the
-    /// subnet. The VLAN sub-interface `<master>.<vlan>` is used when the network is tagged.
+    /// network (a rack may name another in its `masters`). The VLAN sub-interface `<master>.<vlan>` is
+    /// used when the network is tagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 15))]
     pub master: Option<String>,
-    /// VLAN id, overriding the subnet's (0: untagged).
+    /// The name of the interface pods attach to on every node, when the racks reach the network through
+    /// different uplinks, bonds or VLANs (a NetworkAttachmentDefinition names one master for all nodes):
+    /// each rack's interface task then creates the network's VLAN sub-interface under this name. Needs a
+    /// VLAN on every rack (an untagged NIC cannot be given a second name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 15))]
+    pub node_interface: Option<String>,
+    /// VLAN id, overriding the subnets' (0: untagged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 4094))]
     #[garde(custom(vlan_id))]
@@ -508,6 +558,8 @@ pub struct ParsedTopology {
     pub subnets: BTreeMap<String, ParsedSubnet>,
     /// (rack index, subnet name, family) -> the addresses the rack's range lists.
     pub rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
+    /// How each network (by index in `spec.networks`) reaches each rack.
+    pub layouts: Vec<NetworkLayout>,
 }
 
 /// A subnet after parsing, for the checks that relate entries to each other (and for the compiler).

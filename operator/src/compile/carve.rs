@@ -45,7 +45,7 @@ impl Context<'_> {
 
         for (a, app) in spec.apps.iter().enumerate() {
             for (i, nic) in app.interfaces.iter().enumerate() {
-                let (Some(fixed), Some(network)) = (&nic.fixed_ips, self.network_named(&nic.network)) else {
+                let (Some(fixed), Some(n)) = (&nic.fixed_ips, self.network_index(&nic.network)) else {
                     continue;
                 };
                 for family in [IpFamily::V4, IpFamily::V6] {
@@ -55,22 +55,22 @@ impl Context<'_> {
                     if explicit.is_empty() {
                         continue;
                     }
-                    for r in self.racks_serving(&network.subnet) {
-                        let key = (r, network.subnet.clone(), family);
+                    for attachment in &self.layouts[n].racks {
+                        let (r, subnet) = (attachment.rack, &attachment.subnet);
+                        let key = (r, subnet.clone(), family);
                         let Some(free) = self.rack_free.get(&key) else {
                             continue;
                         };
                         let mine = explicit.intersection(free);
                         let excluded = explicit
-                            .intersection(&self.raw_rack_set(r, &network.subnet, family))
+                            .intersection(&self.raw_rack_set(r, subnet, family))
                             .difference(free);
                         if !excluded.is_empty() {
                             problems.push(
                                 format!("spec.apps[{a}].interfaces[{i}].fixedIPs.{}", family_key(family)),
                                 format!(
-                                    "{} are excluded, reserved or the gateway in subnet `{}`",
+                                    "{} are excluded, reserved or the gateway in subnet `{subnet}`",
                                     excluded.to_strings().join(", "),
-                                    network.subnet
                                 ),
                             );
                         }
@@ -87,14 +87,15 @@ impl Context<'_> {
         for (a, app) in spec.apps.iter().enumerate() {
             let names = app.interface_names();
             for (i, nic) in app.interfaces.iter().enumerate() {
-                let (Some(fixed), Some(network)) = (&nic.fixed_ips, self.network_named(&nic.network)) else {
+                let (Some(fixed), Some(n)) = (&nic.fixed_ips, self.network_index(&nic.network)) else {
                     continue;
                 };
                 let Some(count) = fixed.count.and_then(|c| u128::try_from(c).ok()) else {
                     continue;
                 };
+                let layout = &self.layouts[n];
                 let racks: Vec<usize> = if fixed.racks.is_empty() {
-                    self.racks_serving(&network.subnet)
+                    layout.racks.iter().map(|attachment| attachment.rack).collect()
                 } else {
                     fixed
                         .racks
@@ -102,7 +103,8 @@ impl Context<'_> {
                         .filter_map(|name| spec.racks.iter().position(|r| &r.name == name))
                         .collect()
                 };
-                let Some(parsed) = self.subnets.get(&network.subnet) else {
+                // Every subnet of a network has the same families (validated).
+                let Some(parsed) = layout.subnets.first().and_then(|s| self.subnets.get(s)) else {
                     continue;
                 };
                 for r in racks {
@@ -122,9 +124,12 @@ impl Context<'_> {
         }
         counted.sort();
         for (identity, a, i, r, family, count) in counted {
-            let subnet = match self.network_named(&spec.apps[a].interfaces[i].network) {
-                Some(n) => n.subnet.clone(),
-                None => continue,
+            let Some(subnet) = self
+                .network_index(&spec.apps[a].interfaces[i].network)
+                .and_then(|n| self.network_subnet_in(n, r))
+                .map(str::to_string)
+            else {
+                continue;
             };
             let key = (r, subnet.clone(), family);
             let free = match (self.rack_free.get(&key), taken.get(&key)) {

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_schema::labels::{ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
-use spiderpool_schema::network::{Network, ParsedSubnet, ParsedTopology, TopologySubnet};
+use spiderpool_schema::network::{NetworkLayout, ParsedSubnet, ParsedTopology};
 
 /// Everything derived from the spec that rendering needs, parsed once.
 pub(super) struct Context<'a> {
@@ -19,11 +19,17 @@ pub(super) struct Context<'a> {
     /// (rack index, subnet name, family) -> addresses the rack hands out, minus what is excluded or
     /// reserved and minus the gateway.
     pub(super) rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
+    /// How each network (by index) reaches each rack.
+    pub(super) layouts: Vec<NetworkLayout>,
 }
 
 impl<'a> Context<'a> {
     pub(super) fn new(network: &'a SpiderNetwork, parsed: ParsedTopology) -> Self {
-        let ParsedTopology { subnets, rack_sets } = parsed;
+        let ParsedTopology {
+            subnets,
+            rack_sets,
+            layouts,
+        } = parsed;
         let mut rack_free = BTreeMap::new();
         for ((r, subnet, family), set) in &rack_sets {
             let Some(parsed) = subnets.get(subnet) else {
@@ -47,22 +53,21 @@ impl<'a> Context<'a> {
             subnets,
             rack_sets,
             rack_free,
+            layouts,
         }
     }
 
-    pub(super) fn network_named(&self, name: &str) -> Option<&'a Network> {
-        self.network.spec.networks.iter().find(|n| n.name == name)
+    /// The index in `spec.networks` of the network named `name`.
+    pub(super) fn network_index(&self, name: &str) -> Option<usize> {
+        self.network.spec.networks.iter().position(|n| n.name == name)
     }
 
-    pub(super) fn racks_serving(&self, subnet: &str) -> Vec<usize> {
-        self.network
-            .spec
-            .racks
-            .iter()
-            .enumerate()
-            .filter(|(_, rack)| rack.ranges.iter().any(|r| r.subnet == subnet))
-            .map(|(r, _)| r)
-            .collect()
+    /// The subnet of network `n` that rack `r` serves, if it serves one.
+    pub(super) fn network_subnet_in(&self, n: usize, r: usize) -> Option<&str> {
+        self.layouts
+            .get(n)?
+            .rack(r)
+            .map(|attachment| attachment.subnet.as_str())
     }
 
     /// The rack's range as written (before exclusions), for error messages.
@@ -71,14 +76,6 @@ impl<'a> Context<'a> {
             .get(&(rack, subnet.to_string(), family))
             .cloned()
             .unwrap_or_else(|| IpSet::empty(family))
-    }
-
-    pub(super) fn subnet_of(&self, network: &Network) -> Option<&'a TopologySubnet> {
-        self.network
-            .spec
-            .subnets
-            .iter()
-            .find(|s| s.name == network.subnet)
     }
 
     pub(super) fn meta(

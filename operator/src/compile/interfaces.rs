@@ -31,27 +31,17 @@ pub struct InterfaceTemplate {
 }
 
 impl Context<'_> {
+    /// One template per rack with bonds or VLANs: exactly the interfaces validation checked
+    /// ([`spiderpool_schema::SpiderNetworkSpec::rack_vlans`]).
     pub(super) fn render_interface_templates(&self) -> Vec<InterfaceTemplate> {
         let spec = &self.network.spec;
         let mut templates = Vec::new();
-        for rack in &spec.racks {
-            let mut vlans = rack.vlans.clone();
-            for network in &spec.networks {
-                let Some(master) = &network.master else { continue };
-                let vlan = network.vlan_id(self.subnet_of(network));
-                let serves = rack.ranges.iter().any(|r| r.subnet == network.subnet);
-                if vlan == 0 || !serves || !rack.defines_interface(master) {
-                    continue;
-                }
-                if !vlans.iter().any(|v| &v.parent == master && v.id == vlan) {
-                    vlans.push(VlanInterface {
-                        parent: master.clone(),
-                        id: vlan,
-                        name: None,
-                        mtu: None,
-                    });
-                }
-            }
+        for (r, rack) in spec.racks.iter().enumerate() {
+            let vlans: Vec<VlanInterface> = spec
+                .rack_vlans(r, &self.layouts)
+                .into_iter()
+                .map(|v| v.vlan)
+                .collect();
             if rack.bonds.is_empty() && vlans.is_empty() {
                 continue;
             }

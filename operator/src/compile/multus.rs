@@ -11,7 +11,7 @@ use spiderpool_schema::multusconfig::{
     BondConfig, SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig, SpiderSriovCniConfig,
     SpiderpoolPools,
 };
-use spiderpool_schema::network::{Network, NetworkType, Rack, TopologySubnet};
+use spiderpool_schema::network::{Network, NetworkLayout, NetworkType, NodeLink, Rack};
 use spiderpool_schema::validation::Problems;
 use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
 
@@ -30,6 +30,7 @@ impl Context<'_> {
         let mut configs = Vec::new();
         let mut nads = Vec::new();
         for (n, network) in self.network.spec.networks.iter().enumerate() {
+            let layout = &self.layouts[n];
             for namespace in &network.namespaces {
                 let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
                 for ((net_name, ns, family), names) in &fixed_pool_names.by_network {
@@ -37,9 +38,13 @@ impl Context<'_> {
                         pools.entry(*family).or_default().extend(names.iter().cloned());
                     }
                 }
-                for ((subnet, family), names) in rack_pool_names {
-                    if subnet == &network.subnet {
-                        pools.entry(*family).or_default().extend(names.iter().cloned());
+                // Every rack pool of every subnet of the network: each has its rack's node affinity, so
+                // a pod is given the pool of the rack its node is in.
+                for subnet in &layout.subnets {
+                    for family in [IpFamily::V4, IpFamily::V6] {
+                        if let Some(names) = rack_pool_names.get(&(subnet.clone(), family)) {
+                            pools.entry(family).or_default().extend(names.iter().cloned());
+                        }
                     }
                 }
                 let meta = self.meta(
@@ -48,13 +53,7 @@ impl Context<'_> {
                     &[(LABEL_NETWORK, &network.name)],
                     format!("spec.networks[{n}]"),
                 );
-                let smc = multus_config_for_network(
-                    meta,
-                    network,
-                    self.subnet_of(network),
-                    &self.network.spec.racks,
-                    &pools,
-                );
+                let smc = multus_config_for_network(meta, network, layout, &self.network.spec.racks, &pools);
                 match render_nad(&smc) {
                     Ok(nad) => nads.push(nad),
                     Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
@@ -68,14 +67,17 @@ impl Context<'_> {
 
 /// The SpiderMultusConfig a topology network renders to in one namespace.
 ///
-/// For a bond master: when every rack serving the subnet defines the bond identically, the config lists
-/// the bond's NICs and the bond itself, so upstream's `ifacer` can create it at pod start even before the
-/// node daemon has; when racks differ (different NIC names per hardware generation), the config names
-/// only the bond and the node interface tasks are what create it.
+/// The master is the interface every node shares ([`NodeLink`]). For a bond master: when every rack
+/// serving the network defines the bond identically, the config lists the bond's NICs and the bond
+/// itself, so upstream's `ifacer` can create it at pod start even before the node daemon has; when
+/// racks differ (different NIC names per hardware generation), the config names only the bond and the
+/// node interface tasks are what create it. A network named per node (`nodeInterface`) has no VLAN or
+/// bond in its config: the interface tasks create that interface, `ifacer` could not (it only makes
+/// `<master>.<vlan>`).
 fn multus_config_for_network(
     metadata: ObjectMeta,
     network: &Network,
-    subnet: Option<&TopologySubnet>,
+    layout: &NetworkLayout,
     racks: &[Rack],
     pools: &BTreeMap<IpFamily, Vec<String>>,
 ) -> SpiderMultusConfig {
@@ -84,7 +86,8 @@ fn multus_config_for_network(
         ipv6: pools.get(&IpFamily::V6).cloned().unwrap_or_default(),
         match_master_subnet: None,
     });
-    let vlan = network.vlan_id(subnet);
+    // Networks that carry their VLAN in the configuration have one for every rack (validated).
+    let vlan = layout.common_vlan(network).unwrap_or(0);
     let mut spec = SpiderMultusConfigSpec {
         cni_type: Some(network.cni_type.cni_type().to_string()),
         enable_coordinator: network.enable_coordinator,
@@ -92,14 +95,20 @@ fn multus_config_for_network(
     };
     match network.cni_type {
         NetworkType::Macvlan | NetworkType::Ipvlan => {
-            let master = network.master.clone().unwrap_or_default();
-            let bond = consistent_bond(&master, &network.subnet, racks);
+            let (master, vlan_id, bond) = match layout.node_link(network) {
+                Some(NodeLink::Shared { parent, vlan }) => {
+                    let bond = consistent_bond(&parent, layout, racks);
+                    let masters = bond.map_or_else(|| vec![parent.clone()], |b| b.interfaces.clone());
+                    (masters, (vlan != 0).then_some(vlan), bond)
+                }
+                Some(NodeLink::Named(name)) => (vec![name], None, None),
+                // Racks that differ without a nodeInterface are refused by validation.
+                None => (network.master.clone().into_iter().collect(), None, None),
+            };
             let config = SpiderMacvlanCniConfig {
-                master: bond
-                    .map(|b| b.interfaces.clone())
-                    .unwrap_or_else(|| vec![master.clone()]),
+                master,
                 mtu: network.mtu,
-                vlan_id: (vlan != 0).then_some(vlan),
+                vlan_id,
                 bond: bond.map(|b| BondConfig {
                     name: b.name.clone(),
                     mode: b.mode.number(),
@@ -138,14 +147,11 @@ fn multus_config_for_network(
     SpiderMultusConfig { metadata, spec }
 }
 
-/// The bond named `master`, when every rack serving `subnet` defines it and all definitions agree.
-fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<&'a Bond> {
+/// The bond named `master`, when every rack serving the network defines it and all definitions agree.
+fn consistent_bond<'a>(master: &str, layout: &NetworkLayout, racks: &'a [Rack]) -> Option<&'a Bond> {
     let mut found: Option<&Bond> = None;
-    for rack in racks
-        .iter()
-        .filter(|r| r.ranges.iter().any(|x| x.subnet == subnet))
-    {
-        let bond = rack.bonds.iter().find(|b| b.name == master)?;
+    for attachment in &layout.racks {
+        let bond = racks[attachment.rack].bonds.iter().find(|b| b.name == master)?;
         match found {
             Some(previous) if previous != bond => return None,
             _ => found = Some(bond),

@@ -66,12 +66,16 @@ impl Context<'_> {
         for ((a, i, r, family), set) in &carved.by_binding {
             let app = &spec.apps[*a];
             let nic = &app.interfaces[*i];
-            let Some(network) = self.network_named(&nic.network) else {
+            let Some(n) = self.network_index(&nic.network) else {
+                continue;
+            };
+            let network = &spec.networks[n];
+            let Some(subnet) = self.network_subnet_in(n, *r) else {
                 continue;
             };
             let rack = &spec.racks[*r];
             let nic_name = app.interface_names()[*i].clone();
-            let Some(mut pool_spec) = self.pool_spec(&network.subnet, *family, set) else {
+            let Some(mut pool_spec) = self.pool_spec(subnet, *family, set) else {
                 continue;
             };
             pool_spec.node_affinity = Some(rack.node_selector.clone());
@@ -85,7 +89,7 @@ impl Context<'_> {
                 &rack.name,
                 family_suffix(*family),
             ]);
-            let mut labels = self.pool_labels(&network.subnet, *family);
+            let mut labels = self.pool_labels(subnet, *family);
             labels.extend([
                 (LABEL_RACK, rack.name.clone()),
                 (LABEL_APP, app.name.clone()),
@@ -127,11 +131,13 @@ impl Context<'_> {
         let mut names: BTreeMap<(String, IpFamily), Vec<String>> = BTreeMap::new();
         // Who may use each subnet's pools: computed once per subnet, not once per rack range.
         let mut users: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-        for network in &spec.networks {
-            let (namespaces, multus) = users.entry(network.subnet.as_str()).or_default();
-            for ns in &network.namespaces {
-                namespaces.insert(ns.clone());
-                multus.insert(format!("{ns}/{}", network.name));
+        for (network, layout) in spec.networks.iter().zip(&self.layouts) {
+            for subnet in &layout.subnets {
+                let (namespaces, multus) = users.entry(subnet.as_str()).or_default();
+                for ns in &network.namespaces {
+                    namespaces.insert(ns.clone());
+                    multus.insert(format!("{ns}/{}", network.name));
+                }
             }
         }
         let users: BTreeMap<&str, (Vec<String>, Vec<String>)> = users

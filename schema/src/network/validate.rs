@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use spiderpool_ipmath::{self as ipmath, IpFamily, IpSet};
 
+use super::attach::NetworkLayout;
 use super::{
-    NetworkType, ParsedSubnet, ParsedTopology, Rack, SpiderNetworkSpec, family_key, selectors_disjoint,
+    NetworkType, ParsedSubnet, ParsedTopology, SpiderNetworkSpec, TopologySubnet, family_key,
+    selectors_disjoint,
 };
 use crate::common::{check_canonical_cidr, check_ip, check_ip_list, check_routes};
-use crate::interfacetask::{Bond, check_interfaces};
+use crate::interfacetask::Bond;
 use crate::ippool::{is_dns1123_label, selector_is_empty};
 use crate::validation::Problems;
 
@@ -98,9 +100,15 @@ impl SpiderNetworkSpec {
         self.check_subnet_overlaps(problems, &subnets);
         let rack_sets = self.check_rack_ranges(problems, &subnets);
         self.check_racks(problems);
-        self.check_networks(problems);
-        self.check_apps(problems, &rack_sets);
-        ParsedTopology { subnets, rack_sets }
+        let layouts: Vec<NetworkLayout> = (0..self.networks.len()).map(|n| self.layout(n)).collect();
+        self.check_networks(problems, &layouts);
+        self.check_interface_names(problems, &layouts);
+        self.check_apps(problems, &rack_sets, &layouts);
+        ParsedTopology {
+            subnets,
+            rack_sets,
+            layouts,
+        }
     }
 
     fn check_subnet_overlaps(&self, problems: &mut Problems, subnets: &BTreeMap<String, ParsedSubnet>) {
@@ -273,7 +281,6 @@ impl SpiderNetworkSpec {
                     "must select something: an empty selector matches every node",
                 );
             }
-            check_interfaces(problems, &path, &rack.bonds, &rack.vlans, &rack.uplinks);
         }
         // Two racks that may share a node must agree on what every shared interface name is.
         let with_bonds: Vec<usize> = (0..self.racks.len())
@@ -323,18 +330,13 @@ impl SpiderNetworkSpec {
         }
     }
 
-    fn check_networks(&self, problems: &mut Problems) {
-        // (rack index, master interface, vlan) -> subnet, for "VLAN reused for two subnets on one uplink".
+    fn check_networks(&self, problems: &mut Problems, layouts: &[NetworkLayout]) {
+        // (rack index, master interface, vlan) -> (subnet, network index), for "VLAN reused for two
+        // subnets on one uplink".
         let mut vlan_use: BTreeMap<(usize, String, i32), (String, usize)> = BTreeMap::new();
-        for (n, network) in self.networks.iter().enumerate() {
+        for (n, (network, layout)) in self.networks.iter().zip(layouts).enumerate() {
             let path = format!("spec.networks[{n}]");
-            let subnet = self.subnets.iter().find(|s| s.name == network.subnet);
-            if subnet.is_none() {
-                problems.push(
-                    format!("{path}.subnet"),
-                    format!("no subnet is named `{}`", network.subnet),
-                );
-            }
+            self.check_network_subnets(problems, n, layout);
             for (i, ns) in network.namespaces.iter().enumerate() {
                 if !is_dns1123_label(ns) {
                     problems.push(
@@ -386,68 +388,253 @@ impl SpiderNetworkSpec {
                     format!("is not a JSON object: {e}"),
                 );
             }
-            if network.cni_type.needs_master() != network.master.is_some() {
-                let message = if network.cni_type.needs_master() {
+            if network.cni_type.carries_vlan() && layout.common_vlan(network).is_none() {
+                problems.push(
+                    format!("{path}.vlan"),
                     format!(
-                        "is required for type `{}`: the uplink or bond pods attach to",
+                        "the racks of this `{}` network tag it with different VLANs (their subnets' VLANs differ), but its configuration carries one VLAN for every node; set the network's vlan",
                         network.cni_type.cni_type()
-                    )
-                } else {
-                    format!(
-                        "only applies to macvlan and ipvlan, not `{}`",
-                        network.cni_type.cni_type()
-                    )
-                };
-                problems.push(format!("{path}.master"), message);
+                    ),
+                );
             }
-            let Some(master) = &network.master else { continue };
-            let vlan = network.vlan_id(subnet);
-            let serving: Vec<(usize, &Rack)> = self
-                .racks
-                .iter()
-                .enumerate()
-                .filter(|(_, rack)| rack.ranges.iter().any(|range| range.subnet == network.subnet))
-                .collect();
-            if !self.racks.iter().any(|rack| rack.defines_interface(master)) {
+            if !network.cni_type.needs_master() {
+                if network.master.is_some() {
+                    problems.push(
+                        format!("{path}.master"),
+                        format!(
+                            "only applies to macvlan and ipvlan, not `{}`",
+                            network.cni_type.cni_type()
+                        ),
+                    );
+                }
+                if network.node_interface.is_some() {
+                    problems.push(
+                        format!("{path}.nodeInterface"),
+                        format!(
+                            "only applies to macvlan and ipvlan, not `{}`",
+                            network.cni_type.cni_type()
+                        ),
+                    );
+                }
+                continue;
+            }
+            if network.master.is_none()
+                && (layout.racks.is_empty() || layout.racks.iter().any(|a| a.master.is_none()))
+            {
+                problems.push(
+                    format!("{path}.master"),
+                    format!(
+                        "is required for type `{}`: the uplink or bond pods attach to (unless every rack serving the network names its own in `masters`)",
+                        network.cni_type.cni_type()
+                    ),
+                );
+            }
+            if let Some(master) = &network.master
+                && !self.racks.iter().any(|rack| rack.defines_interface(master))
+            {
                 problems.push(
                     format!("{path}.master"),
                     format!("no rack defines an uplink or bond named `{master}`; add it to the racks' uplinks or bonds"),
                 );
-                continue;
             }
-            for (r, rack) in &serving {
+            for attachment in &layout.racks {
+                let rack = &self.racks[attachment.rack];
+                let Some(master) = &attachment.master else {
+                    continue;
+                };
                 if !rack.defines_interface(master) {
-                    problems.push(
-                        format!("{path}.master"),
-                        format!(
-                            "rack `{}` hands out addresses of subnet `{}` but has no uplink or bond named `{master}`",
-                            rack.name, network.subnet
-                        ),
-                    );
+                    // A master the network names for all racks and no rack defines is reported once above.
+                    if network.master.as_deref() != Some(master.as_str())
+                        || self.racks.iter().any(|rack| rack.defines_interface(master))
+                    {
+                        problems.push(
+                            attachment.master_path.clone(),
+                            format!(
+                                "rack `{}` hands out addresses of subnet `{}` but has no uplink or bond named `{master}`",
+                                rack.name, attachment.subnet
+                            ),
+                        );
+                    }
                     continue;
                 }
-                if vlan == 0 {
+                if attachment.vlan == 0 {
+                    if network.node_interface.is_some() {
+                        problems.push(
+                            format!("{path}.nodeInterface"),
+                            format!(
+                                "rack `{}` reaches the network untagged on `{master}`, and an untagged interface cannot be given a second name; tag the network with a VLAN on every rack, or drop nodeInterface and use the same uplink or bond name everywhere",
+                                rack.name
+                            ),
+                        );
+                    }
                     continue;
                 }
-                let key = (*r, master.clone(), vlan);
+                let key = (attachment.rack, master.clone(), attachment.vlan);
                 match vlan_use.get(&key) {
-                    Some((other_subnet, other)) if other_subnet != &network.subnet => problems.push(
+                    Some((other_subnet, other)) if other_subnet != &attachment.subnet => problems.push(
                         format!("{path}.vlan"),
                         format!(
-                            "VLAN {vlan} on `{master}` in rack `{}` already carries subnet `{other_subnet}` (network `{}`); one VLAN cannot carry two subnets",
-                            rack.name, self.networks[*other].name
+                            "VLAN {} on `{master}` in rack `{}` already carries subnet `{other_subnet}` (network `{}`); one VLAN cannot carry two subnets",
+                            attachment.vlan, rack.name, self.networks[*other].name
                         ),
                     ),
                     Some(_) => {}
                     None => {
-                        vlan_use.insert(key, (network.subnet.clone(), n));
+                        vlan_use.insert(key, (attachment.subnet.clone(), n));
                     }
+                }
+            }
+            if network.node_interface.is_none()
+                && layout.racks.iter().all(|a| a.master.is_some())
+                && layout.node_link(network).is_none()
+            {
+                let ways: Vec<String> = layout
+                    .racks
+                    .iter()
+                    .map(|a| {
+                        let master = a.master.as_deref().unwrap_or_default();
+                        let name = if a.vlan == 0 {
+                            master.to_string()
+                        } else {
+                            format!("{master}.{}", a.vlan)
+                        };
+                        format!("{}: {name}", self.racks[a.rack].name)
+                    })
+                    .collect();
+                let fix = if layout.racks.iter().all(|a| a.vlan != 0) {
+                    "set nodeInterface (each rack's interface task then creates the network's VLAN under that name), or use the same uplink or bond name and VLAN in every rack"
+                } else {
+                    "an untagged interface cannot be given a second name, so use the same uplink or bond name in every rack, or tag the network with a VLAN and set nodeInterface (each rack's interface task then creates the VLAN under that name)"
+                };
+                problems.push(
+                    path.clone(),
+                    format!(
+                        "the racks reach this network through different interfaces ({}), but its NetworkAttachmentDefinition names one master for every node; {fix}",
+                        ways.join(", ")
+                    ),
+                );
+            }
+        }
+        for (r, rack) in self.racks.iter().enumerate() {
+            for network_name in rack.masters.keys() {
+                let here = format!("spec.racks[{r}].masters.{network_name}");
+                match self.networks.iter().position(|x| &x.name == network_name) {
+                    None => problems.push(here, format!("no network is named `{network_name}`")),
+                    Some(n) if !self.networks[n].cni_type.needs_master() => problems.push(
+                        here,
+                        format!(
+                            "network `{network_name}` is `{}`, which attaches to no node interface",
+                            self.networks[n].cni_type.cni_type()
+                        ),
+                    ),
+                    Some(n) if layouts[n].rack(r).is_none() => problems.push(
+                        here,
+                        format!("this rack serves none of the subnets of network `{network_name}`"),
+                    ),
+                    Some(_) => {}
                 }
             }
         }
     }
 
-    fn check_apps(&self, problems: &mut Problems, rack_sets: &BTreeMap<(usize, String, IpFamily), IpSet>) {
+    /// A network names its subnets one way (`subnet`, `subnets` or `subnetRole`), they exist, they have
+    /// the same families, and no rack serves two of them.
+    fn check_network_subnets(&self, problems: &mut Problems, n: usize, layout: &NetworkLayout) {
+        let network = &self.networks[n];
+        let path = format!("spec.networks[{n}]");
+        let ways = [
+            !network.subnet.is_empty(),
+            !network.subnets.is_empty(),
+            network.subnet_role.is_some(),
+        ];
+        match ways.iter().filter(|w| **w).count() {
+            0 => {
+                problems.push(
+                    format!("{path}.subnet"),
+                    "set subnet, subnets or subnetRole: the subnets the network's addresses come from",
+                );
+                return;
+            }
+            1 => {}
+            _ => problems.push(path.clone(), "set only one of subnet, subnets and subnetRole"),
+        }
+        if !network.subnet.is_empty() && !self.subnets.iter().any(|s| s.name == network.subnet) {
+            problems.push(
+                format!("{path}.subnet"),
+                format!("no subnet is named `{}`", network.subnet),
+            );
+        }
+        for (i, name) in network.subnets.iter().enumerate() {
+            if !self.subnets.iter().any(|s| &s.name == name) {
+                problems.push(
+                    format!("{path}.subnets[{i}]"),
+                    format!("no subnet is named `{name}`"),
+                );
+            } else if network.subnets[..i].contains(name) {
+                problems.push(
+                    format!("{path}.subnets[{i}]"),
+                    format!("`{name}` is listed twice"),
+                );
+            }
+        }
+        if let Some(role) = &network.subnet_role
+            && layout.subnets.is_empty()
+        {
+            problems.push(
+                format!("{path}.subnetRole"),
+                format!("no subnet has role `{role}`"),
+            );
+        }
+        let subnets: Vec<&TopologySubnet> = layout
+            .subnets
+            .iter()
+            .filter_map(|name| self.subnets.iter().find(|s| &s.name == name))
+            .collect();
+        if let Some((first, rest)) = subnets.split_first() {
+            let families = |s: &TopologySubnet| s.families().map(|(f, _)| f).collect::<Vec<_>>();
+            for other in rest {
+                if families(other) != families(first) {
+                    problems.push(
+                        path.clone(),
+                        format!(
+                            "subnet `{}` has {} and subnet `{}` has {}; the subnets of one network need the same address families (a pod gets the same families on every rack)",
+                            first.name,
+                            describe_families(&families(first)),
+                            other.name,
+                            describe_families(&families(other))
+                        ),
+                    );
+                }
+            }
+        }
+        for attachment in &layout.racks {
+            let rack = &self.racks[attachment.rack];
+            let served: Vec<&str> = layout
+                .subnets
+                .iter()
+                .filter(|name| rack.ranges.iter().any(|range| &range.subnet == *name))
+                .map(String::as_str)
+                .collect();
+            if served.len() > 1 {
+                problems.push(
+                    path.clone(),
+                    format!(
+                        "rack `{}` hands out addresses of {} subnets of this network ({}); a pod on it could get any of them, so a network takes at most one subnet per rack",
+                        rack.name,
+                        served.len(),
+                        served.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_apps(
+        &self,
+        problems: &mut Problems,
+        rack_sets: &BTreeMap<(usize, String, IpFamily), IpSet>,
+        layouts: &[NetworkLayout],
+    ) {
         for (a, app) in self.apps.iter().enumerate() {
             let path = format!("spec.apps[{a}]");
             match (&app.workload, &app.pod_selector) {
@@ -473,13 +660,14 @@ impl SpiderNetworkSpec {
                         format!("interface `{}` is given twice", names[i]),
                     );
                 }
-                let Some(network) = self.networks.iter().find(|n| n.name == nic.network) else {
+                let Some(n) = self.networks.iter().position(|x| x.name == nic.network) else {
                     problems.push(
                         format!("{here}.network"),
                         format!("no network is named `{}`", nic.network),
                     );
                     continue;
                 };
+                let (network, layout) = (&self.networks[n], &layouts[n]);
                 if !network.namespaces.contains(&app.namespace) {
                     problems.push(
                         format!("{here}.network"),
@@ -508,26 +696,31 @@ impl SpiderNetworkSpec {
                             format!("{here}.fixedIPs.racks[{k}]"),
                             format!("no rack is named `{rack_name}`"),
                         ),
-                        Some(r) if !self.racks[r].ranges.iter().any(|x| x.subnet == network.subnet) => {
-                            problems.push(
-                                format!("{here}.fixedIPs.racks[{k}]"),
-                                format!("rack `{rack_name}` has no range in subnet `{}`", network.subnet),
-                            )
-                        }
+                        Some(r) if layout.rack(r).is_none() => problems.push(
+                            format!("{here}.fixedIPs.racks[{k}]"),
+                            format!(
+                                "rack `{rack_name}` has no range in the subnets of network `{}` ({})",
+                                network.name,
+                                layout.subnets.join(", ")
+                            ),
+                        ),
                         Some(_) => {}
                     }
                 }
-                let subnet = self.subnets.iter().find(|s| s.name == network.subnet);
+                let first_subnet = layout
+                    .subnets
+                    .first()
+                    .and_then(|name| self.subnets.iter().find(|s| &s.name == name));
                 for family in [IpFamily::V4, IpFamily::V6] {
                     let items = fixed.items(family);
                     if items.is_empty() {
                         continue;
                     }
                     let field = format!("{here}.fixedIPs.{}", family_key(family));
-                    if let Some(subnet) = subnet
+                    if let Some(subnet) = first_subnet
                         && !subnet.families().any(|(f, _)| f == family)
                     {
-                        problems.push(field, format!("subnet `{}` has no {family} side", subnet.name));
+                        problems.push(field, format!("network `{}` has no {family} side", network.name));
                         continue;
                     }
                     let Ok(set) = IpSet::parse_list(family, items) else {
@@ -536,7 +729,7 @@ impl SpiderNetworkSpec {
                     };
                     let in_racks = rack_sets
                         .iter()
-                        .filter(|((_, s, f), _)| s == &network.subnet && *f == family)
+                        .filter(|((_, s, f), _)| layout.subnets.contains(s) && *f == family)
                         .fold(IpSet::empty(family), |acc, (_, set)| {
                             acc.union(set).unwrap_or(acc)
                         });
@@ -545,9 +738,10 @@ impl SpiderNetworkSpec {
                         problems.push(
                             field,
                             format!(
-                                "{} are not in any rack range of subnet `{}`",
+                                "{} are not in any rack range of network `{}`'s subnets ({})",
                                 outside.to_strings().join(", "),
-                                network.subnet
+                                network.name,
+                                layout.subnets.join(", ")
                             ),
                         );
                     }
@@ -566,7 +760,11 @@ impl SpiderNetworkSpec {
                 );
             }
         }
-        // Two bindings must not claim the same explicit address.
+        self.check_explicit_fixed_overlaps(problems);
+    }
+
+    /// Two bindings must not claim the same explicit address.
+    fn check_explicit_fixed_overlaps(&self, problems: &mut Problems) {
         let mut claimed: Vec<(String, IpSet)> = Vec::new();
         for (a, app) in self.apps.iter().enumerate() {
             for (i, nic) in app.interfaces.iter().enumerate() {
@@ -594,6 +792,14 @@ impl SpiderNetworkSpec {
                 }
             }
         }
+    }
+}
+
+fn describe_families(families: &[IpFamily]) -> String {
+    match families {
+        [IpFamily::V4] => "IPv4 only".to_string(),
+        [IpFamily::V6] => "IPv6 only".to_string(),
+        _ => "IPv4 and IPv6".to_string(),
     }
 }
 
