@@ -53,7 +53,13 @@ impl Context<'_> {
                     &[(LABEL_NETWORK, &network.name)],
                     format!("spec.networks[{n}]"),
                 );
-                let smc = multus_config_for_network(meta, network, layout, &self.network.spec.racks, &pools);
+                let smc = as_stored(multus_config_for_network(
+                    meta,
+                    network,
+                    layout,
+                    &self.network.spec.racks,
+                    &pools,
+                ));
                 match render_nad(&smc) {
                     Ok(nad) => nads.push(nad),
                     Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
@@ -90,7 +96,7 @@ fn multus_config_for_network(
     let vlan = layout.common_vlan(network).unwrap_or(0);
     let mut spec = SpiderMultusConfigSpec {
         cni_type: Some(network.cni_type.cni_type().to_string()),
-        enable_coordinator: network.enable_coordinator,
+        enable_coordinator: Some(network.coordinator_enabled()),
         ..SpiderMultusConfigSpec::default()
     };
     match network.cni_type {
@@ -145,6 +151,48 @@ fn multus_config_for_network(
         }
     }
     SpiderMultusConfig { metadata, spec }
+}
+
+/// The SpiderMultusConfig as the API server stores it, so that what `spiderctl render` shows (and the
+/// NetworkAttachmentDefinition rendered from it) is what lands in the cluster: the SpiderMultusConfig
+/// mutating webhook's defaults (by calling it: `mode: auto`, `tunePodRoutes: true`, `podRPFilter: 0`,
+/// `txQueueLen: 0` when the coordinator is chained) and the defaults of the CRD schema
+/// (`hostRuleTable: 500`, `mtu: 0`, `disableIPAM: false`, `matchMasterSubnet: false`, ...).
+/// `operator/tests/stored.rs` checks every example's objects against both, generically.
+///
+/// The coordinator values are explicit in every SpiderMultusConfig, as upstream's webhook makes them:
+/// they override the cluster's SpiderCoordinator for these networks (their values are upstream's
+/// defaults, which the `default` SpiderCoordinator also has unless someone changed it). Showing them is
+/// the point: the preview says what the nodes will be told.
+fn as_stored(smc: SpiderMultusConfig) -> SpiderMultusConfig {
+    let mut smc = crate::webhook::multusconfig::mutate(&smc);
+    let spec = &mut smc.spec;
+    spec.disable_ipam.get_or_insert(false);
+    if let Some(coordinator) = &mut spec.coordinator {
+        coordinator.host_rule_table.get_or_insert(500);
+    }
+    let pools = |pools: &mut Option<SpiderpoolPools>| {
+        if let Some(pools) = pools {
+            pools.match_master_subnet.get_or_insert(false);
+        }
+    };
+    if let Some(config) = &mut spec.macvlan {
+        config.mtu.get_or_insert(0);
+        pools(&mut config.ippools);
+    }
+    if let Some(config) = &mut spec.ipvlan {
+        config.mtu.get_or_insert(0);
+        pools(&mut config.ippools);
+    }
+    if let Some(config) = &mut spec.sriov {
+        config.mtu.get_or_insert(0);
+        config.rdma_isolation.get_or_insert(false);
+        pools(&mut config.ippools);
+    }
+    if let Some(config) = &mut spec.ovs {
+        pools(&mut config.ippools);
+    }
+    smc
 }
 
 /// The bond named `master`, when every rack serving the network defines it and all definitions agree.

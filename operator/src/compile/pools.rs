@@ -38,6 +38,9 @@ impl Context<'_> {
             ips: ips.to_strings(),
             gateway: parsed.gateways.get(&family).map(IpAddr::to_string),
             routes: block.routes.clone(),
+            // The CRD schema's defaults, written out so the rendering is what lands.
+            default: Some(false),
+            disable: Some(false),
             ..SpiderIPPoolSpec::default()
         })
     }
