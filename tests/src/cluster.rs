@@ -1,5 +1,7 @@
 //! A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager and
-//! kube-scheduler), each in its own process group, in one temp dir.
+//! kube-scheduler), each in its own process group, in one temp dir. The real-node tier puts the API
+//! server on an address of a link it creates instead ([`ClusterOptions::address`]), so that kubelets
+//! in other network namespaces reach it.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -44,9 +46,8 @@ use crate::tools::{self, Binaries};
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
 
-/// The Service CIDR of every test cluster.
+/// The Service CIDR of every test cluster (unless [`ClusterOptions::service_cidr`] says otherwise).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-const SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
 
 /// The minimal NetworkAttachmentDefinition CRD (k8s.cni.cncf.io/v1); Multus owns the real one.
 pub const NAD_CRD_YAML: &str = include_str!("../manifests/network-attachment-definition-crd.yaml");
@@ -58,6 +59,9 @@ pub enum Authorization {
     Rbac,
     /// `--authorization-mode=AlwaysAllow`.
     AlwaysAllow,
+    /// `--authorization-mode=Node,RBAC` and the `NodeRestriction` admission plugin, like a cluster
+    /// with real kubelets (each authenticated as `system:node:<name>`).
+    NodeRbac,
 }
 
 /// What to start and how.
@@ -77,6 +81,12 @@ pub struct ClusterOptions {
     pub controller_manager_args: Vec<String>,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// The address the API server listens on and advertises (the `kubernetes` Service's endpoint
+    /// unless it is loopback, which a Service cannot point to).
+    pub address: IpAddr,
+    /// `--service-cluster-ip-range` of the API server and controller-manager; the serving
+    /// certificate names its first address (the `kubernetes` Service's ClusterIP).
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +100,8 @@ impl Default for ClusterOptions {
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
             ready_timeout: Duration::from_secs(90),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default(),
         }
     }
 }
@@ -189,6 +201,8 @@ pub struct TestCluster {
     apiserver_url: String,
     options: ClusterOptions,
     startup: Duration,
+    ca: certs::Ca,
+    ca_cert: PathBuf,
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
     _dir_registration: Option<Registration>,
@@ -264,7 +278,12 @@ impl TestCluster {
             Some(watchdog::register_dir(dir.path()))
         };
         let dir_path = dir.path().to_path_buf();
-        let certs = certs::write(&dir_path.join("pki"), SERVICE_IP)?;
+        let service_ip = options
+            .service_cidr
+            .hosts()
+            .next()
+            .ok_or_else(|| anyhow!("service CIDR {} has no address", options.service_cidr))?;
+        let (certs, ca) = certs::write(&dir_path.join("pki"), service_ip.into(), options.address)?;
         std::fs::create_dir_all(dir_path.join("logs")).context("creating the log dir")?;
 
         let mut attempt = 0;
@@ -295,6 +314,8 @@ impl TestCluster {
             apiserver_url: started.apiserver_url,
             options,
             startup,
+            ca,
+            ca_cert: certs.ca_cert.clone(),
             dir: Some(dir),
             dir_path,
             _dir_registration: dir_registration,
@@ -372,7 +393,25 @@ impl TestCluster {
         &self.kubeconfig_path
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// The cluster CA's certificate (PEM): what clients verify the API server with, and what
+    /// kubelets verify client certificates with.
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// Writes `<name>.kubeconfig` into the cluster dir for a new client certificate of user
+    /// `common_name` in the groups `organizations` (a kubelet's `system:node:<node>` in
+    /// `system:nodes`, `system:kube-proxy`, ...), and returns its path.
+    pub fn user_kubeconfig(&self, name: &str, common_name: &str, organizations: &[&str]) -> Result<PathBuf> {
+        let (cert, key) = self.ca.client_cert(name, common_name, organizations)?;
+        let kubeconfig = kubeconfig(&self.apiserver_url, &self.ca_cert, &cert, &key, name);
+        let path = self.dir_path.join(format!("{name}.kubeconfig"));
+        let yaml = serde_saphyr::to_string(&kubeconfig).context("serializing a kubeconfig")?;
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `https://<address>:<port>`.
     pub fn apiserver_url(&self) -> &str {
         &self.apiserver_url
     }
@@ -440,7 +479,7 @@ async fn start_attempt(
     options: &ClusterOptions,
 ) -> Result<Started, AttemptError> {
     let logs = dir.join("logs");
-    let ports = util::free_ports(3)?;
+    let ports = util::free_ports(options.address, 3)?;
     let (etcd_client, etcd_peer, api_port) = (ports[0], ports[1], ports[2]);
     let etcd_data = dir.join("etcd");
     if etcd_data.exists() {
@@ -466,13 +505,15 @@ async fn start_attempt(
     let authorization = match options.authorization {
         Authorization::Rbac => "RBAC",
         Authorization::AlwaysAllow => "AlwaysAllow",
+        Authorization::NodeRbac => "Node,RBAC",
     };
+    let address = options.address;
     let mut api_args = vec![
         format!("--etcd-servers={etcd_url}"),
         format!("--secure-port={api_port}"),
-        "--bind-address=127.0.0.1".to_owned(),
-        "--advertise-address=127.0.0.1".to_owned(),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--bind-address={address}"),
+        format!("--advertise-address={address}"),
+        format!("--service-cluster-ip-range={}", options.service_cidr),
         format!("--authorization-mode={authorization}"),
         format!("--client-ca-file={}", certs.ca_cert.display()),
         format!("--tls-cert-file={}", certs.server_cert.display()),
@@ -481,12 +522,23 @@ async fn start_attempt(
         format!("--service-account-key-file={}", certs.sa_pub.display()),
         format!("--service-account-signing-key-file={}", certs.sa_key.display()),
         format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+        format!(
+            "--kubelet-client-certificate={}",
+            certs.kubelet_client_cert.display()
+        ),
+        format!("--kubelet-client-key={}", certs.kubelet_client_key.display()),
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),
         "--profiling=false".to_owned(),
-        // The `kubernetes` Service can't have endpoints on a loopback address (the API server would
-        // log a validation error every 10 s); nothing in the tests runs in a pod network anyway.
-        "--endpoint-reconciler-type=none".to_owned(),
     ];
+    if address.is_loopback() {
+        // The `kubernetes` Service can't have endpoints on a loopback address (the API server would
+        // log a validation error every 10 s); nothing runs in a pod network then anyway.
+        api_args.push("--endpoint-reconciler-type=none".to_owned());
+    }
+    if options.authorization == Authorization::NodeRbac {
+        api_args.push("--enable-admission-plugins=NodeRestriction".to_owned());
+    }
     api_args.extend(options.apiserver_args.iter().cloned());
     components.push(Component::spawn(
         "kube-apiserver",
@@ -495,8 +547,17 @@ async fn start_attempt(
         &logs,
     )?);
 
-    let apiserver_url = format!("https://127.0.0.1:{api_port}");
-    let kubeconfig = admin_kubeconfig(&apiserver_url, certs);
+    let apiserver_url = match address {
+        IpAddr::V4(v4) => format!("https://{v4}:{api_port}"),
+        IpAddr::V6(v6) => format!("https://[{v6}]:{api_port}"),
+    };
+    let kubeconfig = kubeconfig(
+        &apiserver_url,
+        &certs.ca_cert,
+        &certs.admin_cert,
+        &certs.admin_key,
+        "admin",
+    );
     let kubeconfig_path = dir.join("admin.kubeconfig");
     let yaml = serde_saphyr::to_string(&kubeconfig).context("serializing the kubeconfig")?;
     std::fs::write(&kubeconfig_path, yaml).context("writing the kubeconfig")?;
@@ -520,7 +581,7 @@ async fn start_attempt(
             "--secure-port=0".to_owned(),
             format!("--service-account-private-key-file={}", certs.sa_key.display()),
             format!("--root-ca-file={}", certs.ca_cert.display()),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", options.service_cidr),
             "--use-service-account-credentials=false".to_owned(),
             "--controllers=*".to_owned(),
             // Notice Ready/NotReady nodes (and lift the not-ready taint of new nodes) quickly.
@@ -565,23 +626,24 @@ async fn start_attempt(
     })
 }
 
-fn admin_kubeconfig(server: &str, certs: &CertFiles) -> Kubeconfig {
+/// A kubeconfig for `server` with a client certificate, named `user`.
+fn kubeconfig(server: &str, ca_cert: &Path, cert: &Path, key: &Path, user: &str) -> Kubeconfig {
     let path = |p: &Path| Some(p.display().to_string());
     Kubeconfig {
         clusters: vec![NamedCluster {
             name: "spiderpool-test".to_owned(),
             cluster: Some(Cluster {
                 server: Some(server.to_owned()),
-                certificate_authority: path(&certs.ca_cert),
+                certificate_authority: path(ca_cert),
                 ..Cluster::default()
             }),
             ..NamedCluster::default()
         }],
         auth_infos: vec![NamedAuthInfo {
-            name: "admin".to_owned(),
+            name: user.to_owned(),
             auth_info: Some(AuthInfo {
-                client_certificate: path(&certs.admin_cert),
-                client_key: path(&certs.admin_key),
+                client_certificate: path(cert),
+                client_key: path(key),
                 ..AuthInfo::default()
             }),
             ..NamedAuthInfo::default()
@@ -590,7 +652,7 @@ fn admin_kubeconfig(server: &str, certs: &CertFiles) -> Kubeconfig {
             name: "spiderpool-test".to_owned(),
             context: Some(Context {
                 cluster: "spiderpool-test".to_owned(),
-                user: Some("admin".to_owned()),
+                user: Some(user.to_owned()),
                 ..Context::default()
             }),
             ..NamedContext::default()

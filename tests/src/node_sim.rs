@@ -63,10 +63,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-    Preconditions,
-};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -75,10 +72,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cni::{self, CniExec, NetworkConfigList, RuntimeConf};
-use crate::multus::{
-    self, DEFAULT_NETWORK_ANNOTATION, Delegate, MultusMode, NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION,
-    NetworkSelectionElement, NetworkStatus, PodArgs,
-};
+use crate::multus::{self, Delegate, MultusMode, NETWORK_STATUS_ANNOTATION, NetworkStatus, PodArgs};
 use crate::tools;
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
@@ -89,14 +83,7 @@ pub const SIM_LABEL: &str = "spiderpool.test/simulator";
 pub const POD_IFNAME: &str = "eth0";
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
-/// The cluster default network (Multus' `clusterNetwork`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum DefaultNetwork {
-    /// A CNI configuration (list or single plugin), as a file in `/etc/cni/net.d` would hold it.
-    Config(Value),
-    /// A NetworkAttachmentDefinition, read at every ADD.
-    Nad { namespace: String, name: String },
-}
+pub use crate::multus::DefaultNetwork;
 
 /// How to simulate.
 #[derive(Debug, Clone)]
@@ -209,7 +196,6 @@ struct Inner {
     closing: AtomicBool,
     attempts: AtomicU64,
     loopback: Option<NetworkConfigList>,
-    nad_resource: ApiResource,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -343,7 +329,6 @@ impl NodeSimulator {
                 .ok()
             })
             .flatten();
-        let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
         let inner = Arc::new(Inner {
             id: id.clone(),
             client,
@@ -354,7 +339,6 @@ impl NodeSimulator {
             closing: AtomicBool::new(false),
             attempts: AtomicU64::new(0),
             loopback,
-            nad_resource: ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions"),
         });
         let mut sim = NodeSimulator {
             inner: inner.clone(),
@@ -825,92 +809,9 @@ impl Inner {
         }
     }
 
-    async fn nad_delegate(&self, selection: NetworkSelectionElement, master: bool) -> Result<Delegate> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &selection.namespace, &self.nad_resource);
-        let nad = api.get(&selection.name).await.map_err(|e| {
-            anyhow!(
-                "cannot find a network-attachment-definition ({}) in namespace ({}): {e}",
-                selection.name,
-                selection.namespace
-            )
-        })?;
-        let config = nad
-            .data
-            .get("spec")
-            .and_then(|s| s.get("config"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if config.is_empty() {
-            bail!(
-                "net-attach-def {}/{} has no spec.config (Multus would read a file named {} from its confDir; \
-                 the simulator does not model that)",
-                selection.namespace,
-                selection.name,
-                selection.name
-            );
-        }
-        let value: Value = serde_json::from_str(config).with_context(|| {
-            format!(
-                "net-attach-def {}/{}: spec.config is not JSON",
-                selection.namespace, selection.name
-            )
-        })?;
-        let name = format!("{}/{}", selection.namespace, selection.name);
-        let fallback = selection.name.clone();
-        Delegate::from_config(name, &value, &fallback, master, selection)
-    }
-
     /// Multus: the delegates of a pod, default network first.
     async fn delegates(&self, pod: &Pod) -> Result<Vec<Delegate>> {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let mut delegates = Vec::new();
-        match annotations
-            .get(DEFAULT_NETWORK_ANNOTATION)
-            .filter(|a| !a.is_empty())
-        {
-            Some(annotation) => {
-                let mut selections = multus::parse_network_selection(annotation, &namespace)?;
-                if selections.len() != 1 {
-                    bail!(
-                        "multus does not support more than one default network (annotation {DEFAULT_NETWORK_ANNOTATION})"
-                    );
-                }
-                let selection = selections.remove(0);
-                delegates.push(self.nad_delegate(selection, true).await?);
-            }
-            None => match &self.options.default_network {
-                DefaultNetwork::Config(config) => {
-                    let name = config
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("default")
-                        .to_owned();
-                    delegates.push(Delegate::from_config(
-                        name.clone(),
-                        config,
-                        &name,
-                        true,
-                        NetworkSelectionElement::default(),
-                    )?);
-                }
-                DefaultNetwork::Nad { namespace, name } => {
-                    let selection = NetworkSelectionElement {
-                        name: name.clone(),
-                        namespace: namespace.clone(),
-                        ..NetworkSelectionElement::default()
-                    };
-                    delegates.push(self.nad_delegate(selection, true).await?);
-                }
-            },
-        }
-        if let Some(annotation) = annotations.get(NETWORKS_ANNOTATION).filter(|a| !a.is_empty()) {
-            for selection in multus::parse_network_selection(annotation, &namespace)? {
-                delegates.push(self.nad_delegate(selection, false).await?);
-            }
-        }
-        Ok(delegates)
+        multus::pod_delegates(&self.client, pod, &self.options.default_network).await
     }
 
     /// Everything host-side for one pod: netns, loopback, the delegates. Blocking.
@@ -1220,17 +1121,7 @@ impl Inner {
         for a in &record.attachments {
             let has_any = a.result.get("interfaces").is_some() || a.result.get("ips").is_some();
             if has_any {
-                let ips: Vec<&str> = a
-                    .result
-                    .get("ips")
-                    .and_then(Value::as_array)
-                    .map(|ips| {
-                        ips.iter()
-                            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let message = format!("Add {} [{}] from {}", a.ifname, ips.join(" "), a.network);
+                let message = multus::added_interface_message(&a.result, &a.ifname, &a.network);
                 self.emit_event(pod, "Normal", "AddedInterface", message, "multus")
                     .await;
             }

@@ -21,6 +21,13 @@ packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certi
 #   kmod             depmod, for the downloaded kernel's modules.dep
 #   binutils         objcopy, to strip debug info from binaries copied into the guest
 packages+=(qemu-system-x86 busybox-static kmod binutils)
+# The real-node tier (tests/src/realnode): real kubelets need a container runtime and netfilter tools,
+# and its sandbox and workload images are built locally.
+#   containerd, runc             every real node's container runtime (Debian's 1.6 and 1.1)
+#   iptables, conntrack          kube-proxy (iptables mode) and kubelet's own rules, per node
+#   busybox-static               the workload image
+#   gcc, libc6-dev               the static pause program of the sandbox image
+packages+=(containerd runc iptables conntrack busybox-static gcc libc6-dev)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -45,7 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/cni/loopback; do
+for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/cni/loopback \
+  /usr/bin/containerd /usr/sbin/runc /bin/busybox; do
   if [ ! -x "$bin" ]; then
     echo "install-test-deps.sh: $bin is missing after installing ${packages[*]}" >&2
     exit 1
@@ -60,6 +68,6 @@ done
 # The kernel tier's Debian kernel: downloaded on the first run (about 70 MB), cached by version.
 bash "$here/vm-kernel.sh" >/dev/null
 
-# Builds kube-apiserver, kube-controller-manager and kube-scheduler on the first run (minutes; needs
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy on the first run (minutes; needs
 # Go and the Go module proxy), a no-op afterwards. Prints the directory of the binaries.
 bash "$here/build-kubernetes.sh"

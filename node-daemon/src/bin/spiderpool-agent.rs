@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use spiderpool_node_daemon::allocator::{Allocator, Config};
+use spiderpool_node_daemon::ahead::ReserveAhead;
+use spiderpool_node_daemon::allocator::Allocator;
+use spiderpool_node_daemon::api::ClusterApi;
+use spiderpool_node_daemon::api::kube::KubeApi;
+use spiderpool_node_daemon::config::{Config, LeaseTuning};
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::store::Stores;
-use spiderpool_node_daemon::writer::LeaseTuning;
+use spiderpool_node_daemon::writer::PoolWriters;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -141,7 +145,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_seconds),
         auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
     };
-    let allocator = Allocator::new(client.clone(), config, stores.clone(), metrics);
+    let api: Arc<dyn ClusterApi> = Arc::new(KubeApi::new(client.clone()));
+    let writers = PoolWriters::new(api.clone(), &config, stores.clone(), metrics.clone());
+    let allocator = Allocator::new(
+        api.clone(),
+        config.clone(),
+        stores.clone(),
+        writers.clone(),
+        metrics,
+    );
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         allocator,
@@ -174,9 +186,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     stores.wait_ready().await.context("waiting for the caches")?;
     warm_connections(&client).await;
-    state.allocator.recover_reservations();
+    writers.recover_reservations();
     if args.reserve_ahead && args.node_reservation_size > 0 {
-        tokio::spawn(state.allocator.reserve_ahead().run());
+        tokio::spawn(ReserveAhead::new(api, config, stores.clone(), writers).run());
     }
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
