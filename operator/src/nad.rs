@@ -1,7 +1,8 @@
 //! SpiderMultusConfig -> NetworkAttachmentDefinition, upstream's rendering (reference §7), in one place.
 //!
 //! The operator's SpiderMultusConfig controller and the topology compiler both call [`render_nad`], so a
-//! hand-written SpiderMultusConfig and one generated from a SpiderNetwork always render alike.
+//! hand-written SpiderMultusConfig and one generated from a SpiderNetwork always render alike (what a
+//! topology network's SpiderMultusConfig holds is the compiler's business: `compile::multus`).
 //!
 //! The rendering starts from the object as upstream's mutating webhook stores it
 //! ([`SpiderMultusConfig::with_upstream_defaults`]), so an object read back from the API server and the
@@ -14,19 +15,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::{Map, Value, json};
-use spiderpool_ipmath::IpFamily;
 use spiderpool_schema::SpiderMultusConfig;
 use spiderpool_schema::coordinator::CoordinatorSpec;
-use spiderpool_schema::interfacetask::Bond;
 use spiderpool_schema::multusconfig::{
     ANNO_CNI_CONFIG_NAME, ANNO_CNI_VERSION, ANNO_NET_ATTACH_CONF_NAME, BondConfig, CniType,
-    DEFAULT_CNI_VERSION, SpiderMacvlanCniConfig, SpiderMultusConfigSpec, SpiderOvsCniConfig,
-    SpiderSriovCniConfig, SpiderpoolPools,
+    DEFAULT_CNI_VERSION, SpiderMultusConfigSpec, SpiderOvsCniConfig, SpiderSriovCniConfig, SpiderpoolPools,
 };
 use spiderpool_schema::nad::{
     ANNO_RESOURCE_NAME, NetworkAttachmentDefinition, NetworkAttachmentDefinitionSpec,
 };
-use spiderpool_schema::network::{Network, NetworkType, Rack, TopologySubnet};
 
 /// Why a SpiderMultusConfig cannot be rendered.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -433,94 +430,6 @@ fn coordinator_plugin(spec: Option<&CoordinatorSpec>) -> Value {
         obj.insert("podRPFilter".into(), json!(filter));
     }
     Value::Object(obj)
-}
-
-/// The SpiderMultusConfig a topology network renders to in one namespace.
-///
-/// For a bond master: when every rack serving the subnet defines the bond identically, the config lists
-/// the bond's NICs and the bond itself, so upstream's `ifacer` can create it at pod start even before the
-/// node daemon has; when racks differ (different NIC names per hardware generation), the config names
-/// only the bond and the node interface tasks are what create it.
-pub fn multus_config_for_network(
-    metadata: ObjectMeta,
-    network: &Network,
-    subnet: Option<&TopologySubnet>,
-    racks: &[Rack],
-    pools: &BTreeMap<IpFamily, Vec<String>>,
-) -> SpiderMultusConfig {
-    let ippools = Some(SpiderpoolPools {
-        ipv4: pools.get(&IpFamily::V4).cloned().unwrap_or_default(),
-        ipv6: pools.get(&IpFamily::V6).cloned().unwrap_or_default(),
-        match_master_subnet: None,
-    });
-    let vlan = network.vlan_id(subnet);
-    let mut spec = SpiderMultusConfigSpec {
-        cni_type: Some(network.cni_type.cni_type().to_string()),
-        enable_coordinator: network.enable_coordinator,
-        ..SpiderMultusConfigSpec::default()
-    };
-    match network.cni_type {
-        NetworkType::Macvlan | NetworkType::Ipvlan => {
-            let master = network.master.clone().unwrap_or_default();
-            let bond = consistent_bond(&master, &network.subnet, racks);
-            let config = SpiderMacvlanCniConfig {
-                master: bond
-                    .map(|b| b.interfaces.clone())
-                    .unwrap_or_else(|| vec![master.clone()]),
-                mtu: network.mtu,
-                vlan_id: (vlan != 0).then_some(vlan),
-                bond: bond.map(|b| BondConfig {
-                    name: b.name.clone(),
-                    mode: b.mode.number(),
-                    options: Some(b.options_string()).filter(|o| !o.is_empty()),
-                }),
-                rdma_resource_name: None,
-                ippools,
-            };
-            if network.cni_type == NetworkType::Macvlan {
-                spec.macvlan = Some(config);
-            } else {
-                spec.ipvlan = Some(config);
-            }
-        }
-        NetworkType::Sriov => {
-            spec.sriov = Some(SpiderSriovCniConfig {
-                resource_name: network.sriov_resource_name.clone().unwrap_or_default(),
-                vlan_id: (vlan != 0).then_some(vlan),
-                mtu: network.mtu,
-                ippools,
-                ..SpiderSriovCniConfig::default()
-            });
-        }
-        NetworkType::Ovs => {
-            spec.ovs = Some(SpiderOvsCniConfig {
-                bridge: network.ovs_bridge.clone().unwrap_or_default(),
-                vlan: (vlan != 0).then_some(vlan),
-                ippools,
-                ..SpiderOvsCniConfig::default()
-            });
-        }
-        NetworkType::Custom => {
-            spec.custom_cni = network.custom_config.clone();
-        }
-    }
-    SpiderMultusConfig { metadata, spec }
-}
-
-/// The bond named `master`, when every rack serving `subnet` defines it and all definitions agree.
-fn consistent_bond<'a>(master: &str, subnet: &str, racks: &'a [Rack]) -> Option<&'a Bond> {
-    let mut found: Option<&Bond> = None;
-    for rack in racks
-        .iter()
-        .filter(|r| r.ranges.iter().any(|x| x.subnet == subnet))
-    {
-        let bond = rack.bonds.iter().find(|b| b.name == master)?;
-        match found {
-            Some(previous) if previous != bond => return None,
-            _ => found = Some(bond),
-        }
-    }
-    found.filter(|b| b.interfaces.len() > 1)
 }
 
 #[cfg(test)]

@@ -28,12 +28,9 @@ pub use server::{
     DEFAULT_PORT, TlsSource, WebhookArgs, WebhookConfig, WebhookServer, bind, serve, url_target,
 };
 
-/// Label upstream's pool webhook sets to the pool's CIDR in label form (`10-6-0-0-16`).
-pub const LABEL_IPPOOL_CIDR: &str = "ipam.spidernet.io/ippool-cidr";
-/// Label upstream's subnet webhook sets to the subnet's CIDR in label form.
-pub const LABEL_SUBNET_CIDR: &str = "ipam.spidernet.io/subnet-cidr";
-/// Label the subnet controller puts on the pools it controls (value: the subnet's name).
-pub const LABEL_OWNER_SUBNET: &str = "ipam.spidernet.io/owner-spider-subnet";
+pub use spiderpool_schema::labels::{
+    LABEL_IPPOOL_CIDR, LABEL_OWNER_SPIDER_SUBNET as LABEL_OWNER_SUBNET, LABEL_SUBNET_CIDR,
+};
 
 /// What admission decided about one request: every problem (the request is refused when there is any),
 /// the mutation to apply (mutating webhooks only) and warnings shown to the client.

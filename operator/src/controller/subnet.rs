@@ -29,7 +29,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpNet, IpSet, parse_cidr};
-use spiderpool_schema::annotations::{AppRef, LABEL_OWNER_SPIDER_SUBNET};
+use spiderpool_schema::annotations::AppRef;
+use spiderpool_schema::labels::LABEL_OWNER_SPIDER_SUBNET;
 use spiderpool_schema::subnet::PoolIPPreAllocation;
 use spiderpool_schema::{SpiderIPPool, SpiderSubnet, SpiderSubnetSpec};
 

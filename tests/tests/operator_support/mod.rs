@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
-use spiderpool_operator::compile::LABEL_TOPOLOGY;
 use spiderpool_operator::controller::network::plan::ChildKind;
 use spiderpool_operator::metrics::Metrics;
 use spiderpool_schema::SpiderNetwork;
+use spiderpool_schema::labels::LABEL_TOPOLOGY;
 use spiderpool_tests::cluster::install_crd_yaml;
 use spiderpool_tests::{TestCluster, init_tracing, tools};
 
