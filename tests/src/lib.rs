@@ -21,12 +21,14 @@
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
 
+pub mod chaos;
 pub mod child;
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
 pub mod ipam;
 pub mod multus;
+pub mod node_object;
 pub mod node_sim;
 pub mod realnode;
 pub mod tools;
