@@ -24,6 +24,7 @@
 //! prerequisite is missing.
 
 pub mod admission;
+pub mod chaos;
 pub mod chart;
 pub mod child;
 pub mod cluster;
@@ -34,6 +35,7 @@ pub mod ipam;
 pub mod kubelet;
 pub mod multus;
 pub mod netns;
+pub mod node_object;
 pub mod node_sim;
 pub mod objects;
 pub mod oci;
