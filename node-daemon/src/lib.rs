@@ -13,6 +13,7 @@
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].
 //! - [`interfaces`]: carrying out the node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint,
 //!   probe and rollback.
+//! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 
 pub mod ahead;
 pub mod allocator;
@@ -26,5 +27,6 @@ pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod writer;

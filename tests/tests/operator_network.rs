@@ -20,8 +20,9 @@ use spiderpool_node_daemon::interfaces::agent::InterfaceAgent;
 use spiderpool_node_daemon::interfaces::executor::Executor;
 use spiderpool_node_daemon::interfaces::fake::{FakeHost, FakeKernel};
 use spiderpool_node_daemon::interfaces::state::StateDir;
-use spiderpool_operator::compile::{LABEL_MANAGED_BY, MANAGED_BY, compile};
+use spiderpool_operator::compile::compile;
 use spiderpool_operator::controller::network::CONTROLLER;
+use spiderpool_schema::labels::{LABEL_MANAGED_BY, MANAGED_BY};
 use spiderpool_schema::network::{Rack, RackRange};
 use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
 

@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::compile::LABEL_TOPOLOGY;
 use kube::ResourceExt as _;
 use spiderpool_schema::interfacetask::{GatewayProbe, TaskPhase, TaskProbe};
+use spiderpool_schema::labels::LABEL_TOPOLOGY;
 use spiderpool_schema::rollout::{RolloutConflict, RolloutPolicy, RolloutProgress};
 use spiderpool_schema::taskconflict::conflicts;
 use spiderpool_schema::{SpiderInterfaceTask, SpiderNetwork};

@@ -165,6 +165,8 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
         counts: input.counts,
         nodes,
         rollout: input.rollout,
+        // Written by the capacity writer under its own field manager.
+        capacity: None,
         problems: input.problems,
     }
 }
