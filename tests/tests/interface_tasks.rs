@@ -25,8 +25,8 @@ use spiderpool_node_daemon::interfaces::executor::Executor;
 use spiderpool_node_daemon::interfaces::fake::{FakeHost, FakeKernel};
 use spiderpool_node_daemon::interfaces::state::StateDir;
 use spiderpool_operator::compile::compile;
-use spiderpool_schema::labels::LABEL_TOPOLOGY;
 use spiderpool_schema::interfacetask::TaskPhase;
+use spiderpool_schema::labels::LABEL_TOPOLOGY;
 use spiderpool_schema::{SpiderInterfaceTask, SpiderNetwork};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
