@@ -196,8 +196,9 @@ const OPTIONS: &[(&str, Kind, Needs)] = &[
     ),
 ];
 
-/// `num_unsol_na` is the IPv6 name of `num_grat_arp` (one setting in the kernel).
-const ALIASES: &[(&str, &str)] = &[("num_unsol_na", "num_grat_arp")];
+/// `num_unsol_na` is the IPv6 name of `num_grat_arp` (one setting in the kernel); `up_delay` is how
+/// upstream's `ifacer` spells `updelay`.
+const ALIASES: &[(&str, &str)] = &[("num_unsol_na", "num_grat_arp"), ("up_delay", "updelay")];
 
 fn known_names() -> String {
     OPTIONS
@@ -217,8 +218,8 @@ fn lookup(name: &str) -> Option<&'static (&'static str, Kind, Needs)> {
 
 impl BondOption {
     /// Parses `name: value` as users write it. Numbers may be given for named choices; `on`/`off`,
-    /// `1`/`0` for switches; `arp_ip_target` takes addresses separated by `,` (optionally in `[ ]`,
-    /// upstream ifacer's array form).
+    /// `1`/`0` for switches; `arp_ip_target` takes addresses separated by `,` (optionally in `[ ]`
+    /// and quoted, upstream ifacer's array form `["10.0.0.1","10.0.0.2"]`).
     pub fn parse(name: &str, value: &str) -> Result<Self, BondOptionError> {
         let name = name.trim();
         if name == "mode" {
@@ -260,7 +261,7 @@ impl BondOption {
                 let addresses = list
                     .split([',', ' '])
                     .filter(|a| !a.is_empty())
-                    .map(|a| a.trim_start_matches('+').parse::<Ipv4Addr>())
+                    .map(|a| a.trim_matches('"').trim_start_matches('+').parse::<Ipv4Addr>())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|_| bad("IPv4 addresses separated by commas".to_owned()))?;
                 if addresses.len() > 16 {
@@ -533,6 +534,7 @@ mod tests {
         assert_eq!(parse("xmit_hash_policy", "Layer3+4").value_text(), "layer3+4");
         assert_eq!(parse("use_carrier", "on"), parse("use_carrier", "1"));
         assert_eq!(parse("num_unsol_na", "3").name, "num_grat_arp");
+        assert_eq!(parse("up_delay", "200").name, "updelay");
         assert_eq!(parse("miimon", " 100 ").to_string(), "miimon=100");
     }
 
@@ -545,6 +547,11 @@ mod tests {
         assert_eq!(
             parse("arp_ip_target", "10.0.0.1, 10.0.0.2").value_text(),
             "10.0.0.1,10.0.0.2"
+        );
+        assert_eq!(
+            parse("arp_ip_target", r#"["10.0.0.1","10.0.0.2"]"#).value_text(),
+            "10.0.0.1,10.0.0.2",
+            "upstream ifacer's array form"
         );
         assert_eq!(
             parse("ad_actor_system", "02:00:00:00:00:0a").value,
