@@ -379,6 +379,28 @@ async fn the_rollout_keeps_to_max_unavailable_and_a_failing_node_pauses_it() -> 
         failed.status.as_ref().and_then(|s| s.reason.clone()).as_deref(),
         Some("ApplyFailed")
     );
+    // The failure is an Event on the task too.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
+    let selector = format!(
+        "involvedObject.name={},involvedObject.kind=SpiderInterfaceTask",
+        failed.name_any()
+    );
+    let event = wait_for("a Warning Event on the failed task", TIMEOUT, || async {
+        let list = events.list(&ListParams::default().fields(&selector)).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("ApplyFailed")))
+    })
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("injected failure")),
+        "{event:?}"
+    );
 
     // The engineer changes the topology (the next mode); the rollout goes on to the end.
     nodes[1].host.with(|n| n.failing.clear());

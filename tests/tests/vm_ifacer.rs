@@ -37,7 +37,7 @@ mod guest {
     use std::process::{Command, Stdio};
 
     use serde_json::{Value, json};
-    use spiderpool_tests::vm::guest::{bonding_status, ip, require_vm};
+    use spiderpool_tests::vm::guest::{self, bonding_status, ip, require_vm};
 
     /// Runs plugin `/test/cni/<plugin>` with `command` for container `id` (netns `/var/run/netns/<id>`).
     fn cni(plugin: &str, command: &str, id: &str, netconf: &Value) -> (bool, Value) {
@@ -69,14 +69,11 @@ mod guest {
     }
 
     fn dummies(names: &[&str]) {
-        for name in names {
-            ip(&["link", "add", name, "type", "dummy"]).unwrap();
-            ip(&["link", "set", name, "up"]).unwrap();
-        }
+        guest::dummies(names).unwrap();
     }
 
     fn link(name: &str) -> String {
-        ip(&["-d", "link", "show", "dev", name]).unwrap_or_else(|e| format!("<{e}>"))
+        guest::link_details(name)
     }
 
     fn index(name: &str) -> String {
@@ -84,7 +81,7 @@ mod guest {
     }
 
     fn exists(name: &str) -> bool {
-        ip(&["link", "show", "dev", name]).is_ok()
+        guest::link_exists(name)
     }
 
     /// A pod: its namespace, and the main plugin ADDed on `master` with a static address.
@@ -191,7 +188,10 @@ mod guest {
         let result = pod_on("fb-pod", "ipvlan", "fbond.30", "10.30.0.7/24");
         assert_eq!(result["ips"][0]["address"], "10.30.0.7/24", "{result}");
         let inside = ip(&["-n", "fb-pod", "-d", "addr", "show", "dev", "net1"]).unwrap();
-        assert!(inside.contains("ipvlan") && inside.contains("10.30.0.7/24"), "{inside}");
+        assert!(
+            inside.contains("ipvlan") && inside.contains("10.30.0.7/24"),
+            "{inside}"
+        );
     }
 
     #[test]
@@ -225,9 +225,6 @@ mod guest {
         assert_eq!(error["details"], "the links this ADD created were removed again");
         assert!(!exists("fubond"), "{}", link("fubond"));
         let member = link("fu1");
-        assert!(
-            member.contains(",UP") && !member.contains("master"),
-            "{member}"
-        );
+        assert!(member.contains(",UP") && !member.contains("master"), "{member}");
     }
 }

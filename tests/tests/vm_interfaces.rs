@@ -27,7 +27,7 @@ mod guest {
     use spiderpool_node_daemon::interfaces::state::StateDir;
     use spiderpool_schema::SpiderInterfaceTask;
     use spiderpool_schema::interfacetask::TaskPhase;
-    use spiderpool_tests::vm::guest::{bonding_status, ip, require_vm};
+    use spiderpool_tests::vm::guest::{self, bonding_status, ip, require_vm};
 
     fn task(name: &str, generation: i64, yaml: &str) -> Task {
         let t: SpiderInterfaceTask = serde_saphyr::from_str(&format!(
@@ -55,18 +55,15 @@ mod guest {
     }
 
     fn dummies(names: &[&str]) {
-        for name in names {
-            ip(&["link", "add", name, "type", "dummy"]).unwrap();
-            ip(&["link", "set", name, "up"]).unwrap();
-        }
+        guest::dummies(names).unwrap();
     }
 
     fn link(name: &str) -> String {
-        ip(&["-d", "link", "show", "dev", name]).unwrap_or_else(|e| format!("<{e}>"))
+        guest::link_details(name)
     }
 
     fn exists(name: &str) -> bool {
-        ip(&["link", "show", "dev", name]).is_ok()
+        guest::link_exists(name)
     }
 
     #[tokio::test]
