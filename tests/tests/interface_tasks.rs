@@ -307,12 +307,17 @@ async fn the_rollout_keeps_to_max_unavailable_and_a_failing_node_pauses_it() -> 
     let name = network.name_any();
     create(&client, &network).await?;
 
-    // Watch every 100 ms until Ready: never more than two nodes changing at once.
+    // Watch every 100 ms until Ready: never more than two nodes changing at once, and a node's
+    // change in progress is visible as phase Applying (each operation takes 150 ms here).
     let mut most = 0;
+    let mut seen_applying = false;
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let tasks = tasks_of(&client, &name).await?;
         most = most.max(unfinished(&tasks, "802.3ad"));
+        seen_applying |= tasks
+            .iter()
+            .any(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Applying));
         assert!(most <= 2, "{most} nodes changing at once: {tasks:#?}");
         let api: Api<SpiderNetwork> = Api::all(client.clone());
         let live = api.get(&name).await?;
@@ -327,6 +332,7 @@ async fn the_rollout_keeps_to_max_unavailable_and_a_failing_node_pauses_it() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(most, 2, "the rollout used its room");
+    assert!(seen_applying, "no task was ever seen Applying");
     assert!(nodes.iter().all(|n| n.links().contains(&"bond0.120".to_owned())));
 
     // A change that fails on r1: r0 and r1 go first; r1 rolls back and pauses the rollout (r2 may have
