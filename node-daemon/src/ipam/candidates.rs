@@ -279,17 +279,21 @@ fn finish(input: &CandidateInput<'_>, source: Source, mut nics: Vec<NicRequest>,
 
 /// Replaces each wildcard by the matching pool names (in name order), keeping the written order and
 /// dropping repeats.
+/// Each pattern is parsed once and matched against each pool name in time linear in the name
+/// ([`glob`]).
 pub fn expand_wildcards(names: &[String], all: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(names.len());
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut push = |name: &String| {
-        if !out.contains(name) {
+        if seen.insert(name.clone()) {
             out.push(name.clone());
         }
     };
     for name in names {
         if glob::is_pattern(name) {
+            let pattern = glob::Pattern::new(name);
             all.iter()
-                .filter(|pool| glob::matches(name, pool))
+                .filter(|pool| pattern.matches(pool))
                 .for_each(&mut push);
         } else {
             push(name);
