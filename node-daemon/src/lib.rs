@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod endpoints;
 pub mod error;
+pub mod health;
 pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;

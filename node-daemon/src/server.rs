@@ -2,8 +2,6 @@
 //! metrics on TCP (for kubelet probes and Prometheus).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -19,14 +17,15 @@ use tracing::Instrument;
 
 use crate::allocator::Allocator;
 use crate::error::IpamError;
+use crate::health::Health;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// The allocator.
     pub allocator: Allocator,
-    /// Set once the caches have synced.
-    pub ready: Arc<AtomicBool>,
+    /// What the probes report; requests are refused until it says the agent started.
+    pub health: Health,
 }
 
 fn error_response(status: StatusCode, code: u32, msg: String) -> Response {
@@ -75,7 +74,7 @@ pub fn ipam_router(state: AppState) -> Router {
 }
 
 async fn healthy(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if state.health.started() {
         StatusCode::OK.into_response()
     } else {
         not_ready()
@@ -83,7 +82,7 @@ async fn healthy(State(state): State<AppState>) -> Response {
 }
 
 async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("add", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
@@ -105,7 +104,7 @@ async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Re
 }
 
 async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("del", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
@@ -126,7 +125,7 @@ async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Re
 }
 
 async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("release_all", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id);
@@ -144,7 +143,7 @@ async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArg
 }
 
 async fn gc(State(state): State<AppState>, Json(args): Json<IpamGcArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("gc", network = %args.net_name);
@@ -192,19 +191,37 @@ async fn workload_endpoint(State(state): State<AppState>, Query(query): Query<En
 /// Health (`/v1/runtime/{startup,readiness,liveness}`, upstream's probe paths) and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/runtime/startup", get(probe_ready))
-        .route("/v1/runtime/readiness", get(probe_ready))
-        .route("/v1/runtime/liveness", get(|| async { StatusCode::OK }))
+        .route("/v1/runtime/startup", get(probe_startup))
+        .route("/v1/runtime/readiness", get(probe_readiness))
+        .route("/v1/runtime/liveness", get(probe_liveness))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn probe_ready(State(state): State<AppState>) -> StatusCode {
-    if state.ready.load(Ordering::Acquire) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+fn probe(result: Result<(), String>) -> Response {
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
+}
+
+/// Started: the caches synced and the socket is served.
+async fn probe_startup(State(state): State<AppState>) -> Response {
+    probe(if state.health.started() {
+        Ok(())
+    } else {
+        Err("starting: the caches have not synced yet".to_owned())
+    })
+}
+
+/// Can serve an ADD ([`Health::readiness`]).
+async fn probe_readiness(State(state): State<AppState>) -> Response {
+    probe(state.health.readiness())
+}
+
+/// No pool writer is stuck ([`Health::liveness`]).
+async fn probe_liveness(State(state): State<AppState>) -> Response {
+    probe(state.health.liveness())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -229,4 +246,61 @@ pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         Err(e) => return Err(e),
     }
     tokio::net::UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::fake::FakeApi;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::writer::PoolWriters;
+
+    fn state() -> AppState {
+        let (fake, stores) = FakeApi::new("n1");
+        let config = Config::new("n1");
+        let health = Health::new(Duration::from_secs(30));
+        let writers = PoolWriters::new(
+            fake.clone(),
+            &config,
+            stores.clone(),
+            Metrics::new(),
+            health.clone(),
+        );
+        let allocator = Allocator::new(fake, config, stores, writers, Metrics::new());
+        AppState { allocator, health }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_follow_startup_stuck_writers_and_the_api_server() {
+        let state = state();
+        let status = |r: Response| r.status();
+        assert_eq!(
+            status(probe_startup(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(probe_liveness(State(state.clone())).await), StatusCode::OK);
+        state.health.set_started();
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::OK
+        );
+        let _stuck = state.health.step("p", "writing the pool status");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(
+            status(probe_liveness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(probe_startup(State(state)).await), StatusCode::OK);
+    }
 }

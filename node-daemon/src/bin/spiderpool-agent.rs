@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,8 +11,10 @@ use clap::Parser;
 use spiderpool_node_daemon::ahead::ReserveAhead;
 use spiderpool_node_daemon::allocator::Allocator;
 use spiderpool_node_daemon::api::ClusterApi;
+use spiderpool_node_daemon::api::deadline::Deadline;
 use spiderpool_node_daemon::api::kube::KubeApi;
 use spiderpool_node_daemon::config::{Config, LeaseTuning};
+use spiderpool_node_daemon::health::Health;
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::store::Stores;
@@ -91,6 +92,10 @@ struct Args {
     /// instead of on their first ADD (node-daemon/README.md, "Reserving ahead").
     #[arg(long, env = "SPIDERPOOL_RESERVE_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
     reserve_ahead: bool,
+    /// Deadline of one call to the API server, in seconds (kube's client has none of its own). A pool
+    /// writer whose call or decision takes three times this long is stuck, and liveness fails.
+    #[arg(long, env = "SPIDERPOOL_API_TIMEOUT_SECONDS", default_value_t = 10)]
+    api_timeout_seconds: u64,
     /// Deadline of one ADD or DEL, in seconds.
     #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     request_timeout_seconds: u64,
@@ -119,11 +124,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let api_timeout = Duration::from_secs(args.api_timeout_seconds.clamp(1, 3600));
+    let (client, watch_client) = clients(api_timeout).await?;
     let metrics = Metrics::new();
-    let stores = Stores::start(&client, &args.node_name);
+    let health = Health::new(api_timeout * 3);
+    let stores = Stores::start(&watch_client, &args.node_name);
     let config = Config {
         node_name: args.node_name.clone(),
         namespace: args.namespace.clone(),
@@ -145,8 +150,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_seconds),
         auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
     };
-    let api: Arc<dyn ClusterApi> = Arc::new(KubeApi::new(client.clone()));
-    let writers = PoolWriters::new(api.clone(), &config, stores.clone(), metrics.clone());
+    let api: Arc<dyn ClusterApi> = Arc::new(Deadline::new(
+        Arc::new(KubeApi::new(client.clone())),
+        api_timeout,
+        health.clone(),
+    ));
+    let writers = PoolWriters::new(
+        api.clone(),
+        &config,
+        stores.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
     let allocator = Allocator::new(
         api.clone(),
         config.clone(),
@@ -154,10 +169,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         writers.clone(),
         metrics,
     );
-    let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         allocator,
-        ready: ready.clone(),
+        health: health.clone(),
     };
 
     let listener = server::bind_socket(&args.socket_path)
@@ -190,7 +204,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.reserve_ahead && args.node_reservation_size > 0 {
         tokio::spawn(ReserveAhead::new(api, config, stores.clone(), writers).run());
     }
-    ready.store(true, Ordering::Release);
+    health.set_started();
     tracing::info!("caches synced; ready");
 
     ipam.await
@@ -199,6 +213,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket_path);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The client for API calls (each read bounded by `api_timeout`, besides the deadline every call gets
+/// from [`Deadline`]) and the client for the watches, whose reads may wait for the API server's
+/// watch timeout (290 s by default, ended by the server) but not forever (a list that never
+/// answers, a connection blackholed before the watch began).
+async fn clients(api_timeout: Duration) -> anyhow::Result<(kube::Client, kube::Client)> {
+    let config = kube::Config::infer()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let mut calls = config.clone();
+    calls.read_timeout = Some(api_timeout);
+    calls.reset_reader_on_write = true;
+    let mut watches = config;
+    watches.read_timeout = Some(Duration::from_secs(330));
+    watches.reset_reader_on_write = true;
+    Ok((
+        kube::Client::try_from(calls).context("building the API client")?,
+        kube::Client::try_from(watches).context("building the watch client")?,
+    ))
 }
 
 async fn shutdown_signal() {
