@@ -10,7 +10,8 @@
 //! - API I/O: [`api`] (the narrow face of the API server, a kube implementation and a fake),
 //!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
 //! - [`config`], [`error`], [`clock`].
-//! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].
+//! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
+//!   node, root only); [`health`]; [`metrics`].
 
 pub mod ahead;
 pub mod allocator;
@@ -24,5 +25,6 @@ pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
 pub mod server;
+pub mod socket;
 pub mod store;
 pub mod writer;

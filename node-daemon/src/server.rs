@@ -1,8 +1,6 @@
 //! The HTTP faces of the daemon: the IPAM API on the unix socket (for the CNI plugin), and health and
 //! metrics on TCP (for kubelet probes and Prometheus).
 
-use std::path::Path;
-
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -233,19 +231,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.allocator.metrics().encode(),
     )
         .into_response()
-}
-
-/// Binds the unix socket, replacing a stale one (a previous daemon's), with the directory created.
-pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    tokio::net::UnixListener::bind(path)
 }
 
 #[cfg(test)]

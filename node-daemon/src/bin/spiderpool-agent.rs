@@ -17,6 +17,7 @@ use spiderpool_node_daemon::config::{Config, LeaseTuning};
 use spiderpool_node_daemon::health::Health;
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
+use spiderpool_node_daemon::socket;
 use spiderpool_node_daemon::store::Stores;
 use spiderpool_node_daemon::writer::PoolWriters;
 
@@ -33,9 +34,14 @@ struct Args {
     /// The daemon's namespace (`multusName` entries without a namespace refer to it).
     #[arg(long, env = "SPIDERPOOL_POD_NAMESPACE", default_value = "kube-system")]
     namespace: String,
-    /// Unix socket of the IPAM API.
+    /// Unix socket of the IPAM API (mode 0600, root only). The agent locks `<socket>.lock` so that it
+    /// is the only agent of its node.
     #[arg(long, env = "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH", default_value = spiderpool_agent_api::DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
+    /// How long to wait for another agent holding the socket's lock to exit before refusing to start,
+    /// in seconds.
+    #[arg(long, env = "SPIDERPOOL_LOCK_WAIT_SECONDS", default_value_t = 10)]
+    lock_wait_seconds: u64,
     /// Health probes (`/v1/runtime/*`) and metrics (`/metrics`) listen here; `off` disables.
     #[arg(long, env = "SPIDERPOOL_HEALTH_ADDRESS", default_value = "0.0.0.0:5710")]
     health_address: String,
@@ -124,6 +130,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // First of all: be the only agent of this node.
+    let lock = socket::lock(
+        &args.socket_path,
+        &args.node_name,
+        Duration::from_secs(args.lock_wait_seconds.min(3600)),
+    )
+    .await?;
     let api_timeout = Duration::from_secs(args.api_timeout_seconds.clamp(1, 3600));
     let (client, watch_client) = clients(api_timeout).await?;
     let metrics = Metrics::new();
@@ -174,8 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         health: health.clone(),
     };
 
-    let listener = server::bind_socket(&args.socket_path)
-        .with_context(|| format!("binding the IPAM socket {}", args.socket_path.display()))?;
+    let (listener, socket_file) = socket::bind(&args.socket_path, &lock, state.allocator.metrics().clone())?;
     tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
     let ipam =
         axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
@@ -207,10 +219,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     health.set_started();
     tracing::info!("caches synced; ready");
 
-    ipam.await
+    let served = ipam.await;
+    socket_file.remove_if_ours();
+    drop(lock);
+    served
         .context("the IPAM server task")?
         .context("serving the IPAM API")?;
-    let _ = std::fs::remove_file(&args.socket_path);
     tracing::info!("stopped");
     Ok(())
 }
