@@ -148,6 +148,7 @@ impl Inner {
         if state.has_viewed(cached.metadata.resource_version.as_deref()) {
             return;
         }
+        state.set_cooldown(self.cooldown_of(pool, &cached));
         let generation = cached.metadata.generation;
         let usable = match state.usable_count_at(generation) {
             Some(count) => count,
@@ -179,12 +180,25 @@ impl Inner {
         });
     }
 
+    /// The pool's own release cooldown, from its annotation (a bad one is logged and ignored).
+    fn cooldown_of(&self, name: &str, pool: &SpiderIPPool) -> Option<Duration> {
+        match pool::release_cooldown(pool, self.tuning.release_cooldown) {
+            Ok(cooldown) => Some(cooldown),
+            Err(why) => {
+                tracing::warn!(pool = name, why, "ignoring the pool's release cooldown");
+                None
+            }
+        }
+    }
+
     /// Answers from the state what it can answer at once ([`Reservations::answer`]), leaving the rest
     /// in `batch`.
     fn serve_from_state(&self, pool: &str, state: &mut Reservations, batch: &mut Vec<Request>, now: Instant) {
         let mut rest = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
-            match state.answer(&request.op, now, |family| self.handout_gate(pool, family)) {
+            match state.answer(&request.op, now, &self.tuning, |family| {
+                self.handout_gate(pool, family)
+            }) {
                 Some(outcome) => {
                     if matches!(outcome, Outcome::Allocated(_)) {
                         self.metrics.reserved_handout();
@@ -359,7 +373,9 @@ impl PoolWriters {
         if matches!(op, Op::Allocate { .. }) {
             state.note_demand(now);
         }
-        let outcome = state.answer(op, now, |family| self.inner.handout_gate(pool, family))?;
+        let outcome = state.answer(op, now, &self.inner.tuning, |family| {
+            self.inner.handout_gate(pool, family)
+        })?;
         drop(state);
         handle.wake.notify_one();
         if matches!(outcome, Outcome::Allocated(_)) {
@@ -527,6 +543,8 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         );
     }
     let family = current.as_ref().and_then(pool::family);
+    let cooldown = current.as_ref().and_then(|p| inner.cooldown_of(pool, p));
+    handle.state().set_cooldown(cooldown);
     handle.state().recover(
         &records,
         recovered,
@@ -627,7 +645,14 @@ async fn round(
             }
         };
         let Some(allocated_ips) = decided.text.clone() else {
-            if !batch.is_empty() && !read_now {
+            // (Requests that only wait for other nodes' reservations or a cooldown are answered
+            // nothing: they need no read, and ask again when the cache shows the pool changed.)
+            let answers = decided
+                .output
+                .outcomes
+                .iter()
+                .any(|o| !matches!(o, Outcome::Wait(_)));
+            if answers && !read_now {
                 // Nothing to write, so no resourceVersion check will catch a stale decision: the
                 // answers (a retried ADD's address, a release of what is not held) must come from
                 // the pool as it is, not as this node last wrote or saw it. Read it and decide again.
@@ -783,6 +808,8 @@ fn prepare(
             converting: &plan.converting,
             releasing: &plan.releasing,
             keep_released: plan.keep_released,
+            hold_releases: plan.hold_releases,
+            cooling: plan.cooling,
             returning: &plan.returning,
             kept: &kept,
             ops: &ops,
@@ -821,12 +848,13 @@ fn finish(
 ) -> Vec<Request> {
     handle.state().committed(
         plan,
-        &decided.output.reserved,
+        &decided.output,
         &decided.records,
         &decided.usable,
         written.metadata.generation,
         written.metadata.resource_version.as_deref(),
         clock::now(),
+        &inner.tuning,
     );
     report_records(pool, handle, inner, &decided.output);
     for (ip, holder, why) in &decided.output.lost {

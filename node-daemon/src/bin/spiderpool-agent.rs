@@ -93,6 +93,12 @@ struct Args {
         hide = true
     )]
     node_reservation_flush_max_age_ms: u64,
+    /// How long an address released by a pod cools down before it is handed out again, in
+    /// milliseconds (the old sandbox may still answer ARP for it); a pool's annotation
+    /// `spiderpool.spidernet.io/release-cooldown-seconds` overrides it. Allocations that find only
+    /// cooling addresses wait for them, so an exactly full pool still serves.
+    #[arg(long, env = "SPIDERPOOL_RELEASE_COOLDOWN_MS", default_value_t = 5000)]
+    release_cooldown_ms: u64,
     /// Reserve addresses for the pods bound to this node as soon as they are bound, in the pools
     /// their ADDs will ask (guessed from their annotations, namespace and NetworkAttachmentDefinition),
     /// instead of on their first ADD (node-daemon/README.md, "Reserving ahead").
@@ -158,6 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_size: args.node_reservation_size,
             flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms),
             flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms),
+            release_cooldown: Duration::from_millis(args.release_cooldown_ms.min(300_000)),
             ..LeaseTuning::default()
         },
         request_timeout: Duration::from_secs(args.request_timeout_seconds),

@@ -514,3 +514,68 @@ async fn a_writer_that_died_is_replaced_by_one_that_recovers_the_pool() {
     assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
     assert_eq!(w.fake.count(CallKind::GetPool), 2);
 }
+
+/// Releases `ip` for pod `pod` through the writer.
+fn release(pod: &str, address: &str) -> Op {
+    Op::Release {
+        ip: ip(address),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_released_address_is_not_handed_out_again_before_its_cooldown_and_a_full_pool_still_serves() {
+    let w = world(LeaseTuning::default());
+    // Exactly full: a holds the only address.
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.1", &[]));
+    assert_eq!(
+        w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap(),
+        Outcome::Allocated(ip("10.0.0.1"))
+    );
+    w.writers
+        .submit("p", release("a", "10.0.0.1"), TIMEOUT)
+        .await
+        .unwrap();
+    // b asks at once: the old sandbox may still answer ARP for 10.0.0.1, so b waits for the cooldown
+    // (5 s by default) instead of failing or getting it now.
+    let started = tokio::time::Instant::now();
+    let writers = w.writers.clone();
+    let b = tokio::spawn(async move { writers.submit("p", alloc("b"), Duration::from_secs(30)).await });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !b.is_finished(),
+        "b got an address within the cooldown: {:?}",
+        b.await
+    );
+    assert_eq!(b.await.unwrap().unwrap(), Outcome::Allocated(ip("10.0.0.1")));
+    assert!(started.elapsed() >= LeaseTuning::default().release_cooldown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_may_set_its_own_cooldown() {
+    let w = world(LeaseTuning::default());
+    let mut immediate = pool("p", "10.0.0.1-10.0.0.1", &[]);
+    immediate.metadata.annotations = Some(
+        [(
+            crate::ipam::pool::ANNO_RELEASE_COOLDOWN.to_owned(),
+            "0".to_owned(),
+        )]
+        .into(),
+    );
+    w.fake.put_pool(immediate);
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    w.writers
+        .submit("p", release("a", "10.0.0.1"), TIMEOUT)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap(),
+        Outcome::Allocated(ip("10.0.0.1"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
