@@ -258,6 +258,84 @@ mod tests {
         AppState { allocator, health }
     }
 
+    /// Sends raw `request` bytes over the socket and returns the status line (empty: the server
+    /// closed the connection without one).
+    fn raw(socket: &std::path::Path, request: &[u8]) -> String {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+            return "unreachable".to_owned();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        // (No half-close after writing: hyper closes a connection whose client half-closes before the
+        // answer is written.)
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn post(body: &[u8]) -> Vec<u8> {
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            spiderpool_agent_api::PATH_IP,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    }
+
+    /// What a plugin (or anything that can open the socket) sends cannot panic the daemon or stop it
+    /// serving: every such request gets a client error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_request_body_panics_the_daemon_or_stops_it_serving() {
+        let state = state();
+        state.health.set_started();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let lock = crate::socket::lock(&socket, "n1", Duration::ZERO).await.unwrap();
+        let (listener, _file) = crate::socket::bind(&socket, &lock, Metrics::new()).unwrap();
+        tokio::spawn(async move { axum::serve(listener, ipam_router(state)).await });
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000)).into_bytes();
+        let deep_object = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000)).into_bytes();
+        let huge = vec![b'a'; 3 * 1024 * 1024];
+        let numbers = br#"{"containerID":"c","ifName":"eth0","podNamespace":"ns","podName":1e999999999,"netName":18446744073709551616123}"#.to_vec();
+        let not_utf8 = vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'];
+        let wrong_types =
+            br#"{"containerID":["x"],"ifName":{"a":1},"podNamespace":null,"podName":true}"#.to_vec();
+        let chunked = b"POST /v1/ipam/ip HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\nffffffffffffffffffffff\r\nabc\r\n0\r\n\r\n".to_vec();
+        let mut requests: Vec<Vec<u8>> = [deep, deep_object, huge, numbers, not_utf8, wrong_types]
+            .iter()
+            .map(|body| post(body))
+            .collect();
+        requests.push(chunked);
+        for request in requests {
+            let socket = socket.clone();
+            let status = tokio::task::spawn_blocking(move || raw(&socket, &request))
+                .await
+                .unwrap();
+            assert!(status.starts_with("HTTP/1.1 4"), "unexpected answer {status:?}");
+        }
+        let socket_for_check = socket.clone();
+        let healthy = tokio::task::spawn_blocking(move || {
+            raw(
+                &socket_for_check,
+                format!(
+                    "GET {} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n",
+                    spiderpool_agent_api::PATH_HEALTHY
+                )
+                .as_bytes(),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn probes_follow_startup_stuck_writers_and_the_api_server() {
         let state = state();

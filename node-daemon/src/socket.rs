@@ -92,7 +92,7 @@ pub async fn lock(socket: &Path, node: &str, wait: Duration) -> Result<AgentLock
         .mode(0o600)
         .open(&path)
         .map_err(io("opening", &path))?;
-    let deadline = clock::now() + wait;
+    let deadline = clock::deadline_in(wait);
     loop {
         match file.try_lock() {
             Ok(()) => break,

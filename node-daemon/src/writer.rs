@@ -294,7 +294,7 @@ impl PoolWriters {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             op,
-            deadline: clock::now() + timeout,
+            deadline: clock::deadline_in(timeout),
             reply,
             waiting_for: None,
         };
@@ -453,7 +453,7 @@ impl Refusals {
             } else {
                 (self.pause * 2).min(Self::MAX)
             };
-            self.until = Some(clock::now() + self.pause);
+            self.until = Some(clock::deadline_in(self.pause));
         } else {
             *self = Refusals::default();
         }
@@ -987,7 +987,7 @@ async fn newer_from_store(
     tried: Option<&str>,
     wait: Duration,
 ) -> Option<SpiderIPPool> {
-    let deadline = clock::now() + wait;
+    let deadline = clock::deadline_in(wait);
     loop {
         if let Some(cached) = inner.stores.pool(pool)
             && is_newer(cached.metadata.resource_version.as_deref(), tried)

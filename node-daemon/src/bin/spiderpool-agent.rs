@@ -135,6 +135,10 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+/// The longest any duration flag is taken to be, in seconds: flags are bounded so that no value of
+/// theirs can overflow a deadline.
+const DAY: u64 = 86_400;
+
 async fn run(args: Args) -> anyhow::Result<()> {
     // First of all: be the only agent of this node.
     let lock = socket::lock(
@@ -162,13 +166,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_allocated_ips: args.max_allocated_ips,
         lease: LeaseTuning {
             max_size: args.node_reservation_size,
-            flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms),
-            flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms),
+            flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms.min(DAY * 1000)),
+            flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms.min(DAY * 1000)),
             release_cooldown: Duration::from_millis(args.release_cooldown_ms.min(300_000)),
             ..LeaseTuning::default()
         },
-        request_timeout: Duration::from_secs(args.request_timeout_seconds),
-        auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
+        request_timeout: Duration::from_secs(args.request_timeout_seconds.min(DAY)),
+        auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds.min(DAY)),
     };
     let api: Arc<dyn ClusterApi> = Arc::new(Deadline::new(
         Arc::new(KubeApi::new(client.clone())),

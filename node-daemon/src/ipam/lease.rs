@@ -445,7 +445,7 @@ pub fn even_share(unheld: usize, others: usize) -> usize {
 /// spend a write on one address; never below `keep` (its next pod or two).
 pub fn excess_to_return(unused: usize, target: usize, keep: usize) -> usize {
     let keep_up_to = target.max(keep);
-    if unused > keep_up_to + (target / 4).max(keep) {
+    if unused > keep_up_to.saturating_add((target / 4).max(keep)) {
         unused - keep_up_to
     } else {
         0

@@ -141,6 +141,14 @@ impl RoundPlan {
     }
 }
 
+/// `at` plus `duration`, saturating: durations come from flags, requests and pool annotations, and
+/// no value of theirs may panic the daemon (a century from `at` means never).
+pub fn later(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// How many of `ops` give a pod an address (allocations, and rebinds of a sticky pod's retained
 /// address to its new incarnation).
 pub fn gives_addresses<'a>(ops: impl IntoIterator<Item = &'a Op>) -> usize {
@@ -435,7 +443,7 @@ impl Reservations {
                         self.releasing.insert(*ip, pod_uid.clone());
                         self.note_pending(now);
                     } else {
-                        self.cooling.insert(*ip, now + self.cooldown(tuning));
+                        self.cooling.insert(*ip, later(now, self.cooldown(tuning)));
                     }
                     return Some(Outcome::Released(true));
                 }
@@ -473,22 +481,22 @@ impl Reservations {
         }
         if self.has_pending() {
             if let Some(last) = self.last_pending {
-                consider(last + tuning.flush_idle);
+                consider(later(last, tuning.flush_idle));
             }
             if let Some(oldest) = self.oldest_pending {
-                consider(oldest + tuning.flush_max_age);
+                consider(later(oldest, tuning.flush_max_age));
             }
         }
         if !self.free.is_empty() {
-            consider(self.last_demand.unwrap_or(now) + self.idle_return(tuning));
+            consider(later(self.last_demand.unwrap_or(now), self.idle_return(tuning)));
             if self.excess(tuning) > 0 {
                 consider(now);
             } else if !self.tight {
-                consider(now + TIGHT_CHECK);
+                consider(later(now, TIGHT_CHECK));
             }
         }
         if self.ready && self.refill_wanted(now, tuning) {
-            consider(self.short_refill.map_or(now, |t| t + SHORT_REFILL_PAUSE));
+            consider(self.short_refill.map_or(now, |t| later(t, SHORT_REFILL_PAUSE)));
         }
         due
     }
@@ -619,8 +627,8 @@ impl Reservations {
         now: Instant,
         tuning: &Tuning,
     ) {
-        let got = output.reserved.len() - output.released.len();
-        let cooled_at = now + self.cooldown(tuning);
+        let got = output.reserved.len().saturating_sub(output.released.len());
+        let cooled_at = later(now, self.cooldown(tuning));
         for ip in &output.reserved {
             if output.released.contains(ip) {
                 self.cooling.insert(*ip, cooled_at);

@@ -579,3 +579,11 @@ async fn a_pool_may_set_its_own_cooldown() {
         started.elapsed()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn any_timeout_however_large_is_taken_without_panicking() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    let outcome = w.writers.submit("p", alloc("a"), Duration::MAX).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+}
