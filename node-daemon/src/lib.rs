@@ -12,6 +12,7 @@
 //! - [`config`], [`error`], [`clock`].
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
 //!   node, root only); [`health`]; [`metrics`].
+//! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 
 pub mod ahead;
 pub mod allocator;
@@ -25,6 +26,7 @@ pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
 pub mod server;
+pub mod settings;
 pub mod socket;
 pub mod store;
 pub mod writer;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use spiderpool_schema::annotations::SubnetItem;
 
 /// Candidate pools for the interface being added: `{"ipv4":["p1"],"ipv6":["p6"]}`.
 pub const ANNO_IPPOOL: &str = "ipam.spidernet.io/ippool";
@@ -45,6 +46,13 @@ pub struct AnnotationError {
     pub reason: String,
 }
 
+/// The shared SpiderSubnet parser's error, in this module's shape.
+impl From<spiderpool_schema::annotations::AnnotationError> for AnnotationError {
+    fn from(e: spiderpool_schema::annotations::AnnotationError) -> Self {
+        AnnotationError::new(e.annotation, e.reason)
+    }
+}
+
 impl AnnotationError {
     fn new(annotation: &str, reason: impl Into<String>) -> Self {
         AnnotationError {
@@ -82,20 +90,6 @@ pub struct PoolsItem {
     pub cleangateway: bool,
 }
 
-/// One item of `ipam.spidernet.io/subnets` (or the single `subnet` object).
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-pub struct SubnetItem {
-    /// Interface the item is for.
-    #[serde(default)]
-    pub interface: String,
-    /// IPv4 SpiderSubnet names; upstream uses only the first.
-    #[serde(default)]
-    pub ipv4: Vec<String>,
-    /// IPv6 SpiderSubnet names; upstream uses only the first.
-    #[serde(default)]
-    pub ipv6: Vec<String>,
-}
-
 /// One route of `ipam.spidernet.io/routes`.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RouteItem {
@@ -105,7 +99,7 @@ pub struct RouteItem {
     pub gw: String,
 }
 
-fn parse<T: DeserializeOwned>(annotation: &str, text: &str) -> Result<T, AnnotationError> {
+fn check_size(annotation: &str, text: &str) -> Result<(), AnnotationError> {
     if text.len() > MAX_VALUE_BYTES {
         return Err(AnnotationError::new(
             annotation,
@@ -115,6 +109,11 @@ fn parse<T: DeserializeOwned>(annotation: &str, text: &str) -> Result<T, Annotat
             ),
         ));
     }
+    Ok(())
+}
+
+fn parse<T: DeserializeOwned>(annotation: &str, text: &str) -> Result<T, AnnotationError> {
+    check_size(annotation, text)?;
     serde_json::from_str(text).map_err(|e| AnnotationError::new(annotation, format!("invalid JSON: {e}")))
 }
 
@@ -158,26 +157,38 @@ pub fn parse_ippools(text: &str) -> Result<Vec<PoolsItem>, AnnotationError> {
     Ok(items)
 }
 
-/// Parses `ipam.spidernet.io/subnet` (one object) or `ipam.spidernet.io/subnets` (a list).
-pub fn parse_subnets(annotation: &str, text: &str) -> Result<Vec<SubnetItem>, AnnotationError> {
-    let items: Vec<SubnetItem> = if annotation == ANNO_SUBNET {
-        vec![parse(annotation, text)?]
-    } else {
-        parse(annotation, text)?
+/// The SpiderSubnets a pod asks for, read by the rules the operator shares
+/// ([`spiderpool_schema::annotations::parse_subnet_items`]), within this daemon's bounds: the value's
+/// size is checked before it is parsed, the number of items and the names' lengths after.
+pub fn parse_subnets(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<(&'static str, Vec<SubnetItem>)>, AnnotationError> {
+    for key in [ANNO_SUBNETS, ANNO_SUBNET] {
+        if let Some(text) = annotations.get(key) {
+            check_size(key, text)?;
+        }
+    }
+    let Some((key, items)) = spiderpool_schema::annotations::parse_subnet_items(annotations)? else {
+        return Ok(None);
     };
-    if items.is_empty() {
-        return Err(AnnotationError::new(annotation, "the list is empty"));
-    }
-    check_count(annotation, "items", items.len(), MAX_ITEMS)?;
-    let names: usize = items.iter().map(|i| i.ipv4.len() + i.ipv6.len()).sum();
-    check_count(annotation, "subnet names", names, MAX_NAMES)?;
-    if annotation == ANNO_SUBNETS {
-        check_interfaces(annotation, items.iter().map(|i| i.interface.as_str()))?;
-    }
+    check_count(key, "items", items.len(), MAX_ITEMS)?;
     for (index, item) in items.iter().enumerate() {
-        check_names(annotation, &format!("[{index}]."), &item.ipv4, &item.ipv6)?;
+        if item.interface.len() > MAX_INTERFACE_LEN {
+            return Err(AnnotationError::new(
+                key,
+                format!("[{index}].interface is longer than {MAX_INTERFACE_LEN} characters"),
+            ));
+        }
+        for (family, name) in [("ipv4", &item.ipv4), ("ipv6", &item.ipv6)] {
+            if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
+                return Err(AnnotationError::new(
+                    key,
+                    format!("[{index}].{family} is longer than {MAX_NAME_LEN} characters"),
+                ));
+            }
+        }
     }
-    Ok(items)
+    Ok(Some((key, items)))
 }
 
 /// Parses `ipam.spidernet.io/routes`, checking every destination and gateway.
@@ -388,28 +399,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.reason.contains("longer than 253"), "{err}");
+        let subnets = |key: &str, value: String| BTreeMap::from([(key.to_owned(), value)]);
+        let err = parse_subnets(&subnets(ANNO_SUBNET, " ".repeat(MAX_VALUE_BYTES + 1))).unwrap_err();
+        assert!(err.reason.contains("more than the 16384"), "{err}");
+        let items: Vec<serde_json::Value> = (0..=MAX_ITEMS)
+            .map(|i| serde_json::json!({"interface": format!("net{i}"), "ipv4": [format!("s{i}")]}))
+            .collect();
+        let err =
+            parse_subnets(&subnets(ANNO_SUBNETS, serde_json::Value::from(items).to_string())).unwrap_err();
+        assert!(err.reason.contains("33 items"), "{err}");
+        let long = serde_json::json!({"ipv6": ["s".repeat(MAX_NAME_LEN + 1)]}).to_string();
+        let err = parse_subnets(&subnets(ANNO_SUBNET, long)).unwrap_err();
+        assert!(err.reason.contains("[0].ipv6 is longer than 253"), "{err}");
+        let fine = parse_subnets(&subnets(ANNO_SUBNET, r#"{"ipv4":["s4"]}"#.to_owned())).unwrap();
+        assert_eq!(
+            fine.map(|(_, items)| items[0].ipv4.clone()),
+            Some(Some("s4".to_owned()))
+        );
         // Deeply nested JSON is refused by the parser, not a stack overflow.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(parse_routes(&deep).is_err());
     }
 
     #[test]
-    fn subnets_and_namespace_defaults() {
-        let one = parse_subnets(ANNO_SUBNET, r#"{"ipv4":["s4"]}"#).unwrap();
-        assert_eq!(one[0].ipv4, ["s4"]);
-        let many = parse_subnets(
-            ANNO_SUBNETS,
-            r#"[{"interface":"eth0","ipv4":["s4"]},{"interface":"net1","ipv6":["s6"]}]"#,
-        )
-        .unwrap();
-        assert_eq!(many.len(), 2);
-        assert!(
-            parse_subnets(
-                ANNO_SUBNETS,
-                r#"[{"interface":"eth0","ipv4":["s4"]},{"ipv4":["x"]}]"#
-            )
-            .is_err()
-        );
+    fn namespace_defaults() {
         let anns = BTreeMap::from([(ANNO_NS_DEFAULT_IPV4.to_owned(), r#"["a","b*"]"#.to_owned())]);
         assert_eq!(
             namespace_default_pools(&anns).unwrap(),

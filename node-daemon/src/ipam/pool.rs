@@ -34,13 +34,9 @@ pub fn release_cooldown(pool: &SpiderIPPool, default: Duration) -> Result<Durati
     }
 }
 
-/// The pool's IP family: `spec.ipVersion`, else its subnet's.
+/// The pool's IP family ([`spiderpool_schema::SpiderIPPoolSpec::family`]).
 pub fn family(pool: &SpiderIPPool) -> Option<IpFamily> {
-    pool.spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&pool.spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    })
+    pool.spec.family()
 }
 
 #[cfg(test)]
