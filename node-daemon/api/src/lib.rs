@@ -310,6 +310,10 @@ pub mod codes {
     pub const POD_NOT_ALIVE: u32 = 103;
     /// Releasing a StatefulSet's or VM's retained addresses was refused.
     pub const RELEASE_FORBIDDEN: u32 = 104;
+    /// Another host already answers for the address given to the pod (IP-conflict detection).
+    pub const IP_CONFLICT: u32 = 105;
+    /// The pod's gateway did not answer (gateway detection).
+    pub const GATEWAY_UNREACHABLE: u32 = 106;
     /// Internal error of the daemon.
     pub const INTERNAL: u32 = 999;
 }
