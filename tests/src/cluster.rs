@@ -211,7 +211,7 @@ impl std::fmt::Debug for TestCluster {
     }
 }
 
-fn temp_root() -> PathBuf {
+pub(crate) fn temp_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("SPIDERPOOL_TEST_TMPDIR") {
         return PathBuf::from(dir);
     }

@@ -13,6 +13,8 @@
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
+//! - [`vm`]: the kernel tier: Debian's kernel in a QEMU VM for bonds, VLANs and ipvlan, which the host
+//!   kernel lacks; a failing test inside the VM fails the host-side test.
 //!
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
@@ -24,6 +26,7 @@ pub mod ipam;
 pub mod multus;
 pub mod node_sim;
 pub mod tools;
+pub mod vm;
 pub mod watchdog;
 
 mod certs;

@@ -13,6 +13,14 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 packages=(etcd-server containernetworking-plugins iproute2 iputils-ping ca-certificates lua5.1)
+# The kernel tier (tests/src/vm.rs): QEMU boots Debian's kernel, which has the bonding, 802.1q, dummy
+# and ipvlan the host kernel lacks.
+#   qemu-system-x86  QEMU with software emulation, installed without recommends (on an image with
+#                    backports' qemu-utils this removes it: the two versions conflict; nothing here uses it)
+#   busybox-static   the guest's shell and tools
+#   kmod             depmod, for the downloaded kernel's modules.dep
+#   binutils         objcopy, to strip debug info from binaries copied into the guest
+packages+=(qemu-system-x86 busybox-static kmod binutils)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -45,6 +53,12 @@ for bin in /usr/bin/etcd /usr/lib/cni/macvlan /usr/lib/cni/host-local /usr/lib/c
 done
 command -v lua5.1 >/dev/null 2>&1 || { echo "install-test-deps.sh: 'lua5.1' is not on PATH" >&2; exit 1; }
 command -v ip >/dev/null 2>&1 || { echo "install-test-deps.sh: 'ip' (iproute2) is not on PATH" >&2; exit 1; }
+for bin in /usr/bin/qemu-system-x86_64 /bin/busybox; do
+  [ -x "$bin" ] || { echo "install-test-deps.sh: $bin is missing after installing ${packages[*]}" >&2; exit 1; }
+done
+
+# The kernel tier's Debian kernel: downloaded on the first run (about 70 MB), cached by version.
+bash "$here/vm-kernel.sh" >/dev/null
 
 # Builds kube-apiserver, kube-controller-manager and kube-scheduler on the first run (minutes; needs
 # Go and the Go module proxy), a no-op afterwards. Prints the directory of the binaries.
