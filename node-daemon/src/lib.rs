@@ -9,11 +9,15 @@
 //! - [`store`]: watch caches of pools, reserved IPs, namespaces, the node and its pods.
 //! - [`server`]: the unix-socket API and the health/metrics endpoints.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`coordinator`]: `GET /v1/coordinator/config`, the `coordinator` plugin's defaults for a pod.
+//! - [`sysctl`]: node sysctl tuning at start.
 
 pub mod ahead;
 pub mod allocator;
+pub mod coordinator;
 pub mod ipam;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod sysctl;
 pub mod writer;

@@ -22,6 +22,11 @@ pub const ANNO_IPPOOL_IP_NUMBER: &str = "ipam.spidernet.io/ippool-ip-number";
 /// Pod annotation: `true` (default) deletes the automatic pool with its application.
 pub const ANNO_IPPOOL_RECLAIM: &str = "ipam.spidernet.io/ippool-reclaim";
 
+/// Pod annotation: the pod interface that gets the default route (e.g. `net1`), read by the node daemon
+/// into the `coordinator` plugin's `podDefaultRouteNIC`; written by the topology compiler for app
+/// bindings that name one. Wins over the SpiderCoordinator's `podDefaultRouteNIC`.
+pub const ANNO_DEFAULT_ROUTE_NIC: &str = "ipam.spidernet.io/default-route-nic";
+
 /// Pool label: the SpiderSubnet the pool belongs to.
 pub const LABEL_OWNER_SPIDER_SUBNET: &str = "ipam.spidernet.io/owner-spider-subnet";
 /// Pool label: group and version of the application, `apps_v1` (`v1` for the core group).

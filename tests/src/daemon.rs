@@ -51,10 +51,21 @@ impl Daemon {
         let log = dir.join(format!("{node}.log"));
         let health_port = free_port()?;
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // The daemon runs in the host's namespace here: it must not tune the host's sysctls unless a
+        // test asks for it.
+        let tune = if extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--tune-sysctl-config"))
+        {
+            None
+        } else {
+            Some("--tune-sysctl-config=false")
+        };
         let child = Command::new(&binary)
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
+            .args(tune)
             .args(extra_args)
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env(

@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use spiderpool_node_daemon::allocator::{Allocator, Config};
+use spiderpool_node_daemon::coordinator::{self, Coordinators};
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::store::Stores;
+use spiderpool_node_daemon::sysctl;
 use spiderpool_node_daemon::writer::LeaseTuning;
 
 #[derive(Parser, Debug)]
@@ -96,6 +98,10 @@ struct Args {
     /// Worker threads of the runtime.
     #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
+    /// Tune the node's sysctls at start (neighbour table size, arp_notify, forwarding, rp_filter;
+    /// upstream's `tuneSysctlConfig`), each logged.
+    #[arg(long, env = "SPIDERPOOL_TUNE_SYSCTL_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    tune_sysctl_config: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +121,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.tune_sysctl_config {
+        sysctl::tune_node(args.enable_ipv4, args.enable_ipv6).context("tuning the node's sysctls")?;
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
@@ -151,8 +160,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind_socket(&args.socket_path)
         .with_context(|| format!("binding the IPAM socket {}", args.socket_path.display()))?;
     tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
-    let ipam =
-        axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let coordinators = Coordinators::start(&client, stores.pods.clone());
+    let router = server::ipam_router(state.clone()).merge(coordinator::router(coordinators));
+    let ipam = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
     let ipam = tokio::spawn(async move { ipam.await });
 
     if args.health_address != "off" {
