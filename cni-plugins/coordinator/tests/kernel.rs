@@ -1,0 +1,230 @@
+//! The shell against the host kernel, without the node daemon: a node namespace (uplink `eth0`
+//! towards a gateway namespace), a pod namespace with a macvlan `eth0` (and a second one, `net1`)
+//! made the way the macvlan plugin makes them, then ADD and DEL as the plugin runs them (from a
+//! thread inside the node's namespace). Every namespace is this test run's own. Needs root and
+//! iproute2.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use spiderpool_cni_common::cni::SpecVersion;
+use spiderpool_cni_common::log::LogConfig;
+use spiderpool_coordinator::config::{Config, Mode};
+use spiderpool_coordinator::plugin::{KernelNetwork, Network};
+use spiderpool_netlink::Netns;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Named namespaces removed on drop.
+struct Place {
+    names: Vec<String>,
+}
+
+impl Place {
+    fn name(&self, role: &str) -> String {
+        format!("{}-{role}", self.names[0])
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        for role in ["gw", "node", "pod"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name(role)])
+                .status();
+        }
+    }
+}
+
+fn sh(netns: &str, command: &str) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", netns, "sh", "-c", command])
+        .output()
+        .expect("iproute2");
+    assert!(
+        output.status.success(),
+        "{command} in {netns}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// gateway (10.6.0.1, fd00:6::1) -- veth -- node eth0 (10.6.0.2, fd00:6::2) with macvlan children
+/// in the pod: eth0 (10.6.0.10, fd00:6::10, default routes via the gateway) and net1 (10.7.0.10
+/// on a second subnet the node also has, default via 10.7.0.1).
+fn place() -> Place {
+    let id = format!(
+        "crdk{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let place = Place { names: vec![id] };
+    let (gw, node, pod) = (place.name("gw"), place.name("node"), place.name("pod"));
+    for name in [&gw, &node, &pod] {
+        let status = Command::new("ip").args(["netns", "add", name]).status().unwrap();
+        assert!(status.success(), "ip netns add {name} (needs root)");
+        sh(
+            name,
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0; ip link set lo up",
+        );
+    }
+    sh(
+        &node,
+        &format!("ip link add eth0 type veth peer name up0 netns {gw}"),
+    );
+    sh(
+        &gw,
+        "ip addr add 10.6.0.1/16 dev up0; ip addr add 10.7.0.1/24 dev up0; ip -6 addr add fd00:6::1/64 dev up0; ip link set up0 up",
+    );
+    sh(
+        &node,
+        "ip addr add 10.6.0.2/16 dev eth0; ip addr add 10.7.0.2/24 dev eth0; ip -6 addr add fd00:6::2/64 dev eth0; ip link set eth0 up",
+    );
+    sh(
+        &node,
+        &format!("ip link add mv0 link eth0 type macvlan mode bridge; ip link set mv0 netns {pod}"),
+    );
+    sh(
+        &node,
+        &format!("ip link add mv1 link eth0 type macvlan mode bridge; ip link set mv1 netns {pod}"),
+    );
+    sh(
+        &pod,
+        "ip link set mv0 name eth0; ip link set eth0 up; ip addr add 10.6.0.10/16 dev eth0; \
+         ip -6 addr add fd00:6::10/64 dev eth0; ip route add default via 10.6.0.1 dev eth0; \
+         ip -6 route add default via fd00:6::1 dev eth0; \
+         ip link set mv1 name net1; ip link set net1 up; ip addr add 10.7.0.10/24 dev net1; \
+         ip route append default via 10.7.0.1 dev net1",
+    );
+    place
+}
+
+fn config() -> Config {
+    Config {
+        cni_version: SpecVersion::V1_0_0,
+        name: "test".into(),
+        prev_result: None,
+        mode: Mode::Auto,
+        tune_pod_routes: true,
+        pod_default_route_nic: String::new(),
+        first_nic: "eth0".into(),
+        mac_prefix: Some([0x0a, 0x1b]),
+        hijack: vec!["10.96.0.0/12".parse().unwrap(), "fd00:96::/108".parse().unwrap()],
+        policy_routes: Vec::new(),
+        host_rule_table: 500,
+        pod_rp_filter: Some(0),
+        tx_queue_len: Some(3000),
+        veth_link_address: Some("169.254.100.1".parse().unwrap()),
+        veth_mtu: 1500,
+        log: LogConfig::in_file("/dev/null"),
+    }
+}
+
+/// Runs `body` on a thread inside the node's namespace (where a runtime runs the plugin).
+fn on_node<T: Send>(place: &Place, body: impl FnOnce() -> T + Send) -> T {
+    let node = Netns::open(format!("/run/netns/{}", place.name("node"))).unwrap();
+    node.run(body).unwrap()
+}
+
+/// What DEL must leave as it found it on the node.
+fn node_state(place: &Place) -> String {
+    sh(
+        &place.name("node"),
+        "ip -d link show | grep -v 'link/ether' ; ip rule; ip -6 rule; ip route show table all; \
+         ip -6 route show table all; ip neigh show nud permanent; ip -6 neigh show nud permanent; \
+         iptables-save | grep -v '^#'; ip6tables-save | grep -v '^#'; true",
+    )
+}
+
+const CONTAINER: &str = "5ca1ab1e0123456789";
+
+#[test]
+fn underlay_add_wires_the_pod_to_its_node_and_del_leaves_the_node_as_it_was() {
+    let place = place();
+    let pod_path = format!("/run/netns/{}", place.name("pod"));
+    let before = node_state(&place);
+    let config = config();
+    let added = on_node(&place, || {
+        KernelNetwork.add(&config, "eth0", CONTAINER, &pod_path)
+    })
+    .unwrap();
+    assert_eq!(added.plan.mode, Mode::Underlay);
+    let pod = place.name("pod");
+    let node = place.name("node");
+    // The pair, the MAC from the address, the queue length.
+    let links = sh(&pod, "ip -o link show");
+    assert!(links.contains("veth0@"), "{links}");
+    assert!(links.contains("link/ether 0a:1b:0a:06:00:0a"), "{links}");
+    assert!(links.contains("qlen 3000"), "{links}");
+    assert!(sh(&node, "ip -o link show").contains("veth5ca1ab1e012@"));
+    // The node is reached through veth0, and reaches the pod through its end.
+    let route = sh(&pod, "ip route get 10.6.0.2");
+    assert!(route.contains("dev veth0 src 10.6.0.10"), "{route}");
+    assert!(sh(&pod, "ip -6 route get fd00:6::2").contains("dev veth0"));
+    assert!(sh(&pod, "ip route get 10.96.0.1").contains("via 10.6.0.2 dev veth0"));
+    assert!(sh(&node, "ip route get 10.6.0.10").contains("dev veth5ca1ab1e012"));
+    sh(&pod, "ping -c1 -W2 10.6.0.2 >/dev/null");
+    sh(&node, "ping -c1 -W2 10.6.0.10 >/dev/null");
+    sh(&pod, "ping -6 -c1 -W2 fd00:6::2 >/dev/null");
+    // The reply path.
+    let rules = sh(&pod, "ip rule");
+    assert!(rules.contains("1000:\tfrom all fwmark 0x1 lookup 100"), "{rules}");
+    assert!(sh(&pod, "iptables-save -t mangle").contains("--set-xmark 0x1/0xffffffff"));
+    assert_eq!(sh(&pod, "cat /proc/sys/net/ipv4/conf/all/rp_filter").trim(), "0");
+    assert!(sh(&pod, "ip -4 addr show dev veth0").contains("169.254.100.1/32"));
+
+    // ADD again converges (nothing fails, no rule added twice).
+    let again = on_node(&place, || {
+        KernelNetwork.add(&config, "eth0", CONTAINER, &pod_path)
+    });
+    assert!(
+        again.is_err(),
+        "veth0 exists: a second first-interface ADD is refused"
+    );
+
+    // The second interface gets its own table; the default route stays on eth0.
+    let added = on_node(&place, || {
+        KernelNetwork.add(&config, "net1", CONTAINER, &pod_path)
+    })
+    .unwrap();
+    assert_eq!(
+        (added.plan.mode, added.plan.first_invoke, added.plan.table),
+        (Mode::Underlay, false, 101)
+    );
+    let main = sh(&pod, "ip route show table main");
+    assert_eq!(main.matches("default").count(), 1, "{main}");
+    assert!(main.contains("default via 10.6.0.1 dev eth0"), "{main}");
+    assert!(sh(&pod, "ip route show table 101").contains("default via 10.7.0.1 dev net1"));
+    assert!(sh(&pod, "ip rule").contains("from 10.7.0.10 lookup 101"));
+
+    // DEL of both interfaces, then the pod goes: the node is as it was.
+    let ips = |list: &[&str]| {
+        list.iter()
+            .map(|ip| ip.parse::<IpAddr>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    on_node(&place, || {
+        KernelNetwork.del(CONTAINER, Some(&pod_path), "net1", &ips(&["10.7.0.10"]), 500)
+    })
+    .unwrap();
+    on_node(&place, || {
+        KernelNetwork.del(
+            CONTAINER,
+            Some(&pod_path),
+            "eth0",
+            &ips(&["10.6.0.10", "fd00:6::10"]),
+            500,
+        )
+    })
+    .unwrap();
+    assert_eq!(node_state(&place), before);
+    // DEL again, with the namespace gone, is fine and changes nothing.
+    Command::new("ip").args(["netns", "del", &pod]).status().unwrap();
+    on_node(&place, || {
+        KernelNetwork.del(CONTAINER, Some(&pod_path), "eth0", &[], 500)
+    })
+    .unwrap();
+    assert_eq!(node_state(&place), before);
+}
