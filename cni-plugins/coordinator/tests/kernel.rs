@@ -228,3 +228,52 @@ fn underlay_add_wires_the_pod_to_its_node_and_del_leaves_the_node_as_it_was() {
     .unwrap();
     assert_eq!(node_state(&place), before);
 }
+
+#[test]
+fn overlay_add_next_to_an_overlay_eth0_and_del_leaves_the_node_as_it_was() {
+    let place = place();
+    let (pod, node) = (place.name("pod"), place.name("node"));
+    let pod_path = format!("/run/netns/{pod}");
+    // Replace the macvlan eth0 by an overlay CNI's: a veth whose node end is cali0.
+    sh(&pod, "ip link del eth0");
+    sh(
+        &node,
+        &format!(
+            "ip link add cali0 type veth peer name ov0 netns {pod}; ip addr add 10.244.1.1/24 dev cali0; ip link set cali0 up"
+        ),
+    );
+    sh(
+        &pod,
+        "ip link set ov0 name eth0; ip addr add 10.244.1.5/24 dev eth0; ip link set eth0 up; \
+         ip route add default via 10.244.1.1 dev eth0 metric 10",
+    );
+    let before = node_state(&place);
+    let mut config = config();
+    config.mac_prefix = None;
+    let added = on_node(&place, || {
+        KernelNetwork.add(&config, "net1", CONTAINER, &pod_path)
+    })
+    .unwrap();
+    assert_eq!(
+        (added.plan.mode, added.plan.first_invoke, added.plan.table),
+        (Mode::Overlay, true, 101)
+    );
+    // The node reaches net1's address through the overlay's link; the pod keeps eth0's default.
+    assert!(sh(&node, "ip route show table 500").contains("10.7.0.10 dev cali0 scope link"));
+    let main = sh(&pod, "ip route show table main");
+    assert!(main.contains("default via 10.244.1.1 dev eth0"), "{main}");
+    assert!(!main.contains("default via 10.7.0.1"), "{main}");
+    assert!(sh(&pod, "ip route show table 101").contains("default via 10.7.0.1 dev net1"));
+    assert!(sh(&pod, "ip route show table 100").contains("default via 10.244.1.1 dev eth0"));
+    let rules = sh(&pod, "ip rule");
+    assert!(rules.contains("from 10.7.0.10 lookup 101"), "{rules}");
+    assert!(rules.contains("from 10.244.1.5 lookup 100"), "{rules}");
+    sh(&pod, "ping -c1 -W2 10.6.0.2 >/dev/null");
+    sh(&node, "ping -c1 -W2 10.7.0.10 >/dev/null");
+    let ips = ["10.7.0.10".parse::<IpAddr>().unwrap()];
+    on_node(&place, || {
+        KernelNetwork.del(CONTAINER, Some(&pod_path), "net1", &ips, 500)
+    })
+    .unwrap();
+    assert_eq!(node_state(&place), before);
+}
