@@ -40,6 +40,8 @@ use spiderpool_schema::coordinator::{DEFAULT_COORDINATOR_NAME, PHASE_SYNCED};
 pub const DEFAULT_HOST_RULE_TABLE: i64 = 500;
 /// `vethMTU` when the SpiderCoordinator has none (upstream's webhook default).
 pub const DEFAULT_VETH_MTU: i64 = 1500;
+/// How long a request waits for the SpiderCoordinator cache's first list.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why no configuration can be given.
 #[derive(Debug, thiserror::Error)]
@@ -247,7 +249,12 @@ impl Coordinators {
             ));
         }
         if !self.synced.load(Ordering::Acquire) {
-            return Err(CoordinatorConfigError::Starting);
+            // Just after start the cache may be moments from its first list: wait a little rather
+            // than fail the pod.
+            let ready = tokio::time::timeout(SYNC_WAIT, self.coordinators.wait_until_ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                return Err(CoordinatorConfigError::Starting);
+            }
         }
         let coordinator = self
             .coordinators

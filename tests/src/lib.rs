@@ -12,6 +12,8 @@
 //! - [`multus`]: Multus' pod-annotation parsing and network-status rendering.
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
+//! - [`coordinator`]: the cluster's SpiderCoordinator for the coordinator tests, and upstream
+//!   Spiderpool's plugins (built from their Go module, cached) as differential test peers.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
 //! - [`vm`]: the kernel tier: Debian's kernel in a QEMU VM for bonds, VLANs and ipvlan, which the host
 //!   kernel lacks; a failing test inside the VM fails the host-side test.
@@ -21,6 +23,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod coordinator;
 pub mod daemon;
 pub mod ipam;
 pub mod multus;

@@ -314,6 +314,7 @@ fn add<A: Agent, N: Network>(
         )
     })?;
     let config = resolved(attachment, conf, agent, Command::Add)?;
+    let mut result = prev_result.clone();
     if config.mode != Mode::Disable {
         let added = network
             .add(
@@ -336,11 +337,36 @@ fn add<A: Agent, N: Network>(
         for note in added.plan.notes.iter().chain(&added.warnings) {
             logger.warn(note);
         }
+        for step in &added.plan.steps {
+            if let Step::SetMac { link, mac } = step {
+                set_result_mac(&mut result, link, mac);
+            }
+        }
     } else {
         logger.info("mode disable: prevResult passed through");
     }
-    serde_json::to_string(prev_result)
+    serde_json::to_string(&result)
         .map_err(|error| CniError::new(codes::INTERNAL, format!("encoding prevResult: {error}"), ""))
+}
+
+/// Records the MAC `podMACPrefix` gave `ifname` in the result's interface entry (in the pod's
+/// sandbox). Upstream prints `prevResult` untouched, so its result (and Multus' network-status)
+/// keeps the MAC the main plugin chose, and a CHECK of the chain fails on it (macvlan's compares).
+/// Everything else stays as the main plugin said.
+fn set_result_mac(result: &mut Value, ifname: &str, mac: &spiderpool_netlink::Mac) {
+    let Some(interfaces) = result.get_mut("interfaces").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for interface in interfaces {
+        let ours = interface.get("name").and_then(Value::as_str) == Some(ifname)
+            && interface
+                .get("sandbox")
+                .and_then(Value::as_str)
+                .is_some_and(|sandbox| !sandbox.is_empty());
+        if ours {
+            interface["mac"] = Value::String(spiderpool_netlink::link::format_mac(mac));
+        }
+    }
 }
 
 /// The addresses `prevResult` gives `ifname` (all of them when it names no interfaces).

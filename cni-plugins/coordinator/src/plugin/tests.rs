@@ -190,6 +190,58 @@ fn add_prints_prev_result_unchanged_in_every_version() {
 }
 
 #[test]
+fn a_mac_the_coordinator_set_is_recorded_in_the_result() {
+    struct Macs;
+    impl Network for Macs {
+        fn add(&self, _: &Config, ifname: &str, _: &str, _: &str) -> Result<Added, NetworkError> {
+            Ok(Added {
+                plan: Plan {
+                    mode: Mode::Underlay,
+                    first_invoke: true,
+                    table: 101,
+                    steps: vec![Step::SetMac {
+                        link: ifname.into(),
+                        mac: [0x0a, 0x1b, 10, 6, 0, 10],
+                    }],
+                    notes: Vec::new(),
+                },
+                warnings: Vec::new(),
+            })
+        }
+        fn del(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &str,
+            _: &[IpAddr],
+            _: u32,
+        ) -> Result<Vec<Step>, NetworkError> {
+            Ok(Vec::new())
+        }
+        fn check(
+            &self,
+            _: &Config,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &[IpAddr],
+        ) -> Result<Vec<String>, NetworkError> {
+            Ok(Vec::new())
+        }
+    }
+    let outcome = run_with(
+        &invocation("ADD"),
+        &netconf("1.0.0", json!({})),
+        &FakeAgent::default(),
+        &Macs,
+    );
+    let value: Value = serde_json::from_str(&outcome.stdout).unwrap();
+    let mut expected = prev_result("1.0.0");
+    expected["interfaces"][0]["mac"] = json!("0a:1b:0a:06:00:0a");
+    assert_eq!(value, expected, "only the pod interface's MAC changes");
+}
+
+#[test]
 fn add_hands_the_merged_configuration_to_the_kernel() {
     let agent = FakeAgent {
         answer: Some(CoordinatorConfig {
