@@ -9,14 +9,15 @@
 //! permission) only means the CNI-configuration rules are not guessed for that interface.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client};
 use spiderpool_ipmath::IpFamily;
-use spiderpool_schema::NetworkAttachmentDefinition;
 
-use crate::allocator::Config;
+use crate::api::ClusterApi;
+use crate::clock;
+use crate::config::Config;
 use crate::ipam::ahead;
 use crate::ipam::candidates::{self, CandidateInput};
 use crate::ipam::filter::{self, PodScope};
@@ -42,19 +43,21 @@ pub struct ReserveAhead {
 
 /// The default pools of the NetworkAttachmentDefinitions read so far.
 struct NadCache {
-    client: Client,
+    api: Arc<dyn ClusterApi>,
     /// NetworkAttachmentDefinition (`ns/name`) to its default pools, with when it was read.
     read: HashMap<String, (Instant, NetconfPools)>,
 }
 
 impl ReserveAhead {
-    pub(crate) fn new(client: Client, config: Config, stores: Stores, writers: PoolWriters) -> Self {
+    /// The task for this node (`config`), reading the caches and NetworkAttachmentDefinitions through
+    /// `api`, telling `writers`.
+    pub fn new(api: Arc<dyn ClusterApi>, config: Config, stores: Stores, writers: PoolWriters) -> Self {
         ReserveAhead {
             config,
             stores,
             writers,
             nads: NadCache {
-                client,
+                api,
                 read: HashMap::new(),
             },
             seen: HashSet::new(),
@@ -157,21 +160,20 @@ impl NadCache {
     /// The default pools of a NetworkAttachmentDefinition's CNI configuration, read again once
     /// older than [`NAD_CACHE_TTL`].
     async fn default_pools(&mut self, network: &str) -> NetconfPools {
+        let now = clock::now();
         if let Some((read, pools)) = self.read.get(network)
-            && read.elapsed() < NAD_CACHE_TTL
+            && now.duration_since(*read) < NAD_CACHE_TTL
         {
             return pools.clone();
         }
         let pools = self.fetch(network).await;
-        self.read
-            .insert(network.to_owned(), (Instant::now(), pools.clone()));
+        self.read.insert(network.to_owned(), (now, pools.clone()));
         pools
     }
 
     async fn fetch(&self, network: &str) -> NetconfPools {
         let (namespace, name) = network.split_once('/')?;
-        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(self.client.clone(), namespace);
-        let nad = match api.get_opt(name).await {
+        let nad = match self.api.get_nad(namespace, name).await {
             Ok(nad) => nad?,
             Err(e) => {
                 tracing::debug!(network, error = %e, "reading the NetworkAttachmentDefinition failed");

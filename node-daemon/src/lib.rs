@@ -1,23 +1,33 @@
 //! The node daemon (upstream's spiderpool-agent): serves the IPAM API to the `spiderpool` CNI plugin on
 //! a unix socket and allocates addresses from SpiderIPPools.
 //!
-//! - [`ipam`]: the allocator's decisions, pure (candidate rules, filters, address choice, routes).
+//! - [`ipam`]: the decisions, pure (candidate rules, filters, address choice, a node's reservations,
+//!   what ADD, DEL and GC do, routes).
+//! - [`allocator`]: the I/O shell serving ADD, DEL, GC and releases: gather, decide, act.
 //! - [`writer`]: one writer task per pool; batches this node's changes into one status write per round
 //!   with optimistic concurrency (the design and its failure modes are documented there).
-//! - [`allocator`]: the I/O shell: pods, owners, SpiderEndpoints, rollback.
 //! - [`ahead`]: reserving in the pools of pods bound to this node before their ADD comes.
-//! - [`store`]: watch caches of pools, reserved IPs, namespaces, the node and its pods.
-//! - [`server`]: the unix-socket API and the health/metrics endpoints.
-//! - [`metrics`]: Prometheus metrics.
+//! - API I/O: [`api`] (the narrow face of the API server, a kube implementation and a fake),
+//!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
+//! - [`config`], [`error`], [`clock`].
+//! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].
+//! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 //! - [`coordinator`]: `GET /v1/coordinator/config`, the `coordinator` plugin's defaults for a pod.
 //! - [`sysctl`]: node sysctl tuning at start.
 
 pub mod ahead;
 pub mod allocator;
+pub mod api;
+pub mod clock;
+pub mod config;
 pub mod coordinator;
+pub mod endpoints;
+pub mod error;
 pub mod ipam;
 pub mod metrics;
+pub mod owner_chain;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod sysctl;
 pub mod writer;

@@ -25,6 +25,14 @@ pub struct WriteLabel {
     pub kind: String,
 }
 
+/// Kind of an ambiguous claim.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabel {
+    /// `records` (two records of a pool name one address) or `endpoints` (two SpiderEndpoints, or
+    /// an endpoint and a pool record, claim one address for different pods).
+    pub kind: String,
+}
+
 /// Every metric of the daemon. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -45,6 +53,7 @@ struct MetricsInner {
     pool_batch_size: Histogram,
     reserved_handouts: Counter,
     reservations_lost: Counter,
+    ambiguous_claims: Family<ClaimLabel, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -76,6 +85,7 @@ impl Metrics {
         let pool_batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]);
         let reserved_handouts = Counter::default();
         let reservations_lost = Counter::default();
+        let ambiguous_claims = Family::<ClaimLabel, Counter>::default();
         registry.register(
             "spiderpool_ipam_allocation_counts",
             "Successful IP allocations (CNI ADD)",
@@ -137,6 +147,12 @@ impl Metrics {
              recording them (never expected: someone else edited the pool status)",
             reservations_lost.clone(),
         );
+        registry.register(
+            "spiderpool_ipam_ambiguous_claims",
+            "Addresses found claimed twice (two pool records, or endpoints and records naming different \
+             pods), by kind; each is left occupied and never handed out, and logged",
+            ambiguous_claims.clone(),
+        );
         Metrics {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -152,6 +168,7 @@ impl Metrics {
                 pool_batch_size,
                 reserved_handouts,
                 reservations_lost,
+                ambiguous_claims,
             }),
         }
     }
@@ -215,6 +232,16 @@ impl Metrics {
     /// A handed-out reservation could not be recorded for its pod.
     pub fn reservation_lost(&self) {
         self.inner.reservations_lost.inc();
+    }
+
+    /// An address was found claimed twice (`kind`: [`ClaimLabel::kind`]).
+    pub fn ambiguous_claim(&self, kind: &str) {
+        self.inner
+            .ambiguous_claims
+            .get_or_create(&ClaimLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// Some other write to the API server (`endpoint`, ...).

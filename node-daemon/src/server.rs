@@ -17,7 +17,8 @@ use spiderpool_agent_api::{
 };
 use tracing::Instrument;
 
-use crate::allocator::{Allocator, IpamError};
+use crate::allocator::Allocator;
+use crate::error::IpamError;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -44,7 +45,9 @@ impl IntoResponse for IpamError {
     fn into_response(self) -> Response {
         let status = match self {
             IpamError::BadRequest(_) | IpamError::Annotation(_) => StatusCode::BAD_REQUEST,
-            IpamError::Transient(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IpamError::Api { .. } | IpamError::PoolWrite(_) | IpamError::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IpamError::Forbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

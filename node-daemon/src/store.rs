@@ -16,7 +16,7 @@ use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::{SpiderIPPool, SpiderReservedIP};
 use tokio::sync::Notify;
 
-use crate::writer::pool_family;
+use crate::ipam::pool;
 
 /// The caches. Cheap to clone.
 #[derive(Clone)]
@@ -33,6 +33,22 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// Notified whenever the pod cache changes (a permit is kept while nobody waits, so changes
     /// during a scan lead to one more scan).
+    pub pod_changes: Arc<Notify>,
+}
+
+/// The writing ends of caches filled by hand ([`Stores::in_memory`]).
+pub struct StoreFeeds {
+    /// SpiderIPPools.
+    pub pools: reflector::store::Writer<SpiderIPPool>,
+    /// SpiderReservedIPs.
+    pub reserved: reflector::store::Writer<SpiderReservedIP>,
+    /// Namespaces.
+    pub namespaces: reflector::store::Writer<Namespace>,
+    /// This node.
+    pub node: reflector::store::Writer<Node>,
+    /// The pods bound to this node.
+    pub pods: reflector::store::Writer<Pod>,
+    /// Notified after a pod change, as the pod watch does.
     pub pod_changes: Arc<Notify>,
 }
 
@@ -57,6 +73,44 @@ impl Stores {
             ),
             pod_changes,
         }
+    }
+
+    /// Caches filled by hand (the fake API server, [`crate::api::fake`]): every cache is ready and
+    /// empty; `feeds` writes into them.
+    pub fn in_memory() -> (Self, StoreFeeds) {
+        fn ready<K>() -> (Store<K>, reflector::store::Writer<K>)
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let (reader, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            (reader, writer)
+        }
+        let (pools, pools_feed) = ready();
+        let (reserved, reserved_feed) = ready();
+        let (namespaces, namespaces_feed) = ready();
+        let (node, node_feed) = ready();
+        let (pods, pods_feed) = ready();
+        let pod_changes = Arc::new(Notify::new());
+        let stores = Stores {
+            pools,
+            reserved,
+            namespaces,
+            node,
+            pods,
+            pod_changes: pod_changes.clone(),
+        };
+        let feeds = StoreFeeds {
+            pools: pools_feed,
+            reserved: reserved_feed,
+            namespaces: namespaces_feed,
+            node: node_feed,
+            pods: pods_feed,
+            pod_changes,
+        };
+        (stores, feeds)
     }
 
     /// Waits until every cache has its first full list.
@@ -107,7 +161,7 @@ impl Stores {
         let mut all = Vec::new();
         let mut defaults = Vec::new();
         for pool in self.pools.state() {
-            if pool_family(&pool) != Some(family) {
+            if pool::family(&pool) != Some(family) {
                 continue;
             }
             let name = pool.meta().name.clone().unwrap_or_default();
@@ -145,6 +199,15 @@ impl Stores {
     /// A pod bound to this node, if the cache has it (any UID).
     pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods.get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// Whether a pod bound to this node with UID `uid` is in the cache and may still use its network
+    /// ([`crate::ipam::owner::is_pod_alive`]).
+    pub fn pod_alive(&self, uid: &str) -> bool {
+        self.pods
+            .state()
+            .iter()
+            .any(|pod| pod.metadata.uid.as_deref() == Some(uid) && crate::ipam::owner::is_pod_alive(pod))
     }
 
     /// How many pods bound to this node, as far as the cache shows, still wait for their network

@@ -49,90 +49,28 @@
 //!   then the operator's reclaim removes them. Meanwhile other nodes wait for them only when nothing
 //!   else is free, and fail with "try again later" at their deadline.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
-use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::SpiderIPPool;
 use spiderpool_schema::ippool::PoolIPAllocation;
-use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
+use std::collections::BTreeMap;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::ipam::lease::{self, Holder, RoundInput};
+use crate::api::{ClusterApi, EndpointScope, PoolStatusWrite};
+use crate::clock;
+use crate::config::{Config, LeaseTuning};
+use crate::error::WriteError;
+use crate::ipam::endpoint;
+use crate::ipam::lease::{self, RoundInput};
 use crate::ipam::pick::{self, Op, Outcome};
+use crate::ipam::pool;
+use crate::ipam::reservations::{self, HandoutGate, PoolView, Reservations, RoundPlan};
 use crate::metrics::Metrics;
 use crate::store::Stores;
-
-/// Why a pool change could not be made.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum WriteError {
-    /// The pool does not exist (any more).
-    #[error("SpiderIPPool {0} does not exist")]
-    PoolGone(String),
-    /// The pool's spec cannot be used.
-    #[error("SpiderIPPool {pool} is unusable: {reason}")]
-    BadPool {
-        /// Pool name.
-        pool: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The request's deadline passed before a write succeeded.
-    #[error("SpiderIPPool {pool}: could not write the pool status before the deadline: {last_error}")]
-    Timeout {
-        /// Pool name.
-        pool: String,
-        /// The last error seen.
-        last_error: String,
-        /// The request was decided and waited for other nodes' reservations ([`Outcome::Wait`]),
-        /// rather than failing to write.
-        waited_for_reservations: bool,
-    },
-    /// The writer task is gone (daemon shutting down).
-    #[error("the writer of SpiderIPPool {0} stopped")]
-    Stopped(String),
-}
-
-/// Sizes and timings of this node's reservations.
-#[derive(Debug, Clone)]
-pub struct LeaseTuning {
-    /// Most unused reservations a node holds in one pool; 0 turns reservations off (every ADD then
-    /// waits for its own pool write, as upstream does).
-    pub max_size: usize,
-    /// Record handed-out reservations for their pods once no address was handed out for this long…
-    pub flush_idle: Duration,
-    /// …or once the oldest has waited this long.
-    pub flush_max_age: Duration,
-    /// Give unused reservations back once no address was asked for this long…
-    pub idle_return: Duration,
-    /// …or this long while nothing else in the pool is free.
-    pub tight_return: Duration,
-}
-
-impl Default for LeaseTuning {
-    fn default() -> Self {
-        LeaseTuning {
-            max_size: 128,
-            flush_idle: Duration::from_millis(200),
-            flush_max_age: Duration::from_secs(2),
-            idle_return: Duration::from_secs(2),
-            tight_return: Duration::from_millis(500),
-        }
-    }
-}
-
-/// Unused reservations a node with pods still to come keeps while the pool has nothing else free,
-/// however small its target: enough for its next pod or two ([`lease::excess_to_return`]).
-const TIGHT_KEEP: usize = 2;
-/// How often a node holding unused reservations looks (in its watch cache) whether the pool filled up.
-const TIGHT_CHECK: Duration = Duration::from_millis(50);
-/// After a top-up that got fewer addresses than wanted, wait this long before the next one (the pool
-/// is nearly full; trying again at once would only spin).
-const SHORT_REFILL_PAUSE: Duration = Duration::from_millis(100);
 
 struct Request {
     op: Op,
@@ -149,8 +87,7 @@ pub struct PoolWriters {
 }
 
 struct Inner {
-    api: Api<SpiderIPPool>,
-    endpoints: Api<SpiderEndpoint>,
+    api: Arc<dyn ClusterApi>,
     node: String,
     node_label: String,
     stores: Stores,
@@ -169,263 +106,134 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Counts the pods still to come for `pool`: those that hold an address of it already, or are
+    /// guessed to ask only other pools ([`PoolWriters::note_guess`]), do not count. The cache is read
+    /// afresh because pods arrive and start without the pool changing.
+    fn count_upcoming(&self, pool: &str, state: &mut Reservations) {
+        let upcoming = {
+            let guesses = self.guesses();
+            self.stores.pods_awaiting_network(|uid| {
+                state.holds_address(uid)
+                    || guesses
+                        .get(uid)
+                        .is_some_and(|pools| !pools.iter().any(|p| p == pool))
+            })
+        };
+        state.set_upcoming(upcoming);
+    }
+
+    /// What the watch cache says about handing out reservations of `pool` (of `family`) now.
+    fn handout_gate(&self, pool: &str, family: IpFamily) -> Option<HandoutGate> {
+        let cached = self.stores.pool(pool)?;
+        Some(HandoutGate {
+            version: cached.metadata.resource_version.clone(),
+            generation: cached.metadata.generation,
+            deleting: cached.metadata.deletion_timestamp.is_some(),
+            reserved: self.stores.reserved_ips(family),
+        })
+    }
+
+    /// Takes in what the watch cache shows of the pool ([`Reservations::observe`]). Records are
+    /// counted without decoding the whole (possibly large) status ([`lease::count_records`]); the
+    /// usable count is kept per spec generation, and nothing is read again until the cache holds
+    /// another version (the writer wakes for every handout, and most of those find the pool as it
+    /// was).
+    fn refresh_view(&self, pool: &str, state: &mut Reservations) {
+        let Some(cached) = self.stores.pool(pool) else {
+            return;
+        };
+        if state.has_viewed(cached.metadata.resource_version.as_deref()) {
+            return;
+        }
+        let generation = cached.metadata.generation;
+        let usable = match state.usable_count_at(generation) {
+            Some(count) => count,
+            None => {
+                let Some(family) = pool::family(&cached) else {
+                    return;
+                };
+                let reserved = self.stores.reserved_ips(family);
+                let Ok(usable) = pick::usable_addresses(&cached.spec, family, &reserved) else {
+                    return;
+                };
+                let count = usable.len();
+                state.set_usable_count(generation, count);
+                count
+            }
+        };
+        let text = cached
+            .status
+            .as_ref()
+            .and_then(|s| s.allocated_ips.as_deref())
+            .unwrap_or_default();
+        let counts = lease::count_records(text, &self.node);
+        state.observe(&PoolView {
+            version: cached.metadata.resource_version.clone(),
+            usable,
+            records: counts.records,
+            reservations: counts.reservations,
+            other_nodes: counts.other_nodes,
+        });
+    }
+
+    /// Answers from the state what it can answer at once ([`Reservations::answer`]), leaving the rest
+    /// in `batch`.
+    fn serve_from_state(&self, pool: &str, state: &mut Reservations, batch: &mut Vec<Request>, now: Instant) {
+        let mut rest = Vec::with_capacity(batch.len());
+        for request in batch.drain(..) {
+            match state.answer(&request.op, now, |family| self.handout_gate(pool, family)) {
+                Some(outcome) => {
+                    if matches!(outcome, Outcome::Allocated(_)) {
+                        self.metrics.reserved_handout();
+                    }
+                    let _ = request.reply.send(Ok(outcome));
+                }
+                None => rest.push(request),
+            }
+        }
+        *batch = rest;
+    }
+}
+
+/// A pool's foreign record keys and addresses claimed by several records, as last reported.
+#[derive(Default)]
+struct Reported {
+    foreign_keys: Vec<String>,
+    ambiguous: Vec<(IpAddr, Vec<String>)>,
 }
 
 /// One pool's writer: its queue and this node's reservations in the pool.
 struct Handle {
     queue: mpsc::UnboundedSender<Request>,
-    lease: std::sync::Mutex<Lease>,
-    /// Tells the writer that the lease changed (an address was handed out), so it re-plans its timers.
+    state: std::sync::Mutex<Reservations>,
+    /// What was last reported, so each finding is logged once.
+    reported: std::sync::Mutex<Reported>,
+    /// Tells the writer that the state changed (an address was handed out), so it re-plans its timers.
     wake: Notify,
 }
 
 impl Handle {
-    /// The lease, locked (a poisoned lock is used as it is, as everywhere in this daemon).
-    fn lease(&self) -> std::sync::MutexGuard<'_, Lease> {
-        self.lease
+    /// The state, locked (a poisoned lock is used as it is, as everywhere in this daemon).
+    fn state(&self) -> std::sync::MutexGuard<'_, Reservations> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// This node's reservations in one pool, shared by [`PoolWriters::submit`] and the writer task.
-#[derive(Default)]
-struct Lease {
-    /// Recovered after start and checked against the pool's current spec: reservations may be
-    /// handed out.
-    ready: bool,
-    /// The pool generation (spec) the reservations were last checked against.
-    generation: Option<i64>,
-    family: Option<IpFamily>,
-    /// Reserved for this node by a successful write, not handed out.
-    free: BTreeSet<IpAddr>,
-    /// Handed out, not yet recorded for their pods.
-    handed: BTreeMap<IpAddr, Holder>,
-    /// Given back by this node's pods (address to the UID that held it), still recorded for them.
-    releasing: BTreeMap<IpAddr, String>,
-    /// When the oldest and the newest of `handed` and `releasing` were added.
-    oldest_pending: Option<Instant>,
-    last_pending: Option<Instant>,
-    /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
-    /// the same answer).
-    holders: HashMap<String, IpAddr>,
-    /// When an allocation was last asked for.
-    last_demand: Option<Instant>,
-    /// Pods bound to this node that wait for their network and hold no address of the pool yet
-    /// ([`Stores::pods_awaiting_network`]), as last counted.
-    upcoming: usize,
-    /// The pool has nothing free outside reservations (as last written or seen in the watch cache).
-    tight: bool,
-    /// How many addresses the pool may give out, for the spec generation it was counted at.
-    usable_count: Option<(Option<i64>, u128)>,
-    /// This node's even share of the addresses no pod holds ([`lease::even_share`]) and how many
-    /// are free outside reservations, as the watch cache shows the pool (`None`: not known).
-    even_share: Option<usize>,
-    outside_free: Option<usize>,
-    /// The pool version `tight`, `even_share` and `outside_free` were last read from in the watch
-    /// cache.
-    viewed_version: Option<String>,
-    /// When a top-up last got fewer addresses than wanted.
-    short_refill: Option<Instant>,
-}
-
-impl Lease {
-    fn note_demand(&mut self, now: Instant) {
-        self.last_demand = Some(now);
-    }
-
-    /// Counts the pods still to come ([`Lease::upcoming`]) for `pool`: those guessed to ask only
-    /// other pools ([`PoolWriters::note_guess`]) do not count. The cache is read afresh because pods
-    /// arrive and start without the pool changing.
-    fn count_upcoming(&mut self, pool: &str, inner: &Inner) {
-        let holders = &self.holders;
-        let guesses = inner.guesses();
-        self.upcoming = inner.stores.pods_awaiting_network(|uid| {
-            holders.contains_key(uid)
-                || guesses
-                    .get(uid)
-                    .is_some_and(|pools| !pools.iter().any(|p| p == pool))
-        });
-    }
-
-    /// How many unused reservations this node should hold now ([`lease::target_size`]).
-    fn target(&self, tuning: &LeaseTuning) -> usize {
-        lease::target_size(self.upcoming, self.even_share, tuning.max_size)
-    }
-
-    /// How long without an allocation before unused reservations go back: shorter while the pool has
-    /// nothing free outside reservations.
-    fn idle_return(&self, tuning: &LeaseTuning) -> Duration {
-        if self.tight {
-            tuning.tight_return
-        } else {
-            tuning.idle_return
-        }
-    }
-
-    /// How many unused reservations to give back now ([`lease::excess_to_return`]): only while the
-    /// pool has nothing free outside reservations.
-    fn excess(&self, tuning: &LeaseTuning) -> usize {
-        if !self.tight {
-            return 0;
-        }
-        // A node with no pods to come keeps nothing back.
-        lease::excess_to_return(
-            self.free.len(),
-            self.target(tuning),
-            TIGHT_KEEP.min(self.upcoming),
-        )
-    }
-
-    fn hand_out(&mut self, ip: IpAddr, holder: Holder, now: Instant) {
-        self.holders.insert(holder.pod_uid.clone(), ip);
-        self.handed.insert(ip, holder);
-        self.note_pending(now);
-    }
-
-    fn note_pending(&mut self, now: Instant) {
-        self.oldest_pending.get_or_insert(now);
-        self.last_pending = Some(now);
-    }
-
-    fn has_pending(&self) -> bool {
-        !self.handed.is_empty() || !self.releasing.is_empty()
-    }
-
-    /// What the lease can answer at once: an allocation from a pod that already holds an address or
-    /// from an unused reservation; a release of an address handed out but not yet recorded (it is
-    /// unused again) or of a pod's recorded address (it becomes this node's reservation in the next
-    /// write; until then nobody else can take it, and nobody here hands it out).
-    fn answer(&mut self, pool: &str, op: &Op, stores: &Stores, now: Instant) -> Option<Outcome> {
-        if !self.ready {
-            return None;
-        }
-        match op {
-            Op::Allocate { pod, pod_uid } => {
-                if let Some(ip) = self.holders.get(pod_uid) {
-                    return Some(Outcome::Allocated(*ip));
-                }
-                let ip = usable_reservation(self, pool, stores)?;
-                self.free.remove(&ip);
-                self.hand_out(
-                    ip,
-                    Holder {
-                        pod: pod.clone(),
-                        pod_uid: pod_uid.clone(),
-                    },
-                    now,
-                );
-                Some(Outcome::Allocated(ip))
-            }
-            Op::Release { ip, pod_uid } => {
-                if self.handed.get(ip).is_some_and(|h| &h.pod_uid == pod_uid) {
-                    self.handed.remove(ip);
-                    self.holders.remove(pod_uid);
-                    self.free.insert(*ip);
-                    return Some(Outcome::Released(true));
-                }
-                if self.holders.get(pod_uid) == Some(ip) {
-                    self.holders.remove(pod_uid);
-                    self.releasing.insert(*ip, pod_uid.clone());
-                    self.note_pending(now);
-                    return Some(Outcome::Released(true));
-                }
-                None
-            }
-            Op::Rebind { .. } => None,
-        }
-    }
-
-    /// When the writer should next run a background round (record handouts, give back, top up).
-    fn next_due(&mut self, now: Instant, tuning: &LeaseTuning) -> Option<Instant> {
-        let mut due: Option<Instant> = None;
-        let mut consider = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
-        if self.has_pending() {
-            if let Some(last) = self.last_pending {
-                consider(last + tuning.flush_idle);
-            }
-            if let Some(oldest) = self.oldest_pending {
-                consider(oldest + tuning.flush_max_age);
-            }
-        }
-        if !self.free.is_empty() {
-            consider(self.last_demand.unwrap_or(now) + self.idle_return(tuning));
-            if self.excess(tuning) > 0 {
-                consider(now);
-            } else if !self.tight {
-                consider(now + TIGHT_CHECK);
-            }
-        }
-        if self.ready && self.refill_wanted(now, tuning) {
-            consider(self.short_refill.map_or(now, |t| t + SHORT_REFILL_PAUSE));
-        }
-        due
-    }
-
-    /// A top-up is worth a write of its own: pods are starting here (one asked for an address
-    /// within `tight_return`, the idle time after which a full pool takes reservations back: a
-    /// top-up after it would be given back at once), half the target is used up, and enough is free
-    /// outside reservations.
-    fn refill_wanted(&self, now: Instant, tuning: &LeaseTuning) -> bool {
-        if self.tight
-            || self
-                .last_demand
-                .is_none_or(|t| now.duration_since(t) >= tuning.tight_return)
-        {
-            return false;
-        }
-        let target = self.target(tuning);
-        target > 0
-            && self.free.len() <= target / 2
-            && self
-                .outside_free
-                .is_none_or(|free| free.min(target - self.free.len()) >= lease::worthwhile_refill(target))
-    }
-}
-
-/// What one round writes besides its queued requests.
-#[derive(Default)]
-struct Snapshot {
-    converting: BTreeMap<IpAddr, Holder>,
-    releasing: BTreeMap<IpAddr, String>,
-    keep_released: bool,
-    returning: BTreeSet<IpAddr>,
-    extra_wanted: usize,
-}
-
-impl Snapshot {
-    fn is_empty(&self) -> bool {
-        self.converting.is_empty()
-            && self.releasing.is_empty()
-            && self.returning.is_empty()
-            && self.extra_wanted == 0
-    }
-}
-
 impl PoolWriters {
-    /// Writers for this node (`node`) using `api` (cluster-scoped SpiderIPPools), `endpoints` (all
-    /// namespaces, read after a restart), the caches and metrics.
-    #[allow(clippy::too_many_arguments, reason = "one call site; plain settings")]
-    pub fn new(
-        api: Api<SpiderIPPool>,
-        endpoints: Api<SpiderEndpoint>,
-        node: &str,
-        node_label: &str,
-        stores: Stores,
-        metrics: Metrics,
-        max_records: usize,
-        tuning: LeaseTuning,
-    ) -> Self {
+    /// Writers for this node (`config.node_name`) talking to `api`, reading the caches.
+    pub fn new(api: Arc<dyn ClusterApi>, config: &Config, stores: Stores, metrics: Metrics) -> Self {
         PoolWriters {
             inner: Arc::new(Inner {
                 api,
-                endpoints,
-                node: node.to_owned(),
-                node_label: node_label.to_owned(),
+                node: config.node_name.clone(),
+                node_label: endpoint::label_value(&config.node_name),
                 stores,
                 metrics,
-                max_records,
-                tuning,
+                max_records: config.max_allocated_ips,
+                tuning: config.lease.clone(),
                 pools: std::sync::Mutex::new(HashMap::new()),
                 guesses: std::sync::Mutex::new(HashMap::new()),
             }),
@@ -436,13 +244,12 @@ impl PoolWriters {
     /// restarted daemon records or gives back what its previous run reserved even if no pod asks
     /// for those pools again.
     pub fn recover_reservations(&self) {
-        let marker = format!("\"reservedForNode\":\"{}\"", self.inner.node);
         for pool in self.inner.stores.pools() {
             let holds_ours = pool
                 .status
                 .as_ref()
                 .and_then(|s| s.allocated_ips.as_deref())
-                .is_some_and(|text| text.contains(&marker));
+                .is_some_and(|text| lease::mentions_reservations_of(text, &self.inner.node));
             if holds_ours && let Some(name) = pool.metadata.name.as_deref() {
                 tracing::info!(pool = name, "recovering this node's reservations");
                 self.handle(name);
@@ -452,7 +259,7 @@ impl PoolWriters {
 
     /// Submits one change to `pool` and waits for its outcome (or `timeout`). Allocations and
     /// releases are answered at once from this node's reservations when they can be
-    /// ([`Lease::answer`]).
+    /// ([`Reservations::answer`]).
     pub async fn submit(&self, pool: &str, op: Op, timeout: Duration) -> Result<Outcome, WriteError> {
         let handle = self.handle(pool);
         if let Some(outcome) = self.serve_at_once(pool, &handle, &op) {
@@ -461,7 +268,7 @@ impl PoolWriters {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             op,
-            deadline: Instant::now() + timeout,
+            deadline: clock::now() + timeout,
             reply,
             waiting_for: None,
         };
@@ -481,7 +288,7 @@ impl PoolWriters {
             return;
         }
         let handle = self.handle(pool);
-        handle.lease().note_demand(Instant::now());
+        handle.state().note_demand(clock::now());
         handle.wake.notify_one();
     }
 
@@ -507,7 +314,8 @@ impl PoolWriters {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let handle = Arc::new(Handle {
                     queue: tx,
-                    lease: std::sync::Mutex::new(Lease::default()),
+                    state: std::sync::Mutex::new(Reservations::default()),
+                    reported: std::sync::Mutex::new(Default::default()),
                     wake: Notify::new(),
                 });
                 tokio::spawn(run_writer(
@@ -521,90 +329,21 @@ impl PoolWriters {
             .clone()
     }
 
-    /// The fast path ([`Lease::answer`]).
+    /// The fast path ([`Reservations::answer`]).
     fn serve_at_once(&self, pool: &str, handle: &Handle, op: &Op) -> Option<Outcome> {
-        let now = Instant::now();
-        let mut lease = handle.lease();
+        let now = clock::now();
+        let mut state = handle.state();
         if matches!(op, Op::Allocate { .. }) {
-            lease.note_demand(now);
+            state.note_demand(now);
         }
-        let outcome = lease.answer(pool, op, &self.inner.stores, now)?;
-        drop(lease);
+        let outcome = state.answer(op, now, |family| self.inner.handout_gate(pool, family))?;
+        drop(state);
         handle.wake.notify_one();
         if matches!(outcome, Outcome::Allocated(_)) {
             self.inner.metrics.reserved_handout();
         }
         Some(outcome)
     }
-}
-
-/// What the watch cache shows of the pool: whether it has nothing free outside reservations (as many
-/// records as usable addresses), how many are free, and this node's even share of what no pod holds
-/// ([`lease::even_share`]). Counting records by their `"podUid"` key and reservations by their
-/// `"reservedForNode"` values avoids decoding the whole (possibly large) status; the usable count is
-/// kept per spec generation, and nothing is read again until the cache holds another version (the
-/// writer wakes for every handout, and most of those find the pool as it was).
-fn refresh_view(lease: &mut Lease, pool: &str, node: &str, stores: &Stores) {
-    let Some(cached) = stores.pool(pool) else { return };
-    if cached.metadata.resource_version.is_some() && lease.viewed_version == cached.metadata.resource_version
-    {
-        return;
-    }
-    let generation = cached.metadata.generation;
-    let usable = match lease.usable_count {
-        Some((counted_at, count)) if counted_at == generation => count,
-        _ => {
-            let Some(family) = pool_family(&cached) else {
-                return;
-            };
-            let reserved = stores.reserved_ips(family);
-            let Ok(usable) = pick::usable_addresses(&cached.spec, family, &reserved) else {
-                return;
-            };
-            let count = usable.len();
-            lease.usable_count = Some((generation, count));
-            count
-        }
-    };
-    let text = cached
-        .status
-        .as_ref()
-        .and_then(|s| s.allocated_ips.as_deref())
-        .unwrap_or_default();
-    let records = text.matches("\"podUid\"").count();
-    let free = usize::try_from(usable.saturating_sub(u128::try_from(records).unwrap_or(u128::MAX)))
-        .unwrap_or(usize::MAX);
-    lease.tight = free == 0;
-    let mut reservations = 0_usize;
-    let mut others: BTreeSet<&str> = BTreeSet::new();
-    for name in text
-        .split("\"reservedForNode\":\"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-    {
-        reservations += 1;
-        if name != node {
-            others.insert(name);
-        }
-    }
-    lease.even_share = Some(lease::even_share(free.saturating_add(reservations), others.len()));
-    lease.outside_free = Some(free);
-    lease.viewed_version.clone_from(&cached.metadata.resource_version);
-}
-
-/// The lowest unused reservation that may be handed out now: the pool's spec has not changed since
-/// the reservations were checked against it (else the writer checks again first), the pool is not
-/// being deleted, and no SpiderReservedIP took the address since.
-fn usable_reservation(lease: &Lease, pool: &str, stores: &Stores) -> Option<IpAddr> {
-    if lease.free.is_empty() {
-        return None;
-    }
-    let cached = stores.pool(pool)?;
-    if cached.metadata.generation != lease.generation || cached.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let reserved = stores.reserved_ips(lease.family?);
-    lease.free.iter().find(|ip| !reserved.contains(ip)).copied()
 }
 
 async fn run_writer(
@@ -619,14 +358,14 @@ async fn run_writer(
         let mut batch = std::mem::take(&mut waiting);
         if batch.is_empty() {
             let due = {
-                let mut lease = handle.lease();
-                refresh_view(&mut lease, &pool, &inner.node, &inner.stores);
-                lease.count_upcoming(&pool, &inner);
-                lease.next_due(Instant::now(), &inner.tuning)
+                let mut state = handle.state();
+                inner.refresh_view(&pool, &mut state);
+                inner.count_upcoming(&pool, &mut state);
+                state.next_due(clock::now(), &inner.tuning)
             };
             let sleep = async {
                 match due {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => clock::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -657,7 +396,7 @@ async fn run_writer(
 async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPPool> {
     let mut backoff = Duration::from_millis(50);
     let current = loop {
-        match inner.api.get_opt(pool).await {
+        match inner.api.get_pool(pool).await {
             Ok(current) => break current,
             Err(e) => {
                 tracing::warn!(pool, error = %e, "reading the pool failed; retrying");
@@ -671,11 +410,15 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         .and_then(|p| p.status.as_ref())
         .and_then(|s| s.allocations().ok())
         .unwrap_or_default();
-    let mut recovered = (BTreeMap::new(), BTreeSet::new());
+    let mut recovered = lease::Recovered::default();
     if lease::has_reservations(&records, &inner.node) {
-        let claims = loop {
-            match endpoint_claims(pool, inner).await {
-                Ok(claims) => break claims,
+        let endpoints = loop {
+            match inner
+                .api
+                .list_endpoints(EndpointScope::Node(&inner.node_label))
+                .await
+            {
+                Ok(endpoints) => break endpoints,
                 Err(e) => {
                     tracing::warn!(pool, error = %e, "listing this node's SpiderEndpoints failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -683,152 +426,57 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
                 }
             }
         };
-        recovered = lease::recover(&records, &inner.node, &claims);
+        let claims = endpoint::claims(&endpoints, pool);
+        recovered = lease::recover(&records, &inner.node, &claims, |uid| inner.stores.pod_alive(uid));
+        for (ip, claimants) in &recovered.contested {
+            inner.metrics.ambiguous_claim("endpoints");
+            let pods: Vec<&str> = claimants.iter().map(|h| h.pod.as_str()).collect();
+            let outcome = match (recovered.handed.get(ip), recovered.disputed.contains_key(ip)) {
+                (Some(holder), _) => format!("recorded for {}, the only one alive", holder.pod),
+                (None, true) => "several are alive: kept reserved for this node and out of use".to_owned(),
+                (None, false) => "none is alive: unused".to_owned(),
+            };
+            tracing::error!(pool, %ip, ?pods, outcome, "several SpiderEndpoints of this node claim one reservation");
+        }
         tracing::info!(
             pool,
-            handed_out = recovered.0.len(),
-            unused = recovered.1.len(),
+            handed_out = recovered.handed.len(),
+            unused = recovered.unused.len(),
+            disputed = recovered.disputed.len(),
             "recovered this node's reservations"
         );
     }
-    let (handed, unused) = recovered;
-    let mut lease = handle.lease();
-    lease.holders = lease::holders(&records);
-    let now = Instant::now();
-    for (ip, holder) in handed {
-        lease.hand_out(ip, holder, now);
-    }
-    // Unused ones are checked against the pool's spec by the first round before being handed out.
-    lease.free = unused;
-    lease.generation = None;
-    lease.family = current.as_ref().and_then(pool_family);
-    lease.ready = true;
+    let family = current.as_ref().and_then(pool::family);
+    handle.state().recover(
+        &records,
+        recovered,
+        family,
+        current
+            .as_ref()
+            .and_then(|p| p.metadata.resource_version.as_deref()),
+        clock::now(),
+    );
     current
 }
 
-/// What this node's endpoints say they hold from `pool`.
-async fn endpoint_claims(pool: &str, inner: &Inner) -> Result<HashMap<IpAddr, Holder>, kube::Error> {
-    let selector = format!("{}={}", crate::allocator::LABEL_NODE, inner.node_label);
-    let list = inner
-        .endpoints
-        .list(&ListParams::default().labels(&selector))
-        .await?;
-    let mut claims = HashMap::new();
-    for ep in list {
-        let Some(status) = ep.status.as_ref() else {
-            continue;
-        };
-        let namespace = ep.metadata.namespace.clone().unwrap_or_default();
-        // For a VM the endpoint is named after the VM, not its launcher pod; the UID is what counts
-        // (rebinds and reclaim match by UID).
-        let name = ep.metadata.name.clone().unwrap_or_default();
-        for detail in &status.current.ips {
-            for (address, from) in [
-                (&detail.ipv4, &detail.ipv4_pool),
-                (&detail.ipv6, &detail.ipv6_pool),
-            ] {
-                if from.as_deref() != Some(pool) {
-                    continue;
-                }
-                let Some(ip) = address
-                    .as_deref()
-                    .and_then(|a| a.split('/').next())
-                    .and_then(|a| a.parse::<IpAddr>().ok())
-                else {
-                    continue;
-                };
-                claims.insert(
-                    ip,
-                    Holder {
-                        pod: format!("{namespace}/{name}"),
-                        pod_uid: status.current.uid.clone(),
-                    },
-                );
-            }
-        }
-    }
-    Ok(claims)
-}
-
-/// Takes what the lease can answer at once out of `batch` (allocations served from reservations,
-/// releases of handed-out reservations not yet recorded) and decides what else this round writes.
-fn take_snapshot(
+/// Takes what the state can answer at once out of `batch` (allocations served from reservations,
+/// releases of handed-out reservations not yet recorded) and plans what else this round writes.
+fn plan_round(
     pool: &str,
     handle: &Handle,
     batch: &mut Vec<Request>,
     inner: &Inner,
     force: bool,
-) -> Snapshot {
-    let now = Instant::now();
-    let tuning = &inner.tuning;
-    let mut lease = handle.lease();
-    serve_from_lease(pool, &mut lease, batch, inner, now);
-    lease.count_upcoming(pool, inner);
-
-    let idle = lease.idle_return(tuning);
-    let return_due =
-        !lease.free.is_empty() && lease.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
-    let flush_due = lease.has_pending()
-        && (lease
-            .last_pending
-            .is_none_or(|t| now.duration_since(t) >= tuning.flush_idle)
-            || lease
-                .oldest_pending
-                .is_none_or(|t| now.duration_since(t) >= tuning.flush_max_age));
-    let refill_due = lease.refill_wanted(now, tuning)
-        && lease
-            .short_refill
-            .is_none_or(|t| now.duration_since(t) >= SHORT_REFILL_PAUSE);
-    let excess = lease.excess(tuning);
-    let excess_due = excess > 0;
-    let writes_anyway = !batch.is_empty() || force;
-    if !(writes_anyway || return_due || flush_due || refill_due || excess_due) {
-        return Snapshot::default();
-    }
-    let target = lease.target(tuning);
-    let mut snapshot = Snapshot {
-        converting: std::mem::take(&mut lease.handed),
-        releasing: std::mem::take(&mut lease.releasing),
-        keep_released: !return_due,
-        ..Snapshot::default()
-    };
-    lease.oldest_pending = None;
-    lease.last_pending = None;
-    // The pods this round gives an address are among the upcoming ones: reserve only for the others.
-    let allocating = gives_addresses(batch);
-    if return_due {
-        snapshot.returning = std::mem::take(&mut lease.free);
-    } else if excess_due {
-        // The lowest addresses stay, the highest go back.
-        let keep = lease.free.len() - excess;
-        if let Some(first_returned) = lease.free.iter().nth(keep).copied() {
-            snapshot.returning = lease.free.split_off(&first_returned);
-        }
-    } else if !lease.tight && (refill_due || allocating > 0) {
-        snapshot.extra_wanted = target.saturating_sub(lease.free.len() + allocating);
-    }
-    snapshot
+) -> Option<RoundPlan> {
+    let now = clock::now();
+    let mut state = handle.state();
+    inner.serve_from_state(pool, &mut state, batch, now);
+    inner.count_upcoming(pool, &mut state);
+    let allocating = reservations::gives_addresses(batch.iter().map(|r| &r.op));
+    state.plan_round(now, &inner.tuning, allocating, !batch.is_empty(), force)
 }
 
-/// Answers from the lease what it can answer at once ([`Lease::answer`]), leaving the rest in
-/// `batch`.
-fn serve_from_lease(pool: &str, lease: &mut Lease, batch: &mut Vec<Request>, inner: &Inner, now: Instant) {
-    let mut rest = Vec::with_capacity(batch.len());
-    for request in batch.drain(..) {
-        match lease.answer(pool, &request.op, &inner.stores, now) {
-            Some(outcome) => {
-                if matches!(outcome, Outcome::Allocated(_)) {
-                    inner.metrics.reserved_handout();
-                }
-                let _ = request.reply.send(Ok(outcome));
-            }
-            None => rest.push(request),
-        }
-    }
-    *batch = rest;
-}
-
-/// One round: decides and writes the batch plus the lease's background work, retrying conflicts
+/// One round: decides and writes the batch plus the state's background work, retrying conflicts
 /// (and growing the batch with requests that arrive meanwhile) until the write succeeds. Answers
 /// every request except those that must wait for other nodes' reservations, which it returns.
 async fn round(
@@ -840,24 +488,24 @@ async fn round(
     inner: &Inner,
 ) -> (Option<SpiderIPPool>, Vec<Request>) {
     // The first round after recovery checks the recovered reservations against the pool's spec.
-    let force = handle.lease().generation.is_none();
-    let mut snapshot = take_snapshot(pool, handle, &mut batch, inner, force);
-    if batch.is_empty() && snapshot.is_empty() && !force {
-        return (latest, Vec::new());
-    }
+    let force = handle.state().needs_spec_check();
+    let mut plan = match plan_round(pool, handle, &mut batch, inner, force) {
+        Some(plan) if !(batch.is_empty() && plan.is_empty() && !force) => plan,
+        _ => return (latest, Vec::new()),
+    };
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
     let mut conflicts: u64 = 0;
     loop {
         expire(pool, &mut batch, &last_error);
-        if batch.is_empty() && snapshot.is_empty() && !force {
+        if batch.is_empty() && plan.is_empty() && !force {
             return (latest, Vec::new());
         }
 
-        let current = match latest.take() {
-            Some(obj) => obj,
-            None => match inner.api.get_opt(pool).await {
-                Ok(Some(obj)) => obj,
+        let (current, read_now) = match latest.take() {
+            Some(obj) => (obj, false),
+            None => match inner.api.get_pool(pool).await {
+                Ok(Some(obj)) => (obj, true),
                 Ok(None) => {
                     pool_gone(pool, batch, handle);
                     return (None, Vec::new());
@@ -871,49 +519,58 @@ async fn round(
             },
         };
 
-        let decided = match prepare(pool, &current, handle, &mut snapshot, &batch, inner) {
+        let decided = match prepare(pool, &current, handle, &mut plan, &batch, inner) {
             Ok(decided) => decided,
             Err(e) => {
                 answer_all(batch, |_| Err(e.clone()));
-                // Nothing can be written to a pool whose spec or status cannot be read; what the
-                // lease handed out stays handed out (recorded once the pool is fixed).
-                restore(handle, snapshot);
+                // Nothing can be written to a pool whose spec or status cannot be read; what was
+                // handed out stays handed out (recorded once the pool is fixed).
+                handle.state().abandoned(plan, clock::now());
                 return (Some(current), Vec::new());
             }
         };
-        let Some(text) = decided.text.clone() else {
+        let Some(allocated_ips) = decided.text.clone() else {
+            if !batch.is_empty() && !read_now {
+                // Nothing to write, so no resourceVersion check will catch a stale decision: the
+                // answers (a retried ADD's address, a release of what is not held) must come from
+                // the pool as it is, not as this node last wrote or saw it. Read it and decide again.
+                handle.state().abandoned(plan.clone(), clock::now());
+                plan = match plan_round(pool, handle, &mut batch, inner, true) {
+                    Some(plan) => plan,
+                    None => return (None, Vec::new()),
+                };
+                continue;
+            }
             // Nothing changes (repeated ADDs, releases of what is not held): no write needed.
-            let waiting = finish(pool, handle, inner, &current, snapshot, decided, batch);
+            let waiting = finish(pool, handle, inner, &current, &plan, decided, batch);
             return (Some(current), waiting);
         };
 
-        let patch = json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "status": {"allocatedIPs": text, "allocatedIPCount": decided.count},
-        });
+        let write = PoolStatusWrite {
+            resource_version: current.metadata.resource_version.clone(),
+            allocated_ips,
+            allocated_ip_count: decided.count,
+        };
         let started = Instant::now();
-        let result = inner
-            .api
-            .patch_status(pool, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
+        let result = inner.api.write_pool_status(pool, &write).await;
         inner.metrics.pool_write(started.elapsed(), batch.len());
         match result {
             Ok(updated) => {
                 tracing::debug!(
                     pool,
                     requests = batch.len(),
-                    recorded_handouts = snapshot.converting.len(),
-                    released = snapshot.releasing.len(),
-                    returned = snapshot.returning.len(),
-                    extra_wanted = snapshot.extra_wanted,
+                    recorded_handouts = plan.converting.len(),
+                    released = plan.releasing.len(),
+                    returned = plan.returning.len(),
+                    extra_wanted = plan.extra_wanted,
                     reserved = decided.output.reserved.len(),
                     conflicts,
                     "pool status written"
                 );
-                let waiting = finish(pool, handle, inner, &updated, snapshot, decided, batch);
+                let waiting = finish(pool, handle, inner, &updated, &plan, decided, batch);
                 return (Some(updated), waiting);
             }
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+            Err(e) if e.is_conflict() => {
                 inner.metrics.pool_conflict();
                 tracing::debug!(
                     pool,
@@ -937,9 +594,9 @@ async fn round(
                     Duration::from_millis(30),
                 )
                 .await;
-                merge_queued(pool, queue, &mut batch, &mut snapshot, handle, inner);
+                merge_queued(pool, queue, &mut batch, &mut plan, handle, inner);
             }
-            Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(e) if e.is_not_found() => {
                 pool_gone(pool, batch, handle);
                 return (None, Vec::new());
             }
@@ -948,7 +605,7 @@ async fn round(
                 last_error = e.to_string();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                merge_queued(pool, queue, &mut batch, &mut snapshot, handle, inner);
+                merge_queued(pool, queue, &mut batch, &mut plan, handle, inner);
             }
         }
     }
@@ -963,13 +620,13 @@ struct Decided {
     records: BTreeMap<String, PoolIPAllocation>,
 }
 
-/// Checks the lease against `current` (unused reservations the spec no longer allows go back) and
+/// Checks the state against `current` (unused reservations the spec no longer allows go back) and
 /// decides the round.
 fn prepare(
     pool: &str,
     current: &SpiderIPPool,
     handle: &Handle,
-    snapshot: &mut Snapshot,
+    plan: &mut RoundPlan,
     batch: &[Request],
     inner: &Inner,
 ) -> Result<Decided, WriteError> {
@@ -977,7 +634,7 @@ fn prepare(
         pool: pool.to_owned(),
         reason,
     };
-    let family = pool_family(current)
+    let family = pool::family(current)
         .ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
     let reserved = inner.stores.reserved_ips(family);
     let usable = pick::usable_addresses(&current.spec, family, &reserved).map_err(bad)?;
@@ -989,26 +646,7 @@ fn prepare(
         .map_err(|e| bad(format!("status.allocatedIPs is not valid JSON: {e}")))?;
     let before = records.clone();
 
-    let kept = {
-        let mut lease = handle.lease();
-        let unusable: Vec<IpAddr> = lease
-            .free
-            .iter()
-            .filter(|ip| !usable.contains(ip))
-            .copied()
-            .collect();
-        for ip in unusable {
-            lease.free.remove(&ip);
-            snapshot.returning.insert(ip);
-        }
-        lease.family = Some(family);
-        lease
-            .free
-            .iter()
-            .chain(lease.handed.keys())
-            .copied()
-            .collect::<BTreeSet<IpAddr>>()
-    };
+    let kept = handle.state().check_spec(plan, &usable, family);
     let ops: Vec<Op> = batch.iter().map(|r| r.op.clone()).collect();
     let output = lease::decide_round(
         &mut records,
@@ -1016,13 +654,13 @@ fn prepare(
             node: &inner.node,
             usable: &usable,
             max_records: inner.max_records,
-            converting: &snapshot.converting,
-            releasing: &snapshot.releasing,
-            keep_released: snapshot.keep_released,
-            returning: &snapshot.returning,
+            converting: &plan.converting,
+            releasing: &plan.releasing,
+            keep_released: plan.keep_released,
+            returning: &plan.returning,
             kept: &kept,
             ops: &ops,
-            extra_wanted: snapshot.extra_wanted,
+            extra_wanted: plan.extra_wanted,
         },
     );
     let count = spiderpool_schema::ippool::count_held(&records);
@@ -1044,35 +682,27 @@ fn prepare(
     })
 }
 
-/// After a round's write succeeded (or nothing needed writing): updates the lease, reports lost
+/// After a round's write succeeded (or nothing needed writing): updates the state, reports lost
 /// handouts, answers the requests and returns those that wait for other nodes' reservations.
 fn finish(
     pool: &str,
     handle: &Handle,
     inner: &Inner,
     written: &SpiderIPPool,
-    snapshot: Snapshot,
+    plan: &RoundPlan,
     decided: Decided,
     batch: Vec<Request>,
 ) -> Vec<Request> {
-    let now = Instant::now();
-    {
-        let mut lease = handle.lease();
-        let got = decided.output.reserved.len();
-        lease.free.extend(decided.output.reserved.iter().copied());
-        let mut holders = lease::holders(&decided.records);
-        // Releases answered while the write was in flight are still recorded for their pods.
-        for pod_uid in lease.releasing.values() {
-            holders.remove(pod_uid);
-        }
-        for (ip, holder) in &lease.handed {
-            holders.insert(holder.pod_uid.clone(), *ip);
-        }
-        lease.holders = holders;
-        lease.tight = lease::free_addresses(&decided.records, &decided.usable).is_empty();
-        lease.generation = written.metadata.generation;
-        lease.short_refill = (snapshot.extra_wanted > 0 && got < snapshot.extra_wanted).then_some(now);
-    }
+    handle.state().committed(
+        plan,
+        &decided.output.reserved,
+        &decided.records,
+        &decided.usable,
+        written.metadata.generation,
+        written.metadata.resource_version.as_deref(),
+        clock::now(),
+    );
+    report_records(pool, handle, inner, &decided.output);
     for (ip, holder, why) in &decided.output.lost {
         inner.metrics.reservation_lost();
         tracing::error!(
@@ -1099,37 +729,50 @@ fn finish(
     waiting
 }
 
-/// Puts back what a round that could not write had taken from the lease. Handed-out reservations
-/// go back to being handed out (they are recorded by a later round); unused ones being given back are
-/// NOT offered again: an earlier attempt of the round may have been applied without an answer, so
-/// they are only trusted again once a successful round finds them still reserved for this node.
-fn restore(handle: &Handle, snapshot: Snapshot) {
-    let mut lease = handle.lease();
-    let now = Instant::now();
-    for (ip, holder) in snapshot.converting {
-        lease.hand_out(ip, holder, now);
+/// Logs the pool's foreign record keys and its addresses claimed by several records when they
+/// change (and counts each newly ambiguous address).
+fn report_records(pool: &str, handle: &Handle, inner: &Inner, output: &lease::RoundOutput) {
+    let mut reported = handle
+        .reported
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if reported.foreign_keys != output.foreign_keys {
+        if !output.foreign_keys.is_empty() {
+            tracing::warn!(
+                pool,
+                keys = ?output.foreign_keys,
+                "status.allocatedIPs has records whose keys are not canonical addresses of the pool; they \
+                 are kept and count as occupying every address they may name"
+            );
+        }
+        reported.foreign_keys.clone_from(&output.foreign_keys);
     }
-    if !snapshot.releasing.is_empty() {
-        lease.releasing.extend(snapshot.releasing);
-        lease.note_pending(now);
+    if reported.ambiguous != output.ambiguous {
+        for (ip, keys) in &output.ambiguous {
+            if !reported.ambiguous.iter().any(|(seen, _)| seen == ip) {
+                inner.metrics.ambiguous_claim("records");
+                tracing::error!(
+                    pool,
+                    %ip,
+                    ?keys,
+                    "several records of the pool name one address; it stays occupied until each is \
+                     released by the pod it names, and is not handed out"
+                );
+            }
+        }
+        reported.ambiguous.clone_from(&output.ambiguous);
     }
 }
 
-/// The pool is gone: every request fails and the lease is empty.
+/// The pool is gone: every request fails and nothing is reserved any more.
 fn pool_gone(pool: &str, batch: Vec<Request>, handle: &Handle) {
     answer_all(batch, |_| Err(WriteError::PoolGone(pool.to_owned())));
-    let mut lease = handle.lease();
-    lease.free.clear();
-    lease.handed.clear();
-    lease.releasing.clear();
-    lease.holders.clear();
-    lease.oldest_pending = None;
-    lease.generation = None;
+    handle.state().clear();
 }
 
 /// Answers requests whose caller gave up or whose deadline passed.
 fn expire(pool: &str, batch: &mut Vec<Request>, last_error: &str) {
-    let now = Instant::now();
+    let now = clock::now();
     batch.retain(|r| !r.reply.is_closed());
     let (expired, live): (Vec<_>, Vec<_>) =
         std::mem::take(batch).into_iter().partition(|r| r.deadline <= now);
@@ -1148,12 +791,12 @@ fn expire(pool: &str, batch: &mut Vec<Request>, last_error: &str) {
     }
 }
 
-/// Adds requests queued meanwhile to the batch, answering what the lease can answer at once.
+/// Adds requests queued meanwhile to the batch, answering what the state can answer at once.
 fn merge_queued(
     pool: &str,
     queue: &mut mpsc::UnboundedReceiver<Request>,
     batch: &mut Vec<Request>,
-    snapshot: &mut Snapshot,
+    plan: &mut RoundPlan,
     handle: &Handle,
     inner: &Inner,
 ) {
@@ -1165,21 +808,11 @@ fn merge_queued(
         return;
     }
     {
-        let mut lease = handle.lease();
-        serve_from_lease(pool, &mut lease, &mut more, inner, Instant::now());
+        let mut state = handle.state();
+        inner.serve_from_state(pool, &mut state, &mut more, clock::now());
     }
-    // The pods these requests give an address were counted among those the extra reservations are for.
-    snapshot.extra_wanted = snapshot.extra_wanted.saturating_sub(gives_addresses(&more));
+    plan.joined(reservations::gives_addresses(more.iter().map(|r| &r.op)));
     batch.extend(more);
-}
-
-/// How many of `requests` give a pod an address (allocations, and rebinds of a sticky pod's retained
-/// address to its new incarnation).
-fn gives_addresses(requests: &[Request]) -> usize {
-    requests
-        .iter()
-        .filter(|r| matches!(r.op, Op::Allocate { .. } | Op::Rebind { .. }))
-        .count()
 }
 
 /// A uniformly random duration in `[0, max)`.
@@ -1200,14 +833,14 @@ async fn newer_from_store(
     tried: Option<&str>,
     wait: Duration,
 ) -> Option<SpiderIPPool> {
-    let deadline = Instant::now() + wait;
+    let deadline = clock::now() + wait;
     loop {
         if let Some(cached) = inner.stores.pool(pool)
             && is_newer(cached.metadata.resource_version.as_deref(), tried)
         {
             return Some((*cached).clone());
         }
-        if Instant::now() >= deadline {
+        if clock::now() >= deadline {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -1226,18 +859,11 @@ fn is_newer(candidate: Option<&str>, tried: Option<&str>) -> bool {
     }
 }
 
-/// The pool's IP family: `spec.ipVersion`, else its subnet's.
-pub fn pool_family(pool: &SpiderIPPool) -> Option<IpFamily> {
-    pool.spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&pool.spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    })
-}
-
 fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, WriteError>) {
     for r in batch {
         let answer = result(&r.op);
         let _ = r.reply.send(answer);
     }
 }
+#[cfg(test)]
+mod tests;

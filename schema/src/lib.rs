@@ -20,13 +20,16 @@
 
 pub mod annotations;
 pub mod common;
+pub mod conf;
 pub mod coordinator;
 pub mod endpoint;
 pub mod interfacetask;
 pub mod ippool;
+pub mod labels;
 pub mod multusconfig;
 pub mod nad;
 pub mod network;
+pub mod pool_addresses;
 pub mod reservedip;
 pub mod subnet;
 pub mod validation;

@@ -1,5 +1,7 @@
-//! Certificates for a loopback control plane: one CA, the API server's serving certificate, the
-//! admin's client certificate (group `system:masters`) and the service-account signing key.
+//! Certificates for a test control plane: one CA, the API server's serving certificate, the admin's
+//! client certificate (group `system:masters`), the API server's client certificate towards kubelets,
+//! and the service-account signing key. The CA stays in memory ([`Ca`]) so that real nodes of the
+//! real-node tier get client certificates of their own (`system:node:<name>`, kube-proxy, ...).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -23,24 +25,75 @@ pub(crate) struct CertFiles {
     pub sa_key: PathBuf,
     /// SPKI public key: `--service-account-key-file`.
     pub sa_pub: PathBuf,
+    /// `--kubelet-client-certificate` / `--kubelet-client-key` (group `system:masters`).
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
 }
 
-fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+/// The cluster's certificate authority, kept to sign more client certificates.
+pub(crate) struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+impl Ca {
+    /// Writes `<name>.crt` and `<name>.key` into the pki dir: a client certificate for user
+    /// `common_name` in the groups `organizations`. Returns (certificate, key).
+    pub(crate) fn client_cert(
+        &self,
+        name: &str,
+        common_name: &str,
+        organizations: &[&str],
+    ) -> Result<(PathBuf, PathBuf)> {
+        let (cert, key) = client_pem(&self.issuer, common_name, organizations)?;
+        let cert_path = self.dir.join(format!("{name}.crt"));
+        let key_path = self.dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert).with_context(|| format!("writing {}", cert_path.display()))?;
+        std::fs::write(&key_path, key).with_context(|| format!("writing {}", key_path.display()))?;
+        Ok((cert_path, key_path))
+    }
+}
+
+/// A client certificate (PEM) and its key (PEM).
+fn client_pem(
+    issuer: &Issuer<'static, KeyPair>,
+    common_name: &str,
+    organizations: &[&str],
+) -> Result<(String, String)> {
+    let key = KeyPair::generate().context("generating a client key")?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    for org in organizations {
+        name.push(DnType::OrganizationName, *org);
+    }
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, issuer)
+        .with_context(|| format!("signing the client certificate of {common_name}"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
-    if let Some(org) = organization {
-        dn.push(DnType::OrganizationName, org);
-    }
     dn
 }
 
-/// Generates everything and writes it into `dir` (created if missing).
-pub(crate) fn write(dir: &Path, service_ip: IpAddr) -> Result<CertFiles> {
+/// Generates everything and writes it into `dir` (created if missing). The serving certificate
+/// names `service_ip` and `address` (the address the API server listens on) besides loopback.
+pub(crate) fn write(dir: &Path, service_ip: IpAddr, address: IpAddr) -> Result<(CertFiles, Ca)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = dn("spiderpool-test-ca", None);
+    ca_params.distinguished_name = dn("spiderpool-test-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -51,17 +104,27 @@ pub(crate) fn write(dir: &Path, service_ip: IpAddr) -> Result<CertFiles> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().context("generating the serving key")?;
-    let mut server_params = CertificateParams::new(vec![
-        "127.0.0.1".to_owned(),
-        service_ip.to_string(),
-        "localhost".to_owned(),
-        "kubernetes".to_owned(),
-        "kubernetes.default".to_owned(),
-        "kubernetes.default.svc".to_owned(),
-        "kubernetes.default.svc.cluster.local".to_owned(),
-    ])
+    let mut names = vec!["127.0.0.1".to_owned(), service_ip.to_string()];
+    if !address.is_loopback() {
+        names.push(address.to_string());
+    }
+    let mut server_params = CertificateParams::new(
+        names
+            .into_iter()
+            .chain(
+                [
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ]
+                .map(str::to_owned),
+            )
+            .collect::<Vec<_>>(),
+    )
     .context("serving certificate names")?;
-    server_params.distinguished_name = dn("kube-apiserver", None);
+    server_params.distinguished_name = dn("kube-apiserver");
     server_params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -72,18 +135,8 @@ pub(crate) fn write(dir: &Path, service_ip: IpAddr) -> Result<CertFiles> {
         .signed_by(&server_key, &issuer)
         .context("signing the serving certificate")?;
 
-    let admin_key = KeyPair::generate().context("generating the admin key")?;
-    let mut admin_params = CertificateParams::default();
-    admin_params.distinguished_name = dn("spiderpool-test-admin", Some("system:masters"));
-    admin_params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    admin_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    admin_params.use_authority_key_identifier_extension = true;
-    let admin_cert = admin_params
-        .signed_by(&admin_key, &issuer)
-        .context("signing the admin certificate")?;
+    let admin = client_pem(&issuer, "spiderpool-test-admin", &["system:masters"])?;
+    let kubelet_client = client_pem(&issuer, "kube-apiserver-kubelet-client", &["system:masters"])?;
 
     let sa_key = KeyPair::generate().context("generating the service-account key")?;
 
@@ -95,18 +148,26 @@ pub(crate) fn write(dir: &Path, service_ip: IpAddr) -> Result<CertFiles> {
         admin_key: dir.join("admin.key"),
         sa_key: dir.join("sa.key"),
         sa_pub: dir.join("sa.pub"),
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     let contents = [
         (&files.ca_cert, ca_cert.pem()),
         (&files.server_cert, server_cert.pem()),
         (&files.server_key, server_key.serialize_pem()),
-        (&files.admin_cert, admin_cert.pem()),
-        (&files.admin_key, admin_key.serialize_pem()),
+        (&files.admin_cert, admin.0),
+        (&files.admin_key, admin.1),
+        (&files.kubelet_client_cert, kubelet_client.0),
+        (&files.kubelet_client_key, kubelet_client.1),
         (&files.sa_key, sa_key.serialize_pem()),
         (&files.sa_pub, sa_key.public_key_pem()),
     ];
     for (path, pem) in contents {
         std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(files)
+    let ca = Ca {
+        issuer,
+        dir: dir.to_path_buf(),
+    };
+    Ok((files, ca))
 }

@@ -1,5 +1,7 @@
 //! A real Kubernetes control plane on loopback: etcd + kube-apiserver (+ kube-controller-manager and
-//! kube-scheduler), each in its own process group, in one temp dir.
+//! kube-scheduler), each in its own process group, in one temp dir. The real-node tier puts the API
+//! server on an address of a link it creates instead ([`ClusterOptions::address`]), so that kubelets
+//! in other network namespaces reach it.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -44,9 +46,8 @@ use crate::tools::{self, Binaries};
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
 
-/// The Service CIDR of every test cluster.
+/// The Service CIDR of every test cluster (unless [`ClusterOptions::service_cidr`] says otherwise).
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-const SERVICE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
 
 /// The minimal NetworkAttachmentDefinition CRD (k8s.cni.cncf.io/v1); Multus owns the real one.
 pub const NAD_CRD_YAML: &str = include_str!("../manifests/network-attachment-definition-crd.yaml");
@@ -58,6 +59,9 @@ pub enum Authorization {
     Rbac,
     /// `--authorization-mode=AlwaysAllow`.
     AlwaysAllow,
+    /// `--authorization-mode=Node,RBAC` and the `NodeRestriction` admission plugin, like a cluster
+    /// with real kubelets (each authenticated as `system:node:<name>`).
+    NodeRbac,
 }
 
 /// What to start and how.
@@ -77,6 +81,12 @@ pub struct ClusterOptions {
     pub controller_manager_args: Vec<String>,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// The address the API server listens on and advertises (the `kubernetes` Service's endpoint
+    /// unless it is loopback, which a Service cannot point to).
+    pub address: IpAddr,
+    /// `--service-cluster-ip-range` of the API server and controller-manager; the serving
+    /// certificate names its first address (the `kubernetes` Service's ClusterIP).
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +100,8 @@ impl Default for ClusterOptions {
             apiserver_args: Vec::new(),
             controller_manager_args: Vec::new(),
             ready_timeout: Duration::from_secs(90),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            service_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16).unwrap_or_default(),
         }
     }
 }
@@ -105,10 +117,13 @@ impl ClusterOptions {
     }
 }
 
-/// One child process of the control plane, leader of its own process group.
+/// One child process of the control plane, leader of its own process group. It keeps its command
+/// line so that it can be started again ([`TestCluster::restart`]).
 #[derive(Debug)]
 struct Component {
     name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
     stopped: bool,
@@ -118,7 +133,12 @@ struct Component {
 impl Component {
     fn spawn(name: &'static str, program: &Path, args: &[String], log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Appended to, so that a restarted component's log follows its predecessor's.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let file2 = file.try_clone().context("duplicating a log file handle")?;
         let child = Command::new(program)
             .args(args)
@@ -132,6 +152,8 @@ impl Component {
         tracing::debug!(name, pid = child.id(), log = %log.display(), "started");
         Ok(Component {
             name,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
             child,
             log,
             stopped: false,
@@ -189,6 +211,8 @@ pub struct TestCluster {
     apiserver_url: String,
     options: ClusterOptions,
     startup: Duration,
+    ca: certs::Ca,
+    ca_cert: PathBuf,
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
     _dir_registration: Option<Registration>,
@@ -264,7 +288,12 @@ impl TestCluster {
             Some(watchdog::register_dir(dir.path()))
         };
         let dir_path = dir.path().to_path_buf();
-        let certs = certs::write(&dir_path.join("pki"), SERVICE_IP)?;
+        let service_ip = options
+            .service_cidr
+            .hosts()
+            .next()
+            .ok_or_else(|| anyhow!("service CIDR {} has no address", options.service_cidr))?;
+        let (certs, ca) = certs::write(&dir_path.join("pki"), service_ip.into(), options.address)?;
         std::fs::create_dir_all(dir_path.join("logs")).context("creating the log dir")?;
 
         let mut attempt = 0;
@@ -295,6 +324,8 @@ impl TestCluster {
             apiserver_url: started.apiserver_url,
             options,
             startup,
+            ca,
+            ca_cert: certs.ca_cert.clone(),
             dir: Some(dir),
             dir_path,
             _dir_registration: dir_registration,
@@ -367,12 +398,60 @@ impl TestCluster {
         Ok(TestNamespace { name, client })
     }
 
+    /// A token of ServiceAccount `namespace/name`; see [`request_token`].
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String> {
+        request_token(&self.client()?, namespace, name, pod).await
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name` (a token from
+    /// [`TestCluster::service_account_token`]), so a test runs with exactly that account's RBAC.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
+        let token = self.service_account_token(namespace, name, None).await?;
+        let mut config = self.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).context("creating a ServiceAccount client")
+    }
+
+    /// The API server's address (`127.0.0.1:<port>`).
+    pub fn apiserver_address(&self) -> Result<std::net::SocketAddr> {
+        self.apiserver_url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("parsing {}", self.apiserver_url))
+    }
+
     /// Path of the admin kubeconfig (usable with kubectl).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// The cluster CA's certificate (PEM): what clients verify the API server with, and what
+    /// kubelets verify client certificates with.
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// Writes `<name>.kubeconfig` into the cluster dir for a new client certificate of user
+    /// `common_name` in the groups `organizations` (a kubelet's `system:node:<node>` in
+    /// `system:nodes`, `system:kube-proxy`, ...), and returns its path.
+    pub fn user_kubeconfig(&self, name: &str, common_name: &str, organizations: &[&str]) -> Result<PathBuf> {
+        let (cert, key) = self.ca.client_cert(name, common_name, organizations)?;
+        let kubeconfig = kubeconfig(&self.apiserver_url, &self.ca_cert, &cert, &key, name);
+        let path = self.dir_path.join(format!("{name}.kubeconfig"));
+        let yaml = serde_saphyr::to_string(&kubeconfig).context("serializing a kubeconfig")?;
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `https://<address>:<port>`.
     pub fn apiserver_url(&self) -> &str {
         &self.apiserver_url
     }
@@ -401,6 +480,67 @@ impl TestCluster {
     /// The options the cluster was started with.
     pub fn options(&self) -> &ClusterOptions {
         &self.options
+    }
+
+    /// Sends `signal` to the process group of `component` (`etcd`, `kube-apiserver`, ...): the fault
+    /// layer's SIGSTOP/SIGCONT and crashes.
+    pub fn signal(&self, component: &str, signal: Signal) -> Result<()> {
+        let c = self.component(component)?;
+        let pgid = i32::try_from(c.child.id()).context("pid out of range")?;
+        killpg(Pid::from_raw(pgid), signal).with_context(|| format!("sending {signal} to {component}"))?;
+        Ok(())
+    }
+
+    /// Stops `component` with `signal` (SIGKILL: a crash; SIGTERM: a graceful stop, SIGKILL after
+    /// 10 s), reaps it, and starts it again with the same command line (same ports, same data
+    /// directory; its log is appended to). Does not wait until it is ready.
+    pub fn restart(&mut self, component: &str, signal: Signal) -> Result<()> {
+        let index = self
+            .components
+            .iter()
+            .position(|c| c.name == component)
+            .ok_or_else(|| anyhow!("no component {component}"))?;
+        let old = &mut self.components[index];
+        let pgid = Pid::from_raw(i32::try_from(old.child.id()).context("pid out of range")?);
+        // A stopped process group would never act on SIGTERM.
+        let _ = killpg(pgid, Signal::SIGCONT);
+        let _ = killpg(pgid, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        old.stop();
+        let (name, program, args) = (old.name, old.program.clone(), old.args.clone());
+        let log_dir = self.dir_path.join("logs");
+        self.components[index] = Component::spawn(name, &program, &args, &log_dir)?;
+        Ok(())
+    }
+
+    /// Whether `component` has exited (and was not restarted since).
+    pub fn component_exited(&mut self, component: &str) -> Result<Option<ExitStatus>> {
+        Ok(self
+            .components
+            .iter_mut()
+            .find(|c| c.name == component)
+            .ok_or_else(|| anyhow!("no component {component}"))?
+            .exited())
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`).
+    pub fn etcd_url(&self) -> Result<String> {
+        let c = self.component("etcd")?;
+        c.args
+            .iter()
+            .find_map(|a| a.strip_prefix("--advertise-client-urls="))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("etcd has no --advertise-client-urls"))
+    }
+
+    fn component(&self, name: &str) -> Result<&Component> {
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow!("no component {name}"))
     }
 
     /// Stops everything now (same as dropping).
@@ -440,7 +580,7 @@ async fn start_attempt(
     options: &ClusterOptions,
 ) -> Result<Started, AttemptError> {
     let logs = dir.join("logs");
-    let ports = util::free_ports(3)?;
+    let ports = util::free_ports(options.address, 3)?;
     let (etcd_client, etcd_peer, api_port) = (ports[0], ports[1], ports[2]);
     let etcd_data = dir.join("etcd");
     if etcd_data.exists() {
@@ -466,13 +606,15 @@ async fn start_attempt(
     let authorization = match options.authorization {
         Authorization::Rbac => "RBAC",
         Authorization::AlwaysAllow => "AlwaysAllow",
+        Authorization::NodeRbac => "Node,RBAC",
     };
+    let address = options.address;
     let mut api_args = vec![
         format!("--etcd-servers={etcd_url}"),
         format!("--secure-port={api_port}"),
-        "--bind-address=127.0.0.1".to_owned(),
-        "--advertise-address=127.0.0.1".to_owned(),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+        format!("--bind-address={address}"),
+        format!("--advertise-address={address}"),
+        format!("--service-cluster-ip-range={}", options.service_cidr),
         format!("--authorization-mode={authorization}"),
         format!("--client-ca-file={}", certs.ca_cert.display()),
         format!("--tls-cert-file={}", certs.server_cert.display()),
@@ -481,12 +623,23 @@ async fn start_attempt(
         format!("--service-account-key-file={}", certs.sa_pub.display()),
         format!("--service-account-signing-key-file={}", certs.sa_key.display()),
         format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+        format!(
+            "--kubelet-client-certificate={}",
+            certs.kubelet_client_cert.display()
+        ),
+        format!("--kubelet-client-key={}", certs.kubelet_client_key.display()),
+        "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),
         "--profiling=false".to_owned(),
-        // The `kubernetes` Service can't have endpoints on a loopback address (the API server would
-        // log a validation error every 10 s); nothing in the tests runs in a pod network anyway.
-        "--endpoint-reconciler-type=none".to_owned(),
     ];
+    if address.is_loopback() {
+        // The `kubernetes` Service can't have endpoints on a loopback address (the API server would
+        // log a validation error every 10 s); nothing runs in a pod network then anyway.
+        api_args.push("--endpoint-reconciler-type=none".to_owned());
+    }
+    if options.authorization == Authorization::NodeRbac {
+        api_args.push("--enable-admission-plugins=NodeRestriction".to_owned());
+    }
     api_args.extend(options.apiserver_args.iter().cloned());
     components.push(Component::spawn(
         "kube-apiserver",
@@ -495,8 +648,17 @@ async fn start_attempt(
         &logs,
     )?);
 
-    let apiserver_url = format!("https://127.0.0.1:{api_port}");
-    let kubeconfig = admin_kubeconfig(&apiserver_url, certs);
+    let apiserver_url = match address {
+        IpAddr::V4(v4) => format!("https://{v4}:{api_port}"),
+        IpAddr::V6(v6) => format!("https://[{v6}]:{api_port}"),
+    };
+    let kubeconfig = kubeconfig(
+        &apiserver_url,
+        &certs.ca_cert,
+        &certs.admin_cert,
+        &certs.admin_key,
+        "admin",
+    );
     let kubeconfig_path = dir.join("admin.kubeconfig");
     let yaml = serde_saphyr::to_string(&kubeconfig).context("serializing the kubeconfig")?;
     std::fs::write(&kubeconfig_path, yaml).context("writing the kubeconfig")?;
@@ -520,7 +682,7 @@ async fn start_attempt(
             "--secure-port=0".to_owned(),
             format!("--service-account-private-key-file={}", certs.sa_key.display()),
             format!("--root-ca-file={}", certs.ca_cert.display()),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--service-cluster-ip-range={}", options.service_cidr),
             "--use-service-account-credentials=false".to_owned(),
             "--controllers=*".to_owned(),
             // Notice Ready/NotReady nodes (and lift the not-ready taint of new nodes) quickly.
@@ -565,23 +727,24 @@ async fn start_attempt(
     })
 }
 
-fn admin_kubeconfig(server: &str, certs: &CertFiles) -> Kubeconfig {
+/// A kubeconfig for `server` with a client certificate, named `user`.
+fn kubeconfig(server: &str, ca_cert: &Path, cert: &Path, key: &Path, user: &str) -> Kubeconfig {
     let path = |p: &Path| Some(p.display().to_string());
     Kubeconfig {
         clusters: vec![NamedCluster {
             name: "spiderpool-test".to_owned(),
             cluster: Some(Cluster {
                 server: Some(server.to_owned()),
-                certificate_authority: path(&certs.ca_cert),
+                certificate_authority: path(ca_cert),
                 ..Cluster::default()
             }),
             ..NamedCluster::default()
         }],
         auth_infos: vec![NamedAuthInfo {
-            name: "admin".to_owned(),
+            name: user.to_owned(),
             auth_info: Some(AuthInfo {
-                client_certificate: path(&certs.admin_cert),
-                client_key: path(&certs.admin_key),
+                client_certificate: path(cert),
+                client_key: path(key),
                 ..AuthInfo::default()
             }),
             ..NamedAuthInfo::default()
@@ -590,7 +753,7 @@ fn admin_kubeconfig(server: &str, certs: &CertFiles) -> Kubeconfig {
             name: "spiderpool-test".to_owned(),
             context: Some(Context {
                 cluster: "spiderpool-test".to_owned(),
-                user: Some("admin".to_owned()),
+                user: Some(user.to_owned()),
                 ..Context::default()
             }),
             ..NamedContext::default()
@@ -673,6 +836,40 @@ pub async fn install_crd_yaml(client: &Client, yaml: &str) -> Result<Vec<String>
             .with_context(|| format!("watching CRD {name}"))?;
     }
     Ok(names)
+}
+
+/// A token of ServiceAccount `namespace/name` from the TokenRequest API (one hour), bound to `pod`
+/// (name, uid) when given, as the kubelet's projected tokens are: the API server then adds the pod's
+/// node to the token's user info.
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pod: Option<(&str, &str)>,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: pod.map(|(pod_name, uid)| BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod_name.to_owned()),
+                uid: Some(uid.to_owned()),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))
 }
 
 /// Parses every non-empty document of a multi-document YAML string.

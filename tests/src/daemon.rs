@@ -46,11 +46,28 @@ impl Daemon {
         release: bool,
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_kubeconfig(cluster.kubeconfig_path(), node, dir, release, extra_args)
+    }
+
+    /// [`Daemon::start`] with the API server (and credentials) of `kubeconfig`: the chaos suite
+    /// points it at a fault proxy. A daemon started again for the same node in the same `dir`
+    /// appends to its predecessor's log.
+    pub fn start_with_kubeconfig(
+        kubeconfig: &Path,
+        node: &str,
+        dir: &Path,
+        release: bool,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let binary = tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", release)?;
         let socket = socket_path(dir, node);
         let log = dir.join(format!("{node}.log"));
         let health_port = free_port()?;
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         // The daemon runs in the host's namespace here: it must not tune the host's sysctls unless a
         // test asks for it.
         let tune = if extra_args
@@ -67,7 +84,7 @@ impl Daemon {
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
             .args(tune)
             .args(extra_args)
-            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("SPIDERPOOL_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -172,6 +189,11 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("no VmHWM in /proc/<pid>/status")
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The last lines of the daemon's log.

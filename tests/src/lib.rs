@@ -10,24 +10,39 @@
 //! - [`cni`]: the CNI runtime side (what libcni does): executes plugins of a network configuration
 //!   list with the environment and stdin the CNI specification prescribes.
 //! - [`multus`]: Multus' pod-annotation parsing and network-status rendering.
+//! - [`realnode`]: [`realnode::RealCluster`], a cluster of real nodes on this machine (kubelet +
+//!   containerd + kube-proxy in namespaces of their own, joined by an underlay switch).
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
 //! - [`coordinator`]: the cluster's SpiderCoordinator for the coordinator tests, and upstream
 //!   Spiderpool's plugins (built from their Go module, cached) as differential test peers.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
+//! - [`admission`]: the operator's webhooks registered with a private control plane; [`objects`]:
+//!   namespaces by name and JSON comparisons of sent and stored objects.
 //! - [`vm`]: the kernel tier: Debian's kernel in a QEMU VM for bonds, VLANs and ipvlan, which the host
 //!   kernel lacks; a failing test inside the VM fails the host-side test.
 //!
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
 
+pub mod admission;
+pub mod chaos;
+pub mod chart;
+pub mod child;
 pub mod cluster;
 pub mod cni;
 pub mod coordinator;
 pub mod daemon;
+pub mod images;
 pub mod ipam;
+pub mod kubelet;
 pub mod multus;
+pub mod netns;
+pub mod node_object;
 pub mod node_sim;
+pub mod objects;
+pub mod oci;
+pub mod realnode;
 pub mod tools;
 pub mod vm;
 pub mod watchdog;
@@ -49,6 +64,16 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// Whether process `pid` exists and is not a zombie (`/proc/<pid>/stat`'s state after the command).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, failing after `timeout` with the last error.

@@ -1,13 +1,18 @@
-//! What Multus does around the CNI calls, as pure functions: parsing the network-selection
-//! annotations, naming interfaces, building each delegate's `CNI_ARGS` and capability arguments,
-//! and rendering the `k8s.v1.cni.cncf.io/network-status` annotation.
+//! What Multus does around the CNI calls: parsing the network-selection annotations, resolving a
+//! pod's networks to delegates (the only part that reads the API: its NetworkAttachmentDefinitions),
+//! naming interfaces, building each delegate's `CNI_ARGS` and capability arguments, and rendering the
+//! `k8s.v1.cni.cncf.io/network-status` annotation. The node simulator and the Multus stand-in CNI
+//! plugin of the real-node tier both do Multus' part through this module.
 //!
 //! Modelled on multus-cni (`pkg/multus/multus.go`, `pkg/types/conf.go`) and the Network Plumbing
 //! WG client (`ParseNetworkAnnotation`, `CreateNetworkStatuses`).
 
 use std::net::IpAddr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -156,6 +161,115 @@ impl Delegate {
     }
 }
 
+/// The cluster default network (Multus' `clusterNetwork`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DefaultNetwork {
+    /// A CNI configuration (list or single plugin), as a file in `/etc/cni/net.d` would hold it.
+    Config(Value),
+    /// A NetworkAttachmentDefinition, read at every ADD.
+    Nad { namespace: String, name: String },
+}
+
+/// The delegate of a NetworkAttachmentDefinition's `spec.config`.
+pub async fn nad_delegate(
+    client: &Client,
+    selection: NetworkSelectionElement,
+    master: bool,
+) -> Result<Delegate> {
+    let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &selection.namespace, &resource);
+    let nad = api.get(&selection.name).await.map_err(|e| {
+        anyhow!(
+            "cannot find a network-attachment-definition ({}) in namespace ({}): {e}",
+            selection.name,
+            selection.namespace
+        )
+    })?;
+    let config = nad
+        .data
+        .get("spec")
+        .and_then(|s| s.get("config"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if config.is_empty() {
+        bail!(
+            "net-attach-def {}/{} has no spec.config (Multus would read a file named {} from its confDir; \
+             this emulation does not model that)",
+            selection.namespace,
+            selection.name,
+            selection.name
+        );
+    }
+    let value: Value = serde_json::from_str(config).with_context(|| {
+        format!(
+            "net-attach-def {}/{}: spec.config is not JSON",
+            selection.namespace, selection.name
+        )
+    })?;
+    let name = format!("{}/{}", selection.namespace, selection.name);
+    let fallback = selection.name.clone();
+    Delegate::from_config(name, &value, &fallback, master, selection)
+}
+
+/// The delegates of a pod, default network first: the `v1.multus-cni.io/default-network` annotation's
+/// network or else `default_network`, then every network of the `k8s.v1.cni.cncf.io/networks`
+/// annotation.
+pub async fn pod_delegates(
+    client: &Client,
+    pod: &Pod,
+    default_network: &DefaultNetwork,
+) -> Result<Vec<Delegate>> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let mut delegates = Vec::new();
+    match annotations
+        .get(DEFAULT_NETWORK_ANNOTATION)
+        .filter(|a| !a.is_empty())
+    {
+        Some(annotation) => {
+            let mut selections = parse_network_selection(annotation, &namespace)?;
+            if selections.len() != 1 {
+                bail!(
+                    "multus does not support more than one default network (annotation {DEFAULT_NETWORK_ANNOTATION})"
+                );
+            }
+            let selection = selections.remove(0);
+            delegates.push(nad_delegate(client, selection, true).await?);
+        }
+        None => match default_network {
+            DefaultNetwork::Config(config) => {
+                let name = config
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_owned();
+                delegates.push(Delegate::from_config(
+                    name.clone(),
+                    config,
+                    &name,
+                    true,
+                    NetworkSelectionElement::default(),
+                )?);
+            }
+            DefaultNetwork::Nad { namespace, name } => {
+                let selection = NetworkSelectionElement {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    ..NetworkSelectionElement::default()
+                };
+                delegates.push(nad_delegate(client, selection, true).await?);
+            }
+        },
+    }
+    if let Some(annotation) = annotations.get(NETWORKS_ANNOTATION).filter(|a| !a.is_empty()) {
+        for selection in parse_network_selection(annotation, &namespace)? {
+            delegates.push(nad_delegate(client, selection, false).await?);
+        }
+    }
+    Ok(delegates)
+}
+
 fn inject_cni_args(conf: &mut Map<String, Value>, cni_args: &Map<String, Value>) {
     let args = conf.entry("args").or_insert_with(|| Value::Object(Map::new()));
     if let Some(args) = args.as_object_mut() {
@@ -187,7 +301,41 @@ pub struct PodArgs {
     pub sandbox_id: String,
 }
 
+/// The pairs of a `CNI_ARGS` value (`K=V;K=V`), in order; an item without `=` is an error.
+pub fn parse_cni_args(value: &str) -> Result<Vec<(String, String)>> {
+    value
+        .split(';')
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("CNI_ARGS: invalid item {item:?} (expected KEY=VALUE)"))
+        })
+        .collect()
+}
+
 impl PodArgs {
+    /// The pod named by the runtime's `CNI_ARGS` (Multus' `LoadK8sArgs`): namespace and name are
+    /// required, the UID and sandbox ID may be empty.
+    pub fn from_cni_args(args: &[(String, String)]) -> Result<Self> {
+        let get = |key: &str| {
+            args.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let pod = PodArgs {
+            namespace: get("K8S_POD_NAMESPACE"),
+            name: get("K8S_POD_NAME"),
+            uid: get("K8S_POD_UID"),
+            sandbox_id: get("K8S_POD_INFRA_CONTAINER_ID"),
+        };
+        if pod.namespace.is_empty() || pod.name.is_empty() {
+            bail!("CNI_ARGS names no pod (K8S_POD_NAMESPACE and K8S_POD_NAME)");
+        }
+        Ok(pod)
+    }
+
     /// What containerd passes (in CNI_ARGS) to the CNI plugin it calls, i.e. to Multus.
     pub fn runtime_args(&self) -> Vec<(String, String)> {
         vec![
@@ -213,10 +361,24 @@ pub enum MultusMode {
     Thick,
 }
 
-/// The `RuntimeConf` Multus builds for a delegate (`CreateCNIRuntimeConf` + `DelegateAdd`).
+/// The `RuntimeConf` Multus builds for a delegate (`CreateCNIRuntimeConf` + `DelegateAdd`), when the
+/// runtime passed the arguments containerd passes ([`PodArgs::runtime_args`]).
 pub fn delegate_runtime_conf(
     delegate: &Delegate,
     pod: &PodArgs,
+    netns: &str,
+    ifname: &str,
+    mode: MultusMode,
+) -> Result<RuntimeConf> {
+    delegate_runtime_conf_from(delegate, pod, &pod.runtime_args(), netns, ifname, mode)
+}
+
+/// [`delegate_runtime_conf`] with the runtime's actual `CNI_ARGS` pairs (what a Multus plugin
+/// executed by a real runtime got).
+pub fn delegate_runtime_conf_from(
+    delegate: &Delegate,
+    pod: &PodArgs,
+    runtime_args: &[(String, String)],
     netns: &str,
     ifname: &str,
     mode: MultusMode,
@@ -229,7 +391,7 @@ pub fn delegate_runtime_conf(
         ("K8S_POD_UID".to_owned(), pod.uid.clone()),
     ];
     if mode == MultusMode::Thin {
-        for (key, value) in pod.runtime_args() {
+        for (key, value) in runtime_args.iter().cloned() {
             match args.iter_mut().find(|(k, v)| *k == key && v.is_empty()) {
                 Some(slot) if !value.is_empty() => slot.1 = value,
                 _ => args.push((key, value)),
@@ -284,6 +446,21 @@ fn is_mac(s: &str) -> bool {
         && parts
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The message of Multus' `AddedInterface` event for one delegate's result: `Add <ifname> [<addresses>]
+/// from <network>`.
+pub fn added_interface_message(result: &Value, ifname: &str, network: &str) -> String {
+    let ips: Vec<&str> = result
+        .get("ips")
+        .and_then(Value::as_array)
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("Add {ifname} [{}] from {network}", ips.join(" "))
 }
 
 /// One entry of the network-status annotation (NPWG `NetworkStatus`).
@@ -538,6 +715,26 @@ mod tests {
                 .starts_with("IgnoreUnknown=true;K8S_POD_NAMESPACE=ns;")
         );
         assert!(!thick.cni_args().contains("IgnoreUnknown=1"));
+    }
+
+    #[test]
+    fn runtime_cni_args_name_the_pod() {
+        let args = parse_cni_args(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=s;K8S_POD_UID=u",
+        )
+        .unwrap();
+        let pod = PodArgs::from_cni_args(&args).unwrap();
+        assert_eq!(
+            (
+                pod.namespace.as_str(),
+                pod.name.as_str(),
+                pod.uid.as_str(),
+                pod.sandbox_id.as_str()
+            ),
+            ("ns", "p", "u", "s")
+        );
+        assert!(parse_cni_args("A=1;B").is_err());
+        assert!(PodArgs::from_cni_args(&parse_cni_args("K8S_POD_NAME=p").unwrap()).is_err());
     }
 
     #[test]

@@ -61,12 +61,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, PodSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ObjectMeta, Patch, PatchParams, PostParams,
-    Preconditions,
-};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -75,10 +72,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cni::{self, CniExec, NetworkConfigList, RuntimeConf};
-use crate::multus::{
-    self, DEFAULT_NETWORK_ANNOTATION, Delegate, MultusMode, NETWORK_STATUS_ANNOTATION, NETWORKS_ANNOTATION,
-    NetworkSelectionElement, NetworkStatus, PodArgs,
-};
+use crate::multus::{self, Delegate, MultusMode, NETWORK_STATUS_ANNOTATION, NetworkStatus, PodArgs};
+use crate::node_object;
 use crate::tools;
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
@@ -87,16 +82,8 @@ use crate::watchdog::{self, Registration, Resource};
 pub const SIM_LABEL: &str = "spiderpool.test/simulator";
 /// The interface name the runtime asks Multus for (the pod's primary interface).
 pub const POD_IFNAME: &str = "eth0";
-const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
-/// The cluster default network (Multus' `clusterNetwork`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum DefaultNetwork {
-    /// A CNI configuration (list or single plugin), as a file in `/etc/cni/net.d` would hold it.
-    Config(Value),
-    /// A NetworkAttachmentDefinition, read at every ADD.
-    Nad { namespace: String, name: String },
-}
+pub use crate::multus::DefaultNetwork;
 
 /// How to simulate.
 #[derive(Debug, Clone)]
@@ -123,6 +110,13 @@ pub struct SimOptions {
     /// Extra environment of the CNI plugins run on each node; `{node}` in a value becomes the node's
     /// name (e.g. `SPIDERPOOL_IPAM_UNIX_SOCKET_PATH=/tmp/x/{node}.sock`: one daemon per simulated node).
     pub node_env: Vec<(String, String)>,
+    /// An address (in `node_cidr`) for the host's end of the simulated underlay, so that processes
+    /// of the host's namespace (the API server calling a webhook on a node) reach the nodes. Needs a
+    /// `node_cidr` no other simulator uses at the same time. None by default.
+    pub host_address: Option<Ipv4Addr>,
+    /// Mark hostNetwork pods Running without running anything (the default). Turn off when another
+    /// kubelet stand-in runs them (`crate::kubelet::ImageKubelet`).
+    pub host_network_pods: bool,
 }
 
 impl SimOptions {
@@ -140,6 +134,8 @@ impl SimOptions {
             plugin_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
             node_env: Vec::new(),
+            host_address: None,
+            host_network_pods: true,
         }
     }
 }
@@ -209,7 +205,6 @@ struct Inner {
     closing: AtomicBool,
     attempts: AtomicU64,
     loopback: Option<NetworkConfigList>,
-    nad_resource: ApiResource,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,7 +221,12 @@ struct HostNet {
 }
 
 impl HostNet {
-    fn build(prefix: &str, nodes: &[SimNode], cidr: ipnet::Ipv4Net) -> Result<HostNet> {
+    fn build(
+        prefix: &str,
+        nodes: &[SimNode],
+        cidr: ipnet::Ipv4Net,
+        host_address: Option<Ipv4Addr>,
+    ) -> Result<HostNet> {
         let mut host = HostNet::default();
         let bridge = format!("{prefix}-br");
         util::ip(&["link", "add", &bridge, "type", "bridge"])?;
@@ -234,6 +234,10 @@ impl HostNet {
             .push(watchdog::register(Resource::Link(bridge.clone())));
         host.bridge = Some(bridge.clone());
         util::ip(&["link", "set", &bridge, "up"])?;
+        if let Some(address) = host_address {
+            let addr = format!("{address}/{}", cidr.prefix_len());
+            util::ip(&["addr", "add", &addr, "dev", &bridge])?;
+        }
         for node in nodes {
             util::ip(&["netns", "add", &node.netns])?;
             host._registrations
@@ -330,7 +334,8 @@ impl NodeSimulator {
             .collect();
         let host = {
             let (prefix, nodes, cidr) = (prefix.clone(), nodes.clone(), options.node_cidr);
-            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr))
+            let host_address = options.host_address;
+            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr, host_address))
                 .await
                 .context("host network setup panicked")?
                 .context("building the simulated host network")?
@@ -343,7 +348,6 @@ impl NodeSimulator {
                 .ok()
             })
             .flatten();
-        let gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
         let inner = Arc::new(Inner {
             id: id.clone(),
             client,
@@ -354,7 +358,6 @@ impl NodeSimulator {
             closing: AtomicBool::new(false),
             attempts: AtomicU64::new(0),
             loopback,
-            nad_resource: ApiResource::from_gvk_with_plural(&gvk, "network-attachment-definitions"),
         });
         let mut sim = NodeSimulator {
             inner: inner.clone(),
@@ -612,175 +615,35 @@ impl Inner {
         })
     }
 
-    fn node_conditions(&self, now: &Time) -> Value {
-        let c = |ty: &str, status: &str, reason: &str, message: &str| {
-            json!({"type": ty, "status": status, "reason": reason, "message": message,
-                   "lastHeartbeatTime": to_json(now), "lastTransitionTime": to_json(now)})
-        };
-        json!([
-            c(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available"
-            ),
-            c(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure"
-            ),
-            c(
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available"
-            ),
-            c(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status (spiderpool-tests node simulator)"
-            ),
-        ])
-    }
-
     async fn register_nodes(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         for node in &self.nodes {
             let taints = if self.options.taint {
                 json!([{"key": SIM_LABEL, "value": self.id, "effect": "NoSchedule"}])
             } else {
                 json!([])
             };
-            let object: Node = serde_json::from_value(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": node.name,
-                    "labels": {
-                        "kubernetes.io/hostname": node.name,
-                        "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64",
-                        "beta.kubernetes.io/os": "linux",
-                        "beta.kubernetes.io/arch": "amd64",
-                        SIM_LABEL: self.id,
-                    },
-                    "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
-                },
-                "spec": {"taints": taints},
-            }))?;
-            let created = nodes
-                .create(&PostParams::default(), &object)
-                .await
-                .with_context(|| format!("creating Node {}", node.name))?;
-            let now = now_time();
-            let status = json!({"status": {
-                "capacity": {"cpu": "16", "memory": "65536Mi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "allocatable": {"cpu": "16", "memory": "65536Mi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "conditions": self.node_conditions(&now),
-                "addresses": [{"type": "InternalIP", "address": node.ip.to_string()}, {"type": "Hostname", "address": node.name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {
-                    "machineID": util::sha256_hex(&[node.name.as_bytes()])[..32].to_owned(),
-                    "systemUUID": util::sha256_hex(&[b"uuid", node.name.as_bytes()])[..32].to_owned(),
-                    "bootID": util::sha256_hex(&[b"boot", node.name.as_bytes()])[..32].to_owned(),
-                    "kernelVersion": "simulated",
-                    "osImage": "spiderpool-tests node simulator",
-                    "containerRuntimeVersion": "containerd://simulated",
-                    "kubeletVersion": format!("v{}", tools::kubernetes_version()),
-                    "kubeProxyVersion": "",
-                    "operatingSystem": "linux",
-                    "architecture": "amd64",
-                },
-            }});
-            nodes
-                .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .with_context(|| format!("writing the status of Node {}", node.name))?;
-            let lease: Lease = serde_json::from_value(json!({
-                "metadata": {
-                    "name": node.name,
-                    "namespace": "kube-node-lease",
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node.name,
-                                          "uid": created.metadata.uid.clone().unwrap_or_default()}],
-                },
-                "spec": {"holderIdentity": node.name, "leaseDurationSeconds": 40,
-                         "renewTime": to_json(&MicroTime(Timestamp::now()))},
-            }))?;
-            // kube-node-lease is created by the API server shortly after it is ready.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match leases.create(&PostParams::default(), &lease).await {
-                    Ok(_) => break,
-                    Err(kube::Error::Api(s)) if s.code == 409 => break,
-                    Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("creating the Lease of {}", node.name));
-                    }
-                }
-            }
+            let registration = node_object::NodeRegistration {
+                name: node.name.clone(),
+                ip: node.ip,
+                labels: [(SIM_LABEL.to_owned(), self.id.clone())].into(),
+                taints,
+            };
+            node_object::register(&self.client, &registration).await?;
         }
         Ok(())
     }
 
     async fn wait_schedulable(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut pending = Vec::new();
-            for node in &self.nodes {
-                let object = nodes.get(&node.name).await?;
-                let tainted = object
-                    .spec
-                    .and_then(|s| s.taints)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|t| t.key == NOT_READY_TAINT || t.key == "node.kubernetes.io/unreachable");
-                if tainted {
-                    pending.push(node.name.clone());
-                }
-            }
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "nodes {pending:?} still carry the not-ready taint after 60 s; the node-lifecycle controller of \
-                     kube-controller-manager lifts it (start the cluster with the controller-manager, or set \
-                     SimOptions.wait_schedulable = false)"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        node_object::wait_schedulable(&self.client, &names, Duration::from_secs(60))
+            .await
+            .context("SimOptions.wait_schedulable = false turns this wait off")
     }
 
     async fn heartbeat_once(&self) {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         for node in &self.nodes {
-            let renew = json!({"spec": {"renewTime": to_json(&MicroTime(Timestamp::now()))}});
-            if let Err(err) = leases
-                .patch(&node.name, &PatchParams::default(), &Patch::Merge(&renew))
-                .await
-            {
-                tracing::debug!(%err, node = %node.name, "lease renewal failed");
-            }
-            let now = to_json(&now_time());
-            let status = json!({"status": {"conditions": [
-                {"type": "MemoryPressure", "lastHeartbeatTime": now},
-                {"type": "DiskPressure", "lastHeartbeatTime": now},
-                {"type": "PIDPressure", "lastHeartbeatTime": now},
-                {"type": "Ready", "lastHeartbeatTime": now},
-            ]}});
-            if let Err(err) = nodes
-                .patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(&status))
-                .await
-            {
-                tracing::debug!(%err, node = %node.name, "node status heartbeat failed");
+            if let Err(err) = node_object::heartbeat(&self.client, &node.name).await {
+                tracing::debug!(err = format!("{err:#}"), node = %node.name, "node heartbeat failed");
             }
         }
     }
@@ -825,92 +688,9 @@ impl Inner {
         }
     }
 
-    async fn nad_delegate(&self, selection: NetworkSelectionElement, master: bool) -> Result<Delegate> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &selection.namespace, &self.nad_resource);
-        let nad = api.get(&selection.name).await.map_err(|e| {
-            anyhow!(
-                "cannot find a network-attachment-definition ({}) in namespace ({}): {e}",
-                selection.name,
-                selection.namespace
-            )
-        })?;
-        let config = nad
-            .data
-            .get("spec")
-            .and_then(|s| s.get("config"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if config.is_empty() {
-            bail!(
-                "net-attach-def {}/{} has no spec.config (Multus would read a file named {} from its confDir; \
-                 the simulator does not model that)",
-                selection.namespace,
-                selection.name,
-                selection.name
-            );
-        }
-        let value: Value = serde_json::from_str(config).with_context(|| {
-            format!(
-                "net-attach-def {}/{}: spec.config is not JSON",
-                selection.namespace, selection.name
-            )
-        })?;
-        let name = format!("{}/{}", selection.namespace, selection.name);
-        let fallback = selection.name.clone();
-        Delegate::from_config(name, &value, &fallback, master, selection)
-    }
-
     /// Multus: the delegates of a pod, default network first.
     async fn delegates(&self, pod: &Pod) -> Result<Vec<Delegate>> {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        let mut delegates = Vec::new();
-        match annotations
-            .get(DEFAULT_NETWORK_ANNOTATION)
-            .filter(|a| !a.is_empty())
-        {
-            Some(annotation) => {
-                let mut selections = multus::parse_network_selection(annotation, &namespace)?;
-                if selections.len() != 1 {
-                    bail!(
-                        "multus does not support more than one default network (annotation {DEFAULT_NETWORK_ANNOTATION})"
-                    );
-                }
-                let selection = selections.remove(0);
-                delegates.push(self.nad_delegate(selection, true).await?);
-            }
-            None => match &self.options.default_network {
-                DefaultNetwork::Config(config) => {
-                    let name = config
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("default")
-                        .to_owned();
-                    delegates.push(Delegate::from_config(
-                        name.clone(),
-                        config,
-                        &name,
-                        true,
-                        NetworkSelectionElement::default(),
-                    )?);
-                }
-                DefaultNetwork::Nad { namespace, name } => {
-                    let selection = NetworkSelectionElement {
-                        name: name.clone(),
-                        namespace: namespace.clone(),
-                        ..NetworkSelectionElement::default()
-                    };
-                    delegates.push(self.nad_delegate(selection, true).await?);
-                }
-            },
-        }
-        if let Some(annotation) = annotations.get(NETWORKS_ANNOTATION).filter(|a| !a.is_empty()) {
-            for selection in multus::parse_network_selection(annotation, &namespace)? {
-                delegates.push(self.nad_delegate(selection, false).await?);
-            }
-        }
-        Ok(delegates)
+        multus::pod_delegates(&self.client, pod, &self.options.default_network).await
     }
 
     /// Everything host-side for one pod: netns, loopback, the delegates. Blocking.
@@ -1220,17 +1000,7 @@ impl Inner {
         for a in &record.attachments {
             let has_any = a.result.get("interfaces").is_some() || a.result.get("ips").is_some();
             if has_any {
-                let ips: Vec<&str> = a
-                    .result
-                    .get("ips")
-                    .and_then(Value::as_array)
-                    .map(|ips| {
-                        ips.iter()
-                            .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let message = format!("Add {} [{}] from {}", a.ifname, ips.join(" "), a.network);
+                let message = multus::added_interface_message(&a.result, &a.ifname, &a.network);
                 self.emit_event(pod, "Normal", "AddedInterface", message, "multus")
                     .await;
             }
@@ -1425,7 +1195,9 @@ async fn watch_pods(inner: Arc<Inner>) {
         let Some(uid) = pod.metadata.uid.clone() else {
             continue;
         };
-        if !on_our_node {
+        let left_to_another_kubelet =
+            !inner.options.host_network_pods && pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        if !on_our_node || left_to_another_kubelet {
             continue;
         }
         match workers.get(&uid) {

@@ -95,7 +95,7 @@ fn find_etcd() -> Result<PathBuf> {
     })
 }
 
-fn kubernetes_bin_dir() -> Result<PathBuf> {
+pub(crate) fn kubernetes_bin_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("SPIDERPOOL_KUBE_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
@@ -122,6 +122,19 @@ fn kubernetes_bin_dir() -> Result<PathBuf> {
         .rfind(|line| !line.is_empty())
         .ok_or_else(|| anyhow!("{} printed no directory", script.display()))?;
     Ok(PathBuf::from(dir))
+}
+
+/// The cache root `tests/tools/build-kubernetes.sh` uses too: `SPIDERPOOL_TEST_CACHE`, else
+/// `$XDG_CACHE_HOME/spiderpool-rs`, else `~/.cache/spiderpool-rs`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SPIDERPOOL_TEST_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("spiderpool-rs")
 }
 
 /// A CNI plugin from Debian's `containernetworking-plugins`, or an error saying what to install.

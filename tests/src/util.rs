@@ -9,10 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest, Sha256};
 
-/// `n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released).
-pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+/// `n` distinct free TCP ports on `address` (all bound at once, then released).
+pub(crate) fn free_ports(address: std::net::IpAddr, n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
-        .map(|_| TcpListener::bind(("127.0.0.1", 0)).context("binding a free loopback port"))
+        .map(|_| TcpListener::bind((address, 0)).with_context(|| format!("binding a free port on {address}")))
         .collect::<Result<Vec<_>>>()?;
     listeners
         .iter()

@@ -7,7 +7,8 @@
 //! watchdog process per test process: a small bash loop reading registrations from a pipe. The
 //! test process holds the only write end; when it exits for whatever reason the kernel closes it,
 //! the watchdog reads EOF and removes whatever is still registered: it kills the process groups,
-//! waits for them to go, deletes the network namespaces and links, and removes the directories.
+//! waits for them to go, removes the cgroups (of real nodes' kubelets), deletes the network
+//! namespaces and links, and removes the directories.
 //!
 //! The watchdog runs in its own process group so a Ctrl-C aimed at the test doesn't take it
 //! down first. Registrations are dropped (unregistered) once the owner has cleaned up itself.
@@ -39,6 +40,21 @@ for v in "${items[@]}"; do
   esac
 done
 for v in "${items[@]}"; do
+  case "$v" in
+    cgroup\ *)
+      for _ in $(seq 50); do
+        left=0
+        for h in /sys/fs/cgroup/*/; do
+          [ -d "$h${v#cgroup }" ] || continue
+          find "$h${v#cgroup }" -depth -type d -exec rmdir {} \; 2>/dev/null
+          [ -d "$h${v#cgroup }" ] && left=1
+        done
+        [ $left = 0 ] && break
+        sleep 0.1
+      done ;;
+  esac
+done
+for v in "${items[@]}"; do
   case "$v" in netns\ *) ip netns delete "${v#netns }" 2>/dev/null ;; esac
 done
 for v in "${items[@]}"; do
@@ -60,6 +76,9 @@ pub enum Resource {
     Link(String),
     /// A directory: gets removed recursively.
     Dir(std::path::PathBuf),
+    /// A cgroup, by its path below each hierarchy's root (`/sys/fs/cgroup/<controller>/<name>`): it
+    /// and every cgroup below it get removed in every hierarchy, once their processes are gone.
+    Cgroup(String),
 }
 
 impl Resource {
@@ -69,8 +88,11 @@ impl Resource {
             Resource::Netns(name) => ("netns", name.clone()),
             Resource::Link(name) => ("link", name.clone()),
             Resource::Dir(path) => ("dir", path.to_str()?.to_owned()),
+            Resource::Cgroup(name) => ("cgroup", name.clone()),
         };
-        if value.is_empty() || value.contains('\n') {
+        // A cgroup name is a relative path below the hierarchy roots; anything else could name a root.
+        let bad_cgroup = matches!(self, Resource::Cgroup(name) if name.starts_with('/') || name.split('/').any(|p| p.is_empty() || p == ".."));
+        if value.is_empty() || value.contains('\n') || bad_cgroup {
             return None;
         }
         Some(format!("{kind} {value}"))

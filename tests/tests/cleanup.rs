@@ -5,9 +5,8 @@
 //! SIGKILL. The last two run this very test binary as a child (`cleanup_helper_child`, which does
 //! nothing unless `SPIDERPOOL_CLEANUP_HELPER` is set) and check after it is gone.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -216,7 +215,7 @@ async fn cleanup_helper_child() -> Result<()> {
     init_tracing();
     let cluster = TestCluster::shared().await?;
     let (sim, footprint) = cluster_with_a_pod(cluster).await?;
-    println!("{INFO_PREFIX}{}", serde_json::to_string(&footprint)?);
+    spiderpool_tests::child::report(INFO_PREFIX, &footprint)?;
     if mode == "kill" {
         tokio::time::sleep(Duration::from_secs(300)).await;
     }
@@ -227,34 +226,7 @@ async fn cleanup_helper_child() -> Result<()> {
 
 /// Runs `cleanup_helper_child` in a child process; returns the child and the footprint it reported.
 fn spawn_helper(mode: &str) -> Result<(std::process::Child, Footprint)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args([
-            "cleanup_helper_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, mode)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("running the helper")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let footprint = loop {
-        let Some(line) = lines.next() else {
-            let status = child.wait()?;
-            bail!("helper ended ({status}) without reporting its footprint");
-        };
-        if let Some(json) = line?.strip_prefix(INFO_PREFIX) {
-            break serde_json::from_str::<Footprint>(json)?;
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok((child, footprint))
+    spiderpool_tests::child::spawn_test("cleanup_helper_child", (HELPER_ENV, mode), INFO_PREFIX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

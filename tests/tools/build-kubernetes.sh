@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kube-scheduler at the pinned release from the
-# Kubernetes Go module (through the Go module proxy) and caches them by version, so only the first run
-# on a machine pays for the build. Prints the directory that holds the binaries.
+# Builds kube-apiserver, kube-controller-manager and kube-scheduler (the loopback control plane) and
+# kubelet and kube-proxy (the real-node tier) at the pinned release from the Kubernetes Go module
+# (through the Go module proxy) and caches them by version, so only the first run on a machine pays
+# for the build; a cache that lacks some of them (an older cache) gets only those built. Prints the
+# directory that holds the binaries.
 #
 # Why a throwaway Go module: k8s.io/kubernetes refers to its staging repos (k8s.io/api, k8s.io/apiserver, ...)
 # as `v0.0.0 => ./staging/...`, which only works inside its own repository. A consumer module has to
@@ -15,12 +17,21 @@ version="${KUBERNETES_VERSION:?}"
 staging_version="v0.${version#1.}"
 cache_root="${SPIDERPOOL_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spiderpool-rs}"
 out="$cache_root/kubernetes/v$version"
-binaries=(kube-apiserver kube-controller-manager kube-scheduler)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
-have_all() {
-  for b in "${binaries[@]}"; do [ -x "$out/$b" ] || return 1; done
+missing() {
+  for b in "${binaries[@]}"; do [ -x "$out/$b" ] || echo "$b"; done
 }
-if have_all; then
+if [ -z "$(missing)" ]; then
+  echo "$out"
+  exit 0
+fi
+# Test binaries of several crates may call this at once: one builds, the others wait and find the cache.
+mkdir -p "$cache_root/kubernetes"
+exec 9>"$cache_root/kubernetes/.build.lock"
+flock 9
+mapfile -t todo < <(missing)
+if [ ${#todo[@]} -eq 0 ]; then
   echo "$out"
   exit 0
 fi
@@ -36,7 +47,7 @@ cd "$work"
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 export GOTOOLCHAIN=local
 
-echo "build-kubernetes.sh: building Kubernetes v$version into $out (first run only; several minutes on 2 cores)" >&2
+echo "build-kubernetes.sh: building Kubernetes v$version (${todo[*]}) into $out (first run only; several minutes on 2 cores)" >&2
 go mod init spiderpool-rs.test/kubernetes-build >/dev/null 2>&1
 gomod=$(go mod download -json "k8s.io/kubernetes@v$version" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
 if [ ! -f "$gomod" ]; then
@@ -49,7 +60,7 @@ while read -r module; do
   go mod edit -replace="$module=$module@$staging_version"
 done < <(sed -n 's#^\s*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#\1#p' "$gomod")
 pkgs=()
-for b in "${binaries[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+for b in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
 go get "${pkgs[@]/%/@v$version}"
 
 minor=${version#1.}; minor=${minor%%.*}
@@ -57,9 +68,11 @@ ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=v$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
-mkdir -p "$out.partial"
-go build -trimpath -ldflags "$ldflags" -o "$out.partial/" "${pkgs[@]}"
-rm -rf "$out"
-mv "$out.partial" "$out"
-have_all
+partial="$out.partial.$$"
+mkdir -p "$partial" "$out"
+go build -trimpath -ldflags "$ldflags" -o "$partial/" "${pkgs[@]}"
+# One rename per binary: tests of other crates may be running the cached ones meanwhile.
+for b in "${todo[@]}"; do mv "$partial/$b" "$out/$b"; done
+rm -rf "$partial"
+[ -z "$(missing)" ] || { echo "build-kubernetes.sh: missing after the build: $(missing | tr '\n' ' ')" >&2; exit 1; }
 echo "$out"

@@ -9,6 +9,7 @@
 //!   labels of the pod's top controller, so automatic pools and the topology compiler's fixed-address
 //!   pools (which select `ipam.spidernet.io/app-*`) match their workload's pods.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use spiderpool_ipmath::IpFamily;
@@ -55,12 +56,7 @@ pub fn check_pool(
     if spec.disable == Some(true) {
         return Err("is disabled".to_owned());
     }
-    let version = spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    });
-    if version != Some(family) {
+    if spec.family() != Some(family) {
         return Err(format!("is not an {family} pool"));
     }
     if !spec.node_name.is_empty() {
@@ -116,9 +112,9 @@ pub fn check_pool(
 /// Sorts pools by upstream's priority (podAffinity, nodeName, nodeAffinity, namespaceName,
 /// namespaceAffinity, multusName: a pool with the earlier property goes first), keeping the given order
 /// among equals.
-pub fn order(pools: &mut [&SpiderIPPool]) {
+pub fn order<P: Borrow<SpiderIPPool>>(pools: &mut [P]) {
     pools.sort_by_key(|pool| {
-        let spec = &pool.spec;
+        let spec = &pool.borrow().spec;
         [
             spec.pod_affinity.is_none(),
             spec.node_name.is_empty(),

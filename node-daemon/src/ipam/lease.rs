@@ -23,10 +23,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use spiderpool_ipmath::IpSet;
+use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::ippool::PoolIPAllocation;
 
 use super::pick::{self, Op, Outcome};
+use super::records::{self, RecordIndex};
 
 /// The pod an address was handed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,12 @@ pub struct RoundOutput {
     /// Handed-out addresses whose records no longer say this node reserved them (and which are not
     /// free to claim): someone removed the reservation. Never expected; reported loudly.
     pub lost: Vec<(IpAddr, Holder, String)>,
+    /// Keys of the records as written that are not canonical addresses of the pool's family
+    /// ([`super::records`]): kept, and counted as occupying whatever they may name.
+    pub foreign_keys: Vec<String>,
+    /// Addresses more than one record names, with those keys: they stay occupied until each record
+    /// is released by its pod.
+    pub ambiguous: Vec<(IpAddr, Vec<String>)>,
 }
 
 /// Decides one write: records the handed-out reservations for their pods, turns released addresses
@@ -90,15 +97,23 @@ pub struct RoundOutput {
 /// [`pick::apply`] does), then reserves up to `extra_wanted` more.
 pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &RoundInput<'_>) -> RoundOutput {
     let mut output = RoundOutput::default();
+    let index = RecordIndex::new(records, input.usable.family());
 
     for (ip, holder) in input.converting {
         let key = ip.to_string();
+        let foreign: Vec<String> = index
+            .keys_naming(records, ip)
+            .into_iter()
+            .filter(|k| k != &key)
+            .collect();
         match records.get(&key) {
             Some(record) if record.reservation() == Some(input.node) => {
+                // The pod holds the address whatever else a foreign record says (that one stays and
+                // is reported as ambiguous): recording it is the truth, and keeps it occupied.
                 records.insert(key, holder.record());
             }
             Some(record) if record.reservation().is_none() && record.pod_uid == holder.pod_uid => {}
-            None if input.usable.contains(ip) => {
+            None if input.usable.contains(ip) && foreign.is_empty() => {
                 records.insert(key, holder.record());
             }
             Some(record) => output.lost.push((
@@ -109,6 +124,14 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
                     None => format!("the pool now says {} holds it", record.pod),
                 },
             )),
+            None if !foreign.is_empty() => output.lost.push((
+                *ip,
+                holder.clone(),
+                format!(
+                    "its reservation was removed and the pool now has other records naming it ({})",
+                    foreign.join(", ")
+                ),
+            )),
             None => output.lost.push((
                 *ip,
                 holder.clone(),
@@ -118,18 +141,27 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
 
     for (ip, pod_uid) in input.releasing {
-        let key = ip.to_string();
-        let held = records
-            .get(&key)
-            .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid);
-        if !held {
+        let keys = index.keys_naming(records, ip);
+        let held: Vec<&String> = keys
+            .iter()
+            .filter(|k| {
+                records
+                    .get(*k)
+                    .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
+            })
+            .collect();
+        if held.is_empty() {
             continue;
         }
-        if input.keep_released && input.usable.contains(ip) {
-            records.insert(key, PoolIPAllocation::reserved_for(input.node));
+        for key in &held {
+            records.remove(*key);
+        }
+        // Kept as this node's reservation, under the canonical key, unless another record still
+        // names the address.
+        let others_remain = keys.len() > held.len();
+        if input.keep_released && input.usable.contains(ip) && !others_remain {
+            records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
             output.reserved.insert(*ip);
-        } else {
-            records.remove(&key);
         }
     }
 
@@ -144,9 +176,11 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
 
     // Reservations of this node that it does not know: adopt them (see `RoundOutput::reserved`).
+    // Only canonical keys are this daemon's: another key naming a reservation of this node is
+    // foreign and stays as it is.
     for (key, record) in records.iter() {
         if record.reservation() == Some(input.node)
-            && let Ok(ip) = key.parse::<IpAddr>()
+            && let Some(ip) = records::canonical(key, input.usable.family())
             && !input.kept.contains(&ip)
             && !input.returning.contains(&ip)
             && !input.converting.contains_key(&ip)
@@ -183,6 +217,8 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
         }
     }
 
+    output.foreign_keys = RecordIndex::new(records, input.usable.family()).foreign_keys();
+    output.ambiguous = index.ambiguous(records);
     let free = free_addresses(records, input.usable);
     let free_count = usize::try_from(free.len()).unwrap_or(usize::MAX);
     let (mut reservations, mut mine) = (0_usize, 0_usize);
@@ -192,8 +228,11 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
     let share = even_share(free_count.saturating_add(reservations), others.len());
     let room = input.max_records.saturating_sub(records.len());
+    // Adopted reservations (an earlier write of this node whose answer was lost) are what the node
+    // wanted then and wants again now: they count toward `extra_wanted`.
     let extra = input
         .extra_wanted
+        .saturating_sub(output.reserved.len())
         .min(free_count)
         .min(share.saturating_sub(mine))
         .min(room);
@@ -204,30 +243,61 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     output
 }
 
-/// After a restart: which of this node's reservations in `records` were handed to pods (an endpoint
-/// written by this node claims them: `claims`) and which are unused.
+/// This node's reservations after a restart ([`recover`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Handed to a pod (one endpoint of this node claims it, or one live pod among its claimants).
+    pub handed: BTreeMap<IpAddr, Holder>,
+    /// Unused (no endpoint claims it, or none of its claimants' pods is alive).
+    pub unused: BTreeSet<IpAddr>,
+    /// Claimed by endpoints of several live pods: kept reserved for this node and out of use (neither
+    /// recorded for one of them nor handed out again) until a later recovery finds one claimant.
+    pub disputed: BTreeMap<IpAddr, Vec<Holder>>,
+    /// Every address claimed by several endpoints, with the claimants (resolved or not), to report.
+    pub contested: BTreeMap<IpAddr, Vec<Holder>>,
+}
+
+/// After a restart: which of this node's reservations in `records` were handed to pods (endpoints
+/// written by this node claim them: `claims`, address to every pod claiming it) and which are
+/// unused. An address claimed by several pods goes to the one whose pod is alive (`alive`, by UID);
+/// with none alive it is unused; with several it is disputed.
 pub fn recover(
     records: &BTreeMap<String, PoolIPAllocation>,
     node: &str,
-    claims: &HashMap<IpAddr, Holder>,
-) -> (BTreeMap<IpAddr, Holder>, BTreeSet<IpAddr>) {
-    let mut handed = BTreeMap::new();
-    let mut unused = BTreeSet::new();
+    claims: &HashMap<IpAddr, Vec<Holder>>,
+    alive: impl Fn(&str) -> bool,
+) -> Recovered {
+    let mut recovered = Recovered::default();
     for (key, record) in records {
         if record.reservation() != Some(node) {
             continue;
         }
         let Ok(ip) = key.parse::<IpAddr>() else { continue };
-        match claims.get(&ip) {
-            Some(holder) => {
-                handed.insert(ip, holder.clone());
+        if ip.to_string() != *key {
+            continue;
+        }
+        let claimants = claims.get(&ip).map(Vec::as_slice).unwrap_or_default();
+        if claimants.len() > 1 {
+            recovered.contested.insert(ip, claimants.to_vec());
+        }
+        let live: Vec<&Holder> = if claimants.len() > 1 {
+            claimants.iter().filter(|h| alive(&h.pod_uid)).collect()
+        } else {
+            claimants.iter().collect()
+        };
+        match live.as_slice() {
+            [] => {
+                recovered.unused.insert(ip);
             }
-            None => {
-                unused.insert(ip);
+            [holder] => {
+                recovered.handed.insert(ip, (*holder).clone());
+            }
+            _ => {
+                recovered.disputed.insert(ip, claimants.to_vec());
             }
         }
     }
-    (handed, unused)
+    recovered
 }
 
 /// Whether `records` hold any reservation of `node`.
@@ -235,21 +305,59 @@ pub fn has_reservations(records: &BTreeMap<String, PoolIPAllocation>, node: &str
     records.values().any(|r| r.reservation() == Some(node))
 }
 
-/// Pod UID to address, for every address of the pool held by a pod.
-pub fn holders(records: &BTreeMap<String, PoolIPAllocation>) -> HashMap<String, IpAddr> {
+/// Pod UID to address, for every address of a pool of `family` held by a pod whose record names
+/// exactly one address ([`RecordIndex::address_of_key`]).
+pub fn holders(records: &BTreeMap<String, PoolIPAllocation>, family: IpFamily) -> HashMap<String, IpAddr> {
+    let index = RecordIndex::new(records, family);
     records
         .iter()
         .filter(|(_, r)| r.reservation().is_none())
-        .filter_map(|(ip, r)| Some((r.pod_uid.clone(), ip.parse().ok()?)))
+        .filter_map(|(key, r)| Some((r.pod_uid.clone(), index.address_of_key(key)?)))
         .collect()
 }
 
-/// The usable addresses no record takes, lowest first.
+/// The usable addresses no record names ([`super::records`]), lowest first.
 pub fn free_addresses(records: &BTreeMap<String, PoolIPAllocation>, usable: &IpSet) -> IpSet {
-    let used: Vec<IpAddr> = records.keys().filter_map(|ip| ip.parse().ok()).collect();
-    let used =
-        IpSet::from_ips(usable.family(), used.iter()).unwrap_or_else(|_| IpSet::empty(usable.family()));
-    usable.difference(&used)
+    usable.difference(&RecordIndex::new(records, usable.family()).occupied(records))
+}
+
+/// What a pool's encoded records hold, counted without decoding them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records of every kind.
+    pub records: usize,
+    /// Reservations of every node.
+    pub reservations: usize,
+    /// Nodes other than this one holding reservations.
+    pub other_nodes: usize,
+}
+
+/// Counts records by their `"podUid"` key and reservations by their `"reservedForNode"` values in
+/// the encoded `allocatedIPs` (`text`), for `node`: decoding a large pool's status on every look
+/// would cost far more, and this is only used for sizing.
+pub fn count_records(text: &str, node: &str) -> RecordCounts {
+    let mut counts = RecordCounts {
+        records: text.matches("\"podUid\"").count(),
+        ..RecordCounts::default()
+    };
+    let mut others: BTreeSet<&str> = BTreeSet::new();
+    for name in text
+        .split("\"reservedForNode\":\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+    {
+        counts.reservations += 1;
+        if name != node {
+            others.insert(name);
+        }
+    }
+    counts.other_nodes = others.len();
+    counts
+}
+
+/// Whether the encoded `allocatedIPs` (`text`) mention a reservation of `node`.
+pub fn mentions_reservations_of(text: &str, node: &str) -> bool {
+    text.contains(&format!("\"reservedForNode\":\"{node}\""))
 }
 
 /// Nodes holding reservations in `records`, except `except`.
@@ -459,6 +567,21 @@ mod tests {
     }
 
     #[test]
+    fn reserving_never_takes_an_address_a_foreign_key_names() {
+        let usable = usable("10.0.0.1-10.0.0.4");
+        let mut records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/x", "uid-x")),
+            ("fd00::9".to_owned(), PoolIPAllocation::held_by("ns/y", "uid-y")),
+            ("10.0.0.02".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
+        ]);
+        let (c, r, k) = (BTreeMap::new(), BTreeSet::new(), BTreeSet::new());
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &k, &[], 4));
+        assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.3"), ip("10.0.0.4")]));
+        assert_eq!(records["10.0.0.1"].pod_uid, "uid-x");
+        assert!(free_addresses(&records, &usable).is_empty());
+    }
+
+    #[test]
     fn unknown_reservations_of_this_node_are_adopted() {
         let usable = usable("10.0.0.1-10.0.0.10");
         let mut records = BTreeMap::from([
@@ -469,6 +592,11 @@ mod tests {
         let kept = BTreeSet::from([ip("10.0.0.5")]);
         let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 0));
         assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.6")]));
+        // After a lost response the node wants again what that write reserved: the adopted ones
+        // count toward it, nothing more is taken.
+        let out = decide_round(&mut records, &input("n1", &usable, &c, &r, &kept, &[], 1));
+        assert_eq!(out.reserved, BTreeSet::from([ip("10.0.0.6")]));
+        assert_eq!(records.len(), 2);
     }
 
     #[test]
@@ -587,15 +715,43 @@ mod tests {
             ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n2")),
             ("10.0.0.4".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
         ]);
-        let claims = HashMap::from([(ip("10.0.0.1"), holder("a")), (ip("10.0.0.3"), holder("b"))]);
-        let (handed, unused) = recover(&records, "n1", &claims);
-        assert_eq!(handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
-        assert_eq!(unused, BTreeSet::from([ip("10.0.0.2")]));
+        let claims = HashMap::from([
+            (ip("10.0.0.1"), vec![holder("a")]),
+            (ip("10.0.0.3"), vec![holder("b")]),
+        ]);
+        let recovered = recover(&records, "n1", &claims, |_| true);
+        assert_eq!(recovered.handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
+        assert_eq!(recovered.unused, BTreeSet::from([ip("10.0.0.2")]));
+        assert!(recovered.disputed.is_empty() && recovered.contested.is_empty());
         assert!(has_reservations(&records, "n2") && !has_reservations(&records, "n3"));
         assert_eq!(
-            holders(&records),
+            holders(&records, IpFamily::V4),
             HashMap::from([("uid-z".to_owned(), ip("10.0.0.4"))])
         );
+    }
+
+    #[test]
+    fn a_reservation_several_endpoints_claim_goes_to_the_one_live_pod_or_is_disputed() {
+        let records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.3".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ]);
+        let claims = HashMap::from([
+            (ip("10.0.0.1"), vec![holder("gone"), holder("a")]),
+            (ip("10.0.0.2"), vec![holder("b"), holder("c")]),
+            (ip("10.0.0.3"), vec![holder("gone"), holder("dead")]),
+        ]);
+        let recovered = recover(&records, "n1", &claims, |uid| {
+            !["uid-gone", "uid-dead"].contains(&uid)
+        });
+        assert_eq!(recovered.handed, BTreeMap::from([(ip("10.0.0.1"), holder("a"))]));
+        assert_eq!(recovered.unused, BTreeSet::from([ip("10.0.0.3")]));
+        assert_eq!(
+            recovered.disputed.keys().copied().collect::<Vec<_>>(),
+            [ip("10.0.0.2")]
+        );
+        assert_eq!(recovered.contested.len(), 3);
     }
 
     #[test]

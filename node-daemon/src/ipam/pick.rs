@@ -18,6 +18,8 @@ use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::SpiderIPPoolSpec;
 use spiderpool_schema::ippool::PoolIPAllocation;
 
+use super::records::RecordIndex;
+
 /// One change to a pool's records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -71,19 +73,17 @@ pub enum Outcome {
 /// Why an allocation found nothing: every usable address is taken.
 pub const ALL_USED: &str = "all IP addresses used out";
 
-/// The addresses a pool may give out: `ips − excludeIPs − reserved`.
+/// The addresses a pool may give out: its usable addresses
+/// ([`SpiderIPPoolSpec::usable_addresses`]) minus the reserved ones.
 pub fn usable_addresses(
     spec: &SpiderIPPoolSpec,
     family: IpFamily,
     reserved: &IpSet,
 ) -> Result<IpSet, String> {
-    let describe = |field: &str, errors: Vec<spiderpool_ipmath::ItemError>| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        format!("spec.{field}: {}", list.join("; "))
-    };
-    let ips = IpSet::parse_list(family, &spec.ips).map_err(|e| describe("ips", e))?;
-    let excluded = IpSet::parse_list(family, &spec.exclude_ips).map_err(|e| describe("excludeIPs", e))?;
-    let mut usable = ips.difference(&excluded);
+    let mut usable = spec.usable_addresses().map_err(|e| e.to_string())?;
+    if usable.family() != family {
+        return Err(format!("the pool is {}, not {family}", usable.family()));
+    }
     if reserved.family() == family {
         usable = usable.difference(reserved);
     }
@@ -101,17 +101,23 @@ pub fn apply(
     max_records: usize,
 ) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+    let index = RecordIndex::new(records, usable.family());
 
     for (i, op) in ops.iter().enumerate() {
         if let Op::Release { ip, pod_uid } = op {
-            let key = ip.to_string();
-            let held = records
-                .get(&key)
-                .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid);
-            if held {
-                records.remove(&key);
+            let held: Vec<String> = index
+                .keys_naming(records, ip)
+                .into_iter()
+                .filter(|key| {
+                    records
+                        .get(key)
+                        .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
+                })
+                .collect();
+            for key in &held {
+                records.remove(key);
             }
-            outcomes[i] = Some(Outcome::Released(held));
+            outcomes[i] = Some(Outcome::Released(!held.is_empty()));
         }
     }
 
@@ -123,40 +129,51 @@ pub fn apply(
             pod_uid,
         } = op
         {
-            let key = ip.to_string();
-            outcomes[i] = Some(match records.get_mut(&key) {
-                Some(record)
-                    if record.reservation().is_none()
-                        && (&record.pod_uid == previous_uid || &record.pod == pod) =>
-                {
-                    record.pod.clone_from(pod);
-                    record.pod_uid.clone_from(pod_uid);
+            let keys = index.keys_naming(records, ip);
+            outcomes[i] = Some(match keys.as_slice() {
+                [] if usable.contains(ip) => {
+                    records.insert(
+                        ip.to_string(),
+                        PoolIPAllocation::held_by(pod.clone(), pod_uid.clone()),
+                    );
                     Outcome::Rebound
                 }
-                Some(record) => Outcome::RebindRefused(match record.reservation() {
-                    Some(node) => format!("{ip} is reserved by the agent of node {node}"),
-                    None => format!("{ip} is held by {}", record.pod),
-                }),
-                None if usable.contains(ip) => {
-                    records.insert(key, PoolIPAllocation::held_by(pod.clone(), pod_uid.clone()));
-                    Outcome::Rebound
-                }
-                None => Outcome::RebindRefused(format!("{ip} is no longer a usable address of the pool")),
+                [] => Outcome::RebindRefused(format!("{ip} is no longer a usable address of the pool")),
+                [key] => match records.get_mut(key) {
+                    Some(record)
+                        if record.reservation().is_none()
+                            && (&record.pod_uid == previous_uid || &record.pod == pod) =>
+                    {
+                        record.pod.clone_from(pod);
+                        record.pod_uid.clone_from(pod_uid);
+                        Outcome::Rebound
+                    }
+                    Some(record) => Outcome::RebindRefused(match record.reservation() {
+                        Some(node) => format!("{ip} is reserved by the agent of node {node}"),
+                        None => format!("{ip} is held by {}", record.pod),
+                    }),
+                    None => Outcome::RebindRefused(format!("{ip} changed while deciding")),
+                },
+                several => Outcome::RebindRefused(format!(
+                    "{ip} is claimed by {} records ({}): ambiguous, left to whoever holds them",
+                    several.len(),
+                    several.join(", ")
+                )),
             });
         }
     }
 
-    let by_uid: HashMap<&str, &str> = records
+    let by_uid: HashMap<&str, IpAddr> = records
         .iter()
         .filter(|(_, r)| r.reservation().is_none())
-        .map(|(ip, r)| (r.pod_uid.as_str(), ip.as_str()))
+        .filter_map(|(key, r)| Some((r.pod_uid.as_str(), index.address_of_key(key)?)))
         .collect();
     let mut existing: Vec<(usize, IpAddr)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         if let Op::Allocate { pod_uid, .. } = op
-            && let Some(ip) = by_uid.get(pod_uid.as_str()).and_then(|ip| ip.parse().ok())
+            && let Some(ip) = by_uid.get(pod_uid.as_str())
         {
-            existing.push((i, ip));
+            existing.push((i, *ip));
         }
     }
     drop(by_uid);
@@ -164,9 +181,7 @@ pub fn apply(
         outcomes[i] = Some(Outcome::Allocated(ip));
     }
 
-    let used: Vec<IpAddr> = records.keys().filter_map(|ip| ip.parse().ok()).collect();
-    let used =
-        IpSet::from_ips(usable.family(), used.iter()).unwrap_or_else(|_| IpSet::empty(usable.family()));
+    let used = index.occupied(records);
     let free_set = usable.difference(&used);
     let mut free = free_set.iter();
     // A batch may carry the same pod twice (a retried ADD queued behind the first): one address each.
@@ -365,6 +380,99 @@ mod tests {
             apply(&mut records, &usable, &[outside], 100)[0],
             Outcome::RebindRefused(_)
         ));
+    }
+
+    fn held(pod: &str) -> PoolIPAllocation {
+        PoolIPAllocation::held_by(format!("ns/{pod}"), format!("uid-{pod}"))
+    }
+
+    fn v4(range: &str) -> IpSet {
+        IpSet::parse_list(IpFamily::V4, &[range]).unwrap()
+    }
+
+    #[test]
+    fn a_key_of_the_other_family_never_makes_held_addresses_look_free() {
+        let usable = v4("10.0.0.1-10.0.0.3");
+        let mut records = BTreeMap::from([
+            ("10.0.0.1".to_owned(), held("x")),
+            ("fd00::1".to_owned(), held("y")),
+        ]);
+        let out = apply(&mut records, &usable, &[alloc("a")], 100);
+        assert_eq!(out, [Outcome::Allocated(ip("10.0.0.2"))]);
+        assert_eq!(records["10.0.0.1"], held("x"));
+        assert_eq!(records["fd00::1"], held("y"));
+    }
+
+    #[test]
+    fn a_non_canonical_key_occupies_every_address_it_may_name() {
+        let usable = v4("10.0.0.1-10.0.0.12");
+        let mut records = BTreeMap::from([
+            // Leading zeros: decimal 1 (Go before 1.17); " 10.0.0.2 ", a prefix length, an IPv4-mapped
+            // IPv6 form; "010": decimal 10 or octal 8.
+            ("10.0.0.01".to_owned(), held("x1")),
+            (" 10.0.0.2 ".to_owned(), held("x2")),
+            ("10.0.0.3/24".to_owned(), held("x3")),
+            ("::ffff:10.0.0.4".to_owned(), held("x4")),
+            ("10.0.0.010".to_owned(), held("x5")),
+        ]);
+        let ops: Vec<Op> = (0..6).map(|i| alloc(&format!("p{i}"))).collect();
+        let out = apply(&mut records, &usable, &ops, 100);
+        let given: Vec<IpAddr> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Allocated(ip) => Some(*ip),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<IpAddr> = [
+            "10.0.0.5",
+            "10.0.0.6",
+            "10.0.0.7",
+            "10.0.0.9",
+            "10.0.0.11",
+            "10.0.0.12",
+        ]
+        .iter()
+        .map(|s| ip(s))
+        .collect();
+        assert_eq!(given, expected);
+        assert_eq!(records.len(), 11);
+    }
+
+    #[test]
+    fn an_unparseable_key_is_kept_and_counts_toward_the_size_cap() {
+        let usable = v4("10.0.0.1-10.0.0.3");
+        let mut records = BTreeMap::from([("not an address".to_owned(), held("x"))]);
+        let out = apply(&mut records, &usable, &[alloc("a")], 1);
+        assert!(matches!(&out[0], Outcome::Exhausted(_)), "{out:?}");
+        assert_eq!(records["not an address"], held("x"));
+    }
+
+    #[test]
+    fn a_non_canonical_record_is_released_by_its_pod_and_never_rebound_to_another() {
+        let usable = IpSet::parse_list(IpFamily::V6, &["fd00::1-fd00::9"]).unwrap();
+        let mut records = BTreeMap::from([("fd00:0::5".to_owned(), held("x"))]);
+        let rebind = Op::Rebind {
+            ip: ip("fd00::5"),
+            previous_uid: "uid-old".into(),
+            pod: "ns/new".into(),
+            pod_uid: "uid-new".into(),
+        };
+        let out = apply(&mut records, &usable, std::slice::from_ref(&rebind), 100);
+        assert!(
+            matches!(&out[0], Outcome::RebindRefused(why) if why.contains("ns/x")),
+            "{out:?}"
+        );
+        assert_eq!(records.len(), 1);
+        let release = Op::Release {
+            ip: ip("fd00::5"),
+            pod_uid: "uid-x".into(),
+        };
+        assert_eq!(
+            apply(&mut records, &usable, &[release], 100),
+            [Outcome::Released(true)]
+        );
+        assert!(records.is_empty());
     }
 
     #[test]

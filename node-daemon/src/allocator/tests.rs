@@ -1,0 +1,331 @@
+//! The allocator through the fake API server: ADD, DEL, GC and releases, each scenario stating the
+//! calls it makes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use spiderpool_agent_api::{Attachment, IpamAddArgs, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, codes};
+use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
+
+use super::*;
+use crate::api::OwnerKind;
+use crate::api::fake::{Call, CallKind, FakeApi, Fault};
+use crate::config::LeaseTuning;
+
+struct World {
+    fake: Arc<FakeApi>,
+    allocator: Allocator,
+}
+
+fn world() -> World {
+    let (fake, stores) = FakeApi::new("n1");
+    let mut config = Config::new("n1");
+    config.request_timeout = Duration::from_secs(5);
+    // Every allocation writes: the calls of each scenario are the same whatever came before.
+    config.lease = LeaseTuning {
+        max_size: 0,
+        ..LeaseTuning::default()
+    };
+    let metrics = Metrics::new();
+    let writers = PoolWriters::new(fake.clone(), &config, stores.clone(), metrics.clone());
+    let allocator = Allocator::new(fake.clone(), config, stores, writers, metrics);
+    fake.put_pool(SpiderIPPool::new(
+        "p",
+        SpiderIPPoolSpec {
+            subnet: "10.0.0.0/24".into(),
+            ips: vec!["10.0.0.10-10.0.0.19".into()],
+            gateway: Some("10.0.0.1".into()),
+            ..Default::default()
+        },
+    ));
+    World { fake, allocator }
+}
+
+fn pod(name: &str, uid: &str, owner: Option<(&str, &str, &str)>) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(uid.into()),
+            owner_references: owner.map(|(api_version, kind, name)| {
+                vec![OwnerReference {
+                    api_version: api_version.into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: format!("{name}-uid"),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("n1".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn add_args(name: &str, uid: &str, container: &str) -> IpamAddArgs {
+    IpamAddArgs {
+        container_id: container.into(),
+        if_name: "eth0".into(),
+        net_name: "net".into(),
+        pod_namespace: "ns".into(),
+        pod_name: name.into(),
+        pod_uid: uid.into(),
+        default_ipv4_ippool: vec!["p".into()],
+        ..Default::default()
+    }
+}
+
+fn del_args(name: &str, uid: &str, container: &str) -> IpamDelArgs {
+    IpamDelArgs {
+        container_id: container.into(),
+        if_name: "eth0".into(),
+        net_name: "net".into(),
+        pod_namespace: "ns".into(),
+        pod_name: name.into(),
+        pod_uid: uid.into(),
+        ..Default::default()
+    }
+}
+
+fn call(kind: CallKind, target: &str) -> Call {
+    Call {
+        kind,
+        target: target.to_owned(),
+    }
+}
+
+fn holders(fake: &FakeApi) -> Vec<(String, String)> {
+    fake.pool("p")
+        .unwrap()
+        .status
+        .unwrap_or_default()
+        .allocations()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, r)| r.reservation().is_none())
+        .map(|(ip, r)| (ip, r.pod_uid))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_pods_add_records_the_address_then_creates_its_endpoint() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    let answer = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    assert_eq!(answer.ips[0].address, "10.0.0.10/24");
+    assert_eq!(answer.routes[0].gw, "10.0.0.1");
+    assert_eq!(
+        w.fake.calls(),
+        [
+            call(CallKind::GetPool, "p"),
+            call(CallKind::WritePoolStatus, "p"),
+            call(CallKind::CreateEndpoint, "ns/a"),
+        ]
+    );
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    assert_eq!(ep.status.unwrap().current.uid, "u1");
+    assert_eq!(holders(&w.fake), [("10.0.0.10".to_owned(), "u1".to_owned())]);
+
+    // The same ADD again (a retry): the same answer, no write.
+    w.fake.clear_calls();
+    let again = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    assert_eq!(again, answer);
+    assert_eq!(
+        w.fake.calls(),
+        [
+            call(CallKind::CreateEndpoint, "ns/a"),
+            call(CallKind::GetEndpoint, "ns/a")
+        ]
+    );
+    // From a new sandbox: the endpoint now names it.
+    w.allocator.add(&add_args("a", "u1", "c2")).await.unwrap();
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    assert_eq!(endpoint::container_of(&ep), Some("c2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_endpoint_write_gives_the_address_back() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.fake.fail(CallKind::CreateEndpoint, Fault::Status(500), 1);
+    let err = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap_err();
+    assert_eq!(err.code(), codes::TRY_AGAIN_LATER);
+    // Released at once, recorded by the writer's next background write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holders(&w.fake).is_empty());
+    assert!(w.fake.endpoint("ns", "a").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn del_releases_the_address_and_deletes_the_endpoint() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // From an older sandbox: nothing happens.
+    w.allocator.del(&del_args("a", "u1", "c0")).await.unwrap();
+    assert_eq!(holders(&w.fake).len(), 1);
+    w.fake.clear_calls();
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    assert!(w.fake.endpoint("ns", "a").is_none());
+    // The release is answered at once; the pool is written in the background.
+    assert_eq!(
+        w.fake.calls(),
+        [
+            call(CallKind::GetEndpoint, "ns/a"),
+            call(CallKind::RemoveEndpointFinalizers, "ns/a"),
+            call(CallKind::DeleteEndpoint, "ns/a"),
+        ]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holders(&w.fake).is_empty());
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+    // DEL again: nothing to release.
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_pods_endpoint_is_released_before_the_new_pod_allocates() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // The pod is recreated under the same name; the old one's DEL never came.
+    w.fake.remove_pod("ns", "a");
+    w.fake.put_pod(pod("a", "u2", None));
+    let answer = w.allocator.add(&add_args("a", "u2", "c2")).await.unwrap();
+    assert_eq!(
+        holders(&w.fake),
+        [(
+            answer.ips[0].address.trim_end_matches("/24").to_owned(),
+            "u2".to_owned()
+        )]
+    );
+    assert_eq!(
+        w.fake.endpoint("ns", "a").unwrap().status.unwrap().current.uid,
+        "u2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_statefulset_member_recreated_takes_its_address_over() {
+    let w = world();
+    w.fake.put_owner(
+        OwnerKind::StatefulSet,
+        ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        },
+    );
+    let member = |uid: &str| pod("db-0", uid, Some(("apps/v1", "StatefulSet", "db")));
+    w.fake.put_pod(member("u1"));
+    let first = w.allocator.add(&add_args("db-0", "u1", "c1")).await.unwrap();
+    // DEL keeps the address while the StatefulSet exists.
+    w.allocator.del(&del_args("db-0", "u1", "c1")).await.unwrap();
+    assert_eq!(holders(&w.fake).len(), 1);
+    w.fake.remove_pod("ns", "db-0");
+    w.fake.put_pod(member("u2"));
+    let second = w.allocator.add(&add_args("db-0", "u2", "c2")).await.unwrap();
+    assert_eq!(second.ips[0].address, first.ips[0].address);
+    assert_eq!(holders(&w.fake)[0].1, "u2");
+    // Releasing a member's retained addresses after an address conflict is refused.
+    let refused = w
+        .allocator
+        .release_all(&IpamBatchDelArgs {
+            pod_namespace: "ns".into(),
+            pod_name: "db-0".into(),
+            is_release_conflict_ips: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), codes::RELEASE_FORBIDDEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gc_releases_the_attachments_the_runtime_no_longer_has() {
+    let w = world();
+    for (name, uid) in [("a", "u1"), ("b", "u2")] {
+        w.fake.put_pod(pod(name, uid, None));
+        w.allocator
+            .add(&add_args(name, uid, &format!("c-{name}")))
+            .await
+            .unwrap();
+    }
+    let released = w
+        .allocator
+        .gc(&IpamGcArgs {
+            net_name: "net".into(),
+            valid_attachments: vec![Attachment {
+                container_id: "c-a".into(),
+                if_name: "eth0".into(),
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(released.released.len(), 1);
+    assert_eq!(released.released[0].container_id, "c-b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(holders(&w.fake), [("10.0.0.10".to_owned(), "u1".to_owned())]);
+    assert!(w.fake.endpoint("ns", "b").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_request_or_a_gone_pod_fails_before_any_write() {
+    let w = world();
+    let err = w.allocator.add(&add_args("", "u1", "c1")).await.unwrap_err();
+    assert_eq!(err.code(), codes::INVALID_ENVIRONMENT);
+    let err = w.allocator.add(&add_args("ghost", "u9", "c1")).await.unwrap_err();
+    assert_eq!(err.code(), codes::POD_NOT_ALIVE);
+    assert_eq!(w.fake.calls(), [call(CallKind::GetPod, "ns/ghost")]);
+    // No pool write happened.
+    assert_eq!(w.fake.pool("p").unwrap().status, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_add_never_answers_an_address_the_pool_now_records_for_another_pod() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // Reclaim freed a's record (say a looked dead) and the address went to b.
+    let pool = w.fake.pool("p").unwrap();
+    w.fake
+        .write_pool_status(
+            "p",
+            &crate::api::PoolStatusWrite {
+                resource_version: pool.metadata.resource_version.clone(),
+                allocated_ips: Some(r#"{"10.0.0.10":{"pod":"ns/b","podUid":"u2"}}"#.into()),
+                allocated_ip_count: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let again = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    let answered = again.ips[0].address.trim_end_matches("/24").to_owned();
+    assert_ne!(answered, "10.0.0.10");
+    let records = holders(&w.fake);
+    assert!(
+        records.contains(&("10.0.0.10".to_owned(), "u2".to_owned())),
+        "{records:?}"
+    );
+    let of_a: Vec<&(String, String)> = records.iter().filter(|(_, uid)| uid == "u1").collect();
+    assert_eq!(of_a, [&(answered.clone(), "u1".to_owned())]);
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    let addresses = endpoint::status_addresses(&ep.status.unwrap());
+    assert_eq!(addresses.len(), 1, "{addresses:?}");
+    assert_eq!(addresses[0].0.to_string(), answered);
+    assert!(
+        w.allocator
+            .metrics()
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 1")
+    );
+}

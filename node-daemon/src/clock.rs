@@ -1,0 +1,14 @@
+//! The shell's clock: tokio's, so that tests with a paused runtime clock drive every deadline and
+//! timer deterministically. The pure state machines are given the time as a std [`Instant`].
+
+use std::time::Instant;
+
+/// Now.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Sleeps until `at`.
+pub async fn sleep_until(at: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+}

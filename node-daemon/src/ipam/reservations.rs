@@ -1,0 +1,613 @@
+//! This node's reservations in one pool, as a state machine: what the node's pool writer
+//! ([`crate::writer`]) and its fast path know and decide between writes. Pure: no client, no clock
+//! (every transition is given the time), no I/O; the writer gathers what the caches say, calls a
+//! transition, and carries out the writes.
+//!
+//! The states of an address this node reserved ([`super::lease`] decides the records of one write):
+//! - `free`: reserved for this node by a successful write, not handed out;
+//! - `handed`: handed to a pod at once ([`Reservations::answer`]), not yet recorded for it;
+//! - `releasing`: given back by the pod that holds it, still recorded for that pod;
+//! - taken into a round ([`Reservations::plan_round`]): recorded, returned or kept by the write,
+//!   then [`Reservations::committed`] after the write succeeded or [`Reservations::abandoned`]
+//!   after it failed.
+//!
+//! Transitions: handout and release (the fast path), top-up and give-back (a round's plan),
+//! conflict and lost response (a round abandoned; a later round decides again from the records it
+//! reads), the operator removing this node's reservations (a round's [`super::lease::RoundOutput::lost`]),
+//! recovery after a crash ([`Reservations::recover`]), the pool gone ([`Reservations::clear`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::ippool::PoolIPAllocation;
+
+use super::lease::{self, Holder};
+use super::pick::{Op, Outcome};
+
+/// Sizes and timings of a node's reservations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// Most unused reservations a node holds in one pool; 0 turns reservations off (every ADD then
+    /// waits for its own pool write, as upstream does).
+    pub max_size: usize,
+    /// Record handed-out reservations for their pods once no address was handed out for this long…
+    pub flush_idle: Duration,
+    /// …or once the oldest has waited this long.
+    pub flush_max_age: Duration,
+    /// Give unused reservations back once no address was asked for this long…
+    pub idle_return: Duration,
+    /// …or this long while nothing else in the pool is free.
+    pub tight_return: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_size: 128,
+            flush_idle: Duration::from_millis(200),
+            flush_max_age: Duration::from_secs(2),
+            idle_return: Duration::from_secs(2),
+            tight_return: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Unused reservations a node with pods still to come keeps while the pool has nothing else free,
+/// however small its target: enough for its next pod or two ([`lease::excess_to_return`]).
+pub const TIGHT_KEEP: usize = 2;
+/// How often a node holding unused reservations looks (in its watch cache) whether the pool filled up.
+pub const TIGHT_CHECK: Duration = Duration::from_millis(50);
+/// After a top-up that got fewer addresses than wanted, wait this long before the next one (the pool
+/// is nearly full; trying again at once would only spin).
+pub const SHORT_REFILL_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the watch cache says about the pool right now, for the fast path: a reservation is only
+/// handed out while the pool's spec is the one the reservations were last checked against, the pool
+/// is not being deleted, and no SpiderReservedIP took the address since; a pod is only told the
+/// address this node knows it holds while the pool is still at the version that knowledge comes
+/// from (someone else's write, such as the operator's reclaim, may have freed or moved it).
+#[derive(Debug, Clone)]
+pub struct HandoutGate {
+    /// The cached pool's `metadata.resourceVersion`.
+    pub version: Option<String>,
+    /// The cached pool's `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The cached pool is being deleted.
+    pub deleting: bool,
+    /// Every SpiderReservedIP address of the pool's family.
+    pub reserved: IpSet,
+}
+
+/// What the watch cache shows of the pool's records, counted without decoding them
+/// ([`lease::count_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolView {
+    /// The cached version these counts are of.
+    pub version: Option<String>,
+    /// How many addresses the pool may give out.
+    pub usable: u128,
+    /// Records of every kind (pods' and reservations).
+    pub records: usize,
+    /// Reservations of every node.
+    pub reservations: usize,
+    /// How many other nodes hold reservations.
+    pub other_nodes: usize,
+}
+
+/// What one round writes besides its queued requests, taken out of the state when the round is
+/// planned ([`Reservations::plan_round`]) and given back to it when the round ends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoundPlan {
+    /// Handed-out reservations to record for their pods.
+    pub converting: BTreeMap<IpAddr, Holder>,
+    /// Addresses given back by their pods (address to the UID that held it).
+    pub releasing: BTreeMap<IpAddr, String>,
+    /// Keep released addresses as this node's reservations rather than freeing them.
+    pub keep_released: bool,
+    /// Unused reservations to give back.
+    pub returning: BTreeSet<IpAddr>,
+    /// How many more addresses to reserve.
+    pub extra_wanted: usize,
+}
+
+impl RoundPlan {
+    /// Nothing besides the queued requests.
+    pub fn is_empty(&self) -> bool {
+        self.converting.is_empty()
+            && self.releasing.is_empty()
+            && self.returning.is_empty()
+            && self.extra_wanted == 0
+    }
+
+    /// More requests joined the round: the pods that `allocating` of them give an address were
+    /// counted among those the extra reservations are for.
+    pub fn joined(&mut self, allocating: usize) {
+        self.extra_wanted = self.extra_wanted.saturating_sub(allocating);
+    }
+}
+
+/// How many of `ops` give a pod an address (allocations, and rebinds of a sticky pod's retained
+/// address to its new incarnation).
+pub fn gives_addresses<'a>(ops: impl IntoIterator<Item = &'a Op>) -> usize {
+    ops.into_iter()
+        .filter(|op| matches!(op, Op::Allocate { .. } | Op::Rebind { .. }))
+        .count()
+}
+
+/// This node's reservations in one pool.
+#[derive(Debug, Default, Clone)]
+pub struct Reservations {
+    /// Recovered after start: reservations may be handed out (once checked against the spec).
+    ready: bool,
+    /// The pool generation (spec) the reservations were last checked against.
+    generation: Option<i64>,
+    family: Option<IpFamily>,
+    /// Reserved for this node by a successful write, not handed out.
+    free: BTreeSet<IpAddr>,
+    /// Handed out, not yet recorded for their pods.
+    handed: BTreeMap<IpAddr, Holder>,
+    /// Given back by this node's pods (address to the UID that held it), still recorded for them.
+    releasing: BTreeMap<IpAddr, String>,
+    /// Reserved for this node and claimed by the endpoints of several live pods after a restart
+    /// ([`lease::Recovered::disputed`]): never handed out, given back or adopted as unused.
+    disputed: BTreeSet<IpAddr>,
+    /// Handed-out addresses that a round which may have been applied tried to record (its answer
+    /// was lost and it was abandoned): the pool may already say their pod holds them, so releasing
+    /// one goes through a write like a recorded address, never straight back to `free`.
+    unconfirmed: BTreeSet<IpAddr>,
+    /// When the oldest and the newest of `handed` and `releasing` were added.
+    oldest_pending: Option<Instant>,
+    last_pending: Option<Instant>,
+    /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
+    /// the same answer).
+    holders: HashMap<String, IpAddr>,
+    /// The pool version `holders` was read from (recovery or this node's last write).
+    records_version: Option<String>,
+    /// When an allocation was last asked for.
+    last_demand: Option<Instant>,
+    /// Pods bound to this node that wait for their network and hold no address of the pool yet, as
+    /// last counted.
+    upcoming: usize,
+    /// The pool has nothing free outside reservations (as last written or seen in the watch cache).
+    tight: bool,
+    /// How many addresses the pool may give out, for the spec generation it was counted at.
+    usable_count: Option<(Option<i64>, u128)>,
+    /// This node's even share of the addresses no pod holds ([`lease::even_share`]) and how many
+    /// are free outside reservations, as the watch cache shows the pool (`None`: not known).
+    even_share: Option<usize>,
+    outside_free: Option<usize>,
+    /// The pool version the view (`tight`, `even_share`, `outside_free`) was last taken from.
+    viewed_version: Option<String>,
+    /// When a top-up last got fewer addresses than wanted.
+    short_refill: Option<Instant>,
+}
+
+impl Reservations {
+    /// Recovery after a (re)start, from the pool's records as read (`records`) and what
+    /// [`lease::recover`] made of this node's reservations and its endpoints' claims.
+    /// Unused ones are checked against the pool's spec by the first round before being handed out
+    /// (the generation is unknown until then). Demand noted before recovery is kept.
+    pub fn recover(
+        &mut self,
+        records: &BTreeMap<String, PoolIPAllocation>,
+        recovered: lease::Recovered,
+        family: Option<IpFamily>,
+        version: Option<&str>,
+        now: Instant,
+    ) {
+        let lease::Recovered {
+            handed,
+            unused,
+            disputed,
+            ..
+        } = recovered;
+        self.disputed = disputed.into_keys().collect();
+        self.records_version = version.map(str::to_owned);
+        self.holders = family
+            .map(|family| lease::holders(records, family))
+            .unwrap_or_default();
+        for (ip, holder) in handed {
+            self.hand_out(ip, holder, now);
+        }
+        self.free = unused;
+        self.generation = None;
+        self.family = family;
+        self.ready = true;
+    }
+
+    /// Whether the state was recovered (the writer's first read is done).
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Whether no round has checked the reservations against the pool's spec since the start (or
+    /// since the pool went away): the next round must, even with nothing else to write.
+    pub fn needs_spec_check(&self) -> bool {
+        self.generation.is_none()
+    }
+
+    /// Unused reservations.
+    pub fn free(&self) -> &BTreeSet<IpAddr> {
+        &self.free
+    }
+
+    /// Reservations handed out and not yet recorded.
+    pub fn handed(&self) -> &BTreeMap<IpAddr, Holder> {
+        &self.handed
+    }
+
+    /// Released addresses still recorded for their pods.
+    pub fn releasing(&self) -> &BTreeMap<IpAddr, String> {
+        &self.releasing
+    }
+
+    /// Whether pod `uid` is known to hold an address of the pool.
+    pub fn holds_address(&self, uid: &str) -> bool {
+        self.holders.contains_key(uid)
+    }
+
+    /// The address pod `uid` is known to hold.
+    pub fn address_of(&self, uid: &str) -> Option<IpAddr> {
+        self.holders.get(uid).copied()
+    }
+
+    /// The pool's family, once known.
+    pub fn family(&self) -> Option<IpFamily> {
+        self.family
+    }
+
+    /// An allocation was asked for.
+    pub fn note_demand(&mut self, now: Instant) {
+        self.last_demand = Some(now);
+    }
+
+    /// The pods bound to this node still to ask this pool for an address, as counted now.
+    pub fn set_upcoming(&mut self, upcoming: usize) {
+        self.upcoming = upcoming;
+    }
+
+    /// The usable count cached for spec generation `generation`, if it was counted at that one.
+    pub fn usable_count_at(&self, generation: Option<i64>) -> Option<u128> {
+        match self.usable_count {
+            Some((counted_at, count)) if counted_at == generation => Some(count),
+            _ => None,
+        }
+    }
+
+    /// Remembers the usable count of spec generation `generation`.
+    pub fn set_usable_count(&mut self, generation: Option<i64>, count: u128) {
+        self.usable_count = Some((generation, count));
+    }
+
+    /// Whether the view was taken from `version` already (nothing to read again).
+    pub fn has_viewed(&self, version: Option<&str>) -> bool {
+        version.is_some() && self.viewed_version.as_deref() == version
+    }
+
+    /// Takes in what the watch cache shows of the pool: whether anything is free outside
+    /// reservations, how much, and this node's even share of what no pod holds.
+    pub fn observe(&mut self, view: &PoolView) {
+        let records = u128::try_from(view.records).unwrap_or(u128::MAX);
+        let free = usize::try_from(view.usable.saturating_sub(records)).unwrap_or(usize::MAX);
+        self.tight = free == 0;
+        self.even_share = Some(lease::even_share(
+            free.saturating_add(view.reservations),
+            view.other_nodes,
+        ));
+        self.outside_free = Some(free);
+        self.viewed_version.clone_from(&view.version);
+    }
+
+    /// How many unused reservations this node should hold now ([`lease::target_size`]).
+    pub fn target(&self, tuning: &Tuning) -> usize {
+        lease::target_size(self.upcoming, self.even_share, tuning.max_size)
+    }
+
+    /// How long without an allocation before unused reservations go back: shorter while the pool has
+    /// nothing free outside reservations.
+    pub fn idle_return(&self, tuning: &Tuning) -> Duration {
+        if self.tight {
+            tuning.tight_return
+        } else {
+            tuning.idle_return
+        }
+    }
+
+    /// How many unused reservations to give back now ([`lease::excess_to_return`]): only while the
+    /// pool has nothing free outside reservations.
+    pub fn excess(&self, tuning: &Tuning) -> usize {
+        if !self.tight {
+            return 0;
+        }
+        // A node with no pods to come keeps nothing back.
+        lease::excess_to_return(
+            self.free.len(),
+            self.target(tuning),
+            TIGHT_KEEP.min(self.upcoming),
+        )
+    }
+
+    fn hand_out(&mut self, ip: IpAddr, holder: Holder, now: Instant) {
+        self.holders.insert(holder.pod_uid.clone(), ip);
+        self.handed.insert(ip, holder);
+        self.note_pending(now);
+    }
+
+    fn note_pending(&mut self, now: Instant) {
+        self.oldest_pending.get_or_insert(now);
+        self.last_pending = Some(now);
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.handed.is_empty() || !self.releasing.is_empty()
+    }
+
+    /// What can be answered at once, without a write: an allocation from a pod that already holds an
+    /// address or from an unused reservation (`gate` says, for the pool's family, whether
+    /// reservations may be handed out now; it is asked only when there is one); a release of an address handed out but not yet
+    /// recorded (it is unused again) or of a pod's recorded address (it becomes this node's
+    /// reservation in the next write; until then nobody else can take it, and nobody here hands it
+    /// out). `None`: the request must go through a write.
+    pub fn answer(
+        &mut self,
+        op: &Op,
+        now: Instant,
+        gate: impl FnOnce(IpFamily) -> Option<HandoutGate>,
+    ) -> Option<Outcome> {
+        if !self.ready {
+            return None;
+        }
+        match op {
+            Op::Allocate { pod, pod_uid } => {
+                if let Some(ip) = self.holders.get(pod_uid).copied() {
+                    // Only while the pool is as this node last read or wrote it; else the round
+                    // decides from the records as they are now.
+                    let gate = gate(self.family?)?;
+                    return (gate.version == self.records_version).then_some(Outcome::Allocated(ip));
+                }
+                let ip = self.handout_candidate(gate)?;
+                self.free.remove(&ip);
+                self.hand_out(
+                    ip,
+                    Holder {
+                        pod: pod.clone(),
+                        pod_uid: pod_uid.clone(),
+                    },
+                    now,
+                );
+                Some(Outcome::Allocated(ip))
+            }
+            Op::Release { ip, pod_uid } => {
+                if self.handed.get(ip).is_some_and(|h| &h.pod_uid == pod_uid) {
+                    self.handed.remove(ip);
+                    self.holders.remove(pod_uid);
+                    if self.unconfirmed.remove(ip) {
+                        self.releasing.insert(*ip, pod_uid.clone());
+                        self.note_pending(now);
+                    } else {
+                        self.free.insert(*ip);
+                    }
+                    return Some(Outcome::Released(true));
+                }
+                if self.holders.get(pod_uid) == Some(ip) {
+                    self.holders.remove(pod_uid);
+                    self.releasing.insert(*ip, pod_uid.clone());
+                    self.note_pending(now);
+                    return Some(Outcome::Released(true));
+                }
+                None
+            }
+            Op::Rebind { .. } => None,
+        }
+    }
+
+    /// The lowest unused reservation that may be handed out now.
+    fn handout_candidate(&self, gate: impl FnOnce(IpFamily) -> Option<HandoutGate>) -> Option<IpAddr> {
+        if self.free.is_empty() {
+            return None;
+        }
+        let gate = gate(self.family?)?;
+        if gate.generation != self.generation || gate.deleting {
+            return None;
+        }
+        self.free.iter().find(|ip| !gate.reserved.contains(ip)).copied()
+    }
+
+    /// When the writer should next run a background round (record handouts, give back, top up).
+    pub fn next_due(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
+        let mut due: Option<Instant> = None;
+        let mut consider = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
+        if self.has_pending() {
+            if let Some(last) = self.last_pending {
+                consider(last + tuning.flush_idle);
+            }
+            if let Some(oldest) = self.oldest_pending {
+                consider(oldest + tuning.flush_max_age);
+            }
+        }
+        if !self.free.is_empty() {
+            consider(self.last_demand.unwrap_or(now) + self.idle_return(tuning));
+            if self.excess(tuning) > 0 {
+                consider(now);
+            } else if !self.tight {
+                consider(now + TIGHT_CHECK);
+            }
+        }
+        if self.ready && self.refill_wanted(now, tuning) {
+            consider(self.short_refill.map_or(now, |t| t + SHORT_REFILL_PAUSE));
+        }
+        due
+    }
+
+    /// A top-up is worth a write of its own: pods are starting here (one asked for an address
+    /// within `tight_return`, the idle time after which a full pool takes reservations back: a
+    /// top-up after it would be given back at once), half the target is used up, and enough is free
+    /// outside reservations.
+    fn refill_wanted(&self, now: Instant, tuning: &Tuning) -> bool {
+        if self.tight
+            || self
+                .last_demand
+                .is_none_or(|t| now.duration_since(t) >= tuning.tight_return)
+        {
+            return false;
+        }
+        let target = self.target(tuning);
+        target > 0
+            && self.free.len() <= target / 2
+            && self
+                .outside_free
+                .is_none_or(|free| free.min(target - self.free.len()) >= lease::worthwhile_refill(target))
+    }
+
+    /// Decides what a round writes besides its requests (`allocating` of them give a pod an
+    /// address; `requests`: there are any; `force`: the round writes anyway), and takes it out of
+    /// the state: handed-out reservations to record, released addresses, reservations to give back
+    /// (all when the node went idle, the highest beyond the target when the pool is full) or how many
+    /// more to reserve. `None`: nothing is due and nothing is queued.
+    pub fn plan_round(
+        &mut self,
+        now: Instant,
+        tuning: &Tuning,
+        allocating: usize,
+        requests: bool,
+        force: bool,
+    ) -> Option<RoundPlan> {
+        let idle = self.idle_return(tuning);
+        let return_due =
+            !self.free.is_empty() && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
+        let flush_due = self.has_pending()
+            && (self
+                .last_pending
+                .is_none_or(|t| now.duration_since(t) >= tuning.flush_idle)
+                || self
+                    .oldest_pending
+                    .is_none_or(|t| now.duration_since(t) >= tuning.flush_max_age));
+        let refill_due = self.refill_wanted(now, tuning)
+            && self
+                .short_refill
+                .is_none_or(|t| now.duration_since(t) >= SHORT_REFILL_PAUSE);
+        let excess = self.excess(tuning);
+        let excess_due = excess > 0;
+        if !(requests || force || return_due || flush_due || refill_due || excess_due) {
+            return None;
+        }
+        let target = self.target(tuning);
+        let mut plan = RoundPlan {
+            converting: std::mem::take(&mut self.handed),
+            releasing: std::mem::take(&mut self.releasing),
+            keep_released: !return_due,
+            ..RoundPlan::default()
+        };
+        self.oldest_pending = None;
+        self.last_pending = None;
+        if return_due {
+            plan.returning = std::mem::take(&mut self.free);
+        } else if excess_due {
+            // The lowest addresses stay, the highest go back.
+            let keep = self.free.len() - excess;
+            if let Some(first_returned) = self.free.iter().nth(keep).copied() {
+                plan.returning = self.free.split_off(&first_returned);
+            }
+        } else if !self.tight && (refill_due || allocating > 0) {
+            // The pods this round gives an address are among the upcoming ones: reserve only for
+            // the others.
+            plan.extra_wanted = target.saturating_sub(self.free.len() + allocating);
+        }
+        Some(plan)
+    }
+
+    /// Checks the unused reservations against the pool's usable addresses before a round decides:
+    /// those the spec no longer allows join the plan's give-back. Returns every other reservation
+    /// this node knows of (unused, handed out but not in this round, disputed), which the round leaves
+    /// as they are ([`lease::RoundInput::kept`]).
+    pub fn check_spec(&mut self, plan: &mut RoundPlan, usable: &IpSet, family: IpFamily) -> BTreeSet<IpAddr> {
+        let unusable: Vec<IpAddr> = self
+            .free
+            .iter()
+            .filter(|ip| !usable.contains(ip))
+            .copied()
+            .collect();
+        for ip in unusable {
+            self.free.remove(&ip);
+            plan.returning.insert(ip);
+        }
+        self.family = Some(family);
+        self.free
+            .iter()
+            .chain(self.handed.keys())
+            .chain(&self.disputed)
+            .copied()
+            .collect()
+    }
+
+    /// A round's write succeeded (or nothing needed writing): `reserved` are this node's new
+    /// reservations, `records` the pool's records as written (at spec generation `generation`,
+    /// resourceVersion `version`), of which `usable` may be given out.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site; the facts of one written round"
+    )]
+    pub fn committed(
+        &mut self,
+        plan: &RoundPlan,
+        reserved: &BTreeSet<IpAddr>,
+        records: &BTreeMap<String, PoolIPAllocation>,
+        usable: &IpSet,
+        generation: Option<i64>,
+        version: Option<&str>,
+        now: Instant,
+    ) {
+        let got = reserved.len();
+        self.free.extend(reserved.iter().copied());
+        let mut holders = lease::holders(records, usable.family());
+        // Releases answered while the write was in flight are still recorded for their pods.
+        for pod_uid in self.releasing.values() {
+            holders.remove(pod_uid);
+        }
+        for (ip, holder) in &self.handed {
+            holders.insert(holder.pod_uid.clone(), *ip);
+        }
+        self.holders = holders;
+        self.records_version = version.map(str::to_owned);
+        // The round recorded what it converted; only handouts still waiting stay unconfirmed.
+        let handed = &self.handed;
+        self.unconfirmed.retain(|ip| handed.contains_key(ip));
+        self.tight = lease::free_addresses(records, usable).is_empty();
+        self.generation = generation;
+        self.short_refill = (plan.extra_wanted > 0 && got < plan.extra_wanted).then_some(now);
+    }
+
+    /// A round could not write: what it had taken goes back. An earlier attempt of the round may
+    /// have been applied without an answer, so: handed-out reservations go back to being handed out
+    /// (a later round records them) but as unconfirmed (the pool may already record them for their
+    /// pods: a release goes through a write); unused ones being given back are NOT offered again,
+    /// and are only trusted again once a successful round finds them still reserved for this node
+    /// (it adopts them, [`lease::RoundOutput::reserved`]).
+    pub fn abandoned(&mut self, plan: RoundPlan, now: Instant) {
+        for (ip, holder) in plan.converting {
+            self.unconfirmed.insert(ip);
+            self.hand_out(ip, holder, now);
+        }
+        if !plan.releasing.is_empty() {
+            self.releasing.extend(plan.releasing);
+            self.note_pending(now);
+        }
+    }
+
+    /// The pool is gone: nothing is reserved, held or pending.
+    pub fn clear(&mut self) {
+        self.free.clear();
+        self.handed.clear();
+        self.releasing.clear();
+        self.unconfirmed.clear();
+        self.disputed.clear();
+        self.holders.clear();
+        self.oldest_pending = None;
+        self.generation = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

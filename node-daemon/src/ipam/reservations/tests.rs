@@ -1,0 +1,703 @@
+//! Every transition of a node's reservations, one by one, then several nodes sharing one pool through
+//! random sequences of them (with conflicts, lost responses and crashes), checking that no address
+//! is ever held twice.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::ippool::PoolIPAllocation;
+
+use super::*;
+use crate::ipam::lease::{self, Holder, RoundInput};
+use crate::ipam::pick::{Op, Outcome};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn usable(range: &str) -> IpSet {
+    IpSet::parse_list(IpFamily::V4, &[range]).unwrap()
+}
+
+fn holder(pod: &str) -> Holder {
+    Holder {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+fn alloc(pod: &str) -> Op {
+    Op::Allocate {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+fn release(address: &str, pod: &str) -> Op {
+    Op::Release {
+        ip: ip(address),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+/// The gate of a pool at spec generation 1 with no SpiderReservedIPs.
+fn open_gate(_: IpFamily) -> Option<HandoutGate> {
+    Some(HandoutGate {
+        version: None,
+        generation: Some(1),
+        deleting: false,
+        reserved: IpSet::empty(IpFamily::V4),
+    })
+}
+
+/// One simulated node: its state, and the pool's records it last wrote.
+struct Node {
+    name: &'static str,
+    state: Reservations,
+}
+
+impl Node {
+    /// A node recovered from `records` with no endpoints, checked against the spec by one round.
+    fn started(name: &'static str, records: &mut BTreeMap<String, PoolIPAllocation>, now: Instant) -> Self {
+        let mut node = Node {
+            name,
+            state: Reservations::default(),
+        };
+        node.state.recover(
+            records,
+            lease::Recovered::default(),
+            Some(IpFamily::V4),
+            None,
+            now,
+        );
+        node.round(records, &usable_all(), &[], now, true);
+        node
+    }
+
+    /// Plans, decides and commits one round against `records` (the write succeeds).
+    fn round(
+        &mut self,
+        records: &mut BTreeMap<String, PoolIPAllocation>,
+        usable: &IpSet,
+        ops: &[Op],
+        now: Instant,
+        force: bool,
+    ) -> Option<lease::RoundOutput> {
+        let tuning = Tuning::default();
+        let mut plan = self
+            .state
+            .plan_round(now, &tuning, gives_addresses(ops), !ops.is_empty(), force)?;
+        let kept = self.state.check_spec(&mut plan, usable, IpFamily::V4);
+        let output = decide(records, self.name, usable, &plan, &kept, ops);
+        self.state
+            .committed(&plan, &output.reserved, records, usable, Some(1), None, now);
+        Some(output)
+    }
+}
+
+fn usable_all() -> IpSet {
+    usable("10.0.0.1-10.0.0.12")
+}
+
+fn decide(
+    records: &mut BTreeMap<String, PoolIPAllocation>,
+    node: &str,
+    usable: &IpSet,
+    plan: &RoundPlan,
+    kept: &BTreeSet<IpAddr>,
+    ops: &[Op],
+) -> lease::RoundOutput {
+    lease::decide_round(
+        records,
+        &RoundInput {
+            node,
+            usable,
+            max_records: 1000,
+            converting: &plan.converting,
+            releasing: &plan.releasing,
+            keep_released: plan.keep_released,
+            returning: &plan.returning,
+            kept,
+            ops,
+            extra_wanted: plan.extra_wanted,
+        },
+    )
+}
+
+#[test]
+fn nothing_is_answered_before_recovery() {
+    let mut state = Reservations::default();
+    let now = Instant::now();
+    assert_eq!(state.answer(&alloc("a"), now, open_gate), None);
+    assert!(!state.is_ready());
+    assert!(state.needs_spec_check());
+}
+
+#[test]
+fn top_up_reserves_for_the_pods_to_come_and_handout_needs_no_write() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    // An allocation with four pods to come: the round gives it one and reserves three more.
+    let out = node
+        .round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
+    assert_eq!(node.state.free().len(), 3);
+    assert_eq!(lease::holders(&records, IpFamily::V4)["uid-a"], ip("10.0.0.1"));
+    // The next ADD is answered at once from a reservation, and a retried one gets the same.
+    let t1 = t0 + Duration::from_millis(10);
+    assert_eq!(
+        node.state.answer(&alloc("b"), t1, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.2")))
+    );
+    assert_eq!(
+        node.state.answer(&alloc("b"), t1, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.2")))
+    );
+    assert_eq!(node.state.handed().len(), 1);
+    // The pool still says "reserved for n1" until the next round records it for b.
+    assert_eq!(records["10.0.0.2"], PoolIPAllocation::reserved_for("n1"));
+    let due = node.state.next_due(t1, &Tuning::default()).unwrap();
+    assert!(due <= t1 + Tuning::default().flush_idle);
+    node.round(
+        &mut records,
+        &usable_all(),
+        &[],
+        t1 + Duration::from_millis(300),
+        false,
+    )
+    .unwrap();
+    assert_eq!(records["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert!(node.state.handed().is_empty());
+}
+
+#[test]
+fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_took_the_address() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(2);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 1);
+    let changed = |_: IpFamily| {
+        Some(HandoutGate {
+            version: None,
+            generation: Some(2),
+            deleting: false,
+            reserved: IpSet::empty(IpFamily::V4),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, changed), None);
+    let deleting = |_: IpFamily| {
+        Some(HandoutGate {
+            version: None,
+            generation: Some(1),
+            deleting: true,
+            reserved: IpSet::empty(IpFamily::V4),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, deleting), None);
+    let reserved_ip = |_: IpFamily| {
+        Some(HandoutGate {
+            version: None,
+            generation: Some(1),
+            deleting: false,
+            reserved: IpSet::parse_list(IpFamily::V4, &["10.0.0.2"]).unwrap(),
+        })
+    };
+    assert_eq!(node.state.answer(&alloc("b"), t0, reserved_ip), None);
+}
+
+#[test]
+fn releases_of_handouts_free_them_at_once_and_recorded_ones_become_reservations() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let b = node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    assert_eq!(b, Outcome::Allocated(ip("10.0.0.2")));
+    // Released before it was recorded: unused again, no write needed.
+    assert_eq!(
+        node.state.answer(&release("10.0.0.2", "b"), t0, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert!(node.state.free().contains(&ip("10.0.0.2")));
+    // A recorded address: answered at once, recorded as this node's reservation by the next round.
+    assert_eq!(
+        node.state.answer(&release("10.0.0.1", "a"), t0, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert_eq!(node.state.releasing().len(), 1);
+    // A release by a pod that does not hold the address goes through a write.
+    assert_eq!(node.state.answer(&release("10.0.0.3", "x"), t0, open_gate), None);
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            t0 + Duration::from_millis(300),
+            false,
+        )
+        .unwrap();
+    assert!(out.reserved.contains(&ip("10.0.0.1")));
+    assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+}
+
+#[test]
+fn idle_reservations_go_back_and_a_full_pool_takes_back_the_excess_at_once() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(6);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 5);
+    // Idle for `idle_return`: everything unused goes back.
+    let later = t0 + tuning.idle_return;
+    assert!(node.state.next_due(t0, &tuning).unwrap() <= later);
+    node.state.set_upcoming(0);
+    let out = node
+        .round(&mut records, &usable_all(), &[], later, false)
+        .unwrap();
+    assert!(out.reserved.is_empty());
+    assert!(node.state.free().is_empty());
+    assert_eq!(records.len(), 1);
+
+    // Full pool (nothing free outside reservations), target 1 with one pod to come: the excess
+    // beyond target and margin goes back at once, the lowest stay.
+    let mut node = Node::started("n2", &mut records, t0);
+    node.state.set_upcoming(11);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("b")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 10);
+    node.state.set_upcoming(1);
+    node.state.observe(&PoolView {
+        version: Some("9".into()),
+        usable: 12,
+        records: 12,
+        reservations: 10,
+        other_nodes: 0,
+    });
+    // Target 1, margin 1: all but one go back.
+    assert_eq!(node.state.excess(&tuning), 9);
+    assert_eq!(node.state.next_due(t0, &tuning), Some(t0));
+    let mut plan = node.state.plan_round(t0, &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.returning.len(), 9);
+    assert_eq!(node.state.free().len(), 1);
+    assert!(
+        node.state
+            .free()
+            .iter()
+            .all(|kept| plan.returning.iter().all(|r| kept < r))
+    );
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    decide(&mut records, "n2", &usable_all(), &plan, &kept, &[]);
+    assert_eq!(lease::reserving_nodes(&records, None).len(), 1);
+}
+
+#[test]
+fn a_conflict_puts_handouts_back_and_gives_nothing_back_twice() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    node.state
+        .answer(&release("10.0.0.1", "a"), t0, open_gate)
+        .unwrap();
+    // The round conflicts (another node wrote first): it is abandoned.
+    let later = t0 + tuning.idle_return;
+    let plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    assert!(!plan.converting.is_empty() && !plan.releasing.is_empty() && !plan.returning.is_empty());
+    let returning = plan.returning.clone();
+    node.state.abandoned(plan, later);
+    // Handed-out and released ones are pending again; the ones being returned are not offered.
+    assert_eq!(node.state.handed().len(), 1);
+    assert_eq!(node.state.releasing().len(), 1);
+    assert!(node.state.free().is_disjoint(&returning));
+    assert_eq!(node.state.answer(&alloc("c"), later, open_gate), None);
+}
+
+#[test]
+fn a_lost_response_is_adopted_by_the_next_round() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    // The write is applied but its response is lost: the state abandons the round.
+    let mut plan = node.state.plan_round(t0, &tuning, 1, true, false).unwrap();
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    let ops = [alloc("a")];
+    decide(&mut records, "n1", &usable_all(), &plan, &kept, &ops);
+    node.state.abandoned(plan, t0);
+    assert!(node.state.free().is_empty());
+    // The retried round reads the applied write: the pod gets the same address, and the
+    // reservations this node did not know of are adopted.
+    let out = node.round(&mut records, &usable_all(), &ops, t0, false).unwrap();
+    assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
+    assert_eq!(node.state.free().len(), 3);
+    assert_eq!(lease::holders(&records, IpFamily::V4).len(), 1);
+}
+
+#[test]
+fn reservations_the_operator_removed_are_reported_lost_never_handed_again() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    // Someone removed this node's reservations and another node took the handed-out one.
+    records.retain(|_, r| r.reservation().is_none());
+    records.insert("10.0.0.2".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            t0 + Duration::from_secs(3),
+            false,
+        )
+        .unwrap();
+    assert_eq!(out.lost.len(), 1);
+    assert_eq!(records["10.0.0.2"].pod_uid, "uid-x");
+}
+
+#[test]
+fn recovery_hands_back_out_nothing_until_the_spec_is_checked() {
+    let t0 = Instant::now();
+    let records = BTreeMap::from([
+        ("10.0.0.1".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ("10.0.0.2".to_owned(), PoolIPAllocation::reserved_for("n1")),
+        ("10.0.0.3".to_owned(), PoolIPAllocation::held_by("ns/z", "uid-z")),
+    ]);
+    let claims = HashMap::from([(ip("10.0.0.1"), vec![holder("a")])]);
+    let recovered = lease::recover(&records, "n1", &claims, |_| true);
+    let mut state = Reservations::default();
+    state.note_demand(t0);
+    state.recover(&records, recovered, Some(IpFamily::V4), None, t0);
+    assert!(state.is_ready() && state.needs_spec_check());
+    assert_eq!(state.address_of("uid-a"), Some(ip("10.0.0.1")));
+    assert_eq!(state.address_of("uid-z"), Some(ip("10.0.0.3")));
+    // The gate's generation is known; the state's is not until a round checked the spec.
+    assert_eq!(state.answer(&alloc("b"), t0, open_gate), None);
+    // A retried ADD of a recovered pod is answered.
+    assert_eq!(
+        state.answer(&alloc("a"), t0, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.1")))
+    );
+}
+
+#[test]
+fn a_retried_add_is_answered_from_memory_only_while_the_pool_is_as_last_read_or_written() {
+    let t0 = Instant::now();
+    let records = BTreeMap::from([("10.0.0.3".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
+    let mut state = Reservations::default();
+    state.recover(
+        &records,
+        lease::Recovered::default(),
+        Some(IpFamily::V4),
+        Some("7"),
+        t0,
+    );
+    let at = |version: &'static str| {
+        move |_: IpFamily| {
+            Some(HandoutGate {
+                version: Some(version.to_owned()),
+                generation: None,
+                deleting: false,
+                reserved: IpSet::empty(IpFamily::V4),
+            })
+        }
+    };
+    assert_eq!(
+        state.answer(&alloc("a"), t0, at("7")),
+        Some(Outcome::Allocated(ip("10.0.0.3")))
+    );
+    // Someone else wrote the pool since (reclaim may have freed a's address): ask the records.
+    assert_eq!(state.answer(&alloc("a"), t0, at("8")), None);
+}
+
+#[test]
+fn the_pool_gone_clears_everything() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.clear();
+    assert!(node.state.free().is_empty() && node.state.handed().is_empty());
+    assert!(node.state.needs_spec_check());
+    assert_eq!(node.state.address_of("uid-a"), None);
+}
+
+#[test]
+fn spec_changes_send_unusable_reservations_back() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 3);
+    let narrower = usable("10.0.0.1-10.0.0.2");
+    let mut plan = node
+        .state
+        .plan_round(t0, &Tuning::default(), 0, false, true)
+        .unwrap();
+    node.state.check_spec(&mut plan, &narrower, IpFamily::V4);
+    assert_eq!(plan.returning, BTreeSet::from([ip("10.0.0.3"), ip("10.0.0.4")]));
+    assert_eq!(node.state.free(), &BTreeSet::from([ip("10.0.0.2")]));
+}
+
+#[test]
+fn refills_pause_after_a_short_one() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    // Twelve addresses, wanted: one for a plus 20 to come. It gets what there is.
+    node.state.set_upcoming(21);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    assert_eq!(node.state.free().len(), 11);
+    for i in 0..6 {
+        node.state
+            .answer(&alloc(&format!("p{i}")), t0, open_gate)
+            .unwrap();
+    }
+    node.state.observe(&PoolView {
+        version: Some("5".into()),
+        usable: 20,
+        records: 12,
+        reservations: 11,
+        other_nodes: 0,
+    });
+    // Half the target used, room outside: a refill is due, but not before the pause after the
+    // short one.
+    assert_eq!(node.state.target(&tuning), 19);
+    assert!(
+        node.state
+            .plan_round(t0 + SHORT_REFILL_PAUSE / 2, &tuning, 0, false, false)
+            .is_none()
+    );
+    let plan = node
+        .state
+        .plan_round(t0 + SHORT_REFILL_PAUSE, &tuning, 0, false, false)
+        .unwrap();
+    assert_eq!(plan.extra_wanted, 14);
+}
+
+#[test]
+fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, open_gate) else {
+        panic!("no handout");
+    };
+    // The round recording b's address is applied, but its answer is lost and the round is abandoned
+    // (the retry could not decide: say the pool's spec became unreadable).
+    let later = t0 + Duration::from_millis(300);
+    let mut plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    decide(&mut records, "n1", &usable_all(), &plan, &kept, &[]);
+    node.state.abandoned(plan, later);
+    assert_eq!(
+        records[&handed.to_string()],
+        PoolIPAllocation::held_by("ns/b", "uid-b")
+    );
+    // b's DEL: the address must not be offered again before a write turns b's record into this
+    // node's reservation; handing it to c now would leave the pool saying b holds it, and the
+    // operator's reclaim would free it under c once b is gone.
+    assert_eq!(
+        node.state
+            .answer(&release(&handed.to_string(), "b"), later, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert!(
+        !node.state.free().contains(&handed),
+        "{handed} offered again before a write"
+    );
+    let out = node
+        .round(
+            &mut records,
+            &usable_all(),
+            &[],
+            later + Duration::from_millis(300),
+            false,
+        )
+        .unwrap();
+    assert!(out.reserved.contains(&handed));
+    assert_eq!(records[&handed.to_string()], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.free().contains(&handed));
+}
+
+/// What a simulated node did.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Hand out one reservation to a new pod (fast path).
+    Handout(usize),
+    /// Release one of the pods this node gave an address (fast path, or through a round).
+    Release(usize, usize),
+    /// A round that succeeds, with some allocations.
+    Round(usize, usize),
+    /// A round that conflicts.
+    Conflict(usize),
+    /// A round applied by the API server whose answer was lost.
+    LostResponse(usize, usize),
+    /// The node's agent crashes and restarts (recovering from the records and its endpoints).
+    Crash(usize),
+    /// Time passes.
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0usize..3).prop_map(Step::Handout),
+        (0usize..3, 0usize..8).prop_map(|(n, i)| Step::Release(n, i)),
+        (0usize..3, 0usize..3).prop_map(|(n, a)| Step::Round(n, a)),
+        (0usize..3).prop_map(Step::Conflict),
+        (0usize..3, 0usize..3).prop_map(|(n, a)| Step::LostResponse(n, a)),
+        (0usize..3).prop_map(Step::Crash),
+        (0u64..3000).prop_map(Step::Wait),
+    ]
+}
+
+proptest! {
+    /// Three nodes share one small pool and go through random transitions. The ledger is what every
+    /// pod was told (its address, until it released it) and stands in for the pods' endpoints,
+    /// which a crashed node recovers from. After every step: no address is held by two pods; each
+    /// handout is reserved for its node or recorded for its pod; a node's unused reservations are
+    /// reserved for it; nothing is lost.
+    #[test]
+    fn no_address_is_ever_held_twice(steps in proptest::collection::vec(step(), 1..120)) {
+        let names = ["n0", "n1", "n2"];
+        let usable = usable_all();
+        let tuning = Tuning::default();
+        let mut now = Instant::now();
+        let mut records: BTreeMap<String, PoolIPAllocation> = BTreeMap::new();
+        let mut nodes: Vec<Node> = names.iter().map(|n| Node::started(n, &mut records, now)).collect();
+        // Pod UID -> (node, address) for every pod told an address and not released.
+        let mut ledger: BTreeMap<String, (usize, IpAddr)> = BTreeMap::new();
+        let mut next_pod = 0u32;
+        let mut new_pod = || { next_pod += 1; format!("p{next_pod}") };
+        for step in steps {
+            match step {
+                Step::Handout(n) => {
+                    let pod = new_pod();
+                    nodes[n].state.note_demand(now);
+                    nodes[n].state.set_upcoming(3);
+                    if let Some(Outcome::Allocated(ip)) = nodes[n].state.answer(&alloc(&pod), now, open_gate) {
+                        ledger.insert(format!("uid-{pod}"), (n, ip));
+                    }
+                }
+                Step::Release(n, i) => {
+                    let mine: Vec<(String, IpAddr)> = ledger.iter()
+                        .filter(|(_, (node, _))| *node == n)
+                        .map(|(uid, (_, ip))| (uid.clone(), *ip)).collect();
+                    if let Some((uid, ip)) = mine.get(i % mine.len().max(1)).cloned() {
+                        let op = Op::Release { ip, pod_uid: uid.clone() };
+                        let answered = nodes[n].state.answer(&op, now, open_gate);
+                        if answered.is_none() {
+                            nodes[n].round(&mut records, &usable, &[op], now, false);
+                        }
+                        ledger.remove(&uid);
+                    }
+                }
+                Step::Round(n, allocations) | Step::LostResponse(n, allocations) => {
+                    let pods: Vec<String> = (0..allocations).map(|_| new_pod()).collect();
+                    let ops: Vec<Op> = pods.iter().map(|p| alloc(p)).collect();
+                    nodes[n].state.note_demand(now);
+                    let node = &mut nodes[n];
+                    let Some(mut plan) = node.state.plan_round(now, &tuning, ops.len(), !ops.is_empty(), false) else {
+                        continue;
+                    };
+                    let kept = node.state.check_spec(&mut plan, &usable, IpFamily::V4);
+                    let out = decide(&mut records, node.name, &usable, &plan, &kept, &ops);
+                    prop_assert!(out.lost.is_empty(), "{:?}", out.lost);
+                    if matches!(step, Step::LostResponse(..)) {
+                        // Applied, but the node never learns it: nothing was answered.
+                        node.state.abandoned(plan, now);
+                    } else {
+                        node.state.committed(&plan, &out.reserved, &records, &usable, Some(1), None, now);
+                        for (pod, outcome) in pods.iter().zip(&out.outcomes) {
+                            if let Outcome::Allocated(ip) = outcome {
+                                ledger.insert(format!("uid-{pod}"), (n, *ip));
+                            }
+                        }
+                    }
+                }
+                Step::Conflict(n) => {
+                    if let Some(plan) = nodes[n].state.plan_round(now, &tuning, 0, false, true) {
+                        nodes[n].state.abandoned(plan, now);
+                    }
+                }
+                Step::Crash(n) => {
+                    // Its pods' endpoints say what it handed out.
+                    let claims: HashMap<IpAddr, Vec<Holder>> = ledger.iter()
+                        .filter(|(_, (node, _))| *node == n)
+                        .map(|(uid, (_, ip))| (*ip, vec![Holder { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() }]))
+                        .collect();
+                    let recovered = lease::recover(&records, names[n], &claims, |_| true);
+                    let mut state = Reservations::default();
+                    state.recover(&records, recovered, Some(IpFamily::V4), None, now);
+                    nodes[n].state = state;
+                    nodes[n].round(&mut records, &usable, &[], now, true);
+                }
+                Step::Wait(ms) => now += Duration::from_millis(ms),
+            }
+            // No address twice among the pods told an address.
+            let mut seen: BTreeMap<IpAddr, &str> = BTreeMap::new();
+            for (uid, (_, ip)) in &ledger {
+                prop_assert!(seen.insert(*ip, uid).is_none(), "{ip} told to two pods: {ledger:?}");
+            }
+            // Every pod's address is recorded for it, or still reserved for its node (handed out).
+            for (uid, (n, ip)) in &ledger {
+                let record = records.get(&ip.to_string());
+                let ok = record.is_some_and(|r| &r.pod_uid == uid)
+                    || record == Some(&PoolIPAllocation::reserved_for(names[*n]));
+                prop_assert!(ok, "{uid}'s {ip} is {record:?}");
+            }
+            for (n, node) in nodes.iter().enumerate() {
+                for ip in node.state.free() {
+                    prop_assert_eq!(records.get(&ip.to_string()), Some(&PoolIPAllocation::reserved_for(names[n])));
+                    prop_assert!(!ledger.values().any(|(_, held)| held == ip), "{} offers {} which a pod holds", names[n], ip);
+                }
+            }
+        }
+    }
+}

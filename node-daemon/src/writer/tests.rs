@@ -1,0 +1,422 @@
+//! The writer through the fake API server: each scenario states the calls it makes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
+use spiderpool_schema::ippool::PoolIPAllocation;
+use spiderpool_schema::{SpiderEndpoint, SpiderIPPool, SpiderIPPoolSpec, SpiderIPPoolStatus};
+
+use super::*;
+use crate::api::fake::{Call, CallKind, FakeApi, Fault};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct World {
+    fake: Arc<FakeApi>,
+    writers: PoolWriters,
+    metrics: Metrics,
+}
+
+fn world(tuning: LeaseTuning) -> World {
+    let (fake, stores) = FakeApi::new("n1");
+    let mut config = Config::new("n1");
+    config.lease = tuning;
+    let metrics = Metrics::new();
+    let writers = PoolWriters::new(fake.clone(), &config, stores, metrics.clone());
+    World {
+        fake,
+        writers,
+        metrics,
+    }
+}
+
+fn no_reservations() -> LeaseTuning {
+    LeaseTuning {
+        max_size: 0,
+        ..LeaseTuning::default()
+    }
+}
+
+fn pool(name: &str, range: &str, records: &[(&str, PoolIPAllocation)]) -> SpiderIPPool {
+    let mut pool = SpiderIPPool::new(
+        name,
+        SpiderIPPoolSpec {
+            subnet: "10.0.0.0/24".into(),
+            ips: vec![range.into()],
+            ..Default::default()
+        },
+    );
+    if !records.is_empty() {
+        let mut status = SpiderIPPoolStatus::default();
+        status
+            .set_allocations(
+                &records
+                    .iter()
+                    .map(|(ip, r)| ((*ip).to_owned(), r.clone()))
+                    .collect(),
+            )
+            .unwrap();
+        pool.status = Some(status);
+    }
+    pool
+}
+
+fn alloc(pod: &str) -> Op {
+    Op::Allocate {
+        pod: format!("ns/{pod}"),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn call(kind: CallKind, target: &str) -> Call {
+    Call {
+        kind,
+        target: target.to_owned(),
+    }
+}
+
+fn records(fake: &FakeApi, pool: &str) -> std::collections::BTreeMap<String, PoolIPAllocation> {
+    fake.pool(pool)
+        .unwrap()
+        .status
+        .unwrap_or_default()
+        .allocations()
+        .unwrap()
+}
+
+/// A pod bound to n1 that still waits for its network.
+fn pending_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": "n1", "containers": []},
+        "status": {"phase": "Pending"},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_allocation_without_reservations_is_one_read_and_one_write() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+    assert_eq!(
+        w.fake.calls(),
+        [call(CallKind::GetPool, "p"), call(CallKind::WritePoolStatus, "p")]
+    );
+    assert_eq!(
+        records(&w.fake, "p")["10.0.0.1"],
+        PoolIPAllocation::held_by("ns/a", "uid-a")
+    );
+    // A retried ADD gets the same address without a write.
+    let again = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(again, outcome);
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_is_decided_again_against_the_winners_version_from_the_watch() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    // Our write is slow; meanwhile another node records 10.0.0.1 for its pod.
+    w.fake.fail(
+        CallKind::WritePoolStatus,
+        Fault::Delay(Duration::from_millis(50)),
+        1,
+    );
+    let writers = w.writers.clone();
+    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let current = w.fake.pool("p").unwrap();
+    let theirs = PoolStatusWrite {
+        resource_version: current.metadata.resource_version.clone(),
+        allocated_ips: Some(r#"{"10.0.0.1":{"pod":"ns/x","podUid":"uid-x"}}"#.into()),
+        allocated_ip_count: 1,
+    };
+    w.fake.write_pool_status("p", &theirs).await.unwrap();
+    let outcome = ours.await.unwrap().unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.2")));
+    // One read at start; the winner's version came through the watch, not a second read.
+    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
+    assert_eq!(records(&w.fake, "p").len(), 2);
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_update_ippool_conflict_counts_total 1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_response_gives_the_same_address_on_the_retry() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(CallKind::WritePoolStatus, Fault::LoseResponse, 1);
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+    // The retry reads the pool, finds the pod's record, and needs no second write.
+    assert_eq!(
+        w.fake.calls(),
+        [
+            call(CallKind::GetPool, "p"),
+            call(CallKind::WritePoolStatus, "p"),
+            call(CallKind::GetPool, "p"),
+        ]
+    );
+    assert_eq!(records(&w.fake, "p").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_are_retried_until_the_write_succeeds() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(CallKind::WritePoolStatus, Fault::Status(503), 3);
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_fails_at_its_deadline_while_the_api_server_refuses() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail_always(CallKind::WritePoolStatus, Fault::Status(503));
+    let err = w
+        .writers
+        .submit("p", alloc("a"), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WriteError::Timeout {
+                waited_for_reservations: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(records(&w.fake, "p").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_free_waits_for_other_nodes_reservations() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.2",
+        &[
+            ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
+            ("10.0.0.2", PoolIPAllocation::reserved_for("n2")),
+        ],
+    ));
+    let writers = w.writers.clone();
+    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ours.is_finished());
+    // n2 gives its reservation back.
+    let current = w.fake.pool("p").unwrap();
+    w.fake
+        .write_pool_status(
+            "p",
+            &PoolStatusWrite {
+                resource_version: current.metadata.resource_version.clone(),
+                allocated_ips: Some(r#"{"10.0.0.1":{"pod":"ns/x","podUid":"uid-x"}}"#.into()),
+                allocated_ip_count: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ours.await.unwrap().unwrap(), Outcome::Allocated(ip("10.0.0.2")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reservations_serve_the_pods_to_come_without_writes_then_record_them() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    for name in ["a", "b", "c", "d"] {
+        w.fake.put_pod(pending_pod(name));
+    }
+    assert_eq!(
+        w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap(),
+        Outcome::Allocated(ip("10.0.0.1"))
+    );
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+    // a holds its address; b, c and d are still to come: three reservations.
+    let reserved = records(&w.fake, "p")
+        .values()
+        .filter(|r| r.reservation() == Some("n1"))
+        .count();
+    assert_eq!(reserved, 3);
+    for name in ["b", "c"] {
+        w.writers.submit("p", alloc(name), TIMEOUT).await.unwrap();
+    }
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+    // Within the flush delay the handouts are recorded for their pods in one background write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert_eq!(written["10.0.0.3"], PoolIPAllocation::held_by("ns/c", "uid-c"));
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 2);
+    // Idle: the unused one goes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(records(&w.fake, "p").values().all(|r| r.reservation().is_none()));
+}
+
+fn endpoint_claiming(name: &str, address: &str) -> SpiderEndpoint {
+    let mut ep = SpiderEndpoint::new(
+        name,
+        "ns",
+        SpiderEndpointStatus {
+            current: PodIPAllocation {
+                uid: format!("uid-{name}"),
+                node: "n1".into(),
+                ips: vec![IPAllocationDetail {
+                    nic: "eth0".into(),
+                    ipv4: Some(format!("{address}/24")),
+                    ipv4_pool: Some("p".into()),
+                    ..Default::default()
+                }],
+            },
+            ..Default::default()
+        },
+    );
+    ep.metadata.labels = Some([(endpoint::LABEL_NODE.to_owned(), "n1".to_owned())].into());
+    ep
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_records_what_endpoints_claim_and_gives_back_the_rest() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.9",
+        &[
+            ("10.0.0.1", PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2", PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.3", PoolIPAllocation::reserved_for("n2")),
+        ],
+    ));
+    w.fake.put_endpoint(endpoint_claiming("a", "10.0.0.1"));
+    w.writers.recover_reservations();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.1"], PoolIPAllocation::held_by("ns/a", "uid-a"));
+    assert!(!written.contains_key("10.0.0.2"));
+    assert_eq!(written["10.0.0.3"], PoolIPAllocation::reserved_for("n2"));
+    assert_eq!(
+        w.fake.calls(),
+        [
+            call(CallKind::GetPool, "p"),
+            call(CallKind::ListEndpoints, "spiderpool.spidernet.io/node=n1"),
+            call(CallKind::WritePoolStatus, "p"),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_or_unusable_pool_fails_the_request_at_once() {
+    let w = world(no_reservations());
+    let err = w.writers.submit("nope", alloc("a"), TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, WriteError::PoolGone(_)), "{err}");
+    let mut bad = pool("bad", "10.0.0.1-10.0.0.4", &[]);
+    bad.spec.subnet = "not a cidr".into();
+    w.fake.put_pool(bad);
+    let err = w.writers.submit("bad", alloc("a"), TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, WriteError::BadPool { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn foreign_record_keys_stay_occupied_and_kept_and_ambiguous_ones_are_counted() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.4",
+        &[
+            ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
+            // The same address again, as an old writer spelled it: two claims on 10.0.0.1.
+            ("10.0.0.01", PoolIPAllocation::held_by("ns/y", "uid-y")),
+            ("::ffff:10.0.0.2", PoolIPAllocation::held_by("ns/z", "uid-z")),
+            ("fd00::3", PoolIPAllocation::held_by("ns/v", "uid-v")),
+        ],
+    ));
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.3")));
+    let written = records(&w.fake, "p");
+    for key in ["10.0.0.1", "10.0.0.01", "::ffff:10.0.0.2", "fd00::3"] {
+        assert!(written.contains_key(key), "{key} was dropped: {written:?}");
+    }
+    let metrics = w.metrics.encode();
+    assert!(
+        metrics.contains("spiderpool_ipam_ambiguous_claims_total{kind=\"records\"} 1"),
+        "{metrics}"
+    );
+    // Reported once, not on every write.
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"records\"} 1")
+    );
+}
+
+fn running_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": "n1", "containers": []},
+        "status": {"phase": "Running", "podIP": "10.0.0.99"},
+    }))
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_two_endpoints_claim_goes_to_the_live_pod_or_stays_out_of_use() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.9",
+        &[
+            ("10.0.0.1", PoolIPAllocation::reserved_for("n1")),
+            ("10.0.0.2", PoolIPAllocation::reserved_for("n1")),
+        ],
+    ));
+    // 10.0.0.1: claimed by a (alive) and z (gone); 10.0.0.2: by b and c, both alive.
+    w.fake.put_pod(running_pod("a"));
+    w.fake.put_pod(running_pod("b"));
+    w.fake.put_pod(running_pod("c"));
+    for (name, address) in [
+        ("a", "10.0.0.1"),
+        ("z", "10.0.0.1"),
+        ("b", "10.0.0.2"),
+        ("c", "10.0.0.2"),
+    ] {
+        w.fake.put_endpoint(endpoint_claiming(name, address));
+    }
+    w.writers.recover_reservations();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.1"], PoolIPAllocation::held_by("ns/a", "uid-a"));
+    // Neither live pod is given 10.0.0.2 over the other, nor is it given back or handed out.
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::reserved_for("n1"));
+    let next = w.writers.submit("p", alloc("d"), TIMEOUT).await.unwrap();
+    assert_eq!(next, Outcome::Allocated(ip("10.0.0.3")));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        records(&w.fake, "p")["10.0.0.2"],
+        PoolIPAllocation::reserved_for("n1")
+    );
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 2")
+    );
+}

@@ -1,0 +1,499 @@
+//! The real-node tier: real kubelets, containerd and kube-proxy on this machine, pods started by
+//! the real runtime (see `spiderpool_tests::realnode`). One cluster for every test of this binary,
+//! a namespace per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
+use spiderpool_tests::realnode::workload::{self, Placement};
+use spiderpool_tests::realnode::{self, RealCluster, RealClusterOptions};
+use spiderpool_tests::{init_tracing, ipam, wait_for};
+
+const POD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The shared cluster with Spiderpool installed (once per test binary).
+async fn cluster() -> Result<&'static RealCluster> {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let cluster = RealCluster::shared_with(|| RealClusterOptions {
+        multus_standin: Some(env!("CARGO_BIN_EXE_multus-standin").into()),
+        ..RealClusterOptions::standard()
+    })
+    .await?;
+    INSTALLED
+        .get_or_try_init(|| async {
+            let t0 = std::time::Instant::now();
+            realnode::install::install_host_processes(cluster).await?;
+            eprintln!(
+                "TIMING real-node cluster {:?}; Spiderpool installed in {:?}",
+                cluster.startup_times(),
+                t0.elapsed()
+            );
+            anyhow::Ok(())
+        })
+        .await?;
+    Ok(cluster)
+}
+
+fn on(node: &str) -> Placement {
+    Placement::Node(node.to_owned())
+}
+
+/// A pool of `count` underlay addresses of its own, gateway the switch.
+async fn underlay_pool(cluster: &RealCluster, name: &str, count: u8) -> Result<SpiderIPPool> {
+    let (first, last) = cluster.address_block(count)?;
+    let underlay = cluster.underlay();
+    ipam::create_pool(
+        &cluster.client()?,
+        name,
+        json!({
+            "subnet": underlay.subnet().to_string(),
+            "ips": [format!("{first}-{last}")],
+            "gateway": underlay.gateway().to_string(),
+        }),
+    )
+    .await
+}
+
+async fn allocated(cluster: &RealCluster, pool: &str) -> Result<i64> {
+    let pool = Api::<SpiderIPPool>::all(cluster.client()?).get(pool).await?;
+    Ok(pool.status.and_then(|s| s.allocated_ip_count).unwrap_or(0))
+}
+
+/// Waits until no address of `pool` is allocated, then deletes the pool.
+async fn drain_and_delete_pool(cluster: &RealCluster, pool: &str) -> Result<()> {
+    wait_for(
+        &format!("pool {pool} to be empty"),
+        Duration::from_secs(60),
+        || async { Ok((allocated(cluster, pool).await? == 0).then_some(())) },
+    )
+    .await
+    .context("every address goes back to the pool")?;
+    Api::<SpiderIPPool>::all(cluster.client()?)
+        .delete(pool, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("underlay-only").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    let created = underlay_pool(cluster, &pool, 8).await?;
+    let annotations = workload::ippool_annotation(&pool);
+
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_UNDERLAY);
+    ensure!(nodes.len() >= 2, "the layout has two underlay nodes");
+    let mut ips = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let name = format!("server-{i}");
+        let pod = workload::busybox_pod(
+            cluster.busybox(),
+            &name,
+            &on(node.name()),
+            &["sleep", "3600"],
+            &annotations,
+        )?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    for (i, _) in nodes.iter().enumerate() {
+        let pod = workload::wait_running(&pods, &format!("server-{i}"), POD_TIMEOUT).await?;
+        let pod_ips = workload::pod_ips(&pod);
+        let range = &created.spec.ips;
+        ensure!(pod_ips.len() == 1, "one IPv4 address: {pod_ips:?}");
+        let ip: std::net::Ipv4Addr = pod_ips[0].parse()?;
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address (pool {range:?})"
+        );
+        ips.push(ip.to_string());
+    }
+    ensure!(ips[0] != ips[1], "two pods, two addresses: {ips:?}");
+    // Across the switch, both ways, from pods of the other node.
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(nodes[1].name()),
+        &annotations,
+        &ips[0],
+    )
+    .await?;
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(nodes[0].name()),
+        &annotations,
+        &ips[1],
+    )
+    .await?;
+    ensure!(
+        allocated(cluster, &pool).await? == 2,
+        "the two servers hold their addresses"
+    );
+    let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
+    ensure!(
+        endpoints.items.len() == 2,
+        "one SpiderEndpoint per server: {:?}",
+        endpoints.items.len()
+    );
+
+    for i in 0..nodes.len() {
+        workload::delete_and_wait(&pods, &format!("server-{i}"), POD_TIMEOUT).await?;
+    }
+    wait_for("no SpiderEndpoint left", Duration::from_secs(30), || async {
+        Ok(ns
+            .api::<SpiderEndpoint>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    drain_and_delete_pool(cluster, &pool).await
+}
+
+/// The pod's addresses on `interface`, from Multus' network-status annotation.
+fn network_status_ips(pod: &Pod, interface: &str) -> Result<Vec<String>> {
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(spiderpool_tests::multus::NETWORK_STATUS_ANNOTATION))
+        .context("no network-status annotation")?;
+    let statuses: Vec<spiderpool_tests::multus::NetworkStatus> = serde_json::from_str(annotation)?;
+    Ok(statuses
+        .into_iter()
+        .filter(|s| s.interface == interface)
+        .flat_map(|s| s.ips)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("standin").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    underlay_pool(cluster, &pool, 8).await?;
+    let nad = json!({
+        "cniVersion": "1.0.0", "name": "uplink",
+        "plugins": [{"type": "macvlan", "master": realnode::underlay::UPLINK_NIC, "mode": "bridge", "ipam": {"type": "spiderpool"}}],
+    });
+    ipam::create_nad(&ns, "uplink", &nad).await?;
+    let annotations: std::collections::BTreeMap<String, String> = [
+        (
+            spiderpool_tests::multus::NETWORKS_ANNOTATION.to_owned(),
+            "uplink".to_owned(),
+        ),
+        (
+            "ipam.spidernet.io/ippools".to_owned(),
+            json!([{"interface": "net1", "ipv4": [pool]}]).to_string(),
+        ),
+    ]
+    .into();
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_MULTUS_STANDIN);
+    ensure!(nodes.len() >= 2, "the layout has two Multus nodes");
+    for (i, node) in nodes.iter().enumerate() {
+        let pod = workload::busybox_pod(
+            cluster.busybox(),
+            &format!("app-{i}"),
+            &on(node.name()),
+            &["sleep", "3600"],
+            &annotations,
+        )?;
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let mut net1 = Vec::new();
+    for i in 0..nodes.len() {
+        let pod = workload::wait_running(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
+        let eth0 = workload::pod_ips(&pod);
+        let pod_cidr = cluster.underlay().pod_cidr();
+        ensure!(
+            eth0.iter().all(|ip| ip
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| pod_cidr.contains(&ip))),
+            "the pod IP is the pod network's ({pod_cidr}): {eth0:?}"
+        );
+        let ips = network_status_ips(&pod, "net1")?;
+        ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");
+        let ip: std::net::Ipv4Addr = ips[0].parse()?;
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address"
+        );
+        net1.push(ips[0].clone());
+    }
+    // From net1 of a pod on the other node, across the switch.
+    for (from, to) in [(1, 0), (0, 1)] {
+        workload::run_to_completion(
+            &pods,
+            cluster.busybox(),
+            &on(nodes[from].name()),
+            &["ping", "-I", "net1", "-c", "3", "-W", "2", &net1[to]],
+            &annotations,
+            POD_TIMEOUT,
+        )
+        .await?;
+    }
+    for i in 0..nodes.len() {
+        workload::delete_and_wait(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
+    }
+    drain_and_delete_pool(cluster, &pool).await
+}
+
+/// `tests/demo up` runs this scenario; here it runs on the shared cluster so the demo cannot rot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_scenario_deploys_reports_and_pings_across_nodes() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("demo").await?;
+    let pool = format!("{}-pool", ns.name());
+    let scenario = realnode::demo::deploy(cluster, ns.name(), &pool).await?;
+    let report = realnode::demo::report(&cluster.client()?, &scenario).await?;
+    let pings = realnode::demo::ping_across_nodes(cluster, &scenario).await?;
+    eprintln!("{report}\n{pings}");
+    ensure!(report.contains(&pool), "the report lists the pool:\n{report}");
+    ensure!(
+        report.matches("net1=").count() >= 4,
+        "the endpoints and pods of the Multus workload show net1:\n{report}"
+    );
+    ensure!(
+        pings.matches(" 0% packet loss").count() == 2,
+        "both pings answered:\n{pings}"
+    );
+    let client = cluster.client()?;
+    for name in scenario.deployments.keys() {
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns.name())
+            .delete(name, &DeleteParams::default())
+            .await?;
+    }
+    drain_and_delete_pool(cluster, &pool).await
+}
+
+/// The StatefulSet's pods, by name: (IP, node, UID).
+async fn members(
+    pods: &Api<Pod>,
+    app: &str,
+) -> Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                (
+                    workload::pod_ips(p).join(","),
+                    workload::pod_node(p).unwrap_or_default(),
+                    p.metadata.uid.clone().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// Waits until the StatefulSet's `replicas` pods are Running and Ready, none of them one of `old`
+/// (UIDs), and returns them.
+async fn wait_members(
+    pods: &Api<Pod>,
+    app: &str,
+    replicas: usize,
+    old: &[String],
+) -> Result<std::collections::BTreeMap<String, (String, String, String)>> {
+    wait_for(
+        &format!("{replicas} new members of {app}"),
+        POD_TIMEOUT,
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && !old.contains(&p.metadata.uid.clone().unwrap_or_default())
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count();
+            if ready == replicas && list.items.len() == replicas {
+                Ok(Some(members(pods, app).await?))
+            } else {
+                Ok(None)
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_keeps_its_addresses_when_its_pods_come_back_on_the_same_or_another_node() -> Result<()>
+{
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("sts").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    underlay_pool(cluster, &pool, 8).await?;
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_UNDERLAY);
+    let (first, second) = (nodes[0].name().to_owned(), nodes[1].name().to_owned());
+    let statefulset = |node: &str| -> Result<k8s_openapi::api::apps::v1::StatefulSet> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {
+                "serviceName": "db",
+                "replicas": 2,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": {
+                    "metadata": {"labels": {"app": "db"}, "annotations": workload::ippool_annotation(&pool)},
+                    "spec": {
+                        "nodeSelector": {"kubernetes.io/hostname": node},
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "db", "image": cluster.busybox(), "imagePullPolicy": "Never",
+                                         "command": ["sleep", "3600"]}],
+                    },
+                },
+            },
+        }))?)
+    };
+    let api = ns.api::<k8s_openapi::api::apps::v1::StatefulSet>();
+    api.create(&PostParams::default(), &statefulset(&first)?).await?;
+    let before = wait_members(&pods, "db", 2, &[]).await?;
+    let addresses =
+        |m: &std::collections::BTreeMap<String, (String, String, String)>| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(name, (ip, _, _))| (name.clone(), ip.clone()))
+                .collect()
+        };
+    ensure!(
+        before
+            .values()
+            .all(|(ip, node, _)| !ip.is_empty() && *node == first),
+        "{before:?}"
+    );
+
+    // Deleted: they come back on the same node with the same addresses.
+    let uids: Vec<String> = before.values().map(|(_, _, uid)| uid.clone()).collect();
+    for name in before.keys() {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let again = wait_members(&pods, "db", 2, &uids).await?;
+    ensure!(
+        addresses(&again) == addresses(&before),
+        "same addresses after a delete: {before:?} -> {again:?}"
+    );
+
+    // Moved: the template now wants the other node; the rolling update recreates them there.
+    let uids: Vec<String> = again.values().map(|(_, _, uid)| uid.clone()).collect();
+    api.patch(
+        "db",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"spec": {"template": {"spec": {"nodeSelector": {"kubernetes.io/hostname": second}}}}}),
+        ),
+    )
+    .await?;
+    let moved = wait_members(&pods, "db", 2, &uids).await?;
+    ensure!(
+        moved.values().all(|(_, node, _)| *node == second),
+        "on the other node now: {moved:?}"
+    );
+    ensure!(
+        addresses(&moved) == addresses(&before),
+        "same addresses on another node: {before:?} -> {moved:?}"
+    );
+    workload::ping(
+        &pods,
+        cluster.busybox(),
+        &on(&first),
+        &workload::ippool_annotation(&pool),
+        &moved
+            .values()
+            .next()
+            .map(|(ip, _, _)| ip.clone())
+            .unwrap_or_default(),
+    )
+    .await?;
+
+    api.delete("db", &DeleteParams::default()).await?;
+    wait_for("the StatefulSet's pods to go", POD_TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=db"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// The harness itself: kube-proxy runs on every node, so host-network pods (what the chart's agents
+/// are) and pod-network pods reach the API server through the `kubernetes` Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_the_api_server_through_the_kubernetes_service_on_every_node() -> Result<()> {
+    init_tracing();
+    let cluster = RealCluster::shared_with(|| RealClusterOptions {
+        multus_standin: Some(env!("CARGO_BIN_EXE_multus-standin").into()),
+        ..RealClusterOptions::standard()
+    })
+    .await?;
+    let ns = cluster.namespace("kube-proxy").await?;
+    let pods = ns.api::<Pod>();
+    let kubernetes = Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client()?, "default")
+        .get("kubernetes")
+        .await?;
+    let cluster_ip = kubernetes
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the kubernetes Service has a ClusterIP")?;
+    let connect = ["sh", "-c", &format!("echo | nc -w 3 {cluster_ip} 443")];
+    for node in cluster.nodes() {
+        let name = format!("hostnet-{}", node.name());
+        let mut pod = workload::busybox_pod(
+            cluster.busybox(),
+            &name,
+            &on(node.name()),
+            &connect,
+            &Default::default(),
+        )?;
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        workload::run_pod_to_completion(&pods, pod, POD_TIMEOUT)
+            .await
+            .with_context(|| format!("from the host network of {}", node.name()))?;
+    }
+    for node in cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_MULTUS_STANDIN) {
+        workload::run_to_completion(
+            &pods,
+            cluster.busybox(),
+            &on(node.name()),
+            &connect,
+            &Default::default(),
+            POD_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("from the pod network of {}", node.name()))?;
+    }
+    Ok(())
+}
