@@ -116,6 +116,7 @@ fn link_state(link: &Link) -> LinkState {
         ethernet_like: link.ethernet_like,
         mac: link.mac,
         peer: link.link,
+        kind: link.kind.clone(),
     }
 }
 

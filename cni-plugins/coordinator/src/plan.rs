@@ -73,6 +73,8 @@ pub struct LinkState {
     pub mac: Option<Mac>,
     /// `IFLA_LINK`: a veth's peer index (in the other namespace).
     pub peer: Option<u32>,
+    /// The link kind (`macvlan`, `ipvlan`, `veth`, ...); `None` for a physical NIC.
+    pub kind: Option<String>,
 }
 
 /// The pod's state (after its interface was brought up, before any change).
@@ -724,8 +726,20 @@ pub fn plan_add(request: &AddRequest<'_>, snapshot: &Snapshot) -> Result<Plan, P
         }
     };
 
-    // The interface's MAC from its address, announced at once.
-    if let Some(prefix) = config.mac_prefix {
+    // The interface's MAC from its address, announced at once. An ipvlan link has its master's MAC
+    // and no way to change it (the kernel answers EOPNOTSUPP, and upstream fails the ADD on it):
+    // one cluster-wide podMACPrefix must not stop every ipvlan pod, so it is skipped there, said in
+    // the log.
+    let mac_prefix = match config.mac_prefix {
+        Some(_) if link.kind.as_deref() == Some("ipvlan") => {
+            plan.notes.push(format!(
+                "podMACPrefix not applied to {ifname}: an ipvlan link keeps its master's MAC"
+            ));
+            None
+        }
+        prefix => prefix,
+    };
+    if let Some(prefix) = mac_prefix {
         let first_ip = current
             .iter()
             .find(|net| net.addr().is_ipv4())

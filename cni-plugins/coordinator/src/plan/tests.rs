@@ -51,6 +51,7 @@ fn link(index: u32, name: &str) -> LinkState {
         ethernet_like: name != "lo",
         mac: Some([0x0a, 0, 0, 0, 0, u8::try_from(index).unwrap()]),
         peer: None,
+        kind: Some("macvlan".into()),
     }
 }
 
@@ -605,6 +606,31 @@ fn mac_prefix_txqueuelen_and_rp_filter() {
     assert_eq!(
         mac_from([0x0a, 0x1b], ip("fd00::1:a0b:c0d")),
         [0x0a, 0x1b, 0x0a, 0x0b, 0x0c, 0x0d]
+    );
+}
+
+#[test]
+fn mac_prefix_skips_an_ipvlan_link_and_says_so() {
+    let mut config = config();
+    config.mac_prefix = Some([0x0a, 0x1b]);
+    config.tx_queue_len = Some(3000);
+    let mut pod = pod_with_eth0(&["10.6.0.10/16"], &[]);
+    for link in &mut pod.links {
+        if link.name == "eth0" {
+            link.kind = Some("ipvlan".into());
+        }
+    }
+    let plan = plan_add(
+        &request(&config, "eth0"),
+        &snapshot(pod, host(&[("10.6.0.10", "10.6.0.2")], &["10.6.0.2"])),
+    )
+    .unwrap();
+    let lines = lines(&plan);
+    assert!(!lines.iter().any(|line| line.contains("address 0a:1b")), "{lines:#?}");
+    assert!(lines.contains(&"pod: link set eth0 txqueuelen 3000".to_owned()), "{lines:#?}");
+    assert_eq!(
+        plan.notes,
+        ["podMACPrefix not applied to eth0: an ipvlan link keeps its master's MAC"]
     );
 }
 
