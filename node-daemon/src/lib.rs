@@ -13,12 +13,15 @@
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
 //!   node, root only); [`health`]; [`metrics`].
 //! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
+//! - [`coordinator`]: `GET /v1/coordinator/config`, the `coordinator` plugin's defaults for a pod.
+//! - [`sysctl`]: node sysctl tuning at start.
 
 pub mod ahead;
 pub mod allocator;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod endpoints;
 pub mod error;
 pub mod health;
@@ -29,4 +32,5 @@ pub mod server;
 pub mod settings;
 pub mod socket;
 pub mod store;
+pub mod sysctl;
 pub mod writer;

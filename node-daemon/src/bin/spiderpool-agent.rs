@@ -14,12 +14,14 @@ use spiderpool_node_daemon::api::ClusterApi;
 use spiderpool_node_daemon::api::deadline::Deadline;
 use spiderpool_node_daemon::api::kube::KubeApi;
 use spiderpool_node_daemon::config::{Config, LeaseTuning};
+use spiderpool_node_daemon::coordinator::{self, Coordinators};
 use spiderpool_node_daemon::health::Health;
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::settings;
 use spiderpool_node_daemon::socket;
 use spiderpool_node_daemon::store::Stores;
+use spiderpool_node_daemon::sysctl;
 use spiderpool_node_daemon::writer::PoolWriters;
 
 #[derive(Parser, Debug)]
@@ -118,6 +120,10 @@ struct Args {
     /// Worker threads of the runtime.
     #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
+    /// Tune the node's sysctls at start (neighbour table size, arp_notify, forwarding, rp_filter;
+    /// upstream's `tuneSysctlConfig`), each logged.
+    #[arg(long, env = "SPIDERPOOL_TUNE_SYSCTL_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    tune_sysctl_config: bool,
     /// What the chart passes: the spiderpool-conf ConfigMap and upstream's environment.
     #[command(flatten)]
     chart: settings::ChartArgs,
@@ -175,6 +181,12 @@ fn apply_configmap(args: &mut Args, matches: &clap::ArgMatches) -> anyhow::Resul
         args.enable_gateway_detection,
         conf.enable_gateway_detection,
     );
+    args.tune_sysctl_config = settings::pick(
+        matches,
+        "tune_sysctl_config",
+        args.tune_sysctl_config,
+        conf.tune_sysctl_config,
+    );
     args.health_address = settings::health_address(
         matches,
         "health_address",
@@ -196,6 +208,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(args.lock_wait_seconds.min(3600)),
     )
     .await?;
+    if args.tune_sysctl_config {
+        sysctl::tune_node(args.enable_ipv4, args.enable_ipv6).context("tuning the node's sysctls")?;
+    }
     let api_timeout = Duration::from_secs(args.api_timeout_seconds.clamp(1, 3600));
     let (client, watch_client) = clients(api_timeout).await?;
     let metrics = Metrics::new();
@@ -262,8 +277,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let (listener, socket_file) = socket::bind(&args.socket_path, &lock, state.allocator.metrics().clone())?;
     tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
-    let ipam =
-        axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let coordinators = Coordinators::start(&watch_client, stores.pods.clone());
+    let router = server::ipam_router(state.clone()).merge(coordinator::router(coordinators));
+    let ipam = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
     let ipam = tokio::spawn(async move { ipam.await });
 
     if args.health_address != "off" {
