@@ -12,6 +12,8 @@
 //! - [`config`], [`error`], [`clock`].
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
 //!   node, root only); [`health`]; [`metrics`].
+//! - [`interfaces`]: carrying out the node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint,
+//!   probe and rollback.
 //! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 //! - [`coordinator`]: `GET /v1/coordinator/config`, the `coordinator` plugin's defaults for a pod.
 //! - [`sysctl`]: node sysctl tuning at start.
@@ -25,6 +27,7 @@ pub mod coordinator;
 pub mod endpoints;
 pub mod error;
 pub mod health;
+pub mod interfaces;
 pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;

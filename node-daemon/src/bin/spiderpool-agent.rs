@@ -117,6 +117,20 @@ struct Args {
     /// How long an ADD waits for a SpiderSubnet automatic pool, in seconds (upstream: 2 s x 25).
     #[arg(long, env = "SPIDERPOOL_WAIT_SUBNET_POOL_SECONDS", default_value_t = 50)]
     wait_subnet_pool_seconds: u64,
+    /// Carry out this node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint, probe and rollback.
+    #[arg(long, env = "SPIDERPOOL_INTERFACE_TASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    interface_tasks: bool,
+    /// Where the interface executor keeps what it created and its checkpoints (must survive restarts
+    /// of the agent: a host path).
+    #[arg(
+        long,
+        env = "SPIDERPOOL_INTERFACE_STATE_DIR",
+        default_value = "/var/lib/spiderpool/interfaces"
+    )]
+    interface_state_dir: PathBuf,
+    /// How often the interface tasks are checked against the node without a change, in seconds.
+    #[arg(long, env = "SPIDERPOOL_INTERFACE_RESYNC_SECONDS", default_value_t = 60)]
+    interface_resync_seconds: u64,
     /// Worker threads of the runtime.
     #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
@@ -305,6 +319,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.reserve_ahead && args.node_reservation_size > 0 {
         tokio::spawn(ReserveAhead::new(api, config, stores.clone(), writers).run());
     }
+    if args.interface_tasks {
+        start_interface_tasks(&watch_client, &args)?;
+    }
     health.set_started();
     tracing::info!("caches synced; ready");
 
@@ -336,6 +353,23 @@ async fn clients(api_timeout: Duration) -> anyhow::Result<(kube::Client, kube::C
         kube::Client::try_from(calls).context("building the API client")?,
         kube::Client::try_from(watches).context("building the watch client")?,
     ))
+}
+
+/// Starts the loop carrying out this node's SpiderInterfaceTasks (`interfaces::agent`).
+fn start_interface_tasks(client: &kube::Client, args: &Args) -> anyhow::Result<()> {
+    use spiderpool_node_daemon::interfaces::{agent, executor, netlink_host, state};
+    let handle = spiderpool_netlink::Handle::connect().context("opening a netlink socket")?;
+    let dir = state::StateDir::open(&args.interface_state_dir)
+        .with_context(|| format!("--interface-state-dir {}", args.interface_state_dir.display()))?;
+    let executor = executor::Executor::new(netlink_host::NetlinkHost::new(handle), dir)?;
+    let resync = Duration::from_secs(args.interface_resync_seconds.max(1));
+    let agent = agent::InterfaceAgent::new(client.clone(), &args.node_name, executor, resync);
+    tokio::spawn(async move {
+        if let Err(e) = agent.run().await {
+            tracing::error!(error = %e, "the interface task loop stopped");
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {
