@@ -37,6 +37,11 @@ pub const CNI_PLUGINS: &[Binary] = &[
         package: "spiderpool-cni",
         bin: "spiderpool",
     },
+    // Every NetworkAttachmentDefinition we render chains it.
+    Binary {
+        package: "spiderpool-coordinator",
+        bin: "coordinator",
+    },
     Binary {
         package: "spiderpool-ifacer",
         bin: "ifacer",

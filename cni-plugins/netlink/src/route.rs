@@ -134,15 +134,20 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
 }
 
 /// The request message for `route`: header, table, destination, gateway, output interface and
-/// preferred source.
-fn message(route: &Route) -> RouteMessage {
+/// preferred source. An add is marked as made at boot (`proto boot`, as `ip route add` does); a
+/// delete names no protocol, so that it matches a route whoever made it.
+fn message(route: &Route, write: Write) -> RouteMessage {
     let mut message = RouteMessage::default();
     let family = route.family();
     message.header = RouteHeader {
         address_family: address_family(family),
         destination_prefix_length: route.destination.prefix_len(),
         table: u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC),
-        protocol: RouteProtocol::Boot,
+        protocol: if write == Write::Create {
+            RouteProtocol::Boot
+        } else {
+            RouteProtocol::Unspec
+        },
         scope: route_scope(route.scope),
         kind: RouteType::Unicast,
         ..RouteHeader::default()
@@ -246,7 +251,7 @@ impl Handle {
     pub async fn add_route(&self, route: &Route) -> Result<()> {
         self.write(
             || format!("add route {}", describe(route)),
-            RouteNetlinkMessage::NewRoute(message(route)),
+            RouteNetlinkMessage::NewRoute(message(route, Write::Create)),
             Write::Create,
         )
         .await
@@ -256,7 +261,7 @@ impl Handle {
     pub async fn delete_route(&self, route: &Route) -> Result<()> {
         self.write(
             || format!("delete route {}", describe(route)),
-            RouteNetlinkMessage::DelRoute(message(route)),
+            RouteNetlinkMessage::DelRoute(message(route, Write::Modify)),
             Write::Modify,
         )
         .await

@@ -2,8 +2,8 @@
 //! unit-tested against an in-memory daemon) and its implementation on the common HTTP client.
 
 use spiderpool_agent_api::{
-    IpamAddArgs, IpamAddResponse, IpamDelArgs, IpamGcArgs, IpamGcResponse, PATH_GC, PATH_HEALTHY, PATH_IP,
-    PATH_WORKLOAD_ENDPOINT, WorkloadEndpointStatus,
+    IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, IpamGcResponse, PATH_GC,
+    PATH_HEALTHY, PATH_IP, PATH_IPS, PATH_WORKLOAD_ENDPOINT, WorkloadEndpointStatus,
 };
 pub use spiderpool_cni_common::http::{ClientError, UnixClient};
 use spiderpool_cni_common::http::{decode, encode_query_value, status_error};
@@ -25,6 +25,8 @@ pub trait Daemon {
     fn gc(&self, args: &IpamGcArgs) -> Result<IpamGcResponse, ClientError>;
     /// `GET /v1/ipam/healthy`.
     fn healthy(&self) -> Result<(), ClientError>;
+    /// `DELETE /v1/ipam/ips`: release every address of a pod (after a conflict).
+    fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), ClientError>;
 }
 
 impl Daemon for UnixClient {
@@ -66,6 +68,15 @@ impl Daemon for UnixClient {
     fn healthy(&self) -> Result<(), ClientError> {
         let response = self.call_raw("GET", PATH_HEALTHY, None::<&()>)?;
         if response.status == 200 {
+            Ok(())
+        } else {
+            Err(status_error(&response))
+        }
+    }
+
+    fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), ClientError> {
+        let response = self.call_raw("DELETE", PATH_IPS, Some(args))?;
+        if (200..300).contains(&response.status) {
             Ok(())
         } else {
             Err(status_error(&response))

@@ -6,9 +6,11 @@
 //! binary only reads its environment and writes that out.
 //!
 //! Modules: [`config`] (the netconf and its `ipam` section), [`client`] (the daemon's IPAM API on
-//! the common HTTP client) and [`plugin`] (the command handlers). The CNI protocol, `CNI_ARGS`,
+//! the common HTTP client), [`detect`] (IP-conflict and gateway detection and announcements in the
+//! pod's network namespace) and [`plugin`] (the command handlers). The CNI protocol, `CNI_ARGS`,
 //! the logger and the HTTP client are in `spiderpool_cni_common`, shared with the `coordinator`.
 
 pub mod client;
 pub mod config;
+pub mod detect;
 pub mod plugin;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde_json::Value;
-use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, IpamDelArgs, IpamGcArgs, codes};
+use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, codes};
 use spiderpool_cni_common::cni::{
     self, CniError, Command, IpamResult, LATEST_VERSION, ResultRoute, SpecVersion,
 };
@@ -15,19 +15,21 @@ use spiderpool_cni_common::log::{LogLevel, Logger};
 
 use crate::client::{ClientError, Daemon, UnixClient};
 use crate::config::{self, IpamConfig, NetConf};
+use crate::detect::{self, Neighbourhood, PodNeighbourhood};
 
 /// Runs one invocation against the daemon socket named in the netconf.
 pub fn run(invocation: &Invocation, stdin: &[u8]) -> Outcome {
-    run_with(invocation, stdin, |ipam: &IpamConfig| {
+    run_with(invocation, stdin, &PodNeighbourhood, |ipam: &IpamConfig| {
         let socket = config::effective_socket_path(ipam, invocation.socket_override.as_deref());
         UnixClient::new(&socket, ipam.timeout)
     })
 }
 
 /// Runs one invocation against the daemon `connect` returns for the parsed `ipam` section.
-pub fn run_with<D: Daemon>(
+pub fn run_with<D: Daemon, N: Neighbourhood>(
     invocation: &Invocation,
     stdin: &[u8],
+    neighbourhood: &N,
     connect: impl FnOnce(&IpamConfig) -> D,
 ) -> Outcome {
     // Errors found before the netconf is fully parsed still carry its cniVersion when readable.
@@ -73,7 +75,7 @@ pub fn run_with<D: Daemon>(
     ));
     let daemon = connect(&conf.ipam);
     let result = match (command, &attachment) {
-        (Command::Add, Some(attachment)) => add(attachment, &conf, &daemon, &logger),
+        (Command::Add, Some(attachment)) => add(attachment, &conf, &daemon, neighbourhood, &logger),
         (Command::Del, Some(attachment)) => del(attachment, &conf, &daemon, &logger).map(|()| String::new()),
         (Command::Check, Some(attachment)) => check(attachment, &conf, &daemon).map(|()| String::new()),
         (Command::Gc, _) => gc(&conf, &daemon, &logger).map(|()| String::new()),
@@ -99,10 +101,11 @@ pub fn run_with<D: Daemon>(
     }
 }
 
-fn add<D: Daemon>(
+fn add<D: Daemon, N: Neighbourhood>(
     attachment: &Attachment,
     conf: &NetConf,
     daemon: &D,
+    neighbourhood: &N,
     logger: &Logger,
 ) -> Result<String, CniError> {
     let (pod_namespace, pod_name) = attachment.pod_identity()?;
@@ -130,22 +133,83 @@ fn add<D: Daemon>(
     if logger.enabled(LogLevel::Debug) {
         logger.debug(&format!("daemon answered: {}", json_or_debug(&response)));
     }
-    let wants_detection = response
+    let result = build_result(conf.cni_version, &attachment.ifname, &response)?;
+    let checks = detect::checks(&attachment.ifname, &response);
+    if !checks.is_empty() {
+        detect(attachment, daemon, neighbourhood, &checks, logger)?;
+    }
+    let addresses: Vec<IpAddr> = result
         .ips
         .iter()
-        .filter(|ip| ip.nic == attachment.ifname)
-        .any(|ip| ip.enable_gateway_detection || ip.enable_ip_conflict_detection);
-    if wants_detection {
-        // Upstream ARPs/NDPs from inside the pod's netns here (reference 1.4 steps 5-6); that
-        // needs raw sockets, which this plugin does not have yet.
-        logger.warn(
-            "the pool asks for IP-conflict or gateway detection, which this plugin does not implement \
-             yet: the addresses are used without the check",
-        );
+        .filter_map(|ip| cni::parse_cidr(&ip.address).map(|(address, _)| address))
+        .collect();
+    // The kernel announces addresses itself only when the link goes up or changes its MAC, and
+    // neighbours may still cache this address at a previous holder (reference 1.4 step 6). A
+    // failure (say, the main plugin has not brought the link up yet) costs nothing but the hint.
+    match neighbourhood.announce(&attachment.netns, &attachment.ifname, &addresses) {
+        Ok(()) => logger.debug(&format!("announced {addresses:?} on {}", attachment.ifname)),
+        Err(error) => logger.debug(&format!(
+            "announcing {addresses:?} on {}: {error}",
+            attachment.ifname
+        )),
     }
-    let result = build_result(conf.cni_version, &attachment.ifname, &response)?;
     serde_json::to_string(&result)
         .map_err(|error| CniError::new(codes::INTERNAL, format!("encoding the result: {error}"), ""))
+}
+
+/// IP-conflict and gateway detection (see [`detect`]). A conflict or a silent gateway releases the
+/// pod's addresses through the batch-release endpoint, marked as a conflict release so that the
+/// daemon keeps a StatefulSet member's or VM's retained addresses (upstream does not mark it,
+/// reference 13.11), and fails the ADD naming the address and the holder or the gateway.
+fn detect<D: Daemon, N: Neighbourhood>(
+    attachment: &Attachment,
+    daemon: &D,
+    neighbourhood: &N,
+    checks: &[detect::Check],
+    logger: &Logger,
+) -> Result<(), CniError> {
+    logger.info(&format!("probing on {}: {checks:?}", attachment.ifname));
+    let finding = neighbourhood
+        .check(&attachment.netns, &attachment.ifname, checks)
+        .map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                format!(
+                    "ADD: IP-conflict or gateway detection on {} could not run",
+                    attachment.ifname
+                ),
+                error.to_string(),
+            )
+        })?;
+    let Some(finding) = finding else {
+        logger.info("no address conflict; the gateway answers");
+        return Ok(());
+    };
+    logger.error(&format!("{finding}; releasing the pod's addresses"));
+    let code = match finding {
+        detect::Finding::Conflict { .. } => codes::IP_CONFLICT,
+        detect::Finding::GatewayUnreachable { .. } => codes::GATEWAY_UNREACHABLE,
+    };
+    let release = IpamBatchDelArgs {
+        is_release_conflict_ips: true,
+        container_id: attachment.container_id.clone(),
+        net_namespace: attachment.netns.clone(),
+        pod_namespace: attachment.args.pod_namespace.clone().unwrap_or_default(),
+        pod_name: attachment.args.pod_name.clone().unwrap_or_default(),
+        pod_uid: attachment.args.pod_uid.clone().unwrap_or_default(),
+    };
+    let details = match daemon.release_all(&release) {
+        Ok(()) => "the pod's addresses were released".to_owned(),
+        Err(error) => {
+            logger.error(&format!("releasing the pod's addresses: {error}"));
+            format!("releasing the pod's addresses failed: {error}")
+        }
+    };
+    Err(CniError::new(
+        code,
+        format!("ADD: {finding} (interface {})", attachment.ifname),
+        details,
+    ))
 }
 
 fn json_or_debug<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
@@ -487,6 +551,41 @@ mod tests {
         adds: RefCell<Vec<IpamAddArgs>>,
         dels: RefCell<Vec<IpamDelArgs>>,
         gcs: RefCell<Vec<IpamGcArgs>>,
+        release_alls: RefCell<Vec<IpamBatchDelArgs>>,
+        refuse_release: bool,
+    }
+
+    /// The pod's segment in memory: a canned finding, recorded probes and announcements.
+    #[derive(Default)]
+    struct FakeNeighbourhood {
+        finding: Option<detect::Finding>,
+        broken: bool,
+        checks: RefCell<Vec<(String, String, Vec<detect::Check>)>>,
+        announced: RefCell<Vec<(String, Vec<IpAddr>)>>,
+    }
+
+    impl Neighbourhood for FakeNeighbourhood {
+        fn check(
+            &self,
+            netns: &str,
+            ifname: &str,
+            checks: &[detect::Check],
+        ) -> Result<Option<detect::Finding>, detect::DetectError> {
+            self.checks
+                .borrow_mut()
+                .push((netns.to_owned(), ifname.to_owned(), checks.to_vec()));
+            if self.broken {
+                return Err(detect::DetectError::NoInterface(ifname.to_owned()));
+            }
+            Ok(self.finding)
+        }
+
+        fn announce(&self, _: &str, ifname: &str, addresses: &[IpAddr]) -> Result<(), detect::DetectError> {
+            self.announced
+                .borrow_mut()
+                .push((ifname.to_owned(), addresses.to_vec()));
+            Ok(())
+        }
     }
 
     impl FakeDaemon {
@@ -520,6 +619,21 @@ mod tests {
             })
         }
         fn healthy(&self) -> Result<(), ClientError> {
+            self.failure()
+        }
+        fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), ClientError> {
+            self.release_alls.borrow_mut().push(args.clone());
+            if self.refuse_release {
+                return Err(ClientError::Status {
+                    status: 403,
+                    error: ErrorResponse {
+                        code: codes::RELEASE_FORBIDDEN,
+                        msg: "refusing to release the retained addresses of a StatefulSet member".into(),
+                        details: String::new(),
+                    },
+                    coded: true,
+                });
+            }
             self.failure()
         }
     }
@@ -610,13 +724,193 @@ mod tests {
     }
 
     fn run_fake(invocation: &Invocation, stdin: &[u8], daemon: &FakeDaemon) -> (Outcome, Value) {
-        let outcome = run_with(invocation, stdin, |_| daemon);
+        run_near(invocation, stdin, daemon, &FakeNeighbourhood::default())
+    }
+
+    fn run_near(
+        invocation: &Invocation,
+        stdin: &[u8],
+        daemon: &FakeDaemon,
+        neighbourhood: &FakeNeighbourhood,
+    ) -> (Outcome, Value) {
+        let outcome = run_with(invocation, stdin, neighbourhood, |_| daemon);
         let value = if outcome.stdout.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&outcome.stdout).unwrap()
         };
         (outcome, value)
+    }
+
+    /// The two-NIC answer with both detections on for `net1`'s IPv4 address.
+    fn detecting_daemon() -> FakeDaemon {
+        let mut answer = two_nic_answer();
+        for ip in answer.ips.iter_mut().filter(|ip| ip.nic == "net1") {
+            ip.enable_ip_conflict_detection = true;
+            ip.enable_gateway_detection = true;
+        }
+        FakeDaemon {
+            add_answer: Some(answer),
+            ..FakeDaemon::default()
+        }
+    }
+
+    #[test]
+    fn detection_probes_this_interface_and_then_the_addresses_are_announced() {
+        let daemon = detecting_daemon();
+        let neighbourhood = FakeNeighbourhood::default();
+        let (outcome, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &neighbourhood,
+        );
+        assert_eq!(outcome.exit_code, 0, "{value}");
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            *neighbourhood.checks.borrow(),
+            [(
+                "/var/run/netns/pod".to_owned(),
+                "net1".to_owned(),
+                vec![
+                    detect::Check::Conflict {
+                        address: ip("10.7.0.10")
+                    },
+                    detect::Check::Gateway {
+                        address: ip("10.7.0.10"),
+                        gateway: ip("10.7.0.1")
+                    },
+                    detect::Check::Conflict {
+                        address: ip("fd00:7::10")
+                    },
+                ]
+            )]
+        );
+        assert_eq!(
+            *neighbourhood.announced.borrow(),
+            [("net1".to_owned(), vec![ip("10.7.0.10"), ip("fd00:7::10")])]
+        );
+        assert!(daemon.release_alls.borrow().is_empty());
+    }
+
+    #[test]
+    fn without_detection_nothing_is_probed_but_addresses_are_announced() {
+        let daemon = FakeDaemon {
+            add_answer: Some(two_nic_answer()),
+            ..FakeDaemon::default()
+        };
+        let neighbourhood = FakeNeighbourhood::default();
+        let (outcome, _) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &neighbourhood,
+        );
+        assert_eq!(outcome.exit_code, 0);
+        assert!(neighbourhood.checks.borrow().is_empty());
+        assert_eq!(neighbourhood.announced.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_conflict_or_a_silent_gateway_releases_the_pod_and_fails_naming_it() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        for (finding, code, text) in [
+            (
+                detect::Finding::Conflict {
+                    address: ip("10.7.0.10"),
+                    holder: [0x0a, 0, 0, 0, 0, 9],
+                },
+                105,
+                "ADD: IP conflict: 10.7.0.10 is already in use by 0a:00:00:00:00:09 (interface net1)",
+            ),
+            (
+                detect::Finding::GatewayUnreachable {
+                    address: ip("10.7.0.10"),
+                    gateway: ip("10.7.0.1"),
+                },
+                106,
+                "ADD: gateway 10.7.0.1 did not answer ARP from 10.7.0.10",
+            ),
+        ] {
+            let daemon = detecting_daemon();
+            let neighbourhood = FakeNeighbourhood {
+                finding: Some(finding),
+                ..FakeNeighbourhood::default()
+            };
+            let (outcome, value) = run_near(
+                &invocation("ADD"),
+                &netconf("1.0.0", json!({})),
+                &daemon,
+                &neighbourhood,
+            );
+            assert_eq!(outcome.exit_code, 1);
+            assert_eq!(value["code"], code, "{value}");
+            assert!(value["msg"].as_str().unwrap().starts_with(text), "{value}");
+            assert_eq!(value["details"], "the pod's addresses were released");
+            let releases = daemon.release_alls.borrow();
+            assert_eq!(releases.len(), 1);
+            assert!(
+                releases[0].is_release_conflict_ips,
+                "a StatefulSet's addresses are kept"
+            );
+            assert_eq!(
+                (
+                    releases[0].pod_namespace.as_str(),
+                    releases[0].pod_name.as_str(),
+                    releases[0].pod_uid.as_str()
+                ),
+                ("ns", "web-0", "uid-1")
+            );
+            assert!(
+                neighbourhood.announced.borrow().is_empty(),
+                "nothing announced after a failure"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_release_and_a_failed_probe_are_reported() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let daemon = FakeDaemon {
+            refuse_release: true,
+            ..detecting_daemon()
+        };
+        let conflict = FakeNeighbourhood {
+            finding: Some(detect::Finding::Conflict {
+                address: ip("10.7.0.10"),
+                holder: [0x0a, 0, 0, 0, 0, 9],
+            }),
+            ..FakeNeighbourhood::default()
+        };
+        let (_, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &conflict,
+        );
+        assert_eq!(value["code"], 105);
+        assert!(
+            value["details"]
+                .as_str()
+                .unwrap()
+                .contains("refusing to release the retained addresses"),
+            "{value}"
+        );
+        let broken = FakeNeighbourhood {
+            broken: true,
+            ..FakeNeighbourhood::default()
+        };
+        let (_, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &detecting_daemon(),
+            &broken,
+        );
+        assert_eq!(value["code"], 5, "{value}");
+        assert!(
+            value["msg"].as_str().unwrap().contains("could not run"),
+            "{value}"
+        );
     }
 
     #[test]
