@@ -294,6 +294,23 @@ pub async fn update_allocations<T>(
 struct Context {
     client: Client,
     config: IPPoolControllerConfig,
+    events: crate::events::Events,
+}
+
+/// Whether counts going from `before` (the status as read) to `allocated` of `total` fill the pool:
+/// the moment to tell users, once, that pods drawing from it will fail.
+pub fn becomes_exhausted(
+    before: Option<&spiderpool_schema::SpiderIPPoolStatus>,
+    total: Option<i64>,
+    allocated: i64,
+) -> bool {
+    let Some(total) = total.filter(|t| *t > 0) else {
+        return false;
+    };
+    let was_full = before
+        .and_then(|s| s.allocated_ip_count.zip(s.total_ip_count))
+        .is_some_and(|(held, of)| of > 0 && held >= of);
+    allocated >= total && !was_full
 }
 
 /// One reconcile of one pool; returns when to look again.
@@ -375,7 +392,17 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::debug!(pool = %name, ?total, allocated, "pool counts updated"),
+            Ok(_) => {
+                tracing::debug!(pool = %name, ?total, allocated, "pool counts updated");
+                if becomes_exhausted(pool.status.as_ref(), total, allocated) {
+                    let note = format!(
+                        "all {allocated} addresses are in use; pods that can only use this pool will not start until one is released"
+                    );
+                    ctx.events
+                        .warning(pool.as_ref(), "IPPoolExhausted", "CountAddresses", note)
+                        .await;
+                }
+            }
             // The records changed under us; the watch brings the new version.
             Err(e) if is_conflict(&e) => return Ok(Action::requeue(Duration::from_secs(1))),
             Err(e) if is_not_found(&e) => {}
@@ -405,7 +432,12 @@ pub fn run_shared(
     pools: &SharedCache<SpiderIPPool>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
     let controller = Controller::for_shared_stream(pools.subscribe_objects(), pools.store());
-    let ctx = Arc::new(Context { client, config });
+    let events = crate::events::Events::new(client.clone(), "ippool");
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        events,
+    });
     async move {
         controller
             .run(reconcile, error_policy, ctx)
@@ -478,6 +510,27 @@ mod tests {
         );
         // An unparsable spec leaves the total alone.
         assert_eq!(count_patch(&p, None, 0), None);
+    }
+
+    #[test]
+    fn exhaustion_is_told_once_when_the_pool_fills() {
+        let status = |held, of| SpiderIPPoolStatus {
+            allocated_ip_count: Some(held),
+            total_ip_count: Some(of),
+            ..SpiderIPPoolStatus::default()
+        };
+        assert!(becomes_exhausted(Some(&status(3, 4)), Some(4), 4));
+        assert!(becomes_exhausted(None, Some(4), 4));
+        assert!(
+            !becomes_exhausted(Some(&status(4, 4)), Some(4), 4),
+            "already full"
+        );
+        assert!(!becomes_exhausted(Some(&status(2, 4)), Some(4), 3));
+        assert!(
+            !becomes_exhausted(None, Some(0), 0),
+            "an empty pool is not exhausted"
+        );
+        assert!(!becomes_exhausted(None, None, 4));
     }
 
     #[test]
