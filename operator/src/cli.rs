@@ -841,12 +841,10 @@ fn summarize(c: &Compiled<'_>, docs: &[Value], node_count: usize) -> String {
         .max()
         .unwrap_or(0);
     for ((name, size), pool) in summary.pools.iter().zip(&c.rendered.ip_pools) {
-        let family = match pool.spec.ip_version {
-            Some(6) => "IPv6",
-            Some(_) => "IPv4",
-            None if pool.spec.subnet.contains(':') => "IPv6",
-            None => "IPv4",
-        };
+        let family = pool
+            .spec
+            .family()
+            .map_or("?", spiderpool_schema::annotations::ip_version_label);
         let _ = writeln!(out, "    {name:<width$}  {family}  {}", counted_u128(*size, "IP"));
     }
     let reserved: u128 = c

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use spiderpool_operator::compile::{LABEL_RACK, compile};
+use spiderpool_operator::compile::compile;
 use spiderpool_schema::SpiderNetwork;
+use spiderpool_schema::labels::LABEL_RACK;
 
 fn example(name: &str) -> SpiderNetwork {
     let path = format!("{}/../examples/topologies/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -130,4 +131,201 @@ fn bindings_say_which_networks_pods_get() {
             "eth0 stays the overlay"
         );
     }
+}
+
+/// Three racks, one routed /24 each (role `fabric`, VLAN 100), and one network across them; rack3
+/// carries it on a bond, the others on `ens2f0`.
+const ACROSS_RACKS: &str = r#"
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetwork
+metadata: {name: dc}
+spec:
+  subnets:
+  - {name: r1-net, role: fabric, vlan: 100, ipv4: {cidr: 10.10.1.0/24, gateway: 10.10.1.1}}
+  - {name: r2-net, role: fabric, vlan: 100, ipv4: {cidr: 10.10.2.0/24, gateway: 10.10.2.1}}
+  - {name: r3-net, role: fabric, vlan: 100, ipv4: {cidr: 10.10.3.0/24, gateway: 10.10.3.1}}
+  racks:
+  - {name: r1, nodeSelector: {matchLabels: {rack: r1}}, uplinks: [ens2f0], ranges: [{subnet: r1-net, ipv4: [10.10.1.10-10.10.1.99]}]}
+  - {name: r2, nodeSelector: {matchLabels: {rack: r2}}, uplinks: [ens2f0], ranges: [{subnet: r2-net, ipv4: [10.10.2.10-10.10.2.99]}]}
+  - name: r3
+    nodeSelector: {matchLabels: {rack: r3}}
+    bonds: [{name: bond0, interfaces: [ens3f0, ens3f1], mode: 802.3ad}]
+    masters: {fabric: bond0}
+    ranges: [{subnet: r3-net, ipv4: [10.10.3.10-10.10.3.99]}]
+  networks:
+  - {name: fabric, type: macvlan, subnetRole: fabric, master: ens2f0, nodeInterface: fabric0, namespaces: [shop]}
+  apps:
+  - {name: web, namespace: shop, workload: {kind: Deployment, name: web}, interfaces: [{network: fabric}]}
+  - {name: db, namespace: shop, workload: {kind: StatefulSet, name: db}, interfaces: [{network: fabric, fixedIPs: {count: 2}}]}
+"#;
+
+fn problems_of(yaml: &str) -> Vec<String> {
+    let network: SpiderNetwork = serde_saphyr::from_str(yaml).unwrap();
+    match compile(&network) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn one_network_spans_the_racks_and_pods_take_their_racks_pool() {
+    let network: SpiderNetwork = serde_saphyr::from_str(ACROSS_RACKS).unwrap();
+    let rendered = compile(&network).unwrap();
+    let smc = &rendered.multus_configs[0];
+    assert_eq!(rendered.multus_configs.len(), 1, "one network, one namespace");
+    let macvlan = smc.spec.macvlan.as_ref().unwrap();
+    assert_eq!(macvlan.master, ["fabric0"], "the name every node shares");
+    assert_eq!(
+        macvlan.vlan_id, None,
+        "the interface tasks make the VLAN, not ifacer"
+    );
+    assert!(macvlan.bond.is_none());
+    let pools = &macvlan.ippools.as_ref().unwrap().ipv4;
+    assert_eq!(
+        pools,
+        &[
+            "dc-db-net1-r1-v4",
+            "dc-db-net1-r2-v4",
+            "dc-db-net1-r3-v4",
+            "dc-r1-net-r1-v4",
+            "dc-r2-net-r2-v4",
+            "dc-r3-net-r3-v4"
+        ],
+        "fixed pools first, then every rack's pool"
+    );
+    // Each rack pool is pinned to its rack's nodes; the fixed pools of db too, one per rack.
+    for pool in &rendered.ip_pools {
+        let rack = pool.metadata.labels.as_ref().unwrap()[LABEL_RACK].clone();
+        let affinity = pool.spec.node_affinity.as_ref().unwrap();
+        assert_eq!(
+            affinity.match_labels.as_ref().unwrap()["rack"],
+            rack,
+            "{:?}",
+            pool.metadata.name
+        );
+    }
+    let nad = &rendered.network_attachment_definitions[0];
+    assert!(
+        nad.spec.config.contains(r#""master":"fabric0""#),
+        "{}",
+        nad.spec.config
+    );
+    assert!(!nad.spec.config.contains("ifacer"), "{}", nad.spec.config);
+    // Every rack's task creates VLAN 100 as `fabric0`, on its own master.
+    let vlans: Vec<(String, String, i32, Option<String>)> = rendered
+        .interface_templates
+        .iter()
+        .flat_map(|t| {
+            t.vlans
+                .iter()
+                .map(|v| (t.rack.clone(), v.parent.clone(), v.id, v.name.clone()))
+        })
+        .collect();
+    assert_eq!(
+        vlans,
+        vec![
+            ("r1".into(), "ens2f0".into(), 100, Some("fabric0".into())),
+            ("r2".into(), "ens2f0".into(), 100, Some("fabric0".into())),
+            ("r3".into(), "bond0".into(), 100, Some("fabric0".into())),
+        ]
+    );
+}
+
+#[test]
+fn racks_that_reach_a_network_differently_need_a_shared_name() {
+    let without = ACROSS_RACKS.replace(", nodeInterface: fabric0", "");
+    let problems = problems_of(&without);
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("spec.networks[0]: the racks reach this network through different interfaces (r1: ens2f0.100, r2: ens2f0.100, r3: bond0.100)"),
+        "{problems:#?}"
+    );
+    // Untagged, a NIC cannot be given a second name.
+    let untagged = ACROSS_RACKS.replace("vlan: 100, ", "");
+    let problems = problems_of(&untagged);
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.starts_with("spec.networks[0].nodeInterface: rack `r")),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
+
+#[test]
+fn every_implied_interface_name_is_checked() {
+    // `<master>.<vlan>` longer than 15 characters, written as a network master: refused at the master
+    // (it used to be accepted while the same name as a rack VLAN was refused).
+    let long = r#"
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetwork
+metadata: {name: t}
+spec:
+  subnets: [{name: s, vlan: 3000, ipv4: {cidr: 10.1.0.0/24}}]
+  racks: [{name: r, nodeSelector: {matchLabels: {rack: r}}, uplinks: [enp129s0f1np1], ranges: [{subnet: s, ipv4: [10.1.0.10-10.1.0.20]}]}]
+  networks: [{name: n, type: macvlan, subnet: s, master: enp129s0f1np1, namespaces: [a]}]
+"#;
+    let problems = problems_of(long);
+    assert_eq!(
+        problems,
+        [
+            "spec.networks[0].master: `enp129s0f1np1.3000` is not a Linux interface name (1-15 ASCII characters, no `/`, `:` or spaces)"
+        ]
+    );
+    let named = ACROSS_RACKS.replace("nodeInterface: fabric0", "nodeInterface: fabric-network-0");
+    let problems = problems_of(&named);
+    assert!(
+        !problems.is_empty()
+            && problems
+                .iter()
+                .all(|p| p.starts_with("spec.networks[0].nodeInterface: `fabric-network-0` is not a Linux")),
+        "{problems:#?}"
+    );
+    let pod_side = ACROSS_RACKS.replace(
+        "interfaces: [{network: fabric}]",
+        "interfaces: [{name: averyveryverylongnic, network: fabric}]",
+    );
+    assert!(
+        problems_of(&pod_side)
+            .iter()
+            .any(|p| p.starts_with("spec.apps[0].interfaces[0].name:")),
+    );
+}
+
+#[test]
+fn a_network_takes_one_subnet_per_rack_with_the_same_families() {
+    let two_in_one_rack = ACROSS_RACKS.replace(
+        "ranges: [{subnet: r1-net, ipv4: [10.10.1.10-10.10.1.99]}]",
+        "ranges: [{subnet: r1-net, ipv4: [10.10.1.10-10.10.1.99]}, {subnet: r2-net, ipv4: [10.10.2.100-10.10.2.120]}]",
+    );
+    let problems = problems_of(&two_in_one_rack);
+    assert!(
+        problems.iter().any(
+            |p| p.contains("rack `r1` hands out addresses of 2 subnets of this network (r1-net, r2-net)")
+        ),
+        "{problems:#?}"
+    );
+    let mixed = ACROSS_RACKS.replace(
+        "{name: r2-net, role: fabric, vlan: 100, ipv4: {cidr: 10.10.2.0/24, gateway: 10.10.2.1}}",
+        "{name: r2-net, role: fabric, vlan: 100, ipv4: {cidr: 10.10.2.0/24, gateway: 10.10.2.1}, ipv6: {cidr: 'fd00:2::/64'}}",
+    );
+    assert!(
+        problems_of(&mixed)
+            .iter()
+            .any(|p| p.contains("need the same address families")),
+    );
+    let both = ACROSS_RACKS.replace("subnetRole: fabric,", "subnetRole: fabric, subnet: r1-net,");
+    assert!(
+        problems_of(&both)
+            .iter()
+            .any(|p| p == "spec.networks[0]: set only one of subnet, subnets and subnetRole"),
+    );
+    let listed = ACROSS_RACKS.replace("subnetRole: fabric,", "subnets: [r1-net, r2-net, r3-net],");
+    let network: SpiderNetwork = serde_saphyr::from_str(&listed).unwrap();
+    let by_role: SpiderNetwork = serde_saphyr::from_str(ACROSS_RACKS).unwrap();
+    assert_eq!(
+        serde_json::to_value(compile(&network).unwrap().ip_pools).unwrap(),
+        serde_json::to_value(compile(&by_role).unwrap().ip_pools).unwrap(),
+        "a list of subnets and a role naming the same subnets render alike"
+    );
 }

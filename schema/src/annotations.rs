@@ -1,7 +1,8 @@
 //! The SpiderSubnet auto-pool vocabulary shared by the operator (which creates and scales automatic
 //! pools) and the node daemon (which finds the pool of a pod's application): the pod-template
 //! annotations `ipam.spidernet.io/subnet`, `subnets`, `ippool-ip-number` and `ippool-reclaim`, the
-//! labels upstream puts on automatic pools, their names and their pod affinity.
+//! labels upstream puts on automatic pools (keys in [`crate::labels`]), their names and their pod
+//! affinity.
 //!
 //! Everything here is pure. Parse errors name the annotation and say what is wrong.
 
@@ -10,6 +11,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Deserialize;
 use spiderpool_ipmath::IpFamily;
+
+use crate::labels::{
+    AFFINITY_APP_API_GROUP, AFFINITY_APP_API_VERSION, AFFINITY_APP_KIND, AFFINITY_APP_NAME,
+    AFFINITY_APP_NAMESPACE, LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_IPPOOL_CIDR, LABEL_IPPOOL_RECLAIM,
+    LABEL_OWNER_APP_GV, LABEL_OWNER_APP_KIND, LABEL_OWNER_APP_NAME, LABEL_OWNER_APP_NAMESPACE,
+    LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET,
+};
 
 /// Pod annotation: the SpiderSubnet(s) of one interface, `{"interface":"eth0","ipv4":["s4"],"ipv6":["s6"]}`.
 pub const ANNO_SUBNET: &str = "ipam.spidernet.io/subnet";
@@ -21,40 +29,6 @@ pub const ANNO_SUBNETS: &str = "ipam.spidernet.io/subnets";
 pub const ANNO_IPPOOL_IP_NUMBER: &str = "ipam.spidernet.io/ippool-ip-number";
 /// Pod annotation: `true` (default) deletes the automatic pool with its application.
 pub const ANNO_IPPOOL_RECLAIM: &str = "ipam.spidernet.io/ippool-reclaim";
-
-/// Pool label: the SpiderSubnet the pool belongs to.
-pub const LABEL_OWNER_SPIDER_SUBNET: &str = "ipam.spidernet.io/owner-spider-subnet";
-/// Pool label: group and version of the application, `apps_v1` (`v1` for the core group).
-pub const LABEL_OWNER_APP_GV: &str = "ipam.spidernet.io/owner-application-gv";
-/// Pool label: kind of the application (`Deployment`, ...).
-pub const LABEL_OWNER_APP_KIND: &str = "ipam.spidernet.io/owner-application-kind";
-/// Pool label: namespace of the application.
-pub const LABEL_OWNER_APP_NAMESPACE: &str = "ipam.spidernet.io/owner-application-namespace";
-/// Pool label: name of the application.
-pub const LABEL_OWNER_APP_NAME: &str = "ipam.spidernet.io/owner-application-name";
-/// Pool label: UID of the application the pool was made (or last reused) for.
-pub const LABEL_OWNER_APP_UID: &str = "ipam.spidernet.io/owner-application-uid";
-/// Pool label: the pod interface the pool serves.
-pub const LABEL_INTERFACE: &str = "ipam.spidernet.io/interface";
-/// Pool label: `IPv4` or `IPv6`.
-pub const LABEL_IP_VERSION: &str = "ipam.spidernet.io/ip-version";
-/// Pool label: `true` when the pool goes with its application.
-pub const LABEL_IPPOOL_RECLAIM: &str = "ipam.spidernet.io/ippool-reclaim";
-/// Pool label: the pool's subnet in label form (`10-6-0-0-16`).
-pub const LABEL_IPPOOL_CIDR: &str = "ipam.spidernet.io/ippool-cidr";
-/// Subnet label: the subnet's CIDR in label form.
-pub const LABEL_SUBNET_CIDR: &str = "ipam.spidernet.io/subnet-cidr";
-
-/// podAffinity key of an automatic pool: API group of the application (empty for the core group).
-pub const AFFINITY_APP_API_GROUP: &str = "ipam.spidernet.io/app-api-group";
-/// podAffinity key: API version of the application.
-pub const AFFINITY_APP_API_VERSION: &str = "ipam.spidernet.io/app-api-version";
-/// podAffinity key: kind of the application.
-pub const AFFINITY_APP_KIND: &str = "ipam.spidernet.io/app-kind";
-/// podAffinity key: namespace of the application.
-pub const AFFINITY_APP_NAMESPACE: &str = "ipam.spidernet.io/app-namespace";
-/// podAffinity key: name of the application.
-pub const AFFINITY_APP_NAME: &str = "ipam.spidernet.io/app-name";
 
 /// The interface a single-interface [`ANNO_SUBNET`] means when it names none.
 pub const DEFAULT_INTERFACE: &str = "eth0";
@@ -170,7 +144,6 @@ pub struct SubnetRequest {
 
 /// Wire shape of one annotation item.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawItem {
     #[serde(default)]
     interface: Option<String>,
@@ -191,50 +164,7 @@ pub fn parse_subnet_request(
     annotations: &BTreeMap<String, String>,
     default_spare_ips: u32,
 ) -> Result<Option<SubnetRequest>, AnnotationError> {
-    let items = if let Some(text) = annotations.get(ANNO_SUBNETS) {
-        let raw: Vec<RawItem> = serde_json::from_str(text).map_err(|e| {
-            AnnotationError::new(
-                ANNO_SUBNETS,
-                format!("not a JSON list of {{\"interface\",\"ipv4\",\"ipv6\"}} items: {e}"),
-            )
-        })?;
-        if raw.is_empty() {
-            return Err(AnnotationError::new(ANNO_SUBNETS, "lists no interface"));
-        }
-        let mut items = Vec::with_capacity(raw.len());
-        for (index, item) in raw.into_iter().enumerate() {
-            let interface = item.interface.unwrap_or_default();
-            if interface.is_empty() {
-                return Err(AnnotationError::new(
-                    ANNO_SUBNETS,
-                    format!(
-                        "item {index} names no interface; every item of a multi-interface list needs one"
-                    ),
-                ));
-            }
-            items.push(convert_item(
-                ANNO_SUBNETS,
-                index,
-                interface,
-                item.ipv4,
-                item.ipv6,
-            )?);
-        }
-        check_duplicates(&items)?;
-        items
-    } else if let Some(text) = annotations.get(ANNO_SUBNET) {
-        let raw: RawItem = serde_json::from_str(text).map_err(|e| {
-            AnnotationError::new(
-                ANNO_SUBNET,
-                format!("not a JSON object {{\"interface\",\"ipv4\",\"ipv6\"}}: {e}"),
-            )
-        })?;
-        let interface = raw
-            .interface
-            .filter(|i| !i.is_empty())
-            .unwrap_or_else(|| DEFAULT_INTERFACE.to_string());
-        vec![convert_item(ANNO_SUBNET, 0, interface, raw.ipv4, raw.ipv6)?]
-    } else {
+    let Some((_, items)) = parse_subnet_items(annotations)? else {
         return Ok(None);
     };
     let ip_number = match annotations.get(ANNO_IPPOOL_IP_NUMBER) {
@@ -247,6 +177,80 @@ pub fn parse_subnet_request(
         ip_number,
         reclaim,
     }))
+}
+
+/// The SpiderSubnets a pod asks for, per interface: [`ANNO_SUBNETS`] when present, else
+/// [`ANNO_SUBNET`]; `Ok(None)` when the pod has neither. Returns the annotation used and one item per
+/// interface, each with its interface name resolved. The operator (which creates the automatic pools)
+/// and the node daemon (which allocates from them) both read the annotations through this function,
+/// so they never disagree on what a pod asks for.
+///
+/// The rules:
+/// - [`ANNO_SUBNETS`] is a non-empty list; either every item names its interface or none does.
+///   Unnamed items are the interfaces Multus gives by position: `eth0`, `net1`, `net2`, ... (the same
+///   rule as unnamed `ipam.spidernet.io/ippools` items). An interface is listed once, and one subnet
+///   serves one interface (upstream's rule).
+/// - [`ANNO_SUBNET`] is one item; without `interface` it is for `eth0`.
+/// - Each item names an IPv4 and/or an IPv6 subnet; only the first of each family counts (upstream);
+///   empty names are refused. Unknown keys are ignored, as upstream's JSON decoding does.
+pub fn parse_subnet_items(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<(&'static str, Vec<SubnetItem>)>, AnnotationError> {
+    if let Some(text) = annotations.get(ANNO_SUBNETS) {
+        let raw: Vec<RawItem> = serde_json::from_str(text).map_err(|e| {
+            AnnotationError::new(
+                ANNO_SUBNETS,
+                format!("not a JSON list of {{\"interface\",\"ipv4\",\"ipv6\"}} items: {e}"),
+            )
+        })?;
+        if raw.is_empty() {
+            return Err(AnnotationError::new(ANNO_SUBNETS, "lists no interface"));
+        }
+        let named = raw
+            .iter()
+            .filter(|item| item.interface.as_deref().is_some_and(|i| !i.is_empty()))
+            .count();
+        if named != 0 && named != raw.len() {
+            return Err(AnnotationError::new(
+                ANNO_SUBNETS,
+                "either every item names its interface or none does (unnamed items are eth0, net1, net2, ... by position)",
+            ));
+        }
+        let mut items = Vec::with_capacity(raw.len());
+        for (index, item) in raw.into_iter().enumerate() {
+            let interface = match item.interface.filter(|i| !i.is_empty()) {
+                Some(interface) => interface,
+                None if index == 0 => DEFAULT_INTERFACE.to_string(),
+                None => format!("net{index}"),
+            };
+            items.push(convert_item(
+                ANNO_SUBNETS,
+                index,
+                interface,
+                item.ipv4,
+                item.ipv6,
+            )?);
+        }
+        check_duplicates(&items)?;
+        return Ok(Some((ANNO_SUBNETS, items)));
+    }
+    let Some(text) = annotations.get(ANNO_SUBNET) else {
+        return Ok(None);
+    };
+    let raw: RawItem = serde_json::from_str(text).map_err(|e| {
+        AnnotationError::new(
+            ANNO_SUBNET,
+            format!("not a JSON object {{\"interface\",\"ipv4\",\"ipv6\"}}: {e}"),
+        )
+    })?;
+    let interface = raw
+        .interface
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| DEFAULT_INTERFACE.to_string());
+    Ok(Some((
+        ANNO_SUBNET,
+        vec![convert_item(ANNO_SUBNET, 0, interface, raw.ipv4, raw.ipv6)?],
+    )))
 }
 
 /// [`ANNO_IPPOOL_RECLAIM`]: `true` unless it says otherwise. Accepts Go's `strconv.ParseBool` spellings.
@@ -542,7 +546,11 @@ mod tests {
         assert!(e.reason.contains("listed twice"), "{e}");
         let e = err(r#"[{"interface":"eth0","ipv4":["a"]},{"interface":"net1","ipv4":["a"]}]"#);
         assert!(e.reason.contains("serves both"), "{e}");
-        assert!(err(r#"[{"ipv4":["a"]}]"#).reason.contains("names no interface"));
+        assert!(
+            err(r#"[{"interface":"eth0","ipv4":["a"]},{"ipv4":["b"]}]"#)
+                .reason
+                .contains("every item names its interface or none")
+        );
         assert!(err(r#"[{"interface":"eth0"}]"#).reason.contains("neither"));
         assert!(
             err(r#"[{"interface":"eth0","ipv4":[""]}]"#)
@@ -551,11 +559,26 @@ mod tests {
         );
         assert!(err("[]").reason.contains("no interface"));
         assert!(err("nonsense").reason.contains("JSON"));
-        assert!(
-            err(r#"[{"interface":"eth0","ipv4":["a"],"vlan":3}]"#)
-                .reason
-                .contains("JSON")
-        );
+    }
+
+    #[test]
+    fn unnamed_subnets_items_are_the_interfaces_multus_gives_by_position() {
+        let parse = |value: &str| parse_subnet_items(&annos(&[(ANNO_SUBNETS, value)]));
+        let (annotation, items) = parse(r#"[{"ipv4":["a"]},{"ipv4":["b"],"ipv6":["b6"]},{"ipv6":["c6"]}]"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(annotation, ANNO_SUBNETS);
+        let names: Vec<&str> = items.iter().map(|i| i.interface.as_str()).collect();
+        assert_eq!(names, ["eth0", "net1", "net2"]);
+        // One unnamed item is eth0, as for the single `subnet` annotation.
+        let (_, items) = parse(r#"[{"ipv4":["a"]}]"#).unwrap().unwrap();
+        assert_eq!(items[0].interface, "eth0");
+        // Unknown keys are ignored, as upstream's JSON decoding does.
+        let (_, items) = parse(r#"[{"interface":"net1","ipv4":["a"],"vlan":3}]"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(items[0].ipv4.as_deref(), Some("a"));
+        assert_eq!(parse_subnet_items(&annos(&[])), Ok(None));
     }
 
     #[test]

@@ -262,19 +262,56 @@ impl Validate for SpiderInterfaceTask {
                 format!("`{}` is not a node name", self.spec.node_name),
             );
         }
-        check_interfaces(&mut problems, "spec", &self.spec.bonds, &self.spec.vlans, &[]);
+        let vlans: Vec<VlanEntry<'_>> = self
+            .spec
+            .vlans
+            .iter()
+            .enumerate()
+            .map(|(i, vlan)| VlanEntry::declared(vlan, format!("spec.vlans[{i}]")))
+            .collect();
+        check_interfaces(&mut problems, "spec", &self.spec.bonds, &vlans, &[]);
         problems.into_vec()
     }
 }
 
+/// A VLAN sub-interface to check, with where it comes from.
+pub(crate) struct VlanEntry<'a> {
+    /// The interface.
+    pub vlan: &'a VlanInterface,
+    /// The spec path of its definition.
+    pub path: String,
+    /// Whether `path` is a VLAN entry (problems then name its fields, `<path>.id`) rather than a field
+    /// the VLAN is derived from (a network's `master`: problems name that field itself).
+    pub declared: bool,
+}
+
+impl<'a> VlanEntry<'a> {
+    /// A VLAN written out at `path`.
+    pub fn declared(vlan: &'a VlanInterface, path: String) -> Self {
+        VlanEntry {
+            vlan,
+            path,
+            declared: true,
+        }
+    }
+
+    fn field(&self, name: &str) -> String {
+        if self.declared {
+            format!("{}.{name}", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
 /// Checks bonds and VLANs that go on one node together: names valid and unique, bond modes/options sane,
-/// a NIC in at most one bond, VLAN parents known (an uplink, a bond of the same set, or `extra_parents`),
-/// and no VLAN id twice on one parent.
+/// a NIC in at most one bond, VLAN parents known (an uplink or a bond of the same set, when uplinks are
+/// given), and no VLAN id twice on one parent.
 pub(crate) fn check_interfaces(
     problems: &mut Problems,
     path: &str,
     bonds: &[Bond],
-    vlans: &[VlanInterface],
+    vlans: &[VlanEntry<'_>],
     uplinks: &[String],
 ) {
     let mut names: BTreeMap<String, String> = BTreeMap::new();
@@ -339,41 +376,43 @@ pub(crate) fn check_interfaces(
         }
     }
     let bond_names: Vec<&str> = bonds.iter().map(|b| b.name.as_str()).collect();
-    let mut tags: BTreeMap<(&str, i32), usize> = BTreeMap::new();
-    for (i, vlan) in vlans.iter().enumerate() {
-        let here = format!("{path}.vlans[{i}]");
+    let mut tags: BTreeMap<(&str, i32), String> = BTreeMap::new();
+    for entry in vlans {
+        let vlan = entry.vlan;
         if !(1..=4094).contains(&vlan.id) {
             problems.push(
-                format!("{here}.id"),
+                entry.field("id"),
                 format!("{} is not a VLAN id (1-4094)", vlan.id),
             );
         }
-        check_interface_name(problems, &format!("{here}.parent"), &vlan.parent);
+        check_interface_name(problems, &entry.field("parent"), &vlan.parent);
         if !uplinks.is_empty()
             && !uplinks.contains(&vlan.parent)
             && !bond_names.contains(&vlan.parent.as_str())
         {
             problems.push(
-                format!("{here}.parent"),
+                entry.field("parent"),
                 format!("`{}` is neither an uplink nor a bond of this rack", vlan.parent),
             );
         }
         let name = vlan.interface_name();
-        check_interface_name(problems, &format!("{here}.name"), &name);
-        claim(problems, &name, format!("{here}.name"));
-        if let Some(first) = tags.insert((vlan.parent.as_str(), vlan.id), i) {
+        check_interface_name(problems, &entry.field("name"), &name);
+        claim(problems, &name, entry.field("name"));
+        if let Some(first) = tags.get(&(vlan.parent.as_str(), vlan.id)) {
             problems.push(
-                format!("{here}.id"),
+                entry.field("id"),
                 format!(
-                    "VLAN {} on `{}` is already defined at {path}.vlans[{first}]",
+                    "VLAN {} on `{}` is already defined at {first}",
                     vlan.id, vlan.parent
                 ),
             );
+        } else {
+            tags.insert((vlan.parent.as_str(), vlan.id), entry.path.clone());
         }
         if let Some(mtu) = vlan.mtu
             && !(68..=65535).contains(&mtu)
         {
-            problems.push(format!("{here}.mtu"), format!("{mtu} is not an MTU (68-65535)"));
+            problems.push(entry.field("mtu"), format!("{mtu} is not an MTU (68-65535)"));
         }
     }
 }

@@ -35,12 +35,16 @@ impl Problems {
         Self::default()
     }
 
-    /// Records a problem at `path`.
+    /// Records a problem at `path`. The same problem found twice (one cause seen from two checks, or
+    /// one field read for several racks) is listed once.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.items.push(Problem {
+        let problem = Problem {
             path: path.into(),
             message: message.into(),
-        });
+        };
+        if !self.items.contains(&problem) {
+            self.items.push(problem);
+        }
     }
 
     /// Records every problem of a garde report, under `prefix` (garde's paths use Rust field names, so
@@ -149,8 +153,9 @@ mod tests {
         assert!(p.clone().into_result().is_ok());
         p.push("spec.a", "first");
         p.push("spec.b", "second");
+        p.push("spec.a", "first");
         let all = p.into_result().unwrap_err();
-        assert_eq!(all.len(), 2);
+        assert_eq!(all.len(), 2, "a problem found twice is listed once");
         assert_eq!(all[1].to_string(), "spec.b: second");
     }
 }

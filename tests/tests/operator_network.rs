@@ -16,8 +16,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::{Client, ResourceExt};
 use operator_support::*;
 use serde_json::{Value, json};
-use spiderpool_operator::compile::{LABEL_MANAGED_BY, MANAGED_BY, compile};
+use spiderpool_operator::compile::compile;
 use spiderpool_operator::controller::network::CONTROLLER;
+use spiderpool_schema::labels::{LABEL_MANAGED_BY, MANAGED_BY};
 use spiderpool_schema::network::{Rack, RackRange};
 use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
 

@@ -17,9 +17,8 @@ use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
 use spiderpool_operator::controller::subnet::{self, SubnetControllerConfig};
-use spiderpool_schema::annotations::{
-    ANNO_IPPOOL_IP_NUMBER, ANNO_IPPOOL_RECLAIM, ANNO_SUBNET, LABEL_OWNER_APP_NAME, LABEL_OWNER_SPIDER_SUBNET,
-};
+use spiderpool_schema::annotations::{ANNO_IPPOOL_IP_NUMBER, ANNO_IPPOOL_RECLAIM, ANNO_SUBNET};
+use spiderpool_schema::labels::{LABEL_OWNER_APP_NAME, LABEL_OWNER_SPIDER_SUBNET};
 use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec, SpiderReservedIP, SpiderSubnet};
 use spiderpool_tests::{TestCluster, TestNamespace, init_tracing};
 

@@ -30,6 +30,13 @@ pub struct AnnotationError {
     pub reason: String,
 }
 
+/// The shared SpiderSubnet parser's error, in this module's shape.
+impl From<spiderpool_schema::annotations::AnnotationError> for AnnotationError {
+    fn from(e: spiderpool_schema::annotations::AnnotationError) -> Self {
+        AnnotationError::new(e.annotation, e.reason)
+    }
+}
+
 impl AnnotationError {
     fn new(annotation: &str, reason: impl Into<String>) -> Self {
         AnnotationError {
@@ -67,20 +74,6 @@ pub struct PoolsItem {
     pub cleangateway: bool,
 }
 
-/// One item of `ipam.spidernet.io/subnets` (or the single `subnet` object).
-#[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]
-pub struct SubnetItem {
-    /// Interface the item is for.
-    #[serde(default)]
-    pub interface: String,
-    /// IPv4 SpiderSubnet names; upstream uses only the first.
-    #[serde(default)]
-    pub ipv4: Vec<String>,
-    /// IPv6 SpiderSubnet names; upstream uses only the first.
-    #[serde(default)]
-    pub ipv6: Vec<String>,
-}
-
 /// One route of `ipam.spidernet.io/routes`.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RouteItem {
@@ -111,25 +104,6 @@ pub fn parse_ippools(text: &str) -> Result<Vec<PoolsItem>, AnnotationError> {
     check_interfaces(ANNO_IPPOOLS, items.iter().map(|i| i.interface.as_str()))?;
     for (index, item) in items.iter().enumerate() {
         check_names(ANNO_IPPOOLS, &format!("[{index}]."), &item.ipv4, &item.ipv6)?;
-    }
-    Ok(items)
-}
-
-/// Parses `ipam.spidernet.io/subnet` (one object) or `ipam.spidernet.io/subnets` (a list).
-pub fn parse_subnets(annotation: &str, text: &str) -> Result<Vec<SubnetItem>, AnnotationError> {
-    let items: Vec<SubnetItem> = if annotation == ANNO_SUBNET {
-        vec![parse(annotation, text)?]
-    } else {
-        parse(annotation, text)?
-    };
-    if items.is_empty() {
-        return Err(AnnotationError::new(annotation, "the list is empty"));
-    }
-    if annotation == ANNO_SUBNETS {
-        check_interfaces(annotation, items.iter().map(|i| i.interface.as_str()))?;
-    }
-    for (index, item) in items.iter().enumerate() {
-        check_names(annotation, &format!("[{index}]."), &item.ipv4, &item.ipv6)?;
     }
     Ok(items)
 }
@@ -293,22 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn subnets_and_namespace_defaults() {
-        let one = parse_subnets(ANNO_SUBNET, r#"{"ipv4":["s4"]}"#).unwrap();
-        assert_eq!(one[0].ipv4, ["s4"]);
-        let many = parse_subnets(
-            ANNO_SUBNETS,
-            r#"[{"interface":"eth0","ipv4":["s4"]},{"interface":"net1","ipv6":["s6"]}]"#,
-        )
-        .unwrap();
-        assert_eq!(many.len(), 2);
-        assert!(
-            parse_subnets(
-                ANNO_SUBNETS,
-                r#"[{"interface":"eth0","ipv4":["s4"]},{"ipv4":["x"]}]"#
-            )
-            .is_err()
-        );
+    fn namespace_defaults() {
         let anns = BTreeMap::from([(ANNO_NS_DEFAULT_IPV4.to_owned(), r#"["a","b*"]"#.to_owned())]);
         assert_eq!(
             namespace_default_pools(&anns).unwrap(),

@@ -142,31 +142,34 @@ impl<'a> CandidateInput<'a> {
 pub fn candidates(input: &CandidateInput<'_>) -> Result<Candidates, CandidateError> {
     let annotations = input.pod_annotations;
 
-    for key in [ANNO_SUBNETS, ANNO_SUBNET] {
-        if let Some(text) = annotations.get(key) {
-            if !input.enable_auto_pools {
-                return Err(AnnotationError {
-                    annotation: key.to_owned(),
-                    reason: "SpiderSubnet automatic pools are disabled on this cluster".to_owned(),
-                }
-                .into());
-            }
-            let items = annotations::parse_subnets(key, text)?;
-            let nics = name_items(
-                key,
-                input.if_name,
-                items.into_iter().map(|i| (i.interface, i.ipv4, i.ipv6, false)),
-            )?
-            .into_iter()
-            .map(|mut nic| {
-                // Upstream uses only the first subnet of each family.
-                nic.ipv4.truncate(1);
-                nic.ipv6.truncate(1);
-                nic
-            })
-            .collect();
-            return Ok(finish(input, Source::Subnet, nics, false));
+    if let Some(key) = [ANNO_SUBNETS, ANNO_SUBNET]
+        .into_iter()
+        .find(|key| annotations.contains_key(*key))
+        && !input.enable_auto_pools
+    {
+        return Err(AnnotationError {
+            annotation: key.to_owned(),
+            reason: "SpiderSubnet automatic pools are disabled on this cluster".to_owned(),
         }
+        .into());
+    }
+    // The operator reads the same annotations through the same parser to make the automatic pools.
+    if let Some((key, items)) =
+        spiderpool_schema::annotations::parse_subnet_items(annotations).map_err(AnnotationError::from)?
+    {
+        let nics = name_items(
+            key,
+            input.if_name,
+            items.into_iter().map(|i| {
+                (
+                    i.interface,
+                    i.ipv4.into_iter().collect(),
+                    i.ipv6.into_iter().collect(),
+                    false,
+                )
+            }),
+        )?;
+        return Ok(finish(input, Source::Subnet, nics, false));
     }
 
     if let Some(text) = annotations.get(ANNO_IPPOOLS) {

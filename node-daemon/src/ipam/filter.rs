@@ -56,12 +56,7 @@ pub fn check_pool(
     if spec.disable == Some(true) {
         return Err("is disabled".to_owned());
     }
-    let version = spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    });
-    if version != Some(family) {
+    if spec.family() != Some(family) {
         return Err(format!("is not an {family} pool"));
     }
     if !spec.node_name.is_empty() {

@@ -124,7 +124,7 @@ pub fn is_pod_alive(pod: &Pod) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-    use spiderpool_schema::annotations::{AFFINITY_APP_API_GROUP, AFFINITY_APP_API_VERSION};
+    use spiderpool_schema::labels::{AFFINITY_APP_API_GROUP, AFFINITY_APP_API_VERSION};
 
     fn pod(name: &str, owner: Option<(&str, &str, &str)>) -> Pod {
         let mut pod = Pod::default();

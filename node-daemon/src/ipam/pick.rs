@@ -73,19 +73,17 @@ pub enum Outcome {
 /// Why an allocation found nothing: every usable address is taken.
 pub const ALL_USED: &str = "all IP addresses used out";
 
-/// The addresses a pool may give out: `ips − excludeIPs − reserved`.
+/// The addresses a pool may give out: its usable addresses
+/// ([`SpiderIPPoolSpec::usable_addresses`]) minus the reserved ones.
 pub fn usable_addresses(
     spec: &SpiderIPPoolSpec,
     family: IpFamily,
     reserved: &IpSet,
 ) -> Result<IpSet, String> {
-    let describe = |field: &str, errors: Vec<spiderpool_ipmath::ItemError>| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        format!("spec.{field}: {}", list.join("; "))
-    };
-    let ips = IpSet::parse_list(family, &spec.ips).map_err(|e| describe("ips", e))?;
-    let excluded = IpSet::parse_list(family, &spec.exclude_ips).map_err(|e| describe("excludeIPs", e))?;
-    let mut usable = ips.difference(&excluded);
+    let mut usable = spec.usable_addresses().map_err(|e| e.to_string())?;
+    if usable.family() != family {
+        return Err(format!("the pool is {}, not {family}", usable.family()));
+    }
     if reserved.family() == family {
         usable = usable.difference(reserved);
     }

@@ -3,11 +3,7 @@
 use spiderpool_ipmath::IpFamily;
 use spiderpool_schema::SpiderIPPool;
 
-/// The pool's IP family: `spec.ipVersion`, else its subnet's.
+/// The pool's IP family ([`spiderpool_schema::SpiderIPPoolSpec::family`]).
 pub fn family(pool: &SpiderIPPool) -> Option<IpFamily> {
-    pool.spec.ip_version.and_then(IpFamily::from_version).or_else(|| {
-        spiderpool_ipmath::parse_cidr(&pool.spec.subnet)
-            .ok()
-            .map(|n| IpFamily::of_net(&n))
-    })
+    pool.spec.family()
 }

@@ -23,9 +23,11 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use spiderpool_ipmath::{IpFamily, IpSet, parse_cidr};
-use spiderpool_schema::annotations::{AppRef, LABEL_IPPOOL_RECLAIM};
+use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_schema::annotations::AppRef;
 use spiderpool_schema::ippool::PoolIPAllocation;
+use spiderpool_schema::labels::LABEL_IPPOOL_RECLAIM;
+use spiderpool_schema::pool_addresses::PoolAddressError;
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
 
 use super::cache::SharedCache;
@@ -52,14 +54,13 @@ impl Default for IPPoolControllerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// The pool's addresses do not parse (the webhook should have refused them).
-    #[error("pool {pool}: {field}: {reason}")]
+    #[error("pool {pool}: {source}")]
     BadSpec {
         /// Pool name.
         pool: String,
-        /// Field at fault.
-        field: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        source: PoolAddressError,
     },
     /// `status.allocatedIPs` is not the JSON upstream writes.
     #[error("pool {pool}: status.allocatedIPs is not a JSON map of IP to {{pod, podUid}}: {source}")]
@@ -89,37 +90,20 @@ pub enum PoolError {
     },
 }
 
-/// Family of a pool: `ipVersion` when set, else the family of `subnet`.
+/// Family of a pool ([`SpiderIPPoolSpec::family`]).
 pub fn pool_family(name: &str, spec: &SpiderIPPoolSpec) -> Result<IpFamily, PoolError> {
-    if let Some(family) = spec.ip_version.and_then(IpFamily::from_version) {
-        return Ok(family);
-    }
-    parse_cidr(&spec.subnet)
-        .map(|net| IpFamily::of_net(&net))
-        .map_err(|e| PoolError::BadSpec {
-            pool: name.to_string(),
-            field: "spec.subnet",
-            reason: e.to_string(),
-        })
+    spec.family().ok_or_else(|| PoolError::BadSpec {
+        pool: name.to_string(),
+        source: PoolAddressError::UnknownFamily(spec.subnet.clone()),
+    })
 }
 
-/// The addresses a pool can hand out: `ips − excludeIPs`.
+/// The addresses a pool can hand out ([`SpiderIPPoolSpec::usable_addresses`]).
 pub fn usable_ips(name: &str, spec: &SpiderIPPoolSpec) -> Result<IpSet, PoolError> {
-    let family = pool_family(name, spec)?;
-    let parse = |items: &[String], field: &'static str| {
-        IpSet::parse_list(family, items).map_err(|errors| PoolError::BadSpec {
-            pool: name.to_string(),
-            field,
-            reason: errors
-                .iter()
-                .map(|e| format!("[{}] {}", e.index, e.error))
-                .collect::<Vec<_>>()
-                .join("; "),
-        })
-    };
-    let ips = parse(&spec.ips, "spec.ips")?;
-    let excluded = parse(&spec.exclude_ips, "spec.excludeIPs")?;
-    Ok(ips.difference(&excluded))
+    spec.usable_addresses().map_err(|source| PoolError::BadSpec {
+        pool: name.to_string(),
+        source,
+    })
 }
 
 /// `status.totalIPCount`: the number of addresses in `ips − excludeIPs` (saturating at `i64::MAX`).
@@ -455,7 +439,8 @@ pub fn run_shared(
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use spiderpool_schema::SpiderIPPoolStatus;
-    use spiderpool_schema::annotations::{LABEL_OWNER_APP_UID, auto_pool_labels};
+    use spiderpool_schema::annotations::auto_pool_labels;
+    use spiderpool_schema::labels::LABEL_OWNER_APP_UID;
 
     use super::*;
 

@@ -47,6 +47,7 @@ use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use spiderpool_schema::labels::{ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
 use spiderpool_schema::network::RenderedCounts;
 use spiderpool_schema::validation::Problem;
 use spiderpool_schema::{
@@ -58,10 +59,7 @@ use tracing::{debug, info, instrument, warn};
 use self::plan::{ChildKey, ChildObject, DesiredChild, LiveObject, RecentWrites, Write};
 use self::status::{Outcome, StatusInput};
 use super::cache::{CacheEvent, SharedCache};
-use crate::compile::{
-    ANNOTATION_SOURCE, LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY, Rendered, compile,
-    expand_interface_tasks,
-};
+use crate::compile::{Rendered, compile, expand_interface_tasks};
 use crate::metrics::Metrics;
 
 /// Name of this controller in metrics and logs.

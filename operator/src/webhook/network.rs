@@ -50,7 +50,7 @@ mod tests {
     fn every_invalid_example_is_refused_at_its_path_and_every_valid_one_admitted() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/topologies");
         let invalid = examples(&root.join("invalid"));
-        assert_eq!(invalid.len(), 11);
+        assert_eq!(invalid.len(), 13);
         for file in invalid {
             let text = std::fs::read_to_string(&file).unwrap();
             let network: SpiderNetwork = serde_saphyr::from_str(&text).unwrap();

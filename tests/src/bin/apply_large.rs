@@ -194,6 +194,7 @@ async fn main() -> Result<()> {
         subnets: arg("--subnets", Shape::LARGE.subnets)?,
         apps: arg("--apps", Shape::LARGE.apps)?,
         namespaces_per_network: Shape::LARGE.namespaces_per_network,
+        fabric: Shape::LARGE.fabric,
     };
     let binary = operator_binary()?;
     let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;

@@ -26,9 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Annotation on every child the operator applies: a hash of the rendered object (without this
-/// annotation). See the module docs.
-pub const ANNOTATION_RENDERED_HASH: &str = "spiderpool.spidernet.io/rendered-hash";
+use spiderpool_schema::labels::ANNOTATION_RENDERED_HASH;
 
 /// Labels and annotation prefixes of GitOps tools that must never be copied onto generated objects:
 /// Argo CD and Flux would otherwise adopt (and prune) the children as if they were in Git.

@@ -23,14 +23,14 @@ use std::sync::Arc;
 use kube::api::{ApiResource, ObjectMeta};
 use serde::Serialize;
 use serde_json::Value;
-use spiderpool_ipmath::{IpFamily, IpSet};
+use spiderpool_ipmath::IpSet;
 use spiderpool_schema::validation::Problem;
 use spiderpool_schema::{
     SpiderIPPool, SpiderIPPoolSpec, SpiderInterfaceTask, SpiderMultusConfig, SpiderReservedIP,
 };
 
 use super::diff::{self, RenderedHash};
-use crate::compile::{LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
+use spiderpool_schema::labels::{LABEL_MANAGED_BY, LABEL_TOPOLOGY, MANAGED_BY};
 
 /// The kinds a SpiderNetwork renders and the operator applies (NADs are the multus-config
 /// controller's).
@@ -145,7 +145,7 @@ impl ChildObject {
         }
     }
 
-    /// Sets [`diff::ANNOTATION_RENDERED_HASH`] and returns the hash ([`diff::stamp_hash`]).
+    /// Sets [`ANNOTATION_RENDERED_HASH`](spiderpool_schema::labels::ANNOTATION_RENDERED_HASH) and returns the hash ([`diff::stamp_hash`]).
     pub fn stamp_hash(&mut self) -> Result<RenderedHash, serde_json::Error> {
         match self {
             ChildObject::ReservedIp(o) => diff::stamp_hash(o.as_mut()),
@@ -489,21 +489,9 @@ fn describe(allocated: &[(String, String)]) -> String {
     text.join(", ")
 }
 
-/// Family of a pool, from its subnet.
-fn pool_family(spec: &SpiderIPPoolSpec) -> IpFamily {
-    if spec.subnet.contains(':') {
-        IpFamily::V6
-    } else {
-        IpFamily::V4
-    }
-}
-
 /// Addresses a pool hands out (`ips` minus `excludeIPs`), or `None` when they do not parse.
 pub fn pool_usable(spec: &SpiderIPPoolSpec) -> Option<IpSet> {
-    let family = pool_family(spec);
-    let ips = IpSet::parse_list(family, &spec.ips).ok()?;
-    let excluded = IpSet::parse_list(family, &spec.exclude_ips).ok()?;
-    Some(ips.difference(&excluded))
+    spec.usable_addresses().ok()
 }
 
 #[cfg(test)]
@@ -664,7 +652,7 @@ mod tests {
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(
-                diff::ANNOTATION_RENDERED_HASH.to_string(),
+                spiderpool_schema::labels::ANNOTATION_RENDERED_HASH.to_string(),
                 "0123456789abcdef".to_string(),
             );
         for (edit, expected_writes) in [

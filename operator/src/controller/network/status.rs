@@ -126,6 +126,8 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
         conditions,
         counts: input.counts,
         nodes,
+        // Written by the capacity writer under its own field manager.
+        capacity: None,
         problems: input.problems,
     }
 }

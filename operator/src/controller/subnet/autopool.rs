@@ -14,10 +14,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpSet, cidr_label_value};
 use spiderpool_schema::annotations::{
-    ANNO_IPPOOL_IP_NUMBER, AppRef, IpNumber, LABEL_IPPOOL_RECLAIM, LABEL_OWNER_APP_UID,
-    LABEL_OWNER_SPIDER_SUBNET, auto_pool_labels, auto_pool_match_labels, auto_pool_name,
+    ANNO_IPPOOL_IP_NUMBER, AppRef, IpNumber, auto_pool_labels, auto_pool_match_labels, auto_pool_name,
     auto_pool_pod_affinity,
 };
+use spiderpool_schema::labels::{LABEL_IPPOOL_RECLAIM, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET};
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec, SpiderReservedIP, SpiderSubnet};
 
 use super::{pool_in_subnet, pool_ips, subnet_owner_reference, subnet_total};
@@ -339,8 +339,7 @@ pub async fn delete_for_app(client: &Client, app: &AppRef) -> Result<Vec<String>
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
     let mut labels = auto_pool_match_labels(app, "", IpFamily::V4);
     labels.retain(|k, _| {
-        k != spiderpool_schema::annotations::LABEL_INTERFACE
-            && k != spiderpool_schema::annotations::LABEL_IP_VERSION
+        k != spiderpool_schema::labels::LABEL_INTERFACE && k != spiderpool_schema::labels::LABEL_IP_VERSION
     });
     labels.insert(LABEL_IPPOOL_RECLAIM.to_string(), "true".to_string());
     let list = pools
