@@ -279,22 +279,40 @@ struct Context {
     client: Client,
     config: IPPoolControllerConfig,
     events: crate::events::Events,
+    exhaustion: Exhaustion,
 }
 
-/// Whether counts going from `before` (the status as read) to `allocated` of `total` fill the pool:
-/// the moment to tell users, once, that pods drawing from it will fail.
-pub fn becomes_exhausted(
-    before: Option<&spiderpool_schema::SpiderIPPoolStatus>,
-    total: Option<i64>,
-    allocated: i64,
-) -> bool {
-    let Some(total) = total.filter(|t| *t > 0) else {
-        return false;
-    };
-    let was_full = before
-        .and_then(|s| s.allocated_ip_count.zip(s.total_ip_count))
-        .is_some_and(|(held, of)| of > 0 && held >= of);
-    allocated >= total && !was_full
+/// Which pools are full, as last seen, so that a pool filling up is told once: the agents write the
+/// counts themselves, so the moment it fills is seen here as a change of state, not as a write of ours.
+#[derive(Debug, Default)]
+pub struct Exhaustion {
+    full: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Exhaustion {
+    /// Records that pool `uid` holds `allocated` of `total` addresses; true when it was not full and
+    /// is now (a pool without addresses is never full).
+    pub fn becomes_full(&self, uid: &str, total: Option<i64>, allocated: i64) -> bool {
+        let full = total.is_some_and(|total| total > 0 && allocated >= total);
+        let mut known = self
+            .full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if full {
+            known.insert(uid.to_string())
+        } else {
+            known.remove(uid);
+            false
+        }
+    }
+
+    /// Forgets a pool that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
 }
 
 /// One reconcile of one pool; returns when to look again.
@@ -318,6 +336,7 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
         .unwrap_or_default();
 
     if pool.meta().deletion_timestamp.is_some() {
+        ctx.exhaustion.forget(&pool.uid().unwrap_or_default());
         if let Some(patch) = finalizer_patch(pool.as_ref(), records.is_empty()) {
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -376,22 +395,23 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {
-                tracing::debug!(pool = %name, ?total, allocated, "pool counts updated");
-                if becomes_exhausted(pool.status.as_ref(), total, allocated) {
-                    let note = format!(
-                        "all {allocated} addresses are in use; pods that can only use this pool will not start until one is released"
-                    );
-                    ctx.events
-                        .warning(pool.as_ref(), "IPPoolExhausted", "CountAddresses", note)
-                        .await;
-                }
-            }
+            Ok(_) => tracing::debug!(pool = %name, ?total, allocated, "pool counts updated"),
             // The records changed under us; the watch brings the new version.
             Err(e) if is_conflict(&e) => return Ok(Action::requeue(Duration::from_secs(1))),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(kube_err("writing the counts", e)),
         }
+    }
+    if ctx
+        .exhaustion
+        .becomes_full(&pool.uid().unwrap_or_default(), total, allocated)
+    {
+        let note = format!(
+            "all {allocated} addresses are in use; pods that can only use this pool will not start until one is released"
+        );
+        ctx.events
+            .warning(pool.as_ref(), "IPPoolExhausted", "CountAddresses", note)
+            .await;
     }
     Ok(Action::requeue(ctx.config.resync))
 }
@@ -421,6 +441,7 @@ pub fn run_shared(
         client,
         config,
         events,
+        exhaustion: Exhaustion::default(),
     });
     async move {
         controller
@@ -499,23 +520,20 @@ mod tests {
 
     #[test]
     fn exhaustion_is_told_once_when_the_pool_fills() {
-        let status = |held, of| SpiderIPPoolStatus {
-            allocated_ip_count: Some(held),
-            total_ip_count: Some(of),
-            ..SpiderIPPoolStatus::default()
-        };
-        assert!(becomes_exhausted(Some(&status(3, 4)), Some(4), 4));
-        assert!(becomes_exhausted(None, Some(4), 4));
+        let seen = Exhaustion::default();
+        assert!(!seen.becomes_full("a", Some(4), 3));
+        assert!(seen.becomes_full("a", Some(4), 4), "fills up");
+        assert!(!seen.becomes_full("a", Some(4), 4), "already told");
+        assert!(!seen.becomes_full("a", Some(4), 3), "one released");
+        assert!(seen.becomes_full("a", Some(4), 4), "full again: told again");
+        assert!(seen.becomes_full("b", Some(1), 1), "per pool");
+        seen.forget("b");
+        assert!(seen.becomes_full("b", Some(1), 1), "a pool made again");
         assert!(
-            !becomes_exhausted(Some(&status(4, 4)), Some(4), 4),
-            "already full"
+            !seen.becomes_full("c", Some(0), 0),
+            "a pool without addresses is not full"
         );
-        assert!(!becomes_exhausted(Some(&status(2, 4)), Some(4), 3));
-        assert!(
-            !becomes_exhausted(None, Some(0), 0),
-            "an empty pool is not exhausted"
-        );
-        assert!(!becomes_exhausted(None, None, 4));
+        assert!(!seen.becomes_full("d", None, 4), "uncountable");
     }
 
     #[test]
