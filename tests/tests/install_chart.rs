@@ -545,6 +545,31 @@ async fn exercise(install: &Install) -> Result<()> {
         }
     })
     .await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    wait_for(
+        "an IPReclaimed Event naming the ghost",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let found = events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("IPReclaimed")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("default-v4-ippool")
+                            && e.note
+                                .as_deref()
+                                .is_some_and(|n| n.contains("10.250.0.40 of default/ghost"))
+                    });
+                Ok(found.map(|_| ()))
+            }
+        },
+    )
+    .await?;
 
     // A topology: compiled and applied by the operator (pools, reserved IPs, multus configs, NADs).
     let mut lab: SpiderNetwork = serde_saphyr::from_str(&std::fs::read_to_string(
