@@ -45,13 +45,22 @@ fn agent_in_fresh_netns(conf_yml: &str, extra_args: &[&str]) -> (String, String)
     std::fs::write(&conf, conf_yml).unwrap();
     let netns = format!("sysctl{}", std::process::id());
     let ip = |args: &[&str]| {
-        let status = std::process::Command::new("ip").args(args).status().expect("iproute2");
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("iproute2");
         assert!(status.success(), "ip {args:?} (needs root)");
     };
     ip(&["netns", "add", &netns]);
     let output = std::process::Command::new("ip")
         .args(["netns", "exec", &netns, env!("CARGO_BIN_EXE_spiderpool-agent")])
-        .args(["--node-name", "sysctl-test", "--health-address", "off", "--socket-path"])
+        .args([
+            "--node-name",
+            "sysctl-test",
+            "--health-address",
+            "off",
+            "--socket-path",
+        ])
         .arg(dir.path().join("agent.sock"))
         .arg("--config-path")
         .arg(&conf)
@@ -64,11 +73,20 @@ fn agent_in_fresh_netns(conf_yml: &str, extra_args: &[&str]) -> (String, String)
         .output()
         .unwrap();
     let forwarding = std::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "cat", "/proc/sys/net/ipv4/conf/all/forwarding"])
+        .args([
+            "netns",
+            "exec",
+            &netns,
+            "cat",
+            "/proc/sys/net/ipv4/conf/all/forwarding",
+        ])
         .output()
         .unwrap();
     ip(&["netns", "del", &netns]);
-    assert!(!output.status.success(), "the agent cannot run without an API server");
+    assert!(
+        !output.status.success(),
+        "the agent cannot run without an API server"
+    );
     (
         String::from_utf8_lossy(&forwarding.stdout).trim().to_owned(),
         format!(

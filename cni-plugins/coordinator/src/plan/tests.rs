@@ -626,8 +626,14 @@ fn mac_prefix_skips_an_ipvlan_link_and_says_so() {
     )
     .unwrap();
     let lines = lines(&plan);
-    assert!(!lines.iter().any(|line| line.contains("address 0a:1b")), "{lines:#?}");
-    assert!(lines.contains(&"pod: link set eth0 txqueuelen 3000".to_owned()), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|line| line.contains("address 0a:1b")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(&"pod: link set eth0 txqueuelen 3000".to_owned()),
+        "{lines:#?}"
+    );
     assert_eq!(
         plan.notes,
         ["podMACPrefix not applied to eth0: an ipvlan link keeps its master's MAC"]
