@@ -84,6 +84,9 @@ impl Daemon {
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
             .args(tune)
             .args(extra_args)
+            // The IPAM daemons of simulated nodes all run in the host's namespace: none of them may
+            // carry out interface tasks there (tests of that run the executor on their own).
+            .env("SPIDERPOOL_INTERFACE_TASKS", "false")
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",

@@ -42,6 +42,10 @@ pub const CNI_PLUGINS: &[Binary] = &[
         package: "spiderpool-coordinator",
         bin: "coordinator",
     },
+    Binary {
+        package: "spiderpool-ifacer",
+        bin: "ifacer",
+    },
 ];
 
 /// Where the agent image keeps the CNI plugins it installs.

@@ -42,7 +42,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(message: &LinkMessage) -> Self {
+    pub(crate) fn from_message(message: &LinkMessage) -> Self {
         let mut link = Self {
             index: message.header.index,
             name: String::new(),
