@@ -312,7 +312,7 @@ impl Allocator {
         family: IpFamily,
     ) -> Result<String, IpamError> {
         let version = ip_version_label(family);
-        let deadline = clock::now() + self.inner.config.auto_pool_wait;
+        let deadline = clock::deadline_in(self.inner.config.auto_pool_wait);
         loop {
             let found = self.inner.stores.pools().into_iter().find(|pool| {
                 let labels = pool.metadata.labels.clone().unwrap_or_default();
