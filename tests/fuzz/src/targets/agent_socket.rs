@@ -12,17 +12,18 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use spiderpool_cni::client::{Parse, parse_response, render_request};
+use spiderpool_cni_common::http::{Parse, parse_response, render_request};
 use spiderpool_node_daemon::allocator::Allocator;
 use spiderpool_node_daemon::api::ClusterApi;
 use spiderpool_node_daemon::api::fake::FakeApi;
 use spiderpool_node_daemon::config::{Config, LeaseTuning};
+use spiderpool_node_daemon::health::Health;
 use spiderpool_node_daemon::metrics::Metrics;
-use spiderpool_node_daemon::server::{AppState, bind_socket, ipam_router};
+use spiderpool_node_daemon::server::{AppState, ipam_router};
+use spiderpool_node_daemon::socket;
 use spiderpool_node_daemon::writer::PoolWriters;
 use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
 
@@ -70,7 +71,11 @@ fn daemon() -> &'static PathBuf {
             };
             runtime.block_on(async move {
                 let state = world();
-                let Ok(listener) = bind_socket(&path) else {
+                let Ok(lock) = socket::lock(&path, "n1", Duration::ZERO).await else {
+                    return;
+                };
+                // The socket file goes with the scratch directory.
+                let Ok((listener, _file)) = socket::bind(&path, &lock, Metrics::new()) else {
                     return;
                 };
                 let _ = ready_tx.send(());
@@ -92,8 +97,15 @@ fn world() -> AppState {
         ..LeaseTuning::default()
     };
     let metrics = Metrics::new();
+    let health = Health::new(Duration::from_secs(30));
     let api: Arc<dyn ClusterApi> = fake.clone();
-    let writers = PoolWriters::new(api.clone(), &config, stores.clone(), metrics.clone());
+    let writers = PoolWriters::new(
+        api.clone(),
+        &config,
+        stores.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
     let allocator = Allocator::new(api, config, stores, writers, metrics);
     for (name, subnet, ips, gateway) in [
         ("v4", "10.0.0.0/24", "10.0.0.10-10.0.0.40", "10.0.0.1"),
@@ -129,10 +141,8 @@ fn world() -> AppState {
             fake.put_pod(pod);
         }
     }
-    AppState {
-        allocator,
-        ready: Arc::new(AtomicBool::new(true)),
-    }
+    health.set_started();
+    AppState { allocator, health }
 }
 
 /// The bytes to send for an input, and whether they are raw (maybe not a whole request).

@@ -4,19 +4,24 @@
 //!
 //! Input: a JSON object `{"env": {NAME: value}, "stdin": <netconf object or raw string>,
 //! "answer": <the daemon's ADD answer>}`; anything else is the netconf itself, with `CNI_ARGS` taken
-//! from its first line. The IPAM log always goes to a scratch file: the plugin must not be steered
-//! by this fuzzer into writing elsewhere.
+//! from its first line. The plugin's log directory is always a scratch directory (the plugin confines
+//! `log_file_path` to it), whatever the input's environment says; the neighbourhood checks
+//! (gateway, conflicts) find nothing.
 
-use std::path::PathBuf;
+use std::net::IpAddr;
 
 use serde_json::Value;
 use spiderpool_agent_api::{
-    IpamAddArgs, IpamAddResponse, IpamDelArgs, IpamGcArgs, IpamGcResponse, WorkloadEndpointStatus,
+    IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, IpamGcResponse,
+    WorkloadEndpointStatus,
 };
-use spiderpool_cni::args::CniArgs;
-use spiderpool_cni::client::{ClientError, Daemon, parse_response};
+use spiderpool_cni::client::Daemon;
 use spiderpool_cni::config::parse_netconf;
-use spiderpool_cni::plugin::{Invocation, run_with};
+use spiderpool_cni::detect::{Check, DetectError, Finding, Neighbourhood};
+use spiderpool_cni::plugin::run_with;
+use spiderpool_cni_common::args::CniArgs;
+use spiderpool_cni_common::http::{ClientError, parse_response};
+use spiderpool_cni_common::invocation::Invocation;
 
 use super::{Shape, Target, describe};
 
@@ -67,21 +72,36 @@ impl Daemon for Scripted {
     fn healthy(&self) -> Result<(), ClientError> {
         Ok(())
     }
+    fn release_all(&self, _: &IpamBatchDelArgs) -> Result<(), ClientError> {
+        Ok(())
+    }
 }
 
-fn scratch_log() -> PathBuf {
-    crate::scratch_dir().join("plugin.log")
+/// A segment where nobody else answers and the gateway is fine.
+struct Quiet;
+
+impl Neighbourhood for Quiet {
+    fn check(&self, _: &str, _: &str, _: &[Check]) -> Result<Option<Finding>, DetectError> {
+        Ok(None)
+    }
+    fn announce(&self, _: &str, _: &str, _: &[IpAddr]) -> Result<(), DetectError> {
+        Ok(())
+    }
 }
 
-/// The netconf bytes with the IPAM log redirected to the scratch file.
-fn sandboxed(stdin: Vec<u8>) -> Vec<u8> {
+/// The netconf with `ipam.log_file_path` in the scratch directory when it names none (the default,
+/// /var/log/spidernet, is outside it and would refuse every input).
+fn with_scratch_log(stdin: Vec<u8>) -> Vec<u8> {
     let Ok(Value::Object(mut top)) = serde_json::from_slice::<Value>(&stdin) else {
         return stdin;
     };
-    if let Some(Value::Object(ipam)) = top.get_mut("ipam") {
+    if let Some(Value::Object(ipam)) = top.get_mut("ipam")
+        && !ipam.contains_key("log_file_path")
+    {
+        let path = crate::scratch_dir().join("plugin.log");
         ipam.insert(
             "log_file_path".to_owned(),
-            Value::String(scratch_log().display().to_string()),
+            Value::String(path.display().to_string()),
         );
     }
     serde_json::to_vec(&Value::Object(top)).unwrap_or(stdin)
@@ -117,9 +137,10 @@ fn run(data: &[u8]) -> String {
     out.push(describe("netconf", &parse_netconf(&stdin)));
     // What the plugin does with the daemon's raw answer bytes.
     out.push(describe("response", &parse_response(&stdin, true)));
-    let invocation = Invocation::from_env(lookup);
-    let stdin = sandboxed(stdin);
-    let outcome = run_with(&invocation, &stdin, |_| Scripted { answer });
+    let mut invocation = Invocation::from_env(lookup);
+    invocation.log_dir = Some(crate::scratch_dir().display().to_string());
+    let stdin = with_scratch_log(stdin);
+    let outcome = run_with(&invocation, &stdin, &Quiet, |_| Scripted { answer });
     // A failure must still be one CNI error object on stdout.
     if outcome.exit_code != 0 {
         let error: Result<Value, _> = serde_json::from_str(&outcome.stdout);
