@@ -12,8 +12,11 @@
 //! SpiderSubnet, SpiderMultusConfig, SpiderCoordinator), each object checked once they have acted on it
 //! (a topology Ready, a pool's or subnet's status counted, a SpiderMultusConfig's
 //! NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what they write (status,
-//! children, NADs) is no drift, but a controller that rewrote an applied field, or wrote the spec at
-//! all (`metadata.generation` moves), would be. At the end every object still there is checked again.
+//! children, NADs) is no drift, but a controller that rewrote an applied field would be; none writes
+//! the spec of an object it has just acted on either (`metadata.generation` stays). Here a SpiderSubnet
+//! and a pool of its CIDR are also applied in both orders (adoption at admission, and by the subnet controller,
+//! which fills the pool's gateway and routes that Git leaves out). At the end every object still there
+//! is compared with Git again and re-applied.
 //!
 //! Corpus inputs are applied one at a time and deleted afterwards (several reuse names and addresses);
 //! the webhook configurations are cluster-wide, so this binary starts its own control plane per test.
@@ -155,6 +158,36 @@ fn coordinator_manifest() -> Manifest {
     }
 }
 
+/// A SpiderSubnet and a pool of its CIDR in one Git repository, in both orders a sync may apply them:
+/// a pool applied after its subnet is adopted at admission (owner reference, label, and the subnet's
+/// gateway and routes, which the pool's manifest leaves out), one applied before it is adopted by the
+/// subnet controller. Either way the fields Git sets keep Git's values and re-applying changes nothing.
+fn subnet_and_pool_manifests() -> Vec<Manifest> {
+    let subnet = |name: &str, cidr: &str, gateway: &str| Manifest {
+        what: format!("SpiderSubnet {name}"),
+        object: json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderSubnet",
+            "metadata": {"name": name},
+            "spec": {"subnet": cidr, "ips": [format!("{}.10-{}.99", &cidr[..cidr.len() - 5], &cidr[..cidr.len() - 5])],
+                     "gateway": gateway, "routes": [{"dst": "10.99.0.0/16", "gw": gateway}]},
+        }),
+    };
+    let pool = |name: &str, cidr: &str| Manifest {
+        what: format!("SpiderIPPool {name}"),
+        object: json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": name},
+            "spec": {"subnet": cidr, "ips": [format!("{}.20-{}.29", &cidr[..cidr.len() - 5], &cidr[..cidr.len() - 5])]},
+        }),
+    };
+    vec![
+        subnet("gitops-subnet-first", "10.77.1.0/24", "10.77.1.1"),
+        pool("gitops-pool-after-subnet", "10.77.1.0/24"),
+        pool("gitops-pool-before-subnet", "10.77.2.0/24"),
+        subnet("gitops-subnet-after-pool", "10.77.2.0/24", "10.77.2.1"),
+    ]
+}
+
 /// The namespaces a topology's SpiderMultusConfigs and app bindings go to.
 fn topology_namespaces(manifest: &Manifest) -> Result<BTreeSet<String>> {
     let network: SpiderNetwork = serde_json::from_value(manifest.object.clone())
@@ -240,21 +273,50 @@ async fn wait_until_acted_on(client: &Client, manifest: &Manifest) -> Result<()>
 /// Applies `manifest` twice and returns what differs (empty: stable).
 async fn check_stable(client: &Client, manifest: &Manifest, controllers: Controllers) -> Result<Vec<String>> {
     let api = manifest.api(client);
-    let name = manifest.name();
-    let apply = PatchParams::apply(MANAGER).force().validation_strict();
     let first = api
-        .patch(name, &apply, &Patch::Apply(&manifest.object))
+        .patch(manifest.name(), &apply_params(), &Patch::Apply(&manifest.object))
         .await
         .with_context(|| format!("{}: first apply", manifest.what))?;
     let first = json_of(&first)?;
     if controllers == Controllers::On {
         wait_until_acted_on(client, manifest).await?;
     }
+    let mut problems = Vec::new();
+    let generation = |o: &Value| o.pointer("/metadata/generation").cloned();
+    let live = json_of(&api.get(manifest.name()).await?)?;
+    if generation(&live) != generation(&first) {
+        problems.push(format!(
+            "a controller wrote the spec (generation {:?} -> {:?}): {} -> {}",
+            generation(&first),
+            generation(&live),
+            first["spec"],
+            live["spec"]
+        ));
+    }
+    problems.extend(drift(client, manifest).await?);
+    Ok(problems)
+}
+
+/// Server-side apply as Argo CD's server-side sync and Flux do it.
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force().validation_strict()
+}
+
+/// What a GitOps tool would show as drift of the live object from `manifest`, and what re-applying it
+/// would write: Argo CD's default comparison (every field of the manifest with Git's value), a
+/// server-side dry-run apply (Argo CD's server-side diff, Flux's drift check) that must predict the
+/// live object, and a real apply that must write nothing (same resourceVersion and managedFields).
+async fn drift(client: &Client, manifest: &Manifest) -> Result<Vec<String>> {
+    let api = manifest.api(client);
+    let name = manifest.name();
     let live = json_of(&api.get(name).await?)?;
-    let mut problems = not_kept_by(manifest, &live, &first);
+    let mut problems: Vec<String> = not_kept(&manifest.object, &live, "")
+        .into_iter()
+        .map(|d| format!("rewritten (Git's value, the cluster's): {d}"))
+        .collect();
 
     let predicted = api
-        .patch(name, &apply.clone().dry_run(), &Patch::Apply(&manifest.object))
+        .patch(name, &apply_params().dry_run(), &Patch::Apply(&manifest.object))
         .await
         .with_context(|| format!("{}: dry-run apply", manifest.what))?;
     if json_of(&predicted)? != live {
@@ -265,48 +327,27 @@ async fn check_stable(client: &Client, manifest: &Manifest, controllers: Control
         ));
     }
 
-    let second = api
-        .patch(name, &apply, &Patch::Apply(&manifest.object))
+    let again = api
+        .patch(name, &apply_params(), &Patch::Apply(&manifest.object))
         .await
-        .with_context(|| format!("{}: second apply", manifest.what))?;
-    let second = json_of(&second)?;
+        .with_context(|| format!("{}: apply again", manifest.what))?;
+    let again = json_of(&again)?;
     for (what, pointer) in [
         (
-            "the second apply wrote: resourceVersion",
+            "applying again wrote: resourceVersion",
             "/metadata/resourceVersion",
         ),
         ("managedFields changed", "/metadata/managedFields"),
     ] {
-        let (before, after) = (live.pointer(pointer), second.pointer(pointer));
+        let (before, after) = (live.pointer(pointer), again.pointer(pointer));
         if before != after {
             problems.push(format!("{what}: {before:?} -> {after:?}"));
         }
     }
-    if live != second && problems.is_empty() {
-        problems.push(format!("the object changed: {live} -> {second}"));
+    if live != again && problems.is_empty() {
+        problems.push(format!("the object changed: {live} -> {again}"));
     }
     Ok(problems)
-}
-
-/// What Argo CD would show as drift of `live` from the manifest (Git's value, the cluster's), and
-/// whether anyone wrote the spec after the first apply stored it as `first` (the generation moves on
-/// every spec write, also one that adds a field Git does not set).
-fn not_kept_by(manifest: &Manifest, live: &Value, first: &Value) -> Vec<String> {
-    let mut problems: Vec<String> = not_kept(&manifest.object, live, "")
-        .into_iter()
-        .map(|d| format!("rewritten (Git's value, the cluster's): {d}"))
-        .collect();
-    let generation = |o: &Value| o.pointer("/metadata/generation").cloned();
-    if generation(live) != generation(first) {
-        problems.push(format!(
-            "the spec was written after the apply (generation {:?} -> {:?}): {} -> {}",
-            generation(first),
-            generation(live),
-            first["spec"],
-            live["spec"]
-        ));
-    }
-    problems
 }
 
 /// Deletes a corpus object (and its finalizer when no controller releases it).
@@ -454,25 +495,38 @@ async fn check(client: &Client, controllers: Controllers) -> Result<()> {
             kept.push(manifest);
         }
     }
-    for manifest in &topologies {
+    // Only with the controllers: without the subnet controller, the pool applied before its subnet is
+    // adopted by the pool webhook at its next apply instead (as upstream's webhook does on update),
+    // which writes once; a cluster always runs the controller.
+    let pairs = match controllers {
+        Controllers::On => subnet_and_pool_manifests(),
+        Controllers::Off => Vec::new(),
+    };
+    for manifest in topologies.iter().chain(&pairs) {
         for problem in check_stable(client, manifest, controllers).await? {
             failures.push(format!("{}: {problem}", manifest.what));
         }
         kept.push(manifest);
     }
-    // Everything still applied, once more, after every controller had the whole run to act.
+    // Everything still applied, once more, after every controller had the whole run to act (the
+    // subnet controller has adopted the pool applied before its subnet meanwhile: it filled the
+    // pool's gateway and routes, which Git leaves out, so that is no drift).
     for manifest in &kept {
-        let live = json_of(&manifest.api(client).get(manifest.name()).await?)?;
-        let mut first = live.clone();
-        first["metadata"]["generation"] = json!(1);
-        for problem in not_kept_by(manifest, &live, &first) {
+        for problem in drift(client, manifest).await? {
             failures.push(format!("{} (at the end): {problem}", manifest.what));
+        }
+    }
+    // The pairs did what they are here for: both pools were adopted by their subnet.
+    for pool in pairs.iter().filter(|m| m.kind() == "SpiderIPPool") {
+        let live = json_of(&pool.api(client).get(pool.name()).await?)?;
+        if live["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"].is_null() {
+            failures.push(format!("{}: never adopted by its subnet: {live}", pool.what));
         }
     }
     #[allow(clippy::print_stdout, reason = "the count is this test's report")]
     {
         println!(
-            "applied twice with server-side apply{}: {} topology objects, {} upstream docs inputs and a SpiderCoordinator; {} checked again at the end; unstable: {}",
+            "applied twice with server-side apply{}: {} topology objects, {} upstream docs inputs, a SpiderCoordinator and {} subnet/pool objects; {} checked again at the end; unstable: {}",
             if controllers == Controllers::On {
                 ", the controllers running"
             } else {
@@ -480,6 +534,7 @@ async fn check(client: &Client, controllers: Controllers) -> Result<()> {
             },
             topologies.len(),
             corpus.len() - 1,
+            pairs.len(),
             kept.len(),
             failures.len()
         );
