@@ -24,10 +24,10 @@ use k8s_openapi::api::core::v1::Pod;
 use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, WorkloadEndpointStatus};
 use spiderpool_ipmath::IpFamily;
 use spiderpool_schema::annotations::ip_version_label;
+use spiderpool_schema::endpoint::SpiderEndpointStatus;
 use spiderpool_schema::labels::{
     LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET,
 };
-use spiderpool_schema::endpoint::SpiderEndpointStatus;
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
 use tokio::sync::Mutex;
 
@@ -312,7 +312,7 @@ impl Allocator {
         family: IpFamily,
     ) -> Result<String, IpamError> {
         let version = ip_version_label(family);
-        let deadline = clock::now() + self.inner.config.auto_pool_wait;
+        let deadline = clock::deadline_in(self.inner.config.auto_pool_wait);
         loop {
             let found = self.inner.stores.pools().into_iter().find(|pool| {
                 let labels = pool.metadata.labels.clone().unwrap_or_default();

@@ -4,8 +4,10 @@
 //!
 //! One implementation talks to a real API server ([`kube::KubeApi`]); a deterministic in-memory one
 //! with the API server's compare-and-swap semantics and injectable faults ([`fake::FakeApi`], with
-//! the `fake` feature or in this crate's tests) drives the shell's unit tests.
+//! the `fake` feature or in this crate's tests) drives the shell's unit tests; [`deadline::Deadline`]
+//! puts a deadline on every call of either.
 
+pub mod deadline;
 pub mod kube;
 
 #[cfg(any(test, feature = "fake"))]
@@ -52,6 +54,14 @@ impl ApiError {
     /// `404 Not Found`.
     pub fn is_not_found(&self) -> bool {
         self.status_code() == Some(404)
+    }
+
+    /// The API server refused the request for a reason retrying will not change: a 4xx other than
+    /// 408 (timeout), 409 (conflict, decided again by the caller) and 429 (too many requests), e.g.
+    /// 403 (the agent's RBAC is missing) or 422 (the object would be invalid).
+    pub fn is_permanent(&self) -> bool {
+        self.status_code()
+            .is_some_and(|code| (400..500).contains(&code) && ![408, 409, 429].contains(&code))
     }
 }
 

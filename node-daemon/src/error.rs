@@ -32,6 +32,15 @@ pub enum WriteError {
         /// ([`crate::ipam::pick::Outcome::Wait`]), rather than failing to write.
         waited_for_reservations: bool,
     },
+    /// The API server refused the pool read or write for a reason retrying will not change (a 4xx
+    /// such as 403 or 422, [`crate::api::ApiError::is_permanent`]).
+    #[error("SpiderIPPool {pool}: the API server refused: {error}")]
+    Refused {
+        /// Pool name.
+        pool: String,
+        /// What it said.
+        error: String,
+    },
     /// The writer task is gone (daemon shutting down).
     #[error("the writer of SpiderIPPool {0} stopped")]
     Stopped(String),
@@ -90,6 +99,8 @@ impl IpamError {
             IpamError::NoCandidate(_) => codes::NO_CANDIDATE_POOL,
             IpamError::Exhausted(_) => codes::POOLS_EXHAUSTED,
             IpamError::Forbidden(_) => codes::RELEASE_FORBIDDEN,
+            IpamError::Api { source, .. } if source.is_permanent() => codes::INTERNAL,
+            IpamError::PoolWrite(WriteError::Refused { .. }) => codes::INTERNAL,
             IpamError::Api { .. } | IpamError::PoolWrite(_) | IpamError::Timeout(_) => codes::TRY_AGAIN_LATER,
         }
     }
@@ -102,6 +113,8 @@ impl IpamError {
             IpamError::NoCandidate(_) => "no_available_pool",
             IpamError::Exhausted(_) => "ip_used_out",
             IpamError::Forbidden(_) => "forbidden",
+            IpamError::Api { source, .. } if source.is_permanent() => "internal",
+            IpamError::PoolWrite(WriteError::Refused { .. }) => "internal",
             IpamError::Api { .. } | IpamError::PoolWrite(_) | IpamError::Timeout(_) => "retries_exhausted",
         }
     }

@@ -10,20 +10,30 @@
 //! - API I/O: [`api`] (the narrow face of the API server, a kube implementation and a fake),
 //!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
 //! - [`config`], [`error`], [`clock`].
-//! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].
+//! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
+//!   node, root only); [`health`]; [`metrics`].
+//! - [`interfaces`]: carrying out the node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint,
+//!   probe and rollback.
 //! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
+//! - [`coordinator`]: `GET /v1/coordinator/config`, the `coordinator` plugin's defaults for a pod.
+//! - [`sysctl`]: node sysctl tuning at start.
 
 pub mod ahead;
 pub mod allocator;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod coordinator;
 pub mod endpoints;
 pub mod error;
+pub mod health;
+pub mod interfaces;
 pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
 pub mod server;
 pub mod settings;
+pub mod socket;
 pub mod store;
+pub mod sysctl;
 pub mod writer;

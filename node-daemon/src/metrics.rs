@@ -54,6 +54,7 @@ struct MetricsInner {
     reserved_handouts: Counter,
     reservations_lost: Counter,
     ambiguous_claims: Family<ClaimLabel, Counter>,
+    socket_refused: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -86,6 +87,7 @@ impl Metrics {
         let reserved_handouts = Counter::default();
         let reservations_lost = Counter::default();
         let ambiguous_claims = Family::<ClaimLabel, Counter>::default();
+        let socket_refused = Counter::default();
         registry.register(
             "spiderpool_ipam_allocation_counts",
             "Successful IP allocations (CNI ADD)",
@@ -153,6 +155,11 @@ impl Metrics {
              pods), by kind; each is left occupied and never handed out, and logged",
             ambiguous_claims.clone(),
         );
+        registry.register(
+            "spiderpool_ipam_socket_refused_connections",
+            "Connections to the IPAM socket closed at once because the peer is not root",
+            socket_refused.clone(),
+        );
         Metrics {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -169,6 +176,7 @@ impl Metrics {
                 reserved_handouts,
                 reservations_lost,
                 ambiguous_claims,
+                socket_refused,
             }),
         }
     }
@@ -242,6 +250,11 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// A connection to the socket was refused (its peer is not root).
+    pub fn socket_refused(&self) {
+        self.inner.socket_refused.inc();
     }
 
     /// Some other write to the API server (`endpoint`, ...).

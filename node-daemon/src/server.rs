@@ -1,10 +1,6 @@
 //! The HTTP faces of the daemon: the IPAM API on the unix socket (for the CNI plugin), and health and
 //! metrics on TCP (for kubelet probes and Prometheus).
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,14 +15,15 @@ use tracing::Instrument;
 
 use crate::allocator::Allocator;
 use crate::error::IpamError;
+use crate::health::Health;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// The allocator.
     pub allocator: Allocator,
-    /// Set once the caches have synced.
-    pub ready: Arc<AtomicBool>,
+    /// What the probes report; requests are refused until it says the agent started.
+    pub health: Health,
 }
 
 fn error_response(status: StatusCode, code: u32, msg: String) -> Response {
@@ -75,7 +72,7 @@ pub fn ipam_router(state: AppState) -> Router {
 }
 
 async fn healthy(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if state.health.started() {
         StatusCode::OK.into_response()
     } else {
         not_ready()
@@ -83,7 +80,7 @@ async fn healthy(State(state): State<AppState>) -> Response {
 }
 
 async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("add", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
@@ -105,7 +102,7 @@ async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Re
 }
 
 async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("del", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
@@ -126,7 +123,7 @@ async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Re
 }
 
 async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("release_all", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id);
@@ -144,7 +141,7 @@ async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArg
 }
 
 async fn gc(State(state): State<AppState>, Json(args): Json<IpamGcArgs>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+    if !state.health.started() {
         return not_ready();
     }
     let span = tracing::info_span!("gc", network = %args.net_name);
@@ -192,19 +189,37 @@ async fn workload_endpoint(State(state): State<AppState>, Query(query): Query<En
 /// Health (`/v1/runtime/{startup,readiness,liveness}`, upstream's probe paths) and `/metrics`.
 pub fn admin_router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/runtime/startup", get(probe_ready))
-        .route("/v1/runtime/readiness", get(probe_ready))
-        .route("/v1/runtime/liveness", get(|| async { StatusCode::OK }))
+        .route("/v1/runtime/startup", get(probe_startup))
+        .route("/v1/runtime/readiness", get(probe_readiness))
+        .route("/v1/runtime/liveness", get(probe_liveness))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn probe_ready(State(state): State<AppState>) -> StatusCode {
-    if state.ready.load(Ordering::Acquire) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+fn probe(result: Result<(), String>) -> Response {
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
+}
+
+/// Started: the caches synced and the socket is served.
+async fn probe_startup(State(state): State<AppState>) -> Response {
+    probe(if state.health.started() {
+        Ok(())
+    } else {
+        Err("starting: the caches have not synced yet".to_owned())
+    })
+}
+
+/// Can serve an ADD ([`Health::readiness`]).
+async fn probe_readiness(State(state): State<AppState>) -> Response {
+    probe(state.health.readiness())
+}
+
+/// No pool writer is stuck ([`Health::liveness`]).
+async fn probe_liveness(State(state): State<AppState>) -> Response {
+    probe(state.health.liveness())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -218,15 +233,137 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Binds the unix socket, replacing a stale one (a previous daemon's), with the directory created.
-pub fn bind_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::fake::FakeApi;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::writer::PoolWriters;
+
+    fn state() -> AppState {
+        let (fake, stores) = FakeApi::new("n1");
+        let config = Config::new("n1");
+        let health = Health::new(Duration::from_secs(30));
+        let writers = PoolWriters::new(
+            fake.clone(),
+            &config,
+            stores.clone(),
+            Metrics::new(),
+            health.clone(),
+        );
+        let allocator = Allocator::new(fake, config, stores, writers, Metrics::new());
+        AppState { allocator, health }
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+
+    /// Sends raw `request` bytes over the socket and returns the status line (empty: the server
+    /// closed the connection without one).
+    fn raw(socket: &std::path::Path, request: &[u8]) -> String {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+            return "unreachable".to_owned();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+        // (No half-close after writing: hyper closes a connection whose client half-closes before the
+        // answer is written.)
+        let _ = stream.write_all(request);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
-    tokio::net::UnixListener::bind(path)
+
+    fn post(body: &[u8]) -> Vec<u8> {
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            spiderpool_agent_api::PATH_IP,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    }
+
+    /// What a plugin (or anything that can open the socket) sends cannot panic the daemon or stop it
+    /// serving: every such request gets a client error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_request_body_panics_the_daemon_or_stops_it_serving() {
+        let state = state();
+        state.health.set_started();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let lock = crate::socket::lock(&socket, "n1", Duration::ZERO).await.unwrap();
+        let (listener, _file) = crate::socket::bind(&socket, &lock, Metrics::new()).unwrap();
+        tokio::spawn(async move { axum::serve(listener, ipam_router(state)).await });
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000)).into_bytes();
+        let deep_object = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000)).into_bytes();
+        let huge = vec![b'a'; 3 * 1024 * 1024];
+        let numbers = br#"{"containerID":"c","ifName":"eth0","podNamespace":"ns","podName":1e999999999,"netName":18446744073709551616123}"#.to_vec();
+        let not_utf8 = vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}'];
+        let wrong_types =
+            br#"{"containerID":["x"],"ifName":{"a":1},"podNamespace":null,"podName":true}"#.to_vec();
+        let chunked = b"POST /v1/ipam/ip HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\nffffffffffffffffffffff\r\nabc\r\n0\r\n\r\n".to_vec();
+        let mut requests: Vec<Vec<u8>> = [deep, deep_object, huge, numbers, not_utf8, wrong_types]
+            .iter()
+            .map(|body| post(body))
+            .collect();
+        requests.push(chunked);
+        for request in requests {
+            let socket = socket.clone();
+            let status = tokio::task::spawn_blocking(move || raw(&socket, &request))
+                .await
+                .unwrap();
+            assert!(status.starts_with("HTTP/1.1 4"), "unexpected answer {status:?}");
+        }
+        let socket_for_check = socket.clone();
+        let healthy = tokio::task::spawn_blocking(move || {
+            raw(
+                &socket_for_check,
+                format!(
+                    "GET {} HTTP/1.1\r\nhost: agent\r\nconnection: close\r\n\r\n",
+                    spiderpool_agent_api::PATH_HEALTHY
+                )
+                .as_bytes(),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_follow_startup_stuck_writers_and_the_api_server() {
+        let state = state();
+        let status = |r: Response| r.status();
+        assert_eq!(
+            status(probe_startup(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(probe_liveness(State(state.clone())).await), StatusCode::OK);
+        state.health.set_started();
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::OK
+        );
+        let _stuck = state.health.step("p", "writing the pool status");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(
+            status(probe_liveness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(probe_readiness(State(state.clone())).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status(probe_startup(State(state)).await), StatusCode::OK);
+    }
 }

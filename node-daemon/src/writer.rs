@@ -64,6 +64,7 @@ use crate::api::{ClusterApi, EndpointScope, PoolStatusWrite};
 use crate::clock;
 use crate::config::{Config, LeaseTuning};
 use crate::error::WriteError;
+use crate::health::Health;
 use crate::ipam::endpoint;
 use crate::ipam::lease::{self, RoundInput};
 use crate::ipam::pick::{self, Op, Outcome};
@@ -92,6 +93,7 @@ struct Inner {
     node_label: String,
     stores: Stores,
     metrics: Metrics,
+    health: Health,
     max_records: usize,
     tuning: LeaseTuning,
     pools: std::sync::Mutex<HashMap<String, Arc<Handle>>>,
@@ -146,6 +148,7 @@ impl Inner {
         if state.has_viewed(cached.metadata.resource_version.as_deref()) {
             return;
         }
+        state.set_cooldown(self.cooldown_of(pool, &cached));
         let generation = cached.metadata.generation;
         let usable = match state.usable_count_at(generation) {
             Some(count) => count,
@@ -177,12 +180,25 @@ impl Inner {
         });
     }
 
+    /// The pool's own release cooldown, from its annotation (a bad one is logged and ignored).
+    fn cooldown_of(&self, name: &str, pool: &SpiderIPPool) -> Option<Duration> {
+        match pool::release_cooldown(pool, self.tuning.release_cooldown) {
+            Ok(cooldown) => Some(cooldown),
+            Err(why) => {
+                tracing::warn!(pool = name, why, "ignoring the pool's release cooldown");
+                None
+            }
+        }
+    }
+
     /// Answers from the state what it can answer at once ([`Reservations::answer`]), leaving the rest
     /// in `batch`.
     fn serve_from_state(&self, pool: &str, state: &mut Reservations, batch: &mut Vec<Request>, now: Instant) {
         let mut rest = Vec::with_capacity(batch.len());
         for request in batch.drain(..) {
-            match state.answer(&request.op, now, |family| self.handout_gate(pool, family)) {
+            match state.answer(&request.op, now, &self.tuning, |family| {
+                self.handout_gate(pool, family)
+            }) {
                 Some(outcome) => {
                     if matches!(outcome, Outcome::Allocated(_)) {
                         self.metrics.reserved_handout();
@@ -211,6 +227,8 @@ struct Handle {
     reported: std::sync::Mutex<Reported>,
     /// Tells the writer that the state changed (an address was handed out), so it re-plans its timers.
     wake: Notify,
+    /// The writer's task.
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Handle {
@@ -223,8 +241,15 @@ impl Handle {
 }
 
 impl PoolWriters {
-    /// Writers for this node (`config.node_name`) talking to `api`, reading the caches.
-    pub fn new(api: Arc<dyn ClusterApi>, config: &Config, stores: Stores, metrics: Metrics) -> Self {
+    /// Writers for this node (`config.node_name`) talking to `api`, reading the caches, reporting
+    /// each step to `health` (a writer stuck in one is what fails the agent's liveness).
+    pub fn new(
+        api: Arc<dyn ClusterApi>,
+        config: &Config,
+        stores: Stores,
+        metrics: Metrics,
+        health: Health,
+    ) -> Self {
         PoolWriters {
             inner: Arc::new(Inner {
                 api,
@@ -232,6 +257,7 @@ impl PoolWriters {
                 node_label: endpoint::label_value(&config.node_name),
                 stores,
                 metrics,
+                health,
                 max_records: config.max_allocated_ips,
                 tuning: config.lease.clone(),
                 pools: std::sync::Mutex::new(HashMap::new()),
@@ -268,7 +294,7 @@ impl PoolWriters {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             op,
-            deadline: clock::now() + timeout,
+            deadline: clock::deadline_in(timeout),
             reply,
             waiting_for: None,
         };
@@ -306,27 +332,38 @@ impl PoolWriters {
         self.inner.guesses().retain(|uid, _| live.contains(uid));
     }
 
+    /// The writer of `pool`, started if there is none, or if its task ended (a writer never ends on
+    /// its own while the daemon runs; if one did, say by a panic, a new one recovers the pool's
+    /// state from the API server as after a restart).
     fn handle(&self, pool: &str) -> Arc<Handle> {
         let mut pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools
-            .entry(pool.to_owned())
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let handle = Arc::new(Handle {
-                    queue: tx,
-                    state: std::sync::Mutex::new(Reservations::default()),
-                    reported: std::sync::Mutex::new(Default::default()),
-                    wake: Notify::new(),
-                });
-                tokio::spawn(run_writer(
-                    pool.to_owned(),
-                    rx,
-                    handle.clone(),
-                    self.inner.clone(),
-                ));
-                handle
-            })
-            .clone()
+        if let Some(handle) = pools.get(pool) {
+            if !handle
+                .task
+                .get()
+                .is_some_and(tokio::task::AbortHandle::is_finished)
+            {
+                return handle.clone();
+            }
+            tracing::error!(pool, "the pool's writer ended; starting a new one");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(Handle {
+            queue: tx,
+            state: std::sync::Mutex::new(Reservations::default()),
+            reported: std::sync::Mutex::new(Default::default()),
+            wake: Notify::new(),
+            task: std::sync::OnceLock::new(),
+        });
+        let task = tokio::spawn(run_writer(
+            pool.to_owned(),
+            rx,
+            handle.clone(),
+            self.inner.clone(),
+        ));
+        let _ = handle.task.set(task.abort_handle());
+        pools.insert(pool.to_owned(), handle.clone());
+        handle
     }
 
     /// The fast path ([`Reservations::answer`]).
@@ -336,7 +373,9 @@ impl PoolWriters {
         if matches!(op, Op::Allocate { .. }) {
             state.note_demand(now);
         }
-        let outcome = state.answer(op, now, |family| self.inner.handout_gate(pool, family))?;
+        let outcome = state.answer(op, now, &self.inner.tuning, |family| {
+            self.inner.handout_gate(pool, family)
+        })?;
         drop(state);
         handle.wake.notify_one();
         if matches!(outcome, Outcome::Allocated(_)) {
@@ -354,6 +393,9 @@ async fn run_writer(
 ) {
     let mut latest = recover(&pool, &handle, &inner).await;
     let mut waiting: Vec<Request> = Vec::new();
+    // After the API server refused the pool for good (a 4xx), background work waits this long before
+    // trying again (doubling while it keeps refusing); requests still try, and fail at once.
+    let mut refused = Refusals::default();
     loop {
         let mut batch = std::mem::take(&mut waiting);
         if batch.is_empty() {
@@ -363,6 +405,7 @@ async fn run_writer(
                 inner.count_upcoming(&pool, &mut state);
                 state.next_due(clock::now(), &inner.tuning)
             };
+            let due = due.map(|at| refused.until.map_or(at, |until| at.max(until)));
             let sleep = async {
                 match due {
                     Some(at) => clock::sleep_until(at).await,
@@ -385,9 +428,55 @@ async fn run_writer(
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
-        let (fresh, still_waiting) = round(&pool, &mut queue, batch, latest, &handle, &inner).await;
-        latest = fresh;
-        waiting = still_waiting;
+        let end = round(&pool, &mut queue, batch, latest, &handle, &inner).await;
+        latest = end.latest;
+        waiting = end.waiting;
+        refused.note(end.refused);
+    }
+}
+
+/// Back-off after the API server refused a pool for good.
+#[derive(Default)]
+struct Refusals {
+    until: Option<Instant>,
+    pause: Duration,
+}
+
+impl Refusals {
+    const FIRST: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn note(&mut self, refused: bool) {
+        if refused {
+            self.pause = if self.pause.is_zero() {
+                Self::FIRST
+            } else {
+                (self.pause * 2).min(Self::MAX)
+            };
+            self.until = Some(clock::deadline_in(self.pause));
+        } else {
+            *self = Refusals::default();
+        }
+    }
+}
+
+/// How a round ended.
+struct RoundEnd {
+    /// The pool as last read or written (`None`: read it before deciding again).
+    latest: Option<SpiderIPPool>,
+    /// Requests waiting for other nodes' reservations.
+    waiting: Vec<Request>,
+    /// The API server refused the pool for good.
+    refused: bool,
+}
+
+impl RoundEnd {
+    fn done(latest: Option<SpiderIPPool>, waiting: Vec<Request>) -> Self {
+        RoundEnd {
+            latest,
+            waiting,
+            refused: false,
+        }
     }
 }
 
@@ -396,12 +485,16 @@ async fn run_writer(
 async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPPool> {
     let mut backoff = Duration::from_millis(50);
     let current = loop {
-        match inner.api.get_pool(pool).await {
+        let read = {
+            let _step = inner.health.step(pool, "reading the pool");
+            inner.api.get_pool(pool).await
+        };
+        match read {
             Ok(current) => break current,
             Err(e) => {
                 tracing::warn!(pool, error = %e, "reading the pool failed; retrying");
+                backoff = next_backoff(backoff, &e);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     };
@@ -413,16 +506,19 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
     let mut recovered = lease::Recovered::default();
     if lease::has_reservations(&records, &inner.node) {
         let endpoints = loop {
-            match inner
-                .api
-                .list_endpoints(EndpointScope::Node(&inner.node_label))
-                .await
-            {
+            let listed = {
+                let _step = inner.health.step(pool, "listing this node's SpiderEndpoints");
+                inner
+                    .api
+                    .list_endpoints(EndpointScope::Node(&inner.node_label))
+                    .await
+            };
+            match listed {
                 Ok(endpoints) => break endpoints,
                 Err(e) => {
                     tracing::warn!(pool, error = %e, "listing this node's SpiderEndpoints failed; retrying");
+                    backoff = next_backoff(backoff, &e);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
         };
@@ -447,6 +543,8 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         );
     }
     let family = current.as_ref().and_then(pool::family);
+    let cooldown = current.as_ref().and_then(|p| inner.cooldown_of(pool, p));
+    handle.state().set_cooldown(cooldown);
     handle.state().recover(
         &records,
         recovered,
@@ -457,6 +555,18 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
         clock::now(),
     );
     current
+}
+
+/// The pause before retrying a call that failed with `error`: growing from 50 ms to 1 s, or from 30 s
+/// to 5 min when the API server refused for a reason retrying will not change (RBAC, an invalid
+/// object), which is then logged as an error.
+fn next_backoff(previous: Duration, error: &crate::api::ApiError) -> Duration {
+    if error.is_permanent() {
+        tracing::error!(error = %error, "the API server refused a request for good; retrying slowly");
+        (previous * 2).clamp(Refusals::FIRST, Refusals::MAX)
+    } else {
+        (previous * 2).min(Duration::from_secs(1))
+    }
 }
 
 /// Takes what the state can answer at once out of `batch` (allocations served from reservations,
@@ -486,12 +596,12 @@ async fn round(
     mut latest: Option<SpiderIPPool>,
     handle: &Handle,
     inner: &Inner,
-) -> (Option<SpiderIPPool>, Vec<Request>) {
+) -> RoundEnd {
     // The first round after recovery checks the recovered reservations against the pool's spec.
     let force = handle.state().needs_spec_check();
     let mut plan = match plan_round(pool, handle, &mut batch, inner, force) {
         Some(plan) if !(batch.is_empty() && plan.is_empty() && !force) => plan,
-        _ => return (latest, Vec::new()),
+        _ => return RoundEnd::done(latest, Vec::new()),
     };
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
@@ -499,24 +609,29 @@ async fn round(
     loop {
         expire(pool, &mut batch, &last_error);
         if batch.is_empty() && plan.is_empty() && !force {
-            return (latest, Vec::new());
+            return RoundEnd::done(latest, Vec::new());
         }
 
-        let (current, read_now) = match latest.take() {
-            Some(obj) => (obj, false),
-            None => match inner.api.get_pool(pool).await {
-                Ok(Some(obj)) => (obj, true),
-                Ok(None) => {
-                    pool_gone(pool, batch, handle);
-                    return (None, Vec::new());
-                }
-                Err(e) => {
-                    last_error = e.to_string();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
+        let read = match latest.take() {
+            Some(obj) => Ok(Some((obj, false))),
+            None => {
+                let _step = inner.health.step(pool, "reading the pool");
+                inner.api.get_pool(pool).await.map(|p| p.map(|p| (p, true)))
+            }
+        };
+        let (current, read_now) = match read {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                pool_gone(pool, batch, handle);
+                return RoundEnd::done(None, Vec::new());
+            }
+            Err(e) if e.is_permanent() => return refused(pool, batch, plan, handle, &e),
+            Err(e) => {
+                last_error = e.to_string();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
         };
 
         let decided = match prepare(pool, &current, handle, &mut plan, &batch, inner) {
@@ -526,24 +641,31 @@ async fn round(
                 // Nothing can be written to a pool whose spec or status cannot be read; what was
                 // handed out stays handed out (recorded once the pool is fixed).
                 handle.state().abandoned(plan, clock::now());
-                return (Some(current), Vec::new());
+                return RoundEnd::done(Some(current), Vec::new());
             }
         };
         let Some(allocated_ips) = decided.text.clone() else {
-            if !batch.is_empty() && !read_now {
+            // (Requests that only wait for other nodes' reservations or a cooldown are answered
+            // nothing: they need no read, and ask again when the cache shows the pool changed.)
+            let answers = decided
+                .output
+                .outcomes
+                .iter()
+                .any(|o| !matches!(o, Outcome::Wait(_)));
+            if answers && !read_now {
                 // Nothing to write, so no resourceVersion check will catch a stale decision: the
                 // answers (a retried ADD's address, a release of what is not held) must come from
                 // the pool as it is, not as this node last wrote or saw it. Read it and decide again.
                 handle.state().abandoned(plan.clone(), clock::now());
                 plan = match plan_round(pool, handle, &mut batch, inner, true) {
                     Some(plan) => plan,
-                    None => return (None, Vec::new()),
+                    None => return RoundEnd::done(None, Vec::new()),
                 };
                 continue;
             }
             // Nothing changes (repeated ADDs, releases of what is not held): no write needed.
             let waiting = finish(pool, handle, inner, &current, &plan, decided, batch);
-            return (Some(current), waiting);
+            return RoundEnd::done(Some(current), waiting);
         };
 
         let write = PoolStatusWrite {
@@ -552,7 +674,10 @@ async fn round(
             allocated_ip_count: decided.count,
         };
         let started = Instant::now();
-        let result = inner.api.write_pool_status(pool, &write).await;
+        let result = {
+            let _step = inner.health.step(pool, "writing the pool status");
+            inner.api.write_pool_status(pool, &write).await
+        };
         inner.metrics.pool_write(started.elapsed(), batch.len());
         match result {
             Ok(updated) => {
@@ -568,7 +693,7 @@ async fn round(
                     "pool status written"
                 );
                 let waiting = finish(pool, handle, inner, &updated, &plan, decided, batch);
-                return (Some(updated), waiting);
+                return RoundEnd::done(Some(updated), waiting);
             }
             Err(e) if e.is_conflict() => {
                 inner.metrics.pool_conflict();
@@ -598,8 +723,9 @@ async fn round(
             }
             Err(e) if e.is_not_found() => {
                 pool_gone(pool, batch, handle);
-                return (None, Vec::new());
+                return RoundEnd::done(None, Vec::new());
             }
+            Err(e) if e.is_permanent() => return refused(pool, batch, plan, handle, &e),
             Err(e) => {
                 tracing::warn!(pool, error = %e, "pool status write failed; retrying");
                 last_error = e.to_string();
@@ -608,6 +734,31 @@ async fn round(
                 merge_queued(pool, queue, &mut batch, &mut plan, handle, inner);
             }
         }
+    }
+}
+
+/// The API server refused the pool for good: every request fails at once (retrying until its
+/// deadline would only delay the same answer), and what the round had taken goes back to the state
+/// for a later round.
+fn refused(
+    pool: &str,
+    batch: Vec<Request>,
+    plan: RoundPlan,
+    handle: &Handle,
+    error: &crate::api::ApiError,
+) -> RoundEnd {
+    tracing::error!(pool, error = %error, "the API server refused the pool; failing its requests");
+    answer_all(batch, |_| {
+        Err(WriteError::Refused {
+            pool: pool.to_owned(),
+            error: error.to_string(),
+        })
+    });
+    handle.state().abandoned(plan, clock::now());
+    RoundEnd {
+        latest: None,
+        waiting: Vec::new(),
+        refused: true,
     }
 }
 
@@ -657,6 +808,8 @@ fn prepare(
             converting: &plan.converting,
             releasing: &plan.releasing,
             keep_released: plan.keep_released,
+            hold_releases: plan.hold_releases,
+            cooling: plan.cooling,
             returning: &plan.returning,
             kept: &kept,
             ops: &ops,
@@ -695,12 +848,13 @@ fn finish(
 ) -> Vec<Request> {
     handle.state().committed(
         plan,
-        &decided.output.reserved,
+        &decided.output,
         &decided.records,
         &decided.usable,
         written.metadata.generation,
         written.metadata.resource_version.as_deref(),
         clock::now(),
+        &inner.tuning,
     );
     report_records(pool, handle, inner, &decided.output);
     for (ip, holder, why) in &decided.output.lost {
@@ -833,7 +987,7 @@ async fn newer_from_store(
     tried: Option<&str>,
     wait: Duration,
 ) -> Option<SpiderIPPool> {
-    let deadline = clock::now() + wait;
+    let deadline = clock::deadline_in(wait);
     loop {
         if let Some(cached) = inner.stores.pool(pool)
             && is_newer(cached.metadata.resource_version.as_deref(), tried)

@@ -11,7 +11,7 @@
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ fn reconcile(
         }
     };
     let compiled = Instant::now();
-    let desired = match desired_children(rendered, Vec::new(), owner, &HashMap::new()) {
+    let desired = match desired_children(rendered, Vec::new(), owner) {
         Ok(desired) => desired,
         Err(error) => {
             eprintln!("stamping failed: {error}");
@@ -124,12 +124,11 @@ fn main() {
         .unwrap_or(5)
         .max(1);
     let rendered = compile(&network).unwrap_or_default();
-    let live: BTreeMap<ChildKey, LiveObject> =
-        desired_children(rendered, Vec::new(), &owner, &HashMap::new())
-            .unwrap_or_default()
-            .iter()
-            .map(|child| (child.key.clone(), live(child, 7)))
-            .collect();
+    let live: BTreeMap<ChildKey, LiveObject> = desired_children(rendered, Vec::new(), &owner)
+        .unwrap_or_default()
+        .iter()
+        .map(|child| (child.key.clone(), live(child, 7)))
+        .collect();
     println!("{} live children", live.len());
 
     let first: Vec<Timings> = (0..runs)

@@ -177,6 +177,7 @@ pub fn topology(shape: Shape) -> SpiderNetwork {
             racks,
             networks,
             apps,
+            rollout: None,
             capacity_threshold_percent: None,
         },
     )

@@ -30,6 +30,11 @@ pub const ANNO_IPPOOL_IP_NUMBER: &str = "ipam.spidernet.io/ippool-ip-number";
 /// Pod annotation: `true` (default) deletes the automatic pool with its application.
 pub const ANNO_IPPOOL_RECLAIM: &str = "ipam.spidernet.io/ippool-reclaim";
 
+/// Pod annotation: the pod interface that gets the default route (e.g. `net1`), read by the node daemon
+/// into the `coordinator` plugin's `podDefaultRouteNIC`; written by the topology compiler for app
+/// bindings that name one. Wins over the SpiderCoordinator's `podDefaultRouteNIC`.
+pub const ANNO_DEFAULT_ROUTE_NIC: &str = "ipam.spidernet.io/default-route-nic";
+
 /// The interface a single-interface [`ANNO_SUBNET`] means when it names none.
 pub const DEFAULT_INTERFACE: &str = "eth0";
 

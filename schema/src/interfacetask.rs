@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,8 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
     status = "SpiderInterfaceTaskStatus",
     derive = "PartialEq",
     derive = "Default",
+    // Each node daemon watches only its own tasks (`--field-selector spec.nodeName=<node>`).
+    selectable = ".spec.nodeName",
     doc = "Bonds and VLAN sub-interfaces one node must have; generated from a SpiderNetwork and carried out by the node daemon.",
     printcolumn(
         name = "NODE",
@@ -41,7 +43,13 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
         name = "PHASE",
         type_ = "string",
         json_path = ".status.phase",
-        description = "Pending, Applied, Failed or RolledBack"
+        description = "Pending, Applying, Applied, Failed or RolledBack"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        json_path = ".status.reason",
+        description = "Why the task is in its phase"
     ),
     printcolumn(
         name = "MESSAGE",
@@ -68,6 +76,39 @@ pub struct SpiderInterfaceTaskSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 512))]
     pub vlans: Vec<VlanInterface>,
+
+    /// What the node daemon checks after applying, besides every interface being up (and bonds
+    /// having their members and carrier): a failed check rolls the change back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<TaskProbe>,
+}
+
+/// Checks after applying a task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProbe {
+    /// Gateways that must answer ARP (IPv4) or neighbour solicitation (IPv6) on an interface of the
+    /// task. The node asks from no address of its own (an ARP probe, RFC 5227), so it changes no
+    /// neighbour table anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub gateways: Vec<GatewayProbe>,
+    /// How long every check may take, in seconds (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// A gateway that must answer on one interface.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayProbe {
+    /// The interface to ask on: a bond or VLAN of this task.
+    #[schemars(length(min = 1, max = 15))]
+    pub interface: String,
+    /// The gateway's IPv4 or IPv6 address.
+    #[schemars(length(min = 2, max = 45))]
+    pub address: String,
 }
 
 /// A bond (link aggregation) made of uplink NICs.
@@ -208,14 +249,21 @@ pub struct SpiderInterfaceTaskStatus {
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Pending` (not yet tried), `Applied` (every interface is as specified), `Failed` (see `message`;
-    /// nothing was left half done), `RolledBack` (applying failed part way and the daemon restored what
-    /// was there before).
+    /// `Pending` (not yet tried), `Applying` (changing the node now), `Applied` (every interface is as
+    /// specified), `Failed` (see `reason` and `message`; nothing was changed), `RolledBack` (applying or
+    /// the checks after it failed, and the daemon restored what was there before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TaskPhase>,
-    /// Why the task is not applied, when it is not.
+    /// Why the task is in its phase, one CamelCase word (`Applied`, `ProbeFailed`, `Refused`,
+    /// `Conflict`, `InterfaceMissing`, `AgentRestarted`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Why the task is not applied, when it is not, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When `phase` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
     /// State of each interface of the task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceState>,
@@ -230,11 +278,13 @@ pub struct SpiderInterfaceTaskStatus {
 pub enum TaskPhase {
     // The daemon has not acted on this generation yet.
     Pending,
+    // The daemon is changing the node now.
+    Applying,
     // Every interface is as the spec says.
     Applied,
-    // Applying failed; `message` says why. Nothing was left half done.
+    // The task cannot be applied; `message` says why. Nothing was changed.
     Failed,
-    // Applying failed part way and the daemon restored the previous state.
+    // Applying, or the checks after it, failed and the daemon restored the previous state.
     RolledBack,
 }
 
@@ -270,7 +320,38 @@ impl Validate for SpiderInterfaceTask {
             .map(|(i, vlan)| VlanEntry::declared(vlan, format!("spec.vlans[{i}]")))
             .collect();
         check_interfaces(&mut problems, "spec", &self.spec.bonds, &vlans, &[]);
+        if let Some(probe) = &self.spec.probe {
+            check_probe(&mut problems, &self.spec, probe);
+        }
         problems.into_vec()
+    }
+}
+
+fn check_probe(problems: &mut Problems, spec: &SpiderInterfaceTaskSpec, probe: &TaskProbe) {
+    for (i, gateway) in probe.gateways.iter().enumerate() {
+        let here = format!("spec.probe.gateways[{i}]");
+        let known = spec.bonds.iter().any(|b| b.name == gateway.interface)
+            || spec.vlans.iter().any(|v| v.interface_name() == gateway.interface);
+        if !known {
+            problems.push(
+                format!("{here}.interface"),
+                format!("`{}` is not a bond or VLAN of this task", gateway.interface),
+            );
+        }
+        if gateway.address.parse::<std::net::IpAddr>().is_err() {
+            problems.push(
+                format!("{here}.address"),
+                format!("`{}` is not an IP address", gateway.address),
+            );
+        }
+    }
+    if let Some(timeout) = probe.timeout_seconds
+        && !(1..=300).contains(&timeout)
+    {
+        problems.push(
+            "spec.probe.timeoutSeconds",
+            format!("{timeout} is not 1-300 seconds"),
+        );
     }
 }
 
@@ -447,6 +528,22 @@ mod tests {
         assert_eq!(t.spec.bonds[0].mode.number(), 4);
         assert_eq!(t.spec.bonds[0].options_string(), "miimon=100");
         assert_eq!(t.spec.vlans[0].interface_name(), "bond0.200");
+    }
+
+    #[test]
+    fn probes_name_interfaces_of_the_task_and_addresses() {
+        let t = task(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderInterfaceTask\nmetadata: {name: x}\nspec:\n  nodeName: node1\n  vlans:\n  - {parent: ens1, id: 200}\n  probe:\n    gateways:\n    - {interface: ens1.200, address: 10.20.0.1}\n    - {interface: ens1.300, address: 10.30.0.1}\n    - {interface: ens1.200, address: gw}\n    timeoutSeconds: 0\n",
+        );
+        let paths: Vec<String> = t.validate().unwrap_err().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.probe.gateways[1].interface",
+                "spec.probe.gateways[2].address",
+                "spec.probe.timeoutSeconds",
+            ]
+        );
     }
 
     #[test]

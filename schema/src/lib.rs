@@ -31,7 +31,9 @@ pub mod nad;
 pub mod network;
 pub mod pool_addresses;
 pub mod reservedip;
+pub mod rollout;
 pub mod subnet;
+pub mod taskconflict;
 pub mod validation;
 
 pub use coordinator::{SpiderCoordinator, SpiderCoordinatorStatus};

@@ -118,6 +118,11 @@ pub struct SpiderNetworkSpec {
     #[garde(dive)]
     pub apps: Vec<AppBinding>,
 
+    /// How interface changes (bonds, VLANs) roll out to the nodes: at most `maxUnavailable` at a
+    /// time, pausing after `maxFailures` failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutPolicy>,
+
     /// The share of a range's, subnet's or app binding's addresses in use (percent) at which the
     /// status condition `CapacityLow` turns True and a warning Event is recorded. Default 90.
     #[serde(default, skip_serializing_if = "Option::is_none")]

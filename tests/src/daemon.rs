@@ -68,11 +68,25 @@ impl Daemon {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
+        // The daemon runs in the host's namespace here: it must not tune the host's sysctls unless a
+        // test asks for it.
+        let tune = if extra_args
+            .iter()
+            .any(|arg| arg.starts_with("--tune-sysctl-config"))
+        {
+            None
+        } else {
+            Some("--tune-sysctl-config=false")
+        };
         let child = Command::new(&binary)
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
+            .args(tune)
             .args(extra_args)
+            // The IPAM daemons of simulated nodes all run in the host's namespace: none of them may
+            // carry out interface tasks there (tests of that run the executor on their own).
+            .env("SPIDERPOOL_INTERFACE_TASKS", "false")
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",

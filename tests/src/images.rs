@@ -32,10 +32,21 @@ pub struct Binary {
 
 /// The CNI plugins the agent image carries in [`CNI_PLUGIN_DIR`], which its init container
 /// (`spiderpool-install-cni`) copies onto every node. Adding a plugin to the nodes is one line here.
-pub const CNI_PLUGINS: &[Binary] = &[Binary {
-    package: "spiderpool-cni",
-    bin: "spiderpool",
-}];
+pub const CNI_PLUGINS: &[Binary] = &[
+    Binary {
+        package: "spiderpool-cni",
+        bin: "spiderpool",
+    },
+    // Every NetworkAttachmentDefinition we render chains it.
+    Binary {
+        package: "spiderpool-coordinator",
+        bin: "coordinator",
+    },
+    Binary {
+        package: "spiderpool-ifacer",
+        bin: "ifacer",
+    },
+];
 
 /// Where the agent image keeps the CNI plugins it installs.
 pub const CNI_PLUGIN_DIR: &str = "/opt/spiderpool/cni/bin";

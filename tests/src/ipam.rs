@@ -161,9 +161,20 @@ pub fn run_plugin(
     let args = format!(
         "IgnoreUnknown=true;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid};IgnoreUnknown=true"
     );
+    // The runtime's environment this netconf implies: the plugin writes logs only in the directory
+    // the runtime names and talks only to a socket in the runtime's socket directory.
+    let ipam = &netconf["ipam"];
+    let log_dir = ipam["log_file_path"]
+        .as_str()
+        .and_then(|path| Path::new(path).parent())
+        .map(|dir| dir.display().to_string())
+        .unwrap_or_default();
+    let socket = ipam["ipam_unix_socket_path"].as_str().unwrap_or_default();
     let started = Instant::now();
     let mut child = Command::new(plugin)
         .env_clear()
+        .env("SPIDERPOOL_CNI_LOG_DIR", log_dir)
+        .env("SPIDERPOOL_IPAM_UNIX_SOCKET_PATH", socket)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", format!("/var/run/netns/{container_id}"))

@@ -14,6 +14,8 @@
 //!   containerd + kube-proxy in namespaces of their own, joined by an underlay switch).
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
+//! - [`coordinator`]: the cluster's SpiderCoordinator for the coordinator tests, and upstream
+//!   Spiderpool's plugins (built from their Go module, cached) as differential test peers.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
 //! - [`admission`]: the operator's webhooks registered with a private control plane; [`objects`]:
 //!   namespaces by name and JSON comparisons of sent and stored objects.
@@ -29,6 +31,7 @@ pub mod chart;
 pub mod child;
 pub mod cluster;
 pub mod cni;
+pub mod coordinator;
 pub mod daemon;
 pub mod images;
 pub mod ipam;

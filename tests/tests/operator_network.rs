@@ -16,6 +16,10 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::{Client, ResourceExt};
 use operator_support::*;
 use serde_json::{Value, json};
+use spiderpool_node_daemon::interfaces::agent::InterfaceAgent;
+use spiderpool_node_daemon::interfaces::executor::Executor;
+use spiderpool_node_daemon::interfaces::fake::{FakeHost, FakeKernel};
+use spiderpool_node_daemon::interfaces::state::StateDir;
 use spiderpool_operator::compile::compile;
 use spiderpool_operator::controller::network::CONTROLLER;
 use spiderpool_schema::labels::{LABEL_MANAGED_BY, MANAGED_BY};
@@ -401,6 +405,15 @@ async fn invalid_topologies_create_nothing_and_list_their_problems() -> Result<(
     Ok(())
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn create_node(client: &Client, name: &str, labels: Value) -> Result<Node> {
     let api: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
@@ -414,6 +427,14 @@ async fn interface_tasks_follow_the_nodes_and_their_rollout_decides_readiness() 
     let _running = start_network(&client);
     let sfx = suffix();
     let mut network = example("storage-lacp-statefulset.yaml")?;
+    // Every node at once: this test is about which nodes get a task (the rollout has its own tests
+    // in interface_tasks.rs).
+    network.spec.rollout = Some(spiderpool_schema::rollout::RolloutPolicy {
+        max_unavailable: Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+            "100%".into(),
+        )),
+        ..Default::default()
+    });
     let live = create_localized(&client, &mut network, &sfx).await?;
     let name = live.name_any();
     wait_reason(&client, &name, "Applied", READY_TIMEOUT).await?;
@@ -434,38 +455,31 @@ async fn interface_tasks_follow_the_nodes_and_their_rollout_decides_readiness() 
     assert_eq!((rollout.selected, rollout.applied, rollout.pending), (2, 0, 2));
     assert_eq!(condition(&pending, "Reconciling").unwrap().0, "True");
 
-    let tasks_api: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &spiderpool_operator::controller::network::plan::ChildKind::InterfaceTask.api_resource(),
-    );
     let tasks = children(&client, &name).await?;
     let task_ids: Vec<&String> = tasks
         .keys()
         .filter(|k| k.starts_with("SpiderInterfaceTask"))
         .collect();
     assert_eq!(task_ids.len(), 2, "{task_ids:?}");
+    let mut agents = Vec::new();
     for n in [&n1, &n2] {
         let task = tasks
             .values()
             .find(|t| t.data["spec"]["nodeName"] == n.name_any())
             .with_context(|| format!("no task for {}", n.name_any()))?;
         let owners = task.owner_references();
-        assert!(
-            owners
-                .iter()
-                .any(|o| o.kind == "SpiderNetwork" && o.controller == Some(true))
-        );
-        assert!(
-            owners
-                .iter()
-                .any(|o| o.kind == "Node" && o.uid == n.uid().unwrap())
-        );
+        // The topology is the only owner: deleting it deletes the task (and the agent reverts).
+        assert_eq!(owners.len(), 1, "{owners:?}");
+        assert!(owners[0].kind == "SpiderNetwork" && owners[0].controller == Some(true));
         assert_eq!(task.data["spec"]["bonds"][0]["name"], "bond0");
-        // The node daemon's part: report the task applied at its generation.
-        let status = json!({"status": {"phase": "Applied", "observedGeneration": task.metadata.generation}});
-        tasks_api
-            .patch_status(&task.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
+        // The node daemon's part: its interface loop carries the task out (on a model of the
+        // kernel's links; the real kernel is vm_interfaces.rs) and reports it applied.
+        let nics = ["ens1f0", "ens1f1", "ens2f0", "ens2f1"];
+        let host = FakeHost::new(FakeKernel::with_devices(&nics));
+        let state = tempfile::tempdir()?;
+        let executor = Executor::new(host, StateDir::open(state.path())?)?;
+        let agent = InterfaceAgent::new(client.clone(), &n.name_any(), executor, Duration::from_secs(2));
+        agents.push((AbortOnDrop(tokio::spawn(async move { agent.run().await })), state));
     }
     let ready = wait_reason(&client, &name, "Applied", READY_TIMEOUT).await?;
     assert_eq!(ready.status.unwrap().nodes.unwrap().summary, "2/2");

@@ -169,6 +169,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     let config = ReclaimConfig {
         scan_interval: Duration::from_secs(3),
         trace_interval: Duration::from_millis(500),
+        confirm_after: Duration::from_secs(5),
         ..ReclaimConfig::default()
     };
     let metrics = config.metrics.clone();
@@ -227,8 +228,18 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
         );
     }
 
-    // Force-deleted stateless pod: address and endpoint go.
+    // Force-deleted stateless pod: one look does not free its address...
     force_delete(&ns, "web-1").await?;
+    let report = reclaim::scan_all(&client, &config).await?;
+    ensure!(
+        report.released.iter().all(|r| r.1 != "10.99.0.1"),
+        "one look released the address of a pod deleted a moment ago: {report:?}"
+    );
+    ensure!(
+        record_of(&client, "10.99.0.1").await?.as_ref() == Some(&web_uid),
+        "one look released the address of a pod deleted a moment ago"
+    );
+    // ...a second one, some time later, does, with its endpoint.
     eventually("web-1 released and its endpoint deleted", || async {
         let released = record_of(&client, "10.99.0.1").await?.is_none();
         Ok((released && !endpoint_exists(&ns, "web-1").await?).then_some(()))

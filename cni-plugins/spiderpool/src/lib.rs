@@ -5,14 +5,12 @@
 //! the `CNI_*` environment and stdin and returns exactly what to print and the exit status; the
 //! binary only reads its environment and writes that out.
 //!
-//! Modules: [`cni`] (protocol types, versions, the error object, result shapes per version),
-//! [`args`] (`CNI_ARGS`), [`config`] (the netconf and its `ipam` section), [`client`] (HTTP/1.1
-//! over the daemon's unix socket), [`log`] (the line logger: file or stderr, never stdout) and
-//! [`plugin`] (the command handlers).
+//! Modules: [`config`] (the netconf and its `ipam` section), [`client`] (the daemon's IPAM API on
+//! the common HTTP client), [`detect`] (IP-conflict and gateway detection and announcements in the
+//! pod's network namespace) and [`plugin`] (the command handlers). The CNI protocol, `CNI_ARGS`,
+//! the logger and the HTTP client are in `spiderpool_cni_common`, shared with the `coordinator`.
 
-pub mod args;
 pub mod client;
-pub mod cni;
 pub mod config;
-pub mod log;
+pub mod detect;
 pub mod plugin;

@@ -5,88 +5,31 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde_json::Value;
-use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, IpamDelArgs, IpamGcArgs, codes};
-
-use crate::args::CniArgs;
-use crate::client::{ClientError, Daemon, UnixClient};
-use crate::cni::{
-    self, CniError, Command, IpamResult, LATEST_VERSION, ResultRoute, SpecVersion, VersionInfo,
+use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, IpamBatchDelArgs, IpamDelArgs, IpamGcArgs, codes};
+use spiderpool_cni_common::cni::{
+    self, CniError, Command, IpamResult, LATEST_VERSION, ResultRoute, SpecVersion,
 };
-use crate::config::{self, IpamConfig, LogLevel, NetConf};
-use crate::log::Logger;
+use spiderpool_cni_common::invocation::{self, version};
+pub use spiderpool_cni_common::invocation::{Attachment, Invocation, Outcome};
+use spiderpool_cni_common::log::{LogLevel, Logger};
 
-/// The `CNI_*` environment of one invocation; empty variables count as absent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Invocation {
-    /// `CNI_COMMAND`.
-    pub command: Option<String>,
-    /// `CNI_CONTAINERID`.
-    pub container_id: Option<String>,
-    /// `CNI_NETNS`.
-    pub netns: Option<String>,
-    /// `CNI_IFNAME`.
-    pub ifname: Option<String>,
-    /// `CNI_ARGS`.
-    pub args: Option<String>,
-    /// `CNI_PATH` (read for completeness: an IPAM plugin delegates to nothing, so it is never
-    /// required, even where the spec lists it).
-    pub path: Option<String>,
-    /// [`config::SOCKET_PATH_ENV`]: the daemon's socket when the netconf names none.
-    pub socket_override: Option<String>,
-}
-
-impl Invocation {
-    /// Reads the variables through `lookup` (e.g. `|name| std::env::var(name).ok()`).
-    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Self {
-        let read = |name: &str| lookup(name).filter(|value| !value.is_empty());
-        Self {
-            command: read("CNI_COMMAND"),
-            container_id: read("CNI_CONTAINERID"),
-            netns: read("CNI_NETNS"),
-            ifname: read("CNI_IFNAME"),
-            args: read("CNI_ARGS"),
-            path: read("CNI_PATH"),
-            socket_override: read(config::SOCKET_PATH_ENV),
-        }
-    }
-}
-
-/// What the binary prints and how it exits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Exactly what goes to stdout (may be empty: DEL, CHECK, GC and STATUS print nothing).
-    pub stdout: String,
-    /// 0 on success, 1 with a CNI error object on stdout.
-    pub exit_code: i32,
-}
-
-impl Outcome {
-    fn success(stdout: String) -> Self {
-        Self { stdout, exit_code: 0 }
-    }
-
-    fn failure(error: &CniError) -> Self {
-        // A CniError is strings and integers: serializing it cannot fail; the literal is a
-        // last-resort guard so stdout is a CNI error object whatever happens.
-        let stdout = serde_json::to_string(error).unwrap_or_else(|_| {
-            format!(r#"{{"cniVersion":"{LATEST_VERSION}","code":999,"msg":"internal error","details":""}}"#)
-        });
-        Self { stdout, exit_code: 1 }
-    }
-}
+use crate::client::{ClientError, Daemon, UnixClient};
+use crate::config::{self, IpamConfig, NetConf};
+use crate::detect::{self, Neighbourhood, PodNeighbourhood};
 
 /// Runs one invocation against the daemon socket named in the netconf.
 pub fn run(invocation: &Invocation, stdin: &[u8]) -> Outcome {
-    run_with(invocation, stdin, |ipam: &IpamConfig| {
+    run_with(invocation, stdin, &PodNeighbourhood, |ipam: &IpamConfig| {
         let socket = config::effective_socket_path(ipam, invocation.socket_override.as_deref());
         UnixClient::new(&socket, ipam.timeout)
     })
 }
 
 /// Runs one invocation against the daemon `connect` returns for the parsed `ipam` section.
-pub fn run_with<D: Daemon>(
+pub fn run_with<D: Daemon, N: Neighbourhood>(
     invocation: &Invocation,
     stdin: &[u8],
+    neighbourhood: &N,
     connect: impl FnOnce(&IpamConfig) -> D,
 ) -> Outcome {
     // Errors found before the netconf is fully parsed still carry its cniVersion when readable.
@@ -96,18 +39,9 @@ pub fn run_with<D: Daemon>(
         Logger::stderr(LogLevel::Info).error(&error.to_string());
         Outcome::failure(&error)
     };
-    let command = match invocation.command.as_deref() {
-        None => {
-            return early_failure(CniError::new(
-                codes::INVALID_ENVIRONMENT,
-                "CNI_COMMAND: missing",
-                "",
-            ));
-        }
-        Some(text) => match text.parse::<Command>() {
-            Ok(command) => command,
-            Err(error) => return early_failure(error),
-        },
+    let command = match invocation::command(invocation) {
+        Ok(command) => command,
+        Err(error) => return early_failure(error),
     };
     if command == Command::Version {
         return version(stdin).unwrap_or_else(early_failure);
@@ -120,7 +54,11 @@ pub fn run_with<D: Daemon>(
         Ok(conf) => conf,
         Err(error) => return early_failure(error.to_cni()),
     };
-    let logger = Logger::from_config(&conf.ipam.log);
+    let log_dir = invocation.log_dir();
+    if let Err(error) = config::confine(&conf.ipam, &log_dir, invocation.socket_override.as_deref()) {
+        return early_failure(error.to_cni().in_version(conf.cni_version.as_str()));
+    }
+    let logger = Logger::from_config(&conf.ipam.log, &log_dir);
     if let Some(attachment) = &attachment {
         logger.set_context(&attachment.container_id, &attachment.pod_label());
         if !attachment.args.unknown.is_empty() {
@@ -137,7 +75,7 @@ pub fn run_with<D: Daemon>(
     ));
     let daemon = connect(&conf.ipam);
     let result = match (command, &attachment) {
-        (Command::Add, Some(attachment)) => add(attachment, &conf, &daemon, &logger),
+        (Command::Add, Some(attachment)) => add(attachment, &conf, &daemon, neighbourhood, &logger),
         (Command::Del, Some(attachment)) => del(attachment, &conf, &daemon, &logger).map(|()| String::new()),
         (Command::Check, Some(attachment)) => check(attachment, &conf, &daemon).map(|()| String::new()),
         (Command::Gc, _) => gc(&conf, &daemon, &logger).map(|()| String::new()),
@@ -163,180 +101,11 @@ pub fn run_with<D: Daemon>(
     }
 }
 
-/// VERSION: stdin is optional (older runtimes send nothing), else `{"cniVersion": ...}`.
-fn version(stdin: &[u8]) -> Result<Outcome, CniError> {
-    let requested = if stdin.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let value: Value = serde_json::from_slice(stdin).map_err(|error| {
-            CniError::new(codes::DECODING_FAILURE, format!("stdin: not JSON: {error}"), "")
-        })?;
-        value.get("cniVersion").and_then(Value::as_str).map(str::to_owned)
-    };
-    let info = VersionInfo::answering(requested.as_deref());
-    let stdout = serde_json::to_string(&info)
-        .map_err(|error| CniError::new(codes::INTERNAL, format!("encoding VERSION: {error}"), ""))?;
-    Ok(Outcome::success(stdout))
-}
-
-/// The attachment parameters of ADD, DEL and CHECK, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attachment {
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_NETNS` (may be empty on DEL).
-    pub netns: String,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// `CNI_ARGS`, parsed.
-    pub args: CniArgs,
-}
-
-impl Attachment {
-    /// Checks the variables `command` requires (spec "Parameters"); `None` for VERSION, GC and
-    /// STATUS, which have no attachment.
-    pub fn from_invocation(command: Command, invocation: &Invocation) -> Result<Option<Self>, CniError> {
-        let needs_netns = match command {
-            Command::Add | Command::Check => true,
-            Command::Del => false,
-            Command::Version | Command::Gc | Command::Status => return Ok(None),
-        };
-        let mut missing = Vec::new();
-        if invocation.container_id.is_none() {
-            missing.push("CNI_CONTAINERID");
-        }
-        if needs_netns && invocation.netns.is_none() {
-            missing.push("CNI_NETNS");
-        }
-        if invocation.ifname.is_none() {
-            missing.push("CNI_IFNAME");
-        }
-        if !missing.is_empty() {
-            return Err(CniError::new(
-                codes::INVALID_ENVIRONMENT,
-                format!("{}: missing", missing.join(", ")),
-                format!(
-                    "{command} requires CNI_CONTAINERID, CNI_IFNAME{}",
-                    if needs_netns { " and CNI_NETNS" } else { "" }
-                ),
-            ));
-        }
-        let container_id = invocation.container_id.clone().unwrap_or_default();
-        let ifname = invocation.ifname.clone().unwrap_or_default();
-        validate_container_id(&container_id)?;
-        validate_ifname(&ifname)?;
-        let args = CniArgs::parse(invocation.args.as_deref().unwrap_or_default())
-            .map_err(|error| CniError::new(codes::INVALID_ENVIRONMENT, error.to_string(), ""))?;
-        Ok(Some(Self {
-            container_id,
-            netns: invocation.netns.clone().unwrap_or_default(),
-            ifname,
-            args,
-        }))
-    }
-
-    fn pod_label(&self) -> String {
-        format!(
-            "{}/{}",
-            self.args.pod_namespace.as_deref().unwrap_or("-"),
-            self.args.pod_name.as_deref().unwrap_or("-")
-        )
-    }
-
-    /// The pod's namespace and name, which ADD and CHECK cannot do without.
-    fn pod_identity(&self) -> Result<(&str, &str), CniError> {
-        match (self.args.pod_namespace.as_deref(), self.args.pod_name.as_deref()) {
-            (Some(namespace), Some(name)) => Ok((namespace, name)),
-            (namespace, _) => {
-                let key = if namespace.is_none() {
-                    "K8S_POD_NAMESPACE"
-                } else {
-                    "K8S_POD_NAME"
-                };
-                Err(CniError::new(
-                    codes::INVALID_ENVIRONMENT,
-                    format!("CNI_ARGS: {key} missing"),
-                    "the spiderpool IPAM plugin allocates per pod: the runtime must pass \
-                     K8S_POD_NAMESPACE and K8S_POD_NAME in CNI_ARGS (kubelet does)",
-                ))
-            }
-        }
-    }
-}
-
-/// Spec: not empty, starts with an alphanumeric, then alphanumerics, `_`, `.` or `-`.
-fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|first| first.is_ascii_alphanumeric());
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            codes::INVALID_ENVIRONMENT,
-            format!("CNI_CONTAINERID: {id:?} is not a valid container id"),
-            "must start with a letter or digit, followed by letters, digits, '_', '.' or '-'",
-        ))
-    }
-}
-
-/// Spec: at most 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
-fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let reason = if name.len() > 15 {
-        Some("longer than 15 characters")
-    } else if name == "." || name == ".." {
-        Some("must not be . or ..")
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        Some("must not contain '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match reason {
-        None => Ok(()),
-        Some(reason) => Err(CniError::new(
-            codes::INVALID_ENVIRONMENT,
-            format!("CNI_IFNAME: {name:?} is not a valid interface name: {reason}"),
-            "",
-        )),
-    }
-}
-
-/// Maps a daemon failure to the CNI error to report. Transport failures are "try again later"
-/// (code 11): the daemon is restarting or overloaded, and the runtime retries. A coded
-/// [`spiderpool_agent_api::ErrorResponse`] is passed through as is.
-fn daemon_error(command: Command, error: ClientError) -> CniError {
-    match error {
-        ClientError::Unreachable { .. } | ClientError::Io { .. } | ClientError::Timeout { .. } => {
-            CniError::new(codes::TRY_AGAIN_LATER, format!("{command}: {error}"), "")
-        }
-        ClientError::Malformed { .. } => CniError::new(codes::INTERNAL, format!("{command}: {error}"), ""),
-        ClientError::Status {
-            error: body,
-            coded: true,
-            ..
-        } => CniError::new(body.code, body.msg, body.details),
-        ClientError::Status {
-            status,
-            error: body,
-            coded: false,
-        } => {
-            let code = if status == 503 {
-                codes::TRY_AGAIN_LATER
-            } else {
-                codes::INTERNAL
-            };
-            CniError::new(
-                code,
-                format!("{command}: node daemon answered HTTP {status}: {}", body.msg),
-                "",
-            )
-        }
-    }
-}
-
-fn add<D: Daemon>(
+fn add<D: Daemon, N: Neighbourhood>(
     attachment: &Attachment,
     conf: &NetConf,
     daemon: &D,
+    neighbourhood: &N,
     logger: &Logger,
 ) -> Result<String, CniError> {
     let (pod_namespace, pod_name) = attachment.pod_identity()?;
@@ -360,28 +129,87 @@ fn add<D: Daemon>(
             json_or_debug(&request)
         ));
     }
-    let response = daemon
-        .add(&request)
-        .map_err(|error| daemon_error(Command::Add, error))?;
+    let response = daemon.add(&request).map_err(|error| error.to_cni(Command::Add))?;
     if logger.enabled(LogLevel::Debug) {
         logger.debug(&format!("daemon answered: {}", json_or_debug(&response)));
     }
-    let wants_detection = response
+    let result = build_result(conf.cni_version, &attachment.ifname, &response)?;
+    let checks = detect::checks(&attachment.ifname, &response);
+    if !checks.is_empty() {
+        detect(attachment, daemon, neighbourhood, &checks, logger)?;
+    }
+    let addresses: Vec<IpAddr> = result
         .ips
         .iter()
-        .filter(|ip| ip.nic == attachment.ifname)
-        .any(|ip| ip.enable_gateway_detection || ip.enable_ip_conflict_detection);
-    if wants_detection {
-        // Upstream ARPs/NDPs from inside the pod's netns here (reference 1.4 steps 5-6); that
-        // needs raw sockets, which this plugin does not have yet.
-        logger.warn(
-            "the pool asks for IP-conflict or gateway detection, which this plugin does not implement \
-             yet: the addresses are used without the check",
-        );
+        .filter_map(|ip| cni::parse_cidr(&ip.address).map(|(address, _)| address))
+        .collect();
+    // The kernel announces addresses itself only when the link goes up or changes its MAC, and
+    // neighbours may still cache this address at a previous holder (reference 1.4 step 6). A
+    // failure (say, the main plugin has not brought the link up yet) costs nothing but the hint.
+    match neighbourhood.announce(&attachment.netns, &attachment.ifname, &addresses) {
+        Ok(()) => logger.debug(&format!("announced {addresses:?} on {}", attachment.ifname)),
+        Err(error) => logger.debug(&format!(
+            "announcing {addresses:?} on {}: {error}",
+            attachment.ifname
+        )),
     }
-    let result = build_result(conf.cni_version, &attachment.ifname, &response)?;
     serde_json::to_string(&result)
         .map_err(|error| CniError::new(codes::INTERNAL, format!("encoding the result: {error}"), ""))
+}
+
+/// IP-conflict and gateway detection (see [`detect`]). A conflict or a silent gateway releases the
+/// pod's addresses through the batch-release endpoint, marked as a conflict release so that the
+/// daemon keeps a StatefulSet member's or VM's retained addresses (upstream does not mark it,
+/// reference 13.11), and fails the ADD naming the address and the holder or the gateway.
+fn detect<D: Daemon, N: Neighbourhood>(
+    attachment: &Attachment,
+    daemon: &D,
+    neighbourhood: &N,
+    checks: &[detect::Check],
+    logger: &Logger,
+) -> Result<(), CniError> {
+    logger.info(&format!("probing on {}: {checks:?}", attachment.ifname));
+    let finding = neighbourhood
+        .check(&attachment.netns, &attachment.ifname, checks)
+        .map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                format!(
+                    "ADD: IP-conflict or gateway detection on {} could not run",
+                    attachment.ifname
+                ),
+                error.to_string(),
+            )
+        })?;
+    let Some(finding) = finding else {
+        logger.info("no address conflict; the gateway answers");
+        return Ok(());
+    };
+    logger.error(&format!("{finding}; releasing the pod's addresses"));
+    let code = match finding {
+        detect::Finding::Conflict { .. } => codes::IP_CONFLICT,
+        detect::Finding::GatewayUnreachable { .. } => codes::GATEWAY_UNREACHABLE,
+    };
+    let release = IpamBatchDelArgs {
+        is_release_conflict_ips: true,
+        container_id: attachment.container_id.clone(),
+        net_namespace: attachment.netns.clone(),
+        pod_namespace: attachment.args.pod_namespace.clone().unwrap_or_default(),
+        pod_name: attachment.args.pod_name.clone().unwrap_or_default(),
+        pod_uid: attachment.args.pod_uid.clone().unwrap_or_default(),
+    };
+    let details = match daemon.release_all(&release) {
+        Ok(()) => "the pod's addresses were released".to_owned(),
+        Err(error) => {
+            logger.error(&format!("releasing the pod's addresses: {error}"));
+            format!("releasing the pod's addresses failed: {error}")
+        }
+    };
+    Err(CniError::new(
+        code,
+        format!("ADD: {finding} (interface {})", attachment.ifname),
+        details,
+    ))
 }
 
 fn json_or_debug<T: serde::Serialize + std::fmt::Debug>(value: &T) -> String {
@@ -485,7 +313,7 @@ fn del<D: Daemon>(
             logger.info("the daemon holds nothing for this interface: nothing to release");
             Ok(())
         }
-        Err(error) => Err(daemon_error(Command::Del, error)),
+        Err(error) => Err(error.to_cni(Command::Del)),
     }
 }
 
@@ -511,7 +339,7 @@ fn check<D: Daemon>(attachment: &Attachment, conf: &NetConf, daemon: &D) -> Resu
     let (pod_namespace, pod_name) = attachment.pod_identity()?;
     let endpoint = daemon
         .workload_endpoint(pod_namespace, pod_name)
-        .map_err(|error| daemon_error(Command::Check, error))?;
+        .map_err(|error| error.to_cni(Command::Check))?;
     let recorded = endpoint
         .as_ref()
         .and_then(|endpoint| {
@@ -666,7 +494,7 @@ fn gc<D: Daemon>(conf: &NetConf, daemon: &D, logger: &Logger) -> Result<(), CniE
             net_name: conf.name.clone(),
             valid_attachments,
         })
-        .map_err(|error| daemon_error(Command::Gc, error))?;
+        .map_err(|error| error.to_cni(Command::Gc))?;
     logger.info(&format!(
         "GC released {} attachment(s) of network {:?}",
         response.released.len(),
@@ -723,6 +551,41 @@ mod tests {
         adds: RefCell<Vec<IpamAddArgs>>,
         dels: RefCell<Vec<IpamDelArgs>>,
         gcs: RefCell<Vec<IpamGcArgs>>,
+        release_alls: RefCell<Vec<IpamBatchDelArgs>>,
+        refuse_release: bool,
+    }
+
+    /// The pod's segment in memory: a canned finding, recorded probes and announcements.
+    #[derive(Default)]
+    struct FakeNeighbourhood {
+        finding: Option<detect::Finding>,
+        broken: bool,
+        checks: RefCell<Vec<(String, String, Vec<detect::Check>)>>,
+        announced: RefCell<Vec<(String, Vec<IpAddr>)>>,
+    }
+
+    impl Neighbourhood for FakeNeighbourhood {
+        fn check(
+            &self,
+            netns: &str,
+            ifname: &str,
+            checks: &[detect::Check],
+        ) -> Result<Option<detect::Finding>, detect::DetectError> {
+            self.checks
+                .borrow_mut()
+                .push((netns.to_owned(), ifname.to_owned(), checks.to_vec()));
+            if self.broken {
+                return Err(detect::DetectError::NoInterface(ifname.to_owned()));
+            }
+            Ok(self.finding)
+        }
+
+        fn announce(&self, _: &str, ifname: &str, addresses: &[IpAddr]) -> Result<(), detect::DetectError> {
+            self.announced
+                .borrow_mut()
+                .push((ifname.to_owned(), addresses.to_vec()));
+            Ok(())
+        }
     }
 
     impl FakeDaemon {
@@ -756,6 +619,21 @@ mod tests {
             })
         }
         fn healthy(&self) -> Result<(), ClientError> {
+            self.failure()
+        }
+        fn release_all(&self, args: &IpamBatchDelArgs) -> Result<(), ClientError> {
+            self.release_alls.borrow_mut().push(args.clone());
+            if self.refuse_release {
+                return Err(ClientError::Status {
+                    status: 403,
+                    error: ErrorResponse {
+                        code: codes::RELEASE_FORBIDDEN,
+                        msg: "refusing to release the retained addresses of a StatefulSet member".into(),
+                        details: String::new(),
+                    },
+                    coded: true,
+                });
+            }
             self.failure()
         }
     }
@@ -800,6 +678,7 @@ mod tests {
             args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-0;K8S_POD_UID=uid-1".into()),
             path: Some("/opt/cni/bin".into()),
             socket_override: None,
+            log_dir: None,
         }
     }
 
@@ -845,13 +724,193 @@ mod tests {
     }
 
     fn run_fake(invocation: &Invocation, stdin: &[u8], daemon: &FakeDaemon) -> (Outcome, Value) {
-        let outcome = run_with(invocation, stdin, |_| daemon);
+        run_near(invocation, stdin, daemon, &FakeNeighbourhood::default())
+    }
+
+    fn run_near(
+        invocation: &Invocation,
+        stdin: &[u8],
+        daemon: &FakeDaemon,
+        neighbourhood: &FakeNeighbourhood,
+    ) -> (Outcome, Value) {
+        let outcome = run_with(invocation, stdin, neighbourhood, |_| daemon);
         let value = if outcome.stdout.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&outcome.stdout).unwrap()
         };
         (outcome, value)
+    }
+
+    /// The two-NIC answer with both detections on for `net1`'s IPv4 address.
+    fn detecting_daemon() -> FakeDaemon {
+        let mut answer = two_nic_answer();
+        for ip in answer.ips.iter_mut().filter(|ip| ip.nic == "net1") {
+            ip.enable_ip_conflict_detection = true;
+            ip.enable_gateway_detection = true;
+        }
+        FakeDaemon {
+            add_answer: Some(answer),
+            ..FakeDaemon::default()
+        }
+    }
+
+    #[test]
+    fn detection_probes_this_interface_and_then_the_addresses_are_announced() {
+        let daemon = detecting_daemon();
+        let neighbourhood = FakeNeighbourhood::default();
+        let (outcome, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &neighbourhood,
+        );
+        assert_eq!(outcome.exit_code, 0, "{value}");
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            *neighbourhood.checks.borrow(),
+            [(
+                "/var/run/netns/pod".to_owned(),
+                "net1".to_owned(),
+                vec![
+                    detect::Check::Conflict {
+                        address: ip("10.7.0.10")
+                    },
+                    detect::Check::Gateway {
+                        address: ip("10.7.0.10"),
+                        gateway: ip("10.7.0.1")
+                    },
+                    detect::Check::Conflict {
+                        address: ip("fd00:7::10")
+                    },
+                ]
+            )]
+        );
+        assert_eq!(
+            *neighbourhood.announced.borrow(),
+            [("net1".to_owned(), vec![ip("10.7.0.10"), ip("fd00:7::10")])]
+        );
+        assert!(daemon.release_alls.borrow().is_empty());
+    }
+
+    #[test]
+    fn without_detection_nothing_is_probed_but_addresses_are_announced() {
+        let daemon = FakeDaemon {
+            add_answer: Some(two_nic_answer()),
+            ..FakeDaemon::default()
+        };
+        let neighbourhood = FakeNeighbourhood::default();
+        let (outcome, _) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &neighbourhood,
+        );
+        assert_eq!(outcome.exit_code, 0);
+        assert!(neighbourhood.checks.borrow().is_empty());
+        assert_eq!(neighbourhood.announced.borrow().len(), 1);
+    }
+
+    #[test]
+    fn a_conflict_or_a_silent_gateway_releases_the_pod_and_fails_naming_it() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        for (finding, code, text) in [
+            (
+                detect::Finding::Conflict {
+                    address: ip("10.7.0.10"),
+                    holder: [0x0a, 0, 0, 0, 0, 9],
+                },
+                105,
+                "ADD: IP conflict: 10.7.0.10 is already in use by 0a:00:00:00:00:09 (interface net1)",
+            ),
+            (
+                detect::Finding::GatewayUnreachable {
+                    address: ip("10.7.0.10"),
+                    gateway: ip("10.7.0.1"),
+                },
+                106,
+                "ADD: gateway 10.7.0.1 did not answer ARP from 10.7.0.10",
+            ),
+        ] {
+            let daemon = detecting_daemon();
+            let neighbourhood = FakeNeighbourhood {
+                finding: Some(finding),
+                ..FakeNeighbourhood::default()
+            };
+            let (outcome, value) = run_near(
+                &invocation("ADD"),
+                &netconf("1.0.0", json!({})),
+                &daemon,
+                &neighbourhood,
+            );
+            assert_eq!(outcome.exit_code, 1);
+            assert_eq!(value["code"], code, "{value}");
+            assert!(value["msg"].as_str().unwrap().starts_with(text), "{value}");
+            assert_eq!(value["details"], "the pod's addresses were released");
+            let releases = daemon.release_alls.borrow();
+            assert_eq!(releases.len(), 1);
+            assert!(
+                releases[0].is_release_conflict_ips,
+                "a StatefulSet's addresses are kept"
+            );
+            assert_eq!(
+                (
+                    releases[0].pod_namespace.as_str(),
+                    releases[0].pod_name.as_str(),
+                    releases[0].pod_uid.as_str()
+                ),
+                ("ns", "web-0", "uid-1")
+            );
+            assert!(
+                neighbourhood.announced.borrow().is_empty(),
+                "nothing announced after a failure"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_release_and_a_failed_probe_are_reported() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let daemon = FakeDaemon {
+            refuse_release: true,
+            ..detecting_daemon()
+        };
+        let conflict = FakeNeighbourhood {
+            finding: Some(detect::Finding::Conflict {
+                address: ip("10.7.0.10"),
+                holder: [0x0a, 0, 0, 0, 0, 9],
+            }),
+            ..FakeNeighbourhood::default()
+        };
+        let (_, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &daemon,
+            &conflict,
+        );
+        assert_eq!(value["code"], 105);
+        assert!(
+            value["details"]
+                .as_str()
+                .unwrap()
+                .contains("refusing to release the retained addresses"),
+            "{value}"
+        );
+        let broken = FakeNeighbourhood {
+            broken: true,
+            ..FakeNeighbourhood::default()
+        };
+        let (_, value) = run_near(
+            &invocation("ADD"),
+            &netconf("1.0.0", json!({})),
+            &detecting_daemon(),
+            &broken,
+        );
+        assert_eq!(value["code"], 5, "{value}");
+        assert!(
+            value["msg"].as_str().unwrap().contains("could not run"),
+            "{value}"
+        );
     }
 
     #[test]
@@ -1109,18 +1168,16 @@ mod tests {
             assert_eq!(value["code"], code, "{command}: {value}");
             assert_eq!(value["cniVersion"], "1.1.0");
         }
-        let text = daemon_error(
-            Command::Add,
-            ClientError::Status {
-                status: 503,
-                error: ErrorResponse {
-                    code: 999,
-                    msg: "starting".into(),
-                    details: String::new(),
-                },
-                coded: false,
+        let text = ClientError::Status {
+            status: 503,
+            error: ErrorResponse {
+                code: 999,
+                msg: "starting".into(),
+                details: String::new(),
             },
-        );
+            coded: false,
+        }
+        .to_cni(Command::Add);
         assert_eq!(text.code, 11);
     }
 
@@ -1315,22 +1372,6 @@ mod tests {
         assert!(
             value["details"].as_str().unwrap().contains("/run/x.sock"),
             "{value}"
-        );
-    }
-
-    #[test]
-    fn environment_is_read_with_empty_values_absent() {
-        let invocation = Invocation::from_env(|name| match name {
-            "CNI_COMMAND" => Some("ADD".into()),
-            "CNI_NETNS" => Some(String::new()),
-            _ => None,
-        });
-        assert_eq!(
-            invocation,
-            Invocation {
-                command: Some("ADD".into()),
-                ..Invocation::default()
-            }
         );
     }
 }

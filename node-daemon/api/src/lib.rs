@@ -26,6 +26,9 @@ pub const PATH_IPS: &str = "/v1/ipam/ips";
 pub const PATH_GC: &str = "/v1/ipam/gc";
 /// `GET ?podNamespace=&podName=` -> [`WorkloadEndpointStatus`]; 404 when the pod holds nothing.
 pub const PATH_WORKLOAD_ENDPOINT: &str = "/v1/workloadendpoint";
+/// `GET` with a [`GetCoordinatorArgs`] JSON body (a GET with a body, as upstream's swagger declares
+/// it) -> [`CoordinatorConfig`]: the `coordinator` plugin's cluster defaults for one pod.
+pub const PATH_COORDINATOR_CONFIG: &str = "/v1/coordinator/config";
 
 /// CNI ADD: allocate the addresses of one pod interface (upstream `IpamAddArgs`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -268,6 +271,94 @@ pub struct WorkloadEndpointStatus {
     pub interfaces: Vec<InterfaceDetail>,
 }
 
+/// Which pod the `coordinator` plugin asks its configuration for (upstream `GetCoordinatorArgs`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GetCoordinatorArgs {
+    /// `K8S_POD_NAME` from `CNI_ARGS`.
+    #[serde(default)]
+    pub pod_name: String,
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
+    #[serde(default)]
+    pub pod_namespace: String,
+}
+
+/// A route the coordinator adds in the pod (upstream `CoordinatorRoute`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct CoordinatorRoute {
+    /// Destination CIDR (or single IP).
+    #[serde(default)]
+    pub dst: String,
+    /// Next hop.
+    #[serde(default)]
+    pub gw: String,
+}
+
+/// The cluster's defaults for the `coordinator` plugin as they apply to one pod (upstream
+/// `CoordinatorConfig`): the `default` SpiderCoordinator's spec and status, with the pod's
+/// `ipam.spidernet.io/default-route-nic` annotation in `podDefaultRouteNIC`. Netconf values override
+/// these field by field. `mode`, `overlayPodCIDR`, `serviceCIDR` and `tunePodRoutes` are always
+/// sent (upstream's plugin requires them); zero numbers and empty strings are left out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CoordinatorConfig {
+    /// `auto`, `underlay`, `overlay` or `disable` (the spelling upstream's plugin understands).
+    pub mode: String,
+    /// The overlay CNI's pod CIDRs (SpiderCoordinator status).
+    #[serde(rename = "overlayPodCIDR", default, deserialize_with = "null_as_empty")]
+    pub overlay_pod_cidr: Vec<String>,
+    /// The cluster's service CIDRs (SpiderCoordinator status).
+    #[serde(rename = "serviceCIDR", default, deserialize_with = "null_as_empty")]
+    pub service_cidr: Vec<String>,
+    /// Extra CIDRs routed through the node.
+    #[serde(rename = "hijackCIDR", default, deserialize_with = "null_as_empty")]
+    pub hijack_cidr: Vec<String>,
+    /// Extra routes in the pod.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub policy_routes: Vec<CoordinatorRoute>,
+    /// First two bytes of pod MAC addresses.
+    #[serde(rename = "podMACPrefix", default, skip_serializing_if = "String::is_empty")]
+    pub pod_mac_prefix: String,
+    /// Move extra interfaces' routes into their own tables.
+    #[serde(default)]
+    pub tune_pod_routes: bool,
+    /// The pod interface carrying the default route.
+    #[serde(
+        rename = "podDefaultRouteNIC",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub pod_default_route_nic: String,
+    /// Host routing table for the routes to local pods.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub host_rule_table: i64,
+    /// `rp_filter` in the pod; negative leaves it.
+    #[serde(rename = "podRPFilter", default, skip_serializing_if = "is_zero")]
+    pub pod_rp_filter: i64,
+    /// Transmit queue length of the pod interface; 0 leaves it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tx_queue_len: i64,
+    /// Link-local IPv4 address for `veth0`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub veth_link_address: String,
+    /// MTU of the veth pair.
+    #[serde(rename = "vethMTU", default, skip_serializing_if = "is_zero")]
+    pub veth_mtu: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// Upstream's agent writes an absent list as `null`.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Every non-2xx answer's body: a CNI error the plugin reports as is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ErrorResponse {
@@ -310,6 +401,10 @@ pub mod codes {
     pub const POD_NOT_ALIVE: u32 = 103;
     /// Releasing a StatefulSet's or VM's retained addresses was refused.
     pub const RELEASE_FORBIDDEN: u32 = 104;
+    /// Another host already answers for the address given to the pod (IP-conflict detection).
+    pub const IP_CONFLICT: u32 = 105;
+    /// The pod's gateway did not answer (gateway detection).
+    pub const GATEWAY_UNREACHABLE: u32 = 106;
     /// Internal error of the daemon.
     pub const INTERNAL: u32 = 999;
 }
@@ -342,6 +437,36 @@ mod tests {
                 "defaultIPv4IPPool": ["v4"], "cleanGateway": true, "matchMasterSubnet": false
             })
         );
+    }
+
+    #[test]
+    fn coordinator_config_has_upstreams_shape() {
+        let config = CoordinatorConfig {
+            mode: "auto".into(),
+            hijack_cidr: vec!["169.254.0.0/16".into()],
+            tune_pod_routes: true,
+            host_rule_table: 500,
+            ..CoordinatorConfig::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&config).unwrap(),
+            serde_json::json!({
+                "mode": "auto", "overlayPodCIDR": [], "serviceCIDR": [], "hijackCIDR": ["169.254.0.0/16"],
+                "policyRoutes": [], "tunePodRoutes": true, "hostRuleTable": 500
+            })
+        );
+        let upstream: CoordinatorConfig = serde_json::from_str(
+            r#"{"mode":"underlay","overlayPodCIDR":["10.244.0.0/16"],"serviceCIDR":["10.96.0.0/12"],
+            "hijackCIDR":null,"policyRoutes":null,"podMACPrefix":"0a:1b","tunePodRoutes":false,
+            "podDefaultRouteNIC":"net1","hostRuleTable":600,"podRPFilter":2,"txQueueLen":1000,
+            "vethLinkAddress":"169.254.100.1","vethMTU":1400}"#,
+        )
+        .unwrap();
+        assert_eq!(upstream.pod_default_route_nic, "net1");
+        assert_eq!((upstream.veth_mtu, upstream.pod_rp_filter), (1400, 2));
+        let args: GetCoordinatorArgs =
+            serde_json::from_str(r#"{"podName":"p","podNamespace":"ns"}"#).unwrap();
+        assert_eq!((args.pod_namespace.as_str(), args.pod_name.as_str()), ("ns", "p"));
     }
 
     #[test]

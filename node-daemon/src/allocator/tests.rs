@@ -31,7 +31,13 @@ fn world() -> World {
         ..LeaseTuning::default()
     };
     let metrics = Metrics::new();
-    let writers = PoolWriters::new(fake.clone(), &config, stores.clone(), metrics.clone());
+    let writers = PoolWriters::new(
+        fake.clone(),
+        &config,
+        stores.clone(),
+        metrics.clone(),
+        crate::health::Health::new(Duration::from_secs(30)),
+    );
     let allocator = Allocator::new(fake.clone(), config, stores, writers, metrics);
     fake.put_pool(SpiderIPPool::new(
         "p",

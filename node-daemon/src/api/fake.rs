@@ -78,6 +78,8 @@ pub enum Fault {
     Hang,
     /// Answers normally after this long.
     Delay(Duration),
+    /// Panics in the caller's task (a bug somewhere on the way).
+    Panic,
 }
 
 struct Script {
@@ -381,6 +383,12 @@ impl FakeApi {
                 Some(Fault::Delay(delay)) => {
                     tokio::time::sleep(delay).await;
                     apply(self)
+                }
+                Some(Fault::Panic) => {
+                    #[allow(clippy::panic, reason = "the fault this fake injects")]
+                    {
+                        panic!("scripted panic in a {kind:?} call")
+                    }
                 }
             }
         }

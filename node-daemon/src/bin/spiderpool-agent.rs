@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,12 +11,17 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use spiderpool_node_daemon::ahead::ReserveAhead;
 use spiderpool_node_daemon::allocator::Allocator;
 use spiderpool_node_daemon::api::ClusterApi;
+use spiderpool_node_daemon::api::deadline::Deadline;
 use spiderpool_node_daemon::api::kube::KubeApi;
 use spiderpool_node_daemon::config::{Config, LeaseTuning};
+use spiderpool_node_daemon::coordinator::{self, Coordinators};
+use spiderpool_node_daemon::health::Health;
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
 use spiderpool_node_daemon::settings;
+use spiderpool_node_daemon::socket;
 use spiderpool_node_daemon::store::Stores;
+use spiderpool_node_daemon::sysctl;
 use spiderpool_node_daemon::writer::PoolWriters;
 
 #[derive(Parser, Debug)]
@@ -33,9 +37,14 @@ struct Args {
     /// The daemon's namespace (`multusName` entries without a namespace refer to it).
     #[arg(long, env = "SPIDERPOOL_POD_NAMESPACE", default_value = "kube-system")]
     namespace: String,
-    /// Unix socket of the IPAM API.
+    /// Unix socket of the IPAM API (mode 0600, root only). The agent locks `<socket>.lock` so that it
+    /// is the only agent of its node.
     #[arg(long, env = "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH", default_value = spiderpool_agent_api::DEFAULT_SOCKET_PATH)]
     socket_path: PathBuf,
+    /// How long to wait for another agent holding the socket's lock to exit before refusing to start,
+    /// in seconds.
+    #[arg(long, env = "SPIDERPOOL_LOCK_WAIT_SECONDS", default_value_t = 10)]
+    lock_wait_seconds: u64,
     /// Health probes (`/v1/runtime/*`) and metrics (`/metrics`) listen here; `off` disables.
     #[arg(long, env = "SPIDERPOOL_HEALTH_ADDRESS", default_value = "0.0.0.0:5710")]
     health_address: String,
@@ -87,20 +96,48 @@ struct Args {
         hide = true
     )]
     node_reservation_flush_max_age_ms: u64,
+    /// How long an address released by a pod cools down before it is handed out again, in
+    /// milliseconds (the old sandbox may still answer ARP for it); a pool's annotation
+    /// `spiderpool.spidernet.io/release-cooldown-seconds` overrides it. Allocations that find only
+    /// cooling addresses wait for them, so an exactly full pool still serves.
+    #[arg(long, env = "SPIDERPOOL_RELEASE_COOLDOWN_MS", default_value_t = 5000)]
+    release_cooldown_ms: u64,
     /// Reserve addresses for the pods bound to this node as soon as they are bound, in the pools
     /// their ADDs will ask (guessed from their annotations, namespace and NetworkAttachmentDefinition),
     /// instead of on their first ADD (node-daemon/README.md, "Reserving ahead").
     #[arg(long, env = "SPIDERPOOL_RESERVE_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
     reserve_ahead: bool,
+    /// Deadline of one call to the API server, in seconds (kube's client has none of its own). A pool
+    /// writer whose call or decision takes three times this long is stuck, and liveness fails.
+    #[arg(long, env = "SPIDERPOOL_API_TIMEOUT_SECONDS", default_value_t = 10)]
+    api_timeout_seconds: u64,
     /// Deadline of one ADD or DEL, in seconds.
     #[arg(long, env = "SPIDERPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     request_timeout_seconds: u64,
     /// How long an ADD waits for a SpiderSubnet automatic pool, in seconds (upstream: 2 s x 25).
     #[arg(long, env = "SPIDERPOOL_WAIT_SUBNET_POOL_SECONDS", default_value_t = 50)]
     wait_subnet_pool_seconds: u64,
+    /// Carry out this node's SpiderInterfaceTasks (bonds, VLANs) with checkpoint, probe and rollback.
+    #[arg(long, env = "SPIDERPOOL_INTERFACE_TASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    interface_tasks: bool,
+    /// Where the interface executor keeps what it created and its checkpoints (must survive restarts
+    /// of the agent: a host path).
+    #[arg(
+        long,
+        env = "SPIDERPOOL_INTERFACE_STATE_DIR",
+        default_value = "/var/lib/spiderpool/interfaces"
+    )]
+    interface_state_dir: PathBuf,
+    /// How often the interface tasks are checked against the node without a change, in seconds.
+    #[arg(long, env = "SPIDERPOOL_INTERFACE_RESYNC_SECONDS", default_value_t = 60)]
+    interface_resync_seconds: u64,
     /// Worker threads of the runtime.
     #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
+    /// Tune the node's sysctls at start (neighbour table size, arp_notify, forwarding, rp_filter;
+    /// upstream's `tuneSysctlConfig`), each logged.
+    #[arg(long, env = "SPIDERPOOL_TUNE_SYSCTL_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    tune_sysctl_config: bool,
     /// What the chart passes: the spiderpool-conf ConfigMap and upstream's environment.
     #[command(flatten)]
     chart: settings::ChartArgs,
@@ -158,6 +195,12 @@ fn apply_configmap(args: &mut Args, matches: &clap::ArgMatches) -> anyhow::Resul
         args.enable_gateway_detection,
         conf.enable_gateway_detection,
     );
+    args.tune_sysctl_config = settings::pick(
+        matches,
+        "tune_sysctl_config",
+        args.tune_sysctl_config,
+        conf.tune_sysctl_config,
+    );
     args.health_address = settings::health_address(
         matches,
         "health_address",
@@ -167,11 +210,25 @@ fn apply_configmap(args: &mut Args, matches: &clap::ArgMatches) -> anyhow::Resul
     Ok(())
 }
 
+/// The longest any duration flag is taken to be, in seconds: flags are bounded so that no value of
+/// theirs can overflow a deadline.
+const DAY: u64 = 86_400;
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    // First of all: be the only agent of this node.
+    let lock = socket::lock(
+        &args.socket_path,
+        &args.node_name,
+        Duration::from_secs(args.lock_wait_seconds.min(3600)),
+    )
+    .await?;
+    if args.tune_sysctl_config {
+        sysctl::tune_node(args.enable_ipv4, args.enable_ipv6).context("tuning the node's sysctls")?;
+    }
+    let api_timeout = Duration::from_secs(args.api_timeout_seconds.clamp(1, 3600));
+    let (client, watch_client) = clients(api_timeout).await?;
     let metrics = Metrics::new();
+    let health = Health::new(api_timeout * 3);
     if args.chart.enable_metrics {
         let address = SocketAddr::from(([0, 0, 0, 0], args.chart.metrics_port));
         let listener = tokio::net::TcpListener::bind(address)
@@ -185,7 +242,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
         });
     }
-    let stores = Stores::start(&client, &args.node_name);
+    let stores = Stores::start(&watch_client, &args.node_name);
     let config = Config {
         node_name: args.node_name.clone(),
         namespace: args.namespace.clone(),
@@ -200,15 +257,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_allocated_ips: args.max_allocated_ips,
         lease: LeaseTuning {
             max_size: args.node_reservation_size,
-            flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms),
-            flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms),
+            flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms.min(DAY * 1000)),
+            flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms.min(DAY * 1000)),
+            release_cooldown: Duration::from_millis(args.release_cooldown_ms.min(300_000)),
             ..LeaseTuning::default()
         },
-        request_timeout: Duration::from_secs(args.request_timeout_seconds),
-        auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds),
+        request_timeout: Duration::from_secs(args.request_timeout_seconds.min(DAY)),
+        auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds.min(DAY)),
     };
-    let api: Arc<dyn ClusterApi> = Arc::new(KubeApi::new(client.clone()));
-    let writers = PoolWriters::new(api.clone(), &config, stores.clone(), metrics.clone());
+    let api: Arc<dyn ClusterApi> = Arc::new(Deadline::new(
+        Arc::new(KubeApi::new(client.clone())),
+        api_timeout,
+        health.clone(),
+    ));
+    let writers = PoolWriters::new(
+        api.clone(),
+        &config,
+        stores.clone(),
+        metrics.clone(),
+        health.clone(),
+    );
     let allocator = Allocator::new(
         api.clone(),
         config.clone(),
@@ -216,17 +284,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         writers.clone(),
         metrics,
     );
-    let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         allocator,
-        ready: ready.clone(),
+        health: health.clone(),
     };
 
-    let listener = server::bind_socket(&args.socket_path)
-        .with_context(|| format!("binding the IPAM socket {}", args.socket_path.display()))?;
+    let (listener, socket_file) = socket::bind(&args.socket_path, &lock, state.allocator.metrics().clone())?;
     tracing::info!(socket = %args.socket_path.display(), node = args.node_name, "serving the IPAM API");
-    let ipam =
-        axum::serve(listener, server::ipam_router(state.clone())).with_graceful_shutdown(shutdown_signal());
+    let coordinators = Coordinators::start(&watch_client, stores.pods.clone());
+    let router = server::ipam_router(state.clone()).merge(coordinator::router(coordinators));
+    let ipam = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
     let ipam = tokio::spawn(async move { ipam.await });
 
     if args.health_address != "off" {
@@ -252,14 +319,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.reserve_ahead && args.node_reservation_size > 0 {
         tokio::spawn(ReserveAhead::new(api, config, stores.clone(), writers).run());
     }
-    ready.store(true, Ordering::Release);
+    if args.interface_tasks {
+        start_interface_tasks(&watch_client, &args)?;
+    }
+    health.set_started();
     tracing::info!("caches synced; ready");
 
-    ipam.await
+    let served = ipam.await;
+    socket_file.remove_if_ours();
+    drop(lock);
+    served
         .context("the IPAM server task")?
         .context("serving the IPAM API")?;
-    let _ = std::fs::remove_file(&args.socket_path);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The client for API calls (each read bounded by `api_timeout`, besides the deadline every call gets
+/// from [`Deadline`]) and the client for the watches, whose reads may wait for the API server's
+/// watch timeout (290 s by default, ended by the server) but not forever (a list that never
+/// answers, a connection blackholed before the watch began).
+async fn clients(api_timeout: Duration) -> anyhow::Result<(kube::Client, kube::Client)> {
+    let config = kube::Config::infer()
+        .await
+        .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
+    let mut calls = config.clone();
+    calls.read_timeout = Some(api_timeout);
+    calls.reset_reader_on_write = true;
+    let mut watches = config;
+    watches.read_timeout = Some(Duration::from_secs(330));
+    watches.reset_reader_on_write = true;
+    Ok((
+        kube::Client::try_from(calls).context("building the API client")?,
+        kube::Client::try_from(watches).context("building the watch client")?,
+    ))
+}
+
+/// Starts the loop carrying out this node's SpiderInterfaceTasks (`interfaces::agent`).
+fn start_interface_tasks(client: &kube::Client, args: &Args) -> anyhow::Result<()> {
+    use spiderpool_node_daemon::interfaces::{agent, executor, netlink_host, state};
+    let handle = spiderpool_netlink::Handle::connect().context("opening a netlink socket")?;
+    let dir = state::StateDir::open(&args.interface_state_dir)
+        .with_context(|| format!("--interface-state-dir {}", args.interface_state_dir.display()))?;
+    let executor = executor::Executor::new(netlink_host::NetlinkHost::new(handle), dir)?;
+    let resync = Duration::from_secs(args.interface_resync_seconds.max(1));
+    let agent = agent::InterfaceAgent::new(client.clone(), &args.node_name, executor, resync);
+    tokio::spawn(async move {
+        if let Err(e) = agent.run().await {
+            tracing::error!(error = %e, "the interface task loop stopped");
+        }
+    });
     Ok(())
 }
 

@@ -154,9 +154,7 @@ pub fn candidates(input: &CandidateInput<'_>) -> Result<Candidates, CandidateErr
         .into());
     }
     // The operator reads the same annotations through the same parser to make the automatic pools.
-    if let Some((key, items)) =
-        spiderpool_schema::annotations::parse_subnet_items(annotations).map_err(AnnotationError::from)?
-    {
+    if let Some((key, items)) = annotations::parse_subnets(annotations)? {
         let nics = name_items(
             key,
             input.if_name,
@@ -282,17 +280,21 @@ fn finish(input: &CandidateInput<'_>, source: Source, mut nics: Vec<NicRequest>,
 
 /// Replaces each wildcard by the matching pool names (in name order), keeping the written order and
 /// dropping repeats.
+/// Each pattern is parsed once and matched against each pool name in time linear in the name
+/// ([`glob`]).
 pub fn expand_wildcards(names: &[String], all: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(names.len());
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut push = |name: &String| {
-        if !out.contains(name) {
+        if seen.insert(name.clone()) {
             out.push(name.clone());
         }
     };
     for name in names {
         if glob::is_pattern(name) {
+            let pattern = glob::Pattern::new(name);
             all.iter()
-                .filter(|pool| glob::matches(name, pool))
+                .filter(|pool| pattern.matches(pool))
                 .for_each(&mut push);
         } else {
             push(name);

@@ -29,10 +29,13 @@ pub const LABEL_NODE: &str = "spiderpool.spidernet.io/node";
 /// label values stop at 63.
 pub fn label_value(node: &str) -> String {
     if node.len() <= 63 {
-        node.to_owned()
-    } else {
-        node[..63].trim_end_matches(['.', '-']).to_owned()
+        return node.to_owned();
     }
+    let mut end = 63;
+    while !node.is_char_boundary(end) {
+        end -= 1;
+    }
+    node[..end].trim_end_matches(['.', '-']).to_owned()
 }
 
 /// One address given to one interface.
@@ -397,4 +400,20 @@ pub fn claims(endpoints: &[SpiderEndpoint], pool: &str) -> HashMap<IpAddr, Vec<H
         }
     }
     claims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_cut_at_63_bytes_on_a_character_boundary() {
+        assert_eq!(label_value("node-1"), "node-1");
+        let long = format!("{}.example", "a".repeat(60));
+        assert_eq!(label_value(&long), format!("{}.ex", "a".repeat(60)));
+        // Not a valid node name, but a flag can say anything: no panic, no half character.
+        let wide = "é".repeat(40);
+        let cut = label_value(&wide);
+        assert!(cut.len() <= 63 && wide.starts_with(&cut), "{cut}");
+    }
 }

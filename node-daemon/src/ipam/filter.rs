@@ -184,6 +184,10 @@ fn secondary_networks(scope: &PodScope<'_>) -> Vec<(String, String)> {
 /// Multus' network selection forms: a JSON list of `{"name","namespace","interface"}` or a comma list of
 /// `[ns/]name[@interface]`. Returns `(ns/name, interface)` pairs.
 fn parse_networks(value: &str, pod_namespace: &str) -> Vec<(String, Option<String>)> {
+    // A pod author writes this; Multus refuses what it cannot read, so nothing larger is a real one.
+    if value.len() > super::annotations::MAX_VALUE_BYTES {
+        return Vec::new();
+    }
     let trimmed = value.trim();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
         #[derive(serde::Deserialize)]
@@ -397,6 +401,16 @@ mod tests {
             Some("other/vlan200")
         );
         assert_eq!(attachment_network("net3", &scope).as_deref(), Some("ns1/vlan300"));
+        // An oversized value names no network.
+        let mut huge = Facts::new();
+        huge.annotations.insert(
+            ANNO_POD_NETWORKS.into(),
+            format!(
+                "ns1/vlan100,{}",
+                "x,".repeat(super::super::annotations::MAX_VALUE_BYTES)
+            ),
+        );
+        assert_eq!(attachment_network("net1", &huge.scope()), None);
         assert_eq!(attachment_network("net2", &scope), None);
         assert_eq!(
             attachment_network("eth0", &scope).as_deref(),

@@ -60,6 +60,14 @@ pub struct RoundInput<'a> {
     pub releasing: &'a BTreeMap<IpAddr, String>,
     /// Keep released addresses as this node's reservations rather than freeing them.
     pub keep_released: bool,
+    /// Hold every address released in this round (`releasing` and the batch's releases) as this
+    /// node's reservation: released addresses cool down before anyone gets them again
+    /// ([`super::reservations::Tuning::release_cooldown`]), so they are neither freed in the pool nor
+    /// given to an allocation of the same batch.
+    pub hold_releases: bool,
+    /// This node holds released addresses that are cooling down: an allocation that finds nothing
+    /// free waits for them rather than failing.
+    pub cooling: bool,
     /// Unused reservations of this node to give back.
     pub returning: &'a BTreeSet<IpAddr>,
     /// Every other reservation this node knows of: unused ones it keeps (they may be handed out
@@ -78,9 +86,11 @@ pub struct RoundOutput {
     /// One per op. [`Outcome::Wait`] means: nothing is free now but other nodes hold reservations.
     pub outcomes: Vec<Outcome>,
     /// Reservations of this node that are new to it once the write succeeds: the extras reserved now,
-    /// and any the records show for this node that it did not know of (an earlier write whose
-    /// response was lost).
+    /// released addresses it keeps, and any the records show for this node that it did not know of
+    /// (an earlier write whose response was lost).
     pub reserved: BTreeSet<IpAddr>,
+    /// Those of `reserved` that were released in this round: they cool down before being handed out.
+    pub released: BTreeSet<IpAddr>,
     /// Handed-out addresses whose records no longer say this node reserved them (and which are not
     /// free to claim): someone removed the reservation. Never expected; reported loudly.
     pub lost: Vec<(IpAddr, Holder, String)>,
@@ -159,9 +169,10 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
         // Kept as this node's reservation, under the canonical key, unless another record still
         // names the address.
         let others_remain = keys.len() > held.len();
-        if input.keep_released && input.usable.contains(ip) && !others_remain {
+        if (input.keep_released || input.hold_releases) && input.usable.contains(ip) && !others_remain {
             records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
             output.reserved.insert(*ip);
+            output.released.insert(*ip);
         }
     }
 
@@ -189,7 +200,42 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
         }
     }
 
-    output.outcomes = pick::apply(records, input.usable, input.ops, input.max_records);
+    // Releases to hold are made here, before the batch's allocations could take the addresses.
+    let mut held_releases: Vec<(usize, Outcome)> = Vec::new();
+    let mut ops: Vec<Op> = Vec::with_capacity(input.ops.len());
+    for (i, op) in input.ops.iter().enumerate() {
+        match op {
+            Op::Release { ip, pod_uid } if input.hold_releases => {
+                let keys = index.keys_naming(records, ip);
+                let held: Vec<&String> = keys
+                    .iter()
+                    .filter(|k| {
+                        records
+                            .get(*k)
+                            .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
+                    })
+                    .collect();
+                for key in &held {
+                    records.remove(*key);
+                }
+                if !held.is_empty() && keys.len() == held.len() && input.usable.contains(ip) {
+                    records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
+                    output.reserved.insert(*ip);
+                    output.released.insert(*ip);
+                }
+                held_releases.push((i, Outcome::Released(!held.is_empty())));
+            }
+            other => ops.push(other.clone()),
+        }
+    }
+    let mut applied = pick::apply(records, input.usable, &ops, input.max_records).into_iter();
+    let mut held_releases = held_releases.into_iter().peekable();
+    output.outcomes = (0..input.ops.len())
+        .map(|i| match held_releases.next_if(|(at, _)| *at == i) {
+            Some((_, outcome)) => outcome,
+            None => applied.next().unwrap_or(Outcome::Released(false)),
+        })
+        .collect();
     // A sticky pod's retained address that is still another node's reservation was handed out by
     // that node's agent to the pod's previous incarnation and is recorded for it in that agent's
     // next write (the pod's endpoint says so): wait for that instead of giving the pod a new address.
@@ -207,13 +253,22 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
         }
     }
     let others = reserving_nodes(records, Some(input.node));
+    let cooling = input.cooling || !output.released.is_empty();
     for outcome in &mut output.outcomes {
-        if matches!(outcome, Outcome::Exhausted(reason) if reason == pick::ALL_USED) && !others.is_empty() {
-            let names: Vec<&str> = others.iter().copied().collect();
-            *outcome = Outcome::Wait(format!(
-                "every free address is reserved by the agents of nodes {}",
-                names.join(", ")
-            ));
+        if matches!(outcome, Outcome::Exhausted(reason) if reason == pick::ALL_USED) {
+            if !others.is_empty() {
+                let names: Vec<&str> = others.iter().copied().collect();
+                *outcome = Outcome::Wait(format!(
+                    "every free address is reserved by the agents of nodes {}",
+                    names.join(", ")
+                ));
+            } else if cooling {
+                *outcome = Outcome::Wait(
+                    "every free address was released moments ago and cools down before it is handed \
+                     out again"
+                        .to_owned(),
+                );
+            }
         }
     }
 
@@ -390,7 +445,7 @@ pub fn even_share(unheld: usize, others: usize) -> usize {
 /// spend a write on one address; never below `keep` (its next pod or two).
 pub fn excess_to_return(unused: usize, target: usize, keep: usize) -> usize {
     let keep_up_to = target.max(keep);
-    if unused > keep_up_to + (target / 4).max(keep) {
+    if unused > keep_up_to.saturating_add((target / 4).max(keep)) {
         unused - keep_up_to
     } else {
         0
@@ -462,6 +517,8 @@ mod tests {
             converting,
             releasing: &NO_RELEASES,
             keep_released: true,
+            hold_releases: false,
+            cooling: false,
             returning,
             kept,
             ops,
@@ -823,7 +880,7 @@ mod tests {
                         let kept = agent.free.clone();
                         let out = decide_round(&mut records, &RoundInput {
                             node: name, usable: &usable, max_records: 100, converting: &converting,
-                            releasing: &releasing, keep_released: action == 1,
+                            releasing: &releasing, keep_released: action == 1, hold_releases: false, cooling: false,
                             returning: &returning, kept: &kept, ops: &ops, extra_wanted: amount,
                         });
                         prop_assert!(out.lost.is_empty(), "{:?}", out.lost);

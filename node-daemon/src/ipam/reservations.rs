@@ -40,6 +40,14 @@ pub struct Tuning {
     pub idle_return: Duration,
     /// …or this long while nothing else in the pool is free.
     pub tight_return: Duration,
+    /// How long an address released by one of this node's pods stays this node's reservation, not
+    /// handed out again, not given back: the old sandbox may still answer ARP for it, or peers still
+    /// have it in their neighbour caches. A pool may ask for another value
+    /// ([`super::pool::ANNO_RELEASE_COOLDOWN`]). An allocation that finds nothing free while this
+    /// node's released addresses cool down waits for them rather than failing, and other nodes wait
+    /// for this node's reservations as they always do, so a pool that is exactly full still serves:
+    /// the next pod gets the released address once it has cooled down.
+    pub release_cooldown: Duration,
 }
 
 impl Default for Tuning {
@@ -50,6 +58,7 @@ impl Default for Tuning {
             flush_max_age: Duration::from_secs(2),
             idle_return: Duration::from_secs(2),
             tight_return: Duration::from_millis(500),
+            release_cooldown: Duration::from_secs(5),
         }
     }
 }
@@ -106,6 +115,10 @@ pub struct RoundPlan {
     pub releasing: BTreeMap<IpAddr, String>,
     /// Keep released addresses as this node's reservations rather than freeing them.
     pub keep_released: bool,
+    /// Hold released addresses as this node's reservations while they cool down.
+    pub hold_releases: bool,
+    /// This node holds released addresses cooling down.
+    pub cooling: bool,
     /// Unused reservations to give back.
     pub returning: BTreeSet<IpAddr>,
     /// How many more addresses to reserve.
@@ -128,6 +141,14 @@ impl RoundPlan {
     }
 }
 
+/// `at` plus `duration`, saturating: durations come from flags, requests and pool annotations, and
+/// no value of theirs may panic the daemon (a century from `at` means never).
+pub fn later(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// How many of `ops` give a pod an address (allocations, and rebinds of a sticky pod's retained
 /// address to its new incarnation).
 pub fn gives_addresses<'a>(ops: impl IntoIterator<Item = &'a Op>) -> usize {
@@ -146,6 +167,11 @@ pub struct Reservations {
     family: Option<IpFamily>,
     /// Reserved for this node by a successful write, not handed out.
     free: BTreeSet<IpAddr>,
+    /// Released by this node's pods and reserved for this node, cooling down: address to when it
+    /// joins `free` ([`Tuning::release_cooldown`]).
+    cooling: BTreeMap<IpAddr, Instant>,
+    /// The cooldown of this pool (the pool's annotation, else the tuning's).
+    cooldown: Option<Duration>,
     /// Handed out, not yet recorded for their pods.
     handed: BTreeMap<IpAddr, Holder>,
     /// Given back by this node's pods (address to the UID that held it), still recorded for them.
@@ -258,6 +284,34 @@ impl Reservations {
         self.family
     }
 
+    /// Addresses released by this node's pods that cool down before being handed out again.
+    pub fn cooling(&self) -> &BTreeMap<IpAddr, Instant> {
+        &self.cooling
+    }
+
+    /// The pool's own release cooldown (from its annotation), if it has one.
+    pub fn set_cooldown(&mut self, cooldown: Option<Duration>) {
+        self.cooldown = cooldown;
+    }
+
+    fn cooldown(&self, tuning: &Tuning) -> Duration {
+        self.cooldown.unwrap_or(tuning.release_cooldown)
+    }
+
+    /// Released addresses whose cooldown is over join the unused reservations.
+    pub fn cool(&mut self, now: Instant) {
+        let ready: Vec<IpAddr> = self
+            .cooling
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in ready {
+            self.cooling.remove(&ip);
+            self.free.insert(ip);
+        }
+    }
+
     /// An allocation was asked for.
     pub fn note_demand(&mut self, now: Instant) {
         self.last_demand = Some(now);
@@ -354,11 +408,13 @@ impl Reservations {
         &mut self,
         op: &Op,
         now: Instant,
+        tuning: &Tuning,
         gate: impl FnOnce(IpFamily) -> Option<HandoutGate>,
     ) -> Option<Outcome> {
         if !self.ready {
             return None;
         }
+        self.cool(now);
         match op {
             Op::Allocate { pod, pod_uid } => {
                 if let Some(ip) = self.holders.get(pod_uid).copied() {
@@ -387,7 +443,7 @@ impl Reservations {
                         self.releasing.insert(*ip, pod_uid.clone());
                         self.note_pending(now);
                     } else {
-                        self.free.insert(*ip);
+                        self.cooling.insert(*ip, later(now, self.cooldown(tuning)));
                     }
                     return Some(Outcome::Released(true));
                 }
@@ -415,28 +471,32 @@ impl Reservations {
         self.free.iter().find(|ip| !gate.reserved.contains(ip)).copied()
     }
 
-    /// When the writer should next run a background round (record handouts, give back, top up).
+    /// When the writer should next run a background round (record handouts, give back, top up), or
+    /// a cooled address joins the unused ones.
     pub fn next_due(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
         let mut due: Option<Instant> = None;
         let mut consider = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
+        if let Some(first) = self.cooling.values().min() {
+            consider(*first);
+        }
         if self.has_pending() {
             if let Some(last) = self.last_pending {
-                consider(last + tuning.flush_idle);
+                consider(later(last, tuning.flush_idle));
             }
             if let Some(oldest) = self.oldest_pending {
-                consider(oldest + tuning.flush_max_age);
+                consider(later(oldest, tuning.flush_max_age));
             }
         }
         if !self.free.is_empty() {
-            consider(self.last_demand.unwrap_or(now) + self.idle_return(tuning));
+            consider(later(self.last_demand.unwrap_or(now), self.idle_return(tuning)));
             if self.excess(tuning) > 0 {
                 consider(now);
             } else if !self.tight {
-                consider(now + TIGHT_CHECK);
+                consider(later(now, TIGHT_CHECK));
             }
         }
         if self.ready && self.refill_wanted(now, tuning) {
-            consider(self.short_refill.map_or(now, |t| t + SHORT_REFILL_PAUSE));
+            consider(self.short_refill.map_or(now, |t| later(t, SHORT_REFILL_PAUSE)));
         }
         due
     }
@@ -474,6 +534,7 @@ impl Reservations {
         requests: bool,
         force: bool,
     ) -> Option<RoundPlan> {
+        self.cool(now);
         let idle = self.idle_return(tuning);
         let return_due =
             !self.free.is_empty() && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
@@ -498,6 +559,8 @@ impl Reservations {
             converting: std::mem::take(&mut self.handed),
             releasing: std::mem::take(&mut self.releasing),
             keep_released: !return_due,
+            hold_releases: !self.cooldown(tuning).is_zero(),
+            cooling: !self.cooling.is_empty(),
             ..RoundPlan::default()
         };
         self.oldest_pending = None;
@@ -526,11 +589,13 @@ impl Reservations {
         let unusable: Vec<IpAddr> = self
             .free
             .iter()
+            .chain(self.cooling.keys())
             .filter(|ip| !usable.contains(ip))
             .copied()
             .collect();
         for ip in unusable {
             self.free.remove(&ip);
+            self.cooling.remove(&ip);
             plan.returning.insert(ip);
         }
         self.family = Some(family);
@@ -538,13 +603,15 @@ impl Reservations {
             .iter()
             .chain(self.handed.keys())
             .chain(&self.disputed)
+            .chain(self.cooling.keys())
             .copied()
             .collect()
     }
 
-    /// A round's write succeeded (or nothing needed writing): `reserved` are this node's new
-    /// reservations, `records` the pool's records as written (at spec generation `generation`,
-    /// resourceVersion `version`), of which `usable` may be given out.
+    /// A round's write succeeded (or nothing needed writing): `output` is what the round decided
+    /// (its new reservations, released ones among them cooling down), `records` the pool's records as
+    /// written (at spec generation `generation`, resourceVersion `version`), of which `usable` may be
+    /// given out.
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site; the facts of one written round"
@@ -552,15 +619,23 @@ impl Reservations {
     pub fn committed(
         &mut self,
         plan: &RoundPlan,
-        reserved: &BTreeSet<IpAddr>,
+        output: &lease::RoundOutput,
         records: &BTreeMap<String, PoolIPAllocation>,
         usable: &IpSet,
         generation: Option<i64>,
         version: Option<&str>,
         now: Instant,
+        tuning: &Tuning,
     ) {
-        let got = reserved.len();
-        self.free.extend(reserved.iter().copied());
+        let got = output.reserved.len().saturating_sub(output.released.len());
+        let cooled_at = later(now, self.cooldown(tuning));
+        for ip in &output.reserved {
+            if output.released.contains(ip) {
+                self.cooling.insert(*ip, cooled_at);
+            } else {
+                self.free.insert(*ip);
+            }
+        }
         let mut holders = lease::holders(records, usable.family());
         // Releases answered while the write was in flight are still recorded for their pods.
         for pod_uid in self.releasing.values() {
@@ -601,6 +676,7 @@ impl Reservations {
         self.free.clear();
         self.handed.clear();
         self.releasing.clear();
+        self.cooling.clear();
         self.unconfirmed.clear();
         self.disputed.clear();
         self.holders.clear();

@@ -12,7 +12,9 @@ use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool, SpiderIPPoolSpec, SpiderIPPoolStatus};
 
 use super::*;
+use crate::api::deadline::Deadline;
 use crate::api::fake::{Call, CallKind, FakeApi, Fault};
+use crate::health::Health;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -20,18 +22,30 @@ struct World {
     fake: Arc<FakeApi>,
     writers: PoolWriters,
     metrics: Metrics,
+    health: Health,
 }
 
 fn world(tuning: LeaseTuning) -> World {
+    world_through(tuning, None)
+}
+
+/// A world whose writers call the fake through a [`Deadline`] of `deadline`, if given.
+fn world_through(tuning: LeaseTuning, deadline: Option<Duration>) -> World {
     let (fake, stores) = FakeApi::new("n1");
     let mut config = Config::new("n1");
     config.lease = tuning;
     let metrics = Metrics::new();
-    let writers = PoolWriters::new(fake.clone(), &config, stores, metrics.clone());
+    let health = Health::new(Duration::from_secs(30));
+    let api: Arc<dyn ClusterApi> = match deadline {
+        Some(timeout) => Arc::new(Deadline::new(fake.clone(), timeout, health.clone())),
+        None => fake.clone(),
+    };
+    let writers = PoolWriters::new(api, &config, stores, metrics.clone(), health.clone());
     World {
         fake,
         writers,
         metrics,
+        health,
     }
 }
 
@@ -419,4 +433,157 @@ async fn a_reservation_two_endpoints_claim_goes_to_the_live_pod_or_stays_out_of_
             .encode()
             .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 2")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_for_good_fails_requests_at_once_and_background_work_retries_slowly() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    w.fake.fail_always(CallKind::WritePoolStatus, Fault::Status(403));
+    let started = tokio::time::Instant::now();
+    let err = w
+        .writers
+        .submit("p", alloc("a"), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WriteError::Refused { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+    // Nothing waits on background work here; it does not retry in a tight loop either.
+    w.writers.expect_demand("p");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        w.fake.count(CallKind::WritePoolStatus) <= 4,
+        "{}",
+        w.fake.count(CallKind::WritePoolStatus)
+    );
+    // Once the API server accepts again, so does the writer.
+    w.fake.clear_faults();
+    let outcome = w
+        .writers
+        .submit("p", alloc("a"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_never_answers_ends_at_its_deadline_and_the_write_is_retried() {
+    let w = world_through(no_reservations(), Some(Duration::from_secs(2)));
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(CallKind::WritePoolStatus, Fault::Hang, 1);
+    let outcome = w
+        .writers
+        .submit("p", alloc("a"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 2);
+    assert_eq!(w.health.liveness(), Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_stuck_in_a_call_fails_liveness() {
+    // Without the deadline layer a hung call hangs its writer: that is what liveness must catch.
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(CallKind::WritePoolStatus, Fault::Hang, 1);
+    let writers = w.writers.clone();
+    let request =
+        tokio::spawn(async move { writers.submit("p", alloc("a"), Duration::from_secs(600)).await });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.health.liveness(), Ok(()));
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let err = w.health.liveness().unwrap_err();
+    assert!(err.contains("writing the pool status"), "{err}");
+    request.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_died_is_replaced_by_one_that_recovers_the_pool() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(CallKind::WritePoolStatus, Fault::Panic, 1);
+    let err = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, WriteError::Stopped(_)), "{err}");
+    let outcome = w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+    assert_eq!(w.fake.count(CallKind::GetPool), 2);
+}
+
+/// Releases `ip` for pod `pod` through the writer.
+fn release(pod: &str, address: &str) -> Op {
+    Op::Release {
+        ip: ip(address),
+        pod_uid: format!("uid-{pod}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_released_address_is_not_handed_out_again_before_its_cooldown_and_a_full_pool_still_serves() {
+    let w = world(LeaseTuning::default());
+    // Exactly full: a holds the only address.
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.1", &[]));
+    assert_eq!(
+        w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap(),
+        Outcome::Allocated(ip("10.0.0.1"))
+    );
+    w.writers
+        .submit("p", release("a", "10.0.0.1"), TIMEOUT)
+        .await
+        .unwrap();
+    // b asks at once: the old sandbox may still answer ARP for 10.0.0.1, so b waits for the cooldown
+    // (5 s by default) instead of failing or getting it now.
+    let started = tokio::time::Instant::now();
+    let writers = w.writers.clone();
+    let b = tokio::spawn(async move { writers.submit("p", alloc("b"), Duration::from_secs(30)).await });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !b.is_finished(),
+        "b got an address within the cooldown: {:?}",
+        b.await
+    );
+    assert_eq!(b.await.unwrap().unwrap(), Outcome::Allocated(ip("10.0.0.1")));
+    assert!(started.elapsed() >= LeaseTuning::default().release_cooldown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_may_set_its_own_cooldown() {
+    let w = world(LeaseTuning::default());
+    let mut immediate = pool("p", "10.0.0.1-10.0.0.1", &[]);
+    immediate.metadata.annotations = Some(
+        [(
+            crate::ipam::pool::ANNO_RELEASE_COOLDOWN.to_owned(),
+            "0".to_owned(),
+        )]
+        .into(),
+    );
+    w.fake.put_pool(immediate);
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    w.writers
+        .submit("p", release("a", "10.0.0.1"), TIMEOUT)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap(),
+        Outcome::Allocated(ip("10.0.0.1"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn any_timeout_however_large_is_taken_without_panicking() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    let outcome = w.writers.submit("p", alloc("a"), Duration::MAX).await.unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
 }

@@ -124,6 +124,7 @@ pub fn expand_interface_tasks(
                 node_name: node_name.clone(),
                 bonds,
                 vlans,
+                probe: None,
             },
         );
         task.metadata.labels = Some(BTreeMap::from([

@@ -6,8 +6,8 @@
 //!    `Invalid` with every problem and its spec path, `Stalled=True`; change nothing else.
 //! 2. Expand the per-rack interface templates against the live Nodes (watched; any node label change
 //!    re-reconciles every topology).
-//! 3. Give every child a controller owner reference to the SpiderNetwork (interface tasks also a plain
-//!    one to their Node, so a deleted node's task is garbage-collected), strip GitOps tracking labels,
+//! 3. Give every child a controller owner reference to the SpiderNetwork (only the SpiderNetwork: a deleted node's
+//!    task is pruned like any child no longer rendered), strip GitOps tracking labels,
 //!    and stamp the rendered hash ([`diff`]).
 //! 4. [`plan::plan`] against the watch caches of the child kinds: only what differs is written, so a
 //!    reconcile with nothing to do makes no write at all; children labelled with this topology and
@@ -27,7 +27,9 @@
 //! aborts the spawned reconcilers); every step is idempotent, so the next leader just carries on.
 
 pub mod diff;
+pub mod node_trigger;
 pub mod plan;
+pub mod rollout;
 pub mod status;
 pub mod trigger;
 
@@ -40,10 +42,10 @@ use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::runtime::{WatchStreamExt, predicates};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -309,7 +311,8 @@ async fn run_on(
     let (multus, multus_events) = cache::<SpiderMultusConfig>(&client);
     let (tasks, task_events) = cache::<SpiderInterfaceTask>(&client);
     let (nodes, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
-    // Only label changes matter (rack selectors match labels); node heartbeats are ignored.
+    // Label changes (rack selectors match labels) and deletions (a gone node's task is pruned: the
+    // topology is a task's only owner) matter; node heartbeats are ignored.
     let node_events = reflector::reflector(
         node_writer,
         watcher(
@@ -319,8 +322,10 @@ async fn run_on(
         .default_backoff()
         .modify(|node| node.managed_fields_mut().clear()),
     )
-    .touched_objects()
-    .predicate_filter(predicates::labels, Default::default());
+    .scan(HashMap::new(), |labels, event| {
+        futures::future::ready(Some(node_trigger::node_change(labels, event)))
+    })
+    .filter_map(futures::future::ready);
 
     let controller = Controller::new(
         Api::<SpiderNetwork>::all(client.clone()),
@@ -481,6 +486,9 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .iter()
         .map(|t| (t.name_any(), t.spec.node_name.clone()))
         .collect();
+    // The bounded rollout: only some changed tasks are written now (see rollout.rs).
+    let gate = rollout::gate(&network, tasks, &ctx.caches.tasks.state());
+    let (tasks, progress) = (gate.tasks, gate.progress);
     let owner = OwnerReference {
         api_version: SpiderNetwork::api_version(&()).to_string(),
         kind: SpiderNetwork::kind(&()).to_string(),
@@ -489,12 +497,8 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let node_uids: HashMap<String, String> = nodes
-        .iter()
-        .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?)))
-        .collect();
     let compiled = started.elapsed();
-    let desired = desired_children(rendered, tasks, &owner, &node_uids)?;
+    let desired = desired_children(rendered, tasks, &owner)?;
     let stamped = started.elapsed();
     let wanted: HashSet<ChildKey> = desired.iter().map(|d| d.key.clone()).collect();
     let live = ctx.caches.live_children(&name, &wanted);
@@ -528,7 +532,7 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
             Outcome::AddressesInUse,
             problems,
             Some(counts),
-            Some(rollout),
+            Some((rollout, progress)),
         )
         .await?;
         return Ok(Action::requeue(ctx.options.resync));
@@ -564,8 +568,14 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
     } else {
         (Outcome::Applied, ctx.options.resync)
     };
-    ctx.finish(&network, outcome, problems, Some(counts), Some(rollout))
-        .await?;
+    ctx.finish(
+        &network,
+        outcome,
+        problems,
+        Some(counts),
+        Some((rollout, progress)),
+    )
+    .await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -579,7 +589,6 @@ pub fn desired_children(
     rendered: Rendered,
     tasks: Vec<SpiderInterfaceTask>,
     owner: &OwnerReference,
-    node_uids: &HashMap<String, String>,
 ) -> Result<Vec<DesiredChild>, Error> {
     let Rendered {
         reserved_ips,
@@ -613,18 +622,11 @@ pub fn desired_children(
         )?);
     }
     for task in tasks {
-        let mut owners = owners();
-        // Not a controller reference: it only makes a deleted node take its task with it.
-        if let Some(uid) = node_uids.get(&task.spec.node_name) {
-            owners.push(OwnerReference {
-                api_version: "v1".to_string(),
-                kind: "Node".to_string(),
-                name: task.spec.node_name.clone(),
-                uid: uid.clone(),
-                controller: None,
-                block_owner_deletion: None,
-            });
-        }
+        // Only the SpiderNetwork owns a task: the garbage collector deletes a dependent only when
+        // every owner is gone, so a second owner (the Node) would keep a deleted topology's tasks,
+        // and the bonds and VLANs the agent made for them, until the node went. A deleted or
+        // relabelled node's task is pruned by the reconcile its Node event triggers.
+        let owners = owners();
         let source = format!("node {}", task.spec.node_name);
         let mut child = desired_child(ChildObject::InterfaceTask(Box::new(task)), owners, None)?;
         child.source = source;
@@ -768,7 +770,10 @@ impl Context {
         outcome: Outcome,
         problems: Vec<Problem>,
         counts: Option<RenderedCounts>,
-        nodes: Option<spiderpool_schema::network::NodeRollout>,
+        nodes: Option<(
+            spiderpool_schema::network::NodeRollout,
+            spiderpool_schema::rollout::RolloutProgress,
+        )>,
     ) -> Result<(), Error> {
         let name = network.name_any();
         self.set_waiting_for_addresses(&name, outcome == Outcome::AddressesInUse);
@@ -795,7 +800,8 @@ impl Context {
             outcome,
             problems,
             counts,
-            nodes,
+            rollout: nodes.as_ref().map(|(_, progress)| progress.clone()),
+            nodes: nodes.map(|(nodes, _)| nodes),
             previous,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         });

@@ -8,9 +8,14 @@
 //! - scan-all: at start and every [`ReclaimConfig::scan_interval`] (and on demand through
 //!   [`scan_all`]), every record of every pool.
 //!
-//! Releasing is a read-modify-write of the pool's `allocatedIPs` with its resourceVersion (retried on
-//! 409) that removes a record only if it still names the same pod UID, so a record the node daemon
-//! reassigned in between is left alone. Then the endpoint's finalizer is removed and it is deleted.
+//! Nothing is freed on one look: a record (or a gone node's reservation, or an unneeded endpoint)
+//! judged releasable is released only when a look at least [`ReclaimConfig::confirm_after`] later
+//! judges it so again with nothing in between finding it alive ([`decide::Suspects`]); the first look
+//! schedules the second. Right before writing, the pod (or node) is read once more and judged again.
+//! Releasing is then a read-modify-write of the pool's `allocatedIPs` with its resourceVersion
+//! (retried on 409) that removes a record only if it still names the same pod UID, so a record the
+//! node daemon reassigned in between is left alone. Then the endpoint's finalizer is removed and it
+//! is deleted.
 
 pub mod decide;
 
@@ -36,8 +41,8 @@ use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool};
 use tokio::sync::Mutex;
 
 use self::decide::{
-    EndpointFacts, GcFlags, Phase, PodFacts, Record, Reservation, StatefulSetFacts, Verdict, World, decide,
-    outdated_endpoints,
+    EndpointFacts, GcFlags, Phase, PodFacts, Record, Reservation, StatefulSetFacts, SuspectKey, Suspects,
+    Verdict, World, decide, outdated_endpoints,
 };
 use super::cache::SharedCache;
 use super::ippool::{PoolError, is_conflict, is_not_found, update_allocations};
@@ -59,8 +64,13 @@ pub struct ReclaimConfig {
     /// Delete endpoints no record and no pod needs (upstream's `enableCleanOutdatedEndpoint`, off
     /// there by default; on here because such endpoints otherwise keep their finalizer forever).
     pub clean_outdated_endpoints: bool,
+    /// How long after a first look judged an address releasable a second look must judge it so
+    /// again before it is freed: the grace period of every release ([`decide::Suspects`]).
+    pub confirm_after: Duration,
     /// Counters.
     pub metrics: GcMetrics,
+    /// What looks judged releasable and since when, shared by every copy of this configuration.
+    pub suspects: Arc<std::sync::Mutex<Suspects>>,
 }
 
 impl Default for ReclaimConfig {
@@ -72,7 +82,9 @@ impl Default for ReclaimConfig {
             max_retries: 5,
             flags: GcFlags::default(),
             clean_outdated_endpoints: true,
+            confirm_after: Duration::from_secs(15),
             metrics: GcMetrics::default(),
+            suspects: Arc::default(),
         }
     }
 }
@@ -155,6 +167,33 @@ fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> ReclaimError {
     move |source| ReclaimError::Kube { action, source }
 }
 
+impl ReclaimConfig {
+    fn suspects(&self) -> std::sync::MutexGuard<'_, Suspects> {
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One look judged `key` releasable at `now`: whether it is confirmed (else it is listed in
+    /// `report.wait` for the look that may confirm it, under `pod`).
+    fn confirmed(
+        &self,
+        key: SuspectKey,
+        now: Timestamp,
+        pod: (&str, &str),
+        report: &mut ReclaimReport,
+    ) -> bool {
+        match self.suspects().judged_dead(key, now, self.confirm_after) {
+            Ok(()) => true,
+            Err(at) => {
+                report.wait.push(((pod.0.to_owned(), pod.1.to_owned()), at));
+                report.unconfirmed += 1;
+                false
+            }
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReclaimReport {
@@ -162,8 +201,10 @@ pub struct ReclaimReport {
     pub released: Vec<(String, String, String, &'static str)>,
     /// Endpoints deleted, `(namespace, name)`.
     pub endpoints_deleted: Vec<(String, String)>,
-    /// Pods to look at again and when (grace periods still running).
+    /// Pods to look at again and when (grace periods still running, releases to confirm).
     pub wait: Vec<((String, String), Timestamp)>,
+    /// Releases judged due by this look that wait for a second one.
+    pub unconfirmed: usize,
 }
 
 fn records_of(pool: &SpiderIPPool) -> Vec<Record> {
@@ -206,8 +247,28 @@ async fn release_reservations(
     report: &mut ReclaimReport,
 ) -> Result<(), ReclaimError> {
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let now = Timestamp::now();
     let mut by_pool: BTreeMap<String, Vec<Reservation>> = BTreeMap::new();
     for reservation in stale {
+        let key = SuspectKey::Reservation {
+            pool: reservation.pool.clone(),
+            ip: reservation.ip.clone(),
+            node: reservation.node.clone(),
+        };
+        if !config.confirmed(key.clone(), now, ("", ""), report) {
+            continue;
+        }
+        // Read the node once more right before writing.
+        if nodes
+            .get_opt(&reservation.node)
+            .await
+            .map_err(kube_err("reading a node"))?
+            .is_some()
+        {
+            config.suspects().judged_alive(&key);
+            continue;
+        }
         by_pool
             .entry(reservation.pool.clone())
             .or_default()
@@ -407,34 +468,73 @@ async fn observe(
     Ok(world)
 }
 
-/// Applies the verdicts: removes released records pool by pool, then deletes endpoints.
+/// Applies the verdicts of one look (`world`): releases only what an earlier look already judged
+/// releasable ([`ReclaimConfig::confirmed`]) and what the pod, read once more now, still leaves
+/// releasable; removes those records pool by pool, then deletes endpoints (`extra_endpoints`:
+/// endpoints nothing needs, under the same two-look rule).
 async fn apply(
     client: &Client,
     config: &ReclaimConfig,
+    mut world: World,
     verdicts: Vec<(Record, Verdict)>,
-    extra_endpoints: Vec<(String, String)>,
+    extra_endpoints: Vec<(String, String, String)>,
 ) -> Result<ReclaimReport, ReclaimError> {
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
     let mut report = ReclaimReport::default();
     let mut by_pool: BTreeMap<String, Vec<(Record, decide::ReleaseReason)>> = BTreeMap::new();
     let mut endpoints: Vec<(String, String)> = Vec::new();
+    let now = Timestamp::now();
     for (record, verdict) in verdicts {
-        match verdict {
-            Verdict::Keep(_) => {}
-            Verdict::WaitUntil(at) => report.wait.push(((record.namespace, record.name), at)),
+        let key = SuspectKey::record(&record);
+        let (reason, delete_endpoint) = match verdict {
+            Verdict::Keep(_) => {
+                config.suspects().judged_alive(&key);
+                continue;
+            }
+            Verdict::WaitUntil(at) => {
+                config.suspects().judged_alive(&key);
+                report.wait.push(((record.namespace, record.name), at));
+                continue;
+            }
             Verdict::Release {
                 reason,
                 delete_endpoint,
-            } => {
-                if let Some(ep) = delete_endpoint {
-                    endpoints.push(ep);
-                }
-                by_pool
-                    .entry(record.pool.clone())
-                    .or_default()
-                    .push((record, reason));
-            }
+            } => (reason, delete_endpoint),
+        };
+        let pod = (record.namespace.as_str(), record.name.as_str());
+        if !config.confirmed(key.clone(), now, pod, &mut report) {
+            continue;
         }
+        // Read the pod once more right before writing, and judge again.
+        let fresh = Api::<Pod>::namespaced(client.clone(), &record.namespace)
+            .get_opt(&record.name)
+            .await
+            .map_err(kube_err("reading a pod"))?;
+        let pod_key = (record.namespace.clone(), record.name.clone());
+        match fresh {
+            Some(pod) => world.pods.insert(pod_key, pod_facts(&pod)),
+            None => world.pods.remove(&pod_key),
+        };
+        if !matches!(
+            decide(&record, &world, now, &config.flags),
+            Verdict::Release { .. }
+        ) {
+            tracing::info!(
+                pool = %record.pool,
+                ip = %record.ip,
+                pod = %format!("{}/{}", record.namespace, record.name),
+                "a second look found the pod alive; keeping the address"
+            );
+            config.suspects().judged_alive(&key);
+            continue;
+        }
+        if let Some(ep) = delete_endpoint {
+            endpoints.push(ep);
+        }
+        by_pool
+            .entry(record.pool.clone())
+            .or_default()
+            .push((record, reason));
     }
     let mut first_error = None;
     for (pool, releases) in by_pool {
@@ -481,7 +581,16 @@ async fn apply(
             }
         }
     }
-    endpoints.extend(extra_endpoints);
+    for (namespace, name, uid) in extra_endpoints {
+        let key = SuspectKey::Endpoint {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid,
+        };
+        if config.confirmed(key, now, (&namespace, &name), &mut report) {
+            endpoints.push((namespace, name));
+        }
+    }
     endpoints.sort();
     endpoints.dedup();
     for (namespace, name) in endpoints {
@@ -578,16 +687,35 @@ async fn scan(client: &Client, config: &ReclaimConfig, pools: &Pools) -> Result<
         .iter()
         .map(|r| (r.clone(), decide(r, &world, now, &config.flags)))
         .collect();
-    let outdated = if config.clean_outdated_endpoints {
+    let outdated: Vec<(String, String, String)> = if config.clean_outdated_endpoints {
         outdated_endpoints(&world, &records)
+            .into_iter()
+            .map(|(namespace, name)| {
+                let uid = world
+                    .endpoints
+                    .get(&(namespace.clone(), name.clone()))
+                    .map(|e| e.uid.clone())
+                    .unwrap_or_default();
+                (namespace, name, uid)
+            })
+            .collect()
     } else {
         Vec::new()
     };
-    let mut report = apply(client, config, verdicts, outdated).await?;
     let stale: Vec<Reservation> = reservations
         .into_iter()
         .filter(|r| decide::release_reservation(r, &world))
         .collect();
+    // Suspicions no look has confirmed or cleared for a long while concern records gone some other way.
+    if let Ok(horizon) = now.checked_sub(
+        k8s_openapi::jiff::SignedDuration::try_from(
+            config.scan_interval.saturating_mul(3) + config.confirm_after,
+        )
+        .unwrap_or_default(),
+    ) {
+        config.suspects().forget_older_than(horizon);
+    }
+    let mut report = apply(client, config, world, verdicts, outdated).await?;
     release_reservations(client, config, stale, &mut report).await?;
     tracing::debug!(
         records = records.len(),
@@ -636,7 +764,7 @@ pub async fn reclaim_pod(
         .iter()
         .map(|r| (r.clone(), decide(r, &world, now, &config.flags)))
         .collect();
-    apply(client, config, verdicts, Vec::new()).await
+    apply(client, config, world, verdicts, Vec::new()).await
 }
 
 /// When a pod should be looked at, from a watch event; `None` for pods that are fine.
@@ -792,11 +920,38 @@ async fn run_scanning(client: Client, config: ReclaimConfig, pools: Pools) -> an
                 return;
             }
             let mut tick = tokio::time::interval(config.scan_interval);
+            // When a scan judged something releasable, the look that may confirm it comes as soon as
+            // it can rather than a whole interval later.
+            let mut confirm_at: Option<tokio::time::Instant> = None;
             loop {
-                tick.tick().await;
-                if let Err(e) = scan(&client, &config, &pools).await {
-                    config.metrics.failures.inc();
-                    tracing::warn!(error = %e, "reclaim scan failed");
+                let follow_up = async {
+                    match confirm_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = follow_up => {}
+                }
+                confirm_at = None;
+                match scan(&client, &config, &pools).await {
+                    Ok(report) if report.unconfirmed > 0 => {
+                        let wait = report
+                            .wait
+                            .iter()
+                            .map(|(_, at)| at.duration_since(Timestamp::now()))
+                            .min()
+                            .and_then(|d| std::time::Duration::try_from(d).ok())
+                            .unwrap_or(config.confirm_after)
+                            .max(config.trace_interval);
+                        confirm_at = Some(tokio::time::Instant::now() + wait);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        config.metrics.failures.inc();
+                        tracing::warn!(error = %e, "reclaim scan failed");
+                    }
                 }
             }
         }

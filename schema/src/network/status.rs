@@ -25,6 +25,9 @@ pub struct SpiderNetworkStatus {
     /// Node interface task rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<NodeRollout>,
+    /// Progress of the bounded rollout of interface changes (see `spec.rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutProgress>,
     /// Addresses allocated and free, per subnet, rack and app binding (from the pools' status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,

@@ -42,3 +42,22 @@ pub fn bonding_status(bond: &str) -> Result<String> {
     std::fs::read_to_string(format!("/proc/net/bonding/{bond}"))
         .with_context(|| format!("reading /proc/net/bonding/{bond}"))
 }
+
+/// Creates dummy links `names` (stand-ins for NICs) and brings them up.
+pub fn dummies(names: &[&str]) -> Result<()> {
+    for name in names {
+        ip(&["link", "add", name, "type", "dummy"])?;
+        ip(&["link", "set", name, "up"])?;
+    }
+    Ok(())
+}
+
+/// `ip -d link show dev <name>`, or `<the error>` (for assertion messages).
+pub fn link_details(name: &str) -> String {
+    ip(&["-d", "link", "show", "dev", name]).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// Whether link `name` exists.
+pub fn link_exists(name: &str) -> bool {
+    ip(&["link", "show", "dev", name]).is_ok()
+}

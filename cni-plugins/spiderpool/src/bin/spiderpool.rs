@@ -6,15 +6,16 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use spiderpool_cni::plugin::{self, Invocation, Outcome};
+use spiderpool_cni_common::invocation;
 
 fn main() -> ExitCode {
     let invocation = Invocation::from_env(|name| std::env::var(name).ok());
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => plugin::run(&invocation, &stdin),
+        Ok(_) => invocation::guarded(|| plugin::run(&invocation, &stdin)),
         Err(error) => Outcome {
             stdout: serde_json::json!({
-                "cniVersion": spiderpool_cni::cni::LATEST_VERSION,
+                "cniVersion": spiderpool_cni_common::cni::LATEST_VERSION,
                 "code": spiderpool_agent_api::codes::IO_FAILURE,
                 "msg": format!("stdin: {error}"),
                 "details": "",

@@ -197,13 +197,37 @@ impl Run {
     }
 }
 
-/// Runs the plugin binary with exactly these environment variables and stdin; kills it and fails
-/// if it is still running after `limit`.
+/// The runtime's environment a test's netconf implies, for what `env` does not set: the directory
+/// of `ipam.log_file_path` is the log directory and `ipam.ipam_unix_socket_path` is the runtime's
+/// socket (the plugin refuses files and sockets outside those, see `untrusted_input.rs`).
+fn runtime_env(env: &[(&str, &str)], stdin: &[u8]) -> Vec<(String, String)> {
+    let Ok(conf) = serde_json::from_slice::<serde_json::Value>(stdin) else {
+        return Vec::new();
+    };
+    let ipam = &conf["ipam"];
+    let log_dir = ipam["log_file_path"]
+        .as_str()
+        .and_then(|path| Path::new(path).parent())
+        .map(|dir| dir.display().to_string());
+    let socket = ipam["ipam_unix_socket_path"].as_str().map(str::to_owned);
+    [
+        ("SPIDERPOOL_CNI_LOG_DIR", log_dir),
+        ("SPIDERPOOL_IPAM_UNIX_SOCKET_PATH", socket),
+    ]
+    .into_iter()
+    .filter(|(name, _)| !env.iter().any(|(given, _)| given == name))
+    .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+    .collect()
+}
+
+/// Runs the plugin binary with exactly these environment variables (plus [`runtime_env`]) and
+/// stdin; kills it and fails if it is still running after `limit`.
 pub fn run_plugin(env: &[(&str, &str)], stdin: &[u8], limit: Duration) -> Run {
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_spiderpool"))
         .env_clear()
         .envs(env.iter().copied())
+        .envs(runtime_env(env, stdin))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -94,8 +94,16 @@ impl Node {
             .plan_round(now, &tuning, gives_addresses(ops), !ops.is_empty(), force)?;
         let kept = self.state.check_spec(&mut plan, usable, IpFamily::V4);
         let output = decide(records, self.name, usable, &plan, &kept, ops);
-        self.state
-            .committed(&plan, &output.reserved, records, usable, Some(1), None, now);
+        self.state.committed(
+            &plan,
+            &output,
+            records,
+            usable,
+            Some(1),
+            None,
+            now,
+            &Tuning::default(),
+        );
         Some(output)
     }
 }
@@ -121,6 +129,8 @@ fn decide(
             converting: &plan.converting,
             releasing: &plan.releasing,
             keep_released: plan.keep_released,
+            hold_releases: plan.hold_releases,
+            cooling: plan.cooling,
             returning: &plan.returning,
             kept,
             ops,
@@ -133,7 +143,10 @@ fn decide(
 fn nothing_is_answered_before_recovery() {
     let mut state = Reservations::default();
     let now = Instant::now();
-    assert_eq!(state.answer(&alloc("a"), now, open_gate), None);
+    assert_eq!(
+        state.answer(&alloc("a"), now, &Tuning::default(), open_gate),
+        None
+    );
     assert!(!state.is_ready());
     assert!(state.needs_spec_check());
 }
@@ -155,11 +168,11 @@ fn top_up_reserves_for_the_pods_to_come_and_handout_needs_no_write() {
     // The next ADD is answered at once from a reservation, and a retried one gets the same.
     let t1 = t0 + Duration::from_millis(10);
     assert_eq!(
-        node.state.answer(&alloc("b"), t1, open_gate),
+        node.state.answer(&alloc("b"), t1, &Tuning::default(), open_gate),
         Some(Outcome::Allocated(ip("10.0.0.2")))
     );
     assert_eq!(
-        node.state.answer(&alloc("b"), t1, open_gate),
+        node.state.answer(&alloc("b"), t1, &Tuning::default(), open_gate),
         Some(Outcome::Allocated(ip("10.0.0.2")))
     );
     assert_eq!(node.state.handed().len(), 1);
@@ -197,7 +210,10 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
             reserved: IpSet::empty(IpFamily::V4),
         })
     };
-    assert_eq!(node.state.answer(&alloc("b"), t0, changed), None);
+    assert_eq!(
+        node.state.answer(&alloc("b"), t0, &Tuning::default(), changed),
+        None
+    );
     let deleting = |_: IpFamily| {
         Some(HandoutGate {
             version: None,
@@ -206,7 +222,10 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
             reserved: IpSet::empty(IpFamily::V4),
         })
     };
-    assert_eq!(node.state.answer(&alloc("b"), t0, deleting), None);
+    assert_eq!(
+        node.state.answer(&alloc("b"), t0, &Tuning::default(), deleting),
+        None
+    );
     let reserved_ip = |_: IpFamily| {
         Some(HandoutGate {
             version: None,
@@ -215,7 +234,11 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
             reserved: IpSet::parse_list(IpFamily::V4, &["10.0.0.2"]).unwrap(),
         })
     };
-    assert_eq!(node.state.answer(&alloc("b"), t0, reserved_ip), None);
+    assert_eq!(
+        node.state
+            .answer(&alloc("b"), t0, &Tuning::default(), reserved_ip),
+        None
+    );
 }
 
 #[test]
@@ -227,22 +250,34 @@ fn releases_of_handouts_free_them_at_once_and_recorded_ones_become_reservations(
     node.state.note_demand(t0);
     node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
         .unwrap();
-    let b = node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    let b = node
+        .state
+        .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
+        .unwrap();
     assert_eq!(b, Outcome::Allocated(ip("10.0.0.2")));
-    // Released before it was recorded: unused again, no write needed.
+    // Released before it was recorded: no write needed; unused again once it has cooled down.
     assert_eq!(
-        node.state.answer(&release("10.0.0.2", "b"), t0, open_gate),
+        node.state
+            .answer(&release("10.0.0.2", "b"), t0, &Tuning::default(), open_gate),
         Some(Outcome::Released(true))
     );
+    assert!(!node.state.free().contains(&ip("10.0.0.2")));
+    assert!(node.state.cooling().contains_key(&ip("10.0.0.2")));
+    node.state.cool(t0 + Tuning::default().release_cooldown);
     assert!(node.state.free().contains(&ip("10.0.0.2")));
     // A recorded address: answered at once, recorded as this node's reservation by the next round.
     assert_eq!(
-        node.state.answer(&release("10.0.0.1", "a"), t0, open_gate),
+        node.state
+            .answer(&release("10.0.0.1", "a"), t0, &Tuning::default(), open_gate),
         Some(Outcome::Released(true))
     );
     assert_eq!(node.state.releasing().len(), 1);
     // A release by a pod that does not hold the address goes through a write.
-    assert_eq!(node.state.answer(&release("10.0.0.3", "x"), t0, open_gate), None);
+    assert_eq!(
+        node.state
+            .answer(&release("10.0.0.3", "x"), t0, &Tuning::default(), open_gate),
+        None
+    );
     let out = node
         .round(
             &mut records,
@@ -321,9 +356,11 @@ fn a_conflict_puts_handouts_back_and_gives_nothing_back_twice() {
     node.state.note_demand(t0);
     node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
         .unwrap();
-    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
     node.state
-        .answer(&release("10.0.0.1", "a"), t0, open_gate)
+        .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
+        .unwrap();
+    node.state
+        .answer(&release("10.0.0.1", "a"), t0, &Tuning::default(), open_gate)
         .unwrap();
     // The round conflicts (another node wrote first): it is abandoned.
     let later = t0 + tuning.idle_return;
@@ -335,7 +372,11 @@ fn a_conflict_puts_handouts_back_and_gives_nothing_back_twice() {
     assert_eq!(node.state.handed().len(), 1);
     assert_eq!(node.state.releasing().len(), 1);
     assert!(node.state.free().is_disjoint(&returning));
-    assert_eq!(node.state.answer(&alloc("c"), later, open_gate), None);
+    assert_eq!(
+        node.state
+            .answer(&alloc("c"), later, &Tuning::default(), open_gate),
+        None
+    );
 }
 
 #[test]
@@ -370,7 +411,9 @@ fn reservations_the_operator_removed_are_reported_lost_never_handed_again() {
     node.state.note_demand(t0);
     node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
         .unwrap();
-    node.state.answer(&alloc("b"), t0, open_gate).unwrap();
+    node.state
+        .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
+        .unwrap();
     // Someone removed this node's reservations and another node took the handed-out one.
     records.retain(|_, r| r.reservation().is_none());
     records.insert("10.0.0.2".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
@@ -404,10 +447,10 @@ fn recovery_hands_back_out_nothing_until_the_spec_is_checked() {
     assert_eq!(state.address_of("uid-a"), Some(ip("10.0.0.1")));
     assert_eq!(state.address_of("uid-z"), Some(ip("10.0.0.3")));
     // The gate's generation is known; the state's is not until a round checked the spec.
-    assert_eq!(state.answer(&alloc("b"), t0, open_gate), None);
+    assert_eq!(state.answer(&alloc("b"), t0, &Tuning::default(), open_gate), None);
     // A retried ADD of a recovered pod is answered.
     assert_eq!(
-        state.answer(&alloc("a"), t0, open_gate),
+        state.answer(&alloc("a"), t0, &Tuning::default(), open_gate),
         Some(Outcome::Allocated(ip("10.0.0.1")))
     );
 }
@@ -435,11 +478,11 @@ fn a_retried_add_is_answered_from_memory_only_while_the_pool_is_as_last_read_or_
         }
     };
     assert_eq!(
-        state.answer(&alloc("a"), t0, at("7")),
+        state.answer(&alloc("a"), t0, &Tuning::default(), at("7")),
         Some(Outcome::Allocated(ip("10.0.0.3")))
     );
     // Someone else wrote the pool since (reclaim may have freed a's address): ask the records.
-    assert_eq!(state.answer(&alloc("a"), t0, at("8")), None);
+    assert_eq!(state.answer(&alloc("a"), t0, &Tuning::default(), at("8")), None);
 }
 
 #[test]
@@ -491,7 +534,7 @@ fn refills_pause_after_a_short_one() {
     assert_eq!(node.state.free().len(), 11);
     for i in 0..6 {
         node.state
-            .answer(&alloc(&format!("p{i}")), t0, open_gate)
+            .answer(&alloc(&format!("p{i}")), t0, &Tuning::default(), open_gate)
             .unwrap();
     }
     node.state.observe(&PoolView {
@@ -526,7 +569,8 @@ fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write()
     node.state.note_demand(t0);
     node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
         .unwrap();
-    let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, open_gate) else {
+    let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, &Tuning::default(), open_gate)
+    else {
         panic!("no handout");
     };
     // The round recording b's address is applied, but its answer is lost and the round is abandoned
@@ -544,8 +588,12 @@ fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write()
     // node's reservation; handing it to c now would leave the pool saying b holds it, and the
     // operator's reclaim would free it under c once b is gone.
     assert_eq!(
-        node.state
-            .answer(&release(&handed.to_string(), "b"), later, open_gate),
+        node.state.answer(
+            &release(&handed.to_string(), "b"),
+            later,
+            &Tuning::default(),
+            open_gate
+        ),
         Some(Outcome::Released(true))
     );
     assert!(
@@ -563,7 +611,91 @@ fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write()
         .unwrap();
     assert!(out.reserved.contains(&handed));
     assert_eq!(records[&handed.to_string()], PoolIPAllocation::reserved_for("n1"));
-    assert!(node.state.free().contains(&handed));
+    assert!(node.state.cooling().contains_key(&handed));
+}
+
+#[test]
+fn released_addresses_cool_down_before_anyone_gets_them_again() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.note_demand(t0);
+    // a holds the only address of a one-address pool.
+    let one = usable("10.0.0.1-10.0.0.1");
+    node.round(&mut records, &one, &[alloc("a")], t0, false).unwrap();
+    node.state
+        .answer(&release("10.0.0.1", "a"), t0, &tuning, open_gate)
+        .unwrap();
+    // The write after a's DEL keeps the address as this node's reservation, cooling down; b, asking
+    // meanwhile, waits instead of failing: the pool is full, not exhausted for good.
+    let t1 = t0 + Duration::from_millis(300);
+    let out = node.round(&mut records, &one, &[alloc("b")], t1, false).unwrap();
+    assert!(
+        matches!(&out.outcomes[0], Outcome::Wait(why) if why.contains("cools down")),
+        "{:?}",
+        out.outcomes
+    );
+    assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.free().is_empty());
+    assert_eq!(node.state.answer(&alloc("b"), t1, &tuning, open_gate), None);
+    // Nor does it go back to the pool (for another node to take) while it cools, idle or not.
+    let t2 = t0 + tuning.idle_return + Duration::from_millis(100);
+    assert!(t2 < t0 + tuning.release_cooldown);
+    if let Some(plan) = node.state.plan_round(t2, &tuning, 0, false, false) {
+        assert!(plan.returning.is_empty(), "{plan:?}");
+        node.state.abandoned(plan, t2);
+    }
+    // Once cooled, it is handed to the next pod.
+    let due = node.state.next_due(t1, &tuning).unwrap();
+    assert!(due <= t1 + tuning.release_cooldown);
+    let t3 = t1 + tuning.release_cooldown;
+    assert_eq!(
+        node.state.answer(&alloc("b"), t3, &tuning, open_gate),
+        Some(Outcome::Allocated(ip("10.0.0.1")))
+    );
+}
+
+#[test]
+fn a_release_through_a_write_is_held_and_not_given_to_the_same_batch() {
+    let t0 = Instant::now();
+    let mut records = BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
+    let two = usable("10.0.0.1-10.0.0.2");
+    let mut node = Node::started("n1", &mut records, t0);
+    // A release this node does not know the holder of (say after a restart), then an allocation,
+    // in one batch: the released address is held, the allocation gets the other one.
+    let out = node
+        .round(
+            &mut records,
+            &two,
+            &[release("10.0.0.1", "a"), alloc("b")],
+            t0,
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        out.outcomes,
+        [Outcome::Released(true), Outcome::Allocated(ip("10.0.0.2"))]
+    );
+    assert_eq!(records["10.0.0.1"], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.cooling().contains_key(&ip("10.0.0.1")));
+    // With no cooldown, a release frees the address for the same batch, as before.
+    let mut records = BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
+    let mut plan = RoundPlan::default();
+    let kept = BTreeSet::new();
+    plan.hold_releases = false;
+    let out = decide(
+        &mut records,
+        "n1",
+        &usable("10.0.0.1-10.0.0.1"),
+        &plan,
+        &kept,
+        &[release("10.0.0.1", "a"), alloc("b")],
+    );
+    assert_eq!(
+        out.outcomes,
+        [Outcome::Released(true), Outcome::Allocated(ip("10.0.0.1"))]
+    );
 }
 
 /// What a simulated node did.
@@ -621,7 +753,7 @@ proptest! {
                     let pod = new_pod();
                     nodes[n].state.note_demand(now);
                     nodes[n].state.set_upcoming(3);
-                    if let Some(Outcome::Allocated(ip)) = nodes[n].state.answer(&alloc(&pod), now, open_gate) {
+                    if let Some(Outcome::Allocated(ip)) = nodes[n].state.answer(&alloc(&pod), now, &Tuning::default(), open_gate) {
                         ledger.insert(format!("uid-{pod}"), (n, ip));
                     }
                 }
@@ -631,7 +763,7 @@ proptest! {
                         .map(|(uid, (_, ip))| (uid.clone(), *ip)).collect();
                     if let Some((uid, ip)) = mine.get(i % mine.len().max(1)).cloned() {
                         let op = Op::Release { ip, pod_uid: uid.clone() };
-                        let answered = nodes[n].state.answer(&op, now, open_gate);
+                        let answered = nodes[n].state.answer(&op, now, &Tuning::default(), open_gate);
                         if answered.is_none() {
                             nodes[n].round(&mut records, &usable, &[op], now, false);
                         }
@@ -653,7 +785,7 @@ proptest! {
                         // Applied, but the node never learns it: nothing was answered.
                         node.state.abandoned(plan, now);
                     } else {
-                        node.state.committed(&plan, &out.reserved, &records, &usable, Some(1), None, now);
+                        node.state.committed(&plan, &out, &records, &usable, Some(1), None, now, &Tuning::default());
                         for (pod, outcome) in pods.iter().zip(&out.outcomes) {
                             if let Outcome::Allocated(ip) = outcome {
                                 ledger.insert(format!("uid-{pod}"), (n, *ip));
@@ -693,7 +825,7 @@ proptest! {
                 prop_assert!(ok, "{uid}'s {ip} is {record:?}");
             }
             for (n, node) in nodes.iter().enumerate() {
-                for ip in node.state.free() {
+                for ip in node.state.free().iter().chain(node.state.cooling().keys()) {
                     prop_assert_eq!(records.get(&ip.to_string()), Some(&PoolIPAllocation::reserved_for(names[n])));
                     prop_assert!(!ledger.values().any(|(_, held)| held == ip), "{} offers {} which a pod holds", names[n], ip);
                 }

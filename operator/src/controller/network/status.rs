@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use spiderpool_schema::interfacetask::TaskPhase;
 use spiderpool_schema::network::{NodeFailure, NodeRollout, RenderedCounts};
+use spiderpool_schema::rollout::RolloutProgress;
 use spiderpool_schema::validation::Problem;
 use spiderpool_schema::{SpiderInterfaceTask, SpiderNetworkStatus};
 
@@ -45,6 +46,8 @@ pub struct StatusInput<'a> {
     pub counts: Option<RenderedCounts>,
     /// Interface task rollout (absent when nothing could be rendered).
     pub nodes: Option<NodeRollout>,
+    /// The bounded rollout's progress (see `rollout.rs`).
+    pub rollout: Option<RolloutProgress>,
     /// The status currently stored.
     pub previous: Option<&'a SpiderNetworkStatus>,
     /// Now, for conditions that change.
@@ -80,13 +83,37 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
             "WaitingForDeletion",
             "objects being deleted hold names the topology renders; applying them once they are gone".to_string(),
         ),
-        Outcome::Applied => match &nodes {
-            Some(n) if n.failed > 0 => (
+        Outcome::Applied => match (&nodes, &input.rollout) {
+            (_, Some(r)) if !r.conflicts.is_empty() => (
+                false,
+                "InterfaceConflict",
+                format!(
+                    "on {} node(s) this topology's interfaces conflict with another topology's; neither is applied there (see status.rollout.conflicts)",
+                    r.conflicts.iter().map(|c| c.node.as_str()).collect::<std::collections::BTreeSet<_>>().len()
+                ),
+            ),
+            (_, Some(r)) if r.paused => (
+                false,
+                "RolloutPaused",
+                format!(
+                    "the interface rollout is paused: {} node(s) failed or rolled back (see status.nodes.failures); {} wait; change the topology to go on",
+                    r.failed, r.waiting
+                ),
+            ),
+            (Some(n), _) if n.failed > 0 => (
                 false,
                 "NodesFailed",
                 format!("{} of {} nodes failed to set up their interfaces (see status.nodes.failures)", n.failed, n.selected),
             ),
-            Some(n) if n.applied < n.selected => (
+            (Some(n), Some(r)) if r.waiting > 0 => (
+                false,
+                "NodesPending",
+                format!(
+                    "{} of {} nodes have set up their interfaces; {} wait for their turn (at most {} at a time)",
+                    n.applied, n.selected, r.waiting, r.max_unavailable
+                ),
+            ),
+            (Some(n), _) if n.applied < n.selected => (
                 false,
                 "NodesPending",
                 format!("{} of {} nodes have set up their interfaces", n.applied, n.selected),
@@ -97,7 +124,8 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
     // Stalled: nothing will change until someone edits something. Reconciling: work is under way or will
     // be retried.
     let stalled = matches!(input.outcome, Outcome::Invalid | Outcome::NameConflict)
-        || (input.outcome == Outcome::Applied && reason == "NodesFailed");
+        || (input.outcome == Outcome::Applied
+            && matches!(reason, "NodesFailed" | "RolloutPaused" | "InterfaceConflict"));
     let reconciling = !ready && !stalled;
     let previous = input
         .previous
@@ -121,11 +149,22 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
             if stalled { &message } else { "" },
         ),
     ];
+    let mut conditions = conditions;
+    if let Some(progress) = &input.rollout {
+        let paused = progress.paused;
+        conditions.push(condition(
+            "RolloutPaused",
+            paused,
+            if paused { "NodesFailed" } else { "Progressing" },
+            if paused { &message } else { "" },
+        ));
+    }
     SpiderNetworkStatus {
         observed_generation: generation,
         conditions,
         counts: input.counts,
         nodes,
+        rollout: input.rollout,
         // Written by the capacity writer under its own field manager.
         capacity: None,
         problems: input.problems,
@@ -218,6 +257,7 @@ mod tests {
             problems: Vec::new(),
             counts: None,
             nodes: None,
+            rollout: None,
             previous,
             now: time(now),
         }

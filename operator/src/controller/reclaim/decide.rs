@@ -461,6 +461,102 @@ pub fn outdated_endpoints(world: &World, records: &[Record]) -> Vec<(String, Str
     out
 }
 
+/// What a release is about, for [`Suspects`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SuspectKey {
+    /// A pod's record: pool, address and the pod UID it names.
+    Record {
+        /// Pool name.
+        pool: String,
+        /// The address.
+        ip: String,
+        /// The UID the record names.
+        pod_uid: String,
+    },
+    /// A node agent's reservation: pool, address, node.
+    Reservation {
+        /// Pool name.
+        pool: String,
+        /// The address.
+        ip: String,
+        /// The node.
+        node: String,
+    },
+    /// An endpoint nothing needs: namespace, name and the pod UID it describes.
+    Endpoint {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The UID it describes.
+        uid: String,
+    },
+}
+
+impl SuspectKey {
+    /// The key of a pod's record.
+    pub fn record(record: &Record) -> Self {
+        SuspectKey::Record {
+            pool: record.pool.clone(),
+            ip: record.ip.clone(),
+            pod_uid: record.pod_uid.clone(),
+        }
+    }
+}
+
+/// What reclaim has judged releasable, and since when. One look is not enough to free an address: a
+/// list may lag (a pod created a moment ago, a watch cache behind), a pod may be between
+/// incarnations. A release is carried out only when a look at least `confirm_after` after the first
+/// that judged it releasable judges it so again, with nothing in between judging it alive (that
+/// forgets the first look); the caller then checks the pod once more right before writing.
+#[derive(Debug, Clone, Default)]
+pub struct Suspects {
+    since: HashMap<SuspectKey, Timestamp>,
+}
+
+impl Suspects {
+    /// One look at `now` judged `key` releasable: `Ok` when an earlier look did so at least
+    /// `confirm_after` before, else `Err` with when the next look may confirm it.
+    pub fn judged_dead(
+        &mut self,
+        key: SuspectKey,
+        now: Timestamp,
+        confirm_after: Duration,
+    ) -> Result<(), Timestamp> {
+        let first = *self.since.entry(key.clone()).or_insert(now);
+        let confirm_at = first
+            .saturating_add(SignedDuration::try_from(confirm_after).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX);
+        if now >= confirm_at {
+            self.since.remove(&key);
+            Ok(())
+        } else {
+            Err(confirm_at)
+        }
+    }
+
+    /// A look judged `key` alive (or it is gone): the next suspicion starts afresh.
+    pub fn judged_alive(&mut self, key: &SuspectKey) {
+        self.since.remove(key);
+    }
+
+    /// Forgets suspicions first raised before `before` that no look confirmed or cleared since (the
+    /// record went away some other way): keeps the ledger from growing.
+    pub fn forget_older_than(&mut self, before: Timestamp) {
+        self.since.retain(|_, since| *since >= before);
+    }
+
+    /// How many suspicions wait for confirmation.
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +603,30 @@ mod tests {
                 HashSet::new()
             },
         }
+    }
+
+    #[test]
+    fn a_release_needs_a_second_look_some_time_after_the_first_with_nothing_alive_between() {
+        let mut suspects = Suspects::default();
+        let key = SuspectKey::record(&record("web", "u1"));
+        let gap = Duration::from_secs(15);
+        assert_eq!(suspects.judged_dead(key.clone(), at(NOW), gap), Err(at(NOW + 15)));
+        // Looking again too soon confirms nothing, and does not restart the clock.
+        assert_eq!(
+            suspects.judged_dead(key.clone(), at(NOW + 10), gap),
+            Err(at(NOW + 15))
+        );
+        assert_eq!(suspects.judged_dead(key.clone(), at(NOW + 15), gap), Ok(()));
+        assert!(suspects.is_empty());
+        // A look in between that finds it alive starts over.
+        assert!(suspects.judged_dead(key.clone(), at(NOW), gap).is_err());
+        suspects.judged_alive(&key);
+        assert_eq!(
+            suspects.judged_dead(key.clone(), at(NOW + 20), gap),
+            Err(at(NOW + 35))
+        );
+        suspects.forget_older_than(at(NOW + 21));
+        assert_eq!(suspects.len(), 0);
     }
 
     #[test]
