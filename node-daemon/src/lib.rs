@@ -11,6 +11,7 @@
 //!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
 //! - [`config`], [`error`], [`clock`].
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`metrics`].
+//! - [`settings`]: what the chart passes (the spiderpool-conf ConfigMap, upstream's environment).
 
 pub mod ahead;
 pub mod allocator;
@@ -23,5 +24,6 @@ pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod writer;

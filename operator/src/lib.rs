@@ -5,9 +5,11 @@
 pub mod cli;
 pub mod compile;
 pub mod controller;
+pub mod init;
 pub mod leader;
 pub mod metrics;
 pub mod nad;
+pub mod settings;
 pub mod synthetic;
 pub mod telemetry;
 pub mod webhook;

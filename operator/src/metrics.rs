@@ -6,12 +6,18 @@
 
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use kube::ResourceExt as _;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use spiderpool_schema::{SpiderIPPool, SpiderSubnet};
 
 /// Upstream's buckets for every `spiderpool_*` histogram (reference §9), in seconds.
 const DURATION_BUCKETS: [f64; 9] = [0.1, 0.3, 0.5, 1.0, 3.0, 5.0, 7.0, 10.0, 15.0];
@@ -184,6 +190,223 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
+/// One gauge family computed at scrape time: name, help, label key, and one value per label value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaugeSeries {
+    /// Metric name.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// The label naming the object (`pool`, `subnet`, or upstream's `SpiderIPPool`/`SpiderSubnet`);
+    /// `None` for a single unlabelled value.
+    pub label: Option<&'static str>,
+    /// Label value and gauge value.
+    pub values: Vec<(String, i64)>,
+}
+
+/// One pool's or subnet's counts, as its status reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Object name.
+    pub name: String,
+    /// `status.totalIPCount`.
+    pub total: i64,
+    /// `status.allocatedIPCount`.
+    pub allocated: i64,
+    /// Pools a subnet controls (`status.controlledIPPools`); 0 for pools.
+    pub controlled_pools: i64,
+}
+
+impl Capacity {
+    /// Addresses left.
+    pub fn available(&self) -> i64 {
+        (self.total - self.allocated).max(0)
+    }
+}
+
+/// The capacity gauges users alert on (per pool and per subnet: total, allocated, available; the
+/// number of pools and subnets), plus upstream's debug-level names (reference section 9) when
+/// `debug`. Pure: [`CapacityCollector`] feeds it the operator's caches at scrape time.
+pub fn capacity_series(pools: &[Capacity], subnets: &[Capacity], debug: bool) -> Vec<GaugeSeries> {
+    let per = |objects: &[Capacity], f: fn(&Capacity) -> i64| -> Vec<(String, i64)> {
+        objects.iter().map(|c| (c.name.clone(), f(c))).collect()
+    };
+    let count =
+        |objects: &[Capacity]| vec![(String::new(), i64::try_from(objects.len()).unwrap_or(i64::MAX))];
+    let gauge = |name, help, label, values| GaugeSeries {
+        name,
+        help,
+        label,
+        values,
+    };
+    let mut series = vec![
+        gauge(
+            "spiderpool_ippool_total_ip_counts",
+            "Addresses of a SpiderIPPool (its IPs minus excluded ones)",
+            Some("pool"),
+            per(pools, |c| c.total),
+        ),
+        gauge(
+            "spiderpool_ippool_allocated_ip_counts",
+            "Addresses of a SpiderIPPool held by pods",
+            Some("pool"),
+            per(pools, |c| c.allocated),
+        ),
+        gauge(
+            "spiderpool_ippool_available_ip_counts",
+            "Addresses of a SpiderIPPool still free",
+            Some("pool"),
+            per(pools, Capacity::available),
+        ),
+        gauge(
+            "spiderpool_subnet_total_ip_counts",
+            "Addresses of a SpiderSubnet",
+            Some("subnet"),
+            per(subnets, |c| c.total),
+        ),
+        gauge(
+            "spiderpool_subnet_allocated_ip_counts",
+            "Addresses of a SpiderSubnet given to its pools",
+            Some("subnet"),
+            per(subnets, |c| c.allocated),
+        ),
+        gauge(
+            "spiderpool_subnet_available_ip_counts",
+            "Addresses of a SpiderSubnet no pool has yet",
+            Some("subnet"),
+            per(subnets, Capacity::available),
+        ),
+        gauge(
+            "spiderpool_total_ippool_counts",
+            "SpiderIPPools in the cluster",
+            None,
+            count(pools),
+        ),
+        gauge(
+            "spiderpool_total_subnet_counts",
+            "SpiderSubnets in the cluster",
+            None,
+            count(subnets),
+        ),
+    ];
+    if debug {
+        // Upstream's debug-level names and label keys (reference section 9).
+        series.extend([
+            gauge(
+                "spiderpool_debug_ippool_total_ip_counts",
+                "Addresses of a SpiderIPPool",
+                Some("SpiderIPPool"),
+                per(pools, |c| c.total),
+            ),
+            gauge(
+                "spiderpool_debug_ippool_available_ip_counts",
+                "Addresses of a SpiderIPPool still free",
+                Some("SpiderIPPool"),
+                per(pools, Capacity::available),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_ippool_counts",
+                "Pools a SpiderSubnet controls",
+                Some("SpiderSubnet"),
+                per(subnets, |c| c.controlled_pools),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_total_ip_counts",
+                "Addresses of a SpiderSubnet",
+                Some("SpiderSubnet"),
+                per(subnets, |c| c.total),
+            ),
+            gauge(
+                "spiderpool_debug_subnet_available_ip_counts",
+                "Addresses of a SpiderSubnet no pool has yet",
+                Some("SpiderSubnet"),
+                per(subnets, Capacity::available),
+            ),
+        ]);
+    }
+    series
+}
+
+impl From<&SpiderIPPool> for Capacity {
+    fn from(pool: &SpiderIPPool) -> Self {
+        let status = pool.status.clone().unwrap_or_default();
+        Capacity {
+            name: pool.name_any(),
+            total: status.total_ip_count.unwrap_or(0),
+            allocated: status.allocated_ip_count.unwrap_or(0),
+            controlled_pools: 0,
+        }
+    }
+}
+
+impl From<&SpiderSubnet> for Capacity {
+    fn from(subnet: &SpiderSubnet) -> Self {
+        let status = subnet.status.clone().unwrap_or_default();
+        let controlled_pools = status
+            .controlled_ip_pools
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).ok())
+            .map_or(0, |pools| i64::try_from(pools.len()).unwrap_or(i64::MAX));
+        Capacity {
+            name: subnet.name_any(),
+            total: status.total_ip_count.unwrap_or(0),
+            allocated: status.allocated_ip_count.unwrap_or(0),
+            controlled_pools,
+        }
+    }
+}
+
+/// Encodes [`capacity_series`] from the operator's pool and subnet caches on every scrape. The caches
+/// fill only on the leader, so only the leader reports capacity (as upstream's does).
+#[derive(Debug, Clone)]
+pub struct CapacityCollector {
+    /// The shared pool cache.
+    pub pools: Store<SpiderIPPool>,
+    /// A subnet cache.
+    pub subnets: Store<SpiderSubnet>,
+    /// Also upstream's debug-level names.
+    pub debug: bool,
+}
+
+impl Collector for CapacityCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut pools: Vec<Capacity> = self
+            .pools
+            .state()
+            .iter()
+            .map(|p| Capacity::from(p.as_ref()))
+            .collect();
+        let mut subnets: Vec<Capacity> = self
+            .subnets
+            .state()
+            .iter()
+            .map(|s| Capacity::from(s.as_ref()))
+            .collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        subnets.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.pools.is_empty() && self.subnets.is_empty() {
+            return Ok(());
+        }
+        for series in capacity_series(&pools, &subnets, self.debug) {
+            let mut family = encoder.encode_descriptor(series.name, series.help, None, MetricType::Gauge)?;
+            match series.label {
+                Some(key) => {
+                    for (label, value) in &series.values {
+                        let labels = [(key, label.as_str())];
+                        ConstGauge::new(*value).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+                None => {
+                    if let Some((_, value)) = series.values.first() {
+                        ConstGauge::new(*value).encode(family)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The registry in Prometheus text format.
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut text = String::new();
@@ -194,6 +417,65 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_gauges_per_pool_and_subnet_with_upstreams_debug_names() {
+        let pools = vec![
+            Capacity {
+                name: "a".into(),
+                total: 10,
+                allocated: 4,
+                controlled_pools: 0,
+            },
+            Capacity {
+                name: "b".into(),
+                total: 2,
+                allocated: 3,
+                controlled_pools: 0,
+            },
+        ];
+        let subnets = vec![Capacity {
+            name: "s".into(),
+            total: 100,
+            allocated: 12,
+            controlled_pools: 2,
+        }];
+        let plain = capacity_series(&pools, &subnets, false);
+        let by_name = |series: &[GaugeSeries], name: &str| {
+            series
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.values.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            by_name(&plain, "spiderpool_ippool_available_ip_counts"),
+            vec![("a".to_string(), 6), ("b".to_string(), 0)],
+            "an over-full pool reports 0 available, never a negative count"
+        );
+        assert_eq!(
+            by_name(&plain, "spiderpool_subnet_available_ip_counts"),
+            vec![("s".to_string(), 88)]
+        );
+        assert_eq!(
+            by_name(&plain, "spiderpool_total_ippool_counts"),
+            vec![(String::new(), 2)]
+        );
+        assert!(plain.iter().all(|s| !s.name.starts_with("spiderpool_debug_")));
+        let debug = capacity_series(&pools, &subnets, true);
+        assert_eq!(
+            by_name(&debug, "spiderpool_debug_subnet_ippool_counts"),
+            vec![("s".to_string(), 2)]
+        );
+        assert_eq!(
+            debug
+                .iter()
+                .find(|s| s.name == "spiderpool_debug_ippool_total_ip_counts")
+                .unwrap()
+                .label,
+            Some("SpiderIPPool")
+        );
+    }
 
     #[test]
     fn writes_are_counted_per_controller_and_encoded() {

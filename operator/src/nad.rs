@@ -4,9 +4,12 @@
 //! hand-written SpiderMultusConfig and one generated from a SpiderNetwork always render alike (what a
 //! topology network's SpiderMultusConfig holds is the compiler's business: `compile::multus`).
 //!
-//! The JSON keys of each plugin object are emitted in the order upstream's Go structs emit them (and the
-//! top level alphabetically, as a Go map), so a NAD rendered here is byte-identical to upstream's for the
-//! same SpiderMultusConfig: diffs against an upstream cluster stay empty.
+//! The rendering starts from the object as upstream's mutating webhook stores it
+//! ([`SpiderMultusConfig::with_upstream_defaults`]), so an object read back from the API server and the
+//! same object before admission (the topology compiler's) render alike, with upstream's zero values.
+//!
+//! The configuration equals upstream's as JSON (what Multus and the plugins read), not byte for byte:
+//! the keys of some plugin objects come in another order than upstream's Go structs emit them.
 
 use std::collections::BTreeMap;
 
@@ -70,21 +73,20 @@ pub fn render_nad(smc: &SpiderMultusConfig) -> Result<NetworkAttachmentDefinitio
         .cloned()
         .unwrap_or_else(|| nad_name.clone());
 
-    let spec = &smc.spec;
+    let defaulted = smc.with_upstream_defaults();
+    let spec = &defaulted.spec;
     let type_name = spec.cni_type.clone().unwrap_or_else(|| "custom".to_string());
     let cni_type = CniType::parse(&type_name).ok_or(RenderError::UnknownCniType(type_name))?;
     let mut nad_annotations = annotations.clone();
     let config = match cni_type {
-        CniType::Custom => spec
-            .custom_cni
-            .as_deref()
-            .map(|text| {
-                serde_json::from_str::<Value>(text)
-                    .map(|_| text.to_string())
-                    .map_err(|e| RenderError::BadCustomConfig(e.to_string()))
-            })
-            .transpose()?
-            .unwrap_or_default(),
+        // Verbatim; empty (upstream's default) makes a NAD without configuration, for which Multus
+        // reads the file of the NAD's name in its configuration directory.
+        CniType::Custom => match spec.custom_cni.as_deref().unwrap_or_default() {
+            "" => String::new(),
+            text => serde_json::from_str::<Value>(text)
+                .map(|_| text.to_string())
+                .map_err(|e| RenderError::BadCustomConfig(e.to_string()))?,
+        },
         _ => {
             let plugins = plugin_list(spec, cni_type, &mut nad_annotations)?;
             // Top-level keys in Go-map (alphabetical) order.
@@ -277,7 +279,8 @@ fn plugin_list(
     Ok(head)
 }
 
-/// One master: itself; several: the bond that joins them.
+/// One master: itself (a `bond` next to a single master is not used for the name, as upstream);
+/// several: the bond that joins them.
 fn master_name(
     masters: &[String],
     bond: Option<&BondConfig>,
@@ -285,12 +288,14 @@ fn master_name(
 ) -> Result<String, RenderError> {
     match (masters, bond) {
         ([], _) => Err(RenderError::NoMaster(field)),
-        ([one], None) => Ok(one.clone()),
+        ([one], _) => Ok(one.clone()),
         (_, Some(bond)) => Ok(bond.name.clone()),
         ([first, ..], None) => Ok(first.clone()),
     }
 }
 
+/// Upstream's `ifacer` object: the masters, the VLAN id when not 0, and the `bond` whenever one is
+/// configured (with one master `ifacer` creates only the VLAN interface on it).
 fn ifacer_plugin(masters: &[String], vlan: i32, bond: Option<&BondConfig>) -> Value {
     let mut obj = Map::new();
     obj.insert("type".into(), json!("ifacer"));
@@ -298,11 +303,11 @@ fn ifacer_plugin(masters: &[String], vlan: i32, bond: Option<&BondConfig>) -> Va
     if vlan != 0 {
         obj.insert("vlanID".into(), json!(vlan));
     }
-    if let Some(bond) = bond.filter(|_| masters.len() > 1) {
+    if let Some(bond) = bond {
         let mut b = Map::new();
         b.insert("name".into(), json!(bond.name));
         b.insert("mode".into(), json!(bond.mode));
-        if let Some(options) = bond.options.as_deref().filter(|o| !o.is_empty()) {
+        if let Some(options) = &bond.options {
             b.insert("options".into(), json!(options));
         }
         obj.insert("bond".into(), Value::Object(b));
@@ -382,8 +387,8 @@ fn ovs_plugin(config: &SpiderOvsCniConfig, ipam: Option<Value>) -> Value {
 }
 
 /// Upstream's coordinator object: only what is set, empty strings left out; `podRPFilter` only when
-/// `podCIDRType` is set (upstream quirk §13.10, kept so rendered NADs match upstream's byte for byte;
-/// harmless, since the plugin then takes the cluster default); `hostRuleTable`, `podCIDRType` never.
+/// `podCIDRType` is set (upstream quirk §13.10, kept so rendered NADs equal upstream's; harmless, since
+/// the plugin then takes the cluster default); `hostRuleTable`, `podCIDRType` never.
 fn coordinator_plugin(spec: Option<&CoordinatorSpec>) -> Value {
     let mut obj = Map::new();
     obj.insert("type".into(), json!("coordinator"));
@@ -435,21 +440,32 @@ mod tests {
         serde_saphyr::from_str(yaml).unwrap()
     }
 
-    fn config(yaml: &str) -> (String, NetworkAttachmentDefinition) {
+    fn config(yaml: &str) -> (Value, NetworkAttachmentDefinition) {
         let nad = render_nad(&smc(yaml)).unwrap();
-        (nad.spec.config.clone(), nad)
+        let value = serde_json::from_str(&nad.spec.config).unwrap();
+        (value, nad)
     }
 
     const HEAD: &str = "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: n\n  namespace: ns\n";
 
+    /// The coordinator object of an SMC that says nothing about it: upstream's webhook defaults
+    /// (`mode`, `tunePodRoutes`) and the CRD's (`txQueueLen`), as upstream renders them.
+    fn default_coordinator() -> Value {
+        json!({"type": "coordinator", "mode": "auto", "tunePodRoutes": true, "txQueueLen": 0})
+    }
+
     #[test]
-    fn macvlan_matches_upstreams_documented_nad() {
+    fn macvlan_renders_upstreams_stored_defaults() {
+        // Upstream's docs show `{"type":"coordinator"}`: written before its webhook filled the
+        // coordinator defaults, which its renderer now emits.
         let (cfg, nad) = config(
             "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: macvlan-ens192\n  namespace: kube-system\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens192]\n",
         );
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"0.3.1","name":"macvlan-ens192","plugins":[{"type":"macvlan","master":"ens192","mode":"bridge","ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+            json!({"cniVersion": "0.3.1", "name": "macvlan-ens192", "plugins": [
+                {"type": "macvlan", "master": "ens192", "mode": "bridge", "ipam": {"type": "spiderpool"}},
+                default_coordinator()]})
         );
         assert_eq!(nad.metadata.name.as_deref(), Some("macvlan-ens192"));
         assert_eq!(nad.metadata.namespace.as_deref(), Some("kube-system"));
@@ -457,13 +473,17 @@ mod tests {
     }
 
     #[test]
-    fn sriov_with_rdma_and_mtu_matches_upstream_order() {
+    fn sriov_renders_its_zero_values_with_rdma_and_mtu_in_upstreams_order() {
         let (cfg, nad) = config(&format!(
             "{HEAD}spec:\n  cniType: sriov\n  sriov:\n    resourceName: spidernet.io/mellanox\n    vlanID: 100\n    rdmaIsolation: true\n    mtu: 8000\n"
         ));
+        // `min_tx_rate`/`max_tx_rate` 0 make the SR-IOV plugin clear a rate limit the VF kept from its
+        // previous pod; absent, it would leave the VF as it is.
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"vlan":100,"type":"sriov","ipam":{"type":"spiderpool"}},{"type":"rdma"},{"type":"coordinator"},{"type":"tuning","mtu":8000}]}"#
+            json!({"cniVersion": "0.3.1", "name": "n", "plugins": [
+                {"vlan": 100, "min_tx_rate": 0, "max_tx_rate": 0, "type": "sriov", "ipam": {"type": "spiderpool"}},
+                {"type": "rdma"}, default_coordinator(), {"type": "tuning", "mtu": 8000}]})
         );
         assert_eq!(
             nad.metadata
@@ -472,6 +492,13 @@ mod tests {
                 .get(ANNO_RESOURCE_NAME)
                 .map(String::as_str),
             Some("spidernet.io/mellanox")
+        );
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: sriov\n  sriov:\n    resourceName: r\n"
+        ));
+        assert_eq!(
+            cfg["plugins"][0],
+            json!({"vlan": 0, "min_tx_rate": 0, "max_tx_rate": 0, "type": "sriov", "ipam": {"type": "spiderpool"}})
         );
     }
 
@@ -482,8 +509,36 @@ mod tests {
         ));
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"ifacer","interfaces":["eth1","eth2"],"vlanID":30,"bond":{"name":"bond0","mode":1,"options":"miimon=100"}},{"type":"ipvlan","master":"bond0.30","ipam":{"type":"spiderpool","default_ipv4_ippool":["p4"],"default_ipv6_ippool":["p6"]}},{"type":"tuning"},{"type":"coordinator"}]}"#
+            json!({"cniVersion": "1.0.0", "name": "other", "plugins": [
+                {"type": "ifacer", "interfaces": ["eth1", "eth2"], "vlanID": 30,
+                 "bond": {"name": "bond0", "mode": 1, "options": "miimon=100"}},
+                {"type": "ipvlan", "master": "bond0.30",
+                 "ipam": {"type": "spiderpool", "default_ipv4_ippool": ["p4"], "default_ipv6_ippool": ["p6"]}},
+                {"type": "tuning"}, default_coordinator()]})
         );
+        // Without options, upstream's webhook stores `options: ""`, which ifacer gets.
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: macvlan\n  macvlan:\n    master: [eth1, eth2]\n    bond: {{name: bond0, mode: 4}}\n"
+        ));
+        assert_eq!(
+            cfg["plugins"][0],
+            json!({"type": "ifacer", "interfaces": ["eth1", "eth2"], "bond": {"name": "bond0", "mode": 4, "options": ""}})
+        );
+        assert_eq!(cfg["plugins"][1]["master"], "bond0");
+    }
+
+    #[test]
+    fn one_master_with_a_bond_attaches_to_the_master() {
+        // Upstream: one master means the master; the bond still goes to ifacer, which with a single
+        // interface creates only `eth1.300`.
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: ipvlan\n  ipvlan:\n    master: [eth1]\n    vlanID: 300\n    bond: {{name: bond9, mode: 1}}\n"
+        ));
+        assert_eq!(
+            cfg["plugins"][0],
+            json!({"type": "ifacer", "interfaces": ["eth1"], "vlanID": 300, "bond": {"name": "bond9", "mode": 1, "options": ""}})
+        );
+        assert_eq!(cfg["plugins"][1]["master"], "eth1.300");
     }
 
     #[test]
@@ -493,14 +548,24 @@ mod tests {
         ));
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"vlan","master":"eth1","vlanMode":"manual","vlanId":7,"ipam":{"type":"spiderpool"}}]}"#
+            json!({"cniVersion": "0.3.1", "name": "n", "plugins": [
+                {"type": "vlan", "master": "eth1", "vlanMode": "manual", "vlanId": 7, "ipam": {"type": "spiderpool"}}]})
+        );
+        let (cfg, _) = config(&format!(
+            "{HEAD}spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n"
+        ));
+        assert_eq!(
+            cfg["plugins"][0]["vlanId"], 0,
+            "upstream renders the defaulted vlanID"
         );
         let (cfg, nad) = config(&format!(
             "{HEAD}spec:\n  cniType: ovs\n  ovs:\n    bridge: br1\n    vlan: 5\n    deviceID: '0000:00:01.0'\n    trunk: [{{minID: 10, maxID: 20}}]\n  disableIPAM: true\n"
         ));
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"vlan":5,"type":"ovs","bridge":"br1","deviceID":"0000:00:01.0","trunk":[{"minID":10,"maxID":20}]},{"type":"coordinator"}]}"#
+            json!({"cniVersion": "0.3.1", "name": "n", "plugins": [
+                {"vlan": 5, "type": "ovs", "bridge": "br1", "deviceID": "0000:00:01.0", "trunk": [{"minID": 10, "maxID": 20}]},
+                default_coordinator()]})
         );
         assert_eq!(
             nad.metadata
@@ -510,25 +575,47 @@ mod tests {
                 .map(String::as_str),
             Some("ovs-cni.network.kubevirt.io/br1")
         );
+        let (cfg, _) = config(&format!("{HEAD}spec:\n  cniType: ovs\n  ovs:\n    bridge: br1\n"));
+        assert_eq!(
+            cfg["plugins"][0],
+            json!({"vlan": 0, "type": "ovs", "bridge": "br1", "ipam": {"type": "spiderpool"}}),
+            "an access port of VLAN 0, as upstream renders it"
+        );
         let (cfg, _) = config(&format!(
-            "{HEAD}spec:\n  cniType: ib-sriov\n  ibsriov:\n    resourceName: r\n    pkey: '0x1'\n    linkState: enable\n    rdmaIsolation: true\n"
+            "{HEAD}spec:\n  cniType: ib-sriov\n  ibsriov:\n    resourceName: r\n"
         ));
         assert_eq!(
-            cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"ib-sriov","pkey":"0x1","link_state":"enable","rdmaIsolation":true,"ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+            cfg["plugins"][0],
+            json!({"type": "ib-sriov", "pkey": "", "link_state": "enable", "rdmaIsolation": true,
+                   "ibKubernetesEnabled": false, "ipam": {"type": "spiderpool"}})
         );
         let (cfg, _) = config(&format!(
             "{HEAD}spec:\n  cniType: ipoib\n  ipoib:\n    master: ib0\n"
         ));
         assert_eq!(
             cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"ipoib","master":"ib0","ipam":{"type":"spiderpool"}},{"type":"coordinator"}]}"#
+            json!({"cniVersion": "0.3.1", "name": "n", "plugins": [
+                {"type": "ipoib", "master": "ib0", "ipam": {"type": "spiderpool"}}, default_coordinator()]})
         );
         let custom = r#"{"cniVersion":"0.3.1","name":"calico","type":"calico"}"#;
-        let (cfg, _) = config(&format!(
+        let nad = render_nad(&smc(&format!(
             "{HEAD}spec:\n  cniType: custom\n  customCNI: '{custom}'\n"
-        ));
-        assert_eq!(cfg, custom, "custom configs are used verbatim");
+        )))
+        .unwrap();
+        assert_eq!(nad.spec.config, custom, "custom configs are used verbatim");
+    }
+
+    #[test]
+    fn custom_without_a_configuration_renders_a_nad_without_one() {
+        for spec in [
+            "spec:\n  cniType: custom\n  customCNI: ''\n",
+            "spec:\n  cniType: custom\n",
+            "spec: {}\n",
+        ] {
+            let nad = render_nad(&smc(&format!("{HEAD}{spec}"))).unwrap();
+            assert_eq!(nad.spec.config, "", "{spec}");
+            assert_eq!(nad.metadata.name.as_deref(), Some("n"));
+        }
     }
 
     #[test]
@@ -537,8 +624,9 @@ mod tests {
             "{HEAD}spec:\n  cniType: macvlan\n  macvlan: {{master: [eth0]}}\n  coordinator:\n    mode: underlay\n    tunePodRoutes: false\n    podDefaultRouteNIC: net1\n    podMACPrefix: ''\n    hijackCIDR: [169.254.0.0/16]\n    podRPFilter: 1\n    hostRuleTable: 600\n"
         ));
         assert_eq!(
-            cfg,
-            r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"macvlan","master":"eth0","mode":"bridge","ipam":{"type":"spiderpool"}},{"type":"coordinator","mode":"underlay","tunePodRoutes":false,"podDefaultRouteNic":"net1","hijackCIDR":["169.254.0.0/16"]}]}"#,
+            cfg["plugins"][1],
+            json!({"type": "coordinator", "mode": "underlay", "tunePodRoutes": false, "podDefaultRouteNic": "net1",
+                   "txQueueLen": 0, "hijackCIDR": ["169.254.0.0/16"]}),
             "podRPFilter needs podCIDRType (upstream quirk); hostRuleTable and empty strings are never rendered"
         );
     }

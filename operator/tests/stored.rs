@@ -133,7 +133,7 @@ fn every_rendered_object_is_stored_as_rendered() {
     for (file, network) in examples() {
         let rendered = compile(&network).unwrap();
         for pool in &rendered.ip_pools {
-            let mutated = webhook::ippool::mutate(pool);
+            let mutated = webhook::ippool::mutate(pool, &webhook::Snapshot::default());
             assert_eq!(
                 stored("SpiderIPPool", &mutated),
                 stored("SpiderIPPool", pool),

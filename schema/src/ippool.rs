@@ -84,15 +84,16 @@ use crate::validation::{Problem, Problems, Validate};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderIPPoolSpec {
+    // Immutability of `ipVersion` (and `subnet`) is the validating webhook's rule, as upstream's. No CEL
+    // rule: any CEL rule in a CRD makes the API server append `<nil>: Invalid value: "null": some
+    // validation rules were not checked ...` to every schema refusal of the kind.
     /// IP version of the pool, 4 or 6. Derived from `subnet` when left out. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [4, 6]))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("ipVersion is immutable"))]
     pub ip_version: Option<i64>,
 
     /// Subnet of the pool in canonical CIDR form, e.g. `172.18.0.0/16`. Required and immutable. Pools may
     /// share the same subnet but not overlap a different one.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("subnet is immutable"))]
     pub subnet: String,
 
     /// Addresses the pool hands out: single IPs (`172.18.30.131`) or ranges (`172.18.30.131-172.18.30.140`),
@@ -334,12 +335,34 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// Whether `value` may be a label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting
+/// and ending alphanumeric.
+pub fn is_label_value(value: &str) -> bool {
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pool(yaml: &str) -> SpiderIPPool {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn label_values() {
+        assert!(is_label_value("10-6-0-0-16"));
+        assert!(is_label_value("fd00---64"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("--1-128"));
+        assert!(!is_label_value("---0"));
+        assert!(!is_label_value("has space"));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod annotations;
 pub mod common;
+pub mod conf;
 pub mod coordinator;
 pub mod endpoint;
 pub mod interfacetask;

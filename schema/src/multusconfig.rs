@@ -13,7 +13,7 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 use crate::coordinator::CoordinatorSpec;
-use crate::ippool::is_dns1123_subdomain;
+use crate::ippool::{is_dns1123_subdomain, is_label_value};
 use crate::nad::check_plugin;
 use crate::validation::{Problem, Problems, Validate};
 
@@ -35,9 +35,12 @@ pub const ANNO_NETWORK_RESOURCE_INJECT: &str = "cni.spidernet.io/network-resourc
 
 /// `cniVersion` rendered when the SpiderMultusConfig does not choose one.
 pub const DEFAULT_CNI_VERSION: &str = "0.3.1";
-/// CNI spec versions a SpiderMultusConfig may choose: upstream's four, plus 1.1.0, which our plugins
-/// also speak.
-pub const SUPPORTED_CNI_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// CNI spec versions a SpiderMultusConfig may choose: upstream's four. Not 1.1.0, although our own
+/// plugins speak it: the runtime calls every plugin of a configuration list at the list's version, and
+/// the main plugins a NetworkAttachmentDefinition chains are not ours. The reference plugins Debian 12
+/// ships (macvlan, ipvlan, vlan, tuning; 1.1.1) stop at 1.0.0 and refuse 1.1.0, and the SR-IOV, OVS and
+/// InfiniBand plugins need not speak it either, so every pod on such a network would fail to start.
+pub const SUPPORTED_CNI_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
 /// The values `cniType` accepts, as upstream spells them.
 pub const CNI_TYPES: [&str; 8] = [
@@ -102,9 +105,10 @@ pub struct SpiderMultusConfigSpec {
     pub ipoib: Option<SpiderIpoibCniConfig>,
 
     /// Whether to chain the `coordinator` plugin after the main plugin (routes to the node and services,
-    /// multi-NIC policy routing). Always off for `custom`.
+    /// multi-NIC policy routing). Defaults to true, and to false for `custom`, which never gets it.
+    // No schema default (upstream's CRD has `true`): the webhook fills it per cniType, so that a custom
+    // SMC is stored with `false` as upstream stores it, without rewriting a `true` a user wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = true))]
     pub enable_coordinator: Option<bool>,
 
     /// Leave the `ipam` section out of the main plugin (addresses come from elsewhere, e.g. DHCP or none).
@@ -454,6 +458,84 @@ impl SpiderMultusConfigSpec {
         self.chain_cni_json_data.as_deref().unwrap_or_default()
     }
 
+    /// [`SpiderMultusConfig::with_upstream_defaults`] for the spec.
+    fn apply_upstream_defaults(&mut self) {
+        let empty = || Some(String::new());
+        let cni_type = self.cni_type.get_or_insert_with(|| "custom".to_string());
+        match CniType::parse(cni_type) {
+            Some(CniType::Macvlan | CniType::Ipvlan) => {
+                let config = if CniType::parse(cni_type) == Some(CniType::Macvlan) {
+                    self.macvlan.as_mut()
+                } else {
+                    self.ipvlan.as_mut()
+                };
+                if let Some(c) = config {
+                    c.vlan_id.get_or_insert(0);
+                    fill_shared_nic_defaults(&mut c.rdma_resource_name, c.bond.as_mut(), &mut c.ippools);
+                }
+            }
+            Some(CniType::Vlan) => {
+                if let Some(c) = self.vlan.as_mut() {
+                    let mode = c.vlan_mode.get_or_insert_with(|| "manual".to_string());
+                    if mode == "manual" {
+                        c.vlan_id.get_or_insert(0);
+                    }
+                    fill_shared_nic_defaults(&mut c.rdma_resource_name, c.bond.as_mut(), &mut c.ippools);
+                }
+            }
+            Some(CniType::Sriov) => {
+                if let Some(c) = self.sriov.as_mut() {
+                    c.vlan_id.get_or_insert(0);
+                    c.min_tx_rate_mbps.get_or_insert(0);
+                    c.max_tx_rate_mbps.get_or_insert(0);
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::IbSriov) => {
+                if let Some(c) = self.ibsriov.as_mut() {
+                    c.pkey.get_or_insert_with(String::new);
+                    c.enable_ib_kubernetes.get_or_insert(false);
+                    c.rdma_isolation.get_or_insert(true);
+                    c.link_state.get_or_insert_with(|| "enable".to_string());
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Ipoib) => {
+                if let Some(c) = self.ipoib.as_mut() {
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Ovs) => {
+                if let Some(c) = self.ovs.as_mut() {
+                    c.vlan.get_or_insert(0);
+                    c.ippools.get_or_insert_with(SpiderpoolPools::default);
+                }
+            }
+            Some(CniType::Custom) => {
+                self.custom_cni.get_or_insert_with(String::new);
+            }
+            // Validation refuses it; nothing to fill.
+            None => {}
+        }
+        if self.effective_cni_type() == Some(CniType::Custom) {
+            self.enable_coordinator.get_or_insert(false);
+        } else {
+            self.enable_coordinator.get_or_insert(true);
+            let written = self.coordinator.is_some();
+            let c = self.coordinator.get_or_insert_with(CoordinatorSpec::default);
+            c.mode.get_or_insert_with(|| "auto".to_string());
+            c.tune_pod_routes.get_or_insert(true);
+            c.pod_rp_filter.get_or_insert(0);
+            c.tx_queue_len.get_or_insert(0);
+            c.pod_mac_prefix.get_or_insert_with(String::new);
+            c.pod_default_route_nic.get_or_insert_with(String::new);
+            if !written {
+                c.veth_link_address = empty();
+            }
+        }
+        self.chain_cni_json_data.get_or_insert_with(Vec::new);
+    }
+
     /// Which sub-configurations are set.
     fn sub_configs_set(&self) -> Vec<CniType> {
         [
@@ -517,11 +599,8 @@ impl SpiderMultusConfigSpec {
                 format!("is required when cniType is {}", cni_type.as_str()),
             );
         };
-        let inject = annotations.contains_key(ANNO_RDMA_RESOURCE_INJECT)
-            || annotations.contains_key(ANNO_NETWORK_RESOURCE_INJECT);
-        // For the resource-inject rule: the active sub-configuration's default pools and, for the types
-        // whose resource is optional (macvlan, ipvlan, vlan), its `rdmaResourceName`.
-        let mut injected: Option<(Option<Option<&str>>, Option<&SpiderpoolPools>)> = None;
+        // For the resource-inject rules: what the active sub-configuration offers (see `Injection`).
+        let mut injected: Option<Injection<'_>> = None;
         match cni_type {
             CniType::Macvlan | CniType::Ipvlan => {
                 let config = if cni_type == CniType::Macvlan {
@@ -537,7 +616,10 @@ impl SpiderMultusConfigSpec {
                         check_mtu(problems, &here, c.mtu);
                         check_vlan_id(problems, &format!("{here}.vlanID"), c.vlan_id);
                         check_no_match_master_subnet(problems, &here, c.ippools.as_ref(), cni_type);
-                        injected = Some((Some(c.rdma_resource_name.as_deref()), c.ippools.as_ref()));
+                        injected = Some(Injection::shared_nic(
+                            c.rdma_resource_name.as_deref(),
+                            c.ippools.as_ref(),
+                        ));
                     }
                 }
             }
@@ -563,7 +645,10 @@ impl SpiderMultusConfigSpec {
                         _ => {}
                     }
                     check_no_match_master_subnet(problems, &here, c.ippools.as_ref(), cni_type);
-                    injected = Some((Some(c.rdma_resource_name.as_deref()), c.ippools.as_ref()));
+                    injected = Some(Injection::shared_nic(
+                        c.rdma_resource_name.as_deref(),
+                        c.ippools.as_ref(),
+                    ));
                 }
             },
             CniType::Sriov => match &self.sriov {
@@ -594,7 +679,7 @@ impl SpiderMultusConfigSpec {
                             format!("{min} is above maxTxRateMbps {max}"),
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::IbSriov => match &self.ibsriov {
@@ -610,7 +695,7 @@ impl SpiderMultusConfigSpec {
                             format!("`{state}` is not one of {}", IB_LINK_STATES.join(", ")),
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::Ipoib => match &self.ipoib {
@@ -622,7 +707,7 @@ impl SpiderMultusConfigSpec {
                             "must name the host IPoIB interface",
                         );
                     }
-                    injected = Some((None, c.ippools.as_ref()));
+                    injected = Some(Injection::own_resource(c.ippools.as_ref()));
                 }
             },
             CniType::Ovs => match &self.ovs {
@@ -661,41 +746,13 @@ impl SpiderMultusConfigSpec {
                 }
             }
         }
-        if inject {
-            match injected {
-                _ if matches!(cni_type, CniType::Ovs | CniType::Custom) => {
-                    for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
-                        if annotations.contains_key(key) {
-                            problems.push(
-                                format!("metadata.annotations[{key}]"),
-                                format!(
-                                    "resource injection is not supported for cniType {}",
-                                    cni_type.as_str()
-                                ),
-                            );
-                        }
-                    }
-                }
-                Some((resource, pools)) => {
-                    let here = format!("{path}.{}", cni_type.spec_field());
-                    if let Some(resource) = resource
-                        && resource.is_none_or(str::is_empty)
-                    {
-                        problems.push(
-                            format!("{here}.rdmaResourceName"),
-                            "is required when the object has a resource-inject annotation",
-                        );
-                    }
-                    if pools.is_none_or(|p| p.ipv4.is_empty() && p.ipv6.is_empty()) {
-                        problems.push(
-                            format!("{here}.ippools"),
-                            "must name at least one pool when the object has a resource-inject annotation",
-                        );
-                    }
-                }
-                None => {}
-            }
-        }
+        check_injection(
+            problems,
+            &format!("{path}.{}", cni_type.spec_field()),
+            cni_type,
+            annotations,
+            injected,
+        );
         if let Some(coordinator) = &self.coordinator {
             coordinator.check(problems, &format!("{path}.coordinator"), false);
         }
@@ -786,6 +843,105 @@ fn check_no_match_master_subnet(
     }
 }
 
+/// Upstream's defaults common to macvlan, ipvlan and vlan: `rdmaResourceName: ""`, `bond.options: ""`,
+/// `ippools: {}`.
+fn fill_shared_nic_defaults(
+    rdma_resource_name: &mut Option<String>,
+    bond: Option<&mut BondConfig>,
+    ippools: &mut Option<SpiderpoolPools>,
+) {
+    rdma_resource_name.get_or_insert_with(String::new);
+    if let Some(bond) = bond {
+        bond.options.get_or_insert_with(String::new);
+    }
+    ippools.get_or_insert_with(SpiderpoolPools::default);
+}
+
+/// What a sub-configuration offers the pod webhook's resource injection.
+struct Injection<'a> {
+    /// `Some` for the types whose RDMA resource is optional (macvlan, ipvlan, vlan): their
+    /// `rdmaResourceName`. SR-IOV and InfiniBand always name their resource; IPoIB's is its master.
+    rdma_resource: Option<Option<&'a str>>,
+    /// The default pools pods of the network get.
+    pools: Option<&'a SpiderpoolPools>,
+}
+
+impl<'a> Injection<'a> {
+    /// macvlan, ipvlan, vlan: a NIC shared by pods, with an optional RDMA resource.
+    fn shared_nic(rdma_resource: Option<&'a str>, pools: Option<&'a SpiderpoolPools>) -> Self {
+        Injection {
+            rdma_resource: Some(rdma_resource),
+            pools,
+        }
+    }
+
+    /// sriov, ib-sriov, ipoib: the resource is part of the configuration.
+    fn own_resource(pools: Option<&'a SpiderpoolPools>) -> Self {
+        Injection {
+            rdma_resource: None,
+            pools,
+        }
+    }
+}
+
+/// Upstream's rules for the `cni.spidernet.io/rdma-resource-inject` and `network-resource-inject`
+/// annotations: neither for ovs and custom; RDMA injection needs the RDMA resource and default pools;
+/// network injection (of the network alone, no resource) needs default pools for macvlan, ipvlan and
+/// vlan, and nothing more for the other types.
+fn check_injection(
+    problems: &mut Problems,
+    here: &str,
+    cni_type: CniType,
+    annotations: &BTreeMap<String, String>,
+    injected: Option<Injection<'_>>,
+) {
+    let rdma = annotations.contains_key(ANNO_RDMA_RESOURCE_INJECT);
+    let network = annotations.contains_key(ANNO_NETWORK_RESOURCE_INJECT);
+    if !rdma && !network {
+        return;
+    }
+    if matches!(cni_type, CniType::Ovs | CniType::Custom) {
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if annotations.contains_key(key) {
+                problems.push(
+                    format!("metadata.annotations[{key}]"),
+                    format!(
+                        "resource injection is not supported for cniType {}",
+                        cni_type.as_str()
+                    ),
+                );
+            }
+        }
+        return;
+    }
+    let Some(injected) = injected else { return };
+    if rdma
+        && let Some(resource) = injected.rdma_resource
+        && resource.is_none_or(str::is_empty)
+    {
+        problems.push(
+            format!("{here}.rdmaResourceName"),
+            format!("is required with the annotation {ANNO_RDMA_RESOURCE_INJECT}"),
+        );
+    }
+    let pools_needed = rdma || (network && injected.rdma_resource.is_some());
+    if pools_needed
+        && injected
+            .pools
+            .is_none_or(|p| p.ipv4.is_empty() && p.ipv6.is_empty())
+    {
+        let key = if rdma {
+            ANNO_RDMA_RESOURCE_INJECT
+        } else {
+            ANNO_NETWORK_RESOURCE_INJECT
+        };
+        problems.push(
+            format!("{here}.ippools"),
+            format!("must name at least one pool with the annotation {key}"),
+        );
+    }
+}
+
 impl SpiderMultusConfig {
     /// Name of the NetworkAttachmentDefinition generated from this object: the
     /// `multus.spidernet.io/cr-name` annotation, else the object's name.
@@ -811,6 +967,37 @@ impl SpiderMultusConfig {
             .get(ANNO_CNI_CONFIG_NAME)
             .cloned()
             .unwrap_or_else(|| self.net_attach_def_name())
+    }
+
+    /// The object as upstream's mutating webhook stores it, which is also what the
+    /// NetworkAttachmentDefinition is rendered from. Only absent fields are filled (what the user wrote
+    /// is kept), with upstream's values:
+    ///
+    /// - macvlan, ipvlan, vlan: `vlanID: 0` (vlan: with `vlanMode: manual` unless `auto`),
+    ///   `rdmaResourceName: ""`, `bond.options: ""`, `ippools: {}`; sriov: `vlanID`, `minTxRateMbps`,
+    ///   `maxTxRateMbps` 0 (rendered, so the SR-IOV plugin resets a VF's VLAN and rate limits left over
+    ///   from its previous pod); ib-sriov: `pkey: ""`, `linkState: enable`, `rdmaIsolation: true`,
+    ///   `enableIbKubernetes: false`; ovs: `vlan: 0` (rendered: an access port of VLAN 0, as upstream);
+    ///   ipoib: `ippools: {}`.
+    /// - `chainCNIJsonData: []`; the `*-resource-inject` annotations copied to labels (the pod webhook
+    ///   selects networks by label).
+    /// - custom: `customCNI: ""` and `enableCoordinator: false` (a custom configuration never gets the
+    ///   coordinator); an `enableCoordinator: true` or a `coordinator` the user wrote is kept, unused
+    ///   (upstream rewrites the one and drops the other, which GitOps tools then show as drift).
+    /// - other types: `enableCoordinator: true`, and the coordinator settings `mode: auto`,
+    ///   `tunePodRoutes: true`, `podRPFilter: 0`, `txQueueLen: 0`, empty `podMACPrefix` and
+    ///   `podDefaultRouteNIC` (and `vethLinkAddress` when there was no `coordinator` at all). Upstream sets `tunePodRoutes: false` when `coordinator` is
+    ///   partly written (reference §13.10); the CRD's default (`true`) already fills it before any
+    ///   webhook runs, so this differs only for objects written without the CRD's defaults.
+    pub fn with_upstream_defaults(&self) -> SpiderMultusConfig {
+        let mut out = self.clone();
+        out.spec.apply_upstream_defaults();
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if let Some(value) = self.annotations().get(key) {
+                out.labels_mut().insert(key.to_string(), value.clone());
+            }
+        }
+        out
     }
 
     /// Upstream's update rule: the `multus.spidernet.io/cr-name` annotation cannot be added or changed
@@ -858,6 +1045,18 @@ impl Validate for SpiderMultusConfig {
                     SUPPORTED_CNI_VERSIONS.join(", ")
                 ),
             );
+        }
+        for key in [ANNO_RDMA_RESOURCE_INJECT, ANNO_NETWORK_RESOURCE_INJECT] {
+            if let Some(value) = annotations.get(key)
+                && !is_label_value(value)
+            {
+                problems.push(
+                    format!("metadata.annotations[{key}]"),
+                    format!(
+                        "`{value}` is not a label value (at most 63 letters, digits, `-`, `_`, `.`): it is copied to a label the pod webhook selects networks by"
+                    ),
+                );
+            }
         }
         self.spec.check(&mut problems, "spec", annotations);
         problems.into_vec()
@@ -1008,9 +1207,9 @@ mod tests {
     }
 
     #[test]
-    fn resource_injection_needs_a_resource_and_pools() {
+    fn rdma_injection_needs_a_resource_and_pools() {
         let c = smc(
-            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: nics\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens1f0]\n",
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/rdma-resource-inject: roce\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens1f0]\n",
         );
         assert_eq!(
             paths(&c),
@@ -1020,6 +1219,126 @@ mod tests {
             "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/rdma-resource-inject: roce\nspec:\n  cniType: sriov\n  sriov:\n    resourceName: ''\n    ippools:\n      ipv6: [v6]\n",
         );
         assert_eq!(paths(&c), vec!["spec.sriov.resourceName"]);
+    }
+
+    #[test]
+    fn network_injection_needs_pools_but_no_resource() {
+        // Upstream's multi-underlay-NIC guide: network injection of macvlan NICs without RDMA.
+        let with_pools = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: macvlan-ens192\n  namespace: spiderpool\n  annotations:\n    cni.spidernet.io/network-resource-inject: multi-network\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [ens192]\n    ippools:\n      ipv4: [macvlan-ens192]\n    vlanID: 0\n",
+        );
+        assert_eq!(with_pools.validate(), Ok(()));
+        let mut without = with_pools.clone();
+        if let Some(m) = without.spec.macvlan.as_mut() {
+            m.ippools = None;
+        }
+        let problems = without.validate().unwrap_err();
+        assert_eq!(problems[0].path, "spec.macvlan.ippools");
+        assert!(
+            problems[0].message.contains("network-resource-inject"),
+            "{problems:?}"
+        );
+        let sriov = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: nics\nspec:\n  cniType: sriov\n  sriov:\n    resourceName: r\n",
+        );
+        assert_eq!(sriov.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cni_versions_are_upstreams_four() {
+        let with_version = |v: &str| {
+            smc(&format!(
+                "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    multus.spidernet.io/cni-version: {v}\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [eth0]\n"
+            ))
+        };
+        for ok in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+            assert_eq!(with_version(ok).validate(), Ok(()), "{ok}");
+        }
+        let problems = with_version("1.1.0").validate().unwrap_err();
+        assert_eq!(
+            problems[0].path,
+            "metadata.annotations[multus.spidernet.io/cni-version]"
+        );
+        assert!(problems[0].message.contains("1.0.0"), "{problems:?}");
+    }
+
+    #[test]
+    fn upstream_defaults_fill_only_what_is_absent() {
+        let spec_of = |yaml: &str| {
+            let c = smc(&format!("{HEAD}{yaml}")).with_upstream_defaults();
+            assert_eq!(c.with_upstream_defaults(), c, "defaulting twice changes nothing");
+            serde_json::to_value(&c.spec).unwrap()
+        };
+        let macvlan = spec_of(
+            "spec:\n  cniType: macvlan\n  macvlan:\n    master: [eth1]\n    vlanID: 30\n    bond: {name: bond9, mode: 1}\n",
+        );
+        assert_eq!(
+            macvlan["macvlan"],
+            serde_json::json!({"master": ["eth1"], "vlanID": 30, "rdmaResourceName": "",
+                               "bond": {"name": "bond9", "mode": 1, "options": ""}, "ippools": {}})
+        );
+        assert_eq!(
+            macvlan["coordinator"],
+            serde_json::json!({"mode": "auto", "tunePodRoutes": true, "podRPFilter": 0, "txQueueLen": 0,
+                               "podMACPrefix": "", "podDefaultRouteNIC": "", "vethLinkAddress": ""})
+        );
+        assert_eq!(macvlan["chainCNIJsonData"], serde_json::json!([]));
+        let partial = spec_of(
+            "spec:\n  cniType: ipvlan\n  ipvlan:\n    master: [eth1]\n  coordinator:\n    mode: overlay\n    tunePodRoutes: false\n",
+        );
+        assert_eq!(
+            partial["coordinator"],
+            serde_json::json!({"mode": "overlay", "tunePodRoutes": false, "podRPFilter": 0, "txQueueLen": 0,
+                               "podMACPrefix": "", "podDefaultRouteNIC": ""})
+        );
+        let sriov =
+            spec_of("spec:\n  cniType: sriov\n  sriov:\n    resourceName: r\n    maxTxRateMbps: 100\n");
+        assert_eq!(
+            sriov["sriov"],
+            serde_json::json!({"resourceName": "r", "vlanID": 0, "minTxRateMbps": 0, "maxTxRateMbps": 100, "ippools": {}})
+        );
+        let vlan = spec_of("spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n");
+        assert_eq!(vlan["vlan"]["vlanMode"], "manual");
+        assert_eq!(vlan["vlan"]["vlanID"], 0);
+        let auto = spec_of("spec:\n  cniType: vlan\n  vlan:\n    master: [eth1]\n    vlanMode: auto\n");
+        assert!(auto["vlan"].get("vlanID").is_none(), "{auto}");
+        let ib = spec_of("spec:\n  cniType: ib-sriov\n  ibsriov:\n    resourceName: r\n");
+        assert_eq!(
+            ib["ibsriov"],
+            serde_json::json!({"resourceName": "r", "pkey": "", "linkState": "enable", "rdmaIsolation": true,
+                               "enableIbKubernetes": false, "ippools": {}})
+        );
+        let ovs = spec_of("spec:\n  cniType: ovs\n  ovs:\n    bridge: br1\n");
+        assert_eq!(
+            ovs["ovs"],
+            serde_json::json!({"bridge": "br1", "vlan": 0, "ippools": {}})
+        );
+        let custom = spec_of("spec: {}\n");
+        assert_eq!(
+            custom,
+            serde_json::json!({"cniType": "custom", "customCNI": "", "enableCoordinator": false, "chainCNIJsonData": []})
+        );
+        let written = spec_of("spec:\n  enableCoordinator: true\n");
+        assert_eq!(written["enableCoordinator"], true, "what the user wrote is kept");
+    }
+
+    #[test]
+    fn inject_annotations_become_labels() {
+        let c = smc(
+            "apiVersion: spiderpool.spidernet.io/v2beta1\nkind: SpiderMultusConfig\nmetadata:\n  name: t\n  namespace: default\n  annotations:\n    cni.spidernet.io/network-resource-inject: multi-network\nspec:\n  cniType: macvlan\n  macvlan:\n    master: [eth0]\n    ippools: {ipv4: [p]}\n",
+        )
+        .with_upstream_defaults();
+        assert_eq!(
+            c.labels().get(ANNO_NETWORK_RESOURCE_INJECT).map(String::as_str),
+            Some("multi-network")
+        );
+        let mut bad = c.clone();
+        bad.annotations_mut()
+            .insert(ANNO_NETWORK_RESOURCE_INJECT.into(), "not a label".into());
+        assert_eq!(
+            paths(&bad),
+            vec!["metadata.annotations[cni.spidernet.io/network-resource-inject]"]
+        );
     }
 
     #[test]
@@ -1068,7 +1387,10 @@ mod tests {
         assert!(version.get("subresources").is_none_or(|s| s.is_null()));
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
         assert_eq!(spec["cniType"]["default"], "custom");
-        assert_eq!(spec["enableCoordinator"]["default"], true);
+        assert!(
+            spec["enableCoordinator"].get("default").is_none(),
+            "the webhook defaults it per cniType"
+        );
         assert_eq!(spec["macvlan"]["properties"]["vlanID"]["maximum"], 4094.0);
         assert_eq!(
             spec["macvlan"]["properties"]["bond"]["properties"]["mode"]["maximum"],

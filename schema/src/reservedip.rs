@@ -29,10 +29,12 @@ use crate::validation::{Problem, Problems, Validate};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderReservedIPSpec {
+    // Immutability of `ipVersion` (and `subnet`) is the validating webhook's rule, as upstream's. No CEL
+    // rule: any CEL rule in a CRD makes the API server append `<nil>: Invalid value: "null": some
+    // validation rules were not checked ...` to every schema refusal of the kind.
     /// IP version of the addresses, 4 or 6. Derived from the first item of `ips` when left out. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [4, 6]))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("ipVersion is immutable"))]
     pub ip_version: Option<i64>,
 
     /// The reserved addresses: single IPs (`172.18.30.131`) or ranges (`172.18.30.131-172.18.30.140`), all

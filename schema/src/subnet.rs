@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use kube::{CustomResource, KubeSchema};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use crate::labels::LABEL_OWNER_SPIDER_SUBNET;
 use crate::common::{AddressBlock, Route, check_address_block};
+use crate::ippool::SpiderIPPool;
 use crate::validation::{Problem, Problems, Validate};
 
 /// Spec of a SpiderSubnet.
@@ -52,15 +55,16 @@ use crate::validation::{Problem, Problems, Validate};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SpiderSubnetSpec {
+    // Immutability of `ipVersion` (and `subnet`) is the validating webhook's rule, as upstream's. No CEL
+    // rule: any CEL rule in a CRD makes the API server append `<nil>: Invalid value: "null": some
+    // validation rules were not checked ...` to every schema refusal of the kind.
     /// IP version of the subnet, 4 or 6. Derived from `subnet` when left out. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [4, 6]))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("ipVersion is immutable"))]
     pub ip_version: Option<i64>,
 
     /// The subnet in canonical CIDR form, e.g. `172.18.0.0/16`. Required and immutable. Subnets must not
     /// overlap each other, and pools with a different but overlapping CIDR are refused.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("subnet is immutable"))]
     pub subnet: String,
 
     /// Addresses of the subnet Spiderpool may hand to pools: single IPs (`172.18.30.131`) or ranges
@@ -139,6 +143,56 @@ impl SpiderSubnetStatus {
             Some(serde_json::to_string(pools)?)
         };
         Ok(())
+    }
+}
+
+impl SpiderSubnet {
+    /// The controller owner reference a subnet puts on the pools it adopts; `None` for an object not
+    /// read from the API server (no UID).
+    pub fn owner_reference(&self) -> Option<OwnerReference> {
+        Some(OwnerReference {
+            api_version: SpiderSubnet::api_version(&()).to_string(),
+            kind: SpiderSubnet::kind(&()).to_string(),
+            name: self.meta().name.clone()?,
+            uid: self.meta().uid.clone()?,
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+    }
+
+    /// `pool` adopted by this subnet (whose CIDR it has), upstream's rule: a controller owner reference
+    /// to the subnet, the label `ipam.spidernet.io/owner-spider-subnet`, and the subnet's `gateway` and
+    /// `routes` when the pool has none (only when it is first adopted: a gateway removed later stays
+    /// removed). `None` when the pool is already adopted, another controller owns it, or this subnet is
+    /// being deleted (it deletes its pools).
+    pub fn adopted(&self, pool: &SpiderIPPool) -> Option<SpiderIPPool> {
+        if self.meta().deletion_timestamp.is_some() {
+            return None;
+        }
+        let owner = self.owner_reference()?;
+        let refs = pool.owner_references();
+        let controller = refs.iter().find(|r| r.controller == Some(true));
+        let owned = controller.is_some_and(|r| r.uid == owner.uid);
+        if controller.is_some() && !owned {
+            return None;
+        }
+        let labelled = pool.labels().get(LABEL_OWNER_SPIDER_SUBNET) == Some(&owner.name);
+        if owned && labelled {
+            return None;
+        }
+        let mut out = pool.clone();
+        out.labels_mut()
+            .insert(LABEL_OWNER_SPIDER_SUBNET.to_string(), owner.name.clone());
+        if !owned {
+            out.owner_references_mut().push(owner);
+            if out.spec.gateway.is_none() {
+                out.spec.gateway.clone_from(&self.spec.gateway);
+            }
+            if out.spec.routes.is_empty() {
+                out.spec.routes.clone_from(&self.spec.routes);
+            }
+        }
+        Some(out)
     }
 }
 

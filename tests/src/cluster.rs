@@ -117,10 +117,13 @@ impl ClusterOptions {
     }
 }
 
-/// One child process of the control plane, leader of its own process group.
+/// One child process of the control plane, leader of its own process group. It keeps its command
+/// line so that it can be started again ([`TestCluster::restart`]).
 #[derive(Debug)]
 struct Component {
     name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
     child: Child,
     log: PathBuf,
     stopped: bool,
@@ -130,7 +133,12 @@ struct Component {
 impl Component {
     fn spawn(name: &'static str, program: &Path, args: &[String], log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // Appended to, so that a restarted component's log follows its predecessor's.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let file2 = file.try_clone().context("duplicating a log file handle")?;
         let child = Command::new(program)
             .args(args)
@@ -144,6 +152,8 @@ impl Component {
         tracing::debug!(name, pid = child.id(), log = %log.display(), "started");
         Ok(Component {
             name,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
             child,
             log,
             stopped: false,
@@ -388,6 +398,36 @@ impl TestCluster {
         Ok(TestNamespace { name, client })
     }
 
+    /// A token of ServiceAccount `namespace/name`; see [`request_token`].
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<(&str, &str)>,
+    ) -> Result<String> {
+        request_token(&self.client()?, namespace, name, pod).await
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name` (a token from
+    /// [`TestCluster::service_account_token`]), so a test runs with exactly that account's RBAC.
+    pub async fn service_account_client(&self, namespace: &str, name: &str) -> Result<Client> {
+        let token = self.service_account_token(namespace, name, None).await?;
+        let mut config = self.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        Client::try_from(config).context("creating a ServiceAccount client")
+    }
+
+    /// The API server's address (`127.0.0.1:<port>`).
+    pub fn apiserver_address(&self) -> Result<std::net::SocketAddr> {
+        self.apiserver_url
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("parsing {}", self.apiserver_url))
+    }
+
     /// Path of the admin kubeconfig (usable with kubectl).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
@@ -440,6 +480,67 @@ impl TestCluster {
     /// The options the cluster was started with.
     pub fn options(&self) -> &ClusterOptions {
         &self.options
+    }
+
+    /// Sends `signal` to the process group of `component` (`etcd`, `kube-apiserver`, ...): the fault
+    /// layer's SIGSTOP/SIGCONT and crashes.
+    pub fn signal(&self, component: &str, signal: Signal) -> Result<()> {
+        let c = self.component(component)?;
+        let pgid = i32::try_from(c.child.id()).context("pid out of range")?;
+        killpg(Pid::from_raw(pgid), signal).with_context(|| format!("sending {signal} to {component}"))?;
+        Ok(())
+    }
+
+    /// Stops `component` with `signal` (SIGKILL: a crash; SIGTERM: a graceful stop, SIGKILL after
+    /// 10 s), reaps it, and starts it again with the same command line (same ports, same data
+    /// directory; its log is appended to). Does not wait until it is ready.
+    pub fn restart(&mut self, component: &str, signal: Signal) -> Result<()> {
+        let index = self
+            .components
+            .iter()
+            .position(|c| c.name == component)
+            .ok_or_else(|| anyhow!("no component {component}"))?;
+        let old = &mut self.components[index];
+        let pgid = Pid::from_raw(i32::try_from(old.child.id()).context("pid out of range")?);
+        // A stopped process group would never act on SIGTERM.
+        let _ = killpg(pgid, Signal::SIGCONT);
+        let _ = killpg(pgid, signal);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old.exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        old.stop();
+        let (name, program, args) = (old.name, old.program.clone(), old.args.clone());
+        let log_dir = self.dir_path.join("logs");
+        self.components[index] = Component::spawn(name, &program, &args, &log_dir)?;
+        Ok(())
+    }
+
+    /// Whether `component` has exited (and was not restarted since).
+    pub fn component_exited(&mut self, component: &str) -> Result<Option<ExitStatus>> {
+        Ok(self
+            .components
+            .iter_mut()
+            .find(|c| c.name == component)
+            .ok_or_else(|| anyhow!("no component {component}"))?
+            .exited())
+    }
+
+    /// etcd's client URL (`http://127.0.0.1:<port>`).
+    pub fn etcd_url(&self) -> Result<String> {
+        let c = self.component("etcd")?;
+        c.args
+            .iter()
+            .find_map(|a| a.strip_prefix("--advertise-client-urls="))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("etcd has no --advertise-client-urls"))
+    }
+
+    fn component(&self, name: &str) -> Result<&Component> {
+        self.components
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| anyhow!("no component {name}"))
     }
 
     /// Stops everything now (same as dropping).
@@ -735,6 +836,40 @@ pub async fn install_crd_yaml(client: &Client, yaml: &str) -> Result<Vec<String>
             .with_context(|| format!("watching CRD {name}"))?;
     }
     Ok(names)
+}
+
+/// A token of ServiceAccount `namespace/name` from the TokenRequest API (one hour), bound to `pod`
+/// (name, uid) when given, as the kubelet's projected tokens are: the API server then adds the pod's
+/// node to the token's user info.
+pub async fn request_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    pod: Option<(&str, &str)>,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: pod.map(|(pod_name, uid)| BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod_name.to_owned()),
+                uid: Some(uid.to_owned()),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?;
+    issued
+        .status
+        .map(|s| s.token)
+        .ok_or_else(|| anyhow!("the TokenRequest for {namespace}/{name} returned no token"))
 }
 
 /// Parses every non-empty document of a multi-document YAML string.

@@ -46,17 +46,34 @@ impl Daemon {
         release: bool,
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_kubeconfig(cluster.kubeconfig_path(), node, dir, release, extra_args)
+    }
+
+    /// [`Daemon::start`] with the API server (and credentials) of `kubeconfig`: the chaos suite
+    /// points it at a fault proxy. A daemon started again for the same node in the same `dir`
+    /// appends to its predecessor's log.
+    pub fn start_with_kubeconfig(
+        kubeconfig: &Path,
+        node: &str,
+        dir: &Path,
+        release: bool,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let binary = tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", release)?;
         let socket = socket_path(dir, node);
         let log = dir.join(format!("{node}.log"));
         let health_port = free_port()?;
-        let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let child = Command::new(&binary)
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
             .args(extra_args)
-            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("SPIDERPOOL_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
@@ -161,6 +178,11 @@ impl Daemon {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .context("no VmHWM in /proc/<pid>/status")
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The last lines of the daemon's log.

@@ -15,19 +15,30 @@
 //! - [`tools`]: where the upstream binaries come from (the cached Kubernetes build, Debian's etcd
 //!   and CNI plugins), failing with an install hint when something is missing.
 //! - [`watchdog`]: cleanup that survives the test process being killed.
+//! - [`admission`]: the operator's webhooks registered with a private control plane; [`objects`]:
+//!   namespaces by name and JSON comparisons of sent and stored objects.
 //! - [`vm`]: the kernel tier: Debian's kernel in a QEMU VM for bonds, VLANs and ipvlan, which the host
 //!   kernel lacks; a failing test inside the VM fails the host-side test.
 //!
 //! Everything here needs root (network namespaces, links) and fails loudly, never skips, when a
 //! prerequisite is missing.
 
+pub mod admission;
+pub mod chaos;
+pub mod chart;
 pub mod child;
 pub mod cluster;
 pub mod cni;
 pub mod daemon;
+pub mod images;
 pub mod ipam;
+pub mod kubelet;
 pub mod multus;
+pub mod netns;
+pub mod node_object;
 pub mod node_sim;
+pub mod objects;
+pub mod oci;
 pub mod realnode;
 pub mod tools;
 pub mod vm;

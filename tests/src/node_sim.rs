@@ -61,7 +61,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference, Pod, PodSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
@@ -73,6 +73,7 @@ use tokio::task::JoinHandle;
 
 use crate::cni::{self, CniExec, NetworkConfigList, RuntimeConf};
 use crate::multus::{self, Delegate, MultusMode, NETWORK_STATUS_ANNOTATION, NetworkStatus, PodArgs};
+use crate::node_object;
 use crate::tools;
 use crate::util;
 use crate::watchdog::{self, Registration, Resource};
@@ -81,7 +82,6 @@ use crate::watchdog::{self, Registration, Resource};
 pub const SIM_LABEL: &str = "spiderpool.test/simulator";
 /// The interface name the runtime asks Multus for (the pod's primary interface).
 pub const POD_IFNAME: &str = "eth0";
-const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 
 pub use crate::multus::DefaultNetwork;
 
@@ -110,6 +110,13 @@ pub struct SimOptions {
     /// Extra environment of the CNI plugins run on each node; `{node}` in a value becomes the node's
     /// name (e.g. `SPIDERPOOL_IPAM_UNIX_SOCKET_PATH=/tmp/x/{node}.sock`: one daemon per simulated node).
     pub node_env: Vec<(String, String)>,
+    /// An address (in `node_cidr`) for the host's end of the simulated underlay, so that processes
+    /// of the host's namespace (the API server calling a webhook on a node) reach the nodes. Needs a
+    /// `node_cidr` no other simulator uses at the same time. None by default.
+    pub host_address: Option<Ipv4Addr>,
+    /// Mark hostNetwork pods Running without running anything (the default). Turn off when another
+    /// kubelet stand-in runs them (`crate::kubelet::ImageKubelet`).
+    pub host_network_pods: bool,
 }
 
 impl SimOptions {
@@ -127,6 +134,8 @@ impl SimOptions {
             plugin_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
             node_env: Vec::new(),
+            host_address: None,
+            host_network_pods: true,
         }
     }
 }
@@ -212,7 +221,12 @@ struct HostNet {
 }
 
 impl HostNet {
-    fn build(prefix: &str, nodes: &[SimNode], cidr: ipnet::Ipv4Net) -> Result<HostNet> {
+    fn build(
+        prefix: &str,
+        nodes: &[SimNode],
+        cidr: ipnet::Ipv4Net,
+        host_address: Option<Ipv4Addr>,
+    ) -> Result<HostNet> {
         let mut host = HostNet::default();
         let bridge = format!("{prefix}-br");
         util::ip(&["link", "add", &bridge, "type", "bridge"])?;
@@ -220,6 +234,10 @@ impl HostNet {
             .push(watchdog::register(Resource::Link(bridge.clone())));
         host.bridge = Some(bridge.clone());
         util::ip(&["link", "set", &bridge, "up"])?;
+        if let Some(address) = host_address {
+            let addr = format!("{address}/{}", cidr.prefix_len());
+            util::ip(&["addr", "add", &addr, "dev", &bridge])?;
+        }
         for node in nodes {
             util::ip(&["netns", "add", &node.netns])?;
             host._registrations
@@ -316,7 +334,8 @@ impl NodeSimulator {
             .collect();
         let host = {
             let (prefix, nodes, cidr) = (prefix.clone(), nodes.clone(), options.node_cidr);
-            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr))
+            let host_address = options.host_address;
+            tokio::task::spawn_blocking(move || HostNet::build(&prefix, &nodes, cidr, host_address))
                 .await
                 .context("host network setup panicked")?
                 .context("building the simulated host network")?
@@ -596,175 +615,35 @@ impl Inner {
         })
     }
 
-    fn node_conditions(&self, now: &Time) -> Value {
-        let c = |ty: &str, status: &str, reason: &str, message: &str| {
-            json!({"type": ty, "status": status, "reason": reason, "message": message,
-                   "lastHeartbeatTime": to_json(now), "lastTransitionTime": to_json(now)})
-        };
-        json!([
-            c(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available"
-            ),
-            c(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure"
-            ),
-            c(
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available"
-            ),
-            c(
-                "Ready",
-                "True",
-                "KubeletReady",
-                "kubelet is posting ready status (spiderpool-tests node simulator)"
-            ),
-        ])
-    }
-
     async fn register_nodes(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         for node in &self.nodes {
             let taints = if self.options.taint {
                 json!([{"key": SIM_LABEL, "value": self.id, "effect": "NoSchedule"}])
             } else {
                 json!([])
             };
-            let object: Node = serde_json::from_value(json!({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": node.name,
-                    "labels": {
-                        "kubernetes.io/hostname": node.name,
-                        "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64",
-                        "beta.kubernetes.io/os": "linux",
-                        "beta.kubernetes.io/arch": "amd64",
-                        SIM_LABEL: self.id,
-                    },
-                    "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
-                },
-                "spec": {"taints": taints},
-            }))?;
-            let created = nodes
-                .create(&PostParams::default(), &object)
-                .await
-                .with_context(|| format!("creating Node {}", node.name))?;
-            let now = now_time();
-            let status = json!({"status": {
-                "capacity": {"cpu": "16", "memory": "65536Mi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "allocatable": {"cpu": "16", "memory": "65536Mi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "conditions": self.node_conditions(&now),
-                "addresses": [{"type": "InternalIP", "address": node.ip.to_string()}, {"type": "Hostname", "address": node.name}],
-                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {
-                    "machineID": util::sha256_hex(&[node.name.as_bytes()])[..32].to_owned(),
-                    "systemUUID": util::sha256_hex(&[b"uuid", node.name.as_bytes()])[..32].to_owned(),
-                    "bootID": util::sha256_hex(&[b"boot", node.name.as_bytes()])[..32].to_owned(),
-                    "kernelVersion": "simulated",
-                    "osImage": "spiderpool-tests node simulator",
-                    "containerRuntimeVersion": "containerd://simulated",
-                    "kubeletVersion": format!("v{}", tools::kubernetes_version()),
-                    "kubeProxyVersion": "",
-                    "operatingSystem": "linux",
-                    "architecture": "amd64",
-                },
-            }});
-            nodes
-                .patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .with_context(|| format!("writing the status of Node {}", node.name))?;
-            let lease: Lease = serde_json::from_value(json!({
-                "metadata": {
-                    "name": node.name,
-                    "namespace": "kube-node-lease",
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node.name,
-                                          "uid": created.metadata.uid.clone().unwrap_or_default()}],
-                },
-                "spec": {"holderIdentity": node.name, "leaseDurationSeconds": 40,
-                         "renewTime": to_json(&MicroTime(Timestamp::now()))},
-            }))?;
-            // kube-node-lease is created by the API server shortly after it is ready.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match leases.create(&PostParams::default(), &lease).await {
-                    Ok(_) => break,
-                    Err(kube::Error::Api(s)) if s.code == 409 => break,
-                    Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(err) => {
-                        return Err(err).with_context(|| format!("creating the Lease of {}", node.name));
-                    }
-                }
-            }
+            let registration = node_object::NodeRegistration {
+                name: node.name.clone(),
+                ip: node.ip,
+                labels: [(SIM_LABEL.to_owned(), self.id.clone())].into(),
+                taints,
+            };
+            node_object::register(&self.client, &registration).await?;
         }
         Ok(())
     }
 
     async fn wait_schedulable(&self) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut pending = Vec::new();
-            for node in &self.nodes {
-                let object = nodes.get(&node.name).await?;
-                let tainted = object
-                    .spec
-                    .and_then(|s| s.taints)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|t| t.key == NOT_READY_TAINT || t.key == "node.kubernetes.io/unreachable");
-                if tainted {
-                    pending.push(node.name.clone());
-                }
-            }
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "nodes {pending:?} still carry the not-ready taint after 60 s; the node-lifecycle controller of \
-                     kube-controller-manager lifts it (start the cluster with the controller-manager, or set \
-                     SimOptions.wait_schedulable = false)"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        node_object::wait_schedulable(&self.client, &names, Duration::from_secs(60))
+            .await
+            .context("SimOptions.wait_schedulable = false turns this wait off")
     }
 
     async fn heartbeat_once(&self) {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
         for node in &self.nodes {
-            let renew = json!({"spec": {"renewTime": to_json(&MicroTime(Timestamp::now()))}});
-            if let Err(err) = leases
-                .patch(&node.name, &PatchParams::default(), &Patch::Merge(&renew))
-                .await
-            {
-                tracing::debug!(%err, node = %node.name, "lease renewal failed");
-            }
-            let now = to_json(&now_time());
-            let status = json!({"status": {"conditions": [
-                {"type": "MemoryPressure", "lastHeartbeatTime": now},
-                {"type": "DiskPressure", "lastHeartbeatTime": now},
-                {"type": "PIDPressure", "lastHeartbeatTime": now},
-                {"type": "Ready", "lastHeartbeatTime": now},
-            ]}});
-            if let Err(err) = nodes
-                .patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(&status))
-                .await
-            {
-                tracing::debug!(%err, node = %node.name, "node status heartbeat failed");
+            if let Err(err) = node_object::heartbeat(&self.client, &node.name).await {
+                tracing::debug!(err = format!("{err:#}"), node = %node.name, "node heartbeat failed");
             }
         }
     }
@@ -1316,7 +1195,9 @@ async fn watch_pods(inner: Arc<Inner>) {
         let Some(uid) = pod.metadata.uid.clone() else {
             continue;
         };
-        if !on_our_node {
+        let left_to_another_kubelet =
+            !inner.options.host_network_pods && pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        if !on_our_node || left_to_another_kubelet {
             continue;
         }
         match workers.get(&uid) {

@@ -16,6 +16,7 @@ use kube::discovery::Scope;
 use kube::{Api, Client};
 use serde_json::Value;
 use spiderpool_tests::cluster::parse_yaml_documents;
+use spiderpool_tests::objects::{ensure_namespace, not_kept};
 use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools};
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -54,41 +55,8 @@ fn is_fixture(path: &Path) -> bool {
     path.components().any(|c| c.as_os_str() == "fixtures")
 }
 
-async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
-    use k8s_openapi::api::core::v1::Namespace;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(name).await?.is_none() {
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-        namespaces.create(&PostParams::default(), &namespace).await?;
-    }
-    Ok(())
-}
-
 fn is_invalid_example(path: &Path) -> bool {
     path.components().any(|c| c.as_os_str() == "invalid")
-}
-
-/// Paths present in `sent` but missing or different in `got` (what the server pruned or changed).
-fn not_kept(sent: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
-    match (sent, got) {
-        (Value::Object(s), Value::Object(g)) => {
-            for (key, value) in s {
-                match g.get(key) {
-                    Some(other) => not_kept(value, other, &format!("{path}.{key}"), out),
-                    None if value.is_null() => {}
-                    None => out.push(format!("{path}.{key} (pruned)")),
-                }
-            }
-        }
-        (Value::Array(s), Value::Array(g)) if s.len() == g.len() => {
-            for (i, (a, b)) in s.iter().zip(g).enumerate() {
-                not_kept(a, b, &format!("{path}[{i}]"), out);
-            }
-        }
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
-        (a, b) if a == b => {}
-        (a, b) => out.push(format!("{path}: sent {a}, stored {b}")),
-    }
 }
 
 async fn resource_for(client: &Client, obj: &DynamicObject) -> Result<(ApiResource, Scope)> {
@@ -260,7 +228,7 @@ async fn generated_crds_and_example_crs_are_accepted() -> Result<()> {
                     let mut changed = Vec::new();
                     for (key, value) in doc.as_object().into_iter().flatten() {
                         if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata" | "status") {
-                            not_kept(value, &stored[key], key, &mut changed);
+                            changed.extend(not_kept(value, &stored[key], key));
                         }
                     }
                     if changed.is_empty() {

@@ -1,7 +1,8 @@
 //! The SpiderCoordinator status controller against a real API server: with no kubeadm-config the
 //! `default` coordinator is NotReady and says why; creating `kube-system/kubeadm-config` makes it Synced
 //! with the pod CIDR from it and the service CIDR from the API server's ServiceCIDR object; the status
-//! is not rewritten while nothing changes; other podCIDRTypes follow.
+//! is not rewritten while nothing changes; other podCIDRTypes follow; a deleted coordinator of any name
+//! loses the finalizer the webhook gives it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -162,5 +163,28 @@ async fn exercise(client: &Client, api: &Api<SpiderCoordinator>) -> Result<()> {
         status.overlay_pod_cidr.is_none() && status.service_cidr.is_none(),
         "{status:?}"
     );
+
+    // Upstream's finalizer (our webhook adds it) goes when a SpiderCoordinator of any name is deleted.
+    for name in ["default", "other"] {
+        api.patch(
+            name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+                "metadata": {"name": name, "finalizers": [spiderpool_schema::FINALIZER]},
+                "spec": {"podCIDRType": "none"},
+            })),
+        )
+        .await?;
+        api.delete(name, &Default::default()).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while api.get_opt(name).await?.is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "SpiderCoordinator {name} was never released"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     Ok(())
 }

@@ -7,9 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -19,13 +17,13 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use spiderpool_operator::webhook::registration::{self, Registration};
-use spiderpool_operator::webhook::{self, TlsSource, WebhookConfig};
+use spiderpool_operator::webhook;
 use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP,
     SpiderSubnet,
 };
-use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, tools};
+use spiderpool_tests::admission::with_webhooks;
+use spiderpool_tests::{init_tracing, tools};
 
 const REGISTRATION: &str = "spiderpool-webhook-e2e";
 
@@ -78,47 +76,6 @@ where
     }
 }
 
-async fn install_crds(client: &Client) -> Result<()> {
-    let mut yaml = String::new();
-    for (_, file) in spiderpool_schema::crd_files()? {
-        yaml.push_str("---\n");
-        yaml.push_str(&file);
-    }
-    spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
-    Ok(())
-}
-
-/// Waits until the API server calls our webhooks (its webhook configuration cache refreshes a moment
-/// after the configurations are written).
-async fn wait_until_webhooks_answer(client: &Client) -> Result<()> {
-    let networks: Api<SpiderNetwork> = Api::all(client.clone());
-    let probe: SpiderNetwork = object(json!({
-        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNetwork",
-        "metadata": {"name": "not.a.label"},
-        "spec": {"subnets": [{"name": "s", "ipv4": {"cidr": "10.250.0.0/24"}}],
-                 "racks": [{"name": "r", "nodeSelector": {"matchLabels": {"a": "b"}}}]},
-    }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let result = networks
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                },
-                &probe,
-            )
-            .await;
-        match result {
-            Err(kube::Error::Api(status)) if status.message.contains("admission webhook") => return Ok(()),
-            other if Instant::now() > deadline => {
-                bail!("the webhooks never answered; last result: {other:?}")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 /// The field path an invalid example's comment says it must be refused for ("Expected problem: <path>").
 fn expected_path(text: &str) -> Option<String> {
     let comment: Vec<&str> = text
@@ -145,56 +102,12 @@ fn topology_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_admit_mutate_and_refuse_through_the_api_server() -> Result<()> {
     init_tracing();
-    let cluster = TestCluster::start(ClusterOptions {
-        install_nad_crd: false,
-        ..ClusterOptions::apiserver_only()
-    })
-    .await?;
-    let client = cluster.client()?;
-    install_crds(&client).await?;
-
-    let listen: SocketAddr = "127.0.0.1:0".parse()?;
-    let server = webhook::bind(
-        client.clone(),
-        WebhookConfig {
-            listen,
-            tls: TlsSource::Generated {
-                names: vec!["127.0.0.1".into()],
-            },
-            registration: None,
-        },
-    )
-    .await?;
-    let registration = Registration {
-        name: REGISTRATION.into(),
-        target: webhook::url_target(server.local_addr()?),
-        object_selector: None,
-        timeout_seconds: 10,
-    };
-    let server = server.with_registration(registration.clone());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-
-    let outcome = exercise(&client).await;
-
-    // Clean up whatever happened: the configurations are cluster-wide.
-    let _ = stop.send(());
-    let served = serving.await.context("the webhook server task panicked")?;
-    registration::remove(client.clone(), &registration).await?;
-    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    ensure!(
-        configs.get_opt(REGISTRATION).await?.is_none(),
-        "the configuration was not removed"
-    );
-    outcome?;
-    served?;
-    Ok(())
+    // The configurations are cluster-wide: a control plane of this test's own, and they are removed
+    // (and checked gone) whatever happened.
+    with_webhooks(REGISTRATION, |client| async move { exercise(&client).await }).await
 }
 
 async fn exercise(client: &Client) -> Result<()> {
-    wait_until_webhooks_answer(client).await?;
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let registered = configs.get(REGISTRATION).await?;
     ensure!(
@@ -215,7 +128,7 @@ async fn exercise(client: &Client) -> Result<()> {
 
 async fn pools(client: &Client) -> Result<()> {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
-    // Mutation: finalizer, ipVersion, CIDR label, merged ips.
+    // Mutation: finalizer, ipVersion, CIDR label; ips kept as written.
     let created = api
         .create(
             &PostParams::default(),
@@ -243,7 +156,7 @@ async fn pools(client: &Client) -> Result<()> {
         created.labels()
     );
     ensure!(
-        created.spec.ips == ["10.6.0.10-10.6.0.20"],
+        created.spec.ips == ["10.6.0.20", "10.6.0.10-10.6.0.19"],
         "ips: {:?}",
         created.spec.ips
     );
@@ -310,7 +223,7 @@ async fn pools(client: &Client) -> Result<()> {
     )
     .await
     .context("removing free addresses was refused")?;
-    // subnet is immutable (the CEL rule and the webhook agree; either message is fine, both name it).
+    // subnet is immutable (the webhook's rule, as upstream's).
     let moved = api
         .patch(
             "a",
@@ -319,7 +232,7 @@ async fn pools(client: &Client) -> Result<()> {
         )
         .await;
     ensure!(
-        matches!(&moved, Err(kube::Error::Api(s)) if s.message.contains("subnet")),
+        matches!(&moved, Err(kube::Error::Api(s)) if s.message.contains("spec.subnet: is immutable")),
         "{moved:?}"
     );
     Ok(())
@@ -333,18 +246,39 @@ async fn subnets(client: &Client) -> Result<()> {
             "metadata": {"name": name}, "spec": {"subnet": cidr, "ips": ips},
         }))
     };
-    let created = api
-        .create(
-            &PostParams::default(),
-            &subnet("s1", "10.20.0.0/16", &["10.20.0.2", "10.20.0.1"]),
-        )
-        .await?;
+    let mut s1 = subnet("s1", "10.20.0.0/16", &["10.20.0.2", "10.20.0.1"]);
+    s1.spec.gateway = Some("10.20.0.254".into());
+    let created = api.create(&PostParams::default(), &s1).await?;
     ensure!(
-        created.spec.ips == ["10.20.0.1-10.20.0.2"],
+        created.spec.ips == ["10.20.0.2", "10.20.0.1"],
         "{:?}",
         created.spec.ips
     );
     ensure!(created.spec.ip_version == Some(4));
+    // A pool of the subnet's CIDR is adopted at admission, as upstream does: no controller runs here.
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let adopted = pools
+        .create(
+            &PostParams::default(),
+            &pool("in-s1", "10.20.0.0/16", &["10.20.0.1"]),
+        )
+        .await?;
+    ensure!(
+        adopted
+            .labels()
+            .get(webhook::LABEL_OWNER_SUBNET)
+            .map(String::as_str)
+            == Some("s1")
+            && adopted
+                .owner_references()
+                .iter()
+                .any(|r| r.uid == created.uid().unwrap_or_default() && r.controller == Some(true))
+            && adopted.spec.gateway.as_deref() == Some("10.20.0.254"),
+        "not adopted at admission: {:?} {:?} {:?}",
+        adopted.labels(),
+        adopted.owner_references(),
+        adopted.spec.gateway
+    );
     refused(
         &api,
         &subnet("s2", "10.20.1.0/24", &[]),
@@ -373,7 +307,11 @@ async fn reserved_ips(client: &Client) -> Result<()> {
         )
         .await?;
     ensure!(created.spec.ip_version == Some(6));
-    ensure!(created.spec.ips == ["fd00::1-fd00::2"], "{:?}", created.spec.ips);
+    ensure!(
+        created.spec.ips == ["fd00::2", "fd00::1"],
+        "{:?}",
+        created.spec.ips
+    );
     refused(
         &api,
         &object(json!({

@@ -8,7 +8,9 @@
 #   iproute2                     `ip netns` / `ip link`, used by the node simulator
 #   iputils-ping                 connectivity checks between simulated pods
 #   lua5.1                       runs the chart's Argo CD health check (Argo CD's gopher-lua is a Lua 5.1)
-#   Go >= 1.24 on PATH           only when the Kubernetes binaries are not cached yet
+#   Go >= 1.24 on PATH           only when the Kubernetes binaries or helm are not cached yet
+#   gcc-aarch64-linux-gnu, musl-tools, rustup targets x86_64/aarch64-unknown-linux-musl
+#                                the container images' static binaries (tests/tools/build-images.sh)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +30,8 @@ packages+=(qemu-system-x86 busybox-static kmod binutils)
 #   busybox-static               the workload image
 #   gcc, libc6-dev               the static pause program of the sandbox image
 packages+=(containerd runc iptables conntrack busybox-static gcc libc6-dev)
+# The container images (issue 16): a C cross compiler for ring's arm64 objects, musl-gcc for amd64.
+packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -67,6 +71,16 @@ done
 
 # The kernel tier's Debian kernel: downloaded on the first run (about 70 MB), cached by version.
 bash "$here/vm-kernel.sh" >/dev/null
+
+# The container images' Rust targets (rustup fetches them once; a no-op when installed).
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup target list --installed)
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    grep -qx "$target" <<<"$installed" || rustup target add "$target" >&2
+  done
+fi
+# helm at the pinned version (first run: about two minutes with Go; cached afterwards).
+bash "$here/build-helm.sh" >/dev/null
 
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy on the first run (minutes; needs
 # Go and the Go module proxy), a no-op afterwards. Prints the directory of the binaries.

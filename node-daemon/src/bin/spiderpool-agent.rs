@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use spiderpool_node_daemon::ahead::ReserveAhead;
 use spiderpool_node_daemon::allocator::Allocator;
 use spiderpool_node_daemon::api::ClusterApi;
@@ -16,6 +16,7 @@ use spiderpool_node_daemon::api::kube::KubeApi;
 use spiderpool_node_daemon::config::{Config, LeaseTuning};
 use spiderpool_node_daemon::metrics::Metrics;
 use spiderpool_node_daemon::server::{self, AppState};
+use spiderpool_node_daemon::settings;
 use spiderpool_node_daemon::store::Stores;
 use spiderpool_node_daemon::writer::PoolWriters;
 
@@ -100,16 +101,16 @@ struct Args {
     /// Worker threads of the runtime.
     #[arg(long, env = "SPIDERPOOL_WORKER_THREADS", default_value_t = 2)]
     worker_threads: usize,
+    /// What the chart passes: the spiderpool-conf ConfigMap and upstream's environment.
+    #[command(flatten)]
+    chart: settings::ChartArgs,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    spiderpool_telemetry::init("spiderpool-agent");
+    apply_configmap(&mut args, &matches)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.worker_threads.max(1))
         .enable_all()
@@ -118,11 +119,72 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
+/// Fills what no flag set from the spiderpool-conf ConfigMap (see `settings`).
+fn apply_configmap(args: &mut Args, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let conf = settings::load_conf(args.chart.config_path.as_deref())?;
+    for ignored in conf.ignored_keys() {
+        tracing::warn!("spiderpool-conf: {ignored}");
+    }
+    let socket = conf.ipam_unix_socket_path.clone().map(PathBuf::from);
+    args.socket_path = settings::pick(matches, "socket_path", args.socket_path.clone(), socket);
+    args.enable_ipv4 = settings::pick(matches, "enable_ipv4", args.enable_ipv4, conf.enable_ipv4);
+    args.enable_ipv6 = settings::pick(matches, "enable_ipv6", args.enable_ipv6, conf.enable_ipv6);
+    args.enable_statefulset = settings::pick(
+        matches,
+        "enable_statefulset",
+        args.enable_statefulset,
+        conf.enable_stateful_set,
+    );
+    args.enable_kubevirt_static_ip = settings::pick(
+        matches,
+        "enable_kubevirt_static_ip",
+        args.enable_kubevirt_static_ip,
+        conf.enable_kubevirt_static_ip,
+    );
+    let auto_pool = match (conf.enable_spider_subnet, conf.enable_auto_pool_for_application) {
+        (Some(false), _) => Some(false),
+        (_, auto) => auto,
+    };
+    args.enable_auto_pool = settings::pick(matches, "enable_auto_pool", args.enable_auto_pool, auto_pool);
+    args.enable_ip_conflict_detection = settings::pick(
+        matches,
+        "enable_ip_conflict_detection",
+        args.enable_ip_conflict_detection,
+        conf.enable_ip_conflict_detection,
+    );
+    args.enable_gateway_detection = settings::pick(
+        matches,
+        "enable_gateway_detection",
+        args.enable_gateway_detection,
+        conf.enable_gateway_detection,
+    );
+    args.health_address = settings::health_address(
+        matches,
+        "health_address",
+        args.health_address.clone(),
+        args.chart.health_port,
+    );
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (in-cluster config or KUBECONFIG)")?;
     let metrics = Metrics::new();
+    if args.chart.enable_metrics {
+        let address = SocketAddr::from(([0, 0, 0, 0], args.chart.metrics_port));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics address {address}"))?;
+        tracing::info!(%address, "serving metrics");
+        let router = settings::metrics_router(metrics.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        });
+    }
     let stores = Stores::start(&client, &args.node_name);
     let config = Config {
         node_name: args.node_name.clone(),

@@ -32,10 +32,11 @@ use spiderpool_operator::controller::cache::SharedCache;
 use spiderpool_operator::controller::{self, multusconfig, network};
 use spiderpool_operator::leader::{DEFAULT_LEASE_NAME, LeaderElector, LeaderError, LeaseConfig, Outcome};
 use spiderpool_operator::metrics::{self, Metrics};
-use spiderpool_operator::telemetry;
+use spiderpool_operator::webhook::TlsSource;
+use spiderpool_operator::{settings, telemetry};
 use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderInterfaceTask, SpiderMultusConfig, SpiderNetwork,
-    SpiderReservedIP,
+    SpiderReservedIP, SpiderSubnet,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -94,6 +95,9 @@ struct Args {
     gc_interval: Duration,
     #[command(flatten)]
     webhook: spiderpool_operator::webhook::WebhookArgs,
+    /// What the chart passes: the spiderpool-conf ConfigMap and upstream's environment.
+    #[command(flatten)]
+    chart: spiderpool_operator::settings::ChartArgs,
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -105,7 +109,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
+    telemetry::init("spiderpool-operator");
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,15 +125,27 @@ async fn run(args: Args) -> Result<()> {
         Some(name) if !name.is_empty() => name.clone(),
         _ => hostname().context("no --pod-name / SPIDERPOOL_POD_NAME and no hostname to use instead")?,
     };
+    let conf = settings::load_conf(args.chart.config_path.as_deref())?;
+    let resolved = args.chart.resolve(&conf)?;
+    for ignored in &resolved.ignored {
+        warn!("spiderpool-conf: {ignored}");
+    }
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
     check_crds(&client).await?;
 
+    let pools = SharedCache::<SpiderIPPool>::new(&client);
+    let subnets = SharedCache::<SpiderSubnet>::new(&client);
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let gc_metrics = spiderpool_operator::controller::reclaim::GcMetrics::default();
     gc_metrics.register(&mut registry);
+    registry.register_collector(Box::new(metrics::CapacityCollector {
+        pools: pools.store(),
+        subnets: subnets.store(),
+        debug: args.chart.enable_debug_metrics,
+    }));
     let registry = Arc::new(registry);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -163,15 +179,25 @@ async fn run(args: Args) -> Result<()> {
         shutdown(),
     )
     .await?;
-    let metrics_server = serve(
-        SocketAddr::new(args.bind_address, args.metrics_port),
-        metrics_router,
-        shutdown(),
-    )
-    .await?;
+    let metrics_server = if args.chart.enable_metrics {
+        Some(
+            serve(
+                SocketAddr::new(args.bind_address, args.metrics_port),
+                metrics_router,
+                shutdown(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut webhook_config = args.webhook.to_config();
+    if let TlsSource::Secret { names, .. } | TlsSource::Generated { names } = &mut webhook_config.tls {
+        names.extend(args.chart.webhook_extra_names.iter().cloned());
+    }
     // Webhooks are served by every replica, leader or not.
     let webhook_server = args.enable_webhooks.then(|| {
-        let (client, config, stop) = (client.clone(), args.webhook.to_config(), shutdown());
+        let (client, config, stop) = (client.clone(), webhook_config, shutdown());
         tokio::spawn(async move {
             if let Err(err) = spiderpool_operator::webhook::serve(client, config, stop).await {
                 error!("the admission webhook server failed: {err:#}");
@@ -211,25 +237,12 @@ async fn run(args: Args) -> Result<()> {
     };
     // One pool cache for every controller that reads pools (a large topology has tens of thousands):
     // one watch on the API server and one copy in memory. Controllers subscribe before it runs.
-    let pools = SharedCache::<SpiderIPPool>::new(&client);
-    let controllers: Vec<BoxFuture<'static, Result<()>>> = vec![
+    let mut controllers: Vec<BoxFuture<'static, Result<()>>> = vec![
         network::run_shared(client.clone(), metrics.clone(), network_options, &pools).boxed(),
-        multusconfig::run_with(client.clone(), metrics.clone(), multus_options).boxed(),
         controller::ippool::run_shared(
             client.clone(),
             controller::ippool::IPPoolControllerConfig::default(),
             &pools,
-        )
-        .boxed(),
-        controller::subnet::run_shared(
-            client.clone(),
-            controller::subnet::SubnetControllerConfig::default(),
-            &pools,
-        )
-        .boxed(),
-        controller::coordinator::run(
-            client.clone(),
-            controller::coordinator::CoordinatorConfig::default(),
         )
         .boxed(),
         controller::reclaim::run_shared(
@@ -238,14 +251,27 @@ async fn run(args: Args) -> Result<()> {
                 enabled: args.enable_gc,
                 scan_interval: args.gc_interval,
                 metrics: gc_metrics,
+                flags: resolved.gc_flags.clone(),
+                clean_outdated_endpoints: resolved.clean_outdated_endpoints,
                 ..controller::reclaim::ReclaimConfig::default()
             },
             &pools,
         )
         .boxed(),
     ];
-    let work =
-        pools.run_alongside(async move { futures::future::try_join_all(controllers).await.map(|_| ()) });
+    if args.chart.enable_multus_config {
+        controllers.push(multusconfig::run_with(client.clone(), metrics.clone(), multus_options).boxed());
+    }
+    if resolved.enable_subnet {
+        controllers
+            .push(controller::subnet::run_shared(client.clone(), resolved.subnet.clone(), &pools).boxed());
+    }
+    if args.chart.enable_coordinator {
+        controllers.push(controller::coordinator::run(client.clone(), resolved.coordinator.clone()).boxed());
+    }
+    let work = subnets.run_alongside(
+        pools.run_alongside(async move { futures::future::try_join_all(controllers).await.map(|_| ()) }),
+    );
 
     ready.store(true, Ordering::SeqCst);
     info!(%identity, namespace = %args.namespace, lease = %args.lease_name, "waiting for the leader Lease");
@@ -253,7 +279,7 @@ async fn run(args: Args) -> Result<()> {
     ready.store(false, Ordering::SeqCst);
     match outcome {
         Ok(Outcome::ShutdownBeforeLeading | Outcome::ShutdownWhileLeading) => {
-            for server in [health_server, metrics_server] {
+            for server in std::iter::once(health_server).chain(metrics_server) {
                 if let Err(err) = server.await {
                     warn!(error = %err, "an HTTP server did not stop cleanly");
                 }

@@ -15,7 +15,8 @@
 //!   by the name of the first CNI configuration file on this host (calico, cilium, else none).
 //!
 //! [`compute_status`] is pure; [`discover`] reads the cluster; [`run`] is the controller. Status is
-//! written with server-side apply (field manager [`FIELD_MANAGER`]) and only when it changes.
+//! written with server-side apply (field manager [`FIELD_MANAGER`]) and only when it changes. A deleted
+//! SpiderCoordinator (any name) loses the finalizer the webhook gave it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -482,6 +483,16 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, CoordinatorError> {
     let name = coordinator.name_any();
+    // The webhook adds upstream's finalizer to every SpiderCoordinator; nothing waits for one to go.
+    if let Some(patch) = super::ippool::finalizer_patch(coordinator.as_ref(), true) {
+        let api: Api<SpiderCoordinator> = Api::all(ctx.client.clone());
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error(
+                "removing the finalizer of a deleted SpiderCoordinator",
+            ))?;
+        return Ok(Action::await_change());
+    }
     if name != DEFAULT_COORDINATOR_NAME || coordinator.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -529,32 +540,30 @@ pub async fn run(client: Client, config: CoordinatorConfig) -> anyhow::Result<()
     let default = || Some(ObjectRef::<SpiderCoordinator>::new(DEFAULT_COORDINATOR_NAME));
     let cilium_config_map = config.cilium_config_map.clone();
     let context = Arc::new(Context { client, config });
-    Controller::new(
-        coordinators,
-        watcher::Config::default().fields(&format!("metadata.name={DEFAULT_COORDINATOR_NAME}")),
-    )
-    .watches(config_maps, watcher::Config::default(), move |cm: ConfigMap| {
-        let name = cm.name_any();
-        (name == KUBEADM_CONFIG || name == cilium_config_map)
-            .then(|| ObjectRef::new(DEFAULT_COORDINATOR_NAME))
-    })
-    .watches(
-        pods,
-        watcher::Config::default().labels(CONTROLLER_MANAGER_LABEL),
-        move |_: Pod| default(),
-    )
-    .watches(
-        service_cidrs,
-        watcher::Config::default(),
-        move |_: ServiceCIDR| default(),
-    )
-    .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "SpiderCoordinator controller event");
-        }
-    })
-    .await;
+    // Every SpiderCoordinator, not only `default`: each gets the finalizer, which is removed here.
+    Controller::new(coordinators, watcher::Config::default())
+        .watches(config_maps, watcher::Config::default(), move |cm: ConfigMap| {
+            let name = cm.name_any();
+            (name == KUBEADM_CONFIG || name == cilium_config_map)
+                .then(|| ObjectRef::new(DEFAULT_COORDINATOR_NAME))
+        })
+        .watches(
+            pods,
+            watcher::Config::default().labels(CONTROLLER_MANAGER_LABEL),
+            move |_: Pod| default(),
+        )
+        .watches(
+            service_cidrs,
+            watcher::Config::default(),
+            move |_: ServiceCIDR| default(),
+        )
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "SpiderCoordinator controller event");
+            }
+        })
+        .await;
     Ok(())
 }
 

@@ -206,53 +206,33 @@ pub fn status_patch(
 
 /// The controller ownerReference a subnet puts on its pools.
 pub fn subnet_owner_reference(subnet: &SpiderSubnet) -> Option<OwnerReference> {
-    Some(OwnerReference {
-        api_version: SpiderSubnet::api_version(&()).to_string(),
-        kind: SpiderSubnet::kind(&()).to_string(),
-        name: subnet.meta().name.clone()?,
-        uid: subnet.meta().uid.clone()?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    })
+    subnet.owner_reference()
 }
 
-/// The merge patch that adopts a pool into a subnet (controller ownerReference, subnet label, the
-/// subnet's gateway and routes if the pool has none), or `None` when it is already adopted or another
-/// controller owns it.
+/// The merge patch that adopts a pool into a subnet ([`SpiderSubnet::adopted`]: controller
+/// ownerReference, subnet label, the subnet's gateway and routes if the pool has none), or `None` when
+/// there is nothing to do. The pool webhook adopts pools at admission already; this catches pools that
+/// predate their subnet.
 pub fn adoption_patch(subnet: &SpiderSubnet, pool: &SpiderIPPool) -> Option<serde_json::Value> {
-    let owner = subnet_owner_reference(subnet)?;
-    let refs = pool.meta().owner_references.clone().unwrap_or_default();
-    let controller = refs.iter().find(|r| r.controller == Some(true));
-    let owned = controller.is_some_and(|r| r.uid == owner.uid);
-    if controller.is_some() && !owned {
-        return None;
-    }
-    let labelled = pool.labels().get(LABEL_OWNER_SPIDER_SUBNET) == Some(&owner.name);
-    if owned && labelled {
-        return None;
-    }
+    let adopted = subnet.adopted(pool)?;
     let mut patch = json!({
         "metadata": {
             "resourceVersion": pool.resource_version(),
-            "labels": {LABEL_OWNER_SPIDER_SUBNET: owner.name},
+            "labels": {LABEL_OWNER_SPIDER_SUBNET: adopted.labels().get(LABEL_OWNER_SPIDER_SUBNET)},
         }
     });
-    if !owned {
-        let mut new_refs = refs.clone();
-        new_refs.push(owner);
-        patch["metadata"]["ownerReferences"] = json!(new_refs);
-        let mut spec = serde_json::Map::new();
-        if pool.spec.gateway.is_none()
-            && let Some(gateway) = &subnet.spec.gateway
-        {
-            spec.insert("gateway".into(), json!(gateway));
-        }
-        if pool.spec.routes.is_empty() && !subnet.spec.routes.is_empty() {
-            spec.insert("routes".into(), json!(subnet.spec.routes));
-        }
-        if !spec.is_empty() {
-            patch["spec"] = serde_json::Value::Object(spec);
-        }
+    if adopted.owner_references() != pool.owner_references() {
+        patch["metadata"]["ownerReferences"] = json!(adopted.owner_references());
+    }
+    let mut spec = serde_json::Map::new();
+    if adopted.spec.gateway != pool.spec.gateway {
+        spec.insert("gateway".into(), json!(adopted.spec.gateway));
+    }
+    if adopted.spec.routes != pool.spec.routes {
+        spec.insert("routes".into(), json!(adopted.spec.routes));
+    }
+    if !spec.is_empty() {
+        patch["spec"] = serde_json::Value::Object(spec);
     }
     Some(patch)
 }

@@ -1,39 +1,23 @@
 //! SpiderCoordinator admission (section 2.6 of the reference).
 //!
-//! Mutation: `hijackCIDR` entries and policy route destinations written as bare IPs become host CIDRs
-//! (`/32`, `/128`), as upstream's webhook normalises them, and `vethMTU` gets its default of 1500.
-//! Validation: the spec rules, with `podCIDRType` required (upstream requires it in a
-//! SpiderCoordinator; the chart sets it).
+//! Mutation: upstream's finalizer (the controller removes it once the object is deleted) and `vethMTU`'s
+//! default of 1500. `hijackCIDR` entries and policy route destinations are kept as written: upstream
+//! rewrites a bare IP as `/32` or `/128`, which GitOps tools then show as drift; the node daemon reads
+//! a bare IP as that host route. Validation: the spec rules, with `podCIDRType` required (upstream
+//! requires it in a SpiderCoordinator; the chart sets it).
 
-use spiderpool_ipmath as ipmath;
 use spiderpool_schema::validation::Validate;
 use spiderpool_schema::{Problem, SpiderCoordinator};
 
-use super::{Change, Decision, PatchError, patch_between};
+use super::{Change, Decision, PatchError, ensure_finalizer, patch_between};
 
 /// `vethMTU` when none is set (upstream's webhook default).
 pub const DEFAULT_VETH_MTU: i64 = 1500;
 
-/// A bare IP as a host CIDR; anything else (CIDRs, invalid text for validation to report) unchanged.
-fn host_cidr(text: &str) -> String {
-    if text.contains('/') {
-        return text.to_string();
-    }
-    match ipmath::parse_ip(text) {
-        Ok(ip) => ipmath::IpNet::from(ip).to_string(),
-        Err(_) => text.to_string(),
-    }
-}
-
 /// The object as the mutating webhook stores it.
 pub fn mutate(coordinator: &SpiderCoordinator) -> SpiderCoordinator {
     let mut out = coordinator.clone();
-    for cidr in &mut out.spec.hijack_cidr {
-        *cidr = host_cidr(cidr);
-    }
-    for route in &mut out.spec.policy_routes {
-        route.dst = host_cidr(&route.dst);
-    }
+    ensure_finalizer(&mut out.metadata);
     out.spec.veth_mtu.get_or_insert(DEFAULT_VETH_MTU);
     out
 }
@@ -65,19 +49,20 @@ mod tests {
     }
 
     #[test]
-    fn bare_ips_become_host_cidrs() {
+    fn finalizer_and_veth_mtu_are_added_and_addresses_kept_as_written() {
         let c = coordinator(json!({
             "podCIDRType": "cluster",
             "hijackCIDR": ["169.254.0.0/16", "10.0.0.10", "fd00::a"],
             "policyRoutes": [{"dst": "10.9.0.1", "gw": "10.0.0.1"}],
         }));
         let m = mutate(&c);
-        assert_eq!(
-            m.spec.hijack_cidr,
-            vec!["169.254.0.0/16", "10.0.0.10/32", "fd00::a/128"]
-        );
-        assert_eq!(m.spec.policy_routes[0].dst, "10.9.0.1/32");
+        assert_eq!(m.spec.hijack_cidr, c.spec.hijack_cidr);
+        assert_eq!(m.spec.policy_routes, c.spec.policy_routes);
         assert_eq!(m.spec.veth_mtu, Some(1500));
+        assert_eq!(
+            m.metadata.finalizers,
+            Some(vec![spiderpool_schema::FINALIZER.to_string()])
+        );
         assert!(admit_mutation(&m).unwrap().patch.0.is_empty());
     }
 

@@ -1,7 +1,9 @@
 //! SpiderIPPool admission (upstream's pool webhook, section 2.1 of the reference).
 //!
-//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/ippool-cidr` label, and
-//! `ips`/`excludeIPs` merged into upstream's canonical list form. Validation: the spec rules, overlap
+//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/ippool-cidr` label.
+//! `ips`/`excludeIPs` are kept as written (upstream merges lists of more than one entry and rewrites
+//! their text, e.g. `::0` as `::`, which GitOps tools then show as drift forever); every rule compares
+//! them as sets of addresses. Validation: the spec rules, overlap
 //! with other pools (a different CIDR that overlaps, or the same addresses in the same CIDR), fitting
 //! inside the SpiderSubnet of the same CIDR, immutable fields, no spec change while terminating, and no
 //! removal of an address still allocated to a pod.
@@ -46,16 +48,21 @@ impl AddressBlock {
     }
 }
 
-/// Rewrites an address list into upstream's merged, sorted form when it parses (else leaves it for
-/// validation to report).
-pub(crate) fn normalise_list(items: &mut Vec<String>, family: IpFamily) {
-    if let Ok(set) = IpSet::parse_list(family, items) {
-        *items = set.to_strings();
-    }
+/// Whether two address lists hold the same addresses (written the same, or parsing to the same set):
+/// lists are kept as users write them, so only a change of addresses counts as one.
+pub(crate) fn same_addresses(family: IpFamily, a: &[String], b: &[String]) -> bool {
+    a == b
+        || matches!(
+            (IpSet::parse_list(family, a), IpSet::parse_list(family, b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
-/// The pool as the mutating webhook stores it.
-pub fn mutate(pool: &SpiderIPPool) -> SpiderIPPool {
+/// The pool as the mutating webhook stores it. `snapshot.subnets` are the SpiderSubnets: a pool of a
+/// subnet's CIDR is adopted by it at admission, as upstream does ([`SpiderSubnet::adopted`]).
+///
+/// [`SpiderSubnet::adopted`]: spiderpool_schema::SpiderSubnet::adopted
+pub fn mutate(pool: &SpiderIPPool, snapshot: &Snapshot) -> SpiderIPPool {
     let mut out = pool.clone();
     ensure_finalizer(&mut out.metadata);
     if let Ok(net) = ipmath::parse_canonical_cidr(&pool.spec.subnet) {
@@ -66,16 +73,22 @@ pub fn mutate(pool: &SpiderIPPool) -> SpiderIPPool {
         if is_label_value(&label) {
             out.labels_mut().insert(LABEL_IPPOOL_CIDR.to_string(), label);
         }
-        normalise_list(&mut out.spec.ips, family);
-        normalise_list(&mut out.spec.exclude_ips, family);
+        let subnet = snapshot
+            .subnets
+            .iter()
+            .filter(|_| pool.metadata.deletion_timestamp.is_none())
+            .find(|s| ipmath::parse_canonical_cidr(&s.spec.subnet).is_ok_and(|n| n == net));
+        if let Some(adopted) = subnet.and_then(|s| s.adopted(&out)) {
+            out = adopted;
+        }
     }
     out
 }
 
 /// The mutating webhook's decision: always allowed, with the patch [`mutate`] implies.
-pub fn admit_mutation(pool: &SpiderIPPool) -> Result<Decision, PatchError> {
+pub fn admit_mutation(pool: &SpiderIPPool, snapshot: &Snapshot) -> Result<Decision, PatchError> {
     Ok(Decision {
-        patch: patch_between(pool, &mutate(pool))?,
+        patch: patch_between(pool, &mutate(pool, snapshot))?,
         ..Decision::default()
     })
 }
@@ -104,7 +117,9 @@ pub fn validate(change: Change<'_, SpiderIPPool>, snapshot: &Snapshot) -> Vec<Pr
     }
     // Overlaps are checked when the addresses are set or change, so an unrelated edit of a pool that
     // predates the webhook is not refused for someone else's overlap.
-    let addresses_changed = change.old().is_none_or(|old| old.spec.ips != pool.spec.ips);
+    let addresses_changed = change
+        .old()
+        .is_none_or(|old| !same_addresses(block.family, &old.spec.ips, &pool.spec.ips));
     if addresses_changed {
         overlap_with_pools(&mut problems, pool, &block, snapshot);
         fit_in_subnets(&mut problems, &block, snapshot);
@@ -142,7 +157,13 @@ fn update_rules(
             "the pool is being deleted (it waits for its allocated addresses to be released); its spec cannot change",
         );
     }
-    let addresses_changed = old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips;
+    let addresses_changed = match block {
+        Some(block) => {
+            !same_addresses(block.family, &old.spec.ips, &pool.spec.ips)
+                || !same_addresses(block.family, &old.spec.exclude_ips, &pool.spec.exclude_ips)
+        }
+        None => old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips,
+    };
     if !addresses_changed {
         return;
     }
@@ -284,6 +305,7 @@ fn fit_in_subnets(problems: &mut Problems, block: &AddressBlock, snapshot: &Snap
 
 #[cfg(test)]
 mod tests {
+    use super::super::LABEL_OWNER_SUBNET;
     use super::*;
     use serde_json::json;
     use spiderpool_schema::SpiderSubnet;
@@ -323,24 +345,82 @@ mod tests {
     }
 
     #[test]
-    fn mutation_adds_finalizer_version_label_and_merges_lists() {
+    fn a_pool_of_a_subnets_cidr_is_adopted_at_admission() {
+        let mut s = subnet("s6", "10.6.0.0/16", &["10.6.0.1-10.6.0.100"]);
+        s.metadata.uid = Some("subnet-uid".into());
+        s.spec.gateway = Some("10.6.0.1".into());
+        let snapshot = Snapshot {
+            subnets: vec![subnet("other", "10.7.0.0/16", &[]), s],
+            ..Snapshot::default()
+        };
+        let m = mutate(&pool("p", "10.6.0.0/16", &["10.6.0.10"]), &snapshot);
+        assert_eq!(m.labels()[LABEL_OWNER_SUBNET], "s6");
+        let owner = &m.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SpiderSubnet", "subnet-uid", Some(true))
+        );
+        assert_eq!(m.spec.gateway.as_deref(), Some("10.6.0.1"), "inherited");
+        assert!(admit_mutation(&m, &snapshot).unwrap().patch.0.is_empty());
+
+        let mut own = pool("q", "10.6.0.0/16", &["10.6.0.20"]);
+        own.spec.gateway = Some("10.6.0.254".into());
+        assert_eq!(
+            mutate(&own, &snapshot).spec.gateway.as_deref(),
+            Some("10.6.0.254"),
+            "a pool's own gateway is kept"
+        );
+        let elsewhere = mutate(&pool("r", "10.8.0.0/16", &["10.8.0.1"]), &snapshot);
+        assert!(elsewhere.owner_references().is_empty());
+    }
+
+    #[test]
+    fn lists_compare_as_address_sets() {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let v6 = IpFamily::V6;
+        assert!(same_addresses(
+            v6,
+            &list(&["fd00::0-fd00::2"]),
+            &list(&["fd00::-fd00::2"])
+        ));
+        assert!(same_addresses(
+            IpFamily::V4,
+            &list(&["10.0.0.2", "10.0.0.1"]),
+            &list(&["10.0.0.1-10.0.0.2"])
+        ));
+        assert!(!same_addresses(
+            IpFamily::V4,
+            &list(&["10.0.0.1"]),
+            &list(&["10.0.0.2"])
+        ));
+    }
+
+    #[test]
+    fn mutation_adds_finalizer_version_label_and_keeps_lists_as_written() {
         let mut p = pool(
             "a",
             "10.6.0.0/16",
             &["10.6.0.12", "10.6.0.10-10.6.0.11", "10.6.0.20"],
         );
         p.spec.exclude_ips = vec!["10.6.0.11".into(), "10.6.0.10".into()];
-        let m = mutate(&p);
+        let m = mutate(&p, &Snapshot::default());
         assert_eq!(
             m.metadata.finalizers,
             Some(vec![spiderpool_schema::FINALIZER.to_string()])
         );
         assert_eq!(m.spec.ip_version, Some(4));
         assert_eq!(m.labels()[LABEL_IPPOOL_CIDR], "10-6-0-0-16");
-        assert_eq!(m.spec.ips, vec!["10.6.0.10-10.6.0.12", "10.6.0.20"]);
-        assert_eq!(m.spec.exclude_ips, vec!["10.6.0.10-10.6.0.11"]);
+        assert_eq!(m.spec.ips, p.spec.ips, "what the user wrote is kept");
+        assert_eq!(m.spec.exclude_ips, p.spec.exclude_ips);
+        // Upstream's AWS guide writes `::0`; rewriting it as `::` made GitOps tools see drift forever.
+        let v6 = pool(
+            "v6",
+            "2406:da1e:c4:ed01::/64",
+            &["2406:da1e:c4:ed01:c57d::0-2406:da1e:c4:ed01:c57d::f"],
+        );
+        assert_eq!(mutate(&v6, &Snapshot::default()).spec.ips, v6.spec.ips);
 
-        let patch = serde_json::to_value(admit_mutation(&p).unwrap().patch).unwrap();
+        let patch = serde_json::to_value(admit_mutation(&p, &Snapshot::default()).unwrap().patch).unwrap();
         let ops: Vec<&str> = patch
             .as_array()
             .unwrap()
@@ -354,10 +434,16 @@ mod tests {
         );
         // Applying the patch to the raw object gives the mutated object.
         let mut raw = serde_json::to_value(&p).unwrap();
-        json_patch::patch(&mut raw, &admit_mutation(&p).unwrap().patch).unwrap();
+        json_patch::patch(&mut raw, &admit_mutation(&p, &Snapshot::default()).unwrap().patch).unwrap();
         assert_eq!(raw, serde_json::to_value(&m).unwrap());
         // Idempotent: a mutated pool needs no further patch.
-        assert!(admit_mutation(&m).unwrap().patch.0.is_empty());
+        assert!(
+            admit_mutation(&m, &Snapshot::default())
+                .unwrap()
+                .patch
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
@@ -366,7 +452,7 @@ mod tests {
         p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             Default::default(),
         ));
-        let m = mutate(&p);
+        let m = mutate(&p, &Snapshot::default());
         assert_eq!(m.metadata.finalizers, None);
         assert_eq!(m.spec.ip_version, Some(6));
         // Reversed range: left as written for validation to report.
@@ -547,6 +633,10 @@ mod tests {
         let p = pool("a", "::/64", &["::1"]);
         let problems = validate(Change::Create(&p), &Snapshot::default());
         assert_eq!(paths(&problems), vec!["spec.subnet"]);
-        assert!(!mutate(&p).labels().contains_key(LABEL_IPPOOL_CIDR));
+        assert!(
+            !mutate(&p, &Snapshot::default())
+                .labels()
+                .contains_key(LABEL_IPPOOL_CIDR)
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! SpiderMultusConfig admission (sections 2.5 and 7 of the reference).
 //!
-//! Mutation: the coordinator settings get upstream's defaults when the coordinator is chained.
-//! Validation: the spec rules, the `multus.spidernet.io/cr-name` annotation cannot be added or changed,
-//! and a NetworkAttachmentDefinition owned by another SpiderMultusConfig cannot be taken over.
+//! Mutation: upstream's defaults ([`SpiderMultusConfig::with_upstream_defaults`]: zero values of the
+//! sub-configuration, the coordinator settings, `enableCoordinator: false` for custom, the
+//! resource-inject annotations as labels). Validation: the spec rules, the `multus.spidernet.io/cr-name`
+//! annotation cannot be added or changed, and a NetworkAttachmentDefinition owned by another
+//! SpiderMultusConfig cannot be taken over.
 
 use kube::ResourceExt;
-use spiderpool_schema::coordinator::CoordinatorSpec;
 use spiderpool_schema::multusconfig::ANNO_NET_ATTACH_CONF_NAME;
 use spiderpool_schema::validation::Validate;
 use spiderpool_schema::{NetworkAttachmentDefinition, Problem, Problems, SpiderMultusConfig};
@@ -15,21 +16,9 @@ use super::{Change, Decision, PatchError, patch_between};
 /// Kind of the controller owner reference the NAD renderer puts on every NetworkAttachmentDefinition.
 const OWNER_KIND: &str = "SpiderMultusConfig";
 
-/// The object as the mutating webhook stores it: when the coordinator is chained, its settings get
-/// upstream's defaults (`mode: auto`, `tunePodRoutes: true`, `podRPFilter: 0`, `txQueueLen: 0`).
+/// The object as the mutating webhook stores it.
 pub fn mutate(smc: &SpiderMultusConfig) -> SpiderMultusConfig {
-    let mut out = smc.clone();
-    if !smc.spec.coordinator_enabled() {
-        return out;
-    }
-    let coordinator = out.spec.coordinator.get_or_insert_with(CoordinatorSpec::default);
-    coordinator.mode.get_or_insert_with(|| "auto".to_string());
-    // Upstream defaults tunePodRoutes to true when `coordinator` is absent but to false when it is
-    // partly set (reference section 13, item 10). The documented default is true, so both get true.
-    coordinator.tune_pod_routes.get_or_insert(true);
-    coordinator.pod_rp_filter.get_or_insert(0);
-    coordinator.tx_queue_len.get_or_insert(0);
-    out
+    smc.with_upstream_defaults()
 }
 
 /// The mutating webhook's decision: always allowed, with the patch [`mutate`] implies.
@@ -129,12 +118,24 @@ mod tests {
     }
 
     #[test]
-    fn coordinator_defaults_are_filled_when_chained() {
+    fn upstream_defaults_are_patched_in() {
         let m = mutate(&smc("net", macvlan()));
-        let c = m.spec.coordinator.unwrap();
+        let c = m.spec.coordinator.clone().unwrap();
         assert_eq!(c.mode.as_deref(), Some("auto"));
         assert_eq!(c.tune_pod_routes, Some(true));
         assert_eq!(c.pod_rp_filter, Some(0));
+        assert_eq!(m.spec.macvlan.as_ref().unwrap().vlan_id, Some(0));
+        let patch = admit_mutation(&smc("net", macvlan())).unwrap().patch;
+        assert!(
+            serde_json::to_string(&patch)
+                .unwrap()
+                .contains("/spec/macvlan/vlanID"),
+            "{patch:?}"
+        );
+        assert!(
+            admit_mutation(&m).unwrap().patch.0.is_empty(),
+            "a second pass changes nothing"
+        );
 
         let mut partial = macvlan();
         partial["coordinator"] = json!({"podDefaultRouteNIC": "net1", "mode": "overlay"});
@@ -147,13 +148,22 @@ mod tests {
         );
         assert_eq!(c.pod_default_route_nic.as_deref(), Some("net1"));
 
-        let custom = smc("c", json!({"cniType": "custom", "customCNI": "{\"type\":\"x\"}"}));
-        assert!(admit_mutation(&custom).unwrap().patch.0.is_empty());
-        let off = smc(
-            "o",
-            json!({"cniType": "macvlan", "macvlan": {"master": ["eth0"]}, "enableCoordinator": false}),
+        let custom = mutate(&smc(
+            "c",
+            json!({"cniType": "custom", "customCNI": "{\"type\":\"x\"}"}),
+        ));
+        assert_eq!(
+            custom.spec.enable_coordinator,
+            Some(false),
+            "upstream stores false"
         );
-        assert_eq!(mutate(&off).spec.coordinator, None);
+        assert_eq!(custom.spec.coordinator, None);
+        let written = mutate(&smc("c", json!({"cniType": "custom", "enableCoordinator": true})));
+        assert_eq!(
+            written.spec.enable_coordinator,
+            Some(true),
+            "kept as written (upstream rewrites it), and unused"
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! SpiderReservedIP admission (section 2.3 of the reference): `ipVersion` derived from the first
-//! address and the list merged; the spec rules and the immutable `ipVersion`. Upstream does no overlap
-//! checks for reserved addresses (they only ever shrink what pools hand out), nor do we.
+//! address (the list is kept as written, see the pool webhook); the spec rules and the immutable
+//! `ipVersion`. Upstream does no overlap checks for reserved addresses (they only ever shrink what
+//! pools hand out), nor do we.
 
 use spiderpool_schema::validation::Validate;
 use spiderpool_schema::{Problem, Problems, SpiderReservedIP};
 
-use super::ippool::normalise_list;
 use super::{Change, Decision, PatchError, patch_between};
 
 /// The object as the mutating webhook stores it.
@@ -13,7 +13,6 @@ pub fn mutate(reserved: &SpiderReservedIP) -> SpiderReservedIP {
     let mut out = reserved.clone();
     if let Some(family) = reserved.spec.family() {
         out.spec.ip_version.get_or_insert(family.as_version());
-        normalise_list(&mut out.spec.ips, family);
     }
     out
 }
@@ -57,10 +56,10 @@ mod tests {
     }
 
     #[test]
-    fn mutation_derives_the_version_and_merges() {
+    fn mutation_derives_the_version_and_keeps_the_list() {
         let m = mutate(&reserved(&["fd00::2", "fd00::1"]));
         assert_eq!(m.spec.ip_version, Some(6));
-        assert_eq!(m.spec.ips, vec!["fd00::1-fd00::2"]);
+        assert_eq!(m.spec.ips, vec!["fd00::2", "fd00::1"]);
         let patch = admit_mutation(&reserved(&["10.0.0.1"])).unwrap().patch;
         assert_eq!(
             serde_json::to_value(patch).unwrap(),

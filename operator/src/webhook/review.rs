@@ -5,7 +5,8 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde::de::DeserializeOwned;
 use spiderpool_schema::{
-    SpiderCoordinator, SpiderIPPool, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP, SpiderSubnet,
+    Problem, SpiderCoordinator, SpiderIPPool, SpiderMultusConfig, SpiderNetwork, SpiderReservedIP,
+    SpiderSubnet,
 };
 
 use super::{
@@ -125,9 +126,14 @@ impl Endpoint {
         )
     }
 
-    /// Whether the rule compares against every SpiderIPPool and SpiderSubnet.
-    pub fn needs_pools_and_subnets(self) -> bool {
+    /// Whether the rule compares against every SpiderIPPool.
+    pub fn needs_pools(self) -> bool {
         self.mode == Mode::Validate && matches!(self.kind, Kind::IpPool | Kind::Subnet)
+    }
+
+    /// Whether the rule reads every SpiderSubnet (the pool mutation adopts a pool into its subnet).
+    pub fn needs_subnets(self) -> bool {
+        self.needs_pools() || (self.mode == Mode::Mutate && self.kind == Kind::IpPool)
     }
 }
 
@@ -137,44 +143,68 @@ pub enum ReviewError {
     /// CREATE or UPDATE without the object.
     #[error("the admission request carries no object")]
     MissingObject,
-    /// The object does not decode as its kind.
-    #[error("the object is not a valid {kind}: {source}")]
+    /// The object does not decode as its kind; the problem names the field.
+    #[error("{problem}")]
     Decode {
-        /// The kind expected.
-        kind: &'static str,
-        /// What did not decode.
-        #[source]
-        source: serde_json::Error,
+        /// Where and why.
+        problem: Problem,
     },
     /// The mutation could not be expressed as a patch.
     #[error(transparent)]
     Patch(#[from] PatchError),
 }
 
-fn decode<K: DeserializeOwned>(kind: Kind, object: &DynamicObject) -> Result<K, ReviewError> {
-    let value = serde_json::to_value(object).map_err(|source| ReviewError::Decode {
-        kind: kind.name(),
-        source,
+/// Decodes an admitted object, or says which field did not decode and why, in the `path: message` form
+/// of every other refusal (`spec.ipVersion: invalid type: string "ipv4", expected i64`;
+/// `spec.subnet: is required`).
+fn decode<K: DeserializeOwned>(object: &DynamicObject) -> Result<K, ReviewError> {
+    let value = serde_json::to_value(object).map_err(|e| ReviewError::Decode {
+        problem: Problem {
+            path: "metadata".into(),
+            message: e.to_string(),
+        },
     })?;
-    serde_json::from_value(value).map_err(|source| ReviewError::Decode {
-        kind: kind.name(),
-        source,
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        let problem = match inner
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(field) => Problem {
+                path: join_path(&path, field),
+                message: "is required".into(),
+            },
+            None => Problem {
+                path: if path == "." { "object".into() } else { path },
+                message: inner,
+            },
+        };
+        ReviewError::Decode { problem }
     })
+}
+
+/// `parent.field`, or `field` at the root (serde_path_to_error writes the root as `.`).
+fn join_path(parent: &str, field: &str) -> String {
+    if parent.is_empty() || parent == "." {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
 }
 
 /// The typed object and old object of a request; `None` for operations that are not admitted (DELETE,
 /// CONNECT: the webhooks are not registered for them).
 fn typed<K: DeserializeOwned>(
-    kind: Kind,
     request: &AdmissionRequest<DynamicObject>,
 ) -> Result<Option<(K, Option<K>)>, ReviewError> {
     if !matches!(request.operation, Operation::Create | Operation::Update) {
         return Ok(None);
     }
     let object = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
-    let new = decode(kind, object)?;
+    let new = decode(object)?;
     let old = match (&request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) => Some(decode(kind, old)?),
+        (Operation::Update, Some(old)) => Some(decode(old)?),
         _ => None,
     };
     Ok(Some((new, old)))
@@ -192,17 +222,18 @@ fn change<'a, K>(new: &'a K, old: Option<&'a K>) -> Change<'a, K> {
 pub fn nad_to_read(
     endpoint: Endpoint,
     request: &AdmissionRequest<DynamicObject>,
-) -> Result<Option<(String, String)>, ReviewError> {
+) -> Option<(String, String)> {
     if endpoint
         != (Endpoint {
             mode: Mode::Validate,
             kind: Kind::MultusConfig,
         })
     {
-        return Ok(None);
+        return None;
     }
-    let Some((smc, _)) = typed::<SpiderMultusConfig>(Kind::MultusConfig, request)? else {
-        return Ok(None);
+    // An object that does not decode has nothing to read; `decide` says why it is refused.
+    let Ok(Some((smc, _))) = typed::<SpiderMultusConfig>(request) else {
+        return None;
     };
     let namespace = smc
         .metadata
@@ -210,65 +241,82 @@ pub fn nad_to_read(
         .clone()
         .or_else(|| request.namespace.clone())
         .unwrap_or_default();
-    Ok(Some((namespace, smc.net_attach_def_name())))
+    Some((namespace, smc.net_attach_def_name()))
 }
 
 /// Decides one request with the rule of its endpoint.
+///
+/// An object that does not decode as its kind is refused by the validating webhook with the field and
+/// the reason. The mutating webhook runs before the API server checks the object against the CRD's
+/// schema, so it leaves such an object unchanged: the schema check then refuses it (naming the field,
+/// with every other schema problem), or else the validating webhook does.
 pub fn decide(
+    endpoint: Endpoint,
+    request: &AdmissionRequest<DynamicObject>,
+    snapshot: &Snapshot,
+) -> Result<Decision, ReviewError> {
+    match decide_typed(endpoint, request, snapshot) {
+        Err(ReviewError::Decode { .. }) if endpoint.mode == Mode::Mutate => Ok(Decision::default()),
+        Err(ReviewError::Decode { problem }) => Ok(Decision::from_problems(vec![problem])),
+        other => other,
+    }
+}
+
+fn decide_typed(
     endpoint: Endpoint,
     request: &AdmissionRequest<DynamicObject>,
     snapshot: &Snapshot,
 ) -> Result<Decision, ReviewError> {
     let kind = endpoint.kind;
     let decision = match (endpoint.mode, kind) {
-        (Mode::Mutate, Kind::IpPool) => match typed::<SpiderIPPool>(kind, request)? {
-            Some((new, _)) => ippool::admit_mutation(&new)?,
+        (Mode::Mutate, Kind::IpPool) => match typed::<SpiderIPPool>(request)? {
+            Some((new, _)) => ippool::admit_mutation(&new, snapshot)?,
             None => Decision::default(),
         },
-        (Mode::Mutate, Kind::Subnet) => match typed::<SpiderSubnet>(kind, request)? {
+        (Mode::Mutate, Kind::Subnet) => match typed::<SpiderSubnet>(request)? {
             Some((new, _)) => subnet::admit_mutation(&new)?,
             None => Decision::default(),
         },
-        (Mode::Mutate, Kind::ReservedIp) => match typed::<SpiderReservedIP>(kind, request)? {
+        (Mode::Mutate, Kind::ReservedIp) => match typed::<SpiderReservedIP>(request)? {
             Some((new, _)) => reservedip::admit_mutation(&new)?,
             None => Decision::default(),
         },
-        (Mode::Mutate, Kind::MultusConfig) => match typed::<SpiderMultusConfig>(kind, request)? {
+        (Mode::Mutate, Kind::MultusConfig) => match typed::<SpiderMultusConfig>(request)? {
             Some((new, _)) => multusconfig::admit_mutation(&new)?,
             None => Decision::default(),
         },
-        (Mode::Mutate, Kind::Coordinator) => match typed::<SpiderCoordinator>(kind, request)? {
+        (Mode::Mutate, Kind::Coordinator) => match typed::<SpiderCoordinator>(request)? {
             Some((new, _)) => coordinator::admit_mutation(&new)?,
             None => Decision::default(),
         },
         (Mode::Mutate, Kind::Network) => Decision::default(),
-        (Mode::Validate, Kind::IpPool) => match typed::<SpiderIPPool>(kind, request)? {
+        (Mode::Validate, Kind::IpPool) => match typed::<SpiderIPPool>(request)? {
             Some((new, old)) => {
                 Decision::from_problems(ippool::validate(change(&new, old.as_ref()), snapshot))
             }
             None => Decision::default(),
         },
-        (Mode::Validate, Kind::Subnet) => match typed::<SpiderSubnet>(kind, request)? {
+        (Mode::Validate, Kind::Subnet) => match typed::<SpiderSubnet>(request)? {
             Some((new, old)) => {
                 Decision::from_problems(subnet::validate(change(&new, old.as_ref()), snapshot))
             }
             None => Decision::default(),
         },
-        (Mode::Validate, Kind::ReservedIp) => match typed::<SpiderReservedIP>(kind, request)? {
+        (Mode::Validate, Kind::ReservedIp) => match typed::<SpiderReservedIP>(request)? {
             Some((new, old)) => Decision::from_problems(reservedip::validate(change(&new, old.as_ref()))),
             None => Decision::default(),
         },
-        (Mode::Validate, Kind::MultusConfig) => match typed::<SpiderMultusConfig>(kind, request)? {
+        (Mode::Validate, Kind::MultusConfig) => match typed::<SpiderMultusConfig>(request)? {
             Some((new, old)) => {
                 multusconfig::validate(change(&new, old.as_ref()), snapshot.existing_nad.as_ref())
             }
             None => Decision::default(),
         },
-        (Mode::Validate, Kind::Coordinator) => match typed::<SpiderCoordinator>(kind, request)? {
+        (Mode::Validate, Kind::Coordinator) => match typed::<SpiderCoordinator>(request)? {
             Some((new, old)) => Decision::from_problems(coordinator::validate(change(&new, old.as_ref()))),
             None => Decision::default(),
         },
-        (Mode::Validate, Kind::Network) => match typed::<SpiderNetwork>(kind, request)? {
+        (Mode::Validate, Kind::Network) => match typed::<SpiderNetwork>(request)? {
             Some((new, old)) => Decision::from_problems(network::validate(change(&new, old.as_ref()))),
             None => Decision::default(),
         },
@@ -439,24 +487,46 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_objects_are_refused_with_the_reason() {
-        let bad = json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
-                         "metadata": {"name": "x"}, "spec": {"subnet": 42}});
-        let endpoint = Endpoint {
-            mode: Mode::Validate,
-            kind: Kind::IpPool,
+    fn undecodable_objects_are_refused_naming_the_field() {
+        let refusal = |mode: Mode, spec: serde_json::Value| {
+            let bad = json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+                             "metadata": {"name": "x"}, "spec": spec});
+            let endpoint = Endpoint {
+                mode,
+                kind: Kind::IpPool,
+            };
+            review(
+                endpoint,
+                &request("SpiderIPPool", "spiderippools", "CREATE", bad, json!(null)),
+                &Snapshot::default(),
+            )
         };
-        let response = review(
-            endpoint,
-            &request("SpiderIPPool", "spiderippools", "CREATE", bad, json!(null)),
-            &Snapshot::default(),
+        let response = refusal(
+            Mode::Validate,
+            json!({"subnet": "10.0.0.0/24", "ipVersion": "ipv4"}),
         );
         assert!(!response.allowed);
+        assert_eq!(response.result.code, 422);
         assert!(
-            response.result.message.contains("not a valid SpiderIPPool"),
+            response
+                .result
+                .message
+                .starts_with("spec.ipVersion: invalid type: string \"ipv4\""),
             "{}",
             response.result.message
         );
+        let response = refusal(Mode::Validate, json!({"default": true}));
+        assert_eq!(response.result.message, "spec.subnet: is required");
+        let response = refusal(Mode::Validate, json!({"subnet": "10.0.0.0/24", "ips": [1]}));
+        assert!(
+            response.result.message.starts_with("spec.ips[0]: "),
+            "{}",
+            response.result.message
+        );
+        // The mutating webhook leaves it to the API server's schema check (which names the field too).
+        let response = refusal(Mode::Mutate, json!({"subnet": 42}));
+        assert!(response.allowed);
+        assert!(response.patch.is_none());
     }
 
     #[test]
@@ -477,7 +547,7 @@ mod tests {
             kind: Kind::MultusConfig,
         };
         assert_eq!(
-            nad_to_read(endpoint, &req).unwrap(),
+            nad_to_read(endpoint, &req),
             Some(("ns".to_string(), "custom-name".to_string()))
         );
         assert_eq!(
@@ -487,8 +557,7 @@ mod tests {
                     ..endpoint
                 },
                 &req
-            )
-            .unwrap(),
+            ),
             None
         );
     }

@@ -290,27 +290,27 @@ async fn read_snapshot(
     request: &AdmissionRequest<DynamicObject>,
 ) -> anyhow::Result<Snapshot> {
     let mut snapshot = Snapshot::default();
-    if endpoint.needs_pools_and_subnets() {
-        let pools: Api<SpiderIPPool> = Api::all(client.clone());
-        let subnets: Api<SpiderSubnet> = Api::all(client.clone());
-        let (pools, subnets) = tokio::try_join!(
-            async {
-                pools
-                    .list(&ListParams::default())
-                    .await
-                    .context("listing SpiderIPPools")
-            },
-            async {
-                subnets
-                    .list(&ListParams::default())
-                    .await
-                    .context("listing SpiderSubnets")
-            },
-        )?;
-        snapshot.pools = pools.items;
-        snapshot.subnets = subnets.items;
-    }
-    if let Some((namespace, name)) = review::nad_to_read(endpoint, request)? {
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let subnets: Api<SpiderSubnet> = Api::all(client.clone());
+    let (pools, subnets) = tokio::try_join!(
+        async {
+            if !endpoint.needs_pools() {
+                return Ok(Vec::new());
+            }
+            let list = pools.list(&ListParams::default()).await;
+            list.map(|l| l.items).context("listing SpiderIPPools")
+        },
+        async {
+            if !endpoint.needs_subnets() {
+                return Ok(Vec::new());
+            }
+            let list = subnets.list(&ListParams::default()).await;
+            list.map(|l| l.items).context("listing SpiderSubnets")
+        },
+    )?;
+    snapshot.pools = pools;
+    snapshot.subnets = subnets;
+    if let Some((namespace, name)) = review::nad_to_read(endpoint, request) {
         let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), &namespace);
         snapshot.existing_nad = nads
             .get_opt(&name)

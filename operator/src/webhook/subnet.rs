@@ -1,7 +1,7 @@
 //! SpiderSubnet admission (upstream's subnet webhook, section 2.2 of the reference).
 //!
-//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/subnet-cidr` label and
-//! merged `ips`/`excludeIPs`. Validation: the spec rules; subnets must not overlap each other; a subnet
+//! Mutation: the finalizer, `ipVersion` from `subnet`, the `ipam.spidernet.io/subnet-cidr` label;
+//! `ips`/`excludeIPs` are kept as written (see the pool webhook). Validation: the spec rules; subnets must not overlap each other; a subnet
 //! must not overlap a pool with a different CIDR; the pools of its CIDR must keep all their addresses
 //! inside it (on create: the pools already there; on update: the addresses they use cannot be removed);
 //! immutable fields; no spec change while terminating.
@@ -13,7 +13,7 @@ use spiderpool_ipmath::{self as ipmath, IpFamily, IpSet};
 use spiderpool_schema::validation::Validate;
 use spiderpool_schema::{Problem, Problems, SpiderSubnet};
 
-use super::ippool::{AddressBlock, normalise_list};
+use super::ippool::{AddressBlock, same_addresses};
 use super::{
     Change, Decision, LABEL_OWNER_SUBNET, LABEL_SUBNET_CIDR, PatchError, Snapshot, brief_list,
     ensure_finalizer, is_label_value, patch_between,
@@ -30,8 +30,6 @@ pub fn mutate(subnet: &SpiderSubnet) -> SpiderSubnet {
         if is_label_value(&label) {
             out.labels_mut().insert(LABEL_SUBNET_CIDR.to_string(), label);
         }
-        normalise_list(&mut out.spec.ips, family);
-        normalise_list(&mut out.spec.exclude_ips, family);
     }
     out
 }
@@ -73,7 +71,9 @@ pub fn validate(change: Change<'_, SpiderSubnet>, snapshot: &Snapshot) -> Vec<Pr
             overlap_with_pools(&mut problems, &block, snapshot);
         }
         Some(old) => {
-            if old.spec.ips != subnet.spec.ips || old.spec.exclude_ips != subnet.spec.exclude_ips {
+            if !same_addresses(block.family, &old.spec.ips, &subnet.spec.ips)
+                || !same_addresses(block.family, &old.spec.exclude_ips, &subnet.spec.exclude_ips)
+            {
                 keep_pool_addresses(&mut problems, subnet, old, &block, snapshot);
             }
         }
@@ -261,12 +261,12 @@ mod tests {
     }
 
     #[test]
-    fn mutation_sets_version_label_finalizer_and_merges() {
+    fn mutation_sets_version_label_finalizer_and_keeps_lists() {
         let s = subnet("s", "10.6.0.0/16", &["10.6.0.2", "10.6.0.1"]);
         let m = mutate(&s);
         assert_eq!(m.spec.ip_version, Some(4));
         assert_eq!(m.labels()[LABEL_SUBNET_CIDR], "10-6-0-0-16");
-        assert_eq!(m.spec.ips, vec!["10.6.0.1-10.6.0.2"]);
+        assert_eq!(m.spec.ips, s.spec.ips);
         assert_eq!(
             m.metadata.finalizers,
             Some(vec![spiderpool_schema::FINALIZER.to_string()])

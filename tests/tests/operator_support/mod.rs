@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 use spiderpool_operator::controller::network::plan::ChildKind;
 use spiderpool_operator::metrics::Metrics;
@@ -163,19 +162,8 @@ pub fn suffix() -> String {
     format!("{:05x}", (nanos ^ std::process::id()) & 0xfffff)
 }
 
-/// Creates a namespace if it does not exist.
-pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_none() {
-        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-        match api.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Ok(())
-}
+#[allow(unused_imports, reason = "each test binary uses part of the helpers")]
+pub use spiderpool_tests::objects::ensure_namespace;
 
 /// Every child kind the SpiderNetwork controller applies.
 pub const CHILD_KINDS: [ChildKind; 4] = [

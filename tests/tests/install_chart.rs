@@ -1,0 +1,789 @@
+//! The chart installed on a real control plane and run from the real images, under its own RBAC.
+//!
+//! Each test starts a private control plane (etcd, kube-apiserver, controller-manager, scheduler),
+//! two simulated nodes ([`NodeSimulator`]) and an [`ImageKubelet`] that runs the chart's hostNetwork
+//! pods from the amd64 images (`tests/tools/build-images.sh`, cached) in each node's network namespace.
+//! It renders the chart with `helm template`, server-side applies every object in Helm's install
+//! order, waits as `helm install --wait` does, then runs the post-install hook (spiderpool-init).
+//! The DaemonSet and Deployment controllers make the pods; the components run with exactly the
+//! command, arguments, environment, ConfigMap and ServiceAccount token (bound to their pod) that the
+//! chart gives them, so every API call they make is checked against the chart's roles. The API server
+//! reaches the webhooks through the chart's Service (its Endpoints, with aggregator routing) on the
+//! operator's node.
+//!
+//! Then real flows run through them (webhooks, IPAM ADD/DEL of pods through the installed plugin,
+//! pool counters, reclaim, a SpiderNetwork, metrics) and nothing a component logged may be a refusal
+//! by the API server. Finally everything is deleted in Helm's uninstall order and nothing may be left
+//! stuck on a finalizer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use serde_json::{Value, json};
+use spiderpool_schema::{SpiderCoordinator, SpiderIPPool, SpiderInterfaceTask, SpiderNetwork};
+use spiderpool_tests::chart::{self, documents};
+use spiderpool_tests::kubelet::ImageKubelet;
+use spiderpool_tests::node_sim::SimNode;
+use spiderpool_tests::{
+    ClusterOptions, DefaultNetwork, NodeSimulator, SimOptions, TestCluster, images, wait_for,
+};
+
+const RELEASE: &str = "spiderpool";
+const NAMESPACE: &str = "spiderpool-system";
+
+/// A kubeadm cluster's ClusterConfiguration, which the default SpiderCoordinator reads its pod CIDR
+/// from (`podCIDRType: auto` or `cluster`).
+const KUBEADM_CONFIG: &str = "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/16\n";
+
+/// The first CNI configuration of every node: the cluster's default network, which spiderpool-init
+/// wraps in a SpiderMultusConfig.
+const DEFAULT_CNI: &str =
+    r#"{"cniVersion":"0.3.1","name":"cbr0","plugins":[{"type":"bridge","bridge":"cbr0"}]}"#;
+
+struct Install {
+    cluster: TestCluster,
+    client: Client,
+    sim: NodeSimulator,
+    kubelet: ImageKubelet,
+    docs: Vec<Value>,
+    _dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn nodes(&self) -> &[SimNode] {
+        self.sim.nodes()
+    }
+
+    /// Logs of every container, for failure messages.
+    fn all_logs(&self) -> String {
+        self.kubelet
+            .logs()
+            .into_iter()
+            .map(|(name, text)| {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- {name}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A unique /24 of the benchmarking range for this run's simulated underlay: the host gets `.1` on
+/// it, so the API server reaches the nodes (and the operator's webhook) without touching any other
+/// simulator's 172.31.0.0/16.
+fn underlay() -> ipnet::Ipv4Net {
+    let octet = u8::try_from(std::process::id() % 250).unwrap_or(7) + 2;
+    ipnet::Ipv4Net::new(Ipv4Addr::new(198, 18, octet, 0), 24).unwrap()
+}
+
+/// Starts the control plane, nodes and kubelet, renders the chart with `values` and installs it.
+async fn install(values: &str, extra_set: &[&str]) -> Result<Install> {
+    spiderpool_tests::init_tracing();
+    let images = tokio::task::spawn_blocking(|| images::unpacked("amd64")).await??;
+    let mut options = ClusterOptions::default();
+    // Webhook calls to a Service go to its endpoints (the operator's node), as kube-proxy would route.
+    options
+        .apiserver_args
+        .push("--enable-aggregator-routing=true".into());
+    let cluster = TestCluster::start(options).await?;
+    let client = cluster.client()?;
+    for file in std::fs::read_dir(chart::chart_dir().join("crds"))? {
+        let text = std::fs::read_to_string(file?.path())?;
+        spiderpool_tests::cluster::install_crd_yaml(&client, &text).await?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for name in [NAMESPACE, "lab"] {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+            )
+            .await?;
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "kubeadm-config"}, "data": {"ClusterConfiguration": KUBEADM_CONFIG}}))?,
+        )
+        .await?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("spk")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())?;
+    let cidr = underlay();
+    let mut sim_options = SimOptions::new(DefaultNetwork::Config(json!({
+        "cniVersion": "0.4.0", "name": "underlay",
+        "plugins": [{"type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {"type": "spiderpool"}}],
+    })));
+    sim_options.node_cidr = cidr;
+    sim_options.host_address = cidr.hosts().next();
+    sim_options.host_network_pods = false;
+    // The plugins the agent's init container installs on the nodes (a link to node 0's directory,
+    // made once the nodes have names; every node gets the same), then Debian's.
+    let installed_plugins = dir.path().join("cni-bin");
+    sim_options.cni_path.insert(0, installed_plugins.clone());
+    let socket_path = values_socket_path(values);
+    sim_options.node_env.push((
+        "SPIDERPOOL_IPAM_UNIX_SOCKET_PATH".into(),
+        dir.path()
+            .join("nodes/{node}")
+            .join(socket_path.trim_start_matches('/'))
+            .display()
+            .to_string(),
+    ));
+    let sim = NodeSimulator::start(client.clone(), sim_options).await?;
+    for node in sim.nodes() {
+        let label = json!({"metadata": {"labels": {"lab.example.com/bench": "true"}}});
+        Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .patch(&node.name, &PatchParams::default(), &Patch::Merge(&label))
+            .await?;
+    }
+    let kubelet = ImageKubelet::start(&cluster, sim.nodes(), images, dir.path()).await?;
+    for node in sim.nodes() {
+        let conf_dir = kubelet.host_path(&node.name, "/etc/cni/net.d");
+        std::fs::create_dir_all(&conf_dir)?;
+        std::fs::write(conf_dir.join("10-cbr0.conflist"), DEFAULT_CNI)?;
+    }
+    std::os::unix::fs::symlink(
+        kubelet.host_path(&sim.nodes()[0].name, "/opt/cni/bin"),
+        &installed_plugins,
+    )?;
+
+    let values_file = dir.path().join("values.yaml");
+    std::fs::write(&values_file, values)?;
+    let values_arg = values_file.display().to_string();
+    let mut args = vec!["-f", values_arg.as_str()];
+    args.extend_from_slice(extra_set);
+    let rendered = chart::template(RELEASE, NAMESPACE, &args)?;
+    let docs = documents(&rendered)?;
+
+    let started = Instant::now();
+    for doc in chart::install_sequence(&docs) {
+        chart::apply(&client, &doc, NAMESPACE).await?;
+    }
+    let install = Install {
+        cluster,
+        client,
+        sim,
+        kubelet,
+        docs,
+        _dir: dir,
+    };
+    wait_ready(&install).await.with_context(|| install.all_logs())?;
+    run_hooks(&install).await.with_context(|| install.all_logs())?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "chart installed and ready"
+    );
+    Ok(install)
+}
+
+/// `global.ipamUNIXSocketHostPath` of a values file (upstream's default when it sets none).
+fn values_socket_path(values: &str) -> String {
+    let parsed: Value = serde_saphyr::from_str(values).unwrap_or(Value::Null);
+    parsed["global"]["ipamUNIXSocketHostPath"]
+        .as_str()
+        .unwrap_or("/var/run/spidernet/spiderpool.sock")
+        .to_string()
+}
+
+/// What `helm install --wait` waits for: every DaemonSet and Deployment of the release ready.
+async fn wait_ready(install: &Install) -> Result<()> {
+    for doc in &install.docs {
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        match doc["kind"].as_str() {
+            Some("DaemonSet") if name != "spiderpool-multus" => {
+                let api: Api<DaemonSet> = Api::namespaced(install.client.clone(), NAMESPACE);
+                wait_for(
+                    &format!("DaemonSet {name} ready on every node"),
+                    Duration::from_secs(180),
+                    || {
+                        let api = api.clone();
+                        let name = name.clone();
+                        async move {
+                            let ds = api.get(&name).await?;
+                            let status = ds.status.unwrap_or_default();
+                            Ok((status.desired_number_scheduled > 0
+                                && status.number_ready == status.desired_number_scheduled)
+                                .then_some(()))
+                        }
+                    },
+                )
+                .await?;
+            }
+            Some("Deployment") => {
+                let api: Api<Deployment> = Api::namespaced(install.client.clone(), NAMESPACE);
+                wait_for(
+                    &format!("Deployment {name} available"),
+                    Duration::from_secs(180),
+                    || {
+                        let api = api.clone();
+                        let name = name.clone();
+                        async move {
+                            let deployment = api.get(&name).await?;
+                            let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+                            let ready = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                            Ok((ready == wanted).then_some(()))
+                        }
+                    },
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The post-install hooks: applied after the release is ready, waited for, and deleted when they
+/// succeed (`hook-delete-policy: hook-succeeded`).
+async fn run_hooks(install: &Install) -> Result<()> {
+    for hook in install.docs.iter().filter(|d| chart::is_hook(d)) {
+        ensure!(hook["kind"] == "Job", "unexpected hook {}", hook["kind"]);
+        chart::apply(&install.client, hook, NAMESPACE).await?;
+        let name = hook["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let jobs: Api<Job> = Api::namespaced(install.client.clone(), NAMESPACE);
+        wait_for(
+            &format!("hook Job {name} to succeed"),
+            Duration::from_secs(180),
+            || {
+                let jobs = jobs.clone();
+                let name = name.clone();
+                async move {
+                    let status = jobs.get(&name).await?.status.unwrap_or_default();
+                    if status.failed.unwrap_or(0) > 0 {
+                        bail!("hook Job {name} failed: {status:?}");
+                    }
+                    Ok((status.succeeded.unwrap_or(0) > 0).then_some(()))
+                }
+            },
+        )
+        .await?;
+        if hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("hook-succeeded"))
+        {
+            jobs.delete(&name, &DeleteParams::background()).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the release's objects in Helm's uninstall order, then checks nothing is left stuck:
+/// no pod of the release, no object of ours terminating, no webhook configuration.
+async fn uninstall(install: &Install) -> Result<()> {
+    for doc in chart::uninstall_sequence(&install.docs) {
+        chart::delete(&install.client, &doc, NAMESPACE).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(install.client.clone(), NAMESPACE);
+    wait_for("every pod of the release gone", Duration::from_secs(120), || {
+        let pods = pods.clone();
+        async move {
+            let left = pods.list(&ListParams::default()).await?.items;
+            Ok(left.is_empty().then_some(()))
+        }
+    })
+    .await?;
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(install.client.clone());
+    ensure!(
+        webhooks.get_opt("spiderpool-controller").await?.is_none(),
+        "the ValidatingWebhookConfiguration outlived the release"
+    );
+    // Give the garbage collector a moment, then nothing may be waiting on a finalizer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = terminating_objects(&install.client).await?;
+    ensure!(
+        stuck.is_empty(),
+        "objects left terminating after uninstall: {stuck:?}"
+    );
+    Ok(())
+}
+
+/// Every object of our kinds (and the release's pods and jobs) with a deletion timestamp.
+async fn terminating_objects(client: &Client) -> Result<Vec<String>> {
+    let mut stuck = Vec::new();
+    for (api_version, kind) in [
+        ("spiderpool.spidernet.io/v2beta1", "SpiderIPPool"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderSubnet"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderCoordinator"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderEndpoint"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderMultusConfig"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderNetwork"),
+        ("spiderpool.spidernet.io/v2beta1", "SpiderInterfaceTask"),
+        ("v1", "Pod"),
+        ("batch/v1", "Job"),
+    ] {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+        let api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource);
+        for object in api.list(&ListParams::default()).await?.items {
+            if object.metadata.deletion_timestamp.is_some() {
+                stuck.push(format!(
+                    "{kind} {}/{} (finalizers {:?})",
+                    object.metadata.namespace.clone().unwrap_or_default(),
+                    object.name_any(),
+                    object.metadata.finalizers
+                ));
+            }
+        }
+    }
+    Ok(stuck)
+}
+
+/// Values a user of upstream's chart could bring: a non-default socket path (the agent only finds it
+/// in the ConfigMap), IPv4 only, default pools and subnet, two operator replicas with a PDB, metrics
+/// with upstream's debug series, a fast reclaim scan, debug logs, no Multus (its image cannot run
+/// here).
+const VALUES: &str = r#"
+global:
+  ipamUNIXSocketHostPath: /run/spidernet-test/ipam.sock
+  commonLabels: {team: network}
+ipam:
+  enableIPv6: false
+  gc:
+    gcAll:
+      intervalInSecond: 5
+clusterDefaultPool:
+  installIPv4IPPool: true
+  ipv4Subnet: 10.250.0.0/24
+  ipv4IPRanges: [10.250.0.10-10.250.0.40]
+  ipv4Gateway: 10.250.0.1
+coordinator:
+  podCIDRType: cluster
+multus:
+  multusCNI:
+    install: false
+spiderpoolController:
+  replicas: 2
+  podDisruptionBudget:
+    enabled: true
+  prometheus:
+    enabled: true
+    enabledDebugMetric: true
+  debug:
+    logLevel: debug
+spiderpoolAgent:
+  prometheus:
+    enabled: true
+"#;
+
+/// Every log line of our components that shows the API server refusing them (a permission the
+/// chart's roles lack).
+fn refusals(install: &Install) -> Vec<String> {
+    install
+        .kubelet
+        .logs()
+        .into_iter()
+        .flat_map(|(name, text)| {
+            text.lines()
+                .filter(|l| l.contains("forbidden") || l.contains("Forbidden") || l.contains("\"code\":403"))
+                .map(|l| format!("{name}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn wait_coordinator_synced(client: &Client) -> Result<SpiderCoordinator> {
+    let api: Api<SpiderCoordinator> = Api::all(client.clone());
+    wait_for(
+        "the default SpiderCoordinator Synced",
+        Duration::from_secs(120),
+        || {
+            let api = api.clone();
+            async move {
+                let coordinator = api.get_opt("default").await?;
+                Ok(coordinator.filter(|c| c.status.as_ref().is_some_and(|s| s.phase == "Synced")))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chart_installs_runs_under_its_rbac_and_uninstalls_clean() -> Result<()> {
+    let install = install(VALUES, &[]).await?;
+    let result = exercise(&install).await;
+    if let Err(err) = &result {
+        bail!(
+            "{err:#}\nkubelet failures: {:?}\n{}",
+            install.kubelet.failures(),
+            install.all_logs()
+        );
+    }
+    let refused = refusals(&install);
+    ensure!(
+        refused.is_empty(),
+        "the API server refused our components: {refused:#?}"
+    );
+    uninstall(&install).await.with_context(|| install.all_logs())?;
+    install.sim.shutdown().await?;
+    drop(install.cluster);
+    Ok(())
+}
+
+async fn exercise(install: &Install) -> Result<()> {
+    let client = &install.client;
+    let nodes: Vec<String> = install.nodes().iter().map(|n| n.name.clone()).collect();
+
+    // spiderpool-init made the defaults; the operator found the cluster's CIDRs.
+    let coordinator = wait_coordinator_synced(client).await?;
+    let status = coordinator.status.clone().unwrap_or_default();
+    ensure!(
+        status.overlay_pod_cidr == Some(vec!["10.244.0.0/16".to_string()]),
+        "{status:?}"
+    );
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let default_pool = pools.get("default-v4-ippool").await?;
+    ensure!(default_pool.spec.default == Some(true), "{:?}", default_pool.spec);
+    ensure!(
+        default_pool
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .contains(&spiderpool_schema::FINALIZER.to_string()),
+        "the mutating webhook gave the default pool no finalizer: {:?}",
+        default_pool.metadata
+    );
+    let subnets: Api<spiderpool_schema::SpiderSubnet> = Api::all(client.clone());
+    wait_for(
+        "the default subnet to control the default pool",
+        Duration::from_secs(60),
+        || {
+            let subnets = subnets.clone();
+            async move {
+                let subnet = subnets.get("default-v4-subnet").await?;
+                Ok(subnet
+                    .status
+                    .and_then(|s| s.controlled_ip_pools)
+                    .filter(|pools| pools.contains("default-v4-ippool")))
+            }
+        },
+    )
+    .await?;
+    let smcs: Api<spiderpool_schema::SpiderMultusConfig> = Api::namespaced(client.clone(), NAMESPACE);
+    ensure!(
+        smcs.get_opt("cbr0").await?.is_some(),
+        "spiderpool-init made no SpiderMultusConfig for the default network"
+    );
+
+    // The validating webhook, reached through the chart's Service, refuses a bad pool with the field.
+    let bad: SpiderIPPool = serde_json::from_value(json!({
+        "metadata": {"name": "outside"},
+        "spec": {"subnet": "10.251.0.0/24", "ips": ["10.252.0.5"]},
+    }))?;
+    let refused = pools.create(&PostParams::default(), &bad).await;
+    match refused {
+        Err(kube::Error::Api(status)) => ensure!(status.message.contains("spec.ips"), "{status:?}"),
+        other => bail!("a pool with addresses outside its subnet was not refused: {other:?}"),
+    }
+
+    // IPAM ADD and DEL through the installed plugin and the agents, on both nodes.
+    let apps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let mut spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+        "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+        "terminationGracePeriodSeconds": 0,
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}],
+    }))?;
+    install.sim.place(&mut spec);
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec}},
+    }))?;
+    apps.create(&PostParams::default(), &web).await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = wait_for(
+        "2 web pods Running with addresses",
+        Duration::from_secs(120),
+        || {
+            let pod_api = pod_api.clone();
+            async move {
+                let pods = pod_api
+                    .list(&ListParams::default().labels("app=web"))
+                    .await?
+                    .items;
+                let ips: Vec<String> = pods
+                    .iter()
+                    .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                    .filter(|ip| ip.starts_with("10.250.0."))
+                    .collect();
+                Ok((ips.len() == 2).then_some(pods))
+            }
+        },
+    )
+    .await?;
+    let on: Vec<String> = running
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    ensure!(
+        nodes.iter().all(|n| on.contains(n)),
+        "web pods not on both nodes: {on:?}"
+    );
+    // IPv4 only: the agents read enableIPv6: false from the ConfigMap.
+    for pod in &running {
+        let ips = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ips.clone())
+            .unwrap_or_default();
+        ensure!(ips.len() == 1, "{:?} has {ips:?}", pod.metadata.name);
+    }
+    wait_for(
+        "the default pool to count 2 addresses",
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            async move {
+                let pool = pools.get("default-v4-ippool").await?;
+                Ok((pool.status.and_then(|s| s.allocated_ip_count) == Some(2)).then_some(()))
+            }
+        },
+    )
+    .await?;
+
+    // Metrics on upstream's ports, from inside each node's network: the agents' IPAM counters and
+    // the leader's capacity gauges.
+    for node in &nodes {
+        let (code, body) = install.kubelet.http_get(node, 5711, "/metrics")?;
+        ensure!(
+            code == 200 && body.contains("spiderpool_ipam_allocation_counts_total"),
+            "agent metrics on {node}: {code} {body}"
+        );
+    }
+    wait_for("the leader's capacity gauges", Duration::from_secs(60), || {
+        let nodes = nodes.clone();
+        let kubelet = &install.kubelet;
+        async move {
+            for node in &nodes {
+                let Ok((200, body)) = kubelet.http_get(node, 5721, "/metrics") else {
+                    continue;
+                };
+                if body.contains(r#"spiderpool_ippool_allocated_ip_counts{pool="default-v4-ippool"} 2"#)
+                    && body.contains(
+                        r#"spiderpool_debug_ippool_total_ip_counts{SpiderIPPool="default-v4-ippool"} 31"#,
+                    )
+                {
+                    return Ok(Some(()));
+                }
+            }
+            Ok(None)
+        }
+    })
+    .await?;
+
+    // Logs are upstream's JSON lines.
+    let agent_pod = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=spiderpool-agent"))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("no agent pod")?;
+    let log = install
+        .kubelet
+        .log(NAMESPACE, &agent_pod.name_any(), "spiderpool-agent");
+    let first = log.lines().next().context("the agent logged nothing")?;
+    let line: Value = serde_json::from_str(first).with_context(|| format!("not a JSON log line: {first}"))?;
+    ensure!(
+        line["level"].is_string() && line["ts"].is_string() && line["msg"].is_string(),
+        "{line}"
+    );
+
+    // Reclaim: an address recorded for a pod that never existed goes back at the next scan (5 s).
+    let dirty = pools.get("default-v4-ippool").await?;
+    let mut records: serde_json::Map<String, Value> = dirty
+        .status
+        .as_ref()
+        .and_then(|s| s.allocated_ips.as_deref())
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or_default();
+    records.insert(
+        "10.250.0.40".into(),
+        json!({"pod": "default/ghost", "podUid": "00000000-0000-0000-0000-000000000001"}),
+    );
+    pools
+        .patch_status(
+            "default-v4-ippool",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocatedIPs": serde_json::to_string(&records)?}})),
+        )
+        .await?;
+    wait_for("the ghost's address reclaimed", Duration::from_secs(60), || {
+        let pools = pools.clone();
+        async move {
+            let pool = pools.get("default-v4-ippool").await?;
+            let records = pool.status.and_then(|s| s.allocated_ips).unwrap_or_default();
+            Ok((!records.contains("10.250.0.40")).then_some(()))
+        }
+    })
+    .await?;
+
+    // A topology: compiled and applied by the operator (pools, reserved IPs, multus configs, NADs).
+    let mut lab: SpiderNetwork = serde_saphyr::from_str(&std::fs::read_to_string(
+        spiderpool_tests::tools::repo_root().join("examples/topologies/single-rack-lab.yaml"),
+    )?)?;
+    lab.metadata.resource_version = None;
+    Api::<SpiderNetwork>::all(client.clone())
+        .create(&PostParams::default(), &lab)
+        .await?;
+    wait_for("SpiderNetwork lab Ready", Duration::from_secs(120), || {
+        let api: Api<SpiderNetwork> = Api::all(client.clone());
+        async move {
+            let network = api.get("lab").await?;
+            let ready = network
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status == "True");
+            Ok(ready.then_some(()))
+        }
+    })
+    .await?;
+
+    // The agent may write its node's interface tasks' status and nothing it has no business with.
+    agent_rbac(install, &agent_pod).await?;
+
+    // Scaling down releases the addresses (DEL through the plugin and the agents).
+    apps.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    )
+    .await?;
+    wait_for("the default pool empty again", Duration::from_secs(120), || {
+        let pools = pools.clone();
+        async move {
+            let pool = pools.get("default-v4-ippool").await?;
+            Ok((pool.status.and_then(|s| s.allocated_ip_count) == Some(0)).then_some(()))
+        }
+    })
+    .await?;
+    apps.delete("web", &DeleteParams::default()).await?;
+    Api::<SpiderNetwork>::all(client.clone())
+        .delete("lab", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+/// With the agent's own credentials (a token bound to its pod, as the kubelet gives it): it may
+/// patch the status of its node's interface tasks, and may not create tasks, read Secrets or make
+/// Deployments.
+async fn agent_rbac(install: &Install, agent_pod: &Pod) -> Result<()> {
+    let admin = &install.client;
+    let node = agent_pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .context("agent pod unbound")?;
+    let tasks: Api<SpiderInterfaceTask> = Api::all(admin.clone());
+    let task: SpiderInterfaceTask = serde_json::from_value(json!({
+        "metadata": {"name": format!("rbac-{node}")},
+        "spec": {"nodeName": node, "vlans": [{"parent": "eth0", "id": 100}]},
+    }))?;
+    tasks.create(&PostParams::default(), &task).await?;
+
+    let token = install
+        .cluster
+        .service_account_token(
+            NAMESPACE,
+            "spiderpool-agent",
+            Some((&agent_pod.name_any(), &agent_pod.uid().unwrap_or_default())),
+        )
+        .await?;
+    let mut config = install.cluster.config().clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
+    let agent = Client::try_from(config)?;
+    let as_agent: Api<SpiderInterfaceTask> = Api::all(agent.clone());
+    as_agent
+        .patch_status(
+            &format!("rbac-{node}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 1}})),
+        )
+        .await
+        .context("the agent may write its node's interface task status")?;
+    let forbidden = |result: Result<(), kube::Error>, what: &str| -> Result<()> {
+        match result {
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+            other => bail!("the agent could {what}: {other:?}"),
+        }
+    };
+    let mut other = task.clone();
+    other.metadata.name = Some("rbac-made-by-agent".into());
+    forbidden(
+        as_agent.create(&PostParams::default(), &other).await.map(|_| ()),
+        "create an interface task",
+    )?;
+    forbidden(
+        Api::<Secret>::namespaced(agent.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await
+            .map(|_| ()),
+        "list Secrets",
+    )?;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "agent-made"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+                 "spec": {"containers": [{"name": "x", "image": "registry.invalid/x:1"}]}}},
+    }))?;
+    forbidden(
+        Api::<Deployment>::namespaced(agent.clone(), "default")
+            .create(&PostParams::default(), &deployment)
+            .await
+            .map(|_| ()),
+        "create a Deployment",
+    )?;
+    forbidden(
+        Api::<SpiderIPPool>::all(agent.clone())
+            .delete("default-v4-ippool", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        "delete a pool",
+    )?;
+    tasks
+        .delete(&format!("rbac-{node}"), &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+/// The chart with default values (ports, paths, TLS generated by the operator), except Multus,
+/// whose upstream image cannot run here: every component of ours comes up, the init Job creates
+/// the default SpiderCoordinator, which reaches Synced, and uninstalling leaves nothing stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()> {
+    let install = install("{}\n", &["--set", "multus.multusCNI.install=false"]).await?;
+    let synced = wait_coordinator_synced(&install.client).await;
+    if let Err(err) = synced {
+        bail!("{err:#}\n{}", install.all_logs());
+    }
+    let refused = refusals(&install);
+    ensure!(
+        refused.is_empty(),
+        "the API server refused our components: {refused:#?}"
+    );
+    uninstall(&install).await.with_context(|| install.all_logs())?;
+    install.sim.shutdown().await?;
+    Ok(())
+}
