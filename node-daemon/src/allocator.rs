@@ -24,10 +24,10 @@ use k8s_openapi::api::core::v1::Pod;
 use spiderpool_agent_api::{IpamAddArgs, IpamAddResponse, WorkloadEndpointStatus};
 use spiderpool_ipmath::IpFamily;
 use spiderpool_schema::annotations::ip_version_label;
+use spiderpool_schema::endpoint::SpiderEndpointStatus;
 use spiderpool_schema::labels::{
     LABEL_INTERFACE, LABEL_IP_VERSION, LABEL_OWNER_APP_UID, LABEL_OWNER_SPIDER_SUBNET,
 };
-use spiderpool_schema::endpoint::SpiderEndpointStatus;
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
 use tokio::sync::Mutex;
 

@@ -8,9 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
-use crate::labels::LABEL_OWNER_SPIDER_SUBNET;
 use crate::common::{AddressBlock, Route, check_address_block};
 use crate::ippool::SpiderIPPool;
+use crate::labels::LABEL_OWNER_SPIDER_SUBNET;
 use crate::validation::{Problem, Problems, Validate};
 
 /// Spec of a SpiderSubnet.

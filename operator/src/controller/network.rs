@@ -40,7 +40,7 @@
 pub mod capacity;
 pub mod diff;
 pub mod plan;
-mod report;
+pub mod report;
 pub mod status;
 pub mod trigger;
 

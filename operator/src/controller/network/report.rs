@@ -12,7 +12,10 @@ use tracing::{debug, warn};
 
 use super::capacity::{self, DEFAULT_THRESHOLD_PERCENT};
 use super::status::Outcome;
-use super::{CAPACITY_FIELD_MANAGER, CONTROLLER, Context, Error, lock};
+use super::{CAPACITY_FIELD_MANAGER, Context, Error, lock};
+
+/// Label of the capacity writes in the operator's write metrics.
+pub const CAPACITY_WRITER: &str = "network-capacity";
 
 /// Reason of the Event recorded when a reconcile refuses a topology.
 fn refusal_reason(outcome: &Outcome) -> Option<&'static str> {
@@ -147,7 +150,8 @@ impl Context {
             "kind": SpiderNetwork::kind(&()),
             "status": { "capacity": counted, "conditions": [condition] },
         });
-        self.metrics.count_write(CONTROLLER, "status");
+        // Counted apart from the reconciles' writes: recounts follow the pools, not the topology.
+        self.metrics.count_write(CAPACITY_WRITER, "status");
         api.patch_status(
             &name,
             &PatchParams::apply(CAPACITY_FIELD_MANAGER).force(),
