@@ -244,9 +244,14 @@ async fn wait_until_acted_on(client: &Client, manifest: &Manifest) -> Result<()>
             };
             let live = wait_for(&what, SETTLE_TIMEOUT, || async {
                 let live = json_of(&api.get(&name).await?)?;
+                // A SpiderNetwork acknowledges a generation (Reconciling=True) before it applies it.
+                let reconciling = live["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Reconciling" && c["status"] == "True")
+                });
                 let done = live.pointer(pointer).is_some_and(|v| !v.is_null())
                     && (kind != "SpiderNetwork"
-                        || live.pointer(pointer) == live.pointer("/metadata/generation"));
+                        || (live.pointer(pointer) == live.pointer("/metadata/generation") && !reconciling));
                 Ok(done.then_some(live))
             })
             .await?;
