@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod compile;
 pub mod controller;
+pub mod events;
 pub mod init;
 pub mod leader;
 pub mod metrics;

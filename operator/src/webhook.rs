@@ -8,11 +8,14 @@
 //! and the mutation as an RFC 6902 patch). [`review`] turns an AdmissionReview into the right rule and
 //! back; [`tls`] makes or loads certificates; [`registration`] builds and applies the
 //! Mutating/ValidatingWebhookConfigurations; [`serve`] is the thin I/O shell around all of it.
+//! [`pod`] applies SpiderNetwork app bindings to new pods (its own configuration, see there).
 
 pub mod coordinator;
 pub mod ippool;
 pub mod multusconfig;
 pub mod network;
+pub mod pod;
+mod pod_server;
 pub mod registration;
 pub mod reservedip;
 pub mod review;

@@ -330,3 +330,38 @@ fn a_network_takes_one_subnet_per_rack_with_the_same_families() {
         "a list of subnets and a role naming the same subnets render alike"
     );
 }
+
+/// A bond of one NIC (a placeholder for a second port) carrying VLAN 300.
+const ONE_NIC_BOND: &str = r#"
+apiVersion: spiderpool.spidernet.io/v2beta1
+kind: SpiderNetwork
+metadata: {name: st}
+spec:
+  subnets:
+  - {name: storage, vlan: 300, ipv4: {cidr: 172.20.0.0/24}}
+  racks:
+  - name: s1
+    nodeSelector: {matchLabels: {rack: s1}}
+    bonds: [{name: bond0, interfaces: [ens1f0], mode: active-backup}]
+    ranges: [{subnet: storage, ipv4: [172.20.0.10-172.20.0.99]}]
+  networks:
+  - {name: storage, type: macvlan, subnet: storage, master: bond0, namespaces: [st]}
+"#;
+
+#[test]
+fn a_one_nic_bond_is_named_not_handed_to_ifacer() {
+    // With one master, the NAD attaches to the master itself and `ifacer` gets the bond only to make
+    // (upstream's rule for a SpiderMultusConfig); so a one-NIC bond must not be rendered as
+    // `master: [ens1f0]` + `bond`: pods would attach to ens1f0.300 under the bond. The config names the
+    // bond, which the rack's interface task creates.
+    let network: SpiderNetwork = serde_saphyr::from_str(ONE_NIC_BOND).unwrap();
+    let rendered = compile(&network).unwrap();
+    let macvlan = rendered.multus_configs[0].spec.macvlan.as_ref().unwrap();
+    assert_eq!(macvlan.master, ["bond0"]);
+    assert!(macvlan.bond.is_none());
+    let config: serde_json::Value =
+        serde_json::from_str(&rendered.network_attachment_definitions[0].spec.config).unwrap();
+    let plugins = config["plugins"].as_array().unwrap();
+    let macvlan_plugin = plugins.iter().find(|p| p["type"] == "macvlan").unwrap();
+    assert_eq!(macvlan_plugin["master"], "bond0.300");
+}

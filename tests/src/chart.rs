@@ -100,6 +100,143 @@ pub fn template(release: &str, namespace: &str, extra: &[&str]) -> Result<String
     Ok(out.stdout)
 }
 
+/// A Helm release of the chart on a cluster reached through `kubeconfig`, installed, upgraded and
+/// uninstalled by the real `helm` binary ([`helm`]). Shared by the install tests on the simulated
+/// cluster and the real-node tier:
+///
+/// ```no_run
+/// # async fn f(kubeconfig: &std::path::Path) -> anyhow::Result<()> {
+/// use spiderpool_tests::chart::Release;
+/// let release = Release::new(kubeconfig, "spiderpool", "kube-system");
+/// release.install("ipam:\n  enableIPv6: false\n", &["--set", "multus.multusCNI.install=false"]).await?;
+/// let objects = release.manifest().await?; // what Helm created, as JSON
+/// release.uninstall().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// The release's name (`spiderpool` in upstream's documentation).
+    pub name: String,
+    /// Its namespace (created by the install when missing).
+    pub namespace: String,
+    /// The kubeconfig helm uses (an admin's: Helm creates cluster-scoped objects).
+    pub kubeconfig: PathBuf,
+    /// The chart: a directory or a packaged `.tgz` ([`chart_dir`] unless changed).
+    pub chart: PathBuf,
+    /// How long `--wait` may take for the release's Deployments, DaemonSets and hooks.
+    pub timeout: std::time::Duration,
+}
+
+impl Release {
+    /// The release `name` in `namespace` of the chart in this checkout, with a 5-minute wait.
+    pub fn new(kubeconfig: &Path, name: &str, namespace: &str) -> Self {
+        Release {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            chart: chart_dir(),
+            timeout: std::time::Duration::from_secs(300),
+        }
+    }
+
+    /// `helm install --wait`: the CRDs of `crds/` (unless present), every object, then waits until
+    /// the Deployments and DaemonSets are ready and runs the post-install hook (spiderpool-init) to
+    /// completion. `values` is the text of a values file; `extra` more arguments (`--set k=v`, ...).
+    pub async fn install(&self, values: &str, extra: &[&str]) -> Result<HelmOutput> {
+        self.install_or_upgrade("install", values, extra).await
+    }
+
+    /// `helm upgrade --wait` with these values (the release's earlier values are not reused, as
+    /// `helm upgrade` without `--reuse-values`).
+    pub async fn upgrade(&self, values: &str, extra: &[&str]) -> Result<HelmOutput> {
+        self.install_or_upgrade("upgrade", values, extra).await
+    }
+
+    async fn install_or_upgrade(&self, verb: &str, values: &str, extra: &[&str]) -> Result<HelmOutput> {
+        let file = tempfile::Builder::new()
+            .prefix("values-")
+            .suffix(".yaml")
+            .tempfile()
+            .context("creating a values file")?;
+        std::fs::write(file.path(), values).context("writing the values file")?;
+        let mut args: Vec<String> = vec![
+            verb.into(),
+            self.name.clone(),
+            self.chart.display().to_string(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--wait".into(),
+            "--timeout".into(),
+            format!("{}s", self.timeout.as_secs()),
+            "-f".into(),
+            file.path().display().to_string(),
+        ];
+        if verb == "install" {
+            args.push("--create-namespace".into());
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let out = self.helm(args).await?;
+        ensure_success(&format!("helm {verb}"), out)
+    }
+
+    /// `helm uninstall --wait`: deletes the release's objects (the CRDs and what users made stay, as
+    /// Helm does) and waits until they are gone.
+    pub async fn uninstall(&self) -> Result<HelmOutput> {
+        let args = vec![
+            "uninstall".into(),
+            self.name.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--wait".into(),
+            "--timeout".into(),
+            format!("{}s", self.timeout.as_secs()),
+        ];
+        let out = self.helm(args).await?;
+        ensure_success("helm uninstall", out)
+    }
+
+    /// The objects of the release as Helm recorded them (`helm get manifest`), hooks apart.
+    pub async fn manifest(&self) -> Result<Vec<Value>> {
+        let args = vec![
+            "get".into(),
+            "manifest".into(),
+            self.name.clone(),
+            "--namespace".into(),
+            self.namespace.clone(),
+        ];
+        let out = ensure_success("helm get manifest", self.helm(args).await?)?;
+        documents(&out.stdout)
+    }
+
+    /// Runs helm against this release's cluster, off the async runtime's threads.
+    async fn helm(&self, args: Vec<String>) -> Result<HelmOutput> {
+        let kubeconfig = self.kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(helm()?)
+                .current_dir(tools::repo_root())
+                .env("KUBECONFIG", &kubeconfig)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .context("running helm")?;
+            Ok(HelmOutput {
+                success: output.status.success(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
+        })
+        .await
+        .context("helm's thread")?
+    }
+}
+
+fn ensure_success(what: &str, out: HelmOutput) -> Result<HelmOutput> {
+    if !out.success {
+        bail!("{what} failed:\n{}\n{}", out.stdout, out.stderr);
+    }
+    Ok(out)
+}
+
 /// Every document of a multi-document YAML string as JSON (empty documents dropped).
 pub fn documents(yaml: &str) -> Result<Vec<Value>> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).context("parsing rendered YAML")?;
@@ -304,77 +441,6 @@ pub fn leaf_keys(values_yaml: &str) -> Result<Vec<String>> {
     Ok(keys)
 }
 
-/// Helm's install order of kinds (`helm.sh/helm/v3/pkg/releaseutil.InstallOrder`); kinds it does not
-/// name come last. Uninstall deletes in the reverse order.
-pub const INSTALL_ORDER: &[&str] = &[
-    "PriorityClass",
-    "Namespace",
-    "NetworkPolicy",
-    "ResourceQuota",
-    "LimitRange",
-    "PodSecurityPolicy",
-    "PodDisruptionBudget",
-    "ServiceAccount",
-    "Secret",
-    "SecretList",
-    "ConfigMap",
-    "StorageClass",
-    "PersistentVolume",
-    "PersistentVolumeClaim",
-    "CustomResourceDefinition",
-    "ClusterRole",
-    "ClusterRoleList",
-    "ClusterRoleBinding",
-    "ClusterRoleBindingList",
-    "Role",
-    "RoleList",
-    "RoleBinding",
-    "RoleBindingList",
-    "Service",
-    "DaemonSet",
-    "Pod",
-    "ReplicationController",
-    "ReplicaSet",
-    "Deployment",
-    "HorizontalPodAutoscaler",
-    "StatefulSet",
-    "Job",
-    "CronJob",
-    "IngressClass",
-    "Ingress",
-    "APIService",
-    "MutatingWebhookConfiguration",
-    "ValidatingWebhookConfiguration",
-];
-
-fn install_rank(doc: &Value) -> usize {
-    let kind = doc["kind"].as_str().unwrap_or_default();
-    INSTALL_ORDER
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(INSTALL_ORDER.len())
-}
-
-/// Whether a rendered object is a Helm hook (`helm.sh/hook`), which Helm creates after the release's
-/// objects (post-install) instead of with them.
-pub fn is_hook(doc: &Value) -> bool {
-    doc["metadata"]["annotations"]["helm.sh/hook"].is_string()
-}
-
-/// The release's objects (hooks apart) in Helm's install order.
-pub fn install_sequence(docs: &[Value]) -> Vec<Value> {
-    let mut sequence: Vec<Value> = docs.iter().filter(|d| !is_hook(d)).cloned().collect();
-    sequence.sort_by_key(install_rank);
-    sequence
-}
-
-/// The release's objects (hooks apart) in Helm's uninstall order.
-pub fn uninstall_sequence(docs: &[Value]) -> Vec<Value> {
-    let mut sequence = install_sequence(docs);
-    sequence.reverse();
-    sequence
-}
-
 /// The API of a rendered object's kind, in its namespace (`namespace` when it names none and the kind
 /// is namespaced), found by discovery.
 pub async fn api_for(
@@ -406,27 +472,18 @@ pub async fn api_for(
     Ok((api, name))
 }
 
-/// Server-side applies one rendered object (field manager `helm`), as `helm install` creates it.
-pub async fn apply(client: &kube::Client, doc: &Value, namespace: &str) -> Result<()> {
+/// Server-side applies one rendered object (field manager `helm`); with `dry_run`, the API server
+/// admits and validates it without storing it.
+pub async fn apply(client: &kube::Client, doc: &Value, namespace: &str, dry_run: bool) -> Result<()> {
     use kube::api::{Patch, PatchParams};
     let (api, name) = api_for(client, doc, namespace).await?;
     let kind = doc["kind"].as_str().unwrap_or_default();
-    api.patch(&name, &PatchParams::apply("helm").force(), &Patch::Apply(doc))
+    let mut params = PatchParams::apply("helm").force();
+    params.dry_run = dry_run;
+    api.patch(&name, &params, &Patch::Apply(doc))
         .await
         .with_context(|| format!("applying {kind} {name}"))?;
     Ok(())
-}
-
-/// Deletes one rendered object (absent is fine), as `helm uninstall` does: background propagation,
-/// no waiting.
-pub async fn delete(client: &kube::Client, doc: &Value, namespace: &str) -> Result<()> {
-    use kube::api::DeleteParams;
-    let (api, name) = api_for(client, doc, namespace).await?;
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("deleting {} {name}", doc["kind"])),
-    }
 }
 
 #[cfg(test)]

@@ -78,6 +78,27 @@ fn chain(name: &str, pools: &[&str], coordinator: Value) -> Value {
     })
 }
 
+/// The CNI configuration of the NetworkAttachmentDefinition the operator renders for a macvlan
+/// SpiderMultusConfig on the node's eth0 drawing from `pool` (stored through the mutating webhook's
+/// defaults): CNI 0.3.1, macvlan + spiderpool, and the coordinator chained as every rendered NAD
+/// chains it.
+fn rendered_chain(namespace: &str, name: &str, pool: &str) -> Value {
+    let smc: spiderpool_schema::SpiderMultusConfig = serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderMultusConfig",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"cniType": "macvlan", "macvlan": {"master": ["eth0"], "ippools": {"ipv4": [pool]}}},
+    }))
+    .expect("a SpiderMultusConfig");
+    let stored = spiderpool_operator::webhook::multusconfig::mutate(&smc);
+    let nad = spiderpool_operator::nad::render_nad(&stored).expect("renders");
+    let config = nad.spec.config_json().expect("JSON").expect("a config");
+    assert_eq!(
+        config["plugins"].as_array().unwrap().last().unwrap()["type"],
+        "coordinator"
+    );
+    config
+}
+
 /// A namespace, the `default` SpiderCoordinator, `nads` (name, config), the first as the cluster
 /// network, a simulator of `nodes` nodes and their daemons (with `daemon_args`).
 async fn setup(prefix: &str, nads: &[(&str, Value)], nodes: usize, daemon_args: &[&str]) -> Result<Setup> {
@@ -135,7 +156,14 @@ async fn create_pod(setup: &Setup, name: &str, annotations: Value) -> Result<()>
     Ok(())
 }
 
+/// Deletes the pod and waits until the simulator's DEL of every plugin is over: the simulator forgets
+/// the pod first and removes its namespace last, so the namespace's going is the signal (a test that
+/// shut the simulator down earlier would pull the node's namespace from under that DEL).
 async fn delete_pod(setup: &Setup, name: &str) -> Result<()> {
+    let netns = setup
+        .sim
+        .pod(setup.ns.name(), name)
+        .map(|pod| std::path::PathBuf::from(pod.netns_path));
     setup
         .ns
         .api::<Pod>()
@@ -146,7 +174,9 @@ async fn delete_pod(setup: &Setup, name: &str) -> Result<()> {
         &format!("pod {name} torn down"),
         Duration::from_secs(60),
         || async {
-            let gone = pods.get_opt(name).await?.is_none() && setup.sim.pod(setup.ns.name(), name).is_none();
+            let gone = pods.get_opt(name).await?.is_none()
+                && setup.sim.pod(setup.ns.name(), name).is_none()
+                && netns.as_ref().is_none_or(|path| !path.exists());
             Ok(gone.then_some(()))
         },
     )
@@ -380,11 +410,14 @@ async fn two_underlay_nics_have_one_default_route_on_the_annotated_nic_and_answe
     let _shared = COORDINATOR.read().await;
     let prefix = "coord-multinic";
     let (pool_a, pool_b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    // The NADs as the operator renders them from SpiderMultusConfigs (their namespace is the test's
+    // own, which the setup makes: the rendered configuration does not depend on it).
+    let namespace = format!("{prefix}-smc");
     let setup = setup(
         prefix,
         &[
-            ("first", chain("first", &[&pool_a], json!({}))),
-            ("second", chain("second", &[&pool_b], json!({}))),
+            ("first", rendered_chain(&namespace, "first", &pool_a)),
+            ("second", rendered_chain(&namespace, "second", &pool_b)),
         ],
         1,
         &[],

@@ -8,12 +8,23 @@
 //! - Argo CD's server-side diff and Flux's drift check (a server-side dry-run apply of the manifest,
 //!   compared with the live object) find no difference either.
 //!
+//! The second test does the same with the operator's controllers running (SpiderNetwork, SpiderIPPool,
+//! SpiderSubnet, SpiderMultusConfig, SpiderCoordinator), each object checked once they have acted on it
+//! (a topology Ready, a pool's or subnet's status counted, a SpiderMultusConfig's
+//! NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what they write (status,
+//! children, NADs) is no drift, but a controller that rewrote an applied field would be; none writes
+//! the spec of an object it has just acted on either (`metadata.generation` stays). Here a SpiderSubnet
+//! and a pool of its CIDR are also applied in both orders (adoption at admission, and by the subnet controller,
+//! which fills the pool's gateway and routes that Git leaves out). At the end every object still there
+//! is compared with Git again and re-applied.
+//!
 //! Corpus inputs are applied one at a time and deleted afterwards (several reuse names and addresses);
-//! the webhook configurations are cluster-wide, so this binary starts its own control plane.
+//! the webhook configurations are cluster-wide, so this binary starts its own control plane per test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -21,6 +32,12 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patc
 use kube::{Api, Client};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use spiderpool_operator::controller::coordinator::{self, CoordinatorConfig};
+use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
+use spiderpool_operator::controller::subnet::{self, SubnetControllerConfig};
+use spiderpool_operator::controller::{multusconfig, network};
+use spiderpool_operator::metrics::Metrics;
+use spiderpool_schema::{NetworkAttachmentDefinition, SpiderNetwork};
 use spiderpool_tests::admission::with_webhooks;
 use spiderpool_tests::objects::{ensure_namespace, not_kept};
 use spiderpool_tests::{init_tracing, tools, wait_for};
@@ -127,75 +144,231 @@ fn corpus_manifests() -> Result<Vec<Manifest>> {
         .collect())
 }
 
+/// Upstream's default SpiderCoordinator as a user would keep it in Git (the corpus has no accepted
+/// one), with a bare IP in `hijackCIDR` that upstream's webhook would rewrite to `/32`.
+fn coordinator_manifest() -> Manifest {
+    Manifest {
+        what: "SpiderCoordinator default".into(),
+        object: json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderCoordinator",
+            "metadata": {"name": "default"},
+            "spec": {"podCIDRType": "auto", "mode": "auto", "tunePodRoutes": true,
+                     "hijackCIDR": ["169.254.0.0/16", "10.233.0.10"], "podMACPrefix": ""},
+        }),
+    }
+}
+
+/// A SpiderSubnet and a pool of its CIDR in one Git repository, in both orders a sync may apply them:
+/// a pool applied after its subnet is adopted at admission (owner reference, label, and the subnet's
+/// gateway and routes, which the pool's manifest leaves out), one applied before it is adopted by the
+/// subnet controller. Either way the fields Git sets keep Git's values and re-applying changes nothing.
+fn subnet_and_pool_manifests() -> Vec<Manifest> {
+    let subnet = |name: &str, cidr: &str, gateway: &str| Manifest {
+        what: format!("SpiderSubnet {name}"),
+        object: json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderSubnet",
+            "metadata": {"name": name},
+            "spec": {"subnet": cidr, "ips": [format!("{}.10-{}.99", &cidr[..cidr.len() - 5], &cidr[..cidr.len() - 5])],
+                     "gateway": gateway, "routes": [{"dst": "10.99.0.0/16", "gw": gateway}]},
+        }),
+    };
+    let pool = |name: &str, cidr: &str| Manifest {
+        what: format!("SpiderIPPool {name}"),
+        object: json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": name},
+            "spec": {"subnet": cidr, "ips": [format!("{}.20-{}.29", &cidr[..cidr.len() - 5], &cidr[..cidr.len() - 5])]},
+        }),
+    };
+    vec![
+        subnet("gitops-subnet-first", "10.77.1.0/24", "10.77.1.1"),
+        pool("gitops-pool-after-subnet", "10.77.1.0/24"),
+        pool("gitops-pool-before-subnet", "10.77.2.0/24"),
+        subnet("gitops-subnet-after-pool", "10.77.2.0/24", "10.77.2.1"),
+    ]
+}
+
+/// The namespaces a topology's SpiderMultusConfigs and app bindings go to.
+fn topology_namespaces(manifest: &Manifest) -> Result<BTreeSet<String>> {
+    let network: SpiderNetwork = serde_json::from_value(manifest.object.clone())
+        .with_context(|| format!("{}: not a SpiderNetwork", manifest.what))?;
+    let mut out: BTreeSet<String> = network
+        .spec
+        .networks
+        .iter()
+        .flat_map(|n| n.namespaces.iter().cloned())
+        .collect();
+    out.extend(network.spec.apps.iter().map(|a| a.namespace.clone()));
+    Ok(out)
+}
+
 fn json_of(object: &DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(object)?)
 }
 
-/// Applies `manifest` twice and returns what differs (empty: stable).
-async fn check_stable(client: &Client, manifest: &Manifest) -> Result<Vec<String>> {
+/// Whether the operator's controllers run: then each object is checked once they have acted on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Controllers {
+    Off,
+    On,
+}
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until the controllers have done their part for `manifest`'s object (see the module doc).
+async fn wait_until_acted_on(client: &Client, manifest: &Manifest) -> Result<()> {
     let api = manifest.api(client);
-    let name = manifest.name();
-    let apply = PatchParams::apply(MANAGER).force().validation_strict();
+    let name = manifest.name().to_string();
+    let what = format!("the controllers to act on {}", manifest.what);
+    match manifest.kind() {
+        "SpiderMultusConfig" => {
+            let ns = manifest.namespace().unwrap_or_default();
+            let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(client.clone(), ns);
+            let nad_name = manifest.object["metadata"]["annotations"]["multus.spidernet.io/cr-name"]
+                .as_str()
+                .unwrap_or(&name)
+                .to_string();
+            wait_for(&what, SETTLE_TIMEOUT, || async {
+                Ok(nads.get_opt(&nad_name).await?.map(|_| ()))
+            })
+            .await
+        }
+        kind => {
+            let pointer = match kind {
+                "SpiderNetwork" => "/status/observedGeneration",
+                "SpiderIPPool" => "/status/allocatedIPCount",
+                "SpiderSubnet" => "/status/totalIPCount",
+                "SpiderCoordinator" => "/status/phase",
+                // SpiderReservedIP: no controller reads it.
+                _ => return Ok(()),
+            };
+            let live = wait_for(&what, SETTLE_TIMEOUT, || async {
+                let live = json_of(&api.get(&name).await?)?;
+                let done = live.pointer(pointer).is_some_and(|v| !v.is_null())
+                    && (kind != "SpiderNetwork"
+                        || live.pointer(pointer) == live.pointer("/metadata/generation"));
+                Ok(done.then_some(live))
+            })
+            .await?;
+            if kind == "SpiderNetwork" {
+                let conditions = live["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let ready = conditions
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                ensure!(
+                    ready,
+                    "{}: not Ready under the webhooks: {}",
+                    manifest.what,
+                    live["status"]
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Applies `manifest` twice and returns what differs (empty: stable).
+async fn check_stable(client: &Client, manifest: &Manifest, controllers: Controllers) -> Result<Vec<String>> {
+    let api = manifest.api(client);
     let first = api
-        .patch(name, &apply, &Patch::Apply(&manifest.object))
+        .patch(manifest.name(), &apply_params(), &Patch::Apply(&manifest.object))
         .await
         .with_context(|| format!("{}: first apply", manifest.what))?;
     let first = json_of(&first)?;
+    if controllers == Controllers::On {
+        wait_until_acted_on(client, manifest).await?;
+    }
     let mut problems = Vec::new();
-    // Argo CD's default comparison: every field of the manifest as it is in Git, with the same value.
-    problems.extend(
-        not_kept(&manifest.object, &first, "")
-            .into_iter()
-            .map(|d| format!("rewritten (Git's value, the cluster's): {d}")),
-    );
+    let generation = |o: &Value| o.pointer("/metadata/generation").cloned();
+    let live = json_of(&api.get(manifest.name()).await?)?;
+    if generation(&live) != generation(&first) {
+        problems.push(format!(
+            "a controller wrote the spec (generation {:?} -> {:?}): {} -> {}",
+            generation(&first),
+            generation(&live),
+            first["spec"],
+            live["spec"]
+        ));
+    }
+    problems.extend(drift(client, manifest).await?);
+    Ok(problems)
+}
+
+/// Server-side apply as Argo CD's server-side sync and Flux do it.
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force().validation_strict()
+}
+
+/// What a GitOps tool would show as drift of the live object from `manifest`, and what re-applying it
+/// would write: Argo CD's default comparison (every field of the manifest with Git's value), a
+/// server-side dry-run apply (Argo CD's server-side diff, Flux's drift check) that must predict the
+/// live object, and a real apply that must write nothing (same resourceVersion and managedFields).
+async fn drift(client: &Client, manifest: &Manifest) -> Result<Vec<String>> {
+    let api = manifest.api(client);
+    let name = manifest.name();
+    let live = json_of(&api.get(name).await?)?;
+    let mut problems: Vec<String> = not_kept(&manifest.object, &live, "")
+        .into_iter()
+        .map(|d| format!("rewritten (Git's value, the cluster's): {d}"))
+        .collect();
 
     let predicted = api
-        .patch(name, &apply.clone().dry_run(), &Patch::Apply(&manifest.object))
+        .patch(name, &apply_params().dry_run(), &Patch::Apply(&manifest.object))
         .await
         .with_context(|| format!("{}: dry-run apply", manifest.what))?;
-    if json_of(&predicted)? != first {
+    if json_of(&predicted)? != live {
         problems.push(format!(
             "a server-side dry-run apply predicts a change: {} -> {}",
-            first,
+            live,
             json_of(&predicted)?
         ));
     }
 
-    let second = api
-        .patch(name, &apply, &Patch::Apply(&manifest.object))
+    let again = api
+        .patch(name, &apply_params(), &Patch::Apply(&manifest.object))
         .await
-        .with_context(|| format!("{}: second apply", manifest.what))?;
-    let second = json_of(&second)?;
+        .with_context(|| format!("{}: apply again", manifest.what))?;
+    let again = json_of(&again)?;
     for (what, pointer) in [
         (
-            "the second apply wrote: resourceVersion",
+            "applying again wrote: resourceVersion",
             "/metadata/resourceVersion",
         ),
         ("managedFields changed", "/metadata/managedFields"),
     ] {
-        let (before, after) = (first.pointer(pointer), second.pointer(pointer));
+        let (before, after) = (live.pointer(pointer), again.pointer(pointer));
         if before != after {
             problems.push(format!("{what}: {before:?} -> {after:?}"));
         }
     }
-    if first != second && problems.is_empty() {
-        problems.push(format!("the object changed: {first} -> {second}"));
+    if live != again && problems.is_empty() {
+        problems.push(format!("the object changed: {live} -> {again}"));
     }
     Ok(problems)
 }
 
-/// Deletes a corpus object (and its finalizer: no controller runs here to release it).
+/// Deletes a corpus object (and its finalizer when no controller releases it).
 async fn remove(client: &Client, manifest: &Manifest) -> Result<()> {
     let api = manifest.api(client);
     let name = manifest.name();
     api.delete(name, &DeleteParams::default()).await?;
     if api.get_opt(name).await?.is_some() {
-        api.patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
-        .await?;
+        let release = api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        match release {
+            // A controller released it first.
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     wait_for(
         &format!("{} to be gone", manifest.what),
@@ -208,35 +381,161 @@ async fn remove(client: &Client, manifest: &Manifest) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_twice_nothing_changes() -> Result<()> {
     init_tracing();
-    with_webhooks("gitops-stability", |client| async move { check(&client).await }).await
+    with_webhooks("gitops-stability", |client| async move {
+        check(&client, Controllers::Off).await
+    })
+    .await
 }
 
-async fn check(client: &Client) -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_leave_applied_objects_as_applied() -> Result<()> {
+    init_tracing();
+    with_webhooks("gitops-controllers", |client| async move {
+        let cni_dir = tempfile::tempdir()?;
+        let running = start_controllers(&client, cni_dir.path());
+        let outcome = check(&client, Controllers::On).await;
+        for (name, task) in running {
+            ensure!(
+                !task.is_finished(),
+                "the {name} controller stopped: {:?}",
+                task.await
+            );
+            task.abort();
+        }
+        outcome
+    })
+    .await
+}
+
+/// The operator's leader-only controllers, in this process (the reclaim scan aside: nothing here
+/// allocates addresses).
+fn start_controllers(
+    client: &Client,
+    cni_dir: &std::path::Path,
+) -> Vec<(&'static str, tokio::task::JoinHandle<Result<()>>)> {
+    let metrics = Arc::new(Metrics::default());
+    let retry_delay = Duration::from_millis(500);
+    vec![
+        (
+            "SpiderNetwork",
+            tokio::spawn(network::run_with(
+                client.clone(),
+                metrics.clone(),
+                network::Options::default(),
+            )),
+        ),
+        (
+            "SpiderIPPool",
+            tokio::spawn(ippool::run(
+                client.clone(),
+                IPPoolControllerConfig {
+                    retry_delay,
+                    ..IPPoolControllerConfig::default()
+                },
+            )),
+        ),
+        (
+            "SpiderSubnet",
+            tokio::spawn(subnet::run(
+                client.clone(),
+                SubnetControllerConfig {
+                    retry_delay,
+                    ..SubnetControllerConfig::default()
+                },
+            )),
+        ),
+        (
+            "SpiderMultusConfig",
+            tokio::spawn(multusconfig::run_with(
+                client.clone(),
+                metrics,
+                multusconfig::Options {
+                    instance: Some("gitops".into()),
+                    ..multusconfig::Options::default()
+                },
+            )),
+        ),
+        (
+            "SpiderCoordinator",
+            tokio::spawn(coordinator::run(
+                client.clone(),
+                CoordinatorConfig {
+                    retry_delay,
+                    cni_config_dir: cni_dir.to_path_buf(),
+                    ..CoordinatorConfig::default()
+                },
+            )),
+        ),
+    ]
+}
+
+async fn check(client: &Client, controllers: Controllers) -> Result<()> {
     let topologies = topologies()?;
-    let corpus = corpus_manifests()?;
+    let mut corpus = corpus_manifests()?;
+    corpus.push(coordinator_manifest());
     for ns in corpus.iter().filter_map(Manifest::namespace) {
         ensure_namespace(client, ns).await?;
     }
-    let mut failures = Vec::new();
     for manifest in &topologies {
-        for problem in check_stable(client, manifest).await? {
-            failures.push(format!("{}: {problem}", manifest.what));
+        for ns in topology_namespaces(manifest)? {
+            ensure_namespace(client, &ns).await?;
         }
     }
+    let mut failures = Vec::new();
+    // The corpus first: its pools are removed one by one, while a topology's pools stay (and would
+    // overlap some of the corpus' addresses).
+    let mut kept = Vec::new();
     for manifest in &corpus {
-        for problem in check_stable(client, manifest).await? {
+        for problem in check_stable(client, manifest, controllers).await? {
             failures.push(format!("{}: {problem}", manifest.what));
         }
         if manifest.namespace().is_none() {
             remove(client, manifest).await?;
+        } else {
+            kept.push(manifest);
+        }
+    }
+    // Only with the controllers: without the subnet controller, the pool applied before its subnet is
+    // adopted by the pool webhook at its next apply instead (as upstream's webhook does on update),
+    // which writes once; a cluster always runs the controller.
+    let pairs = match controllers {
+        Controllers::On => subnet_and_pool_manifests(),
+        Controllers::Off => Vec::new(),
+    };
+    for manifest in topologies.iter().chain(&pairs) {
+        for problem in check_stable(client, manifest, controllers).await? {
+            failures.push(format!("{}: {problem}", manifest.what));
+        }
+        kept.push(manifest);
+    }
+    // Everything still applied, once more, after every controller had the whole run to act (the
+    // subnet controller has adopted the pool applied before its subnet meanwhile: it filled the
+    // pool's gateway and routes, which Git leaves out, so that is no drift).
+    for manifest in &kept {
+        for problem in drift(client, manifest).await? {
+            failures.push(format!("{} (at the end): {problem}", manifest.what));
+        }
+    }
+    // The pairs did what they are here for: both pools were adopted by their subnet.
+    for pool in pairs.iter().filter(|m| m.kind() == "SpiderIPPool") {
+        let live = json_of(&pool.api(client).get(pool.name()).await?)?;
+        if live["metadata"]["labels"]["ipam.spidernet.io/owner-spider-subnet"].is_null() {
+            failures.push(format!("{}: never adopted by its subnet: {live}", pool.what));
         }
     }
     #[allow(clippy::print_stdout, reason = "the count is this test's report")]
     {
         println!(
-            "applied twice with server-side apply: {} topology objects, {} upstream docs inputs; unstable: {}",
+            "applied twice with server-side apply{}: {} topology objects, {} upstream docs inputs, a SpiderCoordinator and {} subnet/pool objects; {} checked again at the end; unstable: {}",
+            if controllers == Controllers::On {
+                ", the controllers running"
+            } else {
+                ""
+            },
             topologies.len(),
-            corpus.len(),
+            corpus.len() - 1,
+            pairs.len(),
+            kept.len(),
             failures.len()
         );
     }

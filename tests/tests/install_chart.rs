@@ -3,8 +3,8 @@
 //! Each test starts a private control plane (etcd, kube-apiserver, controller-manager, scheduler),
 //! two simulated nodes ([`NodeSimulator`]) and an [`ImageKubelet`] that runs the chart's hostNetwork
 //! pods from the amd64 images (`tests/tools/build-images.sh`, cached) in each node's network namespace.
-//! It renders the chart with `helm template`, server-side applies every object in Helm's install
-//! order, waits as `helm install --wait` does, then runs the post-install hook (spiderpool-init).
+//! It installs the chart with the real `helm install --wait` ([`chart::Release`]): the CRDs, every
+//! object, the wait for the Deployment and DaemonSet, then the post-install hook (spiderpool-init).
 //! The DaemonSet and Deployment controllers make the pods; the components run with exactly the
 //! command, arguments, environment, ConfigMap and ServiceAccount token (bound to their pod) that the
 //! chart gives them, so every API call they make is checked against the chart's roles. The API server
@@ -13,7 +13,7 @@
 //!
 //! Then real flows run through them (webhooks, IPAM ADD/DEL of pods through the installed plugin,
 //! pool counters, reclaim, a SpiderNetwork, metrics) and nothing a component logged may be a refusal
-//! by the API server. Finally everything is deleted in Helm's uninstall order and nothing may be left
+//! by the API server. Finally `helm uninstall --wait` removes the release and nothing may be left
 //! stuck on a finalizer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
@@ -22,14 +22,13 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
 use spiderpool_schema::{SpiderCoordinator, SpiderIPPool, SpiderInterfaceTask, SpiderNetwork};
-use spiderpool_tests::chart::{self, documents};
+use spiderpool_tests::chart;
 use spiderpool_tests::kubelet::ImageKubelet;
 use spiderpool_tests::node_sim::SimNode;
 use spiderpool_tests::{
@@ -53,7 +52,7 @@ struct Install {
     client: Client,
     sim: NodeSimulator,
     kubelet: ImageKubelet,
-    docs: Vec<Value>,
+    release: chart::Release,
     _dir: tempfile::TempDir,
 }
 
@@ -87,7 +86,7 @@ fn underlay() -> ipnet::Ipv4Net {
     ipnet::Ipv4Net::new(Ipv4Addr::new(198, 18, octet, 0), 24).unwrap()
 }
 
-/// Starts the control plane, nodes and kubelet, renders the chart with `values` and installs it.
+/// Starts the control plane, nodes and kubelet, then `helm install --wait` with `values`.
 async fn install(values: &str, extra_set: &[&str]) -> Result<Install> {
     spiderpool_tests::init_tracing();
     let images = tokio::task::spawn_blocking(|| images::unpacked("amd64")).await??;
@@ -162,31 +161,21 @@ async fn install(values: &str, extra_set: &[&str]) -> Result<Install> {
         &installed_plugins,
     )?;
 
-    let values_file = dir.path().join("values.yaml");
-    std::fs::write(&values_file, values)?;
-    let values_arg = values_file.display().to_string();
-    let mut args = vec!["-f", values_arg.as_str()];
-    args.extend_from_slice(extra_set);
-    let rendered = chart::template(RELEASE, NAMESPACE, &args)?;
-    let docs = documents(&rendered)?;
-
+    let release = chart::Release::new(cluster.kubeconfig_path(), RELEASE, NAMESPACE);
     let started = Instant::now();
-    for doc in chart::install_sequence(&docs) {
-        chart::apply(&client, &doc, NAMESPACE).await?;
-    }
+    let installed = release.install(values, extra_set).await;
     let install = Install {
         cluster,
         client,
         sim,
         kubelet,
-        docs,
+        release,
         _dir: dir,
     };
-    wait_ready(&install).await.with_context(|| install.all_logs())?;
-    run_hooks(&install).await.with_context(|| install.all_logs())?;
+    installed.with_context(|| install.all_logs())?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
-        "chart installed and ready"
+        "helm install --wait: chart installed, ready, spiderpool-init done"
     );
     Ok(install)
 }
@@ -200,94 +189,10 @@ fn values_socket_path(values: &str) -> String {
         .to_string()
 }
 
-/// What `helm install --wait` waits for: every DaemonSet and Deployment of the release ready.
-async fn wait_ready(install: &Install) -> Result<()> {
-    for doc in &install.docs {
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        match doc["kind"].as_str() {
-            Some("DaemonSet") if name != "spiderpool-multus" => {
-                let api: Api<DaemonSet> = Api::namespaced(install.client.clone(), NAMESPACE);
-                wait_for(
-                    &format!("DaemonSet {name} ready on every node"),
-                    Duration::from_secs(180),
-                    || {
-                        let api = api.clone();
-                        let name = name.clone();
-                        async move {
-                            let ds = api.get(&name).await?;
-                            let status = ds.status.unwrap_or_default();
-                            Ok((status.desired_number_scheduled > 0
-                                && status.number_ready == status.desired_number_scheduled)
-                                .then_some(()))
-                        }
-                    },
-                )
-                .await?;
-            }
-            Some("Deployment") => {
-                let api: Api<Deployment> = Api::namespaced(install.client.clone(), NAMESPACE);
-                wait_for(
-                    &format!("Deployment {name} available"),
-                    Duration::from_secs(180),
-                    || {
-                        let api = api.clone();
-                        let name = name.clone();
-                        async move {
-                            let deployment = api.get(&name).await?;
-                            let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-                            let ready = deployment.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-                            Ok((ready == wanted).then_some(()))
-                        }
-                    },
-                )
-                .await?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The post-install hooks: applied after the release is ready, waited for, and deleted when they
-/// succeed (`hook-delete-policy: hook-succeeded`).
-async fn run_hooks(install: &Install) -> Result<()> {
-    for hook in install.docs.iter().filter(|d| chart::is_hook(d)) {
-        ensure!(hook["kind"] == "Job", "unexpected hook {}", hook["kind"]);
-        chart::apply(&install.client, hook, NAMESPACE).await?;
-        let name = hook["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let jobs: Api<Job> = Api::namespaced(install.client.clone(), NAMESPACE);
-        wait_for(
-            &format!("hook Job {name} to succeed"),
-            Duration::from_secs(180),
-            || {
-                let jobs = jobs.clone();
-                let name = name.clone();
-                async move {
-                    let status = jobs.get(&name).await?.status.unwrap_or_default();
-                    if status.failed.unwrap_or(0) > 0 {
-                        bail!("hook Job {name} failed: {status:?}");
-                    }
-                    Ok((status.succeeded.unwrap_or(0) > 0).then_some(()))
-                }
-            },
-        )
-        .await?;
-        if hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
-            .as_str()
-            .is_some_and(|p| p.contains("hook-succeeded"))
-        {
-            jobs.delete(&name, &DeleteParams::background()).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Deletes the release's objects in Helm's uninstall order, then checks nothing is left stuck:
-/// no pod of the release, no object of ours terminating, no webhook configuration.
+/// `helm uninstall --wait`, then checks nothing is left stuck: no pod of the release, no object of
+/// ours terminating, no webhook configuration.
 async fn uninstall(install: &Install) -> Result<()> {
-    for doc in chart::uninstall_sequence(&install.docs) {
-        chart::delete(&install.client, &doc, NAMESPACE).await?;
-    }
+    install.release.uninstall().await?;
     let pods: Api<Pod> = Api::namespaced(install.client.clone(), NAMESPACE);
     wait_for("every pod of the release gone", Duration::from_secs(120), || {
         let pods = pods.clone();
@@ -561,14 +466,16 @@ async fn exercise(install: &Install) -> Result<()> {
 
     // Metrics on upstream's ports, from inside each node's network: the agents' IPAM counters and
     // the leader's capacity gauges.
+    let mut served = String::new();
     for node in &nodes {
         let (code, body) = install.kubelet.http_get(node, 5711, "/metrics")?;
         ensure!(
             code == 200 && body.contains("spiderpool_ipam_allocation_counts_total"),
             "agent metrics on {node}: {code} {body}"
         );
+        served.push_str(&body);
     }
-    wait_for("the leader's capacity gauges", Duration::from_secs(60), || {
+    let leader = wait_for("the leader's capacity gauges", Duration::from_secs(60), || {
         let nodes = nodes.clone();
         let kubelet = &install.kubelet;
         async move {
@@ -581,13 +488,15 @@ async fn exercise(install: &Install) -> Result<()> {
                         r#"spiderpool_debug_ippool_total_ip_counts{SpiderIPPool="default-v4-ippool"} 31"#,
                     )
                 {
-                    return Ok(Some(()));
+                    return Ok(Some(body));
                 }
             }
             Ok(None)
         }
     })
     .await?;
+    served.push_str(&leader);
+    monitoring_uses_served_metrics(&served)?;
 
     // Logs are upstream's JSON lines.
     let agent_pod = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
@@ -636,6 +545,31 @@ async fn exercise(install: &Install) -> Result<()> {
         }
     })
     .await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    wait_for(
+        "an IPReclaimed Event naming the ghost",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let found = events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("IPReclaimed")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("default-v4-ippool")
+                            && e.note
+                                .as_deref()
+                                .is_some_and(|n| n.contains("10.250.0.40 of default/ghost"))
+                    });
+                Ok(found.map(|_| ()))
+            }
+        },
+    )
+    .await?;
 
     // A topology: compiled and applied by the operator (pools, reserved IPs, multus configs, NADs).
     let mut lab: SpiderNetwork = serde_saphyr::from_str(&std::fs::read_to_string(
@@ -662,6 +596,9 @@ async fn exercise(install: &Install) -> Result<()> {
     // The agent may write its node's interface tasks' status and nothing it has no business with.
     agent_rbac(install, &agent_pod).await?;
 
+    // A pool that fills up is told once as a Warning Event (the operator may publish Events).
+    pool_exhausted_event(install).await?;
+
     // Scaling down releases the addresses (DEL through the plugin and the agents).
     apps.patch(
         "web",
@@ -681,6 +618,120 @@ async fn exercise(install: &Install) -> Result<()> {
     Api::<SpiderNetwork>::all(client.clone())
         .delete("lab", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// The names of every series a `/metrics` text exposition offers (from its `# TYPE` lines, with the
+/// suffixes of counters and histograms).
+fn served_series(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        }
+    }
+    names
+}
+
+/// The chart's alerts (PrometheusRules, rendered on) and Grafana dashboard ask only for series the
+/// running components serve, so no alert or panel stays silent for want of a metric.
+fn monitoring_uses_served_metrics(exposition: &str) -> Result<()> {
+    let served = served_series(exposition);
+    let rules = chart::template(
+        RELEASE,
+        NAMESPACE,
+        &[
+            "--set",
+            "spiderpoolAgent.prometheus.prometheusRule.install=true",
+            "--set",
+            "spiderpoolController.prometheus.prometheusRule.install=true",
+        ],
+    )?;
+    let dashboard = std::fs::read_to_string(chart::chart_dir().join("files/grafana-ipam.json"))?;
+    let mut asked = std::collections::BTreeSet::new();
+    for text in [rules.as_str(), dashboard.as_str()] {
+        for (start, _) in text.match_indices("spiderpool_") {
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Object and rule names (`spiderpool_...` never names one) are not series.
+            asked.insert(name);
+        }
+    }
+    ensure!(
+        !asked.is_empty(),
+        "found no metric in the rules and the dashboard"
+    );
+    let missing: Vec<&String> = asked.iter().filter(|n| !served.contains(*n)).collect();
+    ensure!(
+        missing.is_empty(),
+        "the PrometheusRules or the dashboard ask for series nobody serves: {missing:?}\nserved: {served:?}"
+    );
+    Ok(())
+}
+
+/// A one-address pool taken by one pod: the operator publishes `IPPoolExhausted` on it.
+async fn pool_exhausted_event(install: &Install) -> Result<()> {
+    let client = &install.client;
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let tiny: SpiderIPPool = serde_json::from_value(json!({
+        "metadata": {"name": "tiny"},
+        "spec": {"subnet": "10.250.1.0/24", "ips": ["10.250.1.5"]},
+    }))?;
+    pools.create(&PostParams::default(), &tiny).await?;
+    let mut spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+        "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+        "terminationGracePeriodSeconds": 0,
+    }))?;
+    install.sim.place(&mut spec);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "tiny-user", "annotations": {"ipam.spidernet.io/ippool": r#"{"ipv4": ["tiny"]}"#}},
+        "spec": spec,
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod).await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let event = wait_for(
+        "an IPPoolExhausted Event on pool tiny",
+        Duration::from_secs(60),
+        || {
+            let events = events.clone();
+            async move {
+                let found = events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("IPPoolExhausted")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("tiny")
+                    });
+                Ok(found)
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        event.type_.as_deref() == Some("Warning")
+            && event.reporting_controller.as_deref() == Some("spiderpool-operator"),
+        "{event:?}"
+    );
+    pods.delete("tiny-user", &DeleteParams::default()).await?;
+    pools.delete("tiny", &DeleteParams::default()).await?;
+    wait_for("pool tiny gone", Duration::from_secs(60), || {
+        let pools = pools.clone();
+        async move { Ok(pools.get_opt("tiny").await?.is_none().then_some(())) }
+    })
+    .await?;
     Ok(())
 }
 
@@ -768,9 +819,51 @@ async fn agent_rbac(install: &Install, agent_pod: &Pod) -> Result<()> {
     Ok(())
 }
 
+/// What this machine cannot run but a user turns on as upstream's chart lets them: Multus
+/// (`multus.multusCNI.install`, upstream's image) and the reference plugins (`plugins.installCNI`).
+/// Every object of that render is admitted by the API server (server-side apply, dry run), so the
+/// templates are valid Kubernetes objects; the containers themselves are not run here.
+async fn upstream_extras_are_admitted(install: &Install) -> Result<()> {
+    let rendered = chart::template(
+        RELEASE,
+        NAMESPACE,
+        &[
+            "--set",
+            "multus.multusCNI.install=true",
+            "--set",
+            "multus.multusCNI.defaultCniCRName=cbr0",
+            "--set",
+            "plugins.installCNI=true",
+        ],
+    )?;
+    let docs = chart::documents(&rendered)?;
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    ensure!(
+        kinds.contains(&"DaemonSet/spiderpool-multus".to_string())
+            && kinds.contains(&"ConfigMap/multus-cni-config".to_string()),
+        "{kinds:?}"
+    );
+    for doc in &docs {
+        chart::apply(&install.client, doc, NAMESPACE, true)
+            .await
+            .context("the API server refused an object of the chart (dry run)")?;
+    }
+    Ok(())
+}
+
 /// The chart with default values (ports, paths, TLS generated by the operator), except Multus,
 /// whose upstream image cannot run here: every component of ours comes up, the init Job creates
-/// the default SpiderCoordinator, which reaches Synced, and uninstalling leaves nothing stuck.
+/// the default SpiderCoordinator, which reaches Synced, `helm upgrade` to other values rolls the
+/// components and they come back, and uninstalling leaves nothing stuck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()> {
     let install = install("{}\n", &["--set", "multus.multusCNI.install=false"]).await?;
@@ -778,6 +871,30 @@ async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()>
     if let Err(err) = synced {
         bail!("{err:#}\n{}", install.all_logs());
     }
+    // `helm upgrade --wait` with other values rolls both components and they come back ready.
+    let upgraded = install
+        .release
+        .upgrade(
+            "spiderpoolAgent:\n  debug:\n    logLevel: debug\nspiderpoolController:\n  debug:\n    logLevel: debug\n",
+            &["--set", "multus.multusCNI.install=false"],
+        )
+        .await;
+    if let Err(err) = upgraded {
+        bail!("{err:#}\n{}", install.all_logs());
+    }
+    let agents: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(install.client.clone(), NAMESPACE);
+    let agent = agents.get("spiderpool-agent").await?;
+    let env = agent
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].env.clone());
+    ensure!(
+        format!("{env:?}").contains("debug"),
+        "the upgrade did not reach the agent's template: {env:?}"
+    );
+    wait_coordinator_synced(&install.client).await?;
+    upstream_extras_are_admitted(&install).await?;
     let refused = refusals(&install);
     ensure!(
         refused.is_empty(),

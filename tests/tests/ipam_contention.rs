@@ -231,7 +231,8 @@ async fn ten_daemons_fill_a_pool_exactly_without_duplicates_and_free_it_again() 
         ensure!(run.success, "{name}: DEL failed: {} / {}", run.output, run.stderr);
     }
     // DEL answers once the pod's endpoint is gone; each daemon records the releases in its next pool
-    // write (within about a second) and gives the addresses back when idle (within a few).
+    // write (within about a second), keeps them through the release cooldown (5 s) and gives them
+    // back when idle (within a few more).
     let started = std::time::Instant::now();
     loop {
         let records = ipam::pool_records(&client, "contended").await?;

@@ -381,8 +381,8 @@ async fn topologies(client: &Client) -> Result<()> {
     let dir = tools::repo_root().join("examples/topologies");
     let invalid = topology_files(&dir.join("invalid"))?;
     ensure!(
-        invalid.len() == 11,
-        "expected 11 invalid examples, found {}",
+        invalid.len() == 13,
+        "expected 13 invalid examples, found {}",
         invalid.len()
     );
     let mut by_webhook = 0;
@@ -400,7 +400,7 @@ async fn topologies(client: &Client) -> Result<()> {
         by_webhook += usize::from(message.contains("admission webhook"));
     }
     ensure!(
-        by_webhook >= 10,
+        by_webhook >= 12,
         "only {by_webhook} invalid examples were refused by the webhook"
     );
     let valid = topology_files(&dir)?;

@@ -102,6 +102,41 @@ pub struct RoundOutput {
     pub ambiguous: Vec<(IpAddr, Vec<String>)>,
 }
 
+/// Removes the records of `ip` that name the pod `pod_uid` (under whatever key) and, if `keep`, keeps
+/// the address as this node's reservation under the canonical key, unless another record still names
+/// it or it is no longer usable. Returns whether the pod held it.
+fn release_record(
+    records: &mut BTreeMap<String, PoolIPAllocation>,
+    index: &RecordIndex,
+    (ip, pod_uid): (&IpAddr, &String),
+    keep: bool,
+    input: &RoundInput<'_>,
+    output: &mut RoundOutput,
+) -> bool {
+    let keys = index.keys_naming(records, ip);
+    let held: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            records
+                .get(*k)
+                .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
+        })
+        .collect();
+    if held.is_empty() {
+        return false;
+    }
+    for key in &held {
+        records.remove(*key);
+    }
+    let others_remain = keys.len() > held.len();
+    if keep && input.usable.contains(ip) && !others_remain {
+        records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
+        output.reserved.insert(*ip);
+        output.released.insert(*ip);
+    }
+    true
+}
+
 /// Decides one write: records the handed-out reservations for their pods, turns released addresses
 /// into reservations (or frees them), gives back `returning`, applies the queued ops (as
 /// [`pick::apply`] does), then reserves up to `extra_wanted` more.
@@ -151,29 +186,8 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     }
 
     for (ip, pod_uid) in input.releasing {
-        let keys = index.keys_naming(records, ip);
-        let held: Vec<&String> = keys
-            .iter()
-            .filter(|k| {
-                records
-                    .get(*k)
-                    .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
-            })
-            .collect();
-        if held.is_empty() {
-            continue;
-        }
-        for key in &held {
-            records.remove(*key);
-        }
-        // Kept as this node's reservation, under the canonical key, unless another record still
-        // names the address.
-        let others_remain = keys.len() > held.len();
-        if (input.keep_released || input.hold_releases) && input.usable.contains(ip) && !others_remain {
-            records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
-            output.reserved.insert(*ip);
-            output.released.insert(*ip);
-        }
+        let keep = input.keep_released || input.hold_releases;
+        release_record(records, &index, (ip, pod_uid), keep, input, &mut output);
     }
 
     for ip in input.returning {
@@ -206,24 +220,8 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
     for (i, op) in input.ops.iter().enumerate() {
         match op {
             Op::Release { ip, pod_uid } if input.hold_releases => {
-                let keys = index.keys_naming(records, ip);
-                let held: Vec<&String> = keys
-                    .iter()
-                    .filter(|k| {
-                        records
-                            .get(*k)
-                            .is_some_and(|r| r.reservation().is_none() && &r.pod_uid == pod_uid)
-                    })
-                    .collect();
-                for key in &held {
-                    records.remove(*key);
-                }
-                if !held.is_empty() && keys.len() == held.len() && input.usable.contains(ip) {
-                    records.insert(ip.to_string(), PoolIPAllocation::reserved_for(input.node));
-                    output.reserved.insert(*ip);
-                    output.released.insert(*ip);
-                }
-                held_releases.push((i, Outcome::Released(!held.is_empty())));
+                let released = release_record(records, &index, (ip, pod_uid), true, input, &mut output);
+                held_releases.push((i, Outcome::Released(released)));
             }
             other => ops.push(other.clone()),
         }

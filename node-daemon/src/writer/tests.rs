@@ -525,7 +525,14 @@ fn release(pod: &str, address: &str) -> Op {
 
 #[tokio::test(start_paused = true)]
 async fn a_released_address_is_not_handed_out_again_before_its_cooldown_and_a_full_pool_still_serves() {
-    let w = world(LeaseTuning::default());
+    // With reservations or without: the cooldown does not depend on them.
+    for tuning in [LeaseTuning::default(), no_reservations()] {
+        released_address_cools_down_in_a_full_pool(tuning).await;
+    }
+}
+
+async fn released_address_cools_down_in_a_full_pool(tuning: LeaseTuning) {
+    let w = world(tuning);
     // Exactly full: a holds the only address.
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.1", &[]));
     assert_eq!(
@@ -586,4 +593,30 @@ async fn any_timeout_however_large_is_taken_without_panicking() {
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
     let outcome = w.writers.submit("p", alloc("a"), Duration::MAX).await.unwrap();
     assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.1")));
+}
+
+/// The other half of the policy for an exactly full pool: while the address cools it is recorded as
+/// this node's reservation (no other node's agent takes it), and once cooled this node, with no pod
+/// to come, gives it back, so another node's waiting ADD gets it.
+#[tokio::test(start_paused = true)]
+async fn a_cooled_address_goes_back_to_the_pool_for_other_nodes() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.1", &[]));
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    w.writers
+        .submit("p", release("a", "10.0.0.1"), TIMEOUT)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        records(&w.fake, "p").get("10.0.0.1"),
+        Some(&PoolIPAllocation::reserved_for("n1")),
+        "while it cools, the address is this node's"
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        records(&w.fake, "p"),
+        Default::default(),
+        "cooled and not needed here, the address is back in the pool"
+    );
 }

@@ -146,6 +146,8 @@ async fn run(args: Args) -> Result<()> {
         subnets: subnets.store(),
         debug: args.chart.enable_debug_metrics,
     }));
+    // Filled by the SpiderNetwork controller, so only the leader's series are non-empty.
+    let network_capacity = network::capacity::CapacityMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -229,6 +231,7 @@ async fn run(args: Args) -> Result<()> {
     let network_options = network::Options {
         apply_concurrency: args.network_apply_concurrency,
         resync: args.network_resync,
+        capacity_metrics: Some(network_capacity),
         ..network::Options::default()
     };
     let multus_options = multusconfig::Options {

@@ -195,7 +195,10 @@ fn as_stored(smc: SpiderMultusConfig) -> SpiderMultusConfig {
     smc
 }
 
-/// The bond named `master`, when every rack serving the network defines it and all definitions agree.
+/// The bond named `master`, when every rack serving the network defines it and all definitions agree,
+/// and it joins more than one NIC: a SpiderMultusConfig with one master attaches to that master (the
+/// bond only goes to `ifacer`, as upstream renders it), so a one-NIC bond is named instead, as when
+/// racks differ.
 fn consistent_bond<'a>(master: &str, layout: &NetworkLayout, racks: &'a [Rack]) -> Option<&'a Bond> {
     let mut found: Option<&Bond> = None;
     for attachment in &layout.racks {

@@ -486,11 +486,18 @@ async fn reconcile(
     // The webhook adds upstream's finalizer to every SpiderCoordinator; nothing waits for one to go.
     if let Some(patch) = super::ippool::finalizer_patch(coordinator.as_ref(), true) {
         let api: Api<SpiderCoordinator> = Api::all(ctx.client.clone());
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(kube_error(
-                "removing the finalizer of a deleted SpiderCoordinator",
-            ))?;
+        {
+            // Gone already (someone else removed the finalizer): nothing left to do.
+            Err(error) if super::ippool::is_not_found(&error) => {}
+            result => {
+                result.map_err(kube_error(
+                    "removing the finalizer of a deleted SpiderCoordinator",
+                ))?;
+            }
+        }
         return Ok(Action::await_change());
     }
     if name != DEFAULT_COORDINATOR_NAME || coordinator.metadata.deletion_timestamp.is_some() {

@@ -278,6 +278,41 @@ pub async fn update_allocations<T>(
 struct Context {
     client: Client,
     config: IPPoolControllerConfig,
+    events: crate::events::Events,
+    exhaustion: Exhaustion,
+}
+
+/// Which pools are full, as last seen, so that a pool filling up is told once: the agents write the
+/// counts themselves, so the moment it fills is seen here as a change of state, not as a write of ours.
+#[derive(Debug, Default)]
+pub struct Exhaustion {
+    full: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Exhaustion {
+    /// Records that pool `uid` holds `allocated` of `total` addresses; true when it was not full and
+    /// is now (a pool without addresses is never full).
+    pub fn becomes_full(&self, uid: &str, total: Option<i64>, allocated: i64) -> bool {
+        let full = total.is_some_and(|total| total > 0 && allocated >= total);
+        let mut known = self
+            .full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if full {
+            known.insert(uid.to_string())
+        } else {
+            known.remove(uid);
+            false
+        }
+    }
+
+    /// Forgets a pool that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.full
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
+    }
 }
 
 /// One reconcile of one pool; returns when to look again.
@@ -301,6 +336,7 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
         .unwrap_or_default();
 
     if pool.meta().deletion_timestamp.is_some() {
+        ctx.exhaustion.forget(&pool.uid().unwrap_or_default());
         if let Some(patch) = finalizer_patch(pool.as_ref(), records.is_empty()) {
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -366,6 +402,17 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             Err(e) => return Err(kube_err("writing the counts", e)),
         }
     }
+    if ctx
+        .exhaustion
+        .becomes_full(&pool.uid().unwrap_or_default(), total, allocated)
+    {
+        let note = format!(
+            "all {allocated} addresses are in use; pods that can only use this pool will not start until one is released"
+        );
+        ctx.events
+            .warning(pool.as_ref(), "IPPoolExhausted", "CountAddresses", note)
+            .await;
+    }
     Ok(Action::requeue(ctx.config.resync))
 }
 
@@ -389,7 +436,13 @@ pub fn run_shared(
     pools: &SharedCache<SpiderIPPool>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
     let controller = Controller::for_shared_stream(pools.subscribe_objects(), pools.store());
-    let ctx = Arc::new(Context { client, config });
+    let events = crate::events::Events::new(client.clone(), "ippool");
+    let ctx = Arc::new(Context {
+        client,
+        config,
+        events,
+        exhaustion: Exhaustion::default(),
+    });
     async move {
         controller
             .run(reconcile, error_policy, ctx)
@@ -463,6 +516,24 @@ mod tests {
         );
         // An unparsable spec leaves the total alone.
         assert_eq!(count_patch(&p, None, 0), None);
+    }
+
+    #[test]
+    fn exhaustion_is_told_once_when_the_pool_fills() {
+        let seen = Exhaustion::default();
+        assert!(!seen.becomes_full("a", Some(4), 3));
+        assert!(seen.becomes_full("a", Some(4), 4), "fills up");
+        assert!(!seen.becomes_full("a", Some(4), 4), "already told");
+        assert!(!seen.becomes_full("a", Some(4), 3), "one released");
+        assert!(seen.becomes_full("a", Some(4), 4), "full again: told again");
+        assert!(seen.becomes_full("b", Some(1), 1), "per pool");
+        seen.forget("b");
+        assert!(seen.becomes_full("b", Some(1), 1), "a pool made again");
+        assert!(
+            !seen.becomes_full("c", Some(0), 0),
+            "a pool without addresses is not full"
+        );
+        assert!(!seen.becomes_full("d", None, 4), "uncountable");
     }
 
     #[test]

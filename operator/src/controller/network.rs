@@ -17,6 +17,17 @@
 //!    [`FIELD_MANAGER`], forced, as a controller should).
 //! 6. Write the status (conditions, observedGeneration, counts, node rollout, problems), only if it
 //!    changed.
+//! 7. Count the addresses in use per subnet, rack and app binding ([`capacity`]) and write them (with
+//!    the `CapacityLow` condition) under their own field manager, only if they changed; the same
+//!    figures go to the metrics.
+//!
+//! A new generation is acknowledged before any of that (observedGeneration with `Reconciling=True`),
+//! so kstatus and Argo CD never read an older generation's `Ready` as current while a large topology
+//! is being applied. Events on the SpiderNetwork record refusals (invalid spec, addresses in use),
+//! prunes, and capacity turning low.
+//!
+//! Pool status changes (every allocation) do not reconcile a topology ([`trigger`]); they mark its
+//! capacity for a recount, which runs every [`Options::capacity_interval`] for the marked topologies.
 //!
 //! NetworkAttachmentDefinitions are rendered by the compiler for `spiderctl render`, but applied by the
 //! SpiderMultusConfig controller from the live SpiderMultusConfigs (one renderer, one owner).
@@ -26,9 +37,11 @@
 //! Cancel-safety: dropping the future returned by [`run`] stops every reconcile at once (kube-runtime
 //! aborts the spawned reconcilers); every step is idempotent, so the next leader just carries on.
 
+pub mod capacity;
 pub mod diff;
 pub mod node_trigger;
 pub mod plan;
+pub mod report;
 pub mod rollout;
 pub mod status;
 pub mod trigger;
@@ -40,10 +53,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -68,6 +82,9 @@ use crate::metrics::Metrics;
 pub const CONTROLLER: &str = "network";
 /// Server-side apply field manager of everything this controller writes.
 pub const FIELD_MANAGER: &str = "spiderpool-operator/network";
+/// Field manager of `status.capacity` and the `CapacityLow` condition (written apart from the rest of
+/// the status, so neither write removes the other's fields).
+pub const CAPACITY_FIELD_MANAGER: &str = "spiderpool-operator/network-capacity";
 
 /// Tuning of the controller.
 #[derive(Debug, Clone)]
@@ -87,6 +104,10 @@ pub struct Options {
     pub debounce: Duration,
     /// Periodic re-check of an applied topology (drift on objects whose events we do not map).
     pub resync: Duration,
+    /// How often the capacity of topologies whose pools' status changed is counted again.
+    pub capacity_interval: Duration,
+    /// Where the capacity figures go (`spiderpool_network_addresses`); none: status only.
+    pub capacity_metrics: Option<capacity::CapacityMetrics>,
 }
 
 impl Default for Options {
@@ -96,6 +117,8 @@ impl Default for Options {
             concurrency: 4,
             debounce: Duration::from_millis(50),
             resync: Duration::from_secs(300),
+            capacity_interval: Duration::from_secs(5),
+            capacity_metrics: None,
         }
     }
 }
@@ -219,7 +242,16 @@ struct Context {
     /// Names of the topologies refused with `AddressesInUse`: status changes of their pools wake
     /// them ([`trigger`]).
     waiting_for_addresses: Arc<Mutex<HashSet<String>>>,
+    /// Names of the topologies whose pools changed since their capacity was last counted.
+    capacity_dirty: Arc<Mutex<HashSet<String>>>,
+    /// Per topology UID: the capacity status and condition last written.
+    recent_capacity: Mutex<HashMap<String, (SpiderNetworkCapacity, Condition)>>,
+    /// Events on SpiderNetworks.
+    recorder: Recorder,
 }
+
+/// `status.capacity` as written.
+type SpiderNetworkCapacity = spiderpool_schema::network::Capacity;
 
 /// Runs the controller until the future is dropped (or the SpiderNetwork watch ends).
 pub async fn run(client: Client, metrics: Arc<Metrics>) -> anyhow::Result<()> {
@@ -241,14 +273,19 @@ pub fn run_shared(
     pools: &SharedCache<SpiderIPPool>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
     let waiting_for_addresses: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let capacity_dirty: Arc<Mutex<HashSet<String>>> = Arc::default();
     let store = pools.store();
     let mut seen = trigger::SeenChildren::default();
     let waiting = waiting_for_addresses.clone();
+    let dirty = capacity_dirty.clone();
     // See [`trigger`]: status-only pool changes wake only topologies waiting for addresses.
     let pool_events = pools.subscribe().filter_map(move |event| {
         let wake = match event {
             CacheEvent::Applied(pool) => {
                 let changed = seen.changed_apart_from_status(pool.as_ref());
+                if let Some(topology) = topology_of(pool.as_ref()) {
+                    lock(&dirty).insert(topology.name);
+                }
                 let waiting = || {
                     topology_of(pool.as_ref()).is_some_and(|topology| {
                         waiting
@@ -283,8 +320,13 @@ pub fn run_shared(
             events: pool_events,
             relisted,
             waiting_for_addresses,
+            capacity_dirty,
         },
     )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The pool side of the controller's inputs.
@@ -296,6 +338,8 @@ struct Pools<E, R> {
     relisted: R,
     /// Topologies refused with `AddressesInUse`, which status changes of their pools wake.
     waiting_for_addresses: Arc<Mutex<HashSet<String>>>,
+    /// Topologies whose pools changed since their capacity was counted.
+    capacity_dirty: Arc<Mutex<HashSet<String>>>,
 }
 
 async fn run_on(
@@ -337,6 +381,7 @@ async fn run_on(
             .concurrency(options.concurrency),
     );
     let networks = controller.store();
+    let capacity_networks = controller.store();
     let controller = controller
         .watches_shared_stream(pools.events, |pool| topology_of(pool.as_ref()))
         .reconcile_all_on(pools.relisted)
@@ -353,7 +398,6 @@ async fn run_on(
                 .collect::<Vec<_>>()
         });
     let context = Arc::new(Context {
-        client,
         metrics,
         caches: Caches {
             pools: pools.store,
@@ -366,9 +410,20 @@ async fn run_on(
         recent: Mutex::new(HashMap::new()),
         recent_status: Mutex::new(HashMap::new()),
         waiting_for_addresses: pools.waiting_for_addresses,
+        capacity_dirty: pools.capacity_dirty,
+        recent_capacity: Mutex::new(HashMap::new()),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "spiderpool-operator".into(),
+                instance: std::env::var("SPIDERPOOL_POD_NAME").ok(),
+            },
+        ),
+        client,
     });
     info!("SpiderNetwork controller started");
-    controller
+    let recount = recount_capacity(context.clone(), capacity_networks);
+    let reconciles = controller
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             match result {
@@ -378,9 +433,33 @@ async fn run_on(
                 }
                 Err(err) => warn!(error = %err, "SpiderNetwork controller"),
             }
-        })
-        .await;
+        });
+    // Both stop when this future is dropped; the recount never ends on its own.
+    futures::future::select(Box::pin(reconciles), Box::pin(recount)).await;
     anyhow::bail!("the SpiderNetwork controller stopped: its watch of SpiderNetworks ended")
+}
+
+/// Counts the capacity of the topologies whose pools changed, every `capacity_interval`.
+async fn recount_capacity(ctx: Arc<Context>, networks: Store<SpiderNetwork>) {
+    let mut tick = tokio::time::interval(ctx.options.capacity_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let names: Vec<String> = lock(&ctx.capacity_dirty).drain().collect();
+        for name in names {
+            let Some(network) = networks.get(&ObjectRef::new(&name)) else {
+                continue;
+            };
+            if network.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Err(error) = ctx.write_capacity(&network).await {
+                // Counted again at the next change or reconcile.
+                debug!(network = %name, %error, "writing the capacity");
+                lock(&ctx.capacity_dirty).insert(name);
+            }
+        }
+    }
 }
 
 /// A watch cache of every object of a kind, and its events (deletions included) as a trigger stream.
@@ -430,6 +509,7 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
     if network.metadata.deletion_timestamp.is_some() {
         // Children go with it through their owner references.
         ctx.set_waiting_for_addresses(&network.name_any(), false);
+        ctx.forget_capacity(&network);
         return Ok(Action::await_change());
     }
     let name = network
@@ -442,6 +522,10 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
         .uid
         .clone()
         .ok_or(Error::MissingMetadata("uid"))?;
+
+    ctx.acknowledge(&network).await?;
+    // A new generation may change the pools or the threshold: count again once this is done.
+    lock(&ctx.capacity_dirty).insert(name.clone());
 
     let started = std::time::Instant::now();
     let rendered = match compile(&network) {
@@ -539,7 +623,17 @@ async fn reconcile(network: Arc<SpiderNetwork>, ctx: Arc<Context>) -> Result<Act
     }
     let planned = started.elapsed();
     let writes = plan.writes();
-    let failures = ctx.execute(&uid, plan.phases).await;
+    let (failures, mut pruned) = ctx.execute(&uid, plan.phases).await;
+    if !pruned.is_empty() {
+        pruned.sort();
+        let note = format!(
+            "pruned {} object(s) the topology no longer renders: {}",
+            pruned.len(),
+            crate::webhook::brief_list(&pruned)
+        );
+        ctx.event(&network, EventType::Normal, "Pruned", "Prune", &note)
+            .await;
+    }
     debug!(
         writes,
         unchanged = plan.unchanged,
@@ -685,8 +779,10 @@ impl Context {
 
     /// Runs the writes phase by phase; stops after a phase with failures (later phases rely on the
     /// earlier ones). Returns the failures as problems.
-    async fn execute(&self, topology_uid: &str, phases: [Vec<Write>; 4]) -> Vec<Problem> {
+    /// Also returns the children pruned.
+    async fn execute(&self, topology_uid: &str, phases: [Vec<Write>; 4]) -> (Vec<Problem>, Vec<String>) {
         let mut failures = Vec::new();
+        let mut pruned = Vec::new();
         for phase in phases {
             if phase.is_empty() {
                 continue;
@@ -711,6 +807,7 @@ impl Context {
                         recent.applied.insert(child.key, (rv, child.hash));
                     }
                     (Write::Delete { key, uid }, Ok(_)) => {
+                        pruned.push(key.to_string());
                         recent.deleted.insert(key, uid);
                     }
                     (_, Ok(None)) => {}
@@ -721,7 +818,7 @@ impl Context {
                 break;
             }
         }
-        failures
+        (failures, pruned)
     }
 
     async fn write(&self, write: &Write) -> Result<Option<u64>, kube::Error> {
@@ -778,23 +875,10 @@ impl Context {
         let name = network.name_any();
         self.set_waiting_for_addresses(&name, outcome == Outcome::AddressesInUse);
         let uid = network.metadata.uid.clone().unwrap_or_default();
-        let stored_rv: Option<u64> = network
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|rv| rv.parse().ok());
         // The cache may not show our last status write yet; then that write is the stored status.
-        let remembered = {
-            let recent = self
-                .recent_status
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            recent
-                .get(&uid)
-                .filter(|(rv, _)| stored_rv.is_some_and(|stored| stored < *rv))
-                .map(|(_, status)| status.clone())
-        };
-        let previous = remembered.as_ref().or(network.status.as_ref());
+        let stored = self.stored_status(network);
+        let previous = stored.as_ref();
+        let refusal = (outcome.clone(), problems_summary(&problems));
         let new = status::build(StatusInput {
             generation: network.metadata.generation,
             outcome,
@@ -808,6 +892,8 @@ impl Context {
         if previous.is_some_and(|old| status::same(old, &new)) {
             return Ok(());
         }
+        self.refusal_event(network, &refusal.0, previous, &refusal.1)
+            .await;
         let api: Api<SpiderNetwork> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": SpiderNetwork::api_version(&()),
@@ -837,6 +923,19 @@ impl Context {
         }
         Ok(())
     }
+}
+
+/// The first problems, for an Event's note (the status lists them all).
+fn problems_summary(problems: &[Problem]) -> String {
+    const SHOWN: usize = 3;
+    let mut text: Vec<String> = problems.iter().take(SHOWN).map(ToString::to_string).collect();
+    if problems.len() > SHOWN {
+        text.push(format!(
+            "and {} more (see status.problems)",
+            problems.len() - SHOWN
+        ));
+    }
+    text.join("; ")
 }
 
 /// A failed write as a status problem, at the spec path the object comes from.

@@ -468,6 +468,32 @@ async fn observe(
     Ok(world)
 }
 
+/// One Normal Event on a pool for the addresses one pass took back from it, so `kubectl describe`
+/// of the pool says where its addresses went.
+async fn released_event(client: &Client, pool: &str, removed: &[(Record, decide::ReleaseReason)]) {
+    let listed: Vec<String> = removed
+        .iter()
+        .map(|(record, reason)| {
+            format!(
+                "{} of {}/{} ({})",
+                record.ip,
+                record.namespace,
+                record.name,
+                reason.as_str()
+            )
+        })
+        .collect();
+    let note = format!("reclaimed {} address(es): {}", removed.len(), listed.join(", "));
+    crate::events::Events::new(client.clone(), "reclaim")
+        .normal(
+            crate::events::cluster_object::<SpiderIPPool>(pool),
+            "IPReclaimed",
+            "Reclaim",
+            note,
+        )
+        .await;
+}
+
 /// Applies the verdicts of one look (`world`): releases only what an earlier look already judged
 /// releasable ([`ReclaimConfig::confirmed`]) and what the pod, read once more now, still leaves
 /// releasable; removes those records pool by pool, then deletes endpoints (`extra_endpoints`:
@@ -555,6 +581,7 @@ async fn apply(
         .await;
         match result {
             Ok(Some(removed)) => {
+                released_event(client, &pool, &removed).await;
                 for (record, reason) in removed {
                     tracing::info!(
                         pool = %record.pool,

@@ -62,7 +62,8 @@ impl Registration {
     }
 }
 
-fn client_config(target: &ClientTarget, endpoint: Endpoint, ca_pem: &str) -> WebhookClientConfig {
+/// Where the API server sends the requests of the webhook at `path`, trusting `ca_pem`.
+pub(crate) fn client_config(target: &ClientTarget, path: &str, ca_pem: &str) -> WebhookClientConfig {
     let ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
     match target {
         ClientTarget::Service {
@@ -74,7 +75,7 @@ fn client_config(target: &ClientTarget, endpoint: Endpoint, ca_pem: &str) -> Web
             service: Some(ServiceReference {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                path: Some(endpoint.path()),
+                path: Some(path.to_string()),
                 port: Some(*port),
             }),
             url: None,
@@ -82,7 +83,7 @@ fn client_config(target: &ClientTarget, endpoint: Endpoint, ca_pem: &str) -> Web
         ClientTarget::Url(base) => WebhookClientConfig {
             ca_bundle,
             service: None,
-            url: Some(format!("{}{}", base.trim_end_matches('/'), endpoint.path())),
+            url: Some(format!("{}{path}", base.trim_end_matches('/'))),
         },
     }
 }
@@ -135,7 +136,7 @@ pub fn mutating_configuration(registration: &Registration, ca_pem: &str) -> Muta
         .map(|endpoint| MutatingWebhook {
             name: webhook_name(endpoint),
             admission_review_versions: vec!["v1".to_string()],
-            client_config: client_config(&registration.target, endpoint, ca_pem),
+            client_config: client_config(&registration.target, &endpoint.path(), ca_pem),
             failure_policy: Some("Fail".to_string()),
             match_policy: Some("Equivalent".to_string()),
             object_selector: registration.object_selector.clone(),
@@ -160,7 +161,7 @@ pub fn validating_configuration(registration: &Registration, ca_pem: &str) -> Va
         .map(|endpoint| ValidatingWebhook {
             name: webhook_name(endpoint),
             admission_review_versions: vec!["v1".to_string()],
-            client_config: client_config(&registration.target, endpoint, ca_pem),
+            client_config: client_config(&registration.target, &endpoint.path(), ca_pem),
             failure_policy: Some("Fail".to_string()),
             match_policy: Some("Equivalent".to_string()),
             object_selector: registration.object_selector.clone(),
@@ -202,7 +203,10 @@ pub async fn apply(client: Client, registration: &Registration, ca_pem: &str) ->
 
 /// Server-side apply needs `apiVersion` and `kind` in the body; k8s-openapi types leave them out when
 /// serialized on their own.
-fn with_types<T: serde::Serialize>(object: &T, kind: &str) -> Result<serde_json::Value, kube::Error> {
+pub(crate) fn with_types<T: serde::Serialize>(
+    object: &T,
+    kind: &str,
+) -> Result<serde_json::Value, kube::Error> {
     let mut value = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), "admissionregistration.k8s.io/v1".into());
@@ -211,11 +215,13 @@ fn with_types<T: serde::Serialize>(object: &T, kind: &str) -> Result<serde_json:
     Ok(value)
 }
 
-/// Deletes both configurations (absent ones are fine).
+/// Deletes both configurations, and the pod webhook's (absent ones are fine).
 pub async fn remove(client: Client, registration: &Registration) -> Result<(), kube::Error> {
     let params = DeleteParams::default();
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     ignore_not_found(mutating.delete(&registration.name, &params).await.map(|_| ()))?;
+    let pods = super::pod::pod_configuration_name(registration);
+    ignore_not_found(mutating.delete(&pods, &params).await.map(|_| ()))?;
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
     ignore_not_found(validating.delete(&registration.name, &params).await.map(|_| ()))
 }

@@ -164,7 +164,17 @@ impl WebhookServer {
                 .context("registering the webhook configurations")?;
         }
 
-        let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+        // The pod webhook follows the SpiderNetworks as long as the server runs.
+        let (bindings, following) = super::pod_server::start(
+            self.client.clone(),
+            self.registration.clone(),
+            self.material.ca_pem.clone(),
+        );
+        let _stop_following = AbortOnDrop(following);
+        let mut router = Router::new().route("/healthz", get(|| async { "ok" })).route(
+            super::pod::PATH,
+            post(move |body: Bytes| super::pod_server::handle(bindings.clone(), body)),
+        );
         for endpoint in Endpoint::all() {
             router = router.route(
                 &endpoint.path(),

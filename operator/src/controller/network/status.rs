@@ -19,6 +19,8 @@ const MAX_LISTED_FAILURES: usize = 20;
 /// What the reconcile came to, which decides the conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// A new generation is being applied (written when a reconcile of it starts).
+    Progressing,
     /// The spec (or the spec with the live nodes) has problems; nothing was changed in the cluster.
     Invalid,
     /// Applying would remove allocated addresses from a pool; nothing was changed in the cluster.
@@ -59,6 +61,14 @@ pub fn build(input: StatusInput<'_>) -> SpiderNetworkStatus {
     let generation = input.generation;
     let nodes = input.nodes.clone();
     let (ready, reason, message) = match &input.outcome {
+        Outcome::Progressing => (
+            false,
+            "Progressing",
+            format!(
+                "applying generation {}",
+                generation.map_or_else(|| "?".to_string(), |g| g.to_string())
+            ),
+        ),
         Outcome::Invalid => (
             false,
             "Invalid",
@@ -232,10 +242,34 @@ pub fn rollout(
     rollout
 }
 
-/// Whether two statuses say the same (the stored one may differ in ways the API server normalises,
-/// e.g. timestamps to whole seconds, which [`build`] copies from it anyway).
+/// Whether two statuses say the same in what [`build`] writes (the stored one also holds the capacity
+/// and its condition, which another field manager writes; and may differ in ways the API server
+/// normalises, e.g. timestamps to whole seconds, which [`build`] copies from it anyway).
 pub fn same(a: &SpiderNetworkStatus, b: &SpiderNetworkStatus) -> bool {
-    a == b
+    let ours = |s: &SpiderNetworkStatus| -> Vec<Condition> {
+        s.conditions
+            .iter()
+            .filter(|c| OWN_CONDITIONS.contains(&c.type_.as_str()))
+            .cloned()
+            .collect()
+    };
+    a.observed_generation == b.observed_generation
+        && ours(a) == ours(b)
+        && a.counts == b.counts
+        && a.nodes == b.nodes
+        && a.problems == b.problems
+}
+
+/// The conditions [`build`] writes.
+pub const OWN_CONDITIONS: [&str; 3] = ["Ready", "Reconciling", "Stalled"];
+
+/// The reason of the `Ready` condition, if any.
+pub fn ready_reason(status: &SpiderNetworkStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -299,6 +333,36 @@ mod tests {
         assert_eq!(get(&bad, "Stalled").status, "True");
         assert_eq!(get(&bad, "Reconciling").status, "False");
         assert_eq!(bad.problems.len(), 1);
+    }
+
+    #[test]
+    fn a_new_generation_is_acknowledged_as_reconciling() {
+        let s = build(input(Outcome::Progressing, None, 1));
+        assert_eq!(s.observed_generation, Some(3));
+        let ready = get(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Progressing")
+        );
+        assert_eq!(ready.message, "applying generation 3");
+        assert_eq!(get(&s, "Reconciling").status, "True");
+        assert_eq!(get(&s, "Stalled").status, "False");
+    }
+
+    #[test]
+    fn capacity_and_its_condition_are_not_compared() {
+        let a = build(input(Outcome::Applied, None, 1));
+        let mut b = a.clone();
+        b.capacity = Some(spiderpool_schema::network::Capacity::default());
+        b.conditions.push(Condition {
+            type_: "CapacityLow".into(),
+            status: "True".into(),
+            reason: "NearlyFull".into(),
+            message: String::new(),
+            observed_generation: Some(3),
+            last_transition_time: time(1),
+        });
+        assert!(same(&a, &b));
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! What the controller tells people besides the main status: the acknowledgement of a new generation,
+//! the capacity (counted from the pool cache, written under its own field manager) and Events.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use spiderpool_schema::{SpiderNetwork, SpiderNetworkStatus};
+use tracing::{debug, warn};
+
+use super::capacity::{self, DEFAULT_THRESHOLD_PERCENT};
+use super::status::Outcome;
+use super::{CAPACITY_FIELD_MANAGER, Context, Error, lock};
+
+/// Label of the capacity writes in the operator's write metrics.
+pub const CAPACITY_WRITER: &str = "network-capacity";
+
+/// Reason of the Event recorded when a reconcile refuses a topology.
+fn refusal_reason(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Invalid => Some("Invalid"),
+        Outcome::AddressesInUse => Some("AddressesInUse"),
+        _ => None,
+    }
+}
+
+impl Context {
+    /// The status as stored, or as our last status write left it when the cache has not caught up.
+    pub(super) fn stored_status(&self, network: &SpiderNetwork) -> Option<SpiderNetworkStatus> {
+        let uid = network.metadata.uid.clone().unwrap_or_default();
+        let stored_rv: Option<u64> = network
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|rv| rv.parse().ok());
+        let remembered = lock(&self.recent_status)
+            .get(&uid)
+            .filter(|(rv, _)| stored_rv.is_some_and(|stored| stored < *rv))
+            .map(|(_, status)| status.clone());
+        remembered.or_else(|| network.status.clone())
+    }
+
+    /// Writes `observedGeneration` with `Reconciling=True` when the stored status describes an older
+    /// generation, before the (possibly long) reconcile of the new one. The previous counts and node
+    /// rollout stay until the reconcile replaces them; the previous problems belong to the old spec.
+    pub(super) async fn acknowledge(&self, network: &SpiderNetwork) -> Result<(), Error> {
+        let previous = self.stored_status(network);
+        let generation = network.metadata.generation;
+        if previous
+            .as_ref()
+            .is_some_and(|s| s.observed_generation == generation)
+        {
+            return Ok(());
+        }
+        let counts = previous.as_ref().and_then(|s| s.counts.clone());
+        let nodes = previous
+            .as_ref()
+            .and_then(|s| s.nodes.clone().zip(s.rollout.clone()));
+        self.finish(network, Outcome::Progressing, Vec::new(), counts, nodes)
+            .await
+    }
+
+    /// Records a warning Event when a reconcile newly refuses the topology (not again while the same
+    /// refusal stands: the status says it).
+    pub(super) async fn refusal_event(
+        &self,
+        network: &SpiderNetwork,
+        outcome: &Outcome,
+        previous: Option<&SpiderNetworkStatus>,
+        message: &str,
+    ) {
+        let Some(reason) = refusal_reason(outcome) else {
+            return;
+        };
+        let already = previous.is_some_and(|s| {
+            s.observed_generation == network.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == reason)
+        });
+        if !already {
+            self.event(network, EventType::Warning, reason, "Reconcile", message)
+                .await;
+        }
+    }
+
+    /// Records an Event on the SpiderNetwork; a failure is logged, never fatal.
+    pub(super) async fn event(
+        &self,
+        network: &SpiderNetwork,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            // The API server refuses notes over 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: action.to_string(),
+            secondary: None,
+        };
+        let reference: ObjectReference = network.object_ref(&());
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            warn!(network = %network.name_any(), %error, "cannot publish an Event");
+        }
+    }
+
+    /// Counts the topology's capacity from the pool cache and writes `status.capacity` and the
+    /// `CapacityLow` condition when they changed; records a warning Event when the condition turns
+    /// True; updates the gauges.
+    pub(super) async fn write_capacity(&self, network: &SpiderNetwork) -> Result<(), Error> {
+        let name = network.name_any();
+        let uid = network.metadata.uid.clone().unwrap_or_default();
+        let threshold = network
+            .spec
+            .capacity_threshold_percent
+            .map_or(DEFAULT_THRESHOLD_PERCENT, i64::from);
+        let unusable = capacity::unusable(network);
+        let pools = self.caches.pools.state();
+        let uses = pools
+            .iter()
+            .filter(|pool| super::topology_of(pool.as_ref()).is_some_and(|t| t.name == name))
+            .filter_map(|pool| capacity::pool_use(pool, &unusable));
+        let (counted, all_apps) = capacity::capacity(uses, threshold);
+        if let Some(metrics) = &self.options.capacity_metrics {
+            metrics.set(&name, &counted, &all_apps);
+        }
+        let stored = self.stored_status(network);
+        let previous_conditions = stored.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let condition = capacity::condition(
+            &counted,
+            &previous_conditions,
+            network.metadata.generation,
+            &Time(k8s_openapi::jiff::Timestamp::now()),
+        );
+        let unchanged = |(c, cond): &(spiderpool_schema::network::Capacity, _)| {
+            c == &counted && same_condition(cond, &condition)
+        };
+        if lock(&self.recent_capacity).get(&uid).is_some_and(unchanged) {
+            return Ok(());
+        }
+        let was_low = previous_conditions
+            .iter()
+            .any(|c| c.type_ == capacity::CONDITION && c.status == "True");
+        let api: Api<SpiderNetwork> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": SpiderNetwork::api_version(&()),
+            "kind": SpiderNetwork::kind(&()),
+            "status": { "capacity": counted, "conditions": [condition] },
+        });
+        // Counted apart from the reconciles' writes: recounts follow the pools, not the topology.
+        self.metrics.count_write(CAPACITY_WRITER, "status");
+        api.patch_status(
+            &name,
+            &PatchParams::apply(CAPACITY_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            name: name.clone(),
+            source,
+        })?;
+        debug!(network = %name, low = condition.status == "True", "capacity written");
+        if condition.status == "True" && !was_low {
+            self.event(
+                network,
+                EventType::Warning,
+                "CapacityLow",
+                "CountAddresses",
+                &condition.message,
+            )
+            .await;
+        }
+        lock(&self.recent_capacity).insert(uid, (counted, condition));
+        Ok(())
+    }
+
+    /// Forgets a deleted topology's capacity (its gauges go).
+    pub(super) fn forget_capacity(&self, network: &SpiderNetwork) {
+        if let Some(metrics) = &self.options.capacity_metrics {
+            metrics.forget(&network.name_any());
+        }
+        lock(&self.recent_capacity).remove(&network.metadata.uid.clone().unwrap_or_default());
+        lock(&self.capacity_dirty).remove(&network.name_any());
+    }
+}
+
+/// Conditions equal apart from the transition time (kept from the stored one anyway).
+fn same_condition(
+    a: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    b: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) -> bool {
+    a.status == b.status
+        && a.reason == b.reason
+        && a.message == b.message
+        && a.observed_generation == b.observed_generation
+}
