@@ -7,9 +7,13 @@
 //!   iproute2 `ip` with its libraries, the wanted modules in dependency order, the payload (host
 //!   binaries with their shared libraries, files) and an `/init` that loads the modules, brings `lo`
 //!   up, runs the steps in order and powers off.
-//! - QEMU runs with TCG (pure emulation), one CPU, no network device at all and no display; the
-//!   kernel console goes to one serial port, the steps' output to another. An outer deadline kills a
-//!   VM that hangs.
+//! - QEMU runs with TCG (pure emulation), one CPU, no network device unless asked for and no
+//!   display; the kernel console goes to one serial port, the steps' output to another. An outer
+//!   deadline kills a VM that hangs.
+//! - [`Vm::forward_to_unix_socket`] gives the guest one NIC on QEMU's user-mode network in its
+//!   restricted mode (nothing leaves the VM but the explicit forwards): a TCP port at
+//!   [`GUEST_FORWARD_ADDRESS`] in the guest reaches a unix socket on the host (the node agent's), and
+//!   [`guest::relay_unix_socket`] serves that port as a unix socket inside the guest.
 //!
 //! [`Vm`] runs arbitrary steps and reports each one's exit code and output; a harness error (no
 //! boot, deadline) is an `Err`. [`run_guest_tests`] is the usual way in: the calling test binary
@@ -56,6 +60,17 @@ use initramfs::{ALL_DONE, GuestStep, STEP_BEGIN, STEP_END};
 /// Modules loaded unless [`Vm::modules`] says otherwise (their dependencies come along).
 pub const DEFAULT_MODULES: &[&str] = &["8021q", "bonding", "dummy", "macvlan", "ipvlan", "veth", "bridge"];
 
+/// The address in the guest at which [`Vm::forward_to_unix_socket`]'s ports are (QEMU user-mode
+/// network: the guest is [`GUEST_ADDRESS`] on `10.0.2.0/24`).
+pub const GUEST_FORWARD_ADDRESS: &str = "10.0.2.100";
+
+/// The guest's own address on the forwarding NIC (QEMU user-mode network's first DHCP address;
+/// configured statically by [`guest::forward_link_up`]).
+pub const GUEST_ADDRESS: &str = "10.0.2.15/24";
+
+/// Modules the forwarding NIC needs (virtio-net on PCI).
+const FORWARD_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+
 /// Where [`run_guest_tests`] puts the calling test binary inside the guest.
 pub const GUEST_SELF: &str = "/test/self";
 
@@ -70,6 +85,15 @@ pub struct Vm {
     files: Vec<(String, u32, Vec<u8>)>,
     env: Vec<(String, String)>,
     steps: Vec<GuestStep>,
+    forwards: Vec<Forward>,
+}
+
+/// One [`Vm::forward_to_unix_socket`].
+#[derive(Debug, Clone)]
+struct Forward {
+    port: u16,
+    socket: PathBuf,
+    bridge: PathBuf,
 }
 
 impl Vm {
@@ -84,6 +108,7 @@ impl Vm {
             files: Vec::new(),
             env: Vec::new(),
             steps: Vec::new(),
+            forwards: Vec::new(),
         }
     }
 
@@ -124,6 +149,26 @@ impl Vm {
         self
     }
 
+    /// Makes TCP port `port` at [`GUEST_FORWARD_ADDRESS`] in the guest reach the unix socket `socket`
+    /// on the host: QEMU runs `bridge` (this crate's `unix-bridge` binary; an integration test passes
+    /// `env!("CARGO_BIN_EXE_unix-bridge")`, which cargo builds along with it) once per guest
+    /// connection. The guest gets a NIC for it, on QEMU's user-mode network with `restrict=on`: no
+    /// other traffic leaves the VM. Bring it up in the guest with [`guest::forward_link_up`] (or
+    /// serve the port as a unix socket with [`guest::relay_unix_socket`]).
+    pub fn forward_to_unix_socket(
+        mut self,
+        port: u16,
+        socket: impl AsRef<Path>,
+        bridge: impl AsRef<Path>,
+    ) -> Self {
+        self.forwards.push(Forward {
+            port,
+            socket: socket.as_ref().to_path_buf(),
+            bridge: bridge.as_ref().to_path_buf(),
+        });
+        self
+    }
+
     /// Adds a step: `argv` runs in the guest as root from `/`, after the steps before it (whether
     /// they passed or not).
     pub fn step<I, S>(mut self, name: &str, argv: I) -> Self
@@ -158,7 +203,13 @@ impl Vm {
         let _dir_registration = crate::watchdog::register_dir(dir.path());
 
         let mut archive = cpio::Archive::new();
-        let modules: Vec<&str> = self.modules.iter().map(String::as_str).collect();
+        let mut modules: Vec<&str> = self.modules.iter().map(String::as_str).collect();
+        let netdev = if self.forwards.is_empty() {
+            None
+        } else {
+            modules.extend(FORWARD_MODULES);
+            Some(self.netdev()?)
+        };
         initramfs::base(&mut archive, &kernel, &modules)?;
         for (host, guest) in &self.binaries {
             initramfs::add_binary(&mut archive, host, guest)
@@ -183,6 +234,7 @@ impl Vm {
             dir: dir.path(),
             memory_mib: self.memory_mib,
             timeout: self.timeout,
+            netdev: netdev.as_deref(),
         })?;
         tracing::info!(vm = %self.name, seconds = boot.elapsed.as_secs_f64(), "powered off");
         let steps = parse_steps(&self.steps, &boot.steps);
@@ -212,6 +264,32 @@ impl Vm {
             ),
             Some(_) => Ok(run),
         }
+    }
+}
+
+impl Vm {
+    /// QEMU's `-netdev` argument for [`Vm::forward_to_unix_socket`].
+    fn netdev(&self) -> Result<String> {
+        let mut netdev = "user,id=forward,restrict=on".to_owned();
+        for Forward { port, socket, bridge } in &self.forwards {
+            if !bridge.is_file() {
+                bail!(
+                    "the unix-bridge binary {} is missing (cargo builds it with the integration tests of spiderpool-tests)",
+                    bridge.display()
+                );
+            }
+            let command = format!("{} {}", bridge.display(), socket.display());
+            // QEMU's option syntax: a comma inside a value is written twice.
+            if command.contains(',') || command.contains('\'') || command.contains('"') {
+                bail!(
+                    "the forward command {command:?} has a character QEMU's option syntax or the shell would mangle"
+                );
+            }
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{GUEST_FORWARD_ADDRESS}:{port}-cmd:{command}"
+            ));
+        }
+        Ok(netdev)
     }
 }
 

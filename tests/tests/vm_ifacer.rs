@@ -1,49 +1,140 @@
 //! The `ifacer` plugin on Debian's real kernel (bonding and 802.1q are not in the host kernel): from
 //! upstream-style netconfs it makes a VLAN on a NIC and an 802.3ad bond with a VLAN on it, a second
 //! ADD changes nothing, a step the kernel refuses is undone, a tag already on the node is refused;
-//! Debian's macvlan and ipvlan plugins (with the `static` IPAM plugin: ours needs the node daemon
-//! and an API server, which the VM does not have) attach pods on top of what it made.
+//! Debian's macvlan and ipvlan plugins with our IPAM (`spiderpool`) attach pods on top of what it
+//! made, and release their addresses on DEL.
+//!
+//! Our IPAM is real end to end: the host runs a real API server with SpiderIPPools and a real node
+//! agent (`spiderpool-agent`) for the VM's node; the VM reaches the agent's unix socket through QEMU's
+//! restricted user-mode network (`Vm::forward_to_unix_socket`), and the guest serves it at the
+//! plugin's default socket path. The host checks the pools afterwards: every address handed out in
+//! the VM is back.
 //!
 //! One VM runs every guest test below, one at a time; each uses link names of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
 
+use anyhow::{Context as _, ensure};
+use serde_json::json;
+use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::vm::{self, Vm};
+use spiderpool_tests::{ClusterOptions, TestCluster, ipam};
 
 /// Debian's reference plugins (installed by tests/tools/install-test-deps.sh).
 const DEBIAN_PLUGINS: &str = "/usr/lib/cni";
 
-#[test]
-fn ifacer_on_a_real_kernel() -> anyhow::Result<()> {
+/// The guest's TCP port that reaches the agent's socket.
+const AGENT_PORT: u16 = 7000;
+
+/// The pools the guest tests allocate from, with their pods (bound to the agent's node).
+const POOLS: &[(&str, &str, &str, &str)] = &[
+    // (pool, subnet, range, pod)
+    ("vm-vlan120", "10.120.0.0/24", "10.120.0.10-10.120.0.19", "fv-pod"),
+    ("vm-bond30", "10.30.0.0/24", "10.30.0.10-10.30.0.19", "fb-pod"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ifacer_on_a_real_kernel() -> anyhow::Result<()> {
     spiderpool_tests::init_tracing();
     let ifacer = spiderpool_tests::tools::workspace_binary("spiderpool-ifacer", "ifacer", false)?;
-    let mut vm = Vm::new("ifacer").binary(&ifacer, "/test/cni/ifacer");
-    for plugin in ["macvlan", "ipvlan", "static"] {
+    let mut vm = Vm::new("ifacer")
+        .binary(&ifacer, "/test/cni/ifacer")
+        .binary(ipam::plugin_binary(false)?, "/test/cni/spiderpool");
+    for plugin in ["macvlan", "ipvlan"] {
         let path = std::path::Path::new(DEBIAN_PLUGINS).join(plugin);
-        anyhow::ensure!(
+        ensure!(
             path.exists(),
             "{} is missing: install Debian's containernetworking-plugins (bash tests/tools/install-test-deps.sh)",
             path.display()
         );
         vm = vm.binary(&path, &format!("/test/cni/{plugin}"));
     }
-    let summary = vm::run_guest_tests(vm, "guest::")?;
+
+    // The control plane, the pools, the pods and the VM's node agent, on the host.
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    for (pool, subnet, range, _) in POOLS {
+        ipam::create_pool(&client, pool, json!({"subnet": subnet, "ips": [range]})).await?;
+    }
+    let ns = cluster.namespace("vm-ifacer").await?;
+    let node = "vm-ifacer-node";
+    let pods: Vec<(String, String)> = POOLS
+        .iter()
+        .map(|(_, _, _, pod)| ((*pod).to_owned(), node.to_owned()))
+        .collect();
+    let uids = ipam::create_bare_pods(&client, ns.name(), &pods, &json!({})).await?;
+    let dir = tempfile::tempdir()?;
+    let agent = Daemon::start(&cluster, node, dir.path(), false, &[])?;
+    let pod_list: Vec<String> = pods
+        .iter()
+        .zip(&uids)
+        .map(|((pod, _), uid)| format!("{pod}={uid}"))
+        .collect();
+    let vm = vm
+        .forward_to_unix_socket(AGENT_PORT, agent.socket(), env!("CARGO_BIN_EXE_unix-bridge"))
+        .env("SPIDERPOOL_TEST_NAMESPACE", ns.name())
+        .env("SPIDERPOOL_TEST_PODS", &pod_list.join(" "))
+        .env("SPIDERPOOL_TEST_AGENT_PORT", &AGENT_PORT.to_string())
+        .env(
+            "SPIDERPOOL_TEST_HOST_PORT",
+            &cluster.apiserver_address()?.port().to_string(),
+        );
+
+    let summary = tokio::task::spawn_blocking(move || vm::run_guest_tests(vm, "guest::")).await??;
     assert!(summary.passed >= 4, "{summary:?}");
+
+    // Every address the guest got came from the agent, and DEL gave it back.
+    let allocated = agent.metric("spiderpool_ipam_allocation_counts_total")?;
+    let released = agent.metric("spiderpool_ipam_release_counts_total")?;
+    ensure!(
+        allocated == POOLS.len() as f64 && released == allocated,
+        "the agent counted {allocated} allocations and {released} releases; log:\n{}",
+        agent.log_tail()
+    );
+    for (pool, ..) in POOLS {
+        let records = ipam::pool_records(&client, pool)
+            .await
+            .with_context(|| format!("reading SpiderIPPool {pool}"))?;
+        ensure!(records.is_empty(), "SpiderIPPool {pool} still holds {records:?}");
+    }
+    agent.stop()?;
     Ok(())
 }
 
 /// Run inside the VM by `ifacer_on_a_real_kernel`.
 mod guest {
     use std::io::Write as _;
+    use std::path::Path;
     use std::process::{Command, Stdio};
 
     use serde_json::{Value, json};
+    use spiderpool_agent_api::DEFAULT_SOCKET_PATH;
     use spiderpool_tests::vm::guest::{self, bonding_status, ip, require_vm};
 
     /// Runs plugin `/test/cni/<plugin>` with `command` for container `id` (netns `/var/run/netns/<id>`).
     fn cni(plugin: &str, command: &str, id: &str, netconf: &Value) -> (bool, Value) {
-        let mut child = Command::new(format!("/test/cni/{plugin}"))
-            .env_clear()
-            .env("CNI_COMMAND", command)
+        cni_for(plugin, command, id, netconf, None)
+    }
+
+    /// [`cni`] for pod `pod` of the host's API server (named in `CNI_ARGS`, as kubelet does).
+    fn cni_for(plugin: &str, command: &str, id: &str, netconf: &Value, pod: Option<&str>) -> (bool, Value) {
+        let mut command = {
+            let mut cmd = Command::new(format!("/test/cni/{plugin}"));
+            cmd.env_clear().env("CNI_COMMAND", command);
+            cmd
+        };
+        if let Some(pod) = pod {
+            let namespace = std::env::var("SPIDERPOOL_TEST_NAMESPACE").unwrap();
+            let uid = pod_uid(pod);
+            command.env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=true;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod};\
+                     K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID={uid}"
+                ),
+            );
+        }
+        let mut child = command
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", format!("/var/run/netns/{id}"))
             .env("CNI_IFNAME", "net1")
@@ -84,22 +175,54 @@ mod guest {
         guest::link_exists(name)
     }
 
-    /// A pod: its namespace, and the main plugin ADDed on `master` with a static address.
-    fn pod_on(id: &str, plugin: &str, master: &str, address: &str) -> Value {
-        ip(&["netns", "add", id]).unwrap();
+    /// The UID of the host's pod `pod` (from `SPIDERPOOL_TEST_PODS`: `name=uid ...`).
+    fn pod_uid(pod: &str) -> String {
+        let pods = std::env::var("SPIDERPOOL_TEST_PODS").unwrap();
+        pods.split_whitespace()
+            .find_map(|entry| entry.strip_prefix(pod)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no pod {pod} in SPIDERPOOL_TEST_PODS={pods}"))
+            .to_owned()
+    }
+
+    /// The main plugin's netconf on `master`, with our IPAM allocating from SpiderIPPool `pool` on
+    /// the host through the agent (at the plugin's default socket, relayed to the host).
+    fn netconf_on(id: &str, plugin: &str, master: &str, pool: &str) -> Value {
+        let port = std::env::var("SPIDERPOOL_TEST_AGENT_PORT")
+            .unwrap()
+            .parse()
+            .unwrap();
+        guest::relay_unix_socket(Path::new(DEFAULT_SOCKET_PATH), port).unwrap();
+        std::fs::create_dir_all("/var/log/spidernet").unwrap();
         let mut main = json!({
             "cniVersion": "0.4.0",
             "name": format!("net-{id}"),
             "type": plugin,
             "master": master,
-            "ipam": {"type": "static", "addresses": [{"address": address}]},
+            "ipam": {"type": "spiderpool", "default_ipv4_ippool": [pool], "log_level": "DEBUG"},
         });
         if plugin == "macvlan" {
             main["mode"] = "bridge".into();
         }
-        let (ok, result) = cni(plugin, "ADD", id, &main);
+        main
+    }
+
+    /// Pod `pod` (container `id`, its own netns) ADDed with [`netconf_on`]; returns the result and
+    /// the netconf for the DEL.
+    fn pod_on(id: &str, pod: &str, plugin: &str, master: &str, pool: &str) -> (Value, Value) {
+        ip(&["netns", "add", id]).unwrap();
+        let netconf = netconf_on(id, plugin, master, pool);
+        let (ok, result) = cni_for(plugin, "ADD", id, &netconf, Some(pod));
         assert!(ok, "{plugin} on {master}: {result}");
-        result
+        (result, netconf)
+    }
+
+    /// DEL of [`pod_on`]'s attachment: the pod's link is gone (the address's release is checked
+    /// on the host, in the pool).
+    fn pod_off(id: &str, pod: &str, plugin: &str, netconf: &Value) {
+        let (ok, out) = cni_for(plugin, "DEL", id, netconf, Some(pod));
+        assert!(ok, "{plugin} DEL: {out}");
+        assert!(ip(&["-n", id, "link", "show", "dev", "net1"]).is_err());
+        ip(&["netns", "del", id]).unwrap();
     }
 
     #[test]
@@ -123,12 +246,34 @@ mod guest {
         assert!(ok);
         assert_eq!(index("fv1.120"), made);
 
-        let result = pod_on("fv-pod", "macvlan", "fv1.120", "10.120.0.5/24");
-        assert_eq!(result["ips"][0]["address"], "10.120.0.5/24", "{result}");
+        // A pod on it, its address from SpiderIPPool vm-vlan120 (10.120.0.10-19) on the host.
+        let (result, pod_netconf) = pod_on("fv-pod", "fv-pod", "macvlan", "fv1.120", "vm-vlan120");
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            address.starts_with("10.120.0.1") && address.ends_with("/24"),
+            "{result}"
+        );
         let inside = ip(&["-n", "fv-pod", "-d", "addr", "show", "dev", "net1"]).unwrap();
         assert!(
-            inside.contains("macvlan") && inside.contains("10.120.0.5/24"),
+            inside.contains("macvlan") && inside.contains(&address),
             "{inside}"
+        );
+        pod_off("fv-pod", "fv-pod", "macvlan", &pod_netconf);
+
+        // The forwarding NIC reaches nothing but the forward: not even the host's loopback, where
+        // the API server listens (QEMU user-mode network, `restrict=on`).
+        let port: u16 = std::env::var("SPIDERPOOL_TEST_HOST_PORT")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let host = std::net::SocketAddr::from(([10, 0, 2, 2], port));
+        let reached = std::net::TcpStream::connect_timeout(&host, std::time::Duration::from_secs(2));
+        assert!(
+            reached.is_err(),
+            "the guest reached the host's API server at {host}"
         );
 
         // DEL is a no-op: the VLAN serves every pod on the node.
@@ -185,13 +330,19 @@ mod guest {
         assert!(ok, "{result}");
         assert_eq!((index("fbond"), index("fbond.30")), made);
 
-        let result = pod_on("fb-pod", "ipvlan", "fbond.30", "10.30.0.7/24");
-        assert_eq!(result["ips"][0]["address"], "10.30.0.7/24", "{result}");
-        let inside = ip(&["-n", "fb-pod", "-d", "addr", "show", "dev", "net1"]).unwrap();
+        // A pod on it, its address from SpiderIPPool vm-bond30 (10.30.0.10-19) on the host.
+        let (result, pod_netconf) = pod_on("fb-pod", "fb-pod", "ipvlan", "fbond.30", "vm-bond30");
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(
-            inside.contains("ipvlan") && inside.contains("10.30.0.7/24"),
-            "{inside}"
+            address.starts_with("10.30.0.1") && address.ends_with("/24"),
+            "{result}"
         );
+        let inside = ip(&["-n", "fb-pod", "-d", "addr", "show", "dev", "net1"]).unwrap();
+        assert!(inside.contains("ipvlan") && inside.contains(&address), "{inside}");
+        pod_off("fb-pod", "fb-pod", "ipvlan", &pod_netconf);
     }
 
     #[test]

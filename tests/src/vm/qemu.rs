@@ -1,5 +1,5 @@
 //! Booting the guest: QEMU with software emulation (TCG; this machine's /dev/kvm is a software
-//! backend that normal kernels do not boot on), no network, no display, two serial ports written to
+//! backend that normal kernels do not boot on), no network unless asked for, no display, two serial ports written to
 //! files (the kernel console, and the steps' output), under a deadline.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,8 @@ pub(super) struct BootSpec<'a> {
     pub dir: &'a Path,
     pub memory_mib: u32,
     pub timeout: Duration,
+    /// A `-netdev` for the guest's only NIC (virtio); `None`: no NIC at all.
+    pub netdev: Option<&'a str>,
 }
 
 pub(super) fn qemu_binary() -> Result<PathBuf> {
@@ -46,7 +48,7 @@ pub(super) fn boot(spec: &BootSpec<'_>) -> Result<Boot> {
     let mut cmd = Command::new(qemu_binary()?);
     cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
         .args(["-m", &spec.memory_mib.to_string()])
-        // No default devices: no NIC (the guest has no network), no VGA, no monitor.
+        // No default devices: no NIC (unless `netdev` asks for one), no VGA, no monitor.
         .args([
             "-nodefaults",
             "-display",
@@ -74,6 +76,11 @@ pub(super) fn boot(spec: &BootSpec<'_>) -> Result<Boot> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&qemu_log).context("creating qemu.log")?)
         .process_group(0);
+    if let Some(netdev) = spec.netdev {
+        // romfile= : no PXE option ROM (the kernel is booted directly).
+        cmd.args(["-netdev", netdev])
+            .args(["-device", "virtio-net-pci,netdev=forward,romfile="]);
+    }
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let _registration = watchdog::register(Resource::ProcessGroup(child.id()));
