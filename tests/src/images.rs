@@ -8,8 +8,9 @@
 //! Builds are cached by a hash of their inputs (the sources of the crates that go into the images, the
 //! lock file, the toolchain and this file): a second run with the same inputs copies the archives from
 //! `~/.cache/spiderpool-rs/images/<hash>/` and builds nothing. The cargo target directory of these
-//! builds lives in the cache too (`image-target/`), so a changed source rebuilds only what it affects,
-//! also from a fresh clone.
+//! builds is the checkout's own (`target/image-build/`): cargo names a workspace crate's artifacts
+//! relative to the workspace root, so a target directory shared by two checkouts hands one checkout
+//! the other's stale build of a crate (seen: an agent built against another checkout's older API crate).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -326,7 +327,7 @@ type Binaries = BTreeMap<&'static str, BTreeMap<&'static str, PathBuf>>;
 /// its architecture.
 fn compile(repo: &Path) -> Result<Binaries> {
     check_prerequisites()?;
-    let target_dir = cache_root().join("image-target");
+    let target_dir = repo.join("target").join("image-build");
     let mut wanted: Vec<Binary> = CNI_PLUGINS.to_vec();
     for image in IMAGES {
         wanted.extend(image.binaries.iter().copied());
