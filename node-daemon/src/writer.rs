@@ -305,6 +305,21 @@ impl PoolWriters {
         answer.await.map_err(|_| WriteError::Stopped(pool.to_owned()))?
     }
 
+    /// Whether pod `pod_uid` holds `ip` of `pool` as this node's writer knows it: `Some(true)` it
+    /// handed the address to the pod or recorded it for it, and the pod has not given it back since;
+    /// `Some(false)` not, or the pod gave it back (the release may not be written yet); `None` the
+    /// writer does not know (not started, or not yet recovered after a restart). Only this node
+    /// writes records of its pods, so a writer that knows is the truth about them, ahead of the
+    /// watch cache.
+    pub fn holds(&self, pool: &str, ip: IpAddr, pod_uid: &str) -> Option<bool> {
+        let handle = {
+            let pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools.get(pool).cloned()
+        }?;
+        let state = handle.state();
+        state.is_ready().then(|| state.address_of(pod_uid) == Some(ip))
+    }
+
     /// Pods bound to this node will soon ask `pool` for addresses ([`crate::ahead`]): counts as demand,
     /// so the writer (started if need be) tops up this node's reservations for the pods to come as
     /// it would after an ADD, and keeps them until the node goes idle. Does nothing when
