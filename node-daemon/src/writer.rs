@@ -979,6 +979,11 @@ fn merge_queued(
     {
         let mut state = handle.state();
         inner.serve_from_state(pool, &mut state, &mut more, clock::now());
+        // Releases answered at once since the round was planned join it too, to be decided before
+        // the merged requests: else a pod's next sandbox asking for an address would be answered,
+        // from the pod's record, the address its previous sandbox just gave back, and the next
+        // round would free it under the pod.
+        plan.releasing.append(&mut state.take_releasing());
     }
     plan.joined(reservations::gives_addresses(more.iter().map(|r| &r.op)));
     batch.extend(more);
