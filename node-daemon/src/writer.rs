@@ -305,6 +305,21 @@ impl PoolWriters {
         answer.await.map_err(|_| WriteError::Stopped(pool.to_owned()))?
     }
 
+    /// Whether pod `pod_uid` holds `ip` of `pool` as this node's writer knows it: `Some(true)` it
+    /// handed the address to the pod or recorded it for it, and the pod has not given it back since;
+    /// `Some(false)` not, or the pod gave it back (the release may not be written yet); `None` the
+    /// writer does not know (not started, or not yet recovered after a restart). Only this node
+    /// writes records of its pods, so a writer that knows is the truth about them, ahead of the
+    /// watch cache.
+    pub fn holds(&self, pool: &str, ip: IpAddr, pod_uid: &str) -> Option<bool> {
+        let handle = {
+            let pools = self.inner.pools.lock().unwrap_or_else(|e| e.into_inner());
+            pools.get(pool).cloned()
+        }?;
+        let state = handle.state();
+        state.is_ready().then(|| state.address_of(pod_uid) == Some(ip))
+    }
+
     /// Pods bound to this node will soon ask `pool` for addresses ([`crate::ahead`]): counts as demand,
     /// so the writer (started if need be) tops up this node's reservations for the pods to come as
     /// it would after an ADD, and keeps them until the node goes idle. Does nothing when
@@ -964,6 +979,11 @@ fn merge_queued(
     {
         let mut state = handle.state();
         inner.serve_from_state(pool, &mut state, &mut more, clock::now());
+        // Releases answered at once since the round was planned join it too, to be decided before
+        // the merged requests: else a pod's next sandbox asking for an address would be answered,
+        // from the pod's record, the address its previous sandbox just gave back, and the next
+        // round would free it under the pod.
+        plan.releasing.append(&mut state.take_releasing());
     }
     plan.joined(reservations::gives_addresses(more.iter().map(|r| &r.op)));
     batch.extend(more);

@@ -230,7 +230,15 @@ impl Allocator {
             return Ok(Vec::new());
         };
         let node = &self.inner.config.node_name;
-        let cached = add::stale_addresses(detail, &facts.pod_uid, node, |pool| self.inner.stores.pool(pool));
+        let writers = &self.inner.writers;
+        let writer = |pool: &str, ip: &IpAddr| writers.holds(pool, *ip, &facts.pod_uid);
+        let cached = add::stale_addresses(
+            detail,
+            &facts.pod_uid,
+            node,
+            |pool| self.inner.stores.pool(pool),
+            writer,
+        );
         if cached.is_empty() {
             return Ok(cached);
         }
@@ -246,9 +254,13 @@ impl Allocator {
                 fresh.insert(address.pool.clone(), pool.map(std::sync::Arc::new));
             }
         }
-        Ok(add::stale_addresses(detail, &facts.pod_uid, node, |pool| {
-            fresh.get(pool).cloned().flatten()
-        }))
+        Ok(add::stale_addresses(
+            detail,
+            &facts.pod_uid,
+            node,
+            |pool| fresh.get(pool).cloned().flatten(),
+            writer,
+        ))
     }
 
     /// Writes the endpoint with the fresh grants: adds the interfaces to the pod's endpoint

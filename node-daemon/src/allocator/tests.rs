@@ -22,14 +22,18 @@ struct World {
 }
 
 fn world() -> World {
+    // Every allocation writes: the calls of each scenario are the same whatever came before.
+    world_with(LeaseTuning {
+        max_size: 0,
+        ..LeaseTuning::default()
+    })
+}
+
+fn world_with(lease: LeaseTuning) -> World {
     let (fake, stores) = FakeApi::new("n1");
     let mut config = Config::new("n1");
     config.request_timeout = Duration::from_secs(5);
-    // Every allocation writes: the calls of each scenario are the same whatever came before.
-    config.lease = LeaseTuning {
-        max_size: 0,
-        ..LeaseTuning::default()
-    };
+    config.lease = lease;
     let metrics = Metrics::new();
     let writers = PoolWriters::new(
         fake.clone(),
@@ -334,4 +338,62 @@ async fn a_repeated_add_never_answers_an_address_the_pool_now_records_for_anothe
             .encode()
             .contains("spiderpool_ipam_ambiguous_claims_total{kind=\"endpoints\"} 1")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_add_never_answers_an_address_its_pod_released_into_this_nodes_reservation() {
+    // Reservations on: a DEL turns the pod's record into this node's reservation (cooling down).
+    let w = world_with(LeaseTuning::default());
+    w.fake.put_pod(pod("a", "u1", None));
+    let first = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    let first = first.ips[0].address.trim_end_matches("/24").to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(holders(&w.fake).contains(&(first.clone(), "u1".to_owned())));
+    // The DEL releases the address, but deleting the endpoint fails: the endpoint stays.
+    w.fake.fail(CallKind::DeleteEndpoint, Fault::Status(500), 1);
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "a").is_some());
+    assert!(!holders(&w.fake).iter().any(|(_, uid)| uid == "u1"));
+    // The pod's next sandbox: its ADD finds the endpoint, whose address the pool now records as this
+    // node's (released) reservation. Answering it from the endpoint would leave the address free for
+    // this node to hand to another pod once it cooled down.
+    let again = w.allocator.add(&add_args("a", "u1", "c2")).await.unwrap();
+    let answered = again.ips[0].address.trim_end_matches("/24").to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        holders(&w.fake).contains(&(answered.clone(), "u1".to_owned())),
+        "{answered} answered to u1 but the pool records {:?}",
+        holders(&w.fake)
+    );
+    // Another pod, once every cooldown is over, never gets it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    w.fake.put_pod(pod("b", "u2", None));
+    let other = w.allocator.add(&add_args("b", "u2", "c3")).await.unwrap();
+    assert_ne!(other.ips[0].address.trim_end_matches("/24"), answered);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_add_never_answers_an_address_its_pod_gave_back_before_the_release_is_written() {
+    let w = world_with(LeaseTuning::default());
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The DEL's release is answered at once (written moments later); deleting the endpoint fails.
+    w.fake.fail(CallKind::DeleteEndpoint, Fault::Status(500), 1);
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap_err();
+    // The next sandbox's ADD comes before the release is written: the pool (and the cache) still
+    // record the address for the pod.
+    let again = w.allocator.add(&add_args("a", "u1", "c2")).await.unwrap();
+    let answered = again.ips[0].address.trim_end_matches("/24").to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        holders(&w.fake).contains(&(answered.clone(), "u1".to_owned())),
+        "{answered} answered to u1 but the pool records {:?}",
+        holders(&w.fake)
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    w.fake.put_pod(pod("b", "u2", None));
+    let other = w.allocator.add(&add_args("b", "u2", "c3")).await.unwrap();
+    assert_ne!(other.ips[0].address.trim_end_matches("/24"), answered);
 }

@@ -217,14 +217,21 @@ pub struct StaleAddress {
 
 /// The addresses of `detail` (an interface of the endpoint of pod `pod_uid`) whose pool does not hold
 /// them for that pod: no record names them, or a record names another pod or another node's
-/// reservation, or several records name them. A reservation of this node (`node`) counts as held
-/// (this node hands reservations out before recording them). A pool `pools` cannot find, or whose
-/// records cannot be read, is not judged.
+/// reservation, or several records name them. `writer(pool, address)` is what this node's writer of
+/// the pool knows: `Some(true)` it handed the address to the pod or recorded it for it, and the pod
+/// has not given it back; `Some(false)` it did not, or the pod gave it back (the release may not be
+/// written yet); `None` it does not know (not started, or not recovered yet). A record for the pod
+/// counts as held unless the writer says the pod gave it back; a reservation of this node (`node`)
+/// only when the writer says it handed it to the pod (this node hands reservations out before
+/// recording them), for a DEL turns the pod's record into this node's reservation, and the pod's
+/// endpoint outlives that when deleting it failed. A pool `pools` cannot find, or whose records
+/// cannot be read, is not judged.
 pub fn stale_addresses(
     detail: &IPAllocationDetail,
     pod_uid: &str,
     node: &str,
     pools: impl Fn(&str) -> Option<Arc<SpiderIPPool>>,
+    writer: impl Fn(&str, &IpAddr) -> Option<bool>,
 ) -> Vec<StaleAddress> {
     let mut stale = Vec::new();
     for (ip, pool_name) in detail_addresses(detail) {
@@ -241,8 +248,14 @@ pub fn stale_addresses(
             keys.iter().filter_map(|k| records.get(k)).collect();
         let why = match holders.as_slice() {
             [] => Some("the pool has no record of it".to_owned()),
-            [one] if one.reservation() == Some(node) => None,
-            [one] if one.reservation().is_none() && one.pod_uid == pod_uid => None,
+            [one] if one.reservation() == Some(node) => match writer(&pool_name, &ip) {
+                Some(true) => None,
+                _ => Some("the pool says this node reserved it, and this node did not hand it to the pod or the pod gave it back".to_owned()),
+            },
+            [one] if one.reservation().is_none() && one.pod_uid == pod_uid => match writer(&pool_name, &ip) {
+                Some(false) => Some("the pod gave it back to this node".to_owned()),
+                _ => None,
+            },
             [one] => Some(match one.reservation() {
                 Some(other) => format!("the pool says node {other} reserved it"),
                 None => format!("the pool says {} holds it", one.pod),

@@ -269,6 +269,12 @@ impl Reservations {
         &self.releasing
     }
 
+    /// Takes the releases answered at once and not yet taken into a round, for a round in flight
+    /// that merges requests queued since it was planned ([`RoundPlan::releasing`]).
+    pub fn take_releasing(&mut self) -> BTreeMap<IpAddr, String> {
+        std::mem::take(&mut self.releasing)
+    }
+
     /// Whether pod `uid` is known to hold an address of the pool.
     pub fn holds_address(&self, uid: &str) -> bool {
         self.holders.contains_key(uid)

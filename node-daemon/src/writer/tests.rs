@@ -620,3 +620,47 @@ async fn a_cooled_address_goes_back_to_the_pool_for_other_nodes() {
         "cooled and not needed here, the address is back in the pool"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_allocation_merged_into_a_round_in_flight_never_gets_an_address_its_pod_gave_back_since() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.4",
+        &[("10.0.0.1", PoolIPAllocation::held_by("ns/a", "uid-a"))],
+    ));
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    // A round is in flight, its write failing for a while (the API server is in trouble)…
+    w.fake.fail(CallKind::WritePoolStatus, Fault::Status(503), 3);
+    let writers = w.writers.clone();
+    let c = tokio::spawn(async move { writers.submit("p", alloc("c"), TIMEOUT).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // …when pod a's DEL gives its address back (answered at once, written later)…
+    let released = w
+        .writers
+        .submit(
+            "p",
+            Op::Release {
+                ip: ip("10.0.0.1"),
+                pod_uid: "uid-a".into(),
+            },
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(released, Outcome::Released(true));
+    // …and the pod's next sandbox asks for an address, which joins the round in flight.
+    let writers = w.writers.clone();
+    let a = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
+    c.await.unwrap().unwrap();
+    let Outcome::Allocated(answered) = a.await.unwrap().unwrap() else {
+        panic!("no address for a");
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = records(&w.fake, "p");
+    assert_eq!(
+        records.get(&answered.to_string()),
+        Some(&PoolIPAllocation::held_by("ns/a", "uid-a")),
+        "{answered} answered to a, but the pool records {records:?}"
+    );
+}
