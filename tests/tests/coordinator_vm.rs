@@ -299,10 +299,12 @@ mod guest {
             Some(&gw),
             "ip addr add 10.6.0.1/16 dev eth0; ip addr add 10.7.0.1/24 dev eth0; ip link set eth0 up; ip link set lo up",
         );
-        // The kernel gives the uplink its IPv6 link-local address a moment after it comes up: wait
-        // for it, so that the node's state before a pod is the state after it.
+        // The kernel gives the uplink its IPv6 link-local address a moment after it comes up, and its
+        // `local fe80::` route only once duplicate address detection ends: wait for both, so that the
+        // node's state before a pod is the state after it.
         for _ in 0..100 {
-            if sh(None, &format!("ip -6 addr show dev {uplink} scope link")).contains("fe80::") {
+            let link_local = sh(None, &format!("ip -6 addr show dev {uplink} scope link"));
+            if link_local.contains("fe80::") && !link_local.contains("tentative") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
