@@ -102,6 +102,34 @@ impl World {
     /// lines of each namespace sorted (the kernel lists tables and equal-priority rules in the order
     /// they were made, which may differ without changing what they do).
     fn state(&self) -> Result<String> {
+        let mut macs = Vec::new();
+        for (role, link, label) in [
+            ("pod", "veth0", "POD-VETH"),
+            ("node", &format!("veth{}", &CONTAINER[..11]), "HOST-VETH"),
+        ] {
+            if let Ok(mac) = self.sh(role, &format!("cat /sys/class/net/{link}/address")) {
+                macs.push((mac.trim().to_owned(), label));
+            }
+        }
+        // Named before sorting: the random MACs and link-local addresses would otherwise decide the
+        // order of lines that are equal once named.
+        let normalize = |line: &str| {
+            let mut line = line
+                .split(' ')
+                .map(|word| {
+                    if word.starts_with("fe80::") && word.len() > 6 {
+                        "fe80::LL"
+                    } else {
+                        word
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            for (mac, label) in &macs {
+                line = line.replace(mac.as_str(), label);
+            }
+            line
+        };
         let mut text = String::new();
         for role in ["pod", "node"] {
             text.push_str(&format!("== {role}\n"));
@@ -113,40 +141,13 @@ impl World {
                  iptables-save -t mangle | grep '^-A'; ip6tables-save -t mangle | grep '^-A'; true",
                 )?
                 .lines()
-                .map(str::to_owned)
+                .map(normalize)
                 .collect();
             lines.sort();
             text.push_str(&lines.join("\n"));
             text.push('\n');
         }
-        let mut macs = Vec::new();
-        for (role, link, label) in [
-            ("pod", "veth0", "POD-VETH"),
-            ("node", &format!("veth{}", &CONTAINER[..11]), "HOST-VETH"),
-        ] {
-            if let Ok(mac) = self.sh(role, &format!("cat /sys/class/net/{link}/address")) {
-                macs.push((mac.trim().to_owned(), label));
-            }
-        }
-        for (mac, label) in macs {
-            text = text.replace(&mac, label);
-        }
-        let normalized: Vec<String> = text
-            .lines()
-            .map(|line| {
-                line.split(' ')
-                    .map(|word| {
-                        if word.starts_with("fe80::") && word.len() > 6 {
-                            "fe80::LL"
-                        } else {
-                            word
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
-        Ok(normalized.join("\n"))
+        Ok(text)
     }
 }
 
@@ -324,7 +325,7 @@ async fn ours_and_upstreams_coordinator_make_the_same_routes_rules_and_neighbour
         let (expected, actual) = (theirs.state()?, mine.state()?);
         ensure!(
             expected == actual,
-            "after ADD of {ifname} the worlds differ:\n--- upstream\n{expected}\n--- ours\n{actual}\n--- diff (upstream < > ours)\n{}",
+            "after ADD of {ifname} the worlds differ:\n--- diff (upstream < > ours)\n{}\n--- upstream\n{expected}\n--- ours\n{actual}",
             diff(&expected, &actual)
         );
     }

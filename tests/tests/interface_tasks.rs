@@ -350,6 +350,9 @@ async fn the_rollout_keeps_to_max_unavailable_and_a_failing_node_pauses_it() -> 
         Some(("True".into(), "NodesFailed".into()))
     );
     assert_eq!(condition(&paused, "Stalled").map(|c| c.0), Some("True".into()));
+    // A person has to act: the pause is a warning Event on the topology too.
+    let note = wait_event(&client, &name, "RolloutPaused").await?;
+    assert!(note.contains("interface rollout is paused"), "{note}");
     let progress = paused
         .status
         .as_ref()

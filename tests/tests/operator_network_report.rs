@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt};
@@ -32,31 +31,6 @@ async fn create_localized(
     }
     let api: Api<SpiderNetwork> = Api::all(client.clone());
     Ok(api.create(&PostParams::default(), network).await?)
-}
-
-/// The reasons of the Events recorded about SpiderNetwork `name`.
-async fn event_reasons(client: &Client, name: &str) -> Result<Vec<(String, String)>> {
-    let events: Api<Event> = Api::all(client.clone());
-    let list = events
-        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("SpiderNetwork"))
-        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect())
-}
-
-async fn wait_event(client: &Client, name: &str, reason: &str) -> Result<String> {
-    wait_for(&format!("Event {reason} on {name}"), READY_TIMEOUT, || async {
-        let found = event_reasons(client, name).await?;
-        match found.iter().find(|(r, _)| r == reason) {
-            Some((_, note)) => Ok(Some(note.clone())),
-            None => anyhow::bail!("events so far: {found:?}"),
-        }
-    })
-    .await
 }
 
 fn ready_reason(network: &SpiderNetwork) -> Option<String> {

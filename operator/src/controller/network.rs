@@ -894,6 +894,7 @@ impl Context {
         }
         self.refusal_event(network, &refusal.0, previous, &refusal.1)
             .await;
+        self.rollout_event(network, &new, previous).await;
         let api: Api<SpiderNetwork> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": SpiderNetwork::api_version(&()),

@@ -198,7 +198,10 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
                 return Ok(to);
             }
             if Instant::now() >= deadline {
-                bail!("{name} was not recreated on another node within 60 s");
+                bail!(
+                    "{name} was not recreated on another node within 60 s: {}",
+                    stuck_member(run, &name, &old_uid).await
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -208,6 +211,67 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
     let to = moved?;
     uncordoned?;
     Ok((from, to))
+}
+
+/// Where a move is stuck, for the failure message: the old incarnation (still there, terminating,
+/// with its finalizers), the new one (its node, phase and why it is not scheduled) and the nodes
+/// (schedulable, taints, ready), so a harness stall can be told from an IPAM one.
+async fn stuck_member(run: &Run, name: &str, old_uid: &str) -> String {
+    let pod = match timed(run.pods().get_opt(name)).await {
+        Ok(Some(pod)) => pod,
+        Ok(None) => return "no pod of that name (the StatefulSet controller did not recreate it)".to_owned(),
+        Err(err) => return format!("reading the pod failed: {err:#}"),
+    };
+    let incarnation = if pod.metadata.uid.as_deref() == Some(old_uid) {
+        "the old incarnation is still there"
+    } else {
+        "a new incarnation exists"
+    };
+    let status = pod.status.unwrap_or_default();
+    let conditions: Vec<String> = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| format!("{}={} {}", c.type_, c.status, c.message.unwrap_or_default()))
+        .collect();
+    let nodes: Api<Node> = Api::all(run.world.client.clone());
+    let nodes = match timed(nodes.list(&ListParams::default())).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .map(|n| {
+                let spec = n.spec.unwrap_or_default();
+                let ready = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.status)
+                    .unwrap_or_default();
+                let taints: Vec<String> = spec
+                    .taints
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|t| format!("{}:{}", t.key, t.effect))
+                    .collect();
+                format!(
+                    "{} unschedulable={} ready={ready} taints={taints:?}",
+                    n.metadata.name.unwrap_or_default(),
+                    spec.unschedulable.unwrap_or(false)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(err) => format!("listing nodes failed: {err:#}"),
+    };
+    format!(
+        "{incarnation} (deletion {:?}, finalizers {:?}, node {:?}, phase {:?}, conditions {conditions:?}); nodes: {nodes}",
+        pod.metadata.deletion_timestamp.map(|t| t.0.to_string()),
+        pod.metadata.finalizers.unwrap_or_default(),
+        pod.spec.and_then(|s| s.node_name),
+        status.phase,
+    )
 }
 
 async fn cordon(run: &Run, node: &str, unschedulable: bool) -> Result<()> {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::{Client, ResourceExt};
 use spiderpool_operator::controller::network::plan::ChildKind;
@@ -192,6 +193,35 @@ pub fn child_id(kind: &str, object: &DynamicObject) -> String {
         Some(ns) => format!("{kind} {ns}/{}", object.name_any()),
         None => format!("{kind} {}", object.name_any()),
     }
+}
+
+/// The reasons of the Events recorded about SpiderNetwork `name`.
+pub async fn event_reasons(client: &Client, name: &str) -> Result<Vec<(String, String)>> {
+    let events: Api<Event> = Api::all(client.clone());
+    let list = events
+        .list(&ListParams::default().fields(&format!("regarding.name={name}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("SpiderNetwork"))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+pub async fn wait_event(client: &Client, name: &str, reason: &str) -> Result<String> {
+    wait_for(
+        &format!("Event {reason} on {name}"),
+        Duration::from_secs(60),
+        || async {
+            let found = event_reasons(client, name).await?;
+            match found.iter().find(|(r, _)| r == reason) {
+                Some((_, note)) => Ok(Some(note.clone())),
+                None => anyhow::bail!("events so far: {found:?}"),
+            }
+        },
+    )
+    .await
 }
 
 /// The condition `type_` of a SpiderNetwork's status as `(status, reason)`.

@@ -26,7 +26,46 @@ fn refusal_reason(outcome: &Outcome) -> Option<&'static str> {
     }
 }
 
+/// Ready reasons of an applied topology whose node rollout needs a person: a warning Event is
+/// recorded when one of them becomes the reason.
+const ROLLOUT_WARNINGS: [&str; 3] = ["RolloutPaused", "NodesFailed", "InterfaceConflict"];
+
+/// The reason and message of the Event to record for a rollout that newly needs a person: when the new
+/// status's Ready reason is one of [`ROLLOUT_WARNINGS`] and the previous status (of the same
+/// generation) did not already say so. Pure, for unit tests.
+pub(super) fn rollout_warning<'a>(
+    new: &'a SpiderNetworkStatus,
+    previous: Option<&SpiderNetworkStatus>,
+) -> Option<(&'a str, &'a str)> {
+    let ready = new.conditions.iter().find(|c| c.type_ == "Ready")?;
+    if !ROLLOUT_WARNINGS.contains(&ready.reason.as_str()) {
+        return None;
+    }
+    let already = previous.is_some_and(|old| {
+        old.observed_generation == new.observed_generation
+            && old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == ready.reason)
+    });
+    (!already).then_some((ready.reason.as_str(), ready.message.as_str()))
+}
+
 impl Context {
+    /// Records a warning Event when the node rollout newly pauses, fails or conflicts (once per
+    /// generation and reason: the status says it while it stands).
+    pub(super) async fn rollout_event(
+        &self,
+        network: &SpiderNetwork,
+        new: &SpiderNetworkStatus,
+        previous: Option<&SpiderNetworkStatus>,
+    ) {
+        if let Some((reason, message)) = rollout_warning(new, previous) {
+            self.event(network, EventType::Warning, reason, "Rollout", message)
+                .await;
+        }
+    }
+
     /// The status as stored, or as our last status write left it when the cache has not caught up.
     pub(super) fn stored_status(&self, network: &SpiderNetwork) -> Option<SpiderNetworkStatus> {
         let uid = network.metadata.uid.clone().unwrap_or_default();
@@ -198,4 +237,55 @@ fn same_condition(
         && a.reason == b.reason
         && a.message == b.message
         && a.observed_generation == b.observed_generation
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+    use super::*;
+
+    fn status(generation: i64, reason: &str) -> SpiderNetworkStatus {
+        SpiderNetworkStatus {
+            observed_generation: Some(generation),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: reason.into(),
+                message: format!("because {reason}"),
+                observed_generation: Some(generation),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..SpiderNetworkStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_rollout_that_newly_pauses_fails_or_conflicts_is_an_event() {
+        for reason in ROLLOUT_WARNINGS {
+            let new = status(2, reason);
+            let expected = format!("because {reason}");
+            assert_eq!(rollout_warning(&new, None), Some((reason, expected.as_str())));
+            assert_eq!(
+                rollout_warning(&new, Some(&status(2, "NodesPending"))),
+                Some((reason, expected.as_str()))
+            );
+            // A new generation that pauses again is news too.
+            assert_eq!(
+                rollout_warning(&new, Some(&status(1, reason))),
+                Some((reason, expected.as_str()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_standing_pause_or_a_healthy_rollout_is_no_event() {
+        assert_eq!(
+            rollout_warning(&status(2, "RolloutPaused"), Some(&status(2, "RolloutPaused"))),
+            None
+        );
+        for reason in ["Applied", "NodesPending", "Invalid", "ApplyFailed"] {
+            assert_eq!(rollout_warning(&status(2, reason), None), None, "{reason}");
+        }
+    }
 }
