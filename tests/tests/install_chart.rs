@@ -599,6 +599,9 @@ async fn exercise(install: &Install) -> Result<()> {
     // A pool that fills up is told once as a Warning Event (the operator may publish Events).
     pool_exhausted_event(install).await?;
 
+    // SpiderSubnet's automatic pools: the operator reads applications and writes their pools.
+    automatic_pool(install).await?;
+
     // Scaling down releases the addresses (DEL through the plugin and the agents).
     apps.patch(
         "web",
@@ -618,6 +621,91 @@ async fn exercise(install: &Install) -> Result<()> {
     Api::<SpiderNetwork>::all(client.clone())
         .delete("lab", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// A Deployment annotated with a SpiderSubnet gets an automatic pool of replicas + 1 addresses from
+/// it, made by the operator under the chart's roles (it reads the application, creates the pool with
+/// the application's labels and an owner reference); deleting the Deployment deletes the pool. The
+/// Deployment's pods stay Pending (nothing can schedule them): pools follow applications, not pods.
+async fn automatic_pool(install: &Install) -> Result<()> {
+    let client = &install.client;
+    let subnet: spiderpool_schema::SpiderSubnet = serde_json::from_value(json!({
+        "metadata": {"name": "auto-subnet"},
+        "spec": {"subnet": "10.249.0.0/24", "ips": ["10.249.0.10-10.249.0.20"], "gateway": "10.249.0.1"},
+    }))?;
+    let subnets: Api<spiderpool_schema::SpiderSubnet> = Api::all(client.clone());
+    subnets.create(&PostParams::default(), &subnet).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "auto-app"}}))?,
+        )
+        .await?;
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "auto-web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "auto-web"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "auto-web"},
+                    "annotations": {
+                        "ipam.spidernet.io/subnet": r#"{"ipv4":["auto-subnet"]}"#,
+                        "ipam.spidernet.io/ippool-ip-number": "+1",
+                    },
+                },
+                "spec": {
+                    "nodeSelector": {"spiderpool.test/no-such-node": "true"},
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                },
+            },
+        },
+    }))?;
+    let apps: Api<Deployment> = Api::namespaced(client.clone(), "auto-app");
+    apps.create(&PostParams::default(), &deployment).await?;
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let selector = "ipam.spidernet.io/owner-application-name=auto-web";
+    let pool = wait_for(
+        "the automatic pool of auto-web (3 addresses of auto-subnet)",
+        Duration::from_secs(90),
+        || {
+            let pools = pools.clone();
+            async move {
+                let found = pools.list(&ListParams::default().labels(selector)).await?.items;
+                Ok(found.into_iter().find(|p| {
+                    p.spec.subnet == "10.249.0.0/24"
+                        && p.spec.ips == vec!["10.249.0.10-10.249.0.12".to_string()]
+                }))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        pool.owner_references()
+            .iter()
+            .any(|r| r.kind == "SpiderSubnet" && r.name == "auto-subnet"),
+        "the automatic pool is not owned by its subnet: {:?}",
+        pool.metadata.owner_references
+    );
+    apps.delete("auto-web", &DeleteParams::default()).await?;
+    wait_for(
+        "the automatic pool deleted with its Deployment",
+        Duration::from_secs(90),
+        || {
+            let pools = pools.clone();
+            async move {
+                Ok(pools
+                    .list(&ListParams::default().labels(selector))
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    subnets.delete("auto-subnet", &DeleteParams::default()).await?;
     Ok(())
 }
 

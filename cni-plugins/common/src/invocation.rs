@@ -241,6 +241,31 @@ pub fn guarded(body: impl FnOnce() -> Outcome + std::panic::UnwindSafe) -> Outco
     })
 }
 
+/// A plugin binary's whole `main`: reads the `CNI_*` environment and the netconf on stdin, runs
+/// `plugin` (a panic becomes a CNI error object, see [`guarded`]), prints exactly the protocol's JSON
+/// (or nothing) on stdout and exits 0 on success, 1 otherwise. Logs never go to stdout.
+pub fn main(
+    plugin: impl FnOnce(&Invocation, &[u8]) -> Outcome + std::panic::UnwindSafe,
+) -> std::process::ExitCode {
+    use std::io::{Read as _, Write as _};
+    let invocation = Invocation::from_env(|name| std::env::var(name).ok());
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => guarded(|| plugin(&invocation, &stdin)),
+        Err(error) => Outcome::failure(&CniError::new(codes::IO_FAILURE, format!("stdin: {error}"), "")),
+    };
+    let mut stdout = std::io::stdout().lock();
+    // If stdout itself is gone there is no one left to tell; the exit status still says it.
+    let _ = stdout
+        .write_all(outcome.stdout.as_bytes())
+        .and_then(|()| stdout.flush());
+    if outcome.exit_code == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 /// The command of an invocation, required.
 pub fn command(invocation: &Invocation) -> Result<Command, CniError> {
     match invocation.command.as_deref() {
