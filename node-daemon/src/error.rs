@@ -105,6 +105,17 @@ impl IpamError {
         }
     }
 
+    /// Every value [`IpamError::reason`] can take.
+    pub const REASONS: [&'static str; 7] = [
+        "wrong_input",
+        "pod_not_alive",
+        "no_available_pool",
+        "ip_used_out",
+        "forbidden",
+        "internal",
+        "retries_exhausted",
+    ];
+
     /// Metric label (upstream's classification, reference section 9).
     pub fn reason(&self) -> &'static str {
         match self {

@@ -80,6 +80,15 @@ impl Metrics {
         let releases = Counter::default();
         let release_failures = Family::<ReasonLabel, Counter>::default();
         let release_duration = Histogram::new(latency_buckets());
+        // Every failure reason starts at 0, as upstream's counters do, so that dashboards and alerts
+        // on them find a series before the first failure.
+        for reason in crate::error::IpamError::REASONS {
+            let label = ReasonLabel {
+                reason: reason.to_owned(),
+            };
+            drop(allocation_failures.get_or_create(&label));
+            drop(release_failures.get_or_create(&label));
+        }
         let api_writes = Family::<WriteLabel, Counter>::default();
         let pool_conflicts = Counter::default();
         let pool_write_duration = Histogram::new(latency_buckets());
@@ -265,5 +274,25 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_counters_have_a_series_per_reason_before_any_failure() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for reason in crate::error::IpamError::REASONS {
+            for name in [
+                "spiderpool_ipam_allocation_failure_counts_total",
+                "spiderpool_ipam_release_failure_counts_total",
+            ] {
+                let series = format!("{name}{{reason=\"{reason}\"}} 0");
+                assert!(text.contains(&series), "{series} missing from\n{text}");
+            }
+        }
     }
 }

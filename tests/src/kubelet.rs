@@ -722,7 +722,15 @@ async fn prepare_volumes(inner: &Inner, pod: &Pod, spec: &PodSpec) -> Result<BTr
     let node = spec.node_name.clone().unwrap_or_default();
     let pod_dir = inner.dir.join("pods").join(&uid);
     let mut volumes = BTreeMap::new();
+    // The API server's ServiceAccount admission adds a projected `kube-api-access-<random>` volume
+    // (token, CA, namespace) and its mounts to every pod that automounts a token; this kubelet makes
+    // that token itself below, and these names stand for it.
+    let mut token_volumes = Vec::new();
     for volume in spec.volumes.iter().flatten() {
+        if volume.projected.is_some() && volume.name.starts_with("kube-api-access-") {
+            token_volumes.push(volume.name.clone());
+            continue;
+        }
         let dir = pod_dir.join("volumes").join(&volume.name);
         let made = if let Some(config_map) = &volume.config_map {
             let api: Api<ConfigMap> = Api::namespaced(inner.client.clone(), &namespace);
@@ -796,13 +804,16 @@ async fn prepare_volumes(inner: &Inner, pod: &Pod, spec: &PodSpec) -> Result<BTr
         std::fs::write(dir.join("token"), token)?;
         std::fs::copy(&inner.cluster_ca, dir.join("ca.crt"))?;
         std::fs::write(dir.join("namespace"), &namespace)?;
-        volumes.insert(
-            "kube-api-access".to_string(),
-            HostVolume {
-                source: dir,
-                read_only: true,
-            },
-        );
+        let made = HostVolume {
+            source: dir,
+            read_only: true,
+        };
+        for name in token_volumes {
+            volumes.insert(name, made.clone());
+        }
+        volumes.insert("kube-api-access".to_string(), made);
+    } else if let Some(name) = token_volumes.first() {
+        bail!("volume {name} is a service account token, but the pod does not automount one");
     }
     Ok(volumes)
 }

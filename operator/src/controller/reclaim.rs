@@ -107,11 +107,15 @@ pub struct GcMetrics {
     pub endpoints_deleted: Counter,
     /// Failed releases and scans.
     pub failures: Counter,
+    /// Addresses released, all reasons together (upstream's `spiderpool_ip_gc_counts`).
+    pub released_all: Counter,
 }
 
 impl GcMetrics {
     /// Registers the counters (`spiderpool_ip_gc_runs_total`, `spiderpool_ip_gc_released_ips_total`,
-    /// `spiderpool_ip_gc_endpoints_deleted_total`, `spiderpool_ip_gc_failures_total`).
+    /// `spiderpool_ip_gc_endpoints_deleted_total`, `spiderpool_ip_gc_failures_total`), and upstream's
+    /// names, which its dashboard and alerts read: `spiderpool_ip_gc_counts_total` (addresses
+    /// released) and `spiderpool_ip_gc_failure_counts_total` (the same counter as `failures`).
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("spiderpool_ip_gc");
         sub.register("runs", "Reclaim scans and due-pod checks", self.runs.clone());
@@ -126,10 +130,21 @@ impl GcMetrics {
             self.endpoints_deleted.clone(),
         );
         sub.register("failures", "Failed reclaim steps", self.failures.clone());
+        sub.register(
+            "counts",
+            "Addresses released by reclaim (upstream's name)",
+            self.released_all.clone(),
+        );
+        sub.register(
+            "failure_counts",
+            "Failed reclaim steps (upstream's name)",
+            self.failures.clone(),
+        );
     }
 
     /// Counts one released address.
     fn count_release(&self, reason: decide::ReleaseReason) {
+        self.released_all.inc();
         self.released
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str().to_string(),
@@ -1116,5 +1131,26 @@ mod tests {
             text.contains("spiderpool_ip_gc_released_ips_total{reason=\"pod_gone\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn upstreams_names_are_served_from_the_start_and_count() {
+        let metrics = GcMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let encode = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = encode();
+        assert!(text.contains("spiderpool_ip_gc_counts_total 0"), "{text}");
+        assert!(text.contains("spiderpool_ip_gc_failure_counts_total 0"), "{text}");
+        metrics.count_release(decide::ReleaseReason::PodGone);
+        metrics.failures.inc();
+        let text = encode();
+        assert!(text.contains("spiderpool_ip_gc_counts_total 1"), "{text}");
+        assert!(text.contains("spiderpool_ip_gc_failure_counts_total 1"), "{text}");
+        assert!(text.contains("spiderpool_ip_gc_failures_total 1"), "{text}");
     }
 }
