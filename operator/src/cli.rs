@@ -7,6 +7,9 @@
 //!   output and expands the per-rack interface task templates into per-node SpiderInterfaceTasks. A
 //!   summary goes to stderr, so stdout stays pipeable.
 //! - `spiderctl validate -f FILE...` only checks, and says `ok: <file> <name>` per topology.
+//! - `spiderctl status NAME` reads a live SpiderNetwork (kubeconfig as kubectl finds it, or
+//!   `--kubeconfig`) and prints its conditions, node rollout, rendered counts, capacity and problems
+//!   ([`status`]).
 //!
 //! Both report every problem of every input at once, one per line, as
 //! `<file>: document <n> (SpiderNetwork <name>): <spec path>: <message>`, print nothing on stdout and
@@ -35,6 +38,8 @@ use spiderpool_schema::{API_VERSION, Problem, SpiderInterfaceTask, SpiderNetwork
 
 use crate::compile::{self, Rendered};
 
+mod status;
+
 /// Kind of the documents `spiderctl` reads.
 const KIND: &str = "SpiderNetwork";
 
@@ -49,7 +54,9 @@ const KIND: &str = "SpiderNetwork";
         The operator compiles it into SpiderIPPools, SpiderReservedIPs, SpiderMultusConfigs,\n\
         NetworkAttachmentDefinitions and per-node SpiderInterfaceTasks; `render` shows exactly those\n\
         objects, `validate` only checks. Problems are listed all at once, one per line, as\n\
-        `<file>: document <n> (SpiderNetwork <name>): <spec path>: <message>`, and the exit status is 1."
+        `<file>: document <n> (SpiderNetwork <name>): <spec path>: <message>`, and the exit status is 1.\n\n\
+        `status NAME` reads a topology from the cluster and shows its conditions, node rollout,\n\
+        capacity and problems."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,6 +69,20 @@ enum Command {
     Render(RenderArgs),
     /// Only check topologies; prints `ok: <file> <name>` per topology to stderr.
     Validate(InputArgs),
+    /// Show a live SpiderNetwork's conditions, node rollout, rendered counts, capacity (per subnet,
+    /// rack and app binding) and problems.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The SpiderNetwork (cluster-scoped).
+    name: String,
+
+    /// The kubeconfig file; without it, as kubectl: `$KUBECONFIG`, `~/.kube/config`, or the pod's
+    /// service account in a cluster.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 /// Where topologies (and nodes) come from.
@@ -241,8 +262,20 @@ impl Report {
     }
 }
 
+/// Reads the live topology and prints its status; the exit status is 0 when it could be read.
+fn show_status(args: &StatusArgs, io: &mut Streams<'_>) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let network = runtime.block_on(status::fetch(&args.name, args.kubeconfig.as_deref()))?;
+    io.stdout.write_all(status::format(&network).as_bytes())?;
+    Ok(Outcome::Success)
+}
+
 fn execute(cli: Cli, io: &mut Streams<'_>) -> anyhow::Result<Outcome> {
     let (input, render) = match cli.command {
+        Command::Status(args) => return show_status(&args, io),
         Command::Render(args) => {
             let RenderArgs {
                 input,

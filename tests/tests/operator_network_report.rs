@@ -33,6 +33,25 @@ async fn create_localized(
     Ok(api.create(&PostParams::default(), network).await?)
 }
 
+/// Runs `spiderctl status NAME` against the test cluster: whether it exited 0, and what it printed
+/// (stdout, then stderr).
+fn spiderctl_status(cluster: &spiderpool_tests::TestCluster, name: &str) -> Result<(bool, String)> {
+    let spiderctl = spiderpool_tests::tools::workspace_binary("spiderpool-operator", "spiderctl", false)?;
+    let output = std::process::Command::new(spiderctl)
+        .args(["status", name, "--kubeconfig"])
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .context("running spiderctl status")?;
+    Ok((
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    ))
+}
+
 fn ready_reason(network: &SpiderNetwork) -> Option<String> {
     condition(network, "Ready").map(|(_, reason)| reason)
 }
@@ -109,7 +128,7 @@ async fn a_new_generation_is_acknowledged_before_it_is_applied() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_follows_allocations_and_warns_when_nearly_full() -> Result<()> {
     let _turn = SERIAL.lock().await;
-    let (_cluster, client) = cluster().await?;
+    let (cluster, client) = cluster().await?;
     let _running = start_network(&client);
     let sfx = suffix();
     let mut network = example("storage-lacp-statefulset.yaml")?;
@@ -220,6 +239,19 @@ async fn capacity_follows_allocations_and_warns_when_nearly_full() -> Result<()>
     assert_eq!(ready_reason(&full).as_deref(), Some("Applied"));
     let note = wait_event(&client, &name, "CapacityLow").await?;
     assert!(note.contains("minio"), "{note}");
+    // `spiderctl status` shows the same from the live object.
+    let (ok, shown) = spiderctl_status(cluster, &name)?;
+    assert!(ok, "{shown}");
+    let row = |words: &[&str]| {
+        shown
+            .lines()
+            .any(|l| words.iter().all(|w| l.split_whitespace().any(|x| x == *w)))
+    };
+    assert!(row(&["Ready", "True", "Applied"]), "{shown}");
+    assert!(row(&["CapacityLow", "True"]), "{shown}");
+    assert!(row(&["app", "minio", "IPv4", "100%"]), "{shown}");
+    let (ok, missing) = spiderctl_status(cluster, "no-such-topology")?;
+    assert!(!ok && missing.contains("no-such-topology"), "{missing}");
 
     // Released again: the condition clears.
     let release = json!({"status": {"allocatedIPs": null, "allocatedIPCount": 0}});
