@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DynamicObject, ListParams};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt as _};
 use spiderpool_schema::SpiderCoordinator;
 
@@ -210,48 +210,14 @@ pub async fn uninstall(client: &Client, release: &chart::Release) -> Result<()> 
         "nothing terminating",
         Duration::from_secs(30),
         || async {
-            let stuck = terminating_objects(client).await?;
+            let stuck = chart::terminating_objects(client).await?;
             Ok(stuck.is_empty().then_some(()))
         },
     )
     .await;
     if stuck.is_err() {
-        let left = terminating_objects(client).await?;
+        let left = chart::terminating_objects(client).await?;
         anyhow::bail!("objects left terminating after helm uninstall: {left:?}");
     }
     Ok(())
-}
-
-/// Every object of our kinds (and every pod and Job) with a deletion timestamp.
-pub async fn terminating_objects(client: &Client) -> Result<Vec<String>> {
-    let mut stuck = Vec::new();
-    for (group, version, kind) in [
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderIPPool"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderSubnet"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderCoordinator"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderEndpoint"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderMultusConfig"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderNetwork"),
-        ("spiderpool.spidernet.io", "v2beta1", "SpiderInterfaceTask"),
-        ("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
-        ("", "v1", "Pod"),
-        ("batch", "v1", "Job"),
-    ] {
-        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
-            .await
-            .with_context(|| format!("discovering {kind}"))?;
-        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        for object in api.list(&ListParams::default()).await?.items {
-            if object.metadata.deletion_timestamp.is_some() {
-                stuck.push(format!(
-                    "{kind} {}/{} (finalizers {:?})",
-                    object.metadata.namespace.clone().unwrap_or_default(),
-                    object.name_any(),
-                    object.metadata.finalizers
-                ));
-            }
-        }
-    }
-    Ok(stuck)
 }
