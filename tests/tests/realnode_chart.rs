@@ -96,14 +96,29 @@ async fn the_chart_installs_serves_a_workload_and_uninstalls_leaving_nothing_stu
             .delete(&name, &DeleteParams::default())
             .await?;
     }
-    wait_for("the user's objects gone", Duration::from_secs(60), || async {
+    let gone = wait_for("the user's objects gone", Duration::from_secs(60), || async {
         let left = pools.list(&ListParams::default()).await?.items.len()
             + coordinators.list(&ListParams::default()).await?.items.len()
             + smcs.list(&ListParams::default()).await?.items.len();
         Ok((left == 0).then_some(()))
     })
-    .await
-    .with_context(|| "the operator removes its finalizers while it runs")?;
+    .await;
+    if let Err(err) = gone {
+        let mut left = Vec::new();
+        for pool in pools.list(&ListParams::default()).await?.items {
+            left.push(format!("SpiderIPPool {} {:?} {:?}", pool.metadata.name.unwrap_or_default(),
+                pool.metadata.finalizers, pool.metadata.deletion_timestamp));
+        }
+        for c in coordinators.list(&ListParams::default()).await?.items {
+            left.push(format!("SpiderCoordinator {} {:?} {:?}", c.metadata.name.unwrap_or_default(),
+                c.metadata.finalizers, c.metadata.deletion_timestamp));
+        }
+        for smc in smcs.list(&ListParams::default()).await?.items {
+            left.push(format!("SpiderMultusConfig {} {:?} {:?}", smc.metadata.name.unwrap_or_default(),
+                smc.metadata.finalizers, smc.metadata.deletion_timestamp));
+        }
+        return Err(err.context(format!("the operator removes its finalizers while it runs; left: {left:#?}")));
+    }
     realnode::chart::uninstall(&client, &installed.release).await?;
     eprintln!("TIMING objects deleted and helm uninstall in {:?}", t0.elapsed());
     let crashed = cluster.crashed();

@@ -200,7 +200,10 @@ async fn an_underlay_only_deployment_is_ready_reaches_its_node_a_service_and_the
         by_node.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
     }
     ensure!(by_node.len() == 2, "one web pod per underlay node: {by_node:?}");
-    ensure!(allocated(cluster, &pool).await? == 2, "the pool counts the two pods");
+    wait_for("the pool counts the two pods", Duration::from_secs(30), || async {
+        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
+    })
+    .await?;
 
     // From a client pod on each underlay node: the web pod of the other node across the switch,
     // the client's own node, and the Service's ClusterIP (kube-proxy on the node).
@@ -303,10 +306,12 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
         &ips[1],
     )
     .await?;
-    ensure!(
-        allocated(cluster, &pool).await? == 2,
-        "the two servers hold their addresses"
-    );
+    // The ping pods are gone from the API once kubelet killed them; their sandboxes' CNI DEL (and so
+    // the release of their addresses) may come a moment later.
+    wait_for("the two servers alone to hold addresses", Duration::from_secs(30), || async {
+        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
+    })
+    .await?;
     let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
     ensure!(
         endpoints.items.len() == 2,
@@ -434,7 +439,10 @@ async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to
         net1.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
     }
     ensure!(net1.len() == 2, "one app pod per Multus node: {net1:?}");
-    ensure!(allocated(cluster, &pool).await? == 2, "the pool counts both net1 addresses");
+    wait_for("the pool counts both net1 addresses", Duration::from_secs(30), || async {
+        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
+    })
+    .await?;
     // From net1 of a pod on one node to the other node's pod, across the switch.
     let client_annotations: std::collections::BTreeMap<String, String> = annotations.clone();
     for (i, node) in nodes.iter().enumerate() {

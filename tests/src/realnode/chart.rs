@@ -25,16 +25,23 @@ pub const RELEASE: &str = "spiderpool";
 /// See [`RELEASE`].
 pub const NAMESPACE: &str = "kube-system";
 
-/// Values a user of this cluster passes: IPv4 only (the underlay has no IPv6) and no Multus (the
-/// chart's Multus image cannot be had here; the Multus nodes run the stand-in). Everything else is
-/// the chart's default: the images at the chart's own references (imported, `IfNotPresent`), the
-/// default socket path, `coordinator.podCIDRType: auto`.
+/// Values a user of this cluster passes: IPv4 only (the underlay has no IPv6), no Multus install
+/// (the chart's Multus image cannot be had here; the Multus nodes run the stand-in), and the cluster
+/// network's SpiderMultusConfig named as upstream's docs have users name it (`podnet`, the Multus
+/// nodes' pod network). Everything else is the chart's default: the images at the chart's own
+/// references (imported, `IfNotPresent`), the default socket path, `coordinator.podCIDRType: auto`.
+///
+/// `defaultCniCRName` is needed, not only realistic: left empty, spiderpool-init names the default
+/// network after the first CNI file of whichever node its Job lands on, and on an underlay node
+/// (macvlan) it creates a `cniType: macvlan` SpiderMultusConfig without `spec.macvlan`, which the
+/// operator's webhook refuses, so the post-install hook and `helm install` fail.
 pub const VALUES: &str = "\
 ipam:
   enableIPv6: false
 multus:
   multusCNI:
     install: false
+    defaultCniCRName: podnet
 ";
 
 /// The plugins the agent's init container must have put into every node's `/opt/cni/bin`.
@@ -164,7 +171,20 @@ pub async fn release_state(client: &Client) -> String {
     if let Ok(list) = pods.list(&ListParams::default()).await {
         for pod in list.items {
             let name = pod.name_any();
+            out.push_str(&format!("--- pod {name}\n"));
             out.push_str(&super::workload::describe(&pods, &name).await);
+            let containers = pod.spec.map(|s| s.containers).unwrap_or_default();
+            for container in containers {
+                let params = kube::api::LogParams {
+                    container: Some(container.name.clone()),
+                    tail_lines: Some(20),
+                    ..kube::api::LogParams::default()
+                };
+                match pods.logs(&name, &params).await {
+                    Ok(log) => out.push_str(&format!("log of {}:\n{log}\n", container.name)),
+                    Err(err) => out.push_str(&format!("no log of {}: {err}\n", container.name)),
+                }
+            }
         }
     }
     out
