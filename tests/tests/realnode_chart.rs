@@ -75,10 +75,14 @@ async fn the_chart_installs_serves_a_workload_and_uninstalls_leaving_nothing_stu
     for node in cluster.nodes() {
         workload::delete_and_wait(&pods, &format!("app-{}", node.name()), POD_TIMEOUT).await?;
     }
-    wait_for("every address back in the pool", Duration::from_secs(60), || async {
-        let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
-        Ok((allocated().await? == 0 && endpoints.items.is_empty()).then_some(()))
-    })
+    wait_for(
+        "every address back in the pool",
+        Duration::from_secs(60),
+        || async {
+            let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
+            Ok((allocated().await? == 0 && endpoints.items.is_empty()).then_some(()))
+        },
+    )
     .await?;
 
     // docs/install.md "Uninstall": the user's objects first, while the operator runs, then helm.
@@ -106,18 +110,32 @@ async fn the_chart_installs_serves_a_workload_and_uninstalls_leaving_nothing_stu
     if let Err(err) = gone {
         let mut left = Vec::new();
         for pool in pools.list(&ListParams::default()).await?.items {
-            left.push(format!("SpiderIPPool {} {:?} {:?}", pool.metadata.name.unwrap_or_default(),
-                pool.metadata.finalizers, pool.metadata.deletion_timestamp));
+            left.push(format!(
+                "SpiderIPPool {} {:?} {:?}",
+                pool.metadata.name.unwrap_or_default(),
+                pool.metadata.finalizers,
+                pool.metadata.deletion_timestamp
+            ));
         }
         for c in coordinators.list(&ListParams::default()).await?.items {
-            left.push(format!("SpiderCoordinator {} {:?} {:?}", c.metadata.name.unwrap_or_default(),
-                c.metadata.finalizers, c.metadata.deletion_timestamp));
+            left.push(format!(
+                "SpiderCoordinator {} {:?} {:?}",
+                c.metadata.name.unwrap_or_default(),
+                c.metadata.finalizers,
+                c.metadata.deletion_timestamp
+            ));
         }
         for smc in smcs.list(&ListParams::default()).await?.items {
-            left.push(format!("SpiderMultusConfig {} {:?} {:?}", smc.metadata.name.unwrap_or_default(),
-                smc.metadata.finalizers, smc.metadata.deletion_timestamp));
+            left.push(format!(
+                "SpiderMultusConfig {} {:?} {:?}",
+                smc.metadata.name.unwrap_or_default(),
+                smc.metadata.finalizers,
+                smc.metadata.deletion_timestamp
+            ));
         }
-        return Err(err.context(format!("the operator removes its finalizers while it runs; left: {left:#?}")));
+        return Err(err.context(format!(
+            "the operator removes its finalizers while it runs; left: {left:#?}"
+        )));
     }
     realnode::chart::uninstall(&client, &installed.release).await?;
     eprintln!("TIMING objects deleted and helm uninstall in {:?}", t0.elapsed());

@@ -196,13 +196,18 @@ async fn an_underlay_only_deployment_is_ready_reaches_its_node_a_service_and_the
         let ips = workload::pod_ips(pod);
         ensure!(ips.len() == 1, "one IPv4 address: {ips:?}");
         let ip: std::net::Ipv4Addr = ips[0].parse()?;
-        ensure!(cluster.underlay().subnet().contains(&ip), "{ip} is an underlay address");
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address"
+        );
         by_node.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
     }
     ensure!(by_node.len() == 2, "one web pod per underlay node: {by_node:?}");
-    wait_for("the pool counts the two pods", Duration::from_secs(30), || async {
-        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
-    })
+    wait_for(
+        "the pool counts the two pods",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
     .await?;
 
     // From a client pod on each underlay node: the web pod of the other node across the switch,
@@ -308,9 +313,11 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
     .await?;
     // The ping pods are gone from the API once kubelet killed them; their sandboxes' CNI DEL (and so
     // the release of their addresses) may come a moment later.
-    wait_for("the two servers alone to hold addresses", Duration::from_secs(30), || async {
-        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
-    })
+    wait_for(
+        "the two servers alone to hold addresses",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
     .await?;
     let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
     ensure!(
@@ -357,7 +364,8 @@ fn network_status_ips(pod: &Pod, interface: &str) -> Result<Vec<String>> {
 /// pod-network eth0 and a net1 from the pool, and net1 reaches the other node's pod across the
 /// switch. Deleting the Deployment gives the addresses back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to_the_pod_network() -> Result<()> {
+async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to_the_pod_network()
+-> Result<()> {
     init_tracing();
     let cluster = cluster().await?;
     let ns = cluster.namespace("standin").await?;
@@ -374,9 +382,11 @@ async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to
         .create(&PostParams::default(), &smc)
         .await?;
     let nads = ns.api::<spiderpool_schema::NetworkAttachmentDefinition>();
-    let nad = wait_for("the operator to render the NAD", Duration::from_secs(30), || async {
-        Ok(nads.get_opt("uplink").await?)
-    })
+    let nad = wait_for(
+        "the operator to render the NAD",
+        Duration::from_secs(30),
+        || async { Ok(nads.get_opt("uplink").await?) },
+    )
     .await?;
     eprintln!("rendered NAD: {}", serde_json::to_string(&nad.spec)?);
 
@@ -435,13 +445,18 @@ async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to
         let ips = network_status_ips(pod, "net1")?;
         ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");
         let ip: std::net::Ipv4Addr = ips[0].parse()?;
-        ensure!(cluster.underlay().subnet().contains(&ip), "{ip} is an underlay address");
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address"
+        );
         net1.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
     }
     ensure!(net1.len() == 2, "one app pod per Multus node: {net1:?}");
-    wait_for("the pool counts both net1 addresses", Duration::from_secs(30), || async {
-        Ok((allocated(cluster, &pool).await? == 2).then_some(()))
-    })
+    wait_for(
+        "the pool counts both net1 addresses",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
     .await?;
     // From net1 of a pod on one node to the other node's pod, across the switch.
     let client_annotations: std::collections::BTreeMap<String, String> = annotations.clone();

@@ -217,7 +217,14 @@ pub async fn uninstall(client: &Client, release: &chart::Release) -> Result<()> 
         .items
         .iter()
         .map(|w| w.name_any())
-        .chain(mutating.list(&ListParams::default()).await?.items.iter().map(|w| w.name_any()))
+        .chain(
+            mutating
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .map(|w| w.name_any()),
+        )
         .filter(|n| ours(n))
         .collect();
     ensure!(
@@ -226,14 +233,10 @@ pub async fn uninstall(client: &Client, release: &chart::Release) -> Result<()> 
     );
     // The garbage collector deletes what the release's objects owned; give it a moment, then
     // nothing may wait on a finalizer.
-    let stuck = wait_for(
-        "nothing terminating",
-        Duration::from_secs(30),
-        || async {
-            let stuck = chart::terminating_objects(client).await?;
-            Ok(stuck.is_empty().then_some(()))
-        },
-    )
+    let stuck = wait_for("nothing terminating", Duration::from_secs(30), || async {
+        let stuck = chart::terminating_objects(client).await?;
+        Ok(stuck.is_empty().then_some(()))
+    })
     .await;
     if stuck.is_err() {
         let left = chart::terminating_objects(client).await?;
