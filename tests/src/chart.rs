@@ -486,6 +486,41 @@ pub async fn apply(client: &kube::Client, doc: &Value, namespace: &str, dry_run:
     Ok(())
 }
 
+/// Every object of our kinds, the NetworkAttachmentDefinitions, pods and Jobs with a deletion
+/// timestamp: after `helm uninstall`, what waits on a finalizer nobody will remove.
+pub async fn terminating_objects(client: &kube::Client) -> Result<Vec<String>> {
+    let mut stuck = Vec::new();
+    for (group, version, kind) in [
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderIPPool"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderSubnet"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderCoordinator"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderEndpoint"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderMultusConfig"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderNetwork"),
+        ("spiderpool.spidernet.io", "v2beta1", "SpiderInterfaceTask"),
+        ("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
+        ("", "v1", "Pod"),
+        ("batch", "v1", "Job"),
+    ] {
+        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("discovering {kind}"))?;
+        let api = kube::Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource);
+        for object in api.list(&kube::api::ListParams::default()).await?.items {
+            if object.metadata.deletion_timestamp.is_some() {
+                stuck.push(format!(
+                    "{kind} {}/{} (finalizers {:?})",
+                    object.metadata.namespace.clone().unwrap_or_default(),
+                    kube::ResourceExt::name_any(&object),
+                    object.metadata.finalizers
+                ));
+            }
+        }
+    }
+    Ok(stuck)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,44 +210,12 @@ async fn uninstall(install: &Install) -> Result<()> {
     );
     // Give the garbage collector a moment, then nothing may be waiting on a finalizer.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stuck = terminating_objects(&install.client).await?;
+    let stuck = chart::terminating_objects(&install.client).await?;
     ensure!(
         stuck.is_empty(),
         "objects left terminating after uninstall: {stuck:?}"
     );
     Ok(())
-}
-
-/// Every object of our kinds (and the release's pods and jobs) with a deletion timestamp.
-async fn terminating_objects(client: &Client) -> Result<Vec<String>> {
-    let mut stuck = Vec::new();
-    for (api_version, kind) in [
-        ("spiderpool.spidernet.io/v2beta1", "SpiderIPPool"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderSubnet"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderCoordinator"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderEndpoint"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderMultusConfig"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderNetwork"),
-        ("spiderpool.spidernet.io/v2beta1", "SpiderInterfaceTask"),
-        ("v1", "Pod"),
-        ("batch/v1", "Job"),
-    ] {
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
-        let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-        let api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &resource);
-        for object in api.list(&ListParams::default()).await?.items {
-            if object.metadata.deletion_timestamp.is_some() {
-                stuck.push(format!(
-                    "{kind} {}/{} (finalizers {:?})",
-                    object.metadata.namespace.clone().unwrap_or_default(),
-                    object.name_any(),
-                    object.metadata.finalizers
-                ));
-            }
-        }
-    }
-    Ok(stuck)
 }
 
 /// Values a user of upstream's chart could bring: a non-default socket path (the agent only finds it

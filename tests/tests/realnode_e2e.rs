@@ -18,27 +18,31 @@ use spiderpool_tests::{init_tracing, ipam, wait_for};
 
 const POD_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The shared cluster with Spiderpool installed (once per test binary).
+/// The shared cluster with Spiderpool installed from the chart (once per test binary).
 async fn cluster() -> Result<&'static RealCluster> {
-    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    Ok(installed().await?.0)
+}
+
+/// The shared cluster and the chart's release on it.
+async fn installed() -> Result<(&'static RealCluster, &'static realnode::chart::Installed)> {
+    static INSTALLED: tokio::sync::OnceCell<realnode::chart::Installed> = tokio::sync::OnceCell::const_new();
     let cluster = RealCluster::shared_with(|| RealClusterOptions {
         multus_standin: Some(env!("CARGO_BIN_EXE_multus-standin").into()),
         ..RealClusterOptions::standard()
     })
     .await?;
-    INSTALLED
+    let installed = INSTALLED
         .get_or_try_init(|| async {
-            let t0 = std::time::Instant::now();
-            realnode::install::install_host_processes(cluster).await?;
+            let installed = realnode::chart::install(cluster).await?;
             eprintln!(
-                "TIMING real-node cluster {:?}; Spiderpool installed in {:?}",
+                "TIMING real-node cluster {:?}; chart installed {:?}",
                 cluster.startup_times(),
-                t0.elapsed()
+                installed.times
             );
-            anyhow::Ok(())
+            anyhow::Ok(installed)
         })
         .await?;
-    Ok(cluster)
+    Ok((cluster, installed))
 }
 
 fn on(node: &str) -> Placement {
@@ -79,6 +83,178 @@ async fn drain_and_delete_pool(cluster: &RealCluster, pool: &str) -> Result<()> 
         .delete(pool, &DeleteParams::default())
         .await?;
     Ok(())
+}
+
+/// The chart's DaemonSet runs an agent on every node, its Deployment the operator, its init
+/// container put our plugins into every node's /opt/cni/bin, and its post-install Job made the
+/// `default` SpiderCoordinator, which the operator synced with the cluster's Service CIDR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_agents_and_operator_installs_the_plugins_and_syncs_the_coordinator() -> Result<()> {
+    init_tracing();
+    let (cluster, installed) = installed().await?;
+    let client = cluster.client()?;
+    let namespace = &installed.release.namespace;
+    let agents = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), namespace)
+        .get("spiderpool-agent")
+        .await?;
+    let status = agents.status.context("the agent DaemonSet has a status")?;
+    let nodes = i32::try_from(cluster.nodes().len())?;
+    ensure!(
+        status.desired_number_scheduled == nodes && status.number_ready == nodes,
+        "an agent Ready on each of the {nodes} nodes: {status:?}"
+    );
+    let operator = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), namespace)
+        .get("spiderpool-controller")
+        .await?;
+    let ready = operator.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    ensure!(ready >= 1, "the operator Deployment has a Ready replica");
+    let missing = realnode::chart::missing_plugins(cluster);
+    ensure!(missing.is_empty(), "plugins missing on nodes: {missing:?}");
+    let coordinator = realnode::chart::wait_coordinator_synced(&client, Duration::from_secs(30)).await?;
+    let service_cidr = cluster.underlay().service_cidr().to_string();
+    let status = coordinator.status.unwrap_or_default();
+    ensure!(
+        status.service_cidr == Some(vec![service_cidr.clone()]),
+        "the coordinator found the Service CIDR {service_cidr}: {status:?}"
+    );
+    Ok(())
+}
+
+/// Underlay as the only network: a Deployment on the nodes whose primary CNI configuration is
+/// macvlan + `spiderpool` + `coordinator`. Its pods get pool addresses, pass kubelet's httpGet
+/// readiness probe (kubelet on the node reaches the pod: the coordinator's route), reach each
+/// other across the switch, their own node and a ClusterIP Service (through the coordinator's veth
+/// to the node's kube-proxy); deleting the Deployment gives every address back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_underlay_only_deployment_is_ready_reaches_its_node_a_service_and_the_other_node() -> Result<()> {
+    init_tracing();
+    let cluster = cluster().await?;
+    let ns = cluster.namespace("underlay-deploy").await?;
+    let pods = ns.api::<Pod>();
+    let pool = format!("{}-v4", ns.name());
+    underlay_pool(cluster, &pool, 8).await?;
+    let annotations = workload::ippool_annotation(&pool);
+    let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_UNDERLAY);
+    ensure!(nodes.len() >= 2, "the layout has two underlay nodes");
+    let selector = json!({realnode::PRIMARY_CNI_LABEL: realnode::PRIMARY_UNDERLAY});
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": {
+                    "nodeSelector": selector,
+                    "terminationGracePeriodSeconds": 1,
+                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}],
+                    "containers": [{
+                        "name": "web", "image": cluster.busybox(), "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080},
+                                           "periodSeconds": 2, "failureThreshold": 3},
+                    }],
+                },
+            },
+        },
+    }))?;
+    let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))?;
+    let service = ns
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .create(&PostParams::default(), &service)
+        .await?;
+    let cluster_ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the Service has a ClusterIP")?;
+
+    // Ready means kubelet's httpGet probe from the node reached the pod.
+    let web = wait_for("2 web pods Ready", POD_TIMEOUT, || async {
+        let list = pods.list(&ListParams::default().labels("app=web")).await?.items;
+        let ready = list
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        Ok((ready == 2 && list.len() == 2).then_some(list))
+    })
+    .await
+    .with_context(|| format!("pods of web in {}", ns.name()))?;
+    let mut by_node = std::collections::BTreeMap::new();
+    for pod in &web {
+        let ips = workload::pod_ips(pod);
+        ensure!(ips.len() == 1, "one IPv4 address: {ips:?}");
+        let ip: std::net::Ipv4Addr = ips[0].parse()?;
+        ensure!(
+            cluster.underlay().subnet().contains(&ip),
+            "{ip} is an underlay address"
+        );
+        by_node.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
+    }
+    ensure!(by_node.len() == 2, "one web pod per underlay node: {by_node:?}");
+    wait_for(
+        "the pool counts the two pods",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
+    .await?;
+
+    // From a client pod on each underlay node: the web pod of the other node across the switch,
+    // the client's own node, and the Service's ClusterIP (kube-proxy on the node).
+    for (i, node) in nodes.iter().enumerate() {
+        let other = nodes[(i + 1) % nodes.len()].name();
+        let peer = by_node.get(other).context("a web pod on the other node")?;
+        let script = format!(
+            "set -e; ping -c 2 -W 2 {peer}; ping -c 2 -W 2 {node_ip}; \
+             timeout 10 wget -q -O - http://{peer}:8080/index.html; \
+             timeout 10 wget -q -O - http://{cluster_ip}/index.html",
+            node_ip = node.ip(),
+        );
+        let log = workload::run_to_completion(
+            &pods,
+            cluster.busybox(),
+            &on(node.name()),
+            &["sh", "-c", &script],
+            &annotations,
+            POD_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("from an underlay pod on {}", node.name()))?;
+        eprintln!("client on {}:\n{log}", node.name());
+    }
+
+    deployments.delete("web", &DeleteParams::default()).await?;
+    wait_for("the web pods to go", POD_TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    wait_for("no SpiderEndpoint left", Duration::from_secs(30), || async {
+        Ok(ns
+            .api::<SpiderEndpoint>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    drain_and_delete_pool(cluster, &pool).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +311,14 @@ async fn underlay_only_pods_get_pool_addresses_reach_each_other_and_release_them
         &ips[1],
     )
     .await?;
-    ensure!(
-        allocated(cluster, &pool).await? == 2,
-        "the two servers hold their addresses"
-    );
+    // The ping pods are gone from the API once kubelet killed them; their sandboxes' CNI DEL (and so
+    // the release of their addresses) may come a moment later.
+    wait_for(
+        "the two servers alone to hold addresses",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
+    .await?;
     let endpoints = ns.api::<SpiderEndpoint>().list(&ListParams::default()).await?;
     ensure!(
         endpoints.items.len() == 2,
@@ -178,77 +358,132 @@ fn network_status_ips(pod: &Pod, interface: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Classic use through the Multus stand-in: a SpiderIPPool and a SpiderMultusConfig (macvlan on the
+/// nodes' uplink, the pool as its default), from which the operator renders the
+/// NetworkAttachmentDefinition; a Deployment naming it in Multus' annotation gets Running pods with a
+/// pod-network eth0 and a net1 from the pool, and net1 reaches the other node's pod across the
+/// switch. Deleting the Deployment gives the addresses back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multus_standin_attaches_an_underlay_nic_next_to_the_pod_network() -> Result<()> {
+async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to_the_pod_network()
+-> Result<()> {
     init_tracing();
     let cluster = cluster().await?;
     let ns = cluster.namespace("standin").await?;
     let pods = ns.api::<Pod>();
     let pool = format!("{}-v4", ns.name());
     underlay_pool(cluster, &pool, 8).await?;
-    let nad = json!({
-        "cniVersion": "1.0.0", "name": "uplink",
-        "plugins": [{"type": "macvlan", "master": realnode::underlay::UPLINK_NIC, "mode": "bridge", "ipam": {"type": "spiderpool"}}],
-    });
-    ipam::create_nad(&ns, "uplink", &nad).await?;
-    let annotations: std::collections::BTreeMap<String, String> = [
-        (
-            spiderpool_tests::multus::NETWORKS_ANNOTATION.to_owned(),
-            "uplink".to_owned(),
-        ),
-        (
-            "ipam.spidernet.io/ippools".to_owned(),
-            json!([{"interface": "net1", "ipv4": [pool]}]).to_string(),
-        ),
-    ]
-    .into();
+    let smc: spiderpool_schema::SpiderMultusConfig = serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderMultusConfig",
+        "metadata": {"name": "uplink"},
+        "spec": {"cniType": "macvlan",
+                 "macvlan": {"master": [realnode::underlay::UPLINK_NIC], "ippools": {"ipv4": [pool]}}},
+    }))?;
+    ns.api::<spiderpool_schema::SpiderMultusConfig>()
+        .create(&PostParams::default(), &smc)
+        .await?;
+    let nads = ns.api::<spiderpool_schema::NetworkAttachmentDefinition>();
+    let nad = wait_for(
+        "the operator to render the NAD",
+        Duration::from_secs(30),
+        || async { Ok(nads.get_opt("uplink").await?) },
+    )
+    .await?;
+    eprintln!("rendered NAD: {}", serde_json::to_string(&nad.spec)?);
+
     let nodes = cluster.nodes_with(realnode::PRIMARY_CNI_LABEL, realnode::PRIMARY_MULTUS_STANDIN);
     ensure!(nodes.len() >= 2, "the layout has two Multus nodes");
-    for (i, node) in nodes.iter().enumerate() {
-        let pod = workload::busybox_pod(
-            cluster.busybox(),
-            &format!("app-{i}"),
-            &on(node.name()),
-            &["sleep", "3600"],
-            &annotations,
-        )?;
-        pods.create(&PostParams::default(), &pod).await?;
-    }
-    let mut net1 = Vec::new();
-    for i in 0..nodes.len() {
-        let pod = workload::wait_running(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
-        let eth0 = workload::pod_ips(&pod);
+    let annotations: std::collections::BTreeMap<String, String> = [(
+        spiderpool_tests::multus::NETWORKS_ANNOTATION.to_owned(),
+        "uplink".to_owned(),
+    )]
+    .into();
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "app"}},
+            "template": {
+                "metadata": {"labels": {"app": "app"}, "annotations": annotations},
+                "spec": {
+                    "nodeSelector": {realnode::PRIMARY_CNI_LABEL: realnode::PRIMARY_MULTUS_STANDIN},
+                    "terminationGracePeriodSeconds": 1,
+                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "app"}}}],
+                    "containers": [{"name": "app", "image": cluster.busybox(), "imagePullPolicy": "Never",
+                                    "command": ["sleep", "3600"]}],
+                },
+            },
+        },
+    }))?;
+    let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let running = wait_for("2 app pods Ready", POD_TIMEOUT, || async {
+        let list = pods.list(&ListParams::default().labels("app=app")).await?.items;
+        let ready = list
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        Ok((ready == 2 && list.len() == 2).then_some(list))
+    })
+    .await?;
+    let mut net1 = std::collections::BTreeMap::new();
+    for pod in &running {
+        let eth0 = workload::pod_ips(pod);
         let pod_cidr = cluster.underlay().pod_cidr();
         ensure!(
-            eth0.iter().all(|ip| ip
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| pod_cidr.contains(&ip))),
+            !eth0.is_empty()
+                && eth0.iter().all(|ip| ip
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| pod_cidr.contains(&ip))),
             "the pod IP is the pod network's ({pod_cidr}): {eth0:?}"
         );
-        let ips = network_status_ips(&pod, "net1")?;
+        let ips = network_status_ips(pod, "net1")?;
         ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");
         let ip: std::net::Ipv4Addr = ips[0].parse()?;
         ensure!(
             cluster.underlay().subnet().contains(&ip),
             "{ip} is an underlay address"
         );
-        net1.push(ips[0].clone());
+        net1.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
     }
-    // From net1 of a pod on the other node, across the switch.
-    for (from, to) in [(1, 0), (0, 1)] {
+    ensure!(net1.len() == 2, "one app pod per Multus node: {net1:?}");
+    wait_for(
+        "the pool counts both net1 addresses",
+        Duration::from_secs(30),
+        || async { Ok((allocated(cluster, &pool).await? == 2).then_some(())) },
+    )
+    .await?;
+    // From net1 of a pod on one node to the other node's pod, across the switch.
+    let client_annotations: std::collections::BTreeMap<String, String> = annotations.clone();
+    for (i, node) in nodes.iter().enumerate() {
+        let other = nodes[(i + 1) % nodes.len()].name();
+        let target = net1.get(other).context("an app pod on the other node")?;
         workload::run_to_completion(
             &pods,
             cluster.busybox(),
-            &on(nodes[from].name()),
-            &["ping", "-I", "net1", "-c", "3", "-W", "2", &net1[to]],
-            &annotations,
+            &on(node.name()),
+            &["ping", "-I", "net1", "-c", "3", "-W", "2", target],
+            &client_annotations,
             POD_TIMEOUT,
         )
-        .await?;
+        .await
+        .with_context(|| format!("from net1 of a pod on {}", node.name()))?;
     }
-    for i in 0..nodes.len() {
-        workload::delete_and_wait(&pods, &format!("app-{i}"), POD_TIMEOUT).await?;
-    }
+    deployments.delete("app", &DeleteParams::default()).await?;
+    wait_for("the app pods to go", POD_TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=app"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
     drain_and_delete_pool(cluster, &pool).await
 }
 

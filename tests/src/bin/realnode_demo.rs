@@ -1,5 +1,5 @@
 //! The local demo (`tests/demo up|status|down`): a cluster of real nodes on this machine with
-//! Spiderpool, an underlay pool, two workloads, and what a user would look at. See tests/README.md.
+//! Spiderpool installed from its chart and images, an underlay pool, two workloads, and what a user would look at. See tests/README.md.
 //!
 //! `up` starts a supervisor (`serve`) in the background that holds the cluster, waits until it has
 //! deployed the scenario, and prints the report. `status` prints the report again from the live
@@ -185,7 +185,8 @@ fn serve(state: &State) -> Result<()> {
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let cluster = RealCluster::start(RealClusterOptions::standard()).await?;
         tracing::info!(times = ?cluster.startup_times(), "cluster up");
-        realnode::install::install_host_processes(&cluster).await?;
+        let installed = realnode::chart::install(&cluster).await?;
+        tracing::info!(times = ?installed.times, "chart installed");
         let scenario = demo::deploy(&cluster, demo::NAMESPACE, demo::POOL).await?;
         let report = demo::report(&cluster.client()?, &scenario).await?;
         let pings = demo::ping_across_nodes(&cluster, &scenario).await?;

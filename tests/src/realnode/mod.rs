@@ -8,6 +8,8 @@
 //! - [`node`]: one node in its own network, mount, UTS and PID namespaces, with the standard paths
 //!   (`/etc/cni/net.d`, `/opt/cni/bin`, `/var/lib/kubelet`, `/run/containerd`, ...) private to it;
 //! - [`images`]: the sandbox and busybox images, built locally and imported into every node;
+//! - [`chart`]: Spiderpool installed as a user does: the project's images imported into every
+//!   node, `helm install` of the chart;
 //! - [`config`]: the nodes' configuration files.
 //!
 //! Nothing here sends traffic outside the machine: the nodes have no default route, the switch
@@ -19,10 +21,10 @@
 //! [`RealCluster::shared`] one, which lives in a static).
 
 pub mod binaries;
+pub mod chart;
 pub mod config;
 pub mod demo;
 pub mod images;
-pub mod install;
 pub mod multus_standin;
 pub mod node;
 pub mod underlay;
@@ -59,13 +61,18 @@ pub const UNDERLAY_CHAIN_FILE: &str = "10-underlay.conflist";
 
 /// The primary CNI configuration of a node whose only network is the underlay, as an administrator
 /// without Multus writes it: macvlan on the NIC that carries the node's IP, addresses from
-/// Spiderpool (the pools come from the pod's annotations or the cluster's defaults).
+/// Spiderpool (the pools come from the pod's annotations or the cluster's defaults), and our
+/// `coordinator` chained after it, which gives the pod a way to its own node and to ClusterIP
+/// Services (a macvlan pod cannot reach its parent's host, and kube-proxy runs there). The chart
+/// installs the `spiderpool` and `coordinator` binaries; until then the node's pods cannot start,
+/// as on a real node whose CNI is not installed yet.
 pub fn underlay_chain() -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "underlay",
         "plugins": [
             {"type": "macvlan", "master": underlay::NODE_NIC, "mode": "bridge", "ipam": {"type": "spiderpool"}},
+            {"type": "coordinator"},
         ],
     })
 }
