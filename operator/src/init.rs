@@ -6,8 +6,9 @@
 //!    (`clusterDefaultPool.*`);
 //! 3. the SpiderMultusConfig of the cluster's default network (`multus.*`): named after
 //!    `multus.multusCNI.defaultCniCRName`, or after the first CNI configuration of the node (Calico's
-//!    `k8s-pod-network` becomes `calico`, as upstream), with its plugin type when the operator knows it
-//!    (`custom` otherwise) and the coordinator off.
+//!    `k8s-pod-network` becomes `calico`, as upstream); `cniType: custom` with that file's content as
+//!    `customCNI` (as upstream: the rendered NAD is the node's own configuration, whatever its
+//!    plugin), and the coordinator off.
 //!
 //! It never changes or deletes anything: an object that exists is left as it is. What it creates goes
 //! through the operator's admission webhooks, which may not answer yet right after install, so
@@ -214,9 +215,18 @@ impl InitConfig {
     }
 }
 
-/// The default network's name and SpiderMultusConfig `cniType`, from the first CNI configuration file
-/// of `dir` (by file name, as the runtime picks it) that is not Multus' own.
-pub fn default_cni(dir: &Path) -> Result<(String, String), InitError> {
+/// The cluster's default network as a node's CNI directory shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultCni {
+    /// The configuration's `name`.
+    pub name: String,
+    /// The file's content, which becomes the SpiderMultusConfig's `customCNI`.
+    pub config: String,
+}
+
+/// The default network, from the first CNI configuration file of `dir` (by file name, as the runtime
+/// picks it) that is not Multus' own.
+pub fn default_cni(dir: &Path) -> Result<DefaultCni, InitError> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| InitError::CniFile {
             path: dir.display().to_string(),
@@ -251,11 +261,7 @@ pub fn default_cni(dir: &Path) -> Result<(String, String), InitError> {
         if plugin_type == "multus" {
             continue;
         }
-        let cni_type = match plugin_type {
-            "macvlan" | "ipvlan" | "sriov" | "ib-sriov" | "ipoib" => plugin_type,
-            _ => "custom",
-        };
-        return Ok((name, cni_type.to_string()));
+        return Ok(DefaultCni { name, config: text });
     }
     Err(InitError::NoDefaultCni(dir.display().to_string()))
 }
@@ -285,9 +291,9 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
     }
 }
 
-/// The objects `config` asks for; `default_cni` is the default network's name and type when the
-/// configuration leaves it to the CNI directory.
-pub fn planned(config: &InitConfig, default_cni: Option<(String, String)>) -> Planned {
+/// The objects `config` asks for; `default_cni` is the default network when the configuration leaves
+/// it to the CNI directory.
+pub fn planned(config: &InitConfig, default_cni: Option<DefaultCni>) -> Planned {
     let mut plan = Planned::default();
     if let Some((name, spec)) = &config.coordinator {
         plan.coordinator = Some(SpiderCoordinator {
@@ -324,9 +330,9 @@ pub fn planned(config: &InitConfig, default_cni: Option<(String, String)>) -> Pl
         });
     }
     if let Some(multus) = &config.multus {
-        let (name, cni_type) = match (&multus.name, default_cni) {
-            (Some(name), _) => (name.clone(), "custom".to_string()),
-            (None, Some(found)) => found,
+        let (name, custom_cni) = match (&multus.name, default_cni) {
+            (Some(name), _) => (name.clone(), None),
+            (None, Some(found)) => (found.name, Some(found.config)),
             (None, None) => return plan,
         };
         let mut metadata = meta(&name, Some(&multus.namespace));
@@ -345,7 +351,8 @@ pub fn planned(config: &InitConfig, default_cni: Option<(String, String)>) -> Pl
         plan.multus_config = Some(SpiderMultusConfig {
             metadata,
             spec: SpiderMultusConfigSpec {
-                cni_type: Some(cni_type),
+                cni_type: Some("custom".to_string()),
+                custom_cni,
                 enable_coordinator: Some(false),
                 ..SpiderMultusConfigSpec::default()
             },
@@ -546,7 +553,14 @@ mod tests {
     #[test]
     fn the_charts_environment_plans_upstreams_objects() {
         let config = InitConfig::from_env(env(&chart_env())).unwrap();
-        let plan = planned(&config, Some(("k8s-pod-network".into(), "custom".into())));
+        let calico = r#"{"name":"k8s-pod-network","cniVersion":"0.3.1","plugins":[{"type":"calico"}]}"#;
+        let plan = planned(
+            &config,
+            Some(DefaultCni {
+                name: "k8s-pod-network".into(),
+                config: calico.into(),
+            }),
+        );
         let coordinator = plan.coordinator.unwrap();
         assert_eq!(coordinator.metadata.name.as_deref(), Some("default"));
         assert_eq!(coordinator.spec.hijack_cidr, vec!["169.254.0.0/16".to_string()]);
@@ -563,6 +577,8 @@ mod tests {
             "k8s-pod-network"
         );
         assert_eq!(smc.spec.enable_coordinator, Some(false));
+        assert_eq!(smc.spec.cni_type.as_deref(), Some("custom"));
+        assert_eq!(smc.spec.custom_cni.as_deref(), Some(calico));
         assert_eq!(
             coordinator.metadata.labels.unwrap()[CREATED_BY_LABEL.0],
             CREATED_BY_LABEL.1
@@ -606,11 +622,8 @@ mod tests {
             r#"{"name":"multus-cni-network","type":"multus"}"#,
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("10-macvlan.conflist"),
-            r#"{"name":"macvlan-net","plugins":[{"type":"macvlan"}]}"#,
-        )
-        .unwrap();
+        let macvlan = r#"{"name":"macvlan-net","plugins":[{"type":"macvlan"}]}"#;
+        std::fs::write(dir.path().join("10-macvlan.conflist"), macvlan).unwrap();
         std::fs::write(
             dir.path().join("20-other.conf"),
             r#"{"name":"other","type":"bridge"}"#,
@@ -619,12 +632,34 @@ mod tests {
         std::fs::write(dir.path().join("README"), "not a configuration").unwrap();
         assert_eq!(
             default_cni(dir.path()).unwrap(),
-            ("macvlan-net".into(), "macvlan".into())
+            DefaultCni {
+                name: "macvlan-net".into(),
+                config: macvlan.into()
+            }
         );
         std::fs::remove_file(dir.path().join("10-macvlan.conflist")).unwrap();
-        assert_eq!(
-            default_cni(dir.path()).unwrap(),
-            ("other".into(), "custom".into())
+        assert_eq!(default_cni(dir.path()).unwrap().name, "other");
+        // A macvlan default network is wrapped as `custom` with the node's own configuration, which
+        // the operator's admission accepts (a `macvlan` one without `spec.macvlan` is refused).
+        let config = InitConfig::from_env(env(&chart_env())).unwrap();
+        let plan = planned(
+            &config,
+            Some(DefaultCni {
+                name: "macvlan-net".into(),
+                config: macvlan.into(),
+            }),
+        );
+        let smc = plan.multus_config.unwrap();
+        assert_eq!(smc.spec.cni_type.as_deref(), Some("custom"));
+        assert_eq!(smc.spec.custom_cni.as_deref(), Some(macvlan));
+        let problems = spiderpool_schema::validation::Validate::problems(&smc);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut as_macvlan = smc;
+        as_macvlan.spec.cni_type = Some("macvlan".into());
+        as_macvlan.spec.custom_cni = None;
+        assert!(
+            !spiderpool_schema::validation::Validate::problems(&as_macvlan).is_empty(),
+            "what the Job made before"
         );
     }
 }

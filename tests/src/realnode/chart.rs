@@ -31,10 +31,11 @@ pub const NAMESPACE: &str = "kube-system";
 /// nodes' pod network). Everything else is the chart's default: the images at the chart's own
 /// references (imported, `IfNotPresent`), the default socket path, `coordinator.podCIDRType: auto`.
 ///
-/// `defaultCniCRName` is needed, not only realistic: left empty, spiderpool-init names the default
-/// network after the first CNI file of whichever node its Job lands on, and on an underlay node
-/// (macvlan) it creates a `cniType: macvlan` SpiderMultusConfig without `spec.macvlan`, which the
-/// operator's webhook refuses, so the post-install hook and `helm install` fail.
+/// Left empty, spiderpool-init would wrap the first CNI file of whichever node its Job lands on (on an
+/// underlay node, the macvlan chain). A run of this tier found that it then made a `cniType: macvlan`
+/// SpiderMultusConfig without `spec.macvlan`, which the webhook refused; it now makes a `custom` one
+/// with the file's content, as upstream (unit-tested in `operator/src/init.rs`), but no real-node
+/// run with the name left empty has been made since.
 pub const VALUES: &str = "\
 ipam:
   enableIPv6: false
