@@ -266,12 +266,21 @@ pub fn unpacked(architecture: &str) -> Result<BTreeMap<String, ImageRoot>> {
         };
         let rootfs = cached.join(format!("rootfs-{architecture}")).join(&image.name);
         if !rootfs.is_dir() {
-            let partial = rootfs.with_extension("partial");
+            // Two tests of one binary (or two processes) may unpack at once: each into its own
+            // directory; the first rename wins and the others drop theirs.
+            let partial = rootfs.with_extension(format!(
+                "partial-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
             if partial.exists() {
                 std::fs::remove_dir_all(&partial)?;
             }
             oci::unpack(&archive, architecture, &partial)?;
-            std::fs::rename(&partial, &rootfs)?;
+            if std::fs::rename(&partial, &rootfs).is_err() {
+                ensure!(rootfs.is_dir(), "unpacking {} failed", rootfs.display());
+                std::fs::remove_dir_all(&partial)?;
+            }
         }
         roots.insert(
             image.reference,
@@ -304,18 +313,26 @@ fn build_cached(repo: &Path) -> Result<(PathBuf, Vec<Built>)> {
             "build-images: compiled in {:.0} s",
             started.elapsed().as_secs_f64()
         );
-        let partial = cached.with_extension("partial");
+        // Another checkout (or test binary) with the same inputs may be building at the same time:
+        // each packs into a directory of its own, and the first to finish wins; the others keep what
+        // it made, which another process may be reading already.
+        let partial = cached.with_extension(format!("partial-{}", std::process::id()));
         if partial.exists() {
             std::fs::remove_dir_all(&partial).with_context(|| format!("clearing {}", partial.display()))?;
         }
         let built = pack(&binaries, &partial)?;
         std::fs::write(partial.join("images.json"), serde_json::to_vec_pretty(&built)?)?;
-        if cached.exists() {
-            std::fs::remove_dir_all(&cached)?;
+        if std::fs::rename(&partial, &cached).is_err() && manifest.is_file() {
+            std::fs::remove_dir_all(&partial)?;
+            serde_json::from_slice(&std::fs::read(&manifest)?).context("reading the cached images.json")?
+        } else {
+            ensure!(
+                manifest.is_file(),
+                "moving the images into {} failed",
+                cached.display()
+            );
+            built
         }
-        std::fs::rename(&partial, &cached)
-            .with_context(|| format!("moving the images into {}", cached.display()))?;
-        built
     };
     Ok((cached, built))
 }

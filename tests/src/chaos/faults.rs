@@ -352,6 +352,28 @@ async fn etcd_post(address: &str, path: &str, body: &Value) -> Result<Value> {
     serde_json::from_str(payload).with_context(|| format!("etcd's answer to {path}: {payload}"))
 }
 
+/// Restarts kube-scheduler and kube-controller-manager when they exit, as a node's kubelet restarts
+/// its static pods (until the task is dropped). Both may exit on their own under these faults:
+/// kube-scheduler exits when its cache sees a pod move between nodes, which a watch resumed across
+/// an etcd restart can show; without a restart no pod is scheduled again and the StatefulSet fault
+/// waits forever. Each restart is in the journal; it is not an invariant of ours.
+pub async fn supervise_control_plane(run: &Run) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for component in ["kube-scheduler", "kube-controller-manager"] {
+            let mut cluster = run.world.cluster.lock().await;
+            if let Ok(Some(status)) = cluster.component_exited(component) {
+                let restarted = tokio::task::block_in_place(|| cluster.restart(component, Signal::SIGTERM));
+                drop(cluster);
+                run.note(
+                    "supervisor",
+                    &format!("{component} exited ({status}); restarted: {restarted:?}"),
+                );
+            }
+        }
+    }
+}
+
 /// Heartbeats of the Nodes that are not deleted, every 5 s (until the task is dropped).
 pub async fn heartbeats(run: &Run) {
     loop {

@@ -173,6 +173,10 @@ async fn drive(run: &Arc<Run>, config: &Config) -> Result<()> {
         let run = run.clone();
         background.spawn(async move { faults::heartbeats(&run).await });
     }
+    {
+        let run = run.clone();
+        background.spawn(async move { faults::supervise_control_plane(&run).await });
+    }
     let checker = {
         let run = run.clone();
         tokio::spawn(async move {
