@@ -70,6 +70,17 @@ async fn allocated(cluster: &RealCluster, pool: &str) -> Result<i64> {
     Ok(pool.status.and_then(|s| s.allocated_ip_count).unwrap_or(0))
 }
 
+/// The one address of `ips`, which must be an IPv4 address of the underlay.
+fn one_underlay_address(cluster: &RealCluster, ips: &[String]) -> Result<String> {
+    ensure!(ips.len() == 1, "one IPv4 address: {ips:?}");
+    let ip: std::net::Ipv4Addr = ips[0].parse()?;
+    ensure!(
+        cluster.underlay().subnet().contains(&ip),
+        "{ip} is an underlay address"
+    );
+    Ok(ips[0].clone())
+}
+
 /// Waits until no address of `pool` is allocated, then deletes the pool.
 async fn drain_and_delete_pool(cluster: &RealCluster, pool: &str) -> Result<()> {
     wait_for(
@@ -193,14 +204,8 @@ async fn an_underlay_only_deployment_is_ready_reaches_its_node_a_service_and_the
     .with_context(|| format!("pods of web in {}", ns.name()))?;
     let mut by_node = std::collections::BTreeMap::new();
     for pod in &web {
-        let ips = workload::pod_ips(pod);
-        ensure!(ips.len() == 1, "one IPv4 address: {ips:?}");
-        let ip: std::net::Ipv4Addr = ips[0].parse()?;
-        ensure!(
-            cluster.underlay().subnet().contains(&ip),
-            "{ip} is an underlay address"
-        );
-        by_node.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
+        let ip = one_underlay_address(cluster, &workload::pod_ips(pod))?;
+        by_node.insert(workload::pod_node(pod).unwrap_or_default(), ip);
     }
     ensure!(by_node.len() == 2, "one web pod per underlay node: {by_node:?}");
     wait_for(
@@ -442,14 +447,8 @@ async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to
                     .is_ok_and(|ip| pod_cidr.contains(&ip))),
             "the pod IP is the pod network's ({pod_cidr}): {eth0:?}"
         );
-        let ips = network_status_ips(pod, "net1")?;
-        ensure!(ips.len() == 1, "one underlay address on net1: {ips:?}");
-        let ip: std::net::Ipv4Addr = ips[0].parse()?;
-        ensure!(
-            cluster.underlay().subnet().contains(&ip),
-            "{ip} is an underlay address"
-        );
-        net1.insert(workload::pod_node(pod).unwrap_or_default(), ips[0].clone());
+        let ip = one_underlay_address(cluster, &network_status_ips(pod, "net1")?)?;
+        net1.insert(workload::pod_node(pod).unwrap_or_default(), ip);
     }
     ensure!(net1.len() == 2, "one app pod per Multus node: {net1:?}");
     wait_for(
