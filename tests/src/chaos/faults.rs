@@ -300,7 +300,9 @@ async fn register_again(run: &Run, i: usize) -> Result<()> {
         }
     }
     let name = run.world.nodes[i].name.clone();
-    node_object::wait_schedulable(&run.world.client, &[name], Duration::from_secs(60)).await
+    // kube-controller-manager's node-lifecycle controller lifts the not-ready taint; after an API
+    // server crash its watches come back with backoff, and a run saw it take over 60 s.
+    node_object::wait_schedulable(&run.world.client, &[name], Duration::from_secs(180)).await
 }
 
 /// Compacts etcd's history up to its current revision (through etcd's JSON gateway), so that
