@@ -878,7 +878,7 @@ impl Context {
         // The cache may not show our last status write yet; then that write is the stored status.
         let stored = self.stored_status(network);
         let previous = stored.as_ref();
-        let refusal = (outcome.clone(), problems_summary(&problems));
+        let problems_note = problems_summary(&problems);
         let new = status::build(StatusInput {
             generation: network.metadata.generation,
             outcome,
@@ -892,9 +892,7 @@ impl Context {
         if previous.is_some_and(|old| status::same(old, &new)) {
             return Ok(());
         }
-        self.refusal_event(network, &refusal.0, previous, &refusal.1)
-            .await;
-        self.rollout_event(network, &new, previous).await;
+        self.warning_event(network, &new, previous, &problems_note).await;
         let api: Api<SpiderNetwork> = Api::all(self.client.clone());
         let patch = json!({
             "apiVersion": SpiderNetwork::api_version(&()),

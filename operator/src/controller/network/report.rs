@@ -17,28 +17,29 @@ use super::{CAPACITY_FIELD_MANAGER, Context, Error, lock};
 /// Label of the capacity writes in the operator's write metrics.
 pub const CAPACITY_WRITER: &str = "network-capacity";
 
-/// Reason of the Event recorded when a reconcile refuses a topology.
-fn refusal_reason(outcome: &Outcome) -> Option<&'static str> {
-    match outcome {
-        Outcome::Invalid => Some("Invalid"),
-        Outcome::AddressesInUse => Some("AddressesInUse"),
-        _ => None,
-    }
-}
+/// Ready reasons that need a person, each recorded as a warning Event when it becomes the reason:
+/// refusals (the spec is invalid, or would move addresses in use) and a node rollout that paused,
+/// failed or conflicts.
+const WARNINGS: [&str; 5] = [
+    "Invalid",
+    "AddressesInUse",
+    "RolloutPaused",
+    "NodesFailed",
+    "InterfaceConflict",
+];
 
-/// Ready reasons of an applied topology whose node rollout needs a person: a warning Event is
-/// recorded when one of them becomes the reason.
-const ROLLOUT_WARNINGS: [&str; 3] = ["RolloutPaused", "NodesFailed", "InterfaceConflict"];
+/// Ready reasons whose Event note lists the spec's problems rather than the condition's message.
+const REFUSALS: [&str; 2] = ["Invalid", "AddressesInUse"];
 
-/// The reason and message of the Event to record for a rollout that newly needs a person: when the new
-/// status's Ready reason is one of [`ROLLOUT_WARNINGS`] and the previous status (of the same
-/// generation) did not already say so. Pure, for unit tests.
-pub(super) fn rollout_warning<'a>(
+/// The reason and message of the warning Event to record: when the new status's Ready reason is one
+/// of [`WARNINGS`] and the previous status (of the same generation) did not already say so. Pure, for
+/// unit tests.
+pub(super) fn warning<'a>(
     new: &'a SpiderNetworkStatus,
     previous: Option<&SpiderNetworkStatus>,
 ) -> Option<(&'a str, &'a str)> {
     let ready = new.conditions.iter().find(|c| c.type_ == "Ready")?;
-    if !ROLLOUT_WARNINGS.contains(&ready.reason.as_str()) {
+    if !WARNINGS.contains(&ready.reason.as_str()) {
         return None;
     }
     let already = previous.is_some_and(|old| {
@@ -52,16 +53,23 @@ pub(super) fn rollout_warning<'a>(
 }
 
 impl Context {
-    /// Records a warning Event when the node rollout newly pauses, fails or conflicts (once per
-    /// generation and reason: the status says it while it stands).
-    pub(super) async fn rollout_event(
+    /// Records a warning Event when the topology is newly refused, or its node rollout newly pauses,
+    /// fails or conflicts (once per generation and reason: the status says it while it stands). A
+    /// refusal's note is `problems`, the first problems of the spec.
+    pub(super) async fn warning_event(
         &self,
         network: &SpiderNetwork,
         new: &SpiderNetworkStatus,
         previous: Option<&SpiderNetworkStatus>,
+        problems: &str,
     ) {
-        if let Some((reason, message)) = rollout_warning(new, previous) {
-            self.event(network, EventType::Warning, reason, "Rollout", message)
+        if let Some((reason, message)) = warning(new, previous) {
+            let (action, note) = if REFUSALS.contains(&reason) {
+                ("Reconcile", problems)
+            } else {
+                ("Rollout", message)
+            };
+            self.event(network, EventType::Warning, reason, action, note)
                 .await;
         }
     }
@@ -99,30 +107,6 @@ impl Context {
             .and_then(|s| s.nodes.clone().zip(s.rollout.clone()));
         self.finish(network, Outcome::Progressing, Vec::new(), counts, nodes)
             .await
-    }
-
-    /// Records a warning Event when a reconcile newly refuses the topology (not again while the same
-    /// refusal stands: the status says it).
-    pub(super) async fn refusal_event(
-        &self,
-        network: &SpiderNetwork,
-        outcome: &Outcome,
-        previous: Option<&SpiderNetworkStatus>,
-        message: &str,
-    ) {
-        let Some(reason) = refusal_reason(outcome) else {
-            return;
-        };
-        let already = previous.is_some_and(|s| {
-            s.observed_generation == network.metadata.generation
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.reason == reason)
-        });
-        if !already {
-            self.event(network, EventType::Warning, reason, "Reconcile", message)
-                .await;
-        }
     }
 
     /// Records an Event on the SpiderNetwork; a failure is logged, never fatal.
@@ -262,17 +246,17 @@ mod tests {
 
     #[test]
     fn a_rollout_that_newly_pauses_fails_or_conflicts_is_an_event() {
-        for reason in ROLLOUT_WARNINGS {
+        for reason in ["RolloutPaused", "NodesFailed", "InterfaceConflict"] {
             let new = status(2, reason);
             let expected = format!("because {reason}");
-            assert_eq!(rollout_warning(&new, None), Some((reason, expected.as_str())));
+            assert_eq!(warning(&new, None), Some((reason, expected.as_str())));
             assert_eq!(
-                rollout_warning(&new, Some(&status(2, "NodesPending"))),
+                warning(&new, Some(&status(2, "NodesPending"))),
                 Some((reason, expected.as_str()))
             );
             // A new generation that pauses again is news too.
             assert_eq!(
-                rollout_warning(&new, Some(&status(1, reason))),
+                warning(&new, Some(&status(1, reason))),
                 Some((reason, expected.as_str()))
             );
         }
@@ -281,11 +265,18 @@ mod tests {
     #[test]
     fn a_standing_pause_or_a_healthy_rollout_is_no_event() {
         assert_eq!(
-            rollout_warning(&status(2, "RolloutPaused"), Some(&status(2, "RolloutPaused"))),
+            warning(&status(2, "RolloutPaused"), Some(&status(2, "RolloutPaused"))),
             None
         );
-        for reason in ["Applied", "NodesPending", "Invalid", "ApplyFailed"] {
-            assert_eq!(rollout_warning(&status(2, reason), None), None, "{reason}");
+        for reason in ["Applied", "NodesPending", "ApplyFailed"] {
+            assert_eq!(warning(&status(2, reason), None), None, "{reason}");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_a_warning_once_per_generation() {
+        let new = status(2, "Invalid");
+        assert_eq!(warning(&new, None).map(|w| w.0), Some("Invalid"));
+        assert_eq!(warning(&new, Some(&status(2, "Invalid"))), None);
     }
 }
