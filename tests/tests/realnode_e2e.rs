@@ -187,21 +187,9 @@ async fn an_underlay_only_deployment_is_ready_reaches_its_node_a_service_and_the
         .context("the Service has a ClusterIP")?;
 
     // Ready means kubelet's httpGet probe from the node reached the pod.
-    let web = wait_for("2 web pods Ready", POD_TIMEOUT, || async {
-        let list = pods.list(&ListParams::default().labels("app=web")).await?.items;
-        let ready = list
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        Ok((ready == 2 && list.len() == 2).then_some(list))
-    })
-    .await
-    .with_context(|| format!("pods of web in {}", ns.name()))?;
+    let web = workload::wait_ready_pods(&pods, "app=web", 2, POD_TIMEOUT)
+        .await
+        .with_context(|| format!("pods of web in {}", ns.name()))?;
     let mut by_node = std::collections::BTreeMap::new();
     for pod in &web {
         let ip = one_underlay_address(cluster, &workload::pod_ips(pod))?;
@@ -422,20 +410,7 @@ async fn a_spidermultusconfig_gives_a_multus_deployment_an_underlay_net1_next_to
     }))?;
     let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
     deployments.create(&PostParams::default(), &deployment).await?;
-    let running = wait_for("2 app pods Ready", POD_TIMEOUT, || async {
-        let list = pods.list(&ListParams::default().labels("app=app")).await?.items;
-        let ready = list
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        Ok((ready == 2 && list.len() == 2).then_some(list))
-    })
-    .await?;
+    let running = workload::wait_ready_pods(&pods, "app=app", 2, POD_TIMEOUT).await?;
     let mut net1 = std::collections::BTreeMap::new();
     for pod in &running {
         let eth0 = workload::pod_ips(pod);
@@ -560,10 +535,7 @@ async fn wait_members(
                 .filter(|p| {
                     p.metadata.deletion_timestamp.is_none()
                         && !old.contains(&p.metadata.uid.clone().unwrap_or_default())
-                        && p.status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                        && workload::ready(p)
                 })
                 .count();
             if ready == replicas && list.items.len() == replicas {

@@ -67,11 +67,27 @@ fn phase(pod: &Pod) -> &str {
         .unwrap_or("Pending")
 }
 
-fn ready(pod: &Pod) -> bool {
+/// Whether the pod's `Ready` condition is True.
+pub fn ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until exactly `count` pods match `selector` and all of them are Ready; returns them.
+pub async fn wait_ready_pods(
+    api: &Api<Pod>,
+    selector: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Pod>> {
+    crate::wait_for(&format!("{count} pods {selector} Ready"), timeout, || async {
+        let list = api.list(&ListParams::default().labels(selector)).await?.items;
+        let all_ready = list.len() == count && list.iter().all(ready);
+        Ok(all_ready.then_some(list))
+    })
+    .await
 }
 
 /// Waits until the pod runs and is Ready. Fails at once if it ends, and on timeout with what
