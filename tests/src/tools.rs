@@ -206,6 +206,24 @@ fn build_workspace_binary(package: &str, bin: &str, release: bool) -> Result<Pat
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(repo_root())
         .args(["build", "-q", "-p", package, "--bin", bin]);
+    // What cargo sets for the running test is not the caller's environment: build scripts that watch
+    // one of these (ring's watches CARGO_MANIFEST_DIR) would otherwise rebuild here, and again in
+    // the next `cargo test`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     if release {
         cmd.arg("--release");
     }
