@@ -703,3 +703,269 @@ async fn pods_reach_the_api_server_through_the_kubernetes_service_on_every_node(
     }
     Ok(())
 }
+
+/// The topology of [`a_topology_applied_as_argo_cd_does_binds_a_deployment_across_two_racks`]: one
+/// subnet per rack (the underlay's two spare /24s, gateways on the switch), one macvlan network on
+/// the nodes' uplink that takes every subnet of its role, bound to the Deployment `web` as a second
+/// NIC. Written as the YAML a network engineer commits.
+fn two_rack_topology(name: &str, namespace: &str, subnets: [ipnet::Ipv4Net; 2]) -> String {
+    let host = |subnet: ipnet::Ipv4Net, n: u32| std::net::Ipv4Addr::from(u32::from(subnet.network()) + n);
+    let mut yaml = format!(
+        "apiVersion: spiderpool.spidernet.io/v2beta1\n\
+         kind: SpiderNetwork\n\
+         metadata:\n  name: {name}\n\
+         spec:\n  subnets:\n"
+    );
+    for (rack, subnet) in ["a", "b"].iter().zip(subnets) {
+        yaml += &format!(
+            "    - name: rack-{rack}-net\n      role: fabric\n      ipv4:\n        cidr: {subnet}\n        gateway: {}\n",
+            host(subnet, 1)
+        );
+    }
+    yaml += "  racks:\n";
+    for (rack, subnet) in ["a", "b"].iter().zip(subnets) {
+        yaml += &format!(
+            "    - name: rack-{rack}\n      nodeSelector:\n        matchLabels:\n          {}: rack-{rack}\n      \
+             uplinks: [{}]\n      ranges:\n        - subnet: rack-{rack}-net\n          ipv4: [{}-{}]\n",
+            realnode::RACK_LABEL,
+            realnode::underlay::UPLINK_NIC,
+            host(subnet, 10),
+            host(subnet, 50)
+        );
+    }
+    yaml += &format!(
+        "  networks:\n    - name: fabric\n      type: macvlan\n      subnetRole: fabric\n      master: {}\n      \
+         namespaces: [{namespace}]\n  \
+         apps:\n    - name: web\n      namespace: {namespace}\n      workload: {{kind: Deployment, name: web}}\n      \
+         interfaces:\n        - network: fabric\n",
+        realnode::underlay::UPLINK_NIC
+    );
+    yaml
+}
+
+/// The new idea on real nodes. A SpiderNetwork file is applied as Argo CD applies it (server-side
+/// apply with its field manager): the operator renders a pool per rack and the NAD; the pod webhook
+/// gives the Deployment's pods the binding's Multus annotation (the Deployment itself names no
+/// network); through the Multus stand-in, each pod's net1 takes an address of its own rack's subnet.
+/// Deleting the Deployment gives every address back and deleting the topology prunes what it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topology_applied_as_argo_cd_does_binds_a_deployment_across_two_racks() -> Result<()> {
+    use kube::ResourceExt as _;
+    use kube::api::{Patch, PatchParams};
+    use spiderpool_schema::labels::{ANNOTATION_APP_BINDING, LABEL_RACK, LABEL_TOPOLOGY};
+    use spiderpool_schema::{NetworkAttachmentDefinition, SpiderNetwork};
+
+    init_tracing();
+    let cluster = cluster().await?;
+    let client = cluster.client()?;
+    let ns = cluster.namespace("topology").await?;
+    let pods = ns.api::<Pod>();
+    let name = ns.name().to_owned();
+    let subnets = [
+        cluster.underlay().spare_subnet(0)?,
+        cluster.underlay().spare_subnet(1)?,
+    ];
+    for subnet in subnets {
+        let gateway = ipnet::Ipv4Net::new((u32::from(subnet.network()) + 1).into(), subnet.prefix_len())?;
+        cluster.underlay().add_gateway(gateway)?;
+    }
+
+    let yaml = two_rack_topology(&name, ns.name(), subnets);
+    let document: serde_json::Value = serde_saphyr::from_str(&yaml).context("the topology parses")?;
+    let networks = Api::<SpiderNetwork>::all(client.clone());
+    networks
+        .patch(
+            &name,
+            &PatchParams::apply("argocd-controller"),
+            &Patch::Apply(&document),
+        )
+        .await
+        .context("server-side apply of the topology")?;
+    let ready = wait_for("the topology to be applied", Duration::from_secs(60), || async {
+        let network = networks.get(&name).await?;
+        let applied = network.status.as_ref().is_some_and(|s| {
+            s.observed_generation == network.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        Ok(applied.then_some(network))
+    })
+    .await;
+    let network = match ready {
+        Ok(network) => network,
+        Err(err) => {
+            let status = networks.get(&name).await.ok().and_then(|n| n.status);
+            return Err(err.context(format!("status: {status:?}")));
+        }
+    };
+    eprintln!("topology status: {:?}", network.status);
+
+    let pools = Api::<SpiderIPPool>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{LABEL_TOPOLOGY}={name}")))
+        .await?
+        .items;
+    let pool_of_rack = |rack: &str| {
+        pools
+            .iter()
+            .find(|p| p.labels().get(LABEL_RACK).map(String::as_str) == Some(rack))
+            .map(|p| p.name_any())
+            .with_context(|| {
+                format!(
+                    "a pool of {rack}: {:?}",
+                    pools.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+                )
+            })
+    };
+    let rack_pools = [pool_of_rack("rack-a")?, pool_of_rack("rack-b")?];
+    let nad = ns
+        .api::<NetworkAttachmentDefinition>()
+        .get("fabric")
+        .await
+        .context("the topology's NAD")?;
+    let config = serde_json::to_string(&nad.spec)?;
+    ensure!(
+        rack_pools.iter().all(|pool| config.contains(pool.as_str())),
+        "the NAD lists both racks' pools {rack_pools:?}: {config}"
+    );
+
+    // The API server calls the pod webhook for this namespace once its configuration (which the
+    // operator updates as bindings change) reaches the API server's cache: probe with a dry run.
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "labels": {"app": "web", "pod-template-hash": "probe"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-probe",
+                                          "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
+        "spec": {"containers": [{"name": "c", "image": cluster.busybox()}]},
+    }))?;
+    wait_for(
+        "the pod webhook to bind the namespace's pods",
+        Duration::from_secs(60),
+        || async {
+            let created = pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..PostParams::default()
+                    },
+                    &probe,
+                )
+                .await?;
+            Ok(created
+                .annotations()
+                .contains_key(spiderpool_tests::multus::NETWORKS_ANNOTATION)
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "nodeSelector": {realnode::PRIMARY_CNI_LABEL: realnode::PRIMARY_MULTUS_STANDIN},
+                    "terminationGracePeriodSeconds": 1,
+                    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": realnode::RACK_LABEL,
+                        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}],
+                    "containers": [{"name": "web", "image": cluster.busybox(), "imagePullPolicy": "Never",
+                                    "command": ["sleep", "3600"]}],
+                },
+            },
+        },
+    }))?;
+    let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let running = workload::wait_ready_pods(&pods, "app=web", 2, POD_TIMEOUT).await?;
+    let mut racks_seen = Vec::new();
+    for pod in &running {
+        let node = workload::pod_node(pod).context("a running pod has a node")?;
+        let rack = cluster
+            .node(&node)?
+            .spec()
+            .labels
+            .get(realnode::RACK_LABEL)
+            .cloned()
+            .context("the node's rack")?;
+        ensure!(
+            pod.annotations().contains_key(ANNOTATION_APP_BINDING),
+            "{} was bound by the webhook: {:?}",
+            pod.name_any(),
+            pod.annotations()
+        );
+        let net1 = network_status_ips(pod, "net1")?;
+        ensure!(
+            net1.len() == 1,
+            "{} has one net1 address: {net1:?}",
+            pod.name_any()
+        );
+        let ip: std::net::Ipv4Addr = net1[0].parse()?;
+        let expected = if rack == "rack-a" { subnets[0] } else { subnets[1] };
+        ensure!(
+            expected.contains(&ip),
+            "{} on {node} ({rack}) has net1 {ip}, not of its rack's subnet {expected}",
+            pod.name_any()
+        );
+        racks_seen.push(rack);
+    }
+    racks_seen.sort();
+    ensure!(
+        racks_seen == ["rack-a", "rack-b"],
+        "one pod per rack: {racks_seen:?}"
+    );
+    for pool in &rack_pools {
+        wait_for(
+            &format!("{pool} to count its pod"),
+            Duration::from_secs(30),
+            || async { Ok((allocated(cluster, pool).await? == 1).then_some(())) },
+        )
+        .await?;
+    }
+
+    deployments.delete("web", &DeleteParams::default()).await?;
+    wait_for("the web pods to go", POD_TIMEOUT, || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=web"))
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    for pool in &rack_pools {
+        wait_for(
+            &format!("{pool} to be empty"),
+            Duration::from_secs(60),
+            || async { Ok((allocated(cluster, pool).await? == 0).then_some(())) },
+        )
+        .await?;
+    }
+    let endpoints = ns.api::<SpiderEndpoint>();
+    wait_for("the endpoints to go", Duration::from_secs(60), || async {
+        Ok(endpoints
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    networks.delete(&name, &DeleteParams::default()).await?;
+    wait_for(
+        "the topology's children to be pruned",
+        Duration::from_secs(60),
+        || async {
+            let left = Api::<SpiderIPPool>::all(client.clone())
+                .list(&ListParams::default().labels(&format!("{LABEL_TOPOLOGY}={name}")))
+                .await?
+                .items
+                .len();
+            let nad = ns.api::<NetworkAttachmentDefinition>().get_opt("fabric").await?;
+            Ok((left == 0 && nad.is_none() && networks.get_opt(&name).await?.is_none()).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
