@@ -924,6 +924,29 @@ async fn a_topology_applied_as_argo_cd_does_binds_a_deployment_across_two_racks(
         .await?;
     }
 
+    // The topology's status counts what its racks' pods hold: 41 addresses per rack (.10-.50).
+    let counted = wait_for(
+        "the topology's capacity to count both pods",
+        Duration::from_secs(60),
+        || async {
+            let capacity = networks.get(&name).await?.status.and_then(|s| s.capacity);
+            let racks: Vec<(String, Option<(i64, i64, i64)>)> = capacity
+                .map(|c| c.racks)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| (entry.name, entry.ipv4.map(|v4| (v4.total, v4.allocated, v4.free))))
+                .collect();
+            let expected = [("rack-a", (41, 1, 40)), ("rack-b", (41, 1, 40))]
+                .map(|(rack, counts)| (rack.to_owned(), Some(counts)));
+            Ok((racks == expected).then_some(()))
+        },
+    )
+    .await;
+    if let Err(err) = counted {
+        let status = networks.get(&name).await?.status.and_then(|s| s.capacity);
+        return Err(err.context(format!("capacity: {status:?}")));
+    }
+
     deployments.delete("web", &DeleteParams::default()).await?;
     wait_for("the web pods to go", POD_TIMEOUT, || async {
         Ok(pods
