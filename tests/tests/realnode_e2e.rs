@@ -925,12 +925,13 @@ async fn a_topology_applied_as_argo_cd_does_binds_a_deployment_across_two_racks(
     }
 
     // The topology's status counts what its racks' pods hold: 41 addresses per rack (.10-.50).
+    type TotalAllocatedFree = (i64, i64, i64);
     let counted = wait_for(
         "the topology's capacity to count both pods",
         Duration::from_secs(60),
         || async {
             let capacity = networks.get(&name).await?.status.and_then(|s| s.capacity);
-            let racks: Vec<(String, Option<(i64, i64, i64)>)> = capacity
+            let racks: Vec<(String, Option<TotalAllocatedFree>)> = capacity
                 .map(|c| c.racks)
                 .unwrap_or_default()
                 .into_iter()
