@@ -251,6 +251,24 @@ async fn a_del_whose_endpoint_delete_fails_releases_nothing_the_endpoint_still_c
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_sandbox_of_a_pod_recreated_under_its_name_releases_its_own_addresses() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // Force-deleted and recreated under the same name before its sandbox's DEL came.
+    w.fake.remove_pod("ns", "a");
+    w.fake.put_pod(pod("a", "u2", None));
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "a").is_none());
+    assert!(holders(&w.fake).is_empty());
+    // The new pod's ADD gets an address and its own endpoint.
+    w.allocator.add(&add_args("a", "u2", "c2")).await.unwrap();
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    assert_eq!(ep.status.unwrap().current.uid, "u2");
+}
+
+#[tokio::test(start_paused = true)]
 async fn del_releases_the_address_and_deletes_the_endpoint() {
     let w = world();
     w.fake.put_pod(pod("a", "u1", None));
