@@ -4,12 +4,21 @@
 //! the addresses, then the endpoint is written). [`add`] is CNI ADD, [`release`] CNI DEL and the
 //! release of every address of a pod, [`gc`] CNI GC.
 //!
-//! Order of writes, and why nothing leaks: addresses are recorded in the pools first (keyed by pod
-//! UID), then the SpiderEndpoint is written. If the endpoint write fails, the pool records are taken
-//! back before answering. If the daemon dies in between, the pool records carry the pod UID, so the
-//! runtime's retried ADD gets the same addresses back, and the operator's reclaim frees them if the
-//! pod is gone. On release the order is reversed: pool records first, the endpoint last, so an
-//! endpoint always lists at least what its pod holds.
+//! Order of writes: an endpoint only ever claims addresses its pools record for its pod. The pools
+//! are the truth and the endpoint points into them, so the pointer is written after what it points
+//! to and removed before it:
+//! - ADD records the addresses in the pools first (keyed by pod UID), then writes the SpiderEndpoint.
+//!   If the endpoint write fails, the endpoint is read again and only what it does not claim goes
+//!   back (a write whose answer was lost may have been applied; then the ADD answers from it); if it
+//!   cannot be read, nothing goes back. If the daemon dies in between, the records carry the pod UID:
+//!   the runtime's retried ADD gets the same addresses back, and the operator's reclaim frees them if
+//!   the pod is gone.
+//! - Release (DEL, GC, a stale endpoint of an earlier pod) deletes the endpoint first, then releases
+//!   the records. The other order left, whenever the daemon died or the API server failed between
+//!   the two writes, an endpoint claiming an address the pool had freed and soon gave to another pod
+//!   (issue 13's chaos run saw one). Dying in between now leaves a record without an endpoint, which
+//!   only costs the address for a while: the pod's next ADD gets it back (records are keyed by UID)
+//!   and reclaim frees it once the pod is gone.
 
 mod add;
 mod gc;
@@ -353,17 +362,33 @@ impl Allocator {
         }
     }
 
-    /// Releases what an endpoint records (every interface) from the pools, then deletes the
-    /// endpoint.
+    /// Releases what an endpoint records (every interface): deletes the endpoint, then releases the
+    /// addresses from their pools (the order is the module documentation's). When the delete fails,
+    /// the endpoint is read again: if it is gone after all (a lost answer), the release goes on;
+    /// otherwise nothing is released, and the DEL fails for the runtime to retry.
     async fn release_endpoint(&self, ep: &SpiderEndpoint) -> Result<(), IpamError> {
         let status = ep.status.clone().unwrap_or_default();
         let uid = status.current.uid.clone();
+        let namespace = ep.metadata.namespace.as_deref().unwrap_or_default();
+        let name = ep.metadata.name.as_deref().unwrap_or_default();
         tracing::info!(
-            endpoint = ep.metadata.name.as_deref().unwrap_or_default(),
+            endpoint = name,
             uid,
             interfaces = status.current.ips.len(),
             "releasing every address the endpoint records"
         );
+        if let Err(e) = self.inner.endpoints.delete(ep).await {
+            let gone = self
+                .inner
+                .endpoints
+                .get(namespace, name)
+                .await
+                .is_ok_and(|found| endpoint::is_gone(ep, found.as_ref()));
+            if !gone {
+                return Err(e);
+            }
+            tracing::info!(endpoint = name, error = %e, "the endpoint delete failed but was applied");
+        }
         let jobs = endpoint::status_addresses(&status).into_iter().map(|(ip, pool)| {
             let op = Op::Release {
                 ip,
@@ -373,19 +398,29 @@ impl Allocator {
             let timeout = self.inner.config.request_timeout;
             async move {
                 let result = writers.submit(&pool, op, timeout).await;
-                (pool, result)
+                (pool, ip, result)
             }
         });
-        for (pool, result) in join_all(jobs).await {
+        let mut first_error = None;
+        for (pool, ip, result) in join_all(jobs).await {
             match result {
                 Ok(Outcome::Released(false)) => {
                     tracing::info!(pool, uid, "the pool records no address of this pod any more");
                 }
                 Ok(_) | Err(WriteError::PoolGone(_)) => {}
-                Err(e) => return Err(IpamError::PoolWrite(e)),
+                Err(e) => {
+                    // The endpoint is gone, so a retried DEL finds nothing to release: the record
+                    // stays with the pod's UID (its next ADD gets it back, reclaim frees it once the
+                    // pod is gone).
+                    tracing::warn!(pool, %ip, uid, error = %e, "could not release an address of a deleted endpoint; reclaim will");
+                    first_error.get_or_insert(IpamError::PoolWrite(e));
+                }
             }
         }
-        self.inner.endpoints.delete(ep).await
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// `GET /v1/workloadendpoint`.

@@ -70,9 +70,13 @@ fn pod(name: &str, finalizer: bool) -> Pod {
 
 /// Adds a record to the pool as the node daemon does (read-modify-write with resourceVersion).
 async fn add_record(client: &Client, ip: &str, pod: &str, uid: &str) -> Result<()> {
+    add_record_in(client, POOL, ip, pod, uid).await
+}
+
+async fn add_record_in(client: &Client, pool: &str, ip: &str, pod: &str, uid: &str) -> Result<()> {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
     let (pod, uid) = (pod.to_string(), uid.to_string());
-    ippool::update_allocations(&api, POOL, |records| {
+    ippool::update_allocations(&api, pool, |records| {
         records.insert(
             ip.to_string(),
             spiderpool_schema::ippool::PoolIPAllocation::held_by(pod.clone(), uid.clone()),
@@ -84,8 +88,12 @@ async fn add_record(client: &Client, ip: &str, pod: &str, uid: &str) -> Result<(
 }
 
 async fn record_of(client: &Client, ip: &str) -> Result<Option<String>> {
+    record_in(client, POOL, ip).await
+}
+
+async fn record_in(client: &Client, pool: &str, ip: &str) -> Result<Option<String>> {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
-    let pool = api.get(POOL).await?;
+    let pool = api.get(pool).await?;
     let records = pool.status.unwrap_or_default().allocations()?;
     Ok(records.get(ip).map(|r| r.pod_uid.clone()))
 }
@@ -99,6 +107,24 @@ async fn add_endpoint(
     owner: (&str, &str),
     pod_owned: bool,
 ) -> Result<()> {
+    ns.api::<SpiderEndpoint>()
+        .create(
+            &PostParams::default(),
+            &endpoint(ns, POOL, name, uid, ip, owner, pod_owned),
+        )
+        .await?;
+    Ok(())
+}
+
+fn endpoint(
+    ns: &TestNamespace,
+    pool: &str,
+    name: &str,
+    uid: &str,
+    ip: &str,
+    owner: (&str, &str),
+    pod_owned: bool,
+) -> SpiderEndpoint {
     let mut ep = SpiderEndpoint::new(
         name,
         ns.name(),
@@ -109,7 +135,7 @@ async fn add_endpoint(
                 ips: vec![IPAllocationDetail {
                     nic: "eth0".into(),
                     ipv4: Some(format!("{ip}/24")),
-                    ipv4_pool: Some(POOL.into()),
+                    ipv4_pool: Some(pool.into()),
                     ..IPAllocationDetail::default()
                 }],
             },
@@ -127,10 +153,7 @@ async fn add_endpoint(
             ..OwnerReference::default()
         }]);
     }
-    ns.api::<SpiderEndpoint>()
-        .create(&PostParams::default(), &ep)
-        .await?;
-    Ok(())
+    ep
 }
 
 async fn endpoint_exists(ns: &TestNamespace, name: &str) -> Result<bool> {
@@ -400,5 +423,176 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     nodes
         .delete("reclaim-live-node", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// Issue 13 (chaos seed 0x5eed0013): a pod force-deleted and recreated under its name before its old
+/// sandbox's DEL left the old incarnation's record and endpoint; reclaim freed the record and kept the
+/// endpoint, which then claimed an address the pool had given to another pod. The released
+/// incarnation's endpoint must go, and before its record: while it cannot be deleted, the record
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_pods_endpoint_goes_before_its_record() -> Result<()> {
+    init_tracing();
+    let cluster = TestCluster::shared().await?;
+    let client = cluster.client()?;
+    install_crds(&client).await?;
+    const ORDER_POOL: &str = "reclaim-order-pool";
+    let pools: Api<SpiderIPPool> = Api::all(client.clone());
+    let _ = pools.delete(ORDER_POOL, &DeleteParams::default()).await;
+    pools
+        .create(
+            &PostParams::default(),
+            &SpiderIPPool::new(
+                ORDER_POOL,
+                SpiderIPPoolSpec {
+                    subnet: "10.98.0.0/24".into(),
+                    ips: vec!["10.98.0.1-10.98.0.50".into()],
+                    ..SpiderIPPoolSpec::default()
+                },
+            ),
+        )
+        .await?;
+    let ns = cluster.namespace("reclaim-order").await?;
+    let pods: Api<Pod> = ns.api();
+    let endpoints: Api<SpiderEndpoint> = ns.api();
+    let config = ReclaimConfig {
+        confirm_after: Duration::from_secs(1),
+        ..ReclaimConfig::default()
+    };
+    // Two looks, the second one past the confirmation delay.
+    let two_looks = || async {
+        reclaim::scan_all(&client, &config).await?;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        reclaim::scan_all(&client, &config).await
+    };
+
+    // web-1's first incarnation holds 10.98.0.1; its endpoint also carries another finalizer, so
+    // reclaim cannot delete it. web-2's first incarnation holds 10.98.0.2 and its endpoint is
+    // already the new incarnation's (its ADD came): only the record is left over. web-3's first
+    // incarnation holds 10.98.0.4 and left its endpoint: both go.
+    let mut old_uids = Vec::new();
+    for (name, ip) in [
+        ("web-1", "10.98.0.1"),
+        ("web-2", "10.98.0.2"),
+        ("web-3", "10.98.0.4"),
+    ] {
+        let old = pods.create(&PostParams::default(), &pod(name, false)).await?;
+        let uid = old.uid().unwrap();
+        add_record_in(&client, ORDER_POOL, ip, &format!("{}/{name}", ns.name()), &uid).await?;
+        old_uids.push(uid);
+    }
+    let mut held = endpoint(
+        &ns,
+        ORDER_POOL,
+        "web-1",
+        &old_uids[0],
+        "10.98.0.1",
+        ("Pod", "web-1"),
+        false,
+    );
+    held.metadata
+        .finalizers
+        .get_or_insert_with(Vec::new)
+        .push("spiderpool.test/hold".into());
+    endpoints.create(&PostParams::default(), &held).await?;
+    endpoints
+        .create(
+            &PostParams::default(),
+            &endpoint(
+                &ns,
+                ORDER_POOL,
+                "web-3",
+                &old_uids[2],
+                "10.98.0.4",
+                ("Pod", "web-3"),
+                false,
+            ),
+        )
+        .await?;
+    let mut new_uids = Vec::new();
+    for name in ["web-1", "web-2", "web-3"] {
+        force_delete(&ns, name).await?;
+        let uid = eventually("the pod recreated", || async {
+            match pods.create(&PostParams::default(), &pod(name, false)).await {
+                Ok(created) => Ok(created.uid()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        new_uids.push(uid);
+    }
+    add_record_in(
+        &client,
+        ORDER_POOL,
+        "10.98.0.3",
+        &format!("{}/web-2", ns.name()),
+        &new_uids[1],
+    )
+    .await?;
+    endpoints
+        .create(
+            &PostParams::default(),
+            &endpoint(
+                &ns,
+                ORDER_POOL,
+                "web-2",
+                &new_uids[1],
+                "10.98.0.3",
+                ("Pod", "web-2"),
+                false,
+            ),
+        )
+        .await?;
+
+    let report = two_looks().await?;
+    ensure!(
+        record_in(&client, ORDER_POOL, "10.98.0.1").await?.as_ref() == Some(&old_uids[0]),
+        "web-1's old record was released while its endpoint, which reclaim could not delete, still claims it: {report:?}"
+    );
+    ensure!(endpoint_exists(&ns, "web-1").await?, "web-1's endpoint vanished");
+    ensure!(
+        record_in(&client, ORDER_POOL, "10.98.0.2").await?.is_none(),
+        "web-2's old record was not released: {report:?}"
+    );
+    let web2 = endpoints.get("web-2").await?;
+    ensure!(
+        web2.status.map(|s| s.current.uid) == Some(new_uids[1].clone()),
+        "the new web-2's endpoint was touched"
+    );
+    ensure!(
+        !endpoint_exists(&ns, "web-3").await?,
+        "the replaced web-3's endpoint was kept: {report:?}"
+    );
+    ensure!(
+        record_in(&client, ORDER_POOL, "10.98.0.4").await?.is_none(),
+        "web-3's old record was kept: {report:?}"
+    );
+
+    // Once nothing holds web-1's endpoint any more (reclaim removed its own finalizer), it is gone,
+    // and then its record goes.
+    endpoints
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    let report = two_looks().await?;
+    ensure!(
+        !endpoint_exists(&ns, "web-1").await?,
+        "the replaced pod's endpoint was kept: {report:?}"
+    );
+    ensure!(
+        record_in(&client, ORDER_POOL, "10.98.0.1").await?.is_none(),
+        "web-1's old record was kept: {report:?}"
+    );
+
+    for name in ["web-1", "web-2", "web-3"] {
+        force_delete(&ns, name).await?;
+    }
+    ns.delete().await?;
+    let _ = pools.delete(ORDER_POOL, &DeleteParams::default()).await;
     Ok(())
 }

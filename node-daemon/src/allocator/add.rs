@@ -202,14 +202,60 @@ impl Allocator {
                     known = Some(found);
                 }
                 Err(e) => {
-                    self.take_back(&facts.pod_uid, &fresh.grants).await;
-                    return Err(match e {
-                        CreateError::Exists => IpamError::Timeout(
-                            "the SpiderEndpoint was created concurrently; retry".to_owned(),
-                        ),
-                        CreateError::Failed(e) => e,
-                    });
+                    let status = self.settle_failed_write(&facts, &fresh, e).await?;
+                    return Ok(self.response(&status));
                 }
+            }
+        }
+    }
+
+    /// An endpoint write of this ADD failed (`error`): reads the endpoint again and gives back only
+    /// the fresh grants it does not claim ([`endpoint::unclaimed`]). When the read shows the write was
+    /// applied (its answer was lost), the ADD is answered from it. When the endpoint cannot be read,
+    /// nothing is given back: the records are keyed by the pod's UID, so its retried ADD gets them
+    /// again and reclaim frees them once it is gone, whereas an endpoint claiming a freed address
+    /// would let it be handed out twice.
+    async fn settle_failed_write(
+        &self,
+        facts: &Facts<'_>,
+        fresh: &Fresh,
+        error: CreateError,
+    ) -> Result<SpiderEndpointStatus, IpamError> {
+        let error = match error {
+            CreateError::Exists => {
+                IpamError::Timeout("the SpiderEndpoint was created concurrently; retry".to_owned())
+            }
+            CreateError::Failed(e) => e,
+        };
+        let name = facts.endpoint_name.as_str();
+        let grants = &fresh.grants;
+        match self.inner.endpoints.get(&facts.args.pod_namespace, name).await {
+            Ok(found)
+                if endpoint::is_written(found.as_ref(), &facts.pod_uid, &facts.args.container_id, grants) =>
+            {
+                tracing::info!(endpoint = name, error = %error, "the endpoint write failed but was applied; answering from it");
+                Ok(found.and_then(|ep| ep.status).unwrap_or_default())
+            }
+            Ok(found) => {
+                let unclaimed = endpoint::unclaimed(found.as_ref(), grants);
+                if unclaimed.len() < grants.len() {
+                    tracing::warn!(
+                        endpoint = name,
+                        kept = grants.len() - unclaimed.len(),
+                        "the endpoint claims addresses of a failed write; keeping them recorded"
+                    );
+                }
+                self.take_back(&facts.pod_uid, &unclaimed).await;
+                Err(error)
+            }
+            Err(read) => {
+                tracing::warn!(
+                    endpoint = name,
+                    error = %read,
+                    "cannot tell whether the failed endpoint write was applied; keeping the addresses \
+                     recorded for the pod (its next ADD gets them again, reclaim frees them once it is gone)"
+                );
+                Err(error)
             }
         }
     }
@@ -357,6 +403,39 @@ impl Allocator {
             }
         }
         let (keep, dropped) = add::split_rebound(status.current.ips.clone(), &refused);
+        ep.status = Some(status);
+        endpoint::take_over_endpoint(
+            &mut ep,
+            keep,
+            &facts.pod_uid,
+            &self.inner.config.node_name,
+            &args.container_id,
+        );
+        let has_nic = ep
+            .status
+            .as_ref()
+            .is_some_and(|s| s.current.ips.iter().any(|d| d.nic == args.if_name));
+        let written = if has_nic {
+            self.inner
+                .endpoints
+                .replace(&ep)
+                .await?
+                .status
+                .unwrap_or_default()
+        } else {
+            let already: Vec<String> = ep
+                .status
+                .as_ref()
+                .map(|s| s.current.ips.iter().map(|d| d.nic.clone()).collect())
+                .unwrap_or_default();
+            let already: Vec<&str> = already.iter().map(String::as_str).collect();
+            let fresh = self.allocate(&facts.pod, &facts.app, args, &already).await?;
+            match self.record(facts, Some(ep), &fresh).await {
+                Ok(status) => status,
+                Err(e) => self.settle_failed_write(facts, &fresh, e).await?,
+            }
+        };
+        // Only now that the endpoint no longer claims the dropped addresses may they go.
         for detail in &dropped {
             for (ip, pool) in endpoint::detail_addresses(detail) {
                 let op = Op::Release {
@@ -370,40 +449,6 @@ impl Allocator {
                     .await;
             }
         }
-        ep.status = Some(status);
-        endpoint::take_over_endpoint(
-            &mut ep,
-            keep,
-            &facts.pod_uid,
-            &self.inner.config.node_name,
-            &args.container_id,
-        );
-        let has_nic = ep
-            .status
-            .as_ref()
-            .is_some_and(|s| s.current.ips.iter().any(|d| d.nic == args.if_name));
-        if has_nic {
-            let written = self.inner.endpoints.replace(&ep).await?;
-            return Ok(self.response(&written.status.unwrap_or_default()));
-        }
-        let already: Vec<String> = ep
-            .status
-            .as_ref()
-            .map(|s| s.current.ips.iter().map(|d| d.nic.clone()).collect())
-            .unwrap_or_default();
-        let already: Vec<&str> = already.iter().map(String::as_str).collect();
-        let fresh = self.allocate(&facts.pod, &facts.app, args, &already).await?;
-        match self.record(facts, Some(ep), &fresh).await {
-            Ok(status) => Ok(self.response(&status)),
-            Err(e) => {
-                self.take_back(&facts.pod_uid, &fresh.grants).await;
-                Err(match e {
-                    CreateError::Exists => {
-                        IpamError::Timeout("the SpiderEndpoint was created concurrently; retry".to_owned())
-                    }
-                    CreateError::Failed(e) => e,
-                })
-            }
-        }
+        Ok(self.response(&written))
     }
 }

@@ -126,6 +126,23 @@ fn holders(fake: &FakeApi) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The addresses endpoints claim that their pools do not record for the endpoint's pod, as
+/// `"<endpoint> <ip>"`. Issue 13's invariant: such a claim lets the pool hand the address to another
+/// pod while the endpoint still says it is this one's.
+fn claims_without_record(fake: &FakeApi) -> Vec<String> {
+    let records = holders(fake);
+    let mut out = Vec::new();
+    for ep in fake.endpoints() {
+        let status = ep.status.clone().unwrap_or_default();
+        for (ip, _) in endpoint::status_addresses(&status) {
+            if !records.contains(&(ip.to_string(), status.current.uid.clone())) {
+                out.push(format!("{} {ip}", ep.metadata.name.clone().unwrap_or_default()));
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_pods_add_records_the_address_then_creates_its_endpoint() {
     let w = world();
@@ -173,6 +190,82 @@ async fn a_failed_endpoint_write_gives_the_address_back() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(holders(&w.fake).is_empty());
     assert!(w.fake.endpoint("ns", "a").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_write_whose_answer_was_lost_keeps_its_addresses_recorded() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    // The create is applied, its answer lost: the endpoint claims the address.
+    w.fake.fail(CallKind::CreateEndpoint, Fault::LoseResponse, 1);
+    let answer = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(claims_without_record(&w.fake), Vec::<String>::new());
+    assert_eq!(answer.ips[0].address, "10.0.0.10/24");
+    assert_eq!(holders(&w.fake), [("10.0.0.10".to_owned(), "u1".to_owned())]);
+    // A write that was not applied gives the address back, as before.
+    w.fake.put_pod(pod("b", "u2", None));
+    w.fake.fail(CallKind::CreateEndpoint, Fault::Status(500), 1);
+    w.allocator.add(&add_args("b", "u2", "c2")).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(holders(&w.fake), [("10.0.0.10".to_owned(), "u1".to_owned())]);
+    // When the endpoint cannot even be read afterwards, the address stays recorded for the pod (its
+    // next ADD gets it back; reclaim frees it once the pod is gone).
+    w.fake.fail(CallKind::CreateEndpoint, Fault::LoseResponse, 1);
+    w.fake.fail(CallKind::GetEndpoint, Fault::Status(500), 1);
+    w.allocator.add(&add_args("b", "u2", "c3")).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(claims_without_record(&w.fake), Vec::<String>::new());
+    let again = w.allocator.add(&add_args("b", "u2", "c3")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holders(&w.fake).contains(&(
+        again.ips[0].address.trim_end_matches("/24").to_owned(),
+        "u2".to_owned()
+    )));
+    assert_eq!(holders(&w.fake).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_del_whose_endpoint_delete_fails_releases_nothing_the_endpoint_still_claims() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    w.fake.fail(CallKind::DeleteEndpoint, Fault::Status(500), 1);
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "a").is_some());
+    assert_eq!(claims_without_record(&w.fake), Vec::<String>::new());
+    // The runtime's retried DEL releases it.
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "a").is_none());
+    assert!(holders(&w.fake).is_empty());
+    // A delete applied whose answer was lost: the endpoint is gone, so the DEL goes on and releases.
+    w.fake.put_pod(pod("b", "u2", None));
+    w.allocator.add(&add_args("b", "u2", "c2")).await.unwrap();
+    w.fake.fail(CallKind::DeleteEndpoint, Fault::LoseResponse, 1);
+    w.allocator.del(&del_args("b", "u2", "c2")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "b").is_none());
+    assert!(holders(&w.fake).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sandbox_of_a_pod_recreated_under_its_name_releases_its_own_addresses() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
+    // Force-deleted and recreated under the same name before its sandbox's DEL came.
+    w.fake.remove_pod("ns", "a");
+    w.fake.put_pod(pod("a", "u2", None));
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.fake.endpoint("ns", "a").is_none());
+    assert!(holders(&w.fake).is_empty());
+    // The new pod's ADD gets an address and its own endpoint.
+    w.allocator.add(&add_args("a", "u2", "c2")).await.unwrap();
+    let ep = w.fake.endpoint("ns", "a").unwrap();
+    assert_eq!(ep.status.unwrap().current.uid, "u2");
 }
 
 #[tokio::test(start_paused = true)]
@@ -349,11 +442,12 @@ async fn a_repeated_add_never_answers_an_address_its_pod_released_into_this_node
     let first = first.ips[0].address.trim_end_matches("/24").to_owned();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(holders(&w.fake).contains(&(first.clone(), "u1".to_owned())));
-    // The DEL releases the address, but deleting the endpoint fails: the endpoint stays.
-    w.fake.fail(CallKind::DeleteEndpoint, Fault::Status(500), 1);
-    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap_err();
+    // The DEL releases the address, and an endpoint claiming it is left behind (this agent deletes
+    // the endpoint before releasing, but an older one, or a hand, may leave one).
+    let left = w.fake.endpoint("ns", "a").unwrap();
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    w.fake.put_endpoint(left);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(w.fake.endpoint("ns", "a").is_some());
     assert!(!holders(&w.fake).iter().any(|(_, uid)| uid == "u1"));
     // The pod's next sandbox: its ADD finds the endpoint, whose address the pool now records as this
     // node's (released) reservation. Answering it from the endpoint would leave the address free for
@@ -379,9 +473,11 @@ async fn a_repeated_add_never_answers_an_address_its_pod_gave_back_before_the_re
     w.fake.put_pod(pod("a", "u1", None));
     w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The DEL's release is answered at once (written moments later); deleting the endpoint fails.
-    w.fake.fail(CallKind::DeleteEndpoint, Fault::Status(500), 1);
-    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap_err();
+    // The DEL's release is answered at once (written moments later), and an endpoint claiming the
+    // address is left behind (as in the test above).
+    let left = w.fake.endpoint("ns", "a").unwrap();
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    w.fake.put_endpoint(left);
     // The next sandbox's ADD comes before the release is written: the pool (and the cache) still
     // record the address for the pod.
     let again = w.allocator.add(&add_args("a", "u1", "c2")).await.unwrap();

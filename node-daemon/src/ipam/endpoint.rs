@@ -168,6 +168,50 @@ pub fn container_of(endpoint: &SpiderEndpoint) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Whether `endpoint` claims `(ip, pool)` (for whichever pod it describes).
+pub fn claims_address(endpoint: &SpiderEndpoint, ip: IpAddr, pool: &str) -> bool {
+    endpoint
+        .status
+        .as_ref()
+        .is_some_and(|s| status_addresses(s).iter().any(|(i, p)| *i == ip && p == pool))
+}
+
+/// The grants of an ADD whose endpoint write failed that may go back to their pools: those the
+/// endpoint, read again afterwards (`found`, `None`: there is none), does not claim. A failed write
+/// may have been applied (its answer lost); giving back an address the endpoint claims would leave
+/// the endpoint claiming an address its pool no longer records for the pod, which the pool then
+/// hands to another pod while a later ADD or rebind may trust the endpoint.
+pub fn unclaimed(found: Option<&SpiderEndpoint>, grants: &[Grant]) -> Vec<Grant> {
+    grants
+        .iter()
+        .filter(|g| found.is_none_or(|ep| !claims_address(ep, g.ip, &g.pool_name())))
+        .cloned()
+        .collect()
+}
+
+/// Whether the endpoint read again after a failed write (`found`) is that write, applied: it
+/// describes pod `pod_uid`, is held by sandbox `container_id` and claims every grant.
+pub fn is_written(
+    found: Option<&SpiderEndpoint>,
+    pod_uid: &str,
+    container_id: &str,
+    grants: &[Grant],
+) -> bool {
+    found.is_some_and(|ep| {
+        ep.metadata.deletion_timestamp.is_none()
+            && ep.status.as_ref().is_some_and(|s| s.current.uid == pod_uid)
+            && container_of(ep) == Some(container_id)
+            && grants.iter().all(|g| claims_address(ep, g.ip, &g.pool_name()))
+    })
+}
+
+/// Whether the endpoint `released` (read before a release) is gone, judged by what a read afterwards
+/// found under its name (`found`): nothing, or another object (a new pod's endpoint, created after
+/// ours was deleted).
+pub fn is_gone(released: &SpiderEndpoint, found: Option<&SpiderEndpoint>) -> bool {
+    found.is_none_or(|ep| ep.metadata.uid.is_some() && ep.metadata.uid != released.metadata.uid)
+}
+
 /// What a new pod's endpoint says.
 #[derive(Debug, Clone)]
 pub struct NewEndpoint<'a> {

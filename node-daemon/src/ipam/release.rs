@@ -5,7 +5,9 @@
 //! Differences from upstream, on purpose (reference section 13):
 //! - DEL releases when it comes from the sandbox that holds the addresses (the endpoint records the
 //!   container id), also while the pod object still exists; upstream keeps them while the pod is
-//!   "alive" (13.13), the root of its exhaustion reports. A DEL from an older sandbox is ignored.
+//!   "alive" (13.13), the root of its exhaustion reports; and also when the pod of that name is by
+//!   then a newer incarnation (upstream: nothing to release when the endpoint's UID is not the
+//!   pod's), since nobody else would release them soon. A DEL from an older sandbox is ignored.
 //! - StatefulSet members keep their addresses while the StatefulSet exists, also for ordinals beyond
 //!   `replicas` (a set scaled down and up again gets its members' addresses back; upstream releases
 //!   on scale-down, reference 4.4, open requests #3488/#3893); deleting the StatefulSet releases
@@ -84,7 +86,13 @@ pub fn judge_del(facts: &DelFacts<'_>) -> DelVerdict {
     {
         return DelVerdict::OtherSandbox(holder.to_owned());
     }
-    let uid_mismatch = facts.pod_uid.is_some_and(|u| u != facts.endpoint_uid)
+    // The pod of that name is a newer incarnation than the endpoint's. When the endpoint names this
+    // DEL's sandbox as the holder, the addresses are that sandbox's, of the incarnation the endpoint
+    // describes (a force-deleted pod recreated under its name before its sandbox went): released
+    // here, since otherwise nobody does until the new pod's ADD replaces the endpoint or reclaim
+    // frees the record. A sticky pod's new incarnation takes them over instead.
+    let own_sandbox = !facts.sticky && facts.holder_container == Some(facts.container_id);
+    let uid_mismatch = (facts.pod_uid.is_some_and(|u| u != facts.endpoint_uid) && !own_sandbox)
         || (!facts.args_uid.is_empty() && facts.args_uid != facts.endpoint_uid);
     // A sticky pod that is gone: its endpoint names the incarnation that held the addresses, and the
     // runtime's DEL may come from an older one; what counts is whether the owner keeps them.

@@ -14,8 +14,11 @@
 //! schedules the second. Right before writing, the pod (or node) is read once more and judged again.
 //! Releasing is then a read-modify-write of the pool's `allocatedIPs` with its resourceVersion
 //! (retried on 409) that removes a record only if it still names the same pod UID, so a record the
-//! node daemon reassigned in between is left alone. Then the endpoint's finalizer is removed and it
-//! is deleted.
+//! node daemon reassigned in between is left alone. The released pod's endpoint goes first (its
+//! finalizer removed, then deleted, each guarded by the version read): a record is removed only once
+//! no endpoint claims it for the released pod any more, because an endpoint left claiming a freed
+//! address (the other order, when the operator stopped between the two writes) would let that
+//! address be handed to a second pod by anyone trusting the endpoint.
 
 pub mod decide;
 
@@ -511,8 +514,9 @@ async fn released_event(client: &Client, pool: &str, removed: &[(Record, decide:
 
 /// Applies the verdicts of one look (`world`): releases only what an earlier look already judged
 /// releasable ([`ReclaimConfig::confirmed`]) and what the pod, read once more now, still leaves
-/// releasable; removes those records pool by pool, then deletes endpoints (`extra_endpoints`:
-/// endpoints nothing needs, under the same two-look rule).
+/// releasable: first deletes the released pods' endpoints, then removes the records pool by pool
+/// (only those whose endpoint is gone: [`clear_endpoint`]); then deletes endpoints nothing needs
+/// (`extra_endpoints`, `(namespace, name, uid)`, under the same two-look rule).
 async fn apply(
     client: &Client,
     config: &ReclaimConfig,
@@ -522,8 +526,8 @@ async fn apply(
 ) -> Result<ReclaimReport, ReclaimError> {
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
     let mut report = ReclaimReport::default();
-    let mut by_pool: BTreeMap<String, Vec<(Record, decide::ReleaseReason)>> = BTreeMap::new();
-    let mut endpoints: Vec<(String, String)> = Vec::new();
+    // Each release with the endpoint `(namespace, name)` to delete before it, if any.
+    let mut releases: Vec<(Record, decide::ReleaseReason, Option<EndpointKey>)> = Vec::new();
     let now = Timestamp::now();
     for (record, verdict) in verdicts {
         let key = SuspectKey::record(&record);
@@ -569,15 +573,56 @@ async fn apply(
             config.suspects().judged_alive(&key);
             continue;
         }
-        if let Some(ep) = delete_endpoint {
-            endpoints.push(ep);
+        releases.push((record, reason, delete_endpoint));
+    }
+    let mut first_error = None;
+    // The endpoints first: a record goes only once the endpoint that claimed it is gone.
+    let mut cleared: BTreeMap<EndpointKey, bool> = BTreeMap::new();
+    for (_, _, endpoint) in &releases {
+        let Some(key) = endpoint else { continue };
+        if cleared.contains_key(key) {
+            continue;
+        }
+        let uid = world
+            .endpoints
+            .get(key)
+            .map(|e| e.uid.clone())
+            .unwrap_or_default();
+        let addresses: Vec<(String, String)> = releases
+            .iter()
+            .filter(|(_, _, e)| e.as_ref() == Some(key))
+            .map(|(r, _, _)| (r.pool.clone(), r.ip.clone()))
+            .collect();
+        let gone = match clear_endpoint(client, &key.0, &key.1, &uid, &addresses).await {
+            Ok(Cleared::Deleted) => {
+                config.metrics.endpoints_deleted.inc();
+                report.endpoints_deleted.push(key.clone());
+                true
+            }
+            Ok(Cleared::Absent) => true,
+            Ok(Cleared::Kept) => {
+                tracing::warn!(namespace = %key.0, name = %key.1, "the endpoint of a released pod could not be deleted; keeping its records for a later look");
+                false
+            }
+            Err(e) => {
+                config.metrics.failures.inc();
+                tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "cannot delete endpoint; keeping its records for a later look");
+                first_error.get_or_insert(e);
+                false
+            }
+        };
+        cleared.insert(key.clone(), gone);
+    }
+    let mut by_pool: BTreeMap<String, Vec<(Record, decide::ReleaseReason)>> = BTreeMap::new();
+    for (record, reason, endpoint) in releases {
+        if endpoint.is_some_and(|key| !cleared.get(&key).copied().unwrap_or(false)) {
+            continue;
         }
         by_pool
             .entry(record.pool.clone())
             .or_default()
             .push((record, reason));
     }
-    let mut first_error = None;
     for (pool, releases) in by_pool {
         let result = update_allocations(&pools, &pool, |records| {
             let mut removed = Vec::new();
@@ -627,21 +672,17 @@ async fn apply(
         let key = SuspectKey::Endpoint {
             namespace: namespace.clone(),
             name: name.clone(),
-            uid,
+            uid: uid.clone(),
         };
-        if config.confirmed(key, now, (&namespace, &name), &mut report) {
-            endpoints.push((namespace, name));
+        if !config.confirmed(key, now, (&namespace, &name), &mut report) {
+            continue;
         }
-    }
-    endpoints.sort();
-    endpoints.dedup();
-    for (namespace, name) in endpoints {
-        match delete_endpoint(client, &namespace, &name).await {
-            Ok(true) => {
+        match clear_endpoint(client, &namespace, &name, &uid, &[]).await {
+            Ok(Cleared::Deleted) => {
                 config.metrics.endpoints_deleted.inc();
                 report.endpoints_deleted.push((namespace, name));
             }
-            Ok(false) => {}
+            Ok(Cleared::Absent | Cleared::Kept) => {}
             Err(e) => {
                 config.metrics.failures.inc();
                 tracing::warn!(%namespace, %name, error = %e, "cannot delete endpoint");
@@ -655,39 +696,80 @@ async fn apply(
     }
 }
 
-/// Removes our finalizer from an endpoint and deletes it. `Ok(false)` when it was already gone.
-async fn delete_endpoint(client: &Client, namespace: &str, name: &str) -> Result<bool, ReclaimError> {
+/// An endpoint's `(namespace, name)`.
+type EndpointKey = (String, String);
+
+/// What became of an endpoint reclaim set out to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleared {
+    /// Deleted now.
+    Deleted,
+    /// Nothing to delete: it is gone already, or it now describes another pod and claims none of
+    /// the addresses being released.
+    Absent,
+    /// Still there: it changed since it was read, another finalizer holds it, or it describes
+    /// another pod that claims an address being released.
+    Kept,
+}
+
+/// Deletes endpoint `namespace/name` if it still describes pod `uid`: removes our finalizer, then
+/// deletes it, each step guarded by the version read before, so an endpoint a node daemon rewrote
+/// meanwhile (a pod's new incarnation, a StatefulSet member's takeover) is left alone. `addresses`
+/// are the `(pool, ip)` records about to be released because of it.
+async fn clear_endpoint(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    addresses: &[(String, String)],
+) -> Result<Cleared, ReclaimError> {
     let api: Api<SpiderEndpoint> = Api::namespaced(client.clone(), namespace);
     let Some(ep) = api.get_opt(name).await.map_err(kube_err("reading an endpoint"))? else {
-        return Ok(false);
+        return Ok(Cleared::Absent);
     };
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: ep.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {}
-        Err(e) if is_not_found(&e) => return Ok(false),
-        Err(e) if is_conflict(&e) => return Ok(false),
-        Err(e) => return Err(kube_err("deleting an endpoint")(e)),
+    if ep.status.as_ref().is_none_or(|s| s.current.uid != uid) {
+        let claims = endpoint_facts(&ep).is_some_and(|f| addresses.iter().any(|a| f.held.contains(a)));
+        return Ok(if claims { Cleared::Kept } else { Cleared::Absent });
     }
+    let mut version = ep.resource_version();
     if ep.finalizers().iter().any(|f| f == FINALIZER) {
         let kept: Vec<&String> = ep.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-        let patch = json!({"metadata": {"finalizers": kept}});
+        let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": version}});
         match api
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
+            Ok(patched) => version = patched.resource_version(),
+            Err(e) if is_not_found(&e) => return Ok(Cleared::Absent),
+            Err(e) if is_conflict(&e) => return Ok(Cleared::Kept),
             Err(e) => return Err(kube_err("removing an endpoint's finalizer")(e)),
         }
     }
-    tracing::info!(%namespace, %name, "deleted SpiderEndpoint");
-    Ok(true)
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: ep.uid(),
+            resource_version: version,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        // Another finalizer still holds it: it is only marked for deletion, and still claims.
+        Ok(deleted)
+            if deleted
+                .as_ref()
+                .left()
+                .is_some_and(|o| !o.finalizers().is_empty()) =>
+        {
+            Ok(Cleared::Kept)
+        }
+        Ok(_) => {
+            tracing::info!(%namespace, %name, "deleted SpiderEndpoint");
+            Ok(Cleared::Deleted)
+        }
+        Err(e) if is_not_found(&e) => Ok(Cleared::Absent),
+        Err(e) if is_conflict(&e) => Ok(Cleared::Kept),
+        Err(e) => Err(kube_err("deleting an endpoint")(e)),
+    }
 }
 
 /// Looks at every record of every pool once (upstream's scan-all) and releases what is no longer

@@ -37,8 +37,17 @@ fn del_releases_only_for_the_sandbox_and_incarnation_holding_the_addresses() {
         judge_del(&facts("c0", Some("c1"), Some("u1"), false)),
         DelVerdict::OtherSandbox("c1".into())
     );
+    // The pod of that name is a newer incarnation: the sandbox the endpoint names releases what it
+    // holds (the old incarnation's); without a holder on record, nothing ties the DEL to it.
     assert_eq!(
         judge_del(&facts("c1", Some("c1"), Some("u2"), false)),
+        DelVerdict::Release
+    );
+    let mut named = facts("c1", Some("c1"), Some("u2"), false);
+    named.args_uid = "u1";
+    assert_eq!(judge_del(&named), DelVerdict::Release);
+    assert_eq!(
+        judge_del(&facts("c1", None, Some("u2"), false)),
         DelVerdict::OtherIncarnation("u1".into())
     );
     let mut by_args = facts("c1", Some("c1"), None, false);

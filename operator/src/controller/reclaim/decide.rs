@@ -215,7 +215,8 @@ pub enum Verdict {
     /// Leave it.
     Keep(KeepReason),
     /// Remove the record; with `delete_endpoint`, also the endpoint `(namespace, name)` (it belongs to
-    /// the released incarnation and nothing retains it).
+    /// the released incarnation and nothing retains it), before the record: an endpoint must never
+    /// claim an address its pool no longer records for its pod.
     Release {
         /// Why.
         reason: ReleaseReason,
@@ -341,14 +342,17 @@ pub fn decide(record: &Record, world: &World, now: Timestamp, flags: &GcFlags) -
     let retention = retention(world, &record.namespace, &record.name, owner, flags);
 
     if pod.uid != record.pod_uid {
+        // The released incarnation's endpoint goes with its record (upstream: "endpoint UID != pod
+        // UID: release the endpoint"): left behind, it would claim an address the pool hands to
+        // another pod.
         return match retention {
             Retention::Stateless => Verdict::Release {
                 reason: ReleaseReason::PodReplaced,
-                delete_endpoint: None,
+                delete_endpoint: own_endpoint(),
             },
             Retention::Static { valid: false } => Verdict::Release {
                 reason: ReleaseReason::NoLongerRetained,
-                delete_endpoint: None,
+                delete_endpoint: own_endpoint(),
             },
             // The new pod takes the endpoint's addresses over on its CNI ADD (rewriting the record's
             // UID); until then the record still names the old pod and must stay. Once the new pod has
@@ -426,7 +430,7 @@ pub fn decide(record: &Record, world: &World, now: Timestamp, flags: &GcFlags) -
             Retention::Stateless if pod.phase == Phase::Running && flags.running_on_empty_pod_ips => {
                 Verdict::Release {
                     reason: ReleaseReason::NoPodIps,
-                    delete_endpoint: None,
+                    delete_endpoint: own_endpoint(),
                 }
             }
             // Upstream releases stateless pods in phase Unknown without IPs; a pod on a lost node may
@@ -858,6 +862,55 @@ mod tests {
         assert_eq!(
             decide(&record("db-5", "u1"), &sts_terminating(w4), now, &flags()),
             release(ReleaseReason::NoLongerRetained, None)
+        );
+    }
+
+    #[test]
+    fn a_released_incarnations_own_endpoint_goes_with_its_record() {
+        // Issue 13: a pod force-deleted and recreated under its name; its old sandbox's DEL left
+        // the old endpoint. Releasing the old record without it left an endpoint claiming an
+        // address the pool then gave to another pod.
+        let now = at(NOW);
+        let replaced = |ep_uid: &str| {
+            with_endpoint(
+                with_pod(world(), "web-1", pod("u2", Phase::Pending)),
+                endpoint("web-1", ep_uid, "Pod", "web-1", true),
+            )
+        };
+        assert_eq!(
+            decide(&record("web-1", "u1"), &replaced("u1"), now, &flags()),
+            release(ReleaseReason::PodReplaced, Some("web-1"))
+        );
+        // The new pod's endpoint is not the released incarnation's.
+        assert_eq!(
+            decide(&record("web-1", "u1"), &replaced("u2"), now, &flags()),
+            release(ReleaseReason::PodReplaced, None)
+        );
+        // A StatefulSet being deleted, its member recreated: the old member's endpoint goes too.
+        let mut member = pod("u2", Phase::Pending);
+        member.owner = Some(("StatefulSet".into(), "db".into()));
+        let w = with_endpoint(
+            with_pod(sts_terminating(world()), "db-1", member),
+            endpoint("db-1", "u1", "StatefulSet", "db", true),
+        );
+        assert_eq!(
+            decide(&record("db-1", "u1"), &w, now, &flags()),
+            release(ReleaseReason::NoLongerRetained, Some("db-1"))
+        );
+        // A Running pod without IPs, released by the switch: its endpoint goes first.
+        let mut no_ips = pod("u1", Phase::Running);
+        no_ips.has_ips = false;
+        let w = with_endpoint(
+            with_pod(world(), "web-1", no_ips),
+            endpoint("web-1", "u1", "ReplicaSet", "rs", true),
+        );
+        let on = GcFlags {
+            running_on_empty_pod_ips: true,
+            ..flags()
+        };
+        assert_eq!(
+            decide(&record("web-1", "u1"), &w, now, &on),
+            release(ReleaseReason::NoPodIps, Some("web-1"))
         );
     }
 
