@@ -38,6 +38,7 @@ use spiderpool_schema::{API_VERSION, Problem, SpiderInterfaceTask, SpiderNetwork
 
 use crate::compile::{self, Rendered};
 
+mod connect;
 mod status;
 
 /// Kind of the documents `spiderctl` reads.
