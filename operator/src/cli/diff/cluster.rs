@@ -147,16 +147,24 @@ pub async fn diff(
             live_children.insert(key, object);
         }
     };
-    for o in list::<SpiderReservedIP>(client).await? {
+    // Consistent reads, side by side: the API server serves them from its watch cache when etcd can
+    // confirm the cache is current (etcd 3.4.31+/3.5.13+), from etcd otherwise.
+    let (live_reserved, live_pools, live_multus, live_tasks) = tokio::try_join!(
+        list::<SpiderReservedIP>(client),
+        list::<SpiderIPPool>(client),
+        list::<SpiderMultusConfig>(client),
+        list::<SpiderInterfaceTask>(client),
+    )?;
+    for o in live_reserved {
         keep(LiveObject::ReservedIp(Arc::new(o)));
     }
-    for o in list::<SpiderIPPool>(client).await? {
+    for o in live_pools {
         keep(LiveObject::IpPool(Arc::new(o)));
     }
-    for o in list::<SpiderMultusConfig>(client).await? {
+    for o in live_multus {
         keep(LiveObject::MultusConfig(Arc::new(o)));
     }
-    for o in list::<SpiderInterfaceTask>(client).await? {
+    for o in live_tasks {
         keep(LiveObject::InterfaceTask(Arc::new(o)));
     }
 
