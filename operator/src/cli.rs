@@ -10,10 +10,13 @@
 //! - `spiderctl status NAME` reads a live SpiderNetwork (kubeconfig as kubectl finds it, or
 //!   `--kubeconfig`) and prints its conditions, node rollout, rendered counts, capacity and problems
 //!   ([`status`]).
+//! - `spiderctl diff -f FILE...` compiles the topologies and prints what applying them would change in
+//!   the live cluster, as the controller would apply it ([`diff`]). Exit status as `kubectl diff`: 0
+//!   no change, 1 changes, 2 an error (an invalid topology included).
 //!
-//! Both report every problem of every input at once, one per line, as
+//! `render` and `validate` report every problem of every input at once, one per line, as
 //! `<file>: document <n> (SpiderNetwork <name>): <spec path>: <message>`, print nothing on stdout and
-//! exit 1. Usage errors exit 2 (clap's convention).
+//! exit 1 (`diff` prints the same lines and exits 2). Usage errors exit 2 (clap's convention).
 //!
 //! Reading is as strict as `kubectl apply`, which validates fields on the server: every document must
 //! be a `spiderpool.spidernet.io/v2beta1` `SpiderNetwork`; values must have the types the CRD schema
@@ -38,6 +41,8 @@ use spiderpool_schema::{API_VERSION, Problem, SpiderInterfaceTask, SpiderNetwork
 
 use crate::compile::{self, Rendered};
 
+mod connect;
+mod diff;
 mod status;
 
 /// Kind of the documents `spiderctl` reads.
@@ -56,7 +61,8 @@ const KIND: &str = "SpiderNetwork";
         objects, `validate` only checks. Problems are listed all at once, one per line, as\n\
         `<file>: document <n> (SpiderNetwork <name>): <spec path>: <message>`, and the exit status is 1.\n\n\
         `status NAME` reads a topology from the cluster and shows its conditions, node rollout,\n\
-        capacity and problems."
+        capacity and problems. `diff -f FILE` shows what applying a file would change in the\n\
+        cluster (exit status 0 no change, 1 changes, 2 error)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,6 +78,46 @@ enum Command {
     /// Show a live SpiderNetwork's conditions, node rollout, rendered counts, capacity (per subnet,
     /// rack and app binding) and problems.
     Status(StatusArgs),
+    /// Show what applying topologies would change in the live cluster: the SpiderNetwork's spec and
+    /// every child the operator would create, change (field by field) or prune, and allocated
+    /// addresses that would move.
+    #[command(long_about = DIFF_ABOUT)]
+    Diff(DiffArgs),
+}
+
+const DIFF_ABOUT: &str = "Show what applying topologies would change in the live cluster.\n\n\
+    Each topology is compiled as `render` compiles it, and its children are prepared as the operator\n\
+    prepares them (owner reference, labels, interface tasks for the live Nodes). Every child the\n\
+    operator would write goes through a server-side dry-run apply with the operator's field manager,\n\
+    so defaults and admission webhooks are included; children it would leave alone (already as\n\
+    rendered) are counted as unchanged. Children of the topology it no longer renders are listed as\n\
+    pruned. The SpiderNetwork itself is compared by a dry-run replace of its spec (a dry-run create\n\
+    when it does not exist). Nothing is written.\n\n\
+    Output (stdout, empty when nothing would change): `+` created, `~` changed with `path: old -> new`\n\
+    per field (server-managed metadata and status left out), `-` pruned, `!` a name held by an object\n\
+    that is not this topology's (not applied), `=` being deleted (applied again once gone); then\n\
+    pools whose allocated addresses would move (pruned with allocations, or addresses no longer in\n\
+    the pool: the operator refuses such a change) or that change while in use. A one-line summary per\n\
+    topology goes to stderr.\n\n\
+    SpiderInterfaceTasks are shown as they will be once the rollout has reached every node (the\n\
+    operator writes them a few nodes at a time, spec.rollout). NetworkAttachmentDefinitions are not\n\
+    compared: the SpiderMultusConfig controller renders them from the SpiderMultusConfigs, whose\n\
+    changes are shown.\n\n\
+    Exit status as `kubectl diff`: 0 no change, 1 changes, 2 an error (an invalid topology, listed as\n\
+    `render` lists problems; an unreachable cluster; a dry run the API server refuses).";
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// A file of SpiderNetwork documents (YAML, several documents separated by `---`, or JSON), a
+    /// directory of such files (*.yaml, *.yml, *.json; not recursive), or `-` for standard input.
+    /// Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    files: Vec<PathBuf>,
+
+    /// The kubeconfig file; without it, as kubectl: `$KUBECONFIG`, `~/.kube/config`, or the pod's
+    /// service account in a cluster.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +192,8 @@ pub fn run() -> ExitCode {
 }
 
 /// [`run`] with explicit arguments (the first one is the program name) and streams, for tests and
-/// embedding. Returns the process exit status: 0 success, 1 bad input, 2 bad usage.
+/// embedding. Returns the process exit status: 0 success, 1 bad input (for `diff`: changes found), 2
+/// bad usage (for `diff`: any failure).
 pub fn run_with(
     args: impl IntoIterator<Item = impl Into<OsString>>,
     stdin: &mut dyn Read,
@@ -174,12 +221,30 @@ pub fn run_with(
     };
     match execute(cli, &mut io) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
-        Ok(Outcome::Problems) => ExitCode::from(1),
+        Ok(Outcome::Problems | Outcome::Changes) => ExitCode::from(1),
+        Ok(Outcome::Failed) => ExitCode::from(2),
         Err(e) => {
-            let _ = writeln!(io.stderr, "error: {e:#}");
+            let _ = writeln!(io.stderr, "error: {}", error_text(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text is already there: errors of
+/// kube and of this crate often say their source in their own message, and `{:#}` would repeat it.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Parses arguments; when run as the kubectl plugin, help and usage say `kubectl spider`.
@@ -209,6 +274,10 @@ enum Outcome {
     Success,
     /// The input had problems; they have been printed.
     Problems,
+    /// `diff` found changes; they have been printed.
+    Changes,
+    /// `diff` could not compare (its exit status 2, as `kubectl diff`'s); the reason has been printed.
+    Failed,
 }
 
 /// One SpiderNetwork read from the input.
@@ -273,9 +342,78 @@ fn show_status(args: &StatusArgs, io: &mut Streams<'_>) -> anyhow::Result<Outcom
     Ok(Outcome::Success)
 }
 
+/// Compiles the topologies and compares them with the cluster; every failure exits 2.
+fn show_diff(args: &DiffArgs, io: &mut Streams<'_>) -> anyhow::Result<Outcome> {
+    match compare(args, io) {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            writeln!(io.stderr, "error: {}", error_text(&e))?;
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+fn compare(args: &DiffArgs, io: &mut Streams<'_>) -> anyhow::Result<Outcome> {
+    let mut report = Report::default();
+    let mut stdin_taken = false;
+    let mut topologies = Vec::new();
+    for (label, bytes) in read_sources(&args.files, io.stdin, &mut stdin_taken, &mut report) {
+        topologies.extend(read_topologies(&label, &bytes, &mut report));
+    }
+    check_names(&topologies, &mut report);
+    let mut compiled = Vec::new();
+    for topology in &topologies {
+        match compile::compile(&topology.network) {
+            Ok(rendered) => compiled.push((topology, rendered)),
+            Err(problems) => report.problems(&topology.prefix(), &problems),
+        }
+    }
+    if !report.lines.is_empty() {
+        for line in &report.lines {
+            writeln!(io.stderr, "{line}")?;
+        }
+        let count = report.lines.len();
+        let plural = if count == 1 { "" } else { "s" };
+        writeln!(io.stderr, "error: {count} problem{plural}; nothing was compared")?;
+        return Ok(Outcome::Failed);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let client = runtime.block_on(connect::client(args.kubeconfig.as_deref()))?;
+    let mut changed = false;
+    for (topology, rendered) in compiled {
+        let source = format!("{}: document {}", topology.source, topology.document);
+        let result = runtime.block_on(diff::cluster::diff(&client, &topology.network, rendered, &source));
+        let found = match result {
+            Ok(found) => found,
+            Err(diff::cluster::DiffError::Tasks(problems)) => {
+                // The racks conflict on live nodes: a problem of the topology, listed like the others.
+                report.problems(&topology.prefix(), &problems);
+                for line in &report.lines {
+                    writeln!(io.stderr, "{line}")?;
+                }
+                bail!("the racks of {KIND} {} conflict on live nodes", topology.name());
+            }
+            Err(e) => return Err(e).with_context(|| format!("{KIND} {}", topology.name())),
+        };
+        write_stdout(io.stdout, diff::format::report(&found).as_bytes())?;
+        write!(io.stderr, "{}", diff::format::summary(&found))?;
+        changed |= found.has_changes();
+    }
+    Ok(if changed {
+        Outcome::Changes
+    } else {
+        Outcome::Success
+    })
+}
+
 fn execute(cli: Cli, io: &mut Streams<'_>) -> anyhow::Result<Outcome> {
     let (input, render) = match cli.command {
         Command::Status(args) => return show_status(&args, io),
+        Command::Diff(args) => return show_diff(&args, io),
         Command::Render(args) => {
             let RenderArgs {
                 input,
@@ -1016,6 +1154,15 @@ mod tests {
     fn yaml_quotes_what_kubectl_would_misread() {
         let text = to_yaml(&json!({"a": "on", "b": "100", "c": "802.3ad", "d": "x\ny\n"})).unwrap();
         assert_eq!(text, "a: \"on\"\nb: \"100\"\nc: 802.3ad\nd: |\n  x\n  y\n");
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = io::Error::new(io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io)
+            .context("reading /x: no such file")
+            .context("SpiderNetwork a");
+        assert_eq!(error_text(&error), "SpiderNetwork a: reading /x: no such file");
     }
 
     #[test]

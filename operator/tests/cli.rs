@@ -312,6 +312,36 @@ fn every_invalid_example_fails_naming_its_spec_path() {
 }
 
 #[test]
+fn diff_of_an_invalid_topology_exits_2_before_reading_the_cluster() {
+    // The kubeconfig does not exist: the problems must be found (and reported) before it is read.
+    let kubeconfig = "/nonexistent/spiderctl-test/kubeconfig";
+    for example in invalid_examples() {
+        let text = std::fs::read_to_string(workspace_root().join(&example)).unwrap();
+        let path = expected_path(&text);
+        let output = spiderctl(&["diff", "-f", &example, "--kubeconfig", kubeconfig]);
+        assert_eq!(output.status.code(), Some(2), "{example}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "{example}: {}", stdout(&output));
+        let log = stderr(&output);
+        assert!(log.contains(&format!(": {path}: ")), "{example}: {log}");
+        assert!(
+            log.lines().last().unwrap().ends_with("; nothing was compared"),
+            "{log}"
+        );
+        assert!(!log.contains(kubeconfig), "{log}");
+    }
+    // A valid topology and no cluster to compare with: exit 2 too, naming what failed.
+    let output = spiderctl(&[
+        "diff",
+        "-f",
+        "examples/topologies/single-rack-lab.yaml",
+        "--kubeconfig",
+        kubeconfig,
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains(kubeconfig), "{}", stderr(&output));
+}
+
+#[test]
 fn all_problems_of_all_inputs_are_reported_at_once() {
     let files = invalid_examples();
     let output = spiderctl(&[&["validate"][..], &f_args(&files)].concat());

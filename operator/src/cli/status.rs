@@ -6,30 +6,18 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::Api;
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_schema::network::{AddressCounts, CapacityEntry};
+
+use super::connect::{self, ConnectError};
 
 /// Why the live object could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    /// The kubeconfig given with `--kubeconfig` could not be read.
-    #[error("reading the kubeconfig {path}: {source}")]
-    Kubeconfig {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    /// No usable client configuration (no `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`, or
-    /// in-cluster service account).
-    #[error("finding a kubeconfig ($KUBECONFIG, ~/.kube/config or in-cluster): {0}")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built from the configuration.
-    #[error("building the API client: {0}")]
-    Client(#[source] kube::Error),
+    /// No client could be made.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The API server refused or failed the read.
     #[error("reading SpiderNetwork {name}: {source}")]
     Get {
@@ -44,22 +32,7 @@ pub enum StatusError {
 /// Reads SpiderNetwork `name` (cluster-scoped) through `kubeconfig`, or the configuration kubectl would
 /// infer (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
 pub async fn fetch(name: &str, kubeconfig: Option<&Path>) -> Result<SpiderNetwork, StatusError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path).map_err(|source| StatusError::Kubeconfig {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| StatusError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                })?
-        }
-        None => Config::infer().await.map_err(StatusError::Infer)?,
-    };
-    let client = Client::try_from(config).map_err(StatusError::Client)?;
+    let client = connect::client(kubeconfig).await?;
     Api::<SpiderNetwork>::all(client)
         .get(name)
         .await

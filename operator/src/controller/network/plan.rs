@@ -156,7 +156,7 @@ impl ChildObject {
     }
 
     /// The object as a JSON tree, for [`diff::contains`].
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
@@ -216,7 +216,8 @@ impl LiveObject {
         }
     }
 
-    fn to_json(&self) -> Value {
+    /// The object as a JSON tree, for [`diff::contains`].
+    pub fn to_json(&self) -> Value {
         let result = match self {
             LiveObject::ReservedIp(o) => serde_json::to_value(o.as_ref()),
             LiveObject::IpPool(o) => serde_json::to_value(o.as_ref()),
@@ -417,12 +418,19 @@ fn up_to_date(child: &DesiredChild, current: &LiveObject, recent: &mut RecentWri
     }
     // Not seen at this resourceVersion: someone else may have edited it, so compare field by field
     // (only here are JSON trees built).
-    let same = diff::live_hash(meta) == Some(child.hash)
-        && diff::contains(&current.to_json(), &child.object.to_json());
+    let same = holds(child, current);
     if same && let Some(live_rv) = live_rv {
         recent.verified.insert(child.key.clone(), (live_rv, child.hash));
     }
     same
+}
+
+/// Whether `current` holds the rendering `child` (its hash stamp and every rendered field), i.e. a
+/// reconcile that has not seen this object before leaves it alone. `spiderctl diff` asks the same
+/// question, so it calls an object unchanged exactly when the controller would not write it.
+pub fn holds(child: &DesiredChild, current: &LiveObject) -> bool {
+    diff::live_hash(current.meta()) == Some(child.hash)
+        && diff::contains(&current.to_json(), &child.object.to_json())
 }
 
 fn push_apply(plan: &mut Plan, child: DesiredChild, current: Option<&LiveObject>) {
@@ -467,7 +475,7 @@ fn push_apply(plan: &mut Plan, child: DesiredChild, current: Option<&LiveObject>
 
 /// `ip -> holder` (`pod <ns>/<name>` or a node's reservation) of a pool's `status.allocatedIPs`. An
 /// unreadable value counts as one allocation, so the pool is treated as in use (the safe reading).
-fn allocated_ips(pool: &SpiderIPPool) -> Vec<(String, String)> {
+pub fn allocated_ips(pool: &SpiderIPPool) -> Vec<(String, String)> {
     let Some(status) = &pool.status else {
         return Vec::new();
     };

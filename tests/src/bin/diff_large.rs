@@ -1,0 +1,210 @@
+//! Benchmark: `spiderctl diff` of the large generated topology (`Shape::LARGE`: 200 racks, 30
+//! dual-stack subnets, 2,000 fixed-address bindings, so 16,000 SpiderIPPools and 120
+//! SpiderMultusConfigs) against a real API server on loopback.
+//!
+//! Three cases, each timed end to end (the spiderctl process, from start to exit):
+//! 1. nothing applied yet: every child is new, so every one is dry-run applied;
+//! 2. the topology applied by the SpiderNetwork controller (run in this process, then stopped so it
+//!    does not compete for the CPU): the same file, no change;
+//! 3. a one-line edit of that file (one binding's fixed address count 2 -> 3): the children the
+//!    controller would write are dry-run applied.
+//!
+//! The API server has no Nodes, so there are no interface tasks (as in `apply-large`).
+//!
+//! Run: `cargo run --release -p spiderpool-tests --bin diff-large [-- --runs N]`. It builds spiderctl
+//! in the same profile. A measurement, not a test: nothing here asserts a time.
+
+#![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use spiderpool_operator::controller::network;
+use spiderpool_operator::metrics::Metrics;
+use spiderpool_operator::synthetic::{Shape, topology};
+use spiderpool_schema::SpiderNetwork;
+use spiderpool_tests::cluster::install_crd_yaml;
+use spiderpool_tests::{ClusterOptions, TestCluster, tools};
+
+fn runs() -> Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--runs") {
+        Some(i) => Ok(args
+            .get(i + 1)
+            .context("--runs needs a value")?
+            .parse::<usize>()
+            .context("--runs must be a number")?
+            .max(1)),
+        None => Ok(3),
+    }
+}
+
+/// Runs `spiderctl diff -f file` and returns its exit code, wall time, stdout line count and the
+/// summary it printed to stderr.
+fn diff(
+    spiderctl: &Path,
+    cluster: &TestCluster,
+    file: &Path,
+) -> Result<(Option<i32>, Duration, usize, String)> {
+    let start = Instant::now();
+    let output = std::process::Command::new(spiderctl)
+        .arg("diff")
+        .arg("-f")
+        .arg(file)
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .context("running spiderctl diff")?;
+    let took = start.elapsed();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    println!("{stderr}");
+    Ok((output.status.code(), took, stdout.lines().count(), stderr))
+}
+
+fn case(
+    spiderctl: &Path,
+    cluster: &TestCluster,
+    file: &Path,
+    what: &str,
+    runs: usize,
+    want: i32,
+) -> Result<()> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (code, took, lines, summary) = diff(spiderctl, cluster, file)?;
+        ensure!(
+            code == Some(want),
+            "{what}: exit {code:?}, expected {want}: {summary}"
+        );
+        println!(
+            "{what}: {:.2} s (exit {want}, {lines} lines on stdout; {summary})",
+            took.as_secs_f64()
+        );
+        times.push(took);
+    }
+    times.sort();
+    println!(
+        "{what}: median {:.2} s, best {:.2} s, worst {:.2} s over {} runs",
+        times[times.len() / 2].as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        times.len()
+    );
+    Ok(())
+}
+
+/// Waits until the topology's status describes its current generation with `Ready=True` (by watch:
+/// a GET of the 900 KiB topology costs the API server about as much as a write).
+async fn wait_ready(api: &Api<SpiderNetwork>, name: &str, timeout: Duration) -> Result<()> {
+    let ready = |network: Option<&SpiderNetwork>| {
+        network.is_some_and(|network| {
+            let status = network.status.as_ref();
+            let ready = status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            ready && status.and_then(|s| s.observed_generation) == network.metadata.generation
+        })
+    };
+    match tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, ready),
+    )
+    .await
+    {
+        Ok(result) => result.map(|_| ()).context("watching the topology"),
+        Err(_) => bail!("not Ready after {timeout:?}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    spiderpool_tests::init_tracing();
+    let runs = runs()?;
+    let release = std::env::current_exe()?
+        .parent()
+        .is_some_and(|dir| dir.file_name().is_some_and(|n| n == "release"));
+    let spiderctl = tools::workspace_binary("spiderpool-operator", "spiderctl", release)?;
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client: Client = cluster.client()?;
+    let crd_dir = tools::repo_root().join("charts/spiderpool/crds");
+    for entry in std::fs::read_dir(&crd_dir)? {
+        let path = entry?.path();
+        install_crd_yaml(&client, &std::fs::read_to_string(&path)?).await?;
+    }
+    let shape = Shape::LARGE;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for n in 0..shape.namespaces_per_network {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": format!("team{n}")}}))?;
+        namespaces.create(&PostParams::default(), &ns).await?;
+    }
+    let network = topology(shape);
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("large.yaml");
+    std::fs::write(&file, serde_saphyr::to_string(&network)?)?;
+    let mut edited = network.clone();
+    let fixed = edited
+        .spec
+        .apps
+        .first_mut()
+        .and_then(|a| a.interfaces.first_mut())
+        .and_then(|i| i.fixed_ips.as_mut())
+        .context("the large topology's first binding has fixed addresses")?;
+    fixed.count = Some(3);
+    let edited_file = dir.path().join("large-edited.yaml");
+    std::fs::write(&edited_file, serde_saphyr::to_string(&edited)?)?;
+    println!(
+        "shape: {} racks, {} subnets, {} bindings; the file is {} KiB of YAML; spiderctl {}",
+        shape.racks,
+        shape.subnets,
+        shape.apps,
+        std::fs::metadata(&file)?.len() / 1024,
+        if release { "release" } else { "debug" }
+    );
+
+    case(&spiderctl, &cluster, &file, "nothing applied (all created)", 1, 1)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let controller = tokio::spawn(network::run_with(
+        client.clone(),
+        metrics,
+        network::Options::default(),
+    ));
+    let api: Api<SpiderNetwork> = Api::all(client.clone());
+    let t0 = Instant::now();
+    api.create(&PostParams::default(), &network).await?;
+    wait_ready(&api, &network.name_any(), Duration::from_secs(1800)).await?;
+    println!(
+        "applied by the controller: Ready after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    controller.abort();
+    // Let the API server finish the writes' watch fan-out before timing.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    case(
+        &spiderctl,
+        &cluster,
+        &file,
+        "applied, same file (no change)",
+        runs,
+        0,
+    )?;
+    case(
+        &spiderctl,
+        &cluster,
+        &edited_file,
+        "applied, one-line edit",
+        runs,
+        1,
+    )?;
+    Ok(())
+}
