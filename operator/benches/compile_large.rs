@@ -26,6 +26,10 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The operator's allocator (see `src/bin/spiderpool-operator.rs`), so the figures are the operator's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let shape = Shape::LARGE;
     let network = topology(shape);

@@ -137,6 +137,12 @@ impl Context<'_> {
             reserved_ips: self.render_reserved_ips(),
             ..Rendered::default()
         };
+        // One pool per fixed block and at most one per rack range and family: reserved at once, as a
+        // pool is large and the large topology has 16,000 (growing the vector moved them 14 times).
+        let rack_ranges: usize = self.network.spec.racks.iter().map(|r| r.ranges.len()).sum();
+        rendered
+            .ip_pools
+            .reserve(carved.by_binding.len() + 2 * rack_ranges);
         let fixed_pool_names = self.render_fixed_pools(carved, &mut rendered.ip_pools);
         let rack_pool_names = self.render_rack_pools(carved, &mut rendered.ip_pools);
         (rendered.multus_configs, rendered.network_attachment_definitions) =

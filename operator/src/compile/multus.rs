@@ -101,7 +101,7 @@ fn multus_config_for_network(
     };
     match network.cni_type {
         NetworkType::Macvlan | NetworkType::Ipvlan => {
-            let (master, vlan_id, bond) = match layout.node_link(network) {
+            let (master, vlan_id, bond) = match layout.node_link() {
                 Some(NodeLink::Shared { parent, vlan }) => {
                     let bond = consistent_bond(&parent, layout, racks);
                     let masters = bond.map_or_else(|| vec![parent.clone()], |b| b.interfaces.clone());

@@ -22,6 +22,9 @@ pub struct NetworkLayout {
     pub subnets: Vec<String>,
     /// Every rack serving one of those subnets, in the order of `spec.racks`.
     pub racks: Vec<RackAttachment>,
+    /// [`NetworkLayout::node_link`], worked out once: it reads every rack, and it is asked for each
+    /// rack of each network.
+    link: Option<NodeLink>,
 }
 
 /// How the nodes of one rack reach one network.
@@ -118,10 +121,38 @@ impl SpiderNetworkSpec {
                 vlan: network.vlan_id(Some(subnet)),
             });
         }
+        let link = node_link(network, &racks);
         NetworkLayout {
             subnets: subnets.iter().map(|s| s.name.clone()).collect(),
             racks,
+            link,
         }
+    }
+}
+
+/// The interface every node's pods attach to, from the network and how each rack reaches it.
+fn node_link(network: &Network, racks: &[RackAttachment]) -> Option<NodeLink> {
+    if !network.cni_type.needs_master() {
+        return None;
+    }
+    if let Some(name) = &network.node_interface {
+        return Some(NodeLink::Named(name.clone()));
+    }
+    let mut ways = racks
+        .iter()
+        .filter_map(|a| a.master.as_ref().map(|m| (m, a.vlan)));
+    match ways.next() {
+        // No rack serves the network: its own master and VLAN say it all.
+        None => network.master.clone().map(|parent| NodeLink::Shared {
+            parent,
+            vlan: network.vlan.unwrap_or(0),
+        }),
+        Some((parent, vlan)) => ways
+            .all(|(p, v)| p == parent && v == vlan)
+            .then(|| NodeLink::Shared {
+                parent: parent.clone(),
+                vlan,
+            }),
     }
 }
 
@@ -129,30 +160,8 @@ impl NetworkLayout {
     /// The interface every node's pods attach to, for networks that attach to a node interface
     /// (macvlan, ipvlan); `None` for the others, and when the racks reach the network differently and
     /// the network names no `nodeInterface` (validation reports that).
-    pub fn node_link(&self, network: &Network) -> Option<NodeLink> {
-        if !network.cni_type.needs_master() {
-            return None;
-        }
-        if let Some(name) = &network.node_interface {
-            return Some(NodeLink::Named(name.clone()));
-        }
-        let mut ways = self
-            .racks
-            .iter()
-            .filter_map(|a| a.master.as_ref().map(|m| (m, a.vlan)));
-        match ways.next() {
-            // No rack serves the network: its own master and VLAN say it all.
-            None => network.master.clone().map(|parent| NodeLink::Shared {
-                parent,
-                vlan: network.vlan.unwrap_or(0),
-            }),
-            Some((parent, vlan)) => ways
-                .all(|(p, v)| p == parent && v == vlan)
-                .then(|| NodeLink::Shared {
-                    parent: parent.clone(),
-                    vlan,
-                }),
-        }
+    pub fn node_link(&self) -> Option<NodeLink> {
+        self.link.clone()
     }
 
     /// The one VLAN of the network, when every rack has the same (SR-IOV and OVS networks carry one
@@ -167,7 +176,11 @@ impl NetworkLayout {
 
     /// The attachment of rack `r`, if it serves the network.
     pub fn rack(&self, r: usize) -> Option<&RackAttachment> {
-        self.racks.iter().find(|a| a.rack == r)
+        // `racks` is in the order of `spec.racks`, so sorted by index.
+        self.racks
+            .binary_search_by_key(&r, |a| a.rack)
+            .ok()
+            .and_then(|i| self.racks.get(i))
     }
 }
 

@@ -44,7 +44,7 @@ impl SpiderNetworkSpec {
                 declared: true,
             })
             .collect();
-        for (n, (network, layout)) in self.networks.iter().zip(layouts).enumerate() {
+        for (n, layout) in layouts.iter().enumerate() {
             let Some(attachment) = layout.rack(r) else {
                 continue;
             };
@@ -56,7 +56,7 @@ impl SpiderNetworkSpec {
             if !(1..=4094).contains(&attachment.vlan) || !rack.defines_interface(master) {
                 continue;
             }
-            let (name, path) = match layout.node_link(network) {
+            let (name, path) = match layout.node_link() {
                 Some(NodeLink::Named(name)) => (Some(name), format!("spec.networks[{n}].nodeInterface")),
                 _ => (None, attachment.master_path.clone()),
             };
@@ -115,7 +115,7 @@ impl SpiderNetworkSpec {
             // `<master>.<vlan>` is the interface the NAD names: checked here when no rack serves the
             // network (the rack checks above cover it where one does).
             let layout = layouts.get(n);
-            if let Some(NodeLink::Shared { parent, vlan }) = layout.and_then(|l| l.node_link(network))
+            if let Some(NodeLink::Shared { parent, vlan }) = layout.and_then(|l| l.node_link())
                 && vlan != 0
                 && layout.is_some_and(|l| l.racks.is_empty())
                 && network.master.as_deref() == Some(parent.as_str())

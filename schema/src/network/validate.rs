@@ -486,7 +486,7 @@ impl SpiderNetworkSpec {
             }
             if network.node_interface.is_none()
                 && layout.racks.iter().all(|a| a.master.is_some())
-                && layout.node_link(network).is_none()
+                && layout.node_link().is_none()
             {
                 let ways: Vec<String> = layout
                     .racks
