@@ -1,0 +1,209 @@
+//! The pod webhook (app bindings) against the real API server: pods created at a steady rate in a
+//! namespace a SpiderNetwork binds, each mutated by the operator's webhook server (run in this
+//! process, release build, TLS, registered as the chart registers it).
+//!
+//! Reports the webhook's answer time as the API server measures it: the histogram
+//! `apiserver_admission_webhook_admission_duration_seconds` of the pod webhook, read before and after
+//! (its lowest bucket is 5 ms, the goal; the figure printed is the share of calls at or under it, and
+//! the p99 bound the buckets allow), plus each create's round trip as the client sees it, and checks
+//! that every pod got its binding's annotations.
+//!
+//! `cargo bench -p spiderpool-tests --bench pod_webhook`; knobs: `BENCH_RATE` (pods per second, 200),
+//! `BENCH_SECONDS` (how long, 10).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark report"
+)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt as _};
+use serde_json::json;
+use spiderpool_schema::SpiderNetwork;
+use spiderpool_tests::admission::Webhooks;
+use spiderpool_tests::{ClusterOptions, TestCluster, ipam, wait_for};
+
+const NAMESPACE: &str = "bench";
+const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+const WEBHOOK: &str = spiderpool_operator::webhook::pod::WEBHOOK_NAME;
+const METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds_bucket";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// The pod webhook's cumulative bucket counts, by upper bound (`+Inf` as infinity).
+async fn webhook_buckets(client: &Client) -> Result<BTreeMap<String, u64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client
+        .request_text(request)
+        .await
+        .context("scraping the API server")?;
+    let mut buckets = BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with(METRIC)
+            || !line.contains(&format!("name=\"{WEBHOOK}\""))
+            || !line.contains("operation=\"CREATE\"")
+        {
+            continue;
+        }
+        let (labels, value) = line.rsplit_once(' ').context("a metric line has a value")?;
+        let le = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .context("a bucket has an upper bound")?;
+        // The same bound may appear once per `rejected`/`type` label set: add them up.
+        *buckets.entry(le.to_owned()).or_default() += value.parse::<f64>()? as u64;
+    }
+    Ok(buckets)
+}
+
+fn topology() -> Result<SpiderNetwork> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderNetwork",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "subnets": [{"name": "s", "ipv4": {"cidr": "10.0.0.0/16", "gateway": "10.0.0.1"}}],
+            "racks": [{"name": "r1", "nodeSelector": {"matchLabels": {"rack": "r1"}}, "uplinks": ["ens1"],
+                       "ranges": [{"subnet": "s", "ipv4": ["10.0.1.0-10.0.200.255"]}]}],
+            "networks": [{"name": "data", "type": "macvlan", "subnet": "s", "master": "ens1",
+                          "namespaces": [NAMESPACE]}],
+            "apps": [{"name": "web", "namespace": NAMESPACE, "podSelector": {"matchLabels": {"app": "web"}},
+                      "interfaces": [{"network": "data"}], "defaultRouteInterface": "net1"}]
+        }
+    }))?)
+}
+
+fn pod(name: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]}
+    }))?)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let rate = env_u64("BENCH_RATE", 200).max(1);
+    let seconds = env_u64("BENCH_SECONDS", 10).max(1);
+    let total = rate * seconds;
+    let cluster = TestCluster::start(ClusterOptions {
+        install_nad_crd: false,
+        ..ClusterOptions::apiserver_only()
+    })
+    .await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    spiderpool_tests::objects::ensure_namespace(&client, NAMESPACE).await?;
+    // No kube-controller-manager here to make the namespace's default ServiceAccount, which the
+    // ServiceAccount admission plugin requires of every pod.
+    let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
+        .create(&PostParams::default(), &account)
+        .await?;
+    let webhooks = Webhooks::start(&client, "spiderpool-bench").await?;
+    Api::<SpiderNetwork>::all(client.clone())
+        .create(&PostParams::default(), &topology()?)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    wait_for(
+        "the pod webhook to bind the namespace",
+        Duration::from_secs(60),
+        || async {
+            let created = pods.create(&dry_run, &pod("probe")?).await?;
+            Ok(created.annotations().contains_key(NETWORKS).then_some(()))
+        },
+    )
+    .await?;
+    let before = webhook_buckets(&client).await?;
+
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let pods = pods.clone();
+        let pod = pod(&format!("web-{i}"))?;
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let created = pods.create(&PostParams::default(), &pod).await;
+            (sent.elapsed(), created)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut unbound = 0_usize;
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (elapsed, created) = joined?;
+        match created {
+            Ok(pod) if pod.annotations().contains_key(NETWORKS) => latencies.push(elapsed),
+            Ok(_) => unbound += 1,
+            Err(err) => failed.push(err.to_string()),
+        }
+    }
+    let took = started.elapsed();
+    let after = webhook_buckets(&client).await?;
+    webhooks.stop().await?;
+
+    latencies.sort();
+    let calls = after.get("+Inf").copied().unwrap_or(0) - before.get("+Inf").copied().unwrap_or(0);
+    let within = |le: &str| after.get(le).copied().unwrap_or(0) - before.get(le).copied().unwrap_or(0);
+    let share = |le: &str| within(le) as f64 / calls.max(1) as f64;
+    let p99_bound = ["0.005", "0.025", "0.1", "0.5", "1", "2.5", "10", "25"]
+        .into_iter()
+        .find(|le| share(le) >= 0.99)
+        .map_or("over 25 s".to_owned(), |le| format!("at most {le} s"));
+    println!(
+        "pod webhook: {total} pods at {rate}/s, created in {:.2} s",
+        took.as_secs_f64()
+    );
+    println!(
+        "  API server's measure of the webhook: {calls} calls, {:.2}% within 5 ms, {:.2}% within 25 ms; p99 {p99_bound}",
+        share("0.005") * 100.0,
+        share("0.025") * 100.0
+    );
+    println!(
+        "  create round trip (client): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "  bound {}, not bound {unbound}, failed {}",
+        latencies.len(),
+        failed.len()
+    );
+    ensure!(
+        unbound == 0 && failed.is_empty(),
+        "every pod is created and bound; failures: {:?}",
+        failed.iter().take(3).collect::<Vec<_>>()
+    );
+    ensure!(
+        calls >= total,
+        "the API server counted {calls} webhook calls for {total} pods"
+    );
+    Ok(())
+}
