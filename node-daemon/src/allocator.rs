@@ -16,9 +16,9 @@
 //! - Release (DEL, GC, a stale endpoint of an earlier pod) deletes the endpoint first, then releases
 //!   the records. The other order left, whenever the daemon died or the API server failed between
 //!   the two writes, an endpoint claiming an address the pool had freed and soon gave to another pod
-//!   (issue 13's chaos run saw one). Dying in between now leaves a record without an endpoint, which
-//!   only costs the address for a while: the pod's next ADD gets it back (records are keyed by UID)
-//!   and reclaim frees it once the pod is gone.
+//!   (the chaos suite, tests/tests/chaos.rs, found one). Dying in between now leaves a record
+//!   without an endpoint, which only costs the address for a while: the pod's next ADD gets it back
+//!   (records are keyed by UID) and reclaim frees it once the pod is gone.
 
 mod add;
 mod gc;
