@@ -22,8 +22,6 @@ pub mod format;
 
 use std::collections::{BTreeMap, HashSet};
 
-use spiderpool_schema::labels::LABEL_TOPOLOGY;
-
 use self::addresses::AddressFinding;
 use self::fields::FieldChange;
 use crate::controller::network::plan::{self, ChildKey, DesiredChild, LiveObject};
@@ -125,16 +123,7 @@ pub fn classify(
         match current {
             None => {}
             Some(current) if !current.belongs_to(topology) => {
-                let owner = current
-                    .meta()
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_TOPOLOGY))
-                    .map_or_else(
-                        || "it was not generated from a SpiderNetwork".to_string(),
-                        |other| format!("it belongs to SpiderNetwork `{other}`"),
-                    );
-                out.known.push((child.key, Change::Conflict(owner)));
+                out.known.push((child.key, Change::Conflict(current.ownership())));
                 continue;
             }
             Some(current) if current.meta().deletion_timestamp.is_some() => {

@@ -9,11 +9,9 @@
 //! A pool that changes in other ways while it has allocations moves no address; it is still named,
 //! because its pods keep the values they were started with (gateway, routes, VLAN) until restarted.
 
-use std::net::IpAddr;
-
 use spiderpool_schema::SpiderIPPool;
 
-use crate::controller::network::plan::{allocated_ips, pool_usable};
+use crate::controller::network::plan::{allocated_ips, outside, pool_usable};
 
 /// One pool whose allocations the change touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,17 +83,7 @@ pub fn changed(live: &SpiderIPPool, after: &SpiderIPPool, fields: Vec<String>) -
     if count == 0 {
         return None;
     }
-    let usable = pool_usable(&after.spec);
-    let dropped: Vec<(String, String)> = allocated
-        .into_iter()
-        .filter(|(ip, _)| {
-            // An unreadable entry may be anything, so it counts as leaving (the controller's reading).
-            let Ok(addr) = ip.parse::<IpAddr>() else {
-                return true;
-            };
-            !usable.as_ref().is_some_and(|set| set.contains(&addr))
-        })
-        .collect();
+    let dropped = outside(allocated, pool_usable(&after.spec).as_ref());
     if dropped.is_empty() {
         Some(AddressFinding::ChangedInUse {
             pool: name(live),

@@ -233,6 +233,19 @@ impl LiveObject {
         labels.and_then(|l| l.get(LABEL_TOPOLOGY)).map(String::as_str) == Some(topology)
             && labels.and_then(|l| l.get(LABEL_MANAGED_BY)).map(String::as_str) == Some(MANAGED_BY)
     }
+
+    /// Whose the object is, for the message of a name conflict: the topology its label names, or
+    /// none.
+    pub fn ownership(&self) -> String {
+        self.meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_TOPOLOGY))
+            .map_or_else(
+                || "it was not generated from a SpiderNetwork".to_string(),
+                |other| format!("it belongs to SpiderNetwork `{other}`"),
+            )
+    }
 }
 
 /// What this process wrote recently and the watch caches may not show yet (they lag behind our own
@@ -336,15 +349,7 @@ pub fn plan(
             continue;
         };
         if !current.belongs_to(topology) {
-            let owner = current
-                .meta()
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_TOPOLOGY))
-                .map_or_else(
-                    || "it was not generated from a SpiderNetwork".to_string(),
-                    |other| format!("it belongs to SpiderNetwork `{other}`"),
-                );
+            let owner = current.ownership();
             plan.conflicts.push(Problem {
                 path: child.source.clone(),
                 message: format!(
@@ -438,16 +443,7 @@ fn push_apply(plan: &mut Plan, child: DesiredChild, current: Option<&LiveObject>
         (ChildKind::ReservedIp, _) => 0,
         (ChildKind::IpPool, Some(LiveObject::IpPool(pool))) => {
             let usable = child.usable.clone();
-            let allocated = allocated_ips(pool);
-            let removed: Vec<(String, String)> = allocated
-                .into_iter()
-                .filter(|(ip, _)| {
-                    let Ok(addr) = ip.parse::<IpAddr>() else {
-                        return true;
-                    };
-                    !usable.as_ref().is_some_and(|set| set.contains(&addr))
-                })
-                .collect();
+            let removed = outside(allocated_ips(pool), usable.as_ref());
             if !removed.is_empty() {
                 plan.in_use.push(Problem {
                     path: child.source.clone(),
@@ -483,6 +479,21 @@ pub fn allocated_ips(pool: &SpiderIPPool) -> Vec<(String, String)> {
         Ok(map) => map.into_iter().map(|(ip, a)| (ip, a.describe())).collect(),
         Err(e) => vec![("status.allocatedIPs".to_string(), format!("unreadable: {e}"))],
     }
+}
+
+/// The allocations of `allocated` (as [`allocated_ips`] gives them) that `usable` does not hold: the
+/// addresses a pool would lose while in use, which the controller refuses to apply. An unreadable
+/// entry may be anything, so it counts as outside.
+pub fn outside(allocated: Vec<(String, String)>, usable: Option<&IpSet>) -> Vec<(String, String)> {
+    allocated
+        .into_iter()
+        .filter(|(ip, _)| {
+            let Ok(addr) = ip.parse::<IpAddr>() else {
+                return true;
+            };
+            !usable.is_some_and(|set| set.contains(&addr))
+        })
+        .collect()
 }
 
 fn describe(allocated: &[(String, String)]) -> String {
