@@ -33,30 +33,18 @@
     reason = "benchmark report"
 )]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use common::{env_or, percentile};
 use serde_json::json;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam::{self, run_plugin};
 use spiderpool_tests::{ClusterOptions, TestCluster};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 struct Phase {
     total: Duration,
@@ -240,9 +228,9 @@ fn report(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let pods = env_usize("BENCH_PODS", 1000);
-    let nodes = env_usize("BENCH_NODES", 10);
-    let parallel = env_usize("BENCH_PARALLEL", 8);
+    let pods = env_or::<usize>("BENCH_PODS", 1000);
+    let nodes = env_or::<usize>("BENCH_NODES", 10);
+    let parallel = env_or::<usize>("BENCH_PARALLEL", 8);
     let rate: Option<f64> = std::env::var("BENCH_RATE").ok().and_then(|v| v.parse().ok());
     let reservation = std::env::var("BENCH_RESERVATION").ok();
     match rate {
@@ -311,7 +299,7 @@ async fn main() -> Result<()> {
         "setup: {pods} pods created in {:.2} s (not counted)",
         created.elapsed().as_secs_f64()
     );
-    let settle = env_usize("BENCH_SETTLE_MS", 0);
+    let settle = env_or::<usize>("BENCH_SETTLE_MS", 0);
     if settle > 0 {
         println!("waiting {settle} ms after creating the pods before the first ADD");
         tokio::time::sleep(Duration::from_millis(settle as u64)).await;

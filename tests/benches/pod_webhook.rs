@@ -18,37 +18,25 @@
     reason = "benchmark report"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use common::{env_or, percentile};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::json;
 use spiderpool_schema::SpiderNetwork;
-use spiderpool_tests::admission::Webhooks;
-use spiderpool_tests::{ClusterOptions, TestCluster, ipam, wait_for};
+use spiderpool_tests::admission::{Webhooks, wait_until_pod_webhook_binds};
+use spiderpool_tests::{ClusterOptions, TestCluster, ipam};
 
 const NAMESPACE: &str = "bench";
 const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
 const WEBHOOK: &str = spiderpool_operator::webhook::pod::WEBHOOK_NAME;
 const METRIC: &str = "apiserver_admission_webhook_admission_duration_seconds_bucket";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 /// The pod webhook's cumulative bucket counts, by upper bound (`+Inf` as infinity).
 async fn webhook_buckets(client: &Client) -> Result<BTreeMap<String, u64>> {
@@ -102,8 +90,8 @@ fn pod(name: &str) -> Result<Pod> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let rate = env_u64("BENCH_RATE", 200).max(1);
-    let seconds = env_u64("BENCH_SECONDS", 10).max(1);
+    let rate = env_or::<u64>("BENCH_RATE", 200).max(1);
+    let seconds = env_or::<u64>("BENCH_SECONDS", 10).max(1);
     let total = rate * seconds;
     let cluster = TestCluster::start(ClusterOptions {
         install_nad_crd: false,
@@ -124,19 +112,7 @@ async fn main() -> Result<()> {
         .create(&PostParams::default(), &topology()?)
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    wait_for(
-        "the pod webhook to bind the namespace",
-        Duration::from_secs(60),
-        || async {
-            let created = pods.create(&dry_run, &pod("probe")?).await?;
-            Ok(created.annotations().contains_key(NETWORKS).then_some(()))
-        },
-    )
-    .await?;
+    wait_until_pod_webhook_binds(&pods, &pod("probe")?, NETWORKS, Duration::from_secs(60)).await?;
     let before = webhook_buckets(&client).await?;
 
     let started = Instant::now();
