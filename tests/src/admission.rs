@@ -12,8 +12,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt as _};
 use spiderpool_operator::webhook::registration::{self, Registration};
 use spiderpool_operator::webhook::{self, TlsSource, WebhookConfig};
 use spiderpool_schema::SpiderNetwork;
@@ -122,6 +123,26 @@ impl Drop for Webhooks {
             serving.abort();
         }
     }
+}
+
+/// Waits until the pod webhook binds pods like `probe` (a dry-run create of it comes back with
+/// `annotation`): the API server's cache of webhook configurations, and the operator's of bindings,
+/// lag the objects a moment.
+pub async fn wait_until_pod_webhook_binds(
+    pods: &Api<Pod>,
+    probe: &Pod,
+    annotation: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    crate::wait_for("the pod webhook to bind the probe pod", timeout, || async {
+        let created = pods.create(&dry_run, probe).await?;
+        Ok(created.annotations().contains_key(annotation).then_some(()))
+    })
+    .await
 }
 
 /// Waits until a SpiderNetwork with an invalid name is refused by our webhook (not only by the schema).

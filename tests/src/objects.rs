@@ -1,11 +1,15 @@
-//! Small helpers on API objects shared by the cluster tests: namespaces by name, and comparisons of
-//! objects as JSON (what a test sent or expects against what the API server stored).
+//! Small helpers on API objects shared by the cluster tests: namespaces by name, a topology's
+//! readiness, and comparisons of objects as JSON (what a test sent or expects against what the API
+//! server stored).
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::Value;
+use spiderpool_schema::SpiderNetwork;
 
 /// Creates the namespace `name` unless it exists.
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
@@ -19,6 +23,35 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until the topology's status describes its current generation with `Ready=True`. Watches
+/// rather than polls: a GET of a large topology costs the API server about as much as a write of it,
+/// and polling would slow down the very writes a benchmark times on a two-core machine.
+pub async fn wait_network_ready(api: &Api<SpiderNetwork>, name: &str, timeout: Duration) -> Result<()> {
+    let ready = |network: Option<&SpiderNetwork>| {
+        network.is_some_and(|network| {
+            let status = network.status.as_ref();
+            let ready = status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            ready && status.and_then(|s| s.observed_generation) == network.metadata.generation
+        })
+    };
+    let waited = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, ready),
+    )
+    .await;
+    match waited {
+        Ok(result) => result.map(|_| ()).context("watching the topology"),
+        Err(_) => {
+            let status = api.get(name).await?.status;
+            bail!("not Ready after {timeout:?}: {:?}", status.map(|s| s.conditions))
+        }
+    }
 }
 
 /// Where `stored` does not keep what `sent` says, under `path` (`spec.ips[0]: sent "a", stored "b"`,

@@ -18,7 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_schema::labels::ANNOTATION_APP_BINDING;
-use spiderpool_tests::admission::Webhooks;
+use spiderpool_tests::admission::{Webhooks, wait_until_pod_webhook_binds};
 use spiderpool_tests::objects::ensure_namespace;
 use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing, ipam, wait_for};
 
@@ -75,24 +75,11 @@ async fn wait_for_default_service_account(client: &Client, namespace: &str) -> R
     .await
 }
 
-/// Waits until the API server sends pods of `app` to the pod webhook (its configuration cache lags
-/// the object a moment), probing with a dry-run create.
+/// Waits until the API server sends pods of `app` to the pod webhook.
 async fn wait_until_pods_are_admitted(client: &Client) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
-    wait_for("the pod webhook to be called", TIMEOUT, || async {
-        let probe = pod("probe", json!({"tier": "edge"}), json!({}));
-        let created = pods
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..PostParams::default()
-                },
-                &probe,
-            )
-            .await?;
-        Ok(annotations(&created).contains_key(NETWORKS).then_some(()))
-    })
-    .await
+    let probe = pod("probe", json!({"tier": "edge"}), json!({}));
+    wait_until_pod_webhook_binds(&pods, &probe, NETWORKS, TIMEOUT).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
+use spiderpool_tests::admission::wait_until_pod_webhook_binds;
 use spiderpool_tests::realnode::workload::{self, Placement};
 use spiderpool_tests::realnode::{self, RealCluster, RealClusterOptions};
 use spiderpool_tests::{init_tracing, ipam, wait_for};
@@ -837,24 +838,11 @@ async fn a_topology_applied_as_argo_cd_does_binds_a_deployment_across_two_racks(
                                           "uid": "00000000-0000-0000-0000-000000000001", "controller": true}]},
         "spec": {"containers": [{"name": "c", "image": cluster.busybox()}]},
     }))?;
-    wait_for(
-        "the pod webhook to bind the namespace's pods",
+    wait_until_pod_webhook_binds(
+        &pods,
+        &probe,
+        spiderpool_tests::multus::NETWORKS_ANNOTATION,
         Duration::from_secs(60),
-        || async {
-            let created = pods
-                .create(
-                    &PostParams {
-                        dry_run: true,
-                        ..PostParams::default()
-                    },
-                    &probe,
-                )
-                .await?;
-            Ok(created
-                .annotations()
-                .contains_key(spiderpool_tests::multus::NETWORKS_ANNOTATION)
-                .then_some(()))
-        },
     )
     .await?;
 

@@ -43,7 +43,7 @@ use spiderpool_operator::controller::{multusconfig, network};
 use spiderpool_operator::metrics::Metrics;
 use spiderpool_schema::labels::ANNOTATION_APP_BINDING;
 use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
-use spiderpool_tests::admission::Webhooks;
+use spiderpool_tests::admission::{Webhooks, wait_until_pod_webhook_binds};
 use spiderpool_tests::coordinator::synced_coordinator;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::{
@@ -251,18 +251,7 @@ impl Case {
         }
         let probe: Pod = serde_json::from_value(probe)?;
         let pods: Api<Pod> = self.ns.api();
-        let dry_run = PostParams {
-            dry_run: true,
-            ..PostParams::default()
-        };
-        wait_for("the pod webhook to bind the probe", TIMEOUT, || async {
-            let created = pods.create(&dry_run, &probe).await?;
-            Ok(created
-                .annotations()
-                .contains_key(ANNOTATION_APP_BINDING)
-                .then_some(()))
-        })
-        .await?;
+        wait_until_pod_webhook_binds(&pods, &probe, ANNOTATION_APP_BINDING, TIMEOUT).await?;
         Ok(configs)
     }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -26,6 +26,7 @@ use serde_json::json;
 use spiderpool_operator::synthetic::{Shape, topology};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_tests::cluster::install_crd_yaml;
+use spiderpool_tests::objects::wait_network_ready;
 use spiderpool_tests::{ClusterOptions, TestCluster, tools};
 
 fn arg(name: &str, default: usize) -> Result<usize> {
@@ -126,35 +127,6 @@ async fn network_writes(port: u16) -> Result<u64> {
         .sum::<f64>() as u64)
 }
 
-/// Waits until the topology's status describes its current generation with `Ready=True`. Watches
-/// rather than polls: a GET of the large topology costs the API server about as much as a write of
-/// it, and polling would slow down the very writes being timed on this two-core machine.
-async fn wait_ready(api: &Api<SpiderNetwork>, name: &str, timeout: Duration) -> Result<()> {
-    let ready = |network: Option<&SpiderNetwork>| {
-        network.is_some_and(|network| {
-            let status = network.status.as_ref();
-            let ready = status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            ready && status.and_then(|s| s.observed_generation) == network.metadata.generation
-        })
-    };
-    let waited = tokio::time::timeout(
-        timeout,
-        kube::runtime::wait::await_condition(api.clone(), name, ready),
-    )
-    .await;
-    match waited {
-        Ok(result) => result.map(|_| ()).context("watching the topology"),
-        Err(_) => {
-            let status = api.get(name).await?.status;
-            bail!("not Ready after {timeout:?}: {:?}", status.map(|s| s.conditions))
-        }
-    }
-}
-
 struct Operator(Child);
 
 impl Drop for Operator {
@@ -243,7 +215,7 @@ async fn main() -> Result<()> {
     let api: Api<SpiderNetwork> = Api::all(client.clone());
     let t0 = Instant::now();
     api.create(&PostParams::default(), &network).await?;
-    wait_ready(&api, &network.name_any(), Duration::from_secs(1800)).await?;
+    wait_network_ready(&api, &network.name_any(), Duration::from_secs(1800)).await?;
     let first_apply = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let writes_first = network_writes(metrics_port).await?;
@@ -273,7 +245,7 @@ async fn main() -> Result<()> {
         )
         .await?;
         let accepted = t1.elapsed();
-        wait_ready(&api, &network.name_any(), Duration::from_secs(120)).await?;
+        wait_network_ready(&api, &network.name_any(), Duration::from_secs(120)).await?;
         let edit = t1.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let writes_now = network_writes(metrics_port).await?;

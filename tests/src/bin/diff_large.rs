@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -34,6 +34,7 @@ use spiderpool_operator::metrics::Metrics;
 use spiderpool_operator::synthetic::{Shape, topology};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_tests::cluster::install_crd_yaml;
+use spiderpool_tests::objects::wait_network_ready;
 use spiderpool_tests::{ClusterOptions, TestCluster, tools};
 
 fn runs() -> Result<usize> {
@@ -102,31 +103,6 @@ fn case(
         times.len()
     );
     Ok(())
-}
-
-/// Waits until the topology's status describes its current generation with `Ready=True` (by watch:
-/// a GET of the 900 KiB topology costs the API server about as much as a write).
-async fn wait_ready(api: &Api<SpiderNetwork>, name: &str, timeout: Duration) -> Result<()> {
-    let ready = |network: Option<&SpiderNetwork>| {
-        network.is_some_and(|network| {
-            let status = network.status.as_ref();
-            let ready = status.is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            ready && status.and_then(|s| s.observed_generation) == network.metadata.generation
-        })
-    };
-    match tokio::time::timeout(
-        timeout,
-        kube::runtime::wait::await_condition(api.clone(), name, ready),
-    )
-    .await
-    {
-        Ok(result) => result.map(|_| ()).context("watching the topology"),
-        Err(_) => bail!("not Ready after {timeout:?}"),
-    }
 }
 
 /// Runs the benchmark with `SPIDERPOOL_ETCD` set: this process again, as the variable is read where
@@ -209,7 +185,7 @@ async fn measure() -> Result<()> {
     let api: Api<SpiderNetwork> = Api::all(client.clone());
     let t0 = Instant::now();
     api.create(&PostParams::default(), &network).await?;
-    wait_ready(&api, &network.name_any(), Duration::from_secs(1800)).await?;
+    wait_network_ready(&api, &network.name_any(), Duration::from_secs(1800)).await?;
     println!(
         "applied by the controller: Ready after {:.1} s",
         t0.elapsed().as_secs_f64()
