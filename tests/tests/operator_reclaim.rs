@@ -167,6 +167,25 @@ async fn force_delete(ns: &TestNamespace, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes pool `name` if an earlier run left it, and creates it afresh with one range.
+async fn recreate_pool(pools: &Api<SpiderIPPool>, name: &str, subnet: &str, range: &str) -> Result<()> {
+    let _ = pools.delete(name, &DeleteParams::default()).await;
+    pools
+        .create(
+            &PostParams::default(),
+            &SpiderIPPool::new(
+                name,
+                SpiderIPPoolSpec {
+                    subnet: subnet.into(),
+                    ips: vec![range.into()],
+                    ..SpiderIPPoolSpec::default()
+                },
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()> {
     init_tracing();
@@ -174,20 +193,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     let client = cluster.client()?;
     install_crds(&client).await?;
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
-    let _ = pools.delete(POOL, &DeleteParams::default()).await;
-    pools
-        .create(
-            &PostParams::default(),
-            &SpiderIPPool::new(
-                POOL,
-                SpiderIPPoolSpec {
-                    subnet: "10.99.0.0/24".into(),
-                    ips: vec!["10.99.0.1-10.99.0.50".into()],
-                    ..SpiderIPPoolSpec::default()
-                },
-            ),
-        )
-        .await?;
+    recreate_pool(&pools, POOL, "10.99.0.0/24", "10.99.0.1-10.99.0.50").await?;
     let ns = cluster.namespace("reclaim").await?;
     let config = ReclaimConfig {
         scan_interval: Duration::from_secs(3),
@@ -439,20 +445,7 @@ async fn a_replaced_pods_endpoint_goes_before_its_record() -> Result<()> {
     install_crds(&client).await?;
     const ORDER_POOL: &str = "reclaim-order-pool";
     let pools: Api<SpiderIPPool> = Api::all(client.clone());
-    let _ = pools.delete(ORDER_POOL, &DeleteParams::default()).await;
-    pools
-        .create(
-            &PostParams::default(),
-            &SpiderIPPool::new(
-                ORDER_POOL,
-                SpiderIPPoolSpec {
-                    subnet: "10.98.0.0/24".into(),
-                    ips: vec!["10.98.0.1-10.98.0.50".into()],
-                    ..SpiderIPPoolSpec::default()
-                },
-            ),
-        )
-        .await?;
+    recreate_pool(&pools, ORDER_POOL, "10.98.0.0/24", "10.98.0.1-10.98.0.50").await?;
     let ns = cluster.namespace("reclaim-order").await?;
     let pods: Api<Pod> = ns.api();
     let endpoints: Api<SpiderEndpoint> = ns.api();
