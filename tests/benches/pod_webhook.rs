@@ -1,6 +1,7 @@
 //! The pod webhook (app bindings) against the real API server: pods created at a steady rate in a
 //! namespace a SpiderNetwork binds, each mutated by the operator's webhook server (run in this
-//! process, release build, TLS, registered as the chart registers it).
+//! process, release build, TLS, registered by the operator's own registration code with a
+//! 127.0.0.1 URL where the chart has a Service).
 //!
 //! Reports the webhook's answer time as the API server measures it: the histogram
 //! `apiserver_admission_webhook_admission_duration_seconds` of the pod webhook, read before and after
@@ -30,8 +31,7 @@ use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::json;
 use spiderpool_schema::SpiderNetwork;
-use spiderpool_tests::admission::{Webhooks, wait_until_pod_webhook_binds};
-use spiderpool_tests::{ClusterOptions, TestCluster, ipam};
+use spiderpool_tests::admission::{wait_until_pod_webhook_binds, with_webhooks};
 
 const NAMESPACE: &str = "bench";
 const NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
@@ -92,14 +92,12 @@ fn pod(name: &str) -> Result<Pod> {
 async fn main() -> Result<()> {
     let rate = env_or::<u64>("BENCH_RATE", 200).max(1);
     let seconds = env_or::<u64>("BENCH_SECONDS", 10).max(1);
+    with_webhooks("spiderpool-bench", |client| measure(client, rate, seconds)).await
+}
+
+/// Creates `rate` pods a second for `seconds` and reports the webhook's answer times.
+async fn measure(client: Client, rate: u64, seconds: u64) -> Result<()> {
     let total = rate * seconds;
-    let cluster = TestCluster::start(ClusterOptions {
-        install_nad_crd: false,
-        ..ClusterOptions::apiserver_only()
-    })
-    .await?;
-    let client = cluster.client()?;
-    ipam::install_spiderpool_crds(&client).await?;
     spiderpool_tests::objects::ensure_namespace(&client, NAMESPACE).await?;
     // No kube-controller-manager here to make the namespace's default ServiceAccount, which the
     // ServiceAccount admission plugin requires of every pod.
@@ -107,7 +105,6 @@ async fn main() -> Result<()> {
     Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE)
         .create(&PostParams::default(), &account)
         .await?;
-    let webhooks = Webhooks::start(&client, "spiderpool-bench").await?;
     Api::<SpiderNetwork>::all(client.clone())
         .create(&PostParams::default(), &topology()?)
         .await?;
@@ -142,7 +139,6 @@ async fn main() -> Result<()> {
     }
     let took = started.elapsed();
     let after = webhook_buckets(&client).await?;
-    webhooks.stop().await?;
 
     latencies.sort();
     let calls = after.get("+Inf").copied().unwrap_or(0) - before.get("+Inf").copied().unwrap_or(0);
