@@ -8,11 +8,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 use spiderpool_ipmath::{IpFamily, IpNet};
 use spiderpool_netlink::{Blocking, Handle, Link, LinkChange, Mac, NetlinkError, Netns, Route, VethEnd};
-use spiderpool_probe::PacketSocket;
 
 use crate::iptables::{self, IptablesError};
 use crate::plan::{self, HostState, LinkState, NewRoute, PodState, Side, Snapshot, Step, host_veth_name};
@@ -125,7 +125,7 @@ pub struct Kernel {
     runtime: Blocking,
     host_netns: Netns,
     host: Handle,
-    pod: Option<(Netns, Handle)>,
+    pod: Option<(Arc<Netns>, Handle)>,
     indexes: HashMap<(bool, String), u32>,
 }
 
@@ -143,7 +143,7 @@ impl Kernel {
                     source,
                 })?;
                 let handle = runtime.connect(Some(&netns))?;
-                Some((netns, handle))
+                Some((Arc::new(netns), handle))
             }
         };
         Ok(Self {
@@ -155,7 +155,7 @@ impl Kernel {
         })
     }
 
-    fn pod(&self) -> Result<&(Netns, Handle), ApplyError> {
+    fn pod(&self) -> Result<&(Arc<Netns>, Handle), ApplyError> {
         self.pod.as_ref().ok_or_else(|| ApplyError::NoLink {
             side: "pod",
             name: "(the pod's namespace is gone)".to_owned(),
@@ -312,19 +312,43 @@ impl Kernel {
         Ok(link.index)
     }
 
-    /// Carries `steps` out in order. Announcement failures are returned as warnings, not errors
-    /// (upstream only logs them).
-    pub fn apply(&mut self, steps: &[Step]) -> Result<Vec<String>, ApplyError> {
-        let mut warnings = Vec::new();
-        for step in steps {
-            if let Some(warning) = self.apply_one(step)? {
-                warnings.push(warning);
+    /// Carries `steps` out in order, but for the pod's mangle rules: those are a few milliseconds of
+    /// other processes' work that no other step waits for (they name `veth0` whether it exists yet
+    /// or not), so they start with the first step, run beside the netlink ones, and are waited for
+    /// at their place in the order. When a step fails, ADD fails after they finish, as it would
+    /// have before.
+    pub fn apply(&mut self, steps: &[Step]) -> Result<(), ApplyError> {
+        let reply_rules = steps.iter().find_map(|step| match step {
+            Step::Iptables { families, rules } => Some((families, rules)),
+            _ => None,
+        });
+        let netns = match reply_rules {
+            Some(_) => Some(Arc::clone(&self.pod()?.0)),
+            None => None,
+        };
+        std::thread::scope(|scope| {
+            let mut beside = reply_rules.zip(netns).map(|((families, rules), netns)| {
+                scope.spawn(move || netns.run(|| iptables::ensure(families, rules)))
+            });
+            for step in steps {
+                match (step, beside.take()) {
+                    (Step::Iptables { .. }, Some(running)) => {
+                        running.join().map_err(|_| ApplyError::Io {
+                            what: "adding the mangle rules",
+                            source: io::Error::other("its thread panicked"),
+                        })???;
+                    }
+                    (_, running) => {
+                        beside = running;
+                        self.apply_one(step)?;
+                    }
+                }
             }
-        }
-        Ok(warnings)
+            Ok(())
+        })
     }
 
-    fn apply_one(&mut self, step: &Step) -> Result<Option<String>, ApplyError> {
+    fn apply_one(&mut self, step: &Step) -> Result<(), ApplyError> {
         let exists_ok = |result: Result<(), NetlinkError>| match result {
             Err(error) if error.is_exists() => Ok(()),
             other => other,
@@ -365,19 +389,6 @@ impl Kernel {
             }
             Step::SetMac { link, mac } => self.set(link, LinkChange::Mac(*mac))?,
             Step::SetTxQueueLen { link, len } => self.set(link, LinkChange::TxQueueLen(*len))?,
-            Step::Announce { link, addresses } => {
-                let (netns, _) = self.pod()?;
-                let sent = netns.run(|| {
-                    let socket = PacketSocket::open(link)?;
-                    for address in addresses {
-                        spiderpool_probe::announce(&socket, *address)?;
-                    }
-                    Ok::<_, spiderpool_probe::SocketError>(())
-                })?;
-                if let Err(error) = sent {
-                    return Ok(Some(format!("announcing {addresses:?} on {link}: {error}")));
-                }
-            }
             Step::Sysctl { path, value } => {
                 let (netns, _) = self.pod()?;
                 let file = Path::new("/proc/sys").join(path);
@@ -422,12 +433,12 @@ impl Kernel {
                     gone_ok(self.runtime.run(self.host.delete_link(link.index)))?;
                 }
             }
-            Step::Iptables { family, rules } => {
+            Step::Iptables { families, rules } => {
                 let (netns, _) = self.pod()?;
-                netns.run(|| iptables::ensure(*family, rules))??;
+                netns.run(|| iptables::ensure(families, rules))??;
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     fn set(&mut self, link: &str, change: LinkChange) -> Result<(), ApplyError> {

@@ -174,13 +174,6 @@ pub enum Step {
         /// The MAC.
         mac: Mac,
     },
-    /// Gratuitous ARP / unsolicited NA for addresses of a pod link.
-    Announce {
-        /// The link.
-        link: String,
-        /// The addresses.
-        addresses: Vec<IpAddr>,
-    },
     /// A pod link's transmit queue length.
     SetTxQueueLen {
         /// The link.
@@ -241,10 +234,11 @@ pub enum Step {
         /// Its name.
         name: String,
     },
-    /// Rules in the pod's `mangle` table (lines as `iptables-save` prints them), added unless present.
+    /// Rules in the pod's `mangle` table of each family (lines as `iptables-save` prints them),
+    /// added unless present.
     Iptables {
-        /// `iptables` or `ip6tables`.
-        family: IpFamily,
+        /// `iptables`, `ip6tables` or both.
+        families: Vec<IpFamily>,
         /// `-A CHAIN ...` lines.
         rules: Vec<String>,
     },
@@ -310,10 +304,6 @@ impl fmt::Display for Step {
             ),
             Self::AddAddress { link, address } => write!(formatter, "pod: addr add {address} dev {link}"),
             Self::SetMac { link, mac } => write!(formatter, "pod: link set {link} address {}", mac_text(mac)),
-            Self::Announce { link, addresses } => {
-                let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
-                write!(formatter, "pod: announce {} on {link}", list.join(" "))
-            }
             Self::SetTxQueueLen { link, len } => write!(formatter, "pod: link set {link} txqueuelen {len}"),
             Self::Sysctl { path, value } => {
                 write!(formatter, "pod: sysctl {}={value}", path.replace('/', "."))
@@ -358,15 +348,21 @@ impl fmt::Display for Step {
                 spiderpool_netlink::rule::describe(rule)
             ),
             Self::DeleteHostLink { name } => write!(formatter, "host: link del {name}"),
-            Self::Iptables { family, rules } => write!(
-                formatter,
-                "pod: {} -t mangle {}",
-                match family {
-                    IpFamily::V4 => "iptables",
-                    IpFamily::V6 => "ip6tables",
-                },
-                rules.join(" ; ")
-            ),
+            Self::Iptables { families, rules } => {
+                let binaries: Vec<&str> = families
+                    .iter()
+                    .map(|family| match family {
+                        IpFamily::V4 => "iptables",
+                        IpFamily::V6 => "ip6tables",
+                    })
+                    .collect();
+                write!(
+                    formatter,
+                    "pod: {} -t mangle {}",
+                    binaries.join(", "),
+                    rules.join(" ; ")
+                )
+            }
         }
     }
 }
@@ -726,7 +722,10 @@ pub fn plan_add(request: &AddRequest<'_>, snapshot: &Snapshot) -> Result<Plan, P
         }
     };
 
-    // The interface's MAC from its address, announced at once. An ipvlan link has its master's MAC
+    // The interface's MAC from its address, announced at once. The kernel announces the link's
+    // addresses itself when its MAC changes (gratuitous ARP with `arp_notify`, unsolicited NA with
+    // `ndisc_notify`), so ADD opens no packet socket: closing one waits for an RCU grace period
+    // (8-16 ms here), which alone was most of ADD's time. An ipvlan link has its master's MAC
     // and no way to change it (the kernel answers EOPNOTSUPP, and upstream fails the ADD on it):
     // one cluster-wide podMACPrefix must not stop every ipvlan pod, so it is skipped there, said in
     // the log.
@@ -746,13 +745,21 @@ pub fn plan_add(request: &AddRequest<'_>, snapshot: &Snapshot) -> Result<Plan, P
             .or(current.first())
             .map(IpNet::addr);
         if let Some(ip) = first_ip {
+            let families = [
+                ("ipv4", "arp_notify", IpAddr::is_ipv4 as fn(&IpAddr) -> bool),
+                ("ipv6", "ndisc_notify", IpAddr::is_ipv6),
+            ];
+            for (family, key, is_family) in families {
+                if current.iter().any(|net| is_family(&net.addr())) {
+                    steps.push(Step::Sysctl {
+                        path: format!("net/{family}/conf/{ifname}/{key}"),
+                        value: "1".to_owned(),
+                    });
+                }
+            }
             steps.push(Step::SetMac {
                 link: ifname.to_owned(),
                 mac: mac_from(prefix, ip),
-            });
-            steps.push(Step::Announce {
-                link: ifname.to_owned(),
-                addresses: current.iter().map(IpNet::addr).collect(),
             });
         }
     }
@@ -886,9 +893,10 @@ pub fn plan_add(request: &AddRequest<'_>, snapshot: &Snapshot) -> Result<Plan, P
 
     // The reply path: what came in through veth0 goes out through it.
     if mode == Mode::Underlay && first {
-        for family in families.list() {
+        let families_with_addresses = families.list();
+        if !families_with_addresses.is_empty() {
             steps.push(Step::Iptables {
-                family,
+                families: families_with_addresses,
                 rules: reply_path_rules(),
             });
         }

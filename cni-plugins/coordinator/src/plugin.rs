@@ -70,8 +70,6 @@ pub enum NetworkError {
 pub struct Added {
     /// The plan carried out.
     pub plan: Plan,
-    /// Things that failed without failing ADD (announcements).
-    pub warnings: Vec<String>,
 }
 
 /// The kernel as the coordinator changes it.
@@ -128,8 +126,8 @@ impl Network for KernelNetwork {
             veth_macs: apply::random_macs()?,
         };
         let plan = plan::plan_add(&request, &snapshot)?;
-        let warnings = kernel.apply(&plan.steps)?;
-        Ok(Added { plan, warnings })
+        kernel.apply(&plan.steps)?;
+        Ok(Added { plan })
     }
 
     fn del(
@@ -334,7 +332,7 @@ fn add<A: Agent, N: Network>(
         for step in &added.plan.steps {
             logger.debug(&step.to_string());
         }
-        for note in added.plan.notes.iter().chain(&added.warnings) {
+        for note in &added.plan.notes {
             logger.warn(note);
         }
         for step in &added.plan.steps {

@@ -22,6 +22,14 @@ fn underlay_add_wires_the_pod_to_its_node_and_del_leaves_the_node_as_it_was() {
     let pod_path = format!("/run/netns/{}", place.name("pod"));
     let before = node_state(&place);
     let config = config();
+    // The gateway knows the pod's addresses under an old MAC, as a segment does after a pod with
+    // those addresses went.
+    let gateway = place.name("gw");
+    sh(
+        &gateway,
+        "ip neigh replace 10.6.0.10 lladdr 02:00:00:00:00:99 dev up0 nud stale; \
+         ip neigh replace fd00:6::10 lladdr 02:00:00:00:00:99 dev up0 nud stale",
+    );
     let added = on_node(&place, || {
         KernelNetwork.add(&config, "eth0", CONTAINER, &pod_path)
     })
@@ -29,6 +37,11 @@ fn underlay_add_wires_the_pod_to_its_node_and_del_leaves_the_node_as_it_was() {
     assert_eq!(added.plan.mode, Mode::Underlay);
     let pod = place.name("pod");
     let node = place.name("node");
+    // The MAC change was announced (gratuitous ARP, unsolicited NA): the gateway has the new MAC.
+    for address in ["10.6.0.10", "fd00:6::10"] {
+        let entry = sh(&gateway, &format!("ip neigh show {address} dev up0"));
+        assert!(entry.contains("lladdr 0a:1b:0a:06:00:0a"), "{address}: {entry}");
+    }
     // The pair, the MAC from the address, the queue length.
     let links = sh(&pod, "ip -o link show");
     assert!(links.contains("veth0@"), "{links}");

@@ -209,7 +209,8 @@ fn underlay_first_interface_dual_stack() {
         "host: rule add IPv6 pref 1000 from all lookup 500",
         "host: route add fd00:6::10/128 dev vethc0ffee12345 scope link table 500",
         "pod: route add fd00:96::/108 via fd00:6::2 dev veth0 scope global table main",
-        &format!("pod: ip6tables -t mangle {PREROUTING_MARK}"),
+        // Both families' reply-path rules in one step, which the shell runs side by side.
+        &format!("pod: iptables, ip6tables -t mangle {PREROUTING_MARK}"),
         "pod: rule add IPv6 pref 1000 from all fwmark 0x1/0xffffffff lookup 100",
         "pod: route add ::/0 via fd00:6::2 dev veth0 scope global table 100",
         "pod: route add 0.0.0.0/0 via 10.6.0.2 dev veth0 scope global src 10.6.0.10 table 100",
@@ -599,10 +600,26 @@ fn mac_prefix_txqueuelen_and_rp_filter() {
     .unwrap();
     let lines = lines(&plan);
     // The IPv4 address names the MAC even when an IPv6 one comes first.
-    assert_eq!(lines[1], "pod: link set eth0 address 0a:1b:0a:06:00:0a");
-    assert_eq!(lines[2], "pod: announce fd00:6::a:10 10.6.0.10 on eth0");
-    assert_eq!(lines[3], "pod: link set eth0 txqueuelen 3000");
+    // The kernel announces every address of the link when its MAC changes, told to by the
+    // sysctls set just before.
+    assert_eq!(lines[1], "pod: sysctl net.ipv4.conf.eth0.arp_notify=1");
+    assert_eq!(lines[2], "pod: sysctl net.ipv6.conf.eth0.ndisc_notify=1");
+    assert_eq!(lines[3], "pod: link set eth0 address 0a:1b:0a:06:00:0a");
+    assert_eq!(lines[4], "pod: link set eth0 txqueuelen 3000");
     assert!(!lines.iter().any(|line| line.contains("rp_filter")));
+    // An IPv4-only link: no IPv6 sysctl to set (the pod may have IPv6 off).
+    let plan = plan_add(
+        &request(&config, "eth0"),
+        &snapshot(
+            pod_with_eth0(&["10.6.0.10/16"], &[]),
+            host(&[("10.6.0.10", "10.6.0.2")], &["10.6.0.2"]),
+        ),
+    )
+    .unwrap();
+    let lines = self::lines(&plan);
+    assert_eq!(lines[1], "pod: sysctl net.ipv4.conf.eth0.arp_notify=1");
+    assert_eq!(lines[2], "pod: link set eth0 address 0a:1b:0a:06:00:0a");
+    assert!(!lines.iter().any(|line| line.contains("ndisc_notify")));
     assert_eq!(
         mac_from([0x0a, 0x1b], ip("fd00::1:a0b:c0d")),
         [0x0a, 0x1b, 0x0a, 0x0b, 0x0c, 0x0d]

@@ -83,7 +83,6 @@ impl Network for FakeNetwork {
                 steps: Vec::new(),
                 notes: Vec::new(),
             },
-            warnings: Vec::new(),
         })
     }
 
@@ -205,7 +204,6 @@ fn a_mac_the_coordinator_set_is_recorded_in_the_result() {
                     }],
                     notes: Vec::new(),
                 },
-                warnings: Vec::new(),
             })
         }
         fn del(
