@@ -6,23 +6,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_netlink::Netns;
+use spiderpool_schema::{NetworkAttachmentDefinition, SpiderIPPool, SpiderReservedIP};
 use spiderpool_tests::coordinator::{SERVICE_CIDR, set_phase, synced_coordinator};
 use spiderpool_tests::daemon::{Daemon, unix_request};
+use spiderpool_tests::objects::ensure_namespace;
 use spiderpool_tests::{
     DefaultNetwork, NodeSimulator, SimOptions, TestCluster, TestNamespace, init_tracing, ipam, tools,
     wait_for,
 };
 use tokio::sync::RwLock;
+
+#[path = "operator_support/mod.rs"]
+mod operator_support;
 
 /// Held shared by every test, exclusively by the one that makes the SpiderCoordinator not ready.
 static COORDINATOR: LazyLock<RwLock<()>> = LazyLock::new(|| RwLock::new(()));
@@ -686,4 +693,221 @@ async fn the_agent_answers_the_coordinator_config_only_when_synced() -> Result<(
     delete_pod(&setup, "blocked").await?;
     setup.sim.take_errors();
     setup.sim.shutdown().await
+}
+
+/// The pools a rendered NAD's IPAM section names, both families, in order.
+fn nad_pools(config: &Value) -> Vec<String> {
+    let ipam = &config["plugins"][0]["ipam"];
+    ["default_ipv4_ippool", "default_ipv6_ippool"]
+        .iter()
+        .filter_map(|key| ipam[key].as_array())
+        .flatten()
+        .filter_map(|pool| pool.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every record of `pools` as (address, pool, pod UID), read once: with the agent's node reservations
+/// and release cooldown off, the records are final when ADD and DEL answer.
+async fn records(api: &Api<SpiderIPPool>, pools: &[String]) -> Result<Vec<(String, String, String)>> {
+    let mut records = Vec::new();
+    for pool in pools {
+        let status = api.get(pool).await?.status.unwrap_or_default();
+        for (ip, record) in status.allocations()? {
+            records.push((ip, pool.clone(), record.pod_uid));
+        }
+    }
+    Ok(records)
+}
+
+/// Labels a node needs for `selector` to select it.
+fn labels_selected_by(selector: &LabelSelector) -> BTreeMap<String, String> {
+    let mut labels = selector.match_labels.clone().unwrap_or_default();
+    for expression in selector.match_expressions.iter().flatten() {
+        let value = match expression.operator.as_str() {
+            "In" => expression.values.iter().flatten().next().cloned(),
+            "Exists" => Some("yes".to_owned()),
+            _ => None,
+        };
+        if let Some(value) = value {
+            labels.insert(expression.key.clone(), value);
+        }
+    }
+    labels
+}
+
+/// Every NetworkAttachmentDefinition the example topologies render starts a pod on a simulated node
+/// with its chain as rendered (macvlan with the render's options, our IPAM on the render's pools, the
+/// coordinator with the render's values over the cluster's defaults), and its DEL gives the addresses
+/// back. Two things belong to the simulated node instead of a real one: the master link, made on the
+/// node as a macvlan of its uplink under the name the NAD gives (on a real node the topology's
+/// interface task, the `ifacer` a NAD chains first, or the admin makes it; the host kernel has no
+/// VLANs or bonds, so a leading `ifacer` is left out here), and the node's labels, set to the rack of
+/// the first pool of the NAD the pod may take. The examples' ipvlan networks run in the kernel tier
+/// (coordinator_vm.rs): the host kernel has no ipvlan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_nad_starts_a_pod_with_the_coordinator_chained() -> Result<()> {
+    init_tracing();
+    let _shared = COORDINATOR.read().await;
+    // No node reservations and no release cooldown: the records are final when ADD and DEL answer.
+    let setup = setup(
+        "coord-examples",
+        &[("none", chain("none", &["none"], json!({})))],
+        1,
+        &["--node-reservation-size=0", "--release-cooldown-ms=0"],
+    )
+    .await?;
+    let client = setup.cluster.client()?;
+    let node = setup.sim.node_names()[0].clone();
+    let pools_api: Api<SpiderIPPool> = Api::all(client.clone());
+    let reserved_api: Api<SpiderReservedIP> = Api::all(client.clone());
+    let (mut started, mut ipvlan) = (Vec::new(), Vec::new());
+    for file in operator_support::example_files("")? {
+        let mut network = operator_support::example(&file)?;
+        let suffix = operator_support::suffix();
+        for namespace in operator_support::localize(&mut network, &suffix) {
+            ensure_namespace(&client, &namespace).await?;
+        }
+        let rendered = spiderpool_operator::compile::compile(&network)
+            .map_err(|problems| anyhow::anyhow!("{file}: {problems:?}"))?;
+        for reserved in &rendered.reserved_ips {
+            reserved_api.create(&PostParams::default(), reserved).await?;
+        }
+        for pool in &rendered.ip_pools {
+            pools_api.create(&PostParams::default(), pool).await?;
+        }
+        for (index, nad) in rendered.network_attachment_definitions.iter().enumerate() {
+            let namespace = nad.metadata.namespace.clone().unwrap_or_default();
+            let name = nad.metadata.name.clone().unwrap_or_default();
+            let mut config = nad.spec.config_json()?.context("a rendered NAD has a config")?;
+            // `ifacer` makes the VLAN or bond master first; the host kernel has neither (its
+            // own tests run in the kernel tier, vm_ifacer.rs), so the master is made below.
+            let plugins = config["plugins"].as_array_mut().context("a plugin list")?;
+            if plugins.first().is_some_and(|p| p["type"] == "ifacer") {
+                plugins.remove(0);
+            }
+            let plugins = plugins.clone();
+            ensure!(
+                plugins.last().is_some_and(|p| p["type"] == "coordinator"),
+                "{file}: {namespace}/{name} chains no coordinator: {config}"
+            );
+            match plugins[0]["type"].as_str() {
+                Some("macvlan") => {}
+                Some("ipvlan") => {
+                    ipvlan.push(format!("{file}: {namespace}/{name}"));
+                    continue;
+                }
+                other => anyhow::bail!("{file}: {namespace}/{name}: main plugin {other:?} has no test tier"),
+            }
+            // The master, with the MTU the network asks for (a jumbo-frame network's bond has it).
+            let master = plugins[0]["master"].as_str().context("macvlan master")?;
+            let mtu = plugins[0]["mtu"]
+                .as_u64()
+                .filter(|mtu| *mtu > 1500)
+                .unwrap_or(1500);
+            setup.on_node(&format!(
+                "ip link show {master} >/dev/null 2>&1 || \
+                 {{ ip link set eth0 mtu $(( $(cat /sys/class/net/eth0/mtu) > {mtu} ? $(cat /sys/class/net/eth0/mtu) : {mtu} )) && \
+                    ip link add {master} link eth0 mtu {mtu} type macvlan mode bridge && ip link set {master} up; }}"
+            ))?;
+            // The rack of the first pool a plain pod may take (fixed-address pools want their app).
+            let pools = nad_pools(&config);
+            let rack = rendered
+                .ip_pools
+                .iter()
+                .filter(|pool| pool.spec.pod_affinity.is_none())
+                .find(|pool| pools.contains(pool.metadata.name.as_ref().unwrap()))
+                .with_context(|| format!("{file}: {namespace}/{name}: no pool for a plain pod"))?
+                .spec
+                .node_affinity
+                .as_ref()
+                .map(labels_selected_by)
+                .unwrap_or_default();
+            let labels = json!({"metadata": {"labels": rack}});
+            Api::<Node>::all(client.clone())
+                .patch(&node, &PatchParams::default(), &Patch::Merge(&labels))
+                .await?;
+            let mut nad = nad.clone();
+            nad.spec.config = config.to_string();
+            Api::<NetworkAttachmentDefinition>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &nad)
+                .await?;
+            let pod_name = format!("example-{index}");
+            let mut spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                "terminationGracePeriodSeconds": 0,
+            }))?;
+            setup.sim.place(&mut spec);
+            spec.node_name = Some(node.clone());
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod_name, "namespace": namespace,
+                             "annotations": {"v1.multus-cni.io/default-network": format!("{namespace}/{name}")}},
+                "spec": spec,
+            }))?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            pods.create(&PostParams::default(), &pod).await?;
+            let up = setup
+                .sim
+                .wait_pod(&namespace, &pod_name, Duration::from_secs(60))
+                .await
+                .with_context(|| format!("{file}: {namespace}/{name}\n{}", setup.logs()))?;
+            // Each address is recorded for the pod by one of the NAD's pools.
+            let held = records(&pools_api, &pools).await?;
+            for ip in &up.pod_ips {
+                let holders: Vec<_> = held
+                    .iter()
+                    .filter(|(pool_ip, _, uid)| pool_ip == ip && *uid == up.uid)
+                    .collect();
+                ensure!(holders.len() == 1, "{file}: {ip} held by {holders:?}");
+            }
+            ensure!(
+                held.len() == up.pod_ips.len(),
+                "{file}: {held:?} for {:?}",
+                up.pod_ips
+            );
+            // The coordinator ran: the pod reaches its node through veth0, in underlay mode.
+            let route =
+                setup
+                    .sim
+                    .exec_in_pod(&namespace, &pod_name, &["ip", "route", "get", &setup.node_ip()])?;
+            ensure!(route.contains("dev veth0"), "{file}: {namespace}/{name}: {route}");
+            pods.delete(&pod_name, &DeleteParams::default()).await?;
+            wait_for(
+                &format!("{namespace}/{pod_name} torn down"),
+                Duration::from_secs(60),
+                || async {
+                    let gone = pods.get_opt(&pod_name).await?.is_none()
+                        && setup.sim.pod(&namespace, &pod_name).is_none();
+                    Ok(gone.then_some(()))
+                },
+            )
+            .await?;
+            wait_for(
+                &format!("{pools:?} released"),
+                Duration::from_secs(60),
+                || async { Ok(records(&pools_api, &pools).await?.is_empty().then_some(())) },
+            )
+            .await?;
+            started.push(format!("{file}: {namespace}/{name}"));
+        }
+        for pool in &rendered.ip_pools {
+            pools_api
+                .delete(pool.metadata.name.as_ref().unwrap(), &DeleteParams::default())
+                .await?;
+        }
+        for reserved in &rendered.reserved_ips {
+            reserved_api
+                .delete(reserved.metadata.name.as_ref().unwrap(), &DeleteParams::default())
+                .await?;
+        }
+    }
+    tracing::info!(?started, ?ipvlan, "example NADs");
+    ensure!(started.len() >= 10, "too few example NADs ran: {started:#?}");
+    // The one ipvlan network of the examples is the one the kernel tier runs.
+    ensure!(
+        ipvlan.len() == 1
+            && ipvlan[0].starts_with("dual-stack.yaml: shop-")
+            && ipvlan[0].ends_with("/backend"),
+        "the examples' ipvlan NADs changed; the kernel tier (coordinator_vm.rs) covers dual-stack's backend only: {ipvlan:?}"
+    );
+    Ok(())
 }
