@@ -5,12 +5,17 @@
 //! answers for a `default` SpiderCoordinator (the agent's side is tested against a real API server in
 //! coordinator_e2e.rs). iptables-nft and the netfilter modules the reply path needs go into the VM.
 //!
+//! The last guest test runs the examples' one ipvlan network (dual-stack.yaml's `backend`) as its
+//! NetworkAttachmentDefinition chains it: our `ifacer` makes the VLAN master, then ipvlan and the
+//! coordinator, with `static` addresses from its pools in place of our IPAM.
+//!
 //! One VM runs every guest test below, one at a time; each uses names of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
+use serde_json::json;
 use spiderpool_tests::vm::{self, DEFAULT_MODULES, Vm};
 use spiderpool_tests::{init_tracing, tools};
 
@@ -70,9 +75,64 @@ fn the_coordinator_wires_ipvlan_pods_on_a_real_kernel() -> Result<()> {
         })?;
         machine = machine.file(&path.display().to_string(), 0o644, bytes);
     }
+    machine = machine
+        .binary(
+            tools::workspace_binary("spiderpool-ifacer", "ifacer", false)?,
+            "/opt/cni/bin/ifacer",
+        )
+        .file(
+            guest::EXAMPLE_CHAIN,
+            0o644,
+            example_ipvlan_chain()?.to_string().into_bytes(),
+        );
     let summary = vm::run_guest_tests(machine, "guest::")?;
-    assert!(summary.passed >= 2, "{summary:?}");
+    assert!(summary.passed >= 3, "{summary:?}");
     Ok(())
+}
+
+/// The one ipvlan network of the example topologies (dual-stack.yaml's `backend`), as its
+/// NetworkAttachmentDefinition chains it: `ifacer` making the VLAN master, Debian's ipvlan, our
+/// coordinator with the render's values. The VM has no agent, so the IPAM is `static`, with the
+/// first address and the gateway of the first pool of each family the NAD names (the pools of the
+/// first zone). Returns `{"plugins": [...], "addresses": [...], "gateways": [...]}`.
+fn example_ipvlan_chain() -> Result<serde_json::Value> {
+    let path = tools::repo_root().join("examples/topologies/dual-stack.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let network: spiderpool_schema::SpiderNetwork = serde_saphyr::from_str(&text)?;
+    let rendered = spiderpool_operator::compile::compile(&network)
+        .map_err(|problems| anyhow::anyhow!("dual-stack.yaml: {problems:?}"))?;
+    let nad = rendered
+        .network_attachment_definitions
+        .iter()
+        .find(|nad| nad.metadata.name.as_deref() == Some("backend"))
+        .context("dual-stack.yaml renders the backend NAD")?;
+    let mut config = nad.spec.config_json()?.context("a config")?;
+    let plugins = config["plugins"].as_array_mut().context("plugins")?;
+    let main = plugins
+        .iter_mut()
+        .find(|plugin| plugin["type"] == "ipvlan")
+        .context("backend is an ipvlan network")?;
+    let (mut addresses, mut gateways) = (Vec::new(), Vec::new());
+    for key in ["default_ipv4_ippool", "default_ipv6_ippool"] {
+        let first_pool = main["ipam"][key][0].as_str().context("a pool per family")?;
+        let pool = rendered
+            .ip_pools
+            .iter()
+            .find(|pool| pool.metadata.name.as_deref() == Some(first_pool))
+            .context("the NAD's pool is rendered")?;
+        let prefix = pool.spec.subnet.split_once('/').context("a CIDR")?.1;
+        let first = pool
+            .spec
+            .usable_addresses()?
+            .first()
+            .context("a usable address")?;
+        let gateway = pool.spec.gateway.clone().context("a gateway")?;
+        addresses.push(json!({"address": format!("{first}/{prefix}"), "gateway": gateway}));
+        gateways.push(gateway);
+    }
+    main["ipam"] = json!({"type": "static", "addresses": addresses,
+                          "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]});
+    Ok(json!({"plugins": plugins, "addresses": addresses, "gateways": gateways}))
 }
 
 /// Run inside the VM by `the_coordinator_wires_ipvlan_pods_on_a_real_kernel`.
@@ -86,6 +146,8 @@ mod guest {
     use spiderpool_tests::vm::guest::require_vm;
 
     const CNI_PATH: &str = "/opt/cni/bin";
+    /// The example's ipvlan chain, put in the VM by the host side.
+    pub const EXAMPLE_CHAIN: &str = "/etc/spiderpool-example-ipvlan.json";
 
     /// Runs `command` with sh, in `netns` (the node, the VM's own namespace, when `None`). busybox's
     /// sh runs its own applets before PATH, and its `ip` knows no namespaces: `ip` is iproute2's here.
@@ -170,6 +232,7 @@ mod guest {
 
     /// One pod's attachment: the conflist's plugins, run as libcni runs them.
     struct Attachment<'a> {
+        cni_version: &'a str,
         netns: &'a str,
         container: &'a str,
         ifname: &'a str,
@@ -185,7 +248,7 @@ mod guest {
             prev_result: Option<&Value>,
         ) -> Result<Value, String> {
             let mut netconf = plugin.clone();
-            netconf["cniVersion"] = json!("1.0.0");
+            netconf["cniVersion"] = json!(self.cni_version);
             netconf["name"] = json!("ipvlan-net");
             if let Some(prev) = prev_result {
                 netconf["prevResult"] = prev.clone();
@@ -299,17 +362,21 @@ mod guest {
             Some(&gw),
             "ip addr add 10.6.0.1/16 dev eth0; ip addr add 10.7.0.1/24 dev eth0; ip link set eth0 up; ip link set lo up",
         );
-        // The kernel gives the uplink its IPv6 link-local address a moment after it comes up, and its
-        // `local fe80::` route only once duplicate address detection ends: wait for both, so that the
-        // node's state before a pod is the state after it.
+        settle(&uplink);
+        (gw, uplink, pod)
+    }
+
+    /// The kernel gives a link its IPv6 link-local address a moment after it comes up, and its
+    /// `local fe80::` route only once duplicate address detection ends: waits for both, so that the
+    /// node's state before a pod is the state after it.
+    fn settle(link: &str) {
         for _ in 0..100 {
-            let link_local = sh(None, &format!("ip -6 addr show dev {uplink} scope link"));
+            let link_local = sh(None, &format!("ip -6 addr show dev {link} scope link"));
             if link_local.contains("fe80::") && !link_local.contains("tentative") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        (gw, uplink, pod)
     }
 
     #[test]
@@ -322,6 +389,7 @@ mod guest {
         let before = node_state();
         let container = "1f2e3d4c5b6a7988";
         let eth0 = Attachment {
+            cni_version: "1.0.0",
             netns: &pod,
             container,
             ifname: "eth0",
@@ -391,6 +459,7 @@ mod guest {
         let (gw, uplink, pod) = world("l3");
         let before = node_state();
         let eth0 = Attachment {
+            cni_version: "1.0.0",
             netns: &pod,
             container: "3c4d5e6f7a8b9c0d",
             ifname: "eth0",
@@ -410,6 +479,97 @@ mod guest {
         sh(None, "ping -c1 -W2 10.6.0.20 >/dev/null");
         eth0.del(Some(&result));
         sh(None, &format!("ip netns del {pod}"));
+        assert_eq!(node_state(), before, "the node changed");
+        sh(None, &format!("ip link del {uplink}; ip netns del {gw}"));
+    }
+
+    #[test]
+    #[ignore = "kernel tier: runs inside the VM (the_coordinator_wires_ipvlan_pods_on_a_real_kernel)"]
+    fn the_examples_ipvlan_network_starts_a_pod_through_its_vlan() {
+        require_vm();
+        let socket = "/run/agent-example.sock";
+        serve_agent(socket, &cluster_defaults());
+        let example: Value = serde_json::from_str(&std::fs::read_to_string(EXAMPLE_CHAIN).unwrap()).unwrap();
+        let plugins = example["plugins"].as_array().unwrap().clone();
+        let ifacer = &example["plugins"][0];
+        assert_eq!(ifacer["type"], "ifacer", "{example}");
+        let uplink = ifacer["interfaces"][0].as_str().unwrap();
+        let vlan = ifacer["vlanID"].as_u64().unwrap();
+        let master = example["plugins"][1]["master"].as_str().unwrap();
+        assert_eq!(master, format!("{uplink}.{vlan}"));
+        // The node's uplink under the example's name, cabled to a gateway that has the VLAN.
+        let (gw, pod) = ("exgw", "expod");
+        sh(None, &format!("ip netns add {gw}; ip netns add {pod}"));
+        sh(Some(pod), "ip link set lo up");
+        sh(
+            None,
+            &format!(
+                "ip link add {uplink} type veth peer name eth0 netns {gw}; ip addr add 10.6.0.2/16 dev {uplink}; ip link set {uplink} up"
+            ),
+        );
+        let mut gateway_setup = format!(
+            "ip link set eth0 up; ip link add link eth0 name eth0.{vlan} type vlan id {vlan}; ip link set eth0.{vlan} up"
+        );
+        for (address, gateway) in example["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(example["gateways"].as_array().unwrap())
+        {
+            let prefix = address["address"].as_str().unwrap().split('/').nth(1).unwrap();
+            let flag = if gateway.as_str().unwrap().contains(':') {
+                "-6 "
+            } else {
+                ""
+            };
+            gateway_setup.push_str(&format!(
+                "; ip {flag}addr add {}/{prefix} dev eth0.{vlan} nodad",
+                gateway.as_str().unwrap()
+            ));
+        }
+        sh(Some(gw), &gateway_setup);
+        settle(uplink);
+        let before = node_state();
+        let eth0 = Attachment {
+            cni_version: "0.3.1",
+            netns: pod,
+            container: "5e6f7a8b9c0d1e2f",
+            ifname: "eth0",
+            socket,
+            plugins,
+        };
+        let result = eth0.add().unwrap();
+        // ifacer made the VLAN master; the pod's eth0 is an ipvlan on it, with both families.
+        assert!(
+            sh(None, &format!("ip -d link show {master}"))
+                .contains(&format!("vlan protocol 802.1Q id {vlan}"))
+        );
+        let addresses = sh(Some(pod), "ip addr show dev eth0");
+        for address in example["addresses"].as_array().unwrap() {
+            let address = address["address"].as_str().unwrap();
+            assert!(addresses.contains(address), "{address} in {addresses}");
+        }
+        // The coordinator's veth pair: the pod reaches its node, the node the pod.
+        assert!(sh(Some(pod), "ip -o link show").contains("veth0@"));
+        assert!(sh(Some(pod), "ip route get 10.6.0.2").contains("dev veth0"));
+        sh(Some(pod), "ping -c1 -W2 10.6.0.2 >/dev/null");
+        let v4 = example["addresses"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        sh(None, &format!("ping -c1 -W2 {v4} >/dev/null"));
+        // The gateway, through the VLAN, in both families.
+        for gateway in example["gateways"].as_array().unwrap() {
+            let gateway = gateway.as_str().unwrap();
+            let flag = if gateway.contains(':') { "-6 " } else { "" };
+            sh(Some(pod), &format!("ping {flag}-c1 -W2 {gateway} >/dev/null"));
+        }
+        eth0.del(Some(&result));
+        sh(None, &format!("ip netns del {pod}"));
+        // The VLAN the ifacer made stays, as upstream's does; the coordinator's part is gone.
+        sh(None, &format!("ip link del {master}"));
         assert_eq!(node_state(), before, "the node changed");
         sh(None, &format!("ip link del {uplink}; ip netns del {gw}"));
     }
