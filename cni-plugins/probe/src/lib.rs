@@ -72,7 +72,8 @@ pub fn reach(
     ask(socket, &request, gateway, timing)
 }
 
-/// Announces that `address` is ours (at the socket's interface's MAC).
+/// Announces that `address` is ours (at the socket's interface's MAC). A socket only for this is best
+/// opened with [`PacketSocket::open_for_sending`].
 pub fn announce(socket: &PacketSocket, address: IpAddr) -> Result<(), SocketError> {
     socket.send(&frame::announcement(socket.mac(), address))
 }

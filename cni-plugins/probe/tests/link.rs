@@ -112,7 +112,7 @@ fn announcements_reach_the_segment() {
     let (pod, host) = segment();
     let listener = host.run(|| PacketSocket::open("eth0").unwrap()).unwrap();
     pod.run(|| {
-        let socket = PacketSocket::open("net1").unwrap();
+        let socket = PacketSocket::open_for_sending("net1").unwrap();
         announce(&socket, ip("10.9.0.6")).unwrap();
         announce(&socket, ip("fd00:9::6")).unwrap();
     })

@@ -187,7 +187,7 @@ impl Neighbourhood for PodNeighbourhood {
     fn announce(&self, netns: &str, ifname: &str, addresses: &[IpAddr]) -> Result<(), DetectError> {
         let netns = open(netns)?;
         netns.run(|| {
-            let socket = PacketSocket::open(ifname)?;
+            let socket = PacketSocket::open_for_sending(ifname)?;
             for address in addresses {
                 spiderpool_probe::announce(&socket, *address)?;
             }
