@@ -1,0 +1,477 @@
+//! The IPAM data path's scale curve against the real API server: what one allocation costs as a pool
+//! grows and fills, and as the number of nodes grows. Every ADD and DEL goes through the real
+//! `spiderpool` plugin binary to a real `spiderpool-agent` (release build), open loop: calls start at
+//! a fixed rate, round-robin over the nodes, as pods arriving from the scheduler.
+//!
+//! - `fill`: one pool each of 1k, 10k and 65k IPv4 addresses and an IPv6 /64, filled to
+//!   `SCALE_FILL` (10,000; the 1k pool to 1,000) by 10 agents, then emptied. Each tenth of the fill
+//!   is reported on its own: allocations per second, p50/p99/max ADD, and per allocation the API
+//!   requests and bytes the API server received for pools and endpoints (its
+//!   `apiserver_request_body_size_bytes`), the bytes of pool watch events it sent (its
+//!   `apiserver_watch_events_sizes`, every watcher counted), and the CPU time of the API server and
+//!   of etcd.
+//! - `nodes`: `SCALE_NODES` agents (10, 50, 100; started together, time to all ready reported),
+//!   `SCALE_FILL` pods at `SCALE_RATE`, on per-rack pools (racks of 10 nodes, each rack's pool
+//!   names its nodes) and on one shared 65k pool; the agents' peak memory.
+//!
+//! Every point checks that no address was handed out twice and that the pools are empty after the
+//! DELs, and reports failures instead of stopping.
+//!
+//! `cargo bench -p spiderpool-tests --bench ipam_scale`; knobs: `SCALE_PARTS` (`fill,nodes`),
+//! `SCALE_FILL` (10000), `SCALE_RATE` (ADDs and DELs started per second, 100), `SCALE_SIZES`
+//! (`1k,10k,65k,v6`), `SCALE_NODES` (`10,50,100`), `SCALE_LAYOUTS` (`racks,shared`),
+//! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark report"
+)]
+
+#[path = "common/cni_phase.rs"]
+mod cni_phase;
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use cni_phase::{Phase, run_phase_open};
+use common::{env_or, percentile};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+use spiderpool_tests::daemon::Daemon;
+use spiderpool_tests::ipam;
+use spiderpool_tests::{ClusterOptions, TestCluster};
+
+/// What the control plane has spent so far, as counters.
+#[derive(Clone, Copy, Debug, Default)]
+struct Spent {
+    apiserver_cpu: f64,
+    etcd_cpu: f64,
+    requests: f64,
+    request_bytes: f64,
+    watch_bytes: f64,
+    pool_writes: f64,
+    endpoint_writes: f64,
+    conflicts: f64,
+}
+
+impl std::ops::Sub for Spent {
+    type Output = Spent;
+    fn sub(self, before: Spent) -> Spent {
+        Spent {
+            apiserver_cpu: self.apiserver_cpu - before.apiserver_cpu,
+            etcd_cpu: self.etcd_cpu - before.etcd_cpu,
+            requests: self.requests - before.requests,
+            request_bytes: self.request_bytes - before.request_bytes,
+            watch_bytes: self.watch_bytes - before.watch_bytes,
+            pool_writes: self.pool_writes - before.pool_writes,
+            endpoint_writes: self.endpoint_writes - before.endpoint_writes,
+            conflicts: self.conflicts - before.conflicts,
+        }
+    }
+}
+
+/// CPU seconds (user + system) of process `pid`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// The sum of the samples of `metric` whose labels contain every one of `labels` (`key="value"`).
+fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with('{'))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+const MUTATING: [&str; 5] = [
+    "verb=\"POST\"",
+    "verb=\"PUT\"",
+    "verb=\"PATCH\"",
+    "verb=\"DELETE\"",
+    "verb=\"APPLY\"",
+];
+
+async fn spent(cluster: &TestCluster, client: &Client, daemons: &[Daemon]) -> Result<Spent> {
+    let mut spent = Spent::default();
+    for (name, pid) in cluster.pids() {
+        match name {
+            "kube-apiserver" => spent.apiserver_cpu = cpu_seconds(pid)?,
+            "etcd" => spent.etcd_cpu = cpu_seconds(pid)?,
+            _ => {}
+        }
+    }
+    let metrics = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    // `apiserver_request_total` names the resource alone, the body sizes with its group.
+    for resource in ["resource=\"spiderippools", "resource=\"spiderendpoints"] {
+        for verb in MUTATING {
+            spent.requests += metric_sum(&metrics, "apiserver_request_total", &[resource, verb]);
+        }
+        spent.request_bytes += metric_sum(&metrics, "apiserver_request_body_size_bytes_sum", &[resource]);
+    }
+    spent.watch_bytes = metric_sum(
+        &metrics,
+        "apiserver_watch_events_sizes_sum",
+        &["kind=\"SpiderIPPool\""],
+    );
+    for daemon in daemons {
+        spent.pool_writes += daemon.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
+        spent.endpoint_writes += daemon.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
+        spent.conflicts += daemon.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
+    }
+    Ok(spent)
+}
+
+fn per(value: f64, count: usize) -> f64 {
+    value / count.max(1) as f64
+}
+
+/// One line: the phase's calls and what the control plane spent per call.
+fn report(label: &str, phase: &Phase, cost: &Spent) {
+    let done = phase.latencies.len();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  {label:<14} {done:>6} ok {:>4} failed {:>6.0}/s  p50 {:>7.1} p99 {:>8.1} max {:>8.1} ms | per call: {:.2} req ({:.3} pool writes, {:.0} conflicts in all), {:>9.0} B in, {:>10.0} B pool watch out, API server {:.2} ms CPU, etcd {:.2} ms CPU",
+        phase.failures.len(),
+        done as f64 / phase.total.as_secs_f64(),
+        ms(percentile(&phase.latencies, 0.5)),
+        ms(percentile(&phase.latencies, 0.99)),
+        ms(phase.latencies.last().copied().unwrap_or_default()),
+        per(cost.requests, done),
+        per(cost.pool_writes, done),
+        cost.conflicts,
+        per(cost.request_bytes, done),
+        per(cost.watch_bytes, done),
+        per(cost.apiserver_cpu * 1e3, done),
+        per(cost.etcd_cpu * 1e3, done),
+    );
+    for failure in phase.failures.iter().take(2) {
+        println!("    failure: {failure}");
+    }
+}
+
+/// Starts one agent per node, all at once; returns them and the time until the last was ready.
+fn start_agents(
+    cluster: &TestCluster,
+    nodes: &[String],
+    dir: &std::path::Path,
+) -> Result<(Vec<Daemon>, Duration)> {
+    let extra = std::env::var("SCALE_AGENT_ARGS").unwrap_or_default();
+    let started = Instant::now();
+    let daemons = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let extra = extra.clone();
+                scope.spawn(move || {
+                    let mut args = vec!["--worker-threads", "1", "--max-allocated-ips", "100000"];
+                    args.extend(extra.split_whitespace());
+                    Daemon::start(cluster, node, dir, true, &args)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("agent start thread"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    Ok((daemons, started.elapsed()))
+}
+
+/// A scenario's pods: created bound to their nodes (round-robin), as `(name, uid, node index)`.
+async fn make_pods(
+    client: &Client,
+    namespace: &str,
+    count: usize,
+    nodes: &[String],
+) -> Result<Vec<(String, String, usize)>> {
+    let names: Vec<(String, String)> = (0..count)
+        .map(|i| (format!("pod-{i}"), nodes[i % nodes.len()].clone()))
+        .collect();
+    let uids = ipam::create_bare_pods(client, namespace, &names, &json!({})).await?;
+    Ok(names
+        .into_iter()
+        .zip(uids)
+        .enumerate()
+        .map(|(i, ((name, _), uid))| (name, uid, i % nodes.len()))
+        .collect())
+}
+
+/// Every address each pool records, and whether any is recorded twice across them.
+async fn recorded(client: &Client, pools: &[String]) -> Result<(usize, usize)> {
+    let mut all = Vec::new();
+    for pool in pools {
+        all.extend(ipam::pool_records(client, pool).await?.into_keys());
+    }
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    Ok((all.len(), all.len() - distinct.len()))
+}
+
+/// A scenario: its pods' ADDs in tenths, then their DELs, each reported; then the checks.
+#[allow(clippy::too_many_arguments, reason = "a benchmark's scenario")]
+async fn scenario(
+    label: &str,
+    cluster: &TestCluster,
+    client: &Client,
+    daemons: &[Daemon],
+    netconfs: &[Value],
+    pools: &[String],
+    pods: usize,
+    tenths: bool,
+) -> Result<()> {
+    let plugin = ipam::plugin_binary(true)?;
+    let rate = env_or::<f64>("SCALE_RATE", 100.0);
+    let ns = cluster.namespace("scale").await?;
+    let names: Vec<String> = daemons.iter().map(|d| d.node().to_owned()).collect();
+    let created = Instant::now();
+    let work = make_pods(client, ns.name(), pods, &names).await?;
+    println!(
+        "{label}: {pods} pods on {} nodes (created in {:.1} s, not counted)",
+        names.len(),
+        created.elapsed().as_secs_f64()
+    );
+    let chunk = if tenths { pods.div_ceil(10) } else { pods };
+    let mut ips = Vec::new();
+    let mut failures = 0;
+    for command in ["ADD", "DEL"] {
+        for (index, slice) in work.chunks(chunk).enumerate() {
+            let before = spent(cluster, client, daemons).await?;
+            let (plugin, ns_name, slice, netconfs) = (
+                plugin.clone(),
+                ns.name().to_owned(),
+                slice.to_vec(),
+                netconfs.to_vec(),
+            );
+            let phase = tokio::task::spawn_blocking(move || {
+                run_phase_open(command, &plugin, &slice, &ns_name, &netconfs, rate)
+            })
+            .await?;
+            let cost = spent(cluster, client, daemons).await? - before;
+            // The fill before a tenth's ADDs, or before a tenth's DELs.
+            let part = match (tenths, command) {
+                (false, _) => command.to_owned(),
+                (true, "ADD") => format!("ADD at {:>3}%", index * 10),
+                (true, _) => format!("DEL at {:>3}%", 100 - index * 10),
+            };
+            report(&part, &phase, &cost);
+            failures += phase.failures.len();
+            if command == "ADD" {
+                ips.extend(phase.ips);
+            }
+        }
+        if command == "ADD" {
+            let distinct: BTreeSet<&String> = ips.iter().collect();
+            let (records, twice) = recorded(client, pools).await?;
+            println!(
+                "  after ADD: {} addresses handed out, {} duplicates; pools record {records} ({twice} recorded twice)",
+                ips.len(),
+                ips.len() - distinct.len(),
+            );
+        }
+    }
+    let (left, _) = recorded(client, pools).await?;
+    println!("  after DEL: pools record {left}; {failures} failed calls in all");
+    Api::<Pod>::namespaced(client.clone(), ns.name())
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    Ok(())
+}
+
+fn list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The pool spec of one size of the `fill` part.
+fn sized_pool(size: &str, index: usize) -> Result<(Value, usize)> {
+    let octet = 40 + index;
+    Ok(match size {
+        "1k" => (
+            json!({"subnet": format!("10.{octet}.0.0/16"), "ips": [format!("10.{octet}.0.1-10.{octet}.3.232")], "gateway": format!("10.{octet}.255.254")}),
+            1000,
+        ),
+        "10k" => (
+            json!({"subnet": format!("10.{octet}.0.0/16"), "ips": [format!("10.{octet}.0.1-10.{octet}.39.16")], "gateway": format!("10.{octet}.255.254")}),
+            10_000,
+        ),
+        "65k" => (
+            json!({"subnet": format!("10.{octet}.0.0/16"), "ips": [format!("10.{octet}.0.1-10.{octet}.255.253")], "gateway": format!("10.{octet}.255.254")}),
+            65_533,
+        ),
+        "v6" => (
+            json!({"ipVersion": 6, "subnet": format!("fd00:{octet}::/64"), "ips": [format!("fd00:{octet}::1-fd00:{octet}::ffff:ffff:ffff:fffe")], "gateway": format!("fd00:{octet}::ffff:ffff:ffff:ffff")}),
+            usize::MAX,
+        ),
+        other => anyhow::bail!("SCALE_SIZES: unknown size {other} (1k, 10k, 65k, v6)"),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let fill = env_or::<usize>("SCALE_FILL", 10_000);
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    let dir = tempfile::tempdir()?;
+    let parts = list("SCALE_PARTS", "fill,nodes");
+    println!(
+        "rate {} ADDs (then DELs) per second; fill {fill}",
+        env_or::<f64>("SCALE_RATE", 100.0)
+    );
+
+    if parts.iter().any(|p| p == "fill") {
+        let nodes: Vec<String> = (0..10).map(|i| format!("fill-node{i}")).collect();
+        let (daemons, ready) = start_agents(&cluster, &nodes, dir.path())?;
+        println!("fill: 10 agents ready in {:.1} s", ready.as_secs_f64());
+        for (index, size) in list("SCALE_SIZES", "1k,10k,65k,v6").iter().enumerate() {
+            let (spec, addresses) = sized_pool(size, index)?;
+            let name = format!("fill-{size}");
+            ipam::create_pool(&client, &name, spec.clone()).await?;
+            let key = if spec["ipVersion"] == 6 {
+                "default_ipv6_ippool"
+            } else {
+                "default_ipv4_ippool"
+            };
+            let netconfs: Vec<Value> = daemons
+                .iter()
+                .map(|d| {
+                    let mut netconf = ipam::ipam_netconf("scale", d.socket(), &[], dir.path());
+                    netconf["ipam"][key] = json!([name]);
+                    netconf
+                })
+                .collect();
+            let pods = fill.min(addresses);
+            scenario(
+                &format!(
+                    "pool {size} ({} addresses)",
+                    if addresses == usize::MAX {
+                        "2^64".to_owned()
+                    } else {
+                        addresses.to_string()
+                    }
+                ),
+                &cluster,
+                &client,
+                &daemons,
+                &netconfs,
+                &[name],
+                pods,
+                true,
+            )
+            .await?;
+        }
+        let peak = daemons
+            .iter()
+            .map(|d| d.peak_rss_kib().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        println!("fill: agent peak RSS (max of 10) {:.1} MiB", peak as f64 / 1024.0);
+        for daemon in daemons {
+            daemon.stop()?;
+        }
+    }
+
+    if parts.iter().any(|p| p == "nodes") {
+        for count in list("SCALE_NODES", "10,50,100") {
+            let count: usize = count.parse().context("SCALE_NODES")?;
+            let nodes: Vec<String> = (0..count).map(|i| format!("n{count}-{i}")).collect();
+            let (daemons, ready) = start_agents(&cluster, &nodes, dir.path())?;
+            println!("nodes: {count} agents ready in {:.1} s", ready.as_secs_f64());
+            for layout in list("SCALE_LAYOUTS", "racks,shared") {
+                let mut pools = Vec::new();
+                match layout.as_str() {
+                    "racks" => {
+                        let racks = count.div_ceil(10);
+                        // Each rack's pool holds its share of the pods twice over.
+                        let per_rack = (2 * fill).div_ceil(racks);
+                        for rack in 0..racks {
+                            let name = format!("n{count}-rack{rack}");
+                            let members: Vec<&String> = nodes.iter().skip(rack * 10).take(10).collect();
+                            let base = u32::from(std::net::Ipv4Addr::new(
+                                10,
+                                100 + (rack / 16) as u8,
+                                ((rack % 16) * 16) as u8,
+                                1,
+                            ));
+                            let last = std::net::Ipv4Addr::from(base + per_rack as u32 - 1);
+                            ipam::create_pool(
+                                &client,
+                                &name,
+                                json!({"subnet": "10.96.0.0/11", "ips": [format!("{}-{last}", std::net::Ipv4Addr::from(base))],
+                                       "gateway": "10.127.255.254", "nodeName": members}),
+                            )
+                            .await?;
+                            pools.push(name);
+                        }
+                    }
+                    "shared" => {
+                        let name = format!("n{count}-shared");
+                        ipam::create_pool(
+                            &client,
+                            &name,
+                            json!({"subnet": "10.90.0.0/16", "ips": ["10.90.0.1-10.90.255.253"], "gateway": "10.90.255.254"}),
+                        )
+                        .await?;
+                        pools.push(name);
+                    }
+                    other => anyhow::bail!("SCALE_LAYOUTS: unknown layout {other} (racks, shared)"),
+                }
+                let names: Vec<&str> = pools.iter().map(String::as_str).collect();
+                let netconfs: Vec<Value> = daemons
+                    .iter()
+                    .map(|d| ipam::ipam_netconf("scale", d.socket(), &names, dir.path()))
+                    .collect();
+                scenario(
+                    &format!("{count} nodes, {layout} ({} pools)", pools.len()),
+                    &cluster,
+                    &client,
+                    &daemons,
+                    &netconfs,
+                    &pools,
+                    fill,
+                    false,
+                )
+                .await?;
+                for pool in &pools {
+                    Api::<spiderpool_schema::SpiderIPPool>::all(client.clone())
+                        .delete(pool, &DeleteParams::default())
+                        .await?;
+                }
+            }
+            let peak = daemons
+                .iter()
+                .map(|d| d.peak_rss_kib().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            println!(
+                "nodes: {count} agents, peak RSS (max) {:.1} MiB",
+                peak as f64 / 1024.0
+            );
+            for daemon in daemons {
+                daemon.stop()?;
+            }
+        }
+    }
+    Ok(())
+}
