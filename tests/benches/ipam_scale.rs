@@ -7,15 +7,17 @@
 //!   `SCALE_FILL` (10,000; the 1k pool to 1,000) by 10 agents, then emptied. Each tenth of the fill
 //!   is reported on its own: allocations per second, p50/p99/max ADD, and per allocation the API
 //!   requests and bytes the API server received for pools and endpoints (its
-//!   `apiserver_request_body_size_bytes`), the bytes of pool watch events it sent (its
-//!   `apiserver_watch_events_sizes`, every watcher counted), and the CPU time of the API server and
-//!   of etcd.
+//!   `apiserver_request_body_size_bytes`), the bytes of the pool watch events it made (its
+//!   `apiserver_watch_events_sizes`: each event once, though every agent receives it), and the CPU
+//!   time of the API server and of etcd.
 //! - `nodes`: `SCALE_NODES` agents (10, 50, 100; started together, time to all ready reported),
 //!   `SCALE_FILL` pods at `SCALE_RATE`, on per-rack pools (racks of 10 nodes, each rack's pool
 //!   names its nodes) and on one shared 65k pool; the agents' peak memory.
 //!
 //! Every point checks that no address was handed out twice and that the pools are empty after the
-//! DELs, and reports failures instead of stopping.
+//! DELs, and reports failures instead of stopping. With the pools full, the operator's full reclaim
+//! scan (`scan_all`, every pool and endpoint) is timed; every pod is alive, so it must release
+//! nothing.
 //!
 //! `cargo bench -p spiderpool-tests --bench ipam_scale`; knobs: `SCALE_PARTS` (`fill,nodes`),
 //! `SCALE_FILL` (10000), `SCALE_RATE` (ADDs and DELs started per second, 100), `SCALE_SIZES`
@@ -39,10 +41,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use cni_phase::{Phase, run_phase_open};
 use common::{env_or, percentile};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+use spiderpool_operator::controller::reclaim::{ReclaimConfig, scan_all};
+use spiderpool_schema::SpiderIPPool;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
 use spiderpool_tests::{ClusterOptions, TestCluster};
@@ -148,7 +152,7 @@ fn report(label: &str, phase: &Phase, cost: &Spent) {
     let done = phase.latencies.len();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "  {label:<14} {done:>6} ok {:>4} failed {:>6.0}/s  p50 {:>7.1} p99 {:>8.1} max {:>8.1} ms | per call: {:.2} req ({:.3} pool writes, {:.0} conflicts in all), {:>9.0} B in, {:>10.0} B pool watch out, API server {:.2} ms CPU, etcd {:.2} ms CPU",
+        "  {label:<14} {done:>6} ok {:>4} failed {:>6.0}/s  p50 {:>7.1} p99 {:>8.1} max {:>8.1} ms | per call: {:.2} req ({:.3} pool writes, {:.0} conflicts in all), {:>9.0} B in, {:>10.0} B pool events, API server {:.2} ms CPU, etcd {:.2} ms CPU",
         phase.failures.len(),
         done as f64 / phase.total.as_secs_f64(),
         ms(percentile(&phase.latencies, 0.5)),
@@ -165,6 +169,16 @@ fn report(label: &str, phase: &Phase, cost: &Spent) {
     for failure in phase.failures.iter().take(2) {
         println!("    failure: {failure}");
     }
+}
+
+/// Creates the Node objects of `nodes` (no kubelet: the agents and the reclaim only read them).
+async fn create_nodes(client: &Client, nodes: &[String]) -> Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    for node in nodes {
+        let object: Node = serde_json::from_value(json!({"metadata": {"name": node}}))?;
+        api.create(&PostParams::default(), &object).await?;
+    }
+    Ok(())
 }
 
 /// Starts one agent per node, all at once; returns them and the time until the last was ready.
@@ -214,14 +228,38 @@ async fn make_pods(
         .collect())
 }
 
-/// Every address each pool records, and whether any is recorded twice across them.
+/// The addresses the pools record for pods, and how many are recorded twice across them, once the
+/// pools hold no node reservation and have not changed for a second (at most a minute: agents
+/// record, cool released addresses and give reservations back in background writes).
 async fn recorded(client: &Client, pools: &[String]) -> Result<(usize, usize)> {
-    let mut all = Vec::new();
-    for pool in pools {
-        all.extend(ipam::pool_records(client, pool).await?.into_keys());
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Option<(Vec<String>, Instant)> = None;
+    loop {
+        let mut versions = Vec::new();
+        let (mut all, mut reserved) = (Vec::new(), 0);
+        for pool in pools {
+            let pool = api.get(pool).await?;
+            versions.push(pool.metadata.resource_version.clone().unwrap_or_default());
+            for (ip, record) in pool.status.unwrap_or_default().allocations()? {
+                match record.reservation() {
+                    Some(_) => reserved += 1,
+                    None => all.push(ip),
+                }
+            }
+        }
+        let now = Instant::now();
+        let since = match &last {
+            Some((seen, since)) if *seen == versions => *since,
+            _ => now,
+        };
+        if (reserved == 0 && now.duration_since(since) >= Duration::from_secs(1)) || now >= deadline {
+            let distinct: BTreeSet<&String> = all.iter().collect();
+            return Ok((all.len(), all.len() - distinct.len()));
+        }
+        last = Some((versions, since));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let distinct: BTreeSet<&String> = all.iter().collect();
-    Ok((all.len(), all.len() - distinct.len()))
 }
 
 /// A scenario: its pods' ADDs in tenths, then their DELs, each reported; then the checks.
@@ -284,6 +322,17 @@ async fn scenario(
                 ips.len(),
                 ips.len() - distinct.len(),
             );
+            // The operator's full reclaim scan over every pool and endpoint (every pod alive: it must
+            // release nothing).
+            let config = ReclaimConfig::default();
+            let started = Instant::now();
+            let scan = scan_all(client, &config).await?;
+            println!(
+                "  operator full reclaim scan: {:.2} s, {} released, {} judged releasable",
+                started.elapsed().as_secs_f64(),
+                scan.released.len(),
+                scan.unconfirmed
+            );
         }
     }
     let (left, _) = recorded(client, pools).await?;
@@ -342,6 +391,7 @@ async fn main() -> Result<()> {
 
     if parts.iter().any(|p| p == "fill") {
         let nodes: Vec<String> = (0..10).map(|i| format!("fill-node{i}")).collect();
+        create_nodes(&client, &nodes).await?;
         let (daemons, ready) = start_agents(&cluster, &nodes, dir.path())?;
         println!("fill: 10 agents ready in {:.1} s", ready.as_secs_f64());
         for (index, size) in list("SCALE_SIZES", "1k,10k,65k,v6").iter().enumerate() {
@@ -396,6 +446,7 @@ async fn main() -> Result<()> {
         for count in list("SCALE_NODES", "10,50,100") {
             let count: usize = count.parse().context("SCALE_NODES")?;
             let nodes: Vec<String> = (0..count).map(|i| format!("n{count}-{i}")).collect();
+            create_nodes(&client, &nodes).await?;
             let (daemons, ready) = start_agents(&cluster, &nodes, dir.path())?;
             println!("nodes: {count} agents ready in {:.1} s", ready.as_secs_f64());
             for layout in list("SCALE_LAYOUTS", "racks,shared") {
@@ -454,7 +505,7 @@ async fn main() -> Result<()> {
                 )
                 .await?;
                 for pool in &pools {
-                    Api::<spiderpool_schema::SpiderIPPool>::all(client.clone())
+                    Api::<SpiderIPPool>::all(client.clone())
                         .delete(pool, &DeleteParams::default())
                         .await?;
                 }
