@@ -49,6 +49,7 @@ use spiderpool_operator::controller::reclaim::{ReclaimConfig, scan_all};
 use spiderpool_schema::SpiderIPPool;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
+use spiderpool_tests::process::cpu_seconds;
 use spiderpool_tests::{ClusterOptions, TestCluster};
 
 /// What the control plane has spent so far, as counters.
@@ -78,20 +79,6 @@ impl std::ops::Sub for Spent {
             conflicts: self.conflicts - before.conflicts,
         }
     }
-}
-
-/// CPU seconds (user + system) of process `pid`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("a stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 /// The sum of the samples of `metric` whose labels contain every one of `labels` (`key="value"`).
@@ -141,6 +128,16 @@ async fn spent(cluster: &TestCluster, client: &Client, daemons: &[Daemon]) -> Re
         spent.conflicts += daemon.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
     }
     Ok(spent)
+}
+
+/// The highest peak resident memory of `daemons`, in MiB.
+fn peak_rss_mib(daemons: &[Daemon]) -> f64 {
+    let kib = daemons
+        .iter()
+        .map(|d| d.peak_rss_kib().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    kib as f64 / 1024.0
 }
 
 fn per(value: f64, count: usize) -> f64 {
@@ -431,12 +428,10 @@ async fn main() -> Result<()> {
             )
             .await?;
         }
-        let peak = daemons
-            .iter()
-            .map(|d| d.peak_rss_kib().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        println!("fill: agent peak RSS (max of 10) {:.1} MiB", peak as f64 / 1024.0);
+        println!(
+            "fill: agent peak RSS (max of 10) {:.1} MiB",
+            peak_rss_mib(&daemons)
+        );
         for daemon in daemons {
             daemon.stop()?;
         }
@@ -510,14 +505,9 @@ async fn main() -> Result<()> {
                         .await?;
                 }
             }
-            let peak = daemons
-                .iter()
-                .map(|d| d.peak_rss_kib().unwrap_or(0))
-                .max()
-                .unwrap_or(0);
             println!(
                 "nodes: {count} agents, peak RSS (max) {:.1} MiB",
-                peak as f64 / 1024.0
+                peak_rss_mib(&daemons)
             );
             for daemon in daemons {
                 daemon.stop()?;

@@ -42,6 +42,7 @@ pub mod node_object;
 pub mod node_sim;
 pub mod objects;
 pub mod oci;
+pub mod process;
 pub mod realnode;
 pub mod tools;
 pub mod vm;

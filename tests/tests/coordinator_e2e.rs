@@ -190,6 +190,21 @@ async fn delete_pod(setup: &Setup, name: &str) -> Result<()> {
     .await
 }
 
+/// Waits until the node's uplink has its IPv6 link-local address out of duplicate address detection:
+/// its `local fe80::` route appears only then (a second or two after the link comes up), and a node
+/// state taken before that would differ from every later one.
+async fn settle_uplink(setup: &Setup) -> Result<()> {
+    wait_for(
+        "the node's link-local address",
+        Duration::from_secs(10),
+        || async {
+            let link_local = setup.on_node("ip -6 addr show dev eth0 scope link")?;
+            Ok((link_local.contains("fe80::") && !link_local.contains("tentative")).then_some(()))
+        },
+    )
+    .await
+}
+
 /// The node's state a pod's DEL must restore: links, rules, routes of every table, static
 /// neighbours, the neighbour entries of its addresses, and the firewall.
 fn node_state(setup: &Setup, pod_ips: &[String]) -> Result<String> {
@@ -276,6 +291,7 @@ async fn an_underlay_pod_reaches_its_node_and_a_cluster_ip_and_del_restores_the_
         "iptables -t nat -A PREROUTING -d {CLUSTER_IP}/32 -p tcp --dport 80 -j DNAT --to-destination {node_ip}:8081"
     ))?;
     let service = serve_once(&setup.node_netns(), 8081, "service")?;
+    settle_uplink(&setup).await?;
     let before = node_state(&setup, &[])?;
 
     create_pod(&setup, "web", json!({})).await?;

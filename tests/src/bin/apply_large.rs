@@ -27,6 +27,7 @@ use spiderpool_operator::synthetic::{Shape, topology};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_tests::cluster::install_crd_yaml;
 use spiderpool_tests::objects::wait_network_ready;
+use spiderpool_tests::process::cpu_seconds;
 use spiderpool_tests::{ClusterOptions, TestCluster, tools};
 
 fn arg(name: &str, default: usize) -> Result<usize> {
@@ -75,23 +76,6 @@ fn build_operator() -> Result<PathBuf> {
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed /proc/<pid>/stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks =
-        |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/<pid>/stat")?.parse::<f64>()?) };
-    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the command name;
-    // the kernel counts them in USER_HZ (100 on Linux).
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// Peak resident memory of a process, in MiB (VmHWM).
