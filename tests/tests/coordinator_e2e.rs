@@ -861,11 +861,19 @@ async fn every_example_nad_starts_a_pod_with_the_coordinator_chained() -> Result
             }))?;
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             pods.create(&PostParams::default(), &pod).await?;
+            // What a failure below shows: the simulator's errors and the agent's log.
+            let context = || {
+                format!(
+                    "{file}: {namespace}/{name}\nsimulator errors: {:#?}\n{}",
+                    setup.sim.errors(),
+                    setup.logs()
+                )
+            };
             let up = setup
                 .sim
                 .wait_pod(&namespace, &pod_name, Duration::from_secs(60))
                 .await
-                .with_context(|| format!("{file}: {namespace}/{name}\n{}", setup.logs()))?;
+                .with_context(context)?;
             // Each address is recorded for the pod by one of the NAD's pools.
             let held = records(&pools_api, &pools).await?;
             for ip in &up.pod_ips {
@@ -896,13 +904,15 @@ async fn every_example_nad_starts_a_pod_with_the_coordinator_chained() -> Result
                     Ok(gone.then_some(()))
                 },
             )
-            .await?;
+            .await
+            .with_context(context)?;
             wait_for(
                 &format!("{pools:?} released"),
                 Duration::from_secs(60),
                 || async { Ok(records(&pools_api, &pools).await?.is_empty().then_some(())) },
             )
-            .await?;
+            .await
+            .with_context(context)?;
             started.push(format!("{file}: {namespace}/{name}"));
         }
         for pool in &rendered.ip_pools {
