@@ -331,17 +331,15 @@ impl Kernel {
                 scope.spawn(move || netns.run(|| iptables::ensure(families, rules)))
             });
             for step in steps {
-                match (step, beside.take()) {
-                    (Step::Iptables { .. }, Some(running)) => {
-                        running.join().map_err(|_| ApplyError::Io {
-                            what: "adding the mangle rules",
-                            source: io::Error::other("its thread panicked"),
-                        })???;
-                    }
-                    (_, running) => {
-                        beside = running;
-                        self.apply_one(step)?;
-                    }
+                if matches!(step, Step::Iptables { .. })
+                    && let Some(running) = beside.take()
+                {
+                    running.join().map_err(|_| ApplyError::Io {
+                        what: "adding the mangle rules",
+                        source: io::Error::other("its thread panicked"),
+                    })???;
+                } else {
+                    self.apply_one(step)?;
                 }
             }
             Ok(())

@@ -745,12 +745,10 @@ pub fn plan_add(request: &AddRequest<'_>, snapshot: &Snapshot) -> Result<Plan, P
             .or(current.first())
             .map(IpNet::addr);
         if let Some(ip) = first_ip {
-            let families = [
-                ("ipv4", "arp_notify", IpAddr::is_ipv4 as fn(&IpAddr) -> bool),
-                ("ipv6", "ndisc_notify", IpAddr::is_ipv6),
-            ];
-            for (family, key, is_family) in families {
-                if current.iter().any(|net| is_family(&net.addr())) {
+            let has_v4 = current.iter().any(|net| net.addr().is_ipv4());
+            let has_v6 = current.iter().any(|net| net.addr().is_ipv6());
+            for (family, key, present) in [("ipv4", "arp_notify", has_v4), ("ipv6", "ndisc_notify", has_v6)] {
+                if present {
                     steps.push(Step::Sysctl {
                         path: format!("net/{family}/conf/{ifname}/{key}"),
                         value: "1".to_owned(),
