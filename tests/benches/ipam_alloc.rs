@@ -41,38 +41,23 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use cni_phase::{Phase, run_phase, run_phase_open};
+use cni_phase::{AgentWrites, Phase, run_phase, run_phase_open};
 use common::{env_or, percentile};
 use serde_json::json;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
 use spiderpool_tests::{ClusterOptions, TestCluster};
 
-fn writes(daemons: &[Daemon]) -> Result<(f64, f64, f64, f64)> {
-    let (mut pool, mut endpoint, mut conflicts, mut handouts) = (0.0, 0.0, 0.0, 0.0);
-    for d in daemons {
-        pool += d.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
-        endpoint += d.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
-        conflicts += d.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
-        handouts += d.metric("spiderpool_ipam_reserved_handouts_total")?;
-    }
-    Ok((pool, endpoint, conflicts, handouts))
-}
-
-fn report(
-    label: &str,
-    phase: &Phase,
-    pods: usize,
-    before: (f64, f64, f64, f64),
-    after: (f64, f64, f64, f64),
-) {
+fn report(label: &str, phase: &Phase, pods: usize, before: AgentWrites, after: AgentWrites) {
     let p50 = percentile(&phase.latencies, 0.50);
     let p99 = percentile(&phase.latencies, 0.99);
     let max = phase.latencies.last().copied().unwrap_or_default();
-    let pool_writes = after.0 - before.0;
-    let endpoint_writes = after.1 - before.1;
-    let conflicts = after.2 - before.2;
-    let handouts = after.3 - before.3;
+    let AgentWrites {
+        pool: pool_writes,
+        endpoint: endpoint_writes,
+        conflicts,
+        handouts,
+    } = after - before;
     println!(
         "{label}: {} ok, {} failed in {:.2} s ({:.0}/s); CNI {label} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
          API writes {:.0} pool status + {:.0} endpoint = {:.2} per pod (pool status writes {:.3}/pod, {:.0} of them lost a conflict); \
@@ -168,7 +153,7 @@ async fn main() -> Result<()> {
         .collect();
     // Counted from before the pods exist: agents reserve ahead as soon as pods are bound, and those
     // writes belong to the allocations.
-    let before = writes(&daemons)?;
+    let before = AgentWrites::read(&daemons)?;
     let created = Instant::now();
     let uids = ipam::create_bare_pods(&client, ns.name(), &names, &pod_annotations).await?;
     println!(
@@ -198,7 +183,7 @@ async fn main() -> Result<()> {
         None => run_phase("ADD", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel),
     })
     .await?;
-    let after_add = writes(&daemons)?;
+    let after_add = AgentWrites::read(&daemons)?;
     report("ADD", &add, pods, before, after_add);
     let unique: BTreeSet<&String> = add.ips.iter().collect();
     let records = ipam::pool_records(&client, "bench").await?;
@@ -224,7 +209,7 @@ async fn main() -> Result<()> {
         None => run_phase("DEL", &plugin2, &work2, &ns_name, &netconfs2, nodes, parallel),
     })
     .await?;
-    let after_del = writes(&daemons)?;
+    let after_del = AgentWrites::read(&daemons)?;
     report("DEL", &del, pods, after_add, after_del);
     let records = ipam::pool_records(&client, "bench").await?;
     println!("DEL check: pool records left {}", records.len());

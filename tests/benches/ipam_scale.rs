@@ -39,7 +39,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use cni_phase::{Phase, run_phase_open};
+use cni_phase::{AgentWrites, Phase, run_phase_open};
 use common::{env_or, percentile};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
@@ -60,9 +60,7 @@ struct Spent {
     requests: f64,
     request_bytes: f64,
     watch_bytes: f64,
-    pool_writes: f64,
-    endpoint_writes: f64,
-    conflicts: f64,
+    agents: AgentWrites,
 }
 
 impl std::ops::Sub for Spent {
@@ -74,9 +72,7 @@ impl std::ops::Sub for Spent {
             requests: self.requests - before.requests,
             request_bytes: self.request_bytes - before.request_bytes,
             watch_bytes: self.watch_bytes - before.watch_bytes,
-            pool_writes: self.pool_writes - before.pool_writes,
-            endpoint_writes: self.endpoint_writes - before.endpoint_writes,
-            conflicts: self.conflicts - before.conflicts,
+            agents: self.agents - before.agents,
         }
     }
 }
@@ -122,11 +118,7 @@ async fn spent(cluster: &TestCluster, client: &Client, daemons: &[Daemon]) -> Re
         "apiserver_watch_events_sizes_sum",
         &["kind=\"SpiderIPPool\""],
     );
-    for daemon in daemons {
-        spent.pool_writes += daemon.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
-        spent.endpoint_writes += daemon.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
-        spent.conflicts += daemon.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
-    }
+    spent.agents = AgentWrites::read(daemons)?;
     Ok(spent)
 }
 
@@ -156,8 +148,8 @@ fn report(label: &str, phase: &Phase, cost: &Spent) {
         ms(percentile(&phase.latencies, 0.99)),
         ms(phase.latencies.last().copied().unwrap_or_default()),
         per(cost.requests, done),
-        per(cost.pool_writes, done),
-        cost.conflicts,
+        per(cost.agents.pool, done),
+        cost.agents.conflicts,
         per(cost.request_bytes, done),
         per(cost.watch_bytes, done),
         per(cost.apiserver_cpu * 1e3, done),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam::{self, run_plugin};
 
 pub struct Phase {
@@ -134,4 +135,43 @@ pub fn collect(workers: Vec<Worker>, started: Instant) -> Phase {
         .map(|chunk| chunk.iter().map(|(_, d)| *d).max().unwrap_or_default())
         .collect();
     phase
+}
+
+/// What the agents have written so far, summed over them, from their metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentWrites {
+    /// Pool status writes.
+    pub pool: f64,
+    /// SpiderEndpoint writes.
+    pub endpoint: f64,
+    /// Pool status writes that lost a conflict.
+    pub conflicts: f64,
+    /// Addresses handed out from node reservations.
+    pub handouts: f64,
+}
+
+impl AgentWrites {
+    /// Reads the counters of every one of `daemons`.
+    pub fn read(daemons: &[Daemon]) -> Result<Self> {
+        let mut writes = AgentWrites::default();
+        for d in daemons {
+            writes.pool += d.metric("spiderpool_ipam_api_writes_total{kind=\"ippool_status\"}")?;
+            writes.endpoint += d.metric("spiderpool_ipam_api_writes_total{kind=\"endpoint\"}")?;
+            writes.conflicts += d.metric("spiderpool_ipam_update_ippool_conflict_counts_total")?;
+            writes.handouts += d.metric("spiderpool_ipam_reserved_handouts_total")?;
+        }
+        Ok(writes)
+    }
+}
+
+impl std::ops::Sub for AgentWrites {
+    type Output = AgentWrites;
+    fn sub(self, before: AgentWrites) -> AgentWrites {
+        AgentWrites {
+            pool: self.pool - before.pool,
+            endpoint: self.endpoint - before.endpoint,
+            conflicts: self.conflicts - before.conflicts,
+            handouts: self.handouts - before.handouts,
+        }
+    }
 }
