@@ -85,12 +85,24 @@ async fn diff_shows_what_applying_a_file_would_change() -> Result<()> {
     let _running = start_network(&client);
     let sfx = suffix();
     let mut network = example("dual-stack.yaml")?;
-    for ns in localize(&mut network, &sfx) {
-        ensure_namespace(&client, &ns).await?;
-    }
+    let namespaces = localize(&mut network, &sfx);
     let name = network.name_any();
     let dir = tempfile::tempdir()?;
     let file = write_yaml(&dir.path().join("topology.yaml"), &network)?;
+
+    // The apps' namespaces do not exist yet: the API server refuses to create the children there
+    // (every new child is dry-run created), and the diff says which namespace to create.
+    let refused = spiderctl_diff(cluster, &file, None)?;
+    assert_eq!(refused.code, Some(2), "{refused}");
+    assert!(
+        refused.stderr.contains(&format!(
+            "SpiderMultusConfig shop-{sfx}/frontend: namespace `shop-{sfx}` does not exist"
+        )),
+        "{refused}"
+    );
+    for ns in namespaces {
+        ensure_namespace(&client, &ns).await?;
+    }
 
     // Not applied yet: the SpiderNetwork and every child would be created.
     let before = spiderctl_diff(cluster, &file, None)?;

@@ -158,14 +158,15 @@ pub fn classify(
     out
 }
 
-/// The report, from the classification and the dry runs' answers (`answers[i]` is what the API
-/// server returned for `classified.pending[i]`). `network` is the SpiderNetwork's own change.
+/// The report, from the classification and the dry runs' answers: `updates[i]` is what the API
+/// server returned for the i-th pending child that replaces a live object (a new child is reported
+/// as created; its dry run only had to be accepted). `network` is the SpiderNetwork's own change.
 pub fn assemble(
     name: &str,
     source: &str,
     network: Option<Change>,
     classified: Classified,
-    answers: Vec<LiveObject>,
+    updates: Vec<LiveObject>,
 ) -> TopologyDiff {
     let Classified {
         pending,
@@ -174,11 +175,14 @@ pub fn assemble(
         mut unchanged,
     } = classified;
     let mut children: Vec<(ChildKey, Change)> = known;
-    for (Pending { child, live }, after) in pending.into_iter().zip(answers) {
-        let Some(live) = live else {
-            children.push((child.key, Change::Create));
-            continue;
-        };
+    let mut replacing = Vec::with_capacity(updates.len());
+    for Pending { child, live } in pending {
+        match live {
+            None => children.push((child.key, Change::Create)),
+            Some(live) => replacing.push((child, live)),
+        }
+    }
+    for ((child, live), after) in replacing.into_iter().zip(updates) {
         let changes = fields::changes(&live.to_json(), &after.to_json());
         if changes.is_empty() {
             // The server's answer is the live object: nothing would land.

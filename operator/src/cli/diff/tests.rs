@@ -125,11 +125,13 @@ fn in_use(object: LiveObject, ips: &[&str]) -> LiveObject {
     LiveObject::IpPool(Arc::new(pool))
 }
 
-/// Plays the API server: every pending child answered as applied, keeping the live status.
+/// Plays the API server: every pending child that replaces a live object answered as applied,
+/// keeping the live status.
 fn answer(classified: &Classified) -> Vec<LiveObject> {
     classified
         .pending
         .iter()
+        .filter(|p| p.live.is_some())
         .map(|p| {
             let answer = applied(&p.child, 100);
             match (answer, &p.live) {
