@@ -88,8 +88,9 @@ enum Command {
 const DIFF_ABOUT: &str = "Show what applying topologies would change in the live cluster.\n\n\
     Each topology is compiled as `render` compiles it, and its children are prepared as the operator\n\
     prepares them (owner reference, labels, interface tasks for the live Nodes). Every child the\n\
-    operator would write goes through a server-side dry-run apply with the operator's field manager,\n\
-    so defaults and admission webhooks are included; children it would leave alone (already as\n\
+    operator would change goes through a server-side dry-run apply with the operator's field manager,\n\
+    so defaults and admission webhooks are included, and every child it would create through a\n\
+    dry-run create (the same admission and validation); children it would leave alone (already as\n\
     rendered) are counted as unchanged. Children of the topology it no longer renders are listed as\n\
     pruned. The SpiderNetwork itself is compared by a dry-run replace of its spec (a dry-run create\n\
     when it does not exist). Nothing is written.\n\n\
