@@ -250,8 +250,8 @@ where
 /// A child that replaces a live object is dry-run applied as the controller applies it, and the
 /// answer is compared field by field. A new child only has to be accepted (the report names it as
 /// created), so it is a dry-run create instead, answered with its metadata alone: the same
-/// admission and validation as the controller's apply, at about half the API server's work (an
-/// apply body is parsed as YAML and merged; a create body is JSON). A create refused because the
+/// admission and validation as the controller's apply, for about a fifth less of the API server's
+/// work (an apply body is parsed as YAML and merged; a create body is JSON). A create refused because the
 /// object appeared since the children were listed is dry-run applied instead.
 async fn dry_run_children(client: &Client, pending: &[Pending]) -> Result<Vec<LiveObject>, DiffError> {
     let results: Vec<(ChildKey, Result<Option<DynamicObject>, kube::Error>)> = stream::iter(pending)
