@@ -168,8 +168,14 @@ pub trait ClusterApi: Send + Sync {
         resource_version: Option<&'a str>,
     ) -> BoxFuture<'a, ApiResult<()>>;
 
-    /// Deletes a SpiderEndpoint.
-    fn delete_endpoint<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<()>>;
+    /// Deletes a SpiderEndpoint; with `uid`, only that object (a conflict when the name now holds
+    /// another one).
+    fn delete_endpoint<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<()>>;
 
     /// A pod.
     fn get_pod<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<Option<Pod>>>;

@@ -89,8 +89,10 @@ impl Endpoints {
             .map_err(IpamError::api("updating the SpiderEndpoint"))
     }
 
-    /// Removes the endpoint's finalizer (guarded by the version it was read at) and deletes it; an
-    /// endpoint already gone is fine.
+    /// Removes the endpoint's finalizer (guarded by the version it was read at) and deletes it (that
+    /// object only: its UID is a precondition, so an endpoint another pod's ADD made under the same
+    /// name since, such as a StatefulSet member recreated on another node, is left alone); an
+    /// endpoint already gone or replaced is fine.
     pub async fn delete(&self, endpoint: &SpiderEndpoint) -> Result<(), IpamError> {
         let namespace = endpoint.metadata.namespace.as_deref().unwrap_or_default();
         let name = endpoint.metadata.name.as_deref().unwrap_or_default();
@@ -117,9 +119,20 @@ impl Endpoints {
             }
         }
         self.metrics.api_write("endpoint");
-        match self.api.delete_endpoint(namespace, name).await {
+        match self
+            .api
+            .delete_endpoint(namespace, name, endpoint.metadata.uid.as_deref())
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(
+                    endpoint = %format!("{namespace}/{name}"),
+                    "the SpiderEndpoint was replaced by another object of that name; that one is kept"
+                );
+                Ok(())
+            }
             Err(e) => Err(IpamError::Api {
                 action: "deleting the SpiderEndpoint",
                 source: e,
@@ -151,5 +164,46 @@ impl Endpoints {
                     })
             })
             .and_then(|ep| ep.metadata.name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::api::fake::FakeApi;
+
+    fn endpoint() -> SpiderEndpoint {
+        SpiderEndpoint {
+            metadata: ObjectMeta {
+                name: Some("web-0".into()),
+                namespace: Some("ns".into()),
+                ..ObjectMeta::default()
+            },
+            status: None,
+        }
+    }
+
+    /// A late release of a StatefulSet member whose endpoint a recreated member (same name, another
+    /// node) has replaced meanwhile must not delete the new member's endpoint.
+    #[tokio::test]
+    async fn deleting_a_replaced_endpoint_keeps_the_one_that_replaced_it() {
+        let (fake, _) = FakeApi::new("n1");
+        let endpoints = Endpoints::new(fake.clone(), Metrics::default());
+        let old = fake.create_endpoint(&endpoint()).await.unwrap();
+        fake.delete_endpoint("ns", "web-0", None).await.unwrap();
+        let new = fake.create_endpoint(&endpoint()).await.unwrap();
+        assert_ne!(old.metadata.uid, new.metadata.uid);
+
+        endpoints.delete(&old).await.unwrap();
+        let kept = fake.endpoint("ns", "web-0").unwrap();
+        assert_eq!(kept.metadata.uid, new.metadata.uid);
+
+        // Its own endpoint it deletes.
+        endpoints.delete(&kept).await.unwrap();
+        assert!(fake.endpoint("ns", "web-0").is_none());
     }
 }

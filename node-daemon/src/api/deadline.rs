@@ -112,8 +112,13 @@ impl ClusterApi for Deadline {
         )
     }
 
-    fn delete_endpoint<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<()>> {
-        self.bound(self.inner.delete_endpoint(namespace, name))
+    fn delete_endpoint<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        self.bound(self.inner.delete_endpoint(namespace, name, uid))
     }
 
     fn get_pod<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<Option<Pod>>> {

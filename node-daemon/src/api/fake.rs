@@ -591,7 +591,12 @@ impl ClusterApi for FakeApi {
         )
     }
 
-    fn delete_endpoint<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<()>> {
+    fn delete_endpoint<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<()>> {
         self.call(
             CallKind::DeleteEndpoint,
             format!("{namespace}/{name}"),
@@ -603,6 +608,13 @@ impl ClusterApi for FakeApi {
                     .get(&key)
                     .cloned()
                     .ok_or_else(|| not_found(&format!("spiderendpoints {name}")))?;
+                if uid.is_some() && endpoint.metadata.uid.as_deref() != uid {
+                    return Err(conflict(&format!(
+                        "spiderendpoints {name}: Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                        uid.unwrap_or_default(),
+                        endpoint.metadata.uid.as_deref().unwrap_or_default()
+                    )));
+                }
                 if endpoint
                     .metadata
                     .finalizers

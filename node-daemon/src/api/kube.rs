@@ -1,6 +1,6 @@
 //! [`ClusterApi`] over a real API server, with kube's client.
 
-use ::kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use ::kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use ::kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use ::kube::{Api, Client};
 use futures::FutureExt as _;
@@ -155,11 +155,21 @@ impl ClusterApi for KubeApi {
         .boxed()
     }
 
-    fn delete_endpoint<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, ApiResult<()>> {
+    fn delete_endpoint<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: Option<&'a str>,
+    ) -> BoxFuture<'a, ApiResult<()>> {
         async move {
-            self.endpoints(namespace)
-                .delete(name, &DeleteParams::default())
-                .await?;
+            let params = DeleteParams {
+                preconditions: uid.map(|uid| Preconditions {
+                    uid: Some(uid.to_owned()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            self.endpoints(namespace).delete(name, &params).await?;
             Ok(())
         }
         .boxed()

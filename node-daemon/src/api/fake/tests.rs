@@ -116,7 +116,7 @@ async fn endpoints_with_finalizers_are_deleted_once_they_are_removed() {
     // A replace from a stale read conflicts.
     ep.metadata.resource_version = Some("0".into());
     assert!(fake.replace_endpoint(&ep).await.unwrap_err().is_conflict());
-    fake.delete_endpoint("ns", "a").await.unwrap();
+    fake.delete_endpoint("ns", "a", None).await.unwrap();
     assert!(
         fake.endpoint("ns", "a")
             .unwrap()
