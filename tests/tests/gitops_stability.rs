@@ -10,7 +10,7 @@
 //!
 //! The second test does the same with the operator's controllers running (SpiderNetwork, SpiderIPPool,
 //! SpiderSubnet, SpiderMultusConfig, SpiderCoordinator), each object checked once they have acted on it
-//! (a topology Ready, a pool's or subnet's status counted, a SpiderMultusConfig's
+//! (a topology Ready and its capacity counted and settled, a pool's or subnet's status counted, a SpiderMultusConfig's
 //! NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what they write (status,
 //! children, NADs) is no drift, but a controller that rewrote an applied field would be; none writes
 //! the spec of an object it has just acted on either (`metadata.generation` stays). Here a SpiderSubnet
@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -256,6 +256,7 @@ async fn wait_until_acted_on(client: &Client, manifest: &Manifest) -> Result<()>
             })
             .await?;
             if kind == "SpiderNetwork" {
+                settle_capacity(&api, &name, &what).await?;
                 let conditions = live["status"]["conditions"]
                     .as_array()
                     .cloned()
@@ -272,6 +273,38 @@ async fn wait_until_acted_on(client: &Client, manifest: &Manifest) -> Result<()>
             }
             Ok(())
         }
+    }
+}
+
+/// How often the SpiderNetwork controller counts a topology's capacity again after its pools changed
+/// (shorter than the operator's default, so the wait below is short).
+const CAPACITY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Waits until a topology's capacity is written and stays as written for a few recount intervals:
+/// the recount follows the pool cache, which can catch up with the applied pools after the reconcile
+/// has written its status, and its write would otherwise land after this object was compared.
+async fn settle_capacity(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<()> {
+    let quiet = 4 * CAPACITY_INTERVAL;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut seen: Option<(Value, Instant)> = None;
+    loop {
+        let live = json_of(&api.get(name).await?)?;
+        if live.pointer("/status/capacity").is_some_and(|c| !c.is_null()) {
+            let version = live["metadata"]["resourceVersion"].clone();
+            match &seen {
+                Some((seen_version, since)) if *seen_version == version => {
+                    if since.elapsed() >= quiet {
+                        return Ok(());
+                    }
+                }
+                _ => seen = Some((version, Instant::now())),
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: its capacity written and unchanged for {quiet:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -426,7 +459,10 @@ fn start_controllers(
             tokio::spawn(network::run_with(
                 client.clone(),
                 metrics.clone(),
-                network::Options::default(),
+                network::Options {
+                    capacity_interval: CAPACITY_INTERVAL,
+                    ..network::Options::default()
+                },
             )),
         ),
         (
