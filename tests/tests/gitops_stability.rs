@@ -10,10 +10,11 @@
 //!
 //! The second test does the same with the operator's controllers running (SpiderNetwork, SpiderIPPool,
 //! SpiderSubnet, SpiderMultusConfig, SpiderCoordinator), each object checked once they have acted on it
-//! (a topology Ready and its capacity counted and settled, a pool's or subnet's status counted, a SpiderMultusConfig's
-//! NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what they write (status,
-//! children, NADs) is no drift, but a controller that rewrote an applied field would be; none writes
-//! the spec of an object it has just acted on either (`metadata.generation` stays). Here a SpiderSubnet
+//! (a topology Ready and its capacity counted and settled, a pool's or subnet's status counted, a
+//! SpiderMultusConfig's NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what
+//! they write (status, children, NADs) is no drift, but a controller that rewrote an applied field
+//! would be; none writes the spec of an object it has just acted on either (`metadata.generation`
+//! stays). Here a SpiderSubnet
 //! and a pool of its CIDR are also applied in both orders (adoption at admission, and by the subnet controller,
 //! which fills the pool's gateway and routes that Git leaves out). At the end every object still there
 //! is compared with Git again and re-applied.
