@@ -14,16 +14,16 @@
 //! SpiderMultusConfig's NetworkAttachmentDefinition made, the SpiderCoordinator's phase written): what
 //! they write (status, children, NADs) is no drift, but a controller that rewrote an applied field
 //! would be; none writes the spec of an object it has just acted on either (`metadata.generation`
-//! stays). Here a SpiderSubnet
-//! and a pool of its CIDR are also applied in both orders (adoption at admission, and by the subnet controller,
-//! which fills the pool's gateway and routes that Git leaves out). At the end every object still there
-//! is compared with Git again and re-applied.
+//! stays). Here a SpiderSubnet and a pool of its CIDR are also applied in both orders (adoption at
+//! admission, and by the subnet controller, which fills the pool's gateway and routes that Git leaves
+//! out). At the end every object still there is compared with Git again and re-applied.
 //!
 //! Corpus inputs are applied one at a time and deleted afterwards (several reuse names and addresses);
 //! the webhook configurations are cluster-wide, so this binary starts its own control plane per test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -286,27 +286,30 @@ const CAPACITY_INTERVAL: Duration = Duration::from_millis(500);
 /// has written its status, and its write would otherwise land after this object was compared.
 async fn settle_capacity(api: &Api<DynamicObject>, name: &str, what: &str) -> Result<()> {
     let quiet = 4 * CAPACITY_INTERVAL;
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut seen: Option<(Value, Instant)> = None;
-    loop {
-        let live = json_of(&api.get(name).await?)?;
-        if live.pointer("/status/capacity").is_some_and(|c| !c.is_null()) {
-            let version = live["metadata"]["resourceVersion"].clone();
-            match &seen {
-                Some((seen_version, since)) if *seen_version == version => {
-                    if since.elapsed() >= quiet {
-                        return Ok(());
-                    }
-                }
-                _ => seen = Some((version, Instant::now())),
+    // The resourceVersion last seen with a capacity, and since when.
+    let seen: RefCell<Option<(Value, Instant)>> = RefCell::new(None);
+    wait_for(
+        &format!("{what}: its capacity written and unchanged for {quiet:?}"),
+        SETTLE_TIMEOUT,
+        || async {
+            let live = json_of(&api.get(name).await?)?;
+            if live.pointer("/status/capacity").is_none_or(Value::is_null) {
+                return Ok(None);
             }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: its capacity written and unchanged for {quiet:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            let version = live["metadata"]["resourceVersion"].clone();
+            let mut seen = seen.borrow_mut();
+            match &*seen {
+                Some((seen_version, since)) if *seen_version == version => {
+                    Ok((since.elapsed() >= quiet).then_some(()))
+                }
+                _ => {
+                    *seen = Some((version, Instant::now()));
+                    Ok(None)
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// Applies `manifest` twice and returns what differs (empty: stable).
