@@ -1,7 +1,8 @@
 //! The topology compiler: one [`SpiderNetwork`] in, every resource it stands for out.
 //!
-//! Pure and deterministic: no I/O, no clocks, no randomness, no hash-map iteration order. The same input
-//! gives byte-identical output, which is what makes `spiderctl render` reviewable in a pull request and
+//! Pure and deterministic: no I/O, no clocks, no randomness, no hash-map iteration order; pools are
+//! rendered on several threads, whose parts are joined in a fixed order. The same input gives
+//! byte-identical output, which is what makes `spiderctl render` reviewable in a pull request and
 //! its output snapshot-testable.
 //!
 //! What is rendered here and what is left to the operator:
@@ -29,6 +30,8 @@ mod multus;
 mod names;
 mod pools;
 mod reserved;
+
+use std::num::NonZeroUsize;
 
 use serde::Serialize;
 use spiderpool_schema::validation::{Problem, Problems};
@@ -121,10 +124,20 @@ pub fn pool_size(pool: &SpiderIPPool) -> u128 {
 }
 
 /// Validates and compiles one topology. Every problem is reported at once, with its spec path.
+///
+/// Renders on as many threads as the machine has cores (at most 8); see [`compile_on_threads`].
 pub fn compile(network: &SpiderNetwork) -> Result<Rendered, Vec<Problem>> {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    compile_on_threads(network, cores.min(8))
+}
+
+/// [`compile`] with the pools rendered on `threads` threads (0 counts as 1). The output is the same
+/// for every number of threads: each thread renders a slice of racks and the slices are joined in
+/// order.
+pub fn compile_on_threads(network: &SpiderNetwork, threads: usize) -> Result<Rendered, Vec<Problem>> {
     let parsed = network.check()?;
     let mut problems = Problems::new();
-    let ctx = Context::new(network, parsed);
+    let ctx = Context::new(network, parsed, threads.max(1));
     let carved = ctx.carve_fixed_addresses(&mut problems);
     let rendered = ctx.render(&carved, &mut problems);
     problems.into_result()?;
@@ -137,14 +150,8 @@ impl Context<'_> {
             reserved_ips: self.render_reserved_ips(),
             ..Rendered::default()
         };
-        // One pool per fixed block and at most one per rack range and family: reserved at once, as a
-        // pool is large and the large topology has 16,000 (growing the vector moved them 14 times).
-        let rack_ranges: usize = self.network.spec.racks.iter().map(|r| r.ranges.len()).sum();
-        rendered
-            .ip_pools
-            .reserve(carved.by_binding.len() + 2 * rack_ranges);
-        let fixed_pool_names = self.render_fixed_pools(carved, &mut rendered.ip_pools);
-        let rack_pool_names = self.render_rack_pools(carved, &mut rendered.ip_pools);
+        let (ip_pools, fixed_pool_names, rack_pool_names) = self.render_pools(carved);
+        rendered.ip_pools = ip_pools;
         (rendered.multus_configs, rendered.network_attachment_definitions) =
             self.render_multus_configs(&fixed_pool_names, &rack_pool_names, problems);
         rendered.interface_templates = self.render_interface_templates();

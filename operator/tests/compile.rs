@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use spiderpool_operator::compile::compile;
+use spiderpool_operator::compile::{compile, compile_on_threads};
+use spiderpool_operator::synthetic::{Shape, topology};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_schema::labels::LABEL_RACK;
 
@@ -39,6 +40,24 @@ fn same_input_same_bytes() {
         let a = serde_json::to_string(&compile(&network).unwrap()).unwrap();
         let b = serde_json::to_string(&compile(&network.clone()).unwrap()).unwrap();
         assert_eq!(a, b, "{name} renders differently twice");
+    }
+}
+
+/// Pools are rendered on several threads, one slice of racks each: the slices must join into the same
+/// output for any number of threads, including counts that do not divide the racks evenly.
+#[test]
+fn the_number_of_threads_does_not_change_the_output() {
+    let network = topology(Shape {
+        racks: 13,
+        subnets: 3,
+        apps: 40,
+        namespaces_per_network: 2,
+        fabric: true,
+    });
+    let one = serde_json::to_string(&compile_on_threads(&network, 1).unwrap()).unwrap();
+    for threads in [2, 3, 5, 13, 64] {
+        let many = serde_json::to_string(&compile_on_threads(&network, threads).unwrap()).unwrap();
+        assert!(one == many, "{threads} threads render differently from one");
     }
 }
 

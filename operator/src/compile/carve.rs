@@ -58,13 +58,13 @@ impl Context<'_> {
                     for attachment in &self.layouts[n].racks {
                         let (r, subnet) = (attachment.rack, &attachment.subnet);
                         let key = (r, subnet.clone(), family);
-                        let Some(free) = self.rack_free.get(&key) else {
+                        let Some(free) = self.rack_free(r, subnet, family) else {
                             continue;
                         };
-                        let mine = explicit.intersection(free);
+                        let mine = explicit.intersection(&free);
                         let excluded = explicit
                             .intersection(&self.raw_rack_set(r, subnet, family))
-                            .difference(free);
+                            .difference(&free);
                         if !excluded.is_empty() {
                             problems.push(
                                 format!("spec.apps[{a}].interfaces[{i}].fixedIPs.{}", family_key(family)),
@@ -131,11 +131,15 @@ impl Context<'_> {
             else {
                 continue;
             };
+            // The preferred start is a position in the rack's whole range, not in what is still free, so
+            // it does not move when other bindings take or give back addresses.
+            let whole = self
+                .rack_free(r, &subnet, family)
+                .unwrap_or_else(|| IpSet::empty(family));
             let key = (r, subnet.clone(), family);
-            let free = match (self.rack_free.get(&key), taken.get(&key)) {
-                (Some(free), Some(used)) => free.difference(used),
-                (Some(free), None) => free.clone(),
-                (None, _) => IpSet::empty(family),
+            let free = match taken.get(&key) {
+                Some(used) => whole.difference(used),
+                None => whole.clone(),
             };
             if free.len() < count {
                 problems.push(
@@ -148,13 +152,6 @@ impl Context<'_> {
                 );
                 continue;
             }
-            // The preferred start is a position in the rack's whole range, not in what is still free, so
-            // it does not move when other bindings take or give back addresses.
-            let whole = self
-                .rack_free
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| IpSet::empty(family));
             let start = whole.nth(stable_offset(&identity, whole.len()));
             let block = take_from(&free, start, count);
             take(&mut taken, key, &block);

@@ -16,44 +16,26 @@ pub(super) struct Context<'a> {
     pub(super) subnets: BTreeMap<String, ParsedSubnet>,
     /// (rack index, subnet name, family) -> the addresses the rack's range lists.
     pub(super) rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
-    /// (rack index, subnet name, family) -> addresses the rack hands out, minus what is excluded or
-    /// reserved and minus the gateway.
-    pub(super) rack_free: BTreeMap<(usize, String, IpFamily), IpSet>,
     /// How each network (by index) reaches each rack.
     pub(super) layouts: Vec<NetworkLayout>,
+    /// How many threads may render pools at once.
+    pub(super) threads: usize,
 }
 
 impl<'a> Context<'a> {
-    pub(super) fn new(network: &'a SpiderNetwork, parsed: ParsedTopology) -> Self {
+    pub(super) fn new(network: &'a SpiderNetwork, parsed: ParsedTopology, threads: usize) -> Self {
         let ParsedTopology {
             subnets,
             rack_sets,
             layouts,
         } = parsed;
-        let mut rack_free = BTreeMap::new();
-        for ((r, subnet, family), set) in &rack_sets {
-            let Some(parsed) = subnets.get(subnet) else {
-                continue;
-            };
-            let mut free = set.clone();
-            if let Some(excluded) = parsed.excluded.get(family) {
-                free = free.difference(excluded);
-            }
-            if let Some(reserved) = parsed.reserved.get(family) {
-                free = free.difference(reserved);
-            }
-            if let Some(gw) = parsed.gateways.get(family) {
-                free = free.difference(&IpSet::from_ip(gw));
-            }
-            rack_free.insert((*r, subnet.clone(), *family), free);
-        }
         Context {
             network,
             topology: network.metadata.name.clone().unwrap_or_default(),
             subnets,
             rack_sets,
-            rack_free,
             layouts,
+            threads,
         }
     }
 
@@ -68,6 +50,25 @@ impl<'a> Context<'a> {
             .get(n)?
             .rack(r)
             .map(|attachment| attachment.subnet.as_str())
+    }
+
+    /// Addresses rack `rack` hands out of `subnet`'s `family`: its range minus what the subnet excludes
+    /// or reserves and minus the gateway. Computed when asked: only racks with fixed addresses ask, and a
+    /// large topology has many more ranges than that.
+    pub(super) fn rack_free(&self, rack: usize, subnet: &str, family: IpFamily) -> Option<IpSet> {
+        let set = self.rack_sets.get(&(rack, subnet.to_string(), family))?;
+        let parsed = self.subnets.get(subnet)?;
+        let mut free = set.clone();
+        if let Some(excluded) = parsed.excluded.get(&family) {
+            free = free.difference(excluded);
+        }
+        if let Some(reserved) = parsed.reserved.get(&family) {
+            free = free.difference(reserved);
+        }
+        if let Some(gw) = parsed.gateways.get(&family) {
+            free = free.difference(&IpSet::from_ip(gw));
+        }
+        Some(free)
     }
 
     /// The rack's range as written (before exclusions), for error messages.

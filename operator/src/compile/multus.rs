@@ -16,7 +16,7 @@ use spiderpool_schema::validation::Problems;
 use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
 
 use super::context::Context;
-use super::pools::FixedPoolNames;
+use super::pools::{FixedPoolNames, RackPoolNames};
 use crate::nad::render_nad;
 
 impl Context<'_> {
@@ -24,7 +24,7 @@ impl Context<'_> {
     pub(super) fn render_multus_configs(
         &self,
         fixed_pool_names: &FixedPoolNames,
-        rack_pool_names: &BTreeMap<(String, IpFamily), Vec<String>>,
+        rack_pool_names: &RackPoolNames,
         problems: &mut Problems,
     ) -> (Vec<SpiderMultusConfig>, Vec<NetworkAttachmentDefinition>) {
         let mut configs = Vec::new();

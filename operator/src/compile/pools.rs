@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::ops::Range;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::labels::{
-    LABEL_APP, LABEL_IPPOOL_CIDR, LABEL_POOL_INTERFACE, LABEL_RACK, LABEL_SUBNET, LABEL_VLAN,
+    ANNOTATION_SOURCE, LABEL_APP, LABEL_IPPOOL_CIDR, LABEL_MANAGED_BY, LABEL_POOL_INTERFACE, LABEL_RACK,
+    LABEL_SUBNET, LABEL_TOPOLOGY, LABEL_VLAN, MANAGED_BY,
 };
 use spiderpool_schema::network::AppBinding;
 use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
@@ -25,43 +27,142 @@ pub(super) struct FixedPoolNames {
     pub(super) by_interface: BTreeMap<(usize, usize), BTreeMap<IpFamily, Vec<String>>>,
 }
 
+/// What every pool of one (subnet, family) shares, built once per subnet family (the large topology
+/// renders 16,200 pools from 260 of these): cloning a finished label map and spec strings costs less
+/// than formatting and inserting them again for every pool.
+struct PoolTemplate {
+    spec: SpiderIPPoolSpec,
+    labels: BTreeMap<String, String>,
+}
+
+impl PoolTemplate {
+    /// A pool named `name` with the template's spec and labels, `ips` as its addresses, `labels` added
+    /// and `source` (the spec path it stands for) as its source annotation.
+    fn pool(&self, name: String, ips: &IpSet, labels: &[(&str, &str)], source: String) -> SpiderIPPool {
+        let mut all = self.labels.clone();
+        for (key, value) in labels {
+            all.insert((*key).to_string(), (*value).to_string());
+        }
+        let mut spec = self.spec.clone();
+        spec.ips = ips.to_strings();
+        SpiderIPPool {
+            metadata: ObjectMeta {
+                name: Some(name),
+                labels: Some(all),
+                annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+}
+
+/// Templates by (subnet name, family).
+type PoolTemplates<'a> = BTreeMap<(&'a str, IpFamily), PoolTemplate>;
+
+/// Who may use each subnet's shared pools: (namespaces, `namespace/network` multus names).
+type PoolUsers<'a> = BTreeMap<&'a str, (Vec<String>, Vec<String>)>;
+
+/// Names of the rack pools by (subnet, family), in rack order.
+pub(super) type RackPoolNames = BTreeMap<(String, IpFamily), Vec<String>>;
+
+/// The rack pools of some racks and their names, in rack order.
+struct RackPools {
+    pools: Vec<SpiderIPPool>,
+    names: RackPoolNames,
+}
+
 impl Context<'_> {
-    /// A pool spec with what every pool of a subnet family shares.
-    fn pool_spec(&self, subnet: &str, family: IpFamily, ips: &IpSet) -> Option<SpiderIPPoolSpec> {
-        let parsed = self.subnets.get(subnet)?;
-        let entry = self.network.spec.subnets.iter().find(|s| s.name == subnet)?;
-        let block = entry.families().find(|(f, _)| *f == family)?.1;
-        let net = parsed.nets.get(&family)?;
-        Some(SpiderIPPoolSpec {
-            ip_version: Some(family.as_version()),
-            subnet: net.to_string(),
-            ips: ips.to_strings(),
-            gateway: parsed.gateways.get(&family).map(IpAddr::to_string),
-            routes: block.routes.clone(),
-            // The CRD schema's defaults, written out so the rendering is what lands.
-            default: Some(false),
-            disable: Some(false),
-            ..SpiderIPPoolSpec::default()
-        })
+    /// One template per subnet family the topology defines.
+    fn pool_templates(&self) -> PoolTemplates<'_> {
+        let mut templates = BTreeMap::new();
+        for entry in &self.network.spec.subnets {
+            let Some(parsed) = self.subnets.get(&entry.name) else {
+                continue;
+            };
+            for (family, block) in entry.families() {
+                let Some(net) = parsed.nets.get(&family) else {
+                    continue;
+                };
+                let spec = SpiderIPPoolSpec {
+                    ip_version: Some(family.as_version()),
+                    subnet: net.to_string(),
+                    gateway: parsed.gateways.get(&family).map(IpAddr::to_string),
+                    routes: block.routes.clone(),
+                    // The CRD schema's defaults, written out so the rendering is what lands.
+                    default: Some(false),
+                    disable: Some(false),
+                    ..SpiderIPPoolSpec::default()
+                };
+                let mut labels = BTreeMap::from([
+                    (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
+                    (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                    (LABEL_SUBNET.to_string(), entry.name.clone()),
+                    (
+                        LABEL_IPPOOL_CIDR.to_string(),
+                        spiderpool_ipmath::cidr_label_value(net),
+                    ),
+                ]);
+                if entry.vlan_id() != 0 {
+                    labels.insert(LABEL_VLAN.to_string(), entry.vlan_id().to_string());
+                }
+                templates.insert((entry.name.as_str(), family), PoolTemplate { spec, labels });
+            }
+        }
+        templates
     }
 
-    fn pool_labels(&self, subnet: &str, family: IpFamily) -> Vec<(&'static str, String)> {
-        let mut labels = vec![(LABEL_SUBNET, subnet.to_string())];
-        if let Some(net) = self.subnets.get(subnet).and_then(|p| p.nets.get(&family)) {
-            labels.push((LABEL_IPPOOL_CIDR, spiderpool_ipmath::cidr_label_value(net)));
+    /// Every pool: the fixed-address pools, then the rack pools in rack order. Returns them with the
+    /// fixed pools' names and the rack pools' names by (subnet, family).
+    ///
+    /// The large topology renders 16,000 pools, so they are rendered on several threads: the rack pools
+    /// in one slice of racks per thread (`self.threads` slices), the fixed pools on the calling thread
+    /// meanwhile. The parts are joined in order, so the output is the same whatever the number of
+    /// threads.
+    pub(super) fn render_pools(&self, carved: &Carved) -> (Vec<SpiderIPPool>, FixedPoolNames, RackPoolNames) {
+        let templates = self.pool_templates();
+        let users = self.pool_users();
+        let racks = self.network.spec.racks.len();
+        let per_thread = racks.div_ceil(self.threads).max(1);
+        let rack_ranges: usize = self.network.spec.racks.iter().map(|r| r.ranges.len()).sum();
+        // Reserved at once: a pool is large, and growing the vector moves every pool rendered so far.
+        let mut pools = Vec::with_capacity(carved.by_binding.len() + 2 * rack_ranges);
+        let (fixed_names, rack_parts) = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..racks)
+                .step_by(per_thread)
+                .map(|first| {
+                    let (templates, users) = (&templates, &users);
+                    let slice = first..(first + per_thread).min(racks);
+                    scope.spawn(move || self.rack_pools(slice, carved, templates, users))
+                })
+                .collect();
+            let fixed_names = self.fixed_pools(carved, &templates, &mut pools);
+            let parts: Vec<RackPools> = workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect();
+            (fixed_names, parts)
+        });
+        let mut rack_names = RackPoolNames::new();
+        for part in rack_parts {
+            pools.extend(part.pools);
+            for (key, part_names) in part.names {
+                rack_names.entry(key).or_default().extend(part_names);
+            }
         }
-        if let Some(entry) = self.network.spec.subnets.iter().find(|s| s.name == subnet)
-            && entry.vlan_id() != 0
-        {
-            labels.push((LABEL_VLAN, entry.vlan_id().to_string()));
-        }
-        labels
+        (pools, fixed_names, rack_names)
     }
 
-    /// Fixed-address pools; returns their names by (network, namespace, family).
-    pub(super) fn render_fixed_pools(
+    /// Fixed-address pools, appended to `pools`; returns their names.
+    fn fixed_pools(
         &self,
         carved: &Carved,
+        templates: &PoolTemplates<'_>,
         pools: &mut Vec<SpiderIPPool>,
     ) -> FixedPoolNames {
         let spec = &self.network.spec;
@@ -76,15 +177,11 @@ impl Context<'_> {
             let Some(subnet) = self.network_subnet_in(n, *r) else {
                 continue;
             };
-            let rack = &spec.racks[*r];
-            let nic_name = app.interface_names()[*i].clone();
-            let Some(mut pool_spec) = self.pool_spec(subnet, *family, set) else {
+            let Some(template) = templates.get(&(subnet, *family)) else {
                 continue;
             };
-            pool_spec.node_affinity = Some(rack.node_selector.clone());
-            pool_spec.namespace_name = vec![app.namespace.clone()];
-            pool_spec.multus_name = vec![format!("{}/{}", app.namespace, network.name)];
-            pool_spec.pod_affinity = Some(pod_affinity(app));
+            let rack = &spec.racks[*r];
+            let nic_name = app.interface_names()[*i].clone();
             let name = object_name(&[
                 &self.topology,
                 &app.name,
@@ -92,20 +189,20 @@ impl Context<'_> {
                 &rack.name,
                 family_suffix(*family),
             ]);
-            let mut labels = self.pool_labels(subnet, *family);
-            labels.extend([
-                (LABEL_RACK, rack.name.clone()),
-                (LABEL_APP, app.name.clone()),
-                (LABEL_POOL_INTERFACE, nic_name.clone()),
-            ]);
-            let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let mut pool = SpiderIPPool::new(&name, pool_spec);
-            pool.metadata = self.meta(
-                &name,
-                None,
-                &label_refs,
+            let mut pool = template.pool(
+                name.clone(),
+                set,
+                &[
+                    (LABEL_RACK, &rack.name),
+                    (LABEL_APP, &app.name),
+                    (LABEL_POOL_INTERFACE, &nic_name),
+                ],
                 format!("spec.apps[{a}].interfaces[{i}].fixedIPs"),
             );
+            pool.spec.node_affinity = Some(rack.node_selector.clone());
+            pool.spec.namespace_name = vec![app.namespace.clone()];
+            pool.spec.multus_name = vec![format!("{}/{}", app.namespace, network.name)];
+            pool.spec.pod_affinity = Some(pod_affinity(app));
             pools.push(pool);
             names
                 .by_interface
@@ -123,18 +220,10 @@ impl Context<'_> {
         names
     }
 
-    /// Shared rack pools: the rack's range minus the fixed addresses carved from it. Returns their names
-    /// by (subnet, family).
-    pub(super) fn render_rack_pools(
-        &self,
-        carved: &Carved,
-        pools: &mut Vec<SpiderIPPool>,
-    ) -> BTreeMap<(String, IpFamily), Vec<String>> {
-        let spec = &self.network.spec;
-        let mut names: BTreeMap<(String, IpFamily), Vec<String>> = BTreeMap::new();
-        // Who may use each subnet's pools: computed once per subnet, not once per rack range.
+    /// Who may use each subnet's pools: computed once per subnet, not once per rack range.
+    fn pool_users(&self) -> PoolUsers<'_> {
         let mut users: BTreeMap<&str, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
-        for (network, layout) in spec.networks.iter().zip(&self.layouts) {
+        for (network, layout) in self.network.spec.networks.iter().zip(&self.layouts) {
             for subnet in &layout.subnets {
                 let (namespaces, multus) = users.entry(subnet.as_str()).or_default();
                 for ns in &network.namespaces {
@@ -143,58 +232,75 @@ impl Context<'_> {
                 }
             }
         }
-        let users: BTreeMap<&str, (Vec<String>, Vec<String>)> = users
+        users
             .into_iter()
             .map(|(subnet, (ns, multus))| (subnet, (ns.into_iter().collect(), multus.into_iter().collect())))
-            .collect();
-        for (r, rack) in spec.racks.iter().enumerate() {
+            .collect()
+    }
+
+    /// The rack pools of the racks in `slice`.
+    fn rack_pools(
+        &self,
+        slice: Range<usize>,
+        carved: &Carved,
+        templates: &PoolTemplates<'_>,
+        users: &PoolUsers<'_>,
+    ) -> RackPools {
+        let spec = &self.network.spec;
+        let ranges: usize = spec.racks[slice.clone()].iter().map(|r| r.ranges.len()).sum();
+        let mut out = RackPools {
+            pools: Vec::with_capacity(2 * ranges),
+            names: RackPoolNames::new(),
+        };
+        for r in slice {
+            let rack = &spec.racks[r];
             for (k, range) in rack.ranges.iter().enumerate() {
                 for family in [IpFamily::V4, IpFamily::V6] {
-                    let Some(raw) = self.rack_sets.get(&(r, range.subnet.clone(), family)).cloned() else {
+                    let key = (r, range.subnet.clone(), family);
+                    let Some(raw) = self.rack_sets.get(&key) else {
                         continue;
                     };
-                    if raw.is_empty() {
-                        continue;
-                    }
-                    let ips = match carved.by_rack.get(&(r, range.subnet.clone(), family)) {
+                    let ips = match carved.by_rack.get(&key) {
                         Some(fixed) => raw.difference(fixed),
-                        None => raw,
+                        None => raw.clone(),
                     };
                     if ips.is_empty() {
                         continue;
                     }
-                    let Some(mut pool_spec) = self.pool_spec(&range.subnet, family, &ips) else {
+                    let Some(template) = templates.get(&(range.subnet.as_str(), family)) else {
                         continue;
                     };
-                    let parsed = self.subnets.get(&range.subnet);
-                    // Reserved addresses stay in `ips` (the allocator subtracts every SpiderReservedIP), but
-                    // excluded ones are written out so the pool says what it never hands out.
-                    if let Some(excluded) = parsed.and_then(|p| p.excluded.get(&family)) {
-                        pool_spec.exclude_ips = excluded.intersection(&ips).to_strings();
-                    }
-                    pool_spec.node_affinity = Some(rack.node_selector.clone());
-                    if let Some((namespaces, multus)) = users.get(range.subnet.as_str()) {
-                        pool_spec.namespace_name = namespaces.clone();
-                        pool_spec.multus_name = multus.clone();
-                    }
                     let name =
                         object_name(&[&self.topology, &range.subnet, &rack.name, family_suffix(family)]);
-                    let mut labels = self.pool_labels(&range.subnet, family);
-                    labels.push((LABEL_RACK, rack.name.clone()));
-                    let label_refs: Vec<(&str, &str)> =
-                        labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    let mut pool = SpiderIPPool::new(&name, pool_spec);
-                    pool.metadata =
-                        self.meta(&name, None, &label_refs, format!("spec.racks[{r}].ranges[{k}]"));
-                    pools.push(pool);
-                    names
+                    let mut pool = template.pool(
+                        name.clone(),
+                        &ips,
+                        &[(LABEL_RACK, &rack.name)],
+                        format!("spec.racks[{r}].ranges[{k}]"),
+                    );
+                    // Reserved addresses stay in `ips` (the allocator subtracts every SpiderReservedIP), but
+                    // excluded ones are written out so the pool says what it never hands out.
+                    if let Some(excluded) = self
+                        .subnets
+                        .get(&range.subnet)
+                        .and_then(|p| p.excluded.get(&family))
+                    {
+                        pool.spec.exclude_ips = excluded.intersection(&ips).to_strings();
+                    }
+                    pool.spec.node_affinity = Some(rack.node_selector.clone());
+                    if let Some((namespaces, multus)) = users.get(range.subnet.as_str()) {
+                        pool.spec.namespace_name = namespaces.clone();
+                        pool.spec.multus_name = multus.clone();
+                    }
+                    out.pools.push(pool);
+                    out.names
                         .entry((range.subnet.clone(), family))
                         .or_default()
                         .push(name);
                 }
             }
         }
-        names
+        out
     }
 }
 
