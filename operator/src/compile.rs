@@ -30,6 +30,7 @@ mod multus;
 mod names;
 mod pools;
 mod reserved;
+mod slices;
 
 use std::num::NonZeroUsize;
 

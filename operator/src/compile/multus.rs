@@ -17,57 +17,82 @@ use spiderpool_schema::{NetworkAttachmentDefinition, SpiderMultusConfig};
 
 use super::context::Context;
 use super::pools::{FixedPoolNames, RackPoolNames};
-use crate::nad::render_nad;
+use super::slices::in_slices;
+use crate::nad::{RenderError, render_nad};
 
 impl Context<'_> {
-    /// The multus configs of every network and namespace, and their NADs.
+    /// The multus configs of every network and namespace, and their NADs (rendered a slice of networks
+    /// per thread, joined in network order).
     pub(super) fn render_multus_configs(
         &self,
         fixed_pool_names: &FixedPoolNames,
         rack_pool_names: &RackPoolNames,
         problems: &mut Problems,
     ) -> (Vec<SpiderMultusConfig>, Vec<NetworkAttachmentDefinition>) {
-        let mut configs = Vec::new();
-        let mut nads = Vec::new();
-        for (n, network) in self.network.spec.networks.iter().enumerate() {
-            let layout = &self.layouts[n];
-            for namespace in &network.namespaces {
-                let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
-                for ((net_name, ns, family), names) in &fixed_pool_names.by_network {
-                    if net_name == &network.name && ns == namespace {
-                        pools.entry(*family).or_default().extend(names.iter().cloned());
-                    }
-                }
-                // Every rack pool of every subnet of the network: each has its rack's node affinity, so
-                // a pod is given the pool of the rack its node is in.
-                for subnet in &layout.subnets {
-                    for family in [IpFamily::V4, IpFamily::V6] {
-                        if let Some(names) = rack_pool_names.get(&(subnet.clone(), family)) {
-                            pools.entry(family).or_default().extend(names.iter().cloned());
-                        }
-                    }
-                }
-                let meta = self.meta(
-                    &network.name,
-                    Some(namespace),
-                    &[(LABEL_NETWORK, &network.name)],
-                    format!("spec.networks[{n}]"),
-                );
-                let smc = as_stored(multus_config_for_network(
-                    meta,
-                    network,
-                    layout,
-                    &self.network.spec.racks,
-                    &pools,
-                ));
-                match render_nad(&smc) {
-                    Ok(nad) => nads.push(nad),
-                    Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
-                }
-                configs.push(smc);
+        let rendered = in_slices(self.threads, self.network.spec.networks.len(), |slice| {
+            slice
+                .flat_map(|n| self.network_configs(n, fixed_pool_names, rack_pool_names))
+                .collect()
+        });
+        let mut configs = Vec::with_capacity(rendered.len());
+        let mut nads = Vec::with_capacity(rendered.len());
+        for (n, smc, nad) in rendered {
+            match nad {
+                Ok(nad) => nads.push(nad),
+                Err(e) => problems.push(format!("spec.networks[{n}]"), e.to_string()),
             }
+            configs.push(smc);
         }
         (configs, nads)
+    }
+
+    /// Network `n`'s multus config in each of its namespaces, with its NAD.
+    fn network_configs(
+        &self,
+        n: usize,
+        fixed_pool_names: &FixedPoolNames,
+        rack_pool_names: &RackPoolNames,
+    ) -> Vec<(
+        usize,
+        SpiderMultusConfig,
+        Result<NetworkAttachmentDefinition, RenderError>,
+    )> {
+        let network = &self.network.spec.networks[n];
+        let layout = &self.layouts[n];
+        let mut out = Vec::with_capacity(network.namespaces.len());
+        for namespace in &network.namespaces {
+            let mut pools: BTreeMap<IpFamily, Vec<String>> = BTreeMap::new();
+            for ((net_name, ns, family), names) in &fixed_pool_names.by_network {
+                if net_name == &network.name && ns == namespace {
+                    pools.entry(*family).or_default().extend(names.iter().cloned());
+                }
+            }
+            // Every rack pool of every subnet of the network: each has its rack's node affinity, so
+            // a pod is given the pool of the rack its node is in.
+            for subnet in &layout.subnets {
+                for family in [IpFamily::V4, IpFamily::V6] {
+                    if let Some(names) = rack_pool_names.get(&(subnet.clone(), family)) {
+                        pools.entry(family).or_default().extend(names.iter().cloned());
+                    }
+                }
+            }
+            let meta = self.meta(
+                &network.name,
+                Some(namespace),
+                &[(LABEL_NETWORK, &network.name)],
+                format!("spec.networks[{n}]"),
+            );
+            let smc = as_stored(multus_config_for_network(
+                meta,
+                network,
+                layout,
+                &self.network.spec.racks,
+                &pools,
+            ));
+            let nad = render_nad(&smc);
+            out.push((n, smc, nad));
+        }
+        out
     }
 }
 

@@ -17,6 +17,7 @@ use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
 use super::carve::Carved;
 use super::context::Context;
 use super::names::{family_suffix, object_name};
+use super::slices::in_slices;
 
 /// Names of the fixed-address pools, looked up by what needs them.
 #[derive(Debug, Default)]
@@ -117,35 +118,23 @@ impl Context<'_> {
     /// fixed pools' names and the rack pools' names by (subnet, family).
     ///
     /// The large topology renders 16,000 pools, so they are rendered on several threads: the rack pools
-    /// in one slice of racks per thread (`self.threads` slices), the fixed pools on the calling thread
+    /// in one slice of racks per thread (`self.threads` slices), the fixed pools on one more thread
     /// meanwhile. The parts are joined in order, so the output is the same whatever the number of
     /// threads.
     pub(super) fn render_pools(&self, carved: &Carved) -> (Vec<SpiderIPPool>, FixedPoolNames, RackPoolNames) {
         let templates = self.pool_templates();
         let users = self.pool_users();
-        let racks = self.network.spec.racks.len();
-        let per_thread = racks.div_ceil(self.threads).max(1);
         let rack_ranges: usize = self.network.spec.racks.iter().map(|r| r.ranges.len()).sum();
         // Reserved at once: a pool is large, and growing the vector moves every pool rendered so far.
         let mut pools = Vec::with_capacity(carved.by_binding.len() + 2 * rack_ranges);
         let (fixed_names, rack_parts) = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..racks)
-                .step_by(per_thread)
-                .map(|first| {
-                    let (templates, users) = (&templates, &users);
-                    let slice = first..(first + per_thread).min(racks);
-                    scope.spawn(move || self.rack_pools(slice, carved, templates, users))
-                })
-                .collect();
-            let fixed_names = self.fixed_pools(carved, &templates, &mut pools);
-            let parts: Vec<RackPools> = workers
-                .into_iter()
-                .map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect();
+            let fixed = scope.spawn(|| self.fixed_pools(carved, &templates, &mut pools));
+            let parts = in_slices(self.threads, self.network.spec.racks.len(), |slice| {
+                vec![self.rack_pools(slice, carved, &templates, &users)]
+            });
+            let fixed_names = fixed
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (fixed_names, parts)
         });
         let mut rack_names = RackPoolNames::new();
