@@ -1,7 +1,8 @@
 //! The topology compiler: one [`SpiderNetwork`] in, every resource it stands for out.
 //!
-//! Pure and deterministic: no I/O, no clocks, no randomness, no hash-map iteration order; pools are
-//! rendered on several threads, whose parts are joined in a fixed order. The same input gives
+//! Pure and deterministic: no I/O, no clocks, no randomness, no hash-map iteration order; pools, multus
+//! configs and pod bindings are rendered in slices on several threads, joined in slice order. The same
+//! input gives
 //! byte-identical output, which is what makes `spiderctl render` reviewable in a pull request and
 //! its output snapshot-testable.
 //!
@@ -132,9 +133,8 @@ pub fn compile(network: &SpiderNetwork) -> Result<Rendered, Vec<Problem>> {
     compile_on_threads(network, cores.min(8))
 }
 
-/// [`compile`] with the pools rendered on `threads` threads (0 counts as 1). The output is the same
-/// for every number of threads: each thread renders a slice of racks and the slices are joined in
-/// order.
+/// [`compile`] with rendering cut into `threads` slices, one thread each (0 counts as 1). The output
+/// is the same for every number of threads: the slices are joined in order.
 pub fn compile_on_threads(network: &SpiderNetwork, threads: usize) -> Result<Rendered, Vec<Problem>> {
     let parsed = network.check()?;
     let mut problems = Problems::new();

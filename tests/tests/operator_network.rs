@@ -450,7 +450,16 @@ async fn interface_tasks_follow_the_nodes_and_their_rollout_decides_readiness() 
     )
     .await?;
 
-    let pending = wait_reason(&client, &name, "NodesPending", READY_TIMEOUT).await?;
+    // The nodes are created one by one, so a reconcile between two creations reports fewer: wait
+    // until the status has seen both storage nodes.
+    let both_seen = |network: &SpiderNetwork| {
+        network
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.as_ref())
+            .is_some_and(|nodes| nodes.selected == 2)
+    };
+    let pending = wait_reason_and(&client, &name, "NodesPending", READY_TIMEOUT, both_seen).await?;
     let rollout = pending.status.clone().unwrap().nodes.unwrap();
     assert_eq!((rollout.selected, rollout.applied, rollout.pending), (2, 0, 2));
     assert_eq!(condition(&pending, "Reconciling").unwrap().0, "True");

@@ -18,7 +18,7 @@ pub(super) struct Context<'a> {
     pub(super) rack_sets: BTreeMap<(usize, String, IpFamily), IpSet>,
     /// How each network (by index) reaches each rack.
     pub(super) layouts: Vec<NetworkLayout>,
-    /// How many threads may render pools at once.
+    /// How many slices (one thread each) rendering is cut into.
     pub(super) threads: usize,
 }
 

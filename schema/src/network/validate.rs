@@ -100,7 +100,7 @@ impl SpiderNetworkSpec {
         self.check_subnet_overlaps(problems, &subnets);
         // The rack ranges (parsing every address list) and the racks and networks (layouts, interface
         // names) do not depend on each other and are about half the time each on a 200-rack topology,
-        // so they are checked on two threads; their problems are joined in the same order as before.
+        // so they are checked on two threads; their problems are joined in spec order (ranges first).
         let (rack_sets, layouts) = std::thread::scope(|scope| {
             let networks = scope.spawn(|| {
                 let mut problems = Problems::new();

@@ -242,7 +242,20 @@ pub async fn wait_reason(
     reason: &str,
     timeout: Duration,
 ) -> Result<SpiderNetwork> {
+    wait_reason_and(client, name, reason, timeout, |_| true).await
+}
+
+/// [`wait_reason`], and until `also` holds for the SpiderNetwork too (a status that is reached in steps,
+/// such as a node count while nodes are being created one by one).
+pub async fn wait_reason_and(
+    client: &Client,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+    also: impl Fn(&SpiderNetwork) -> bool,
+) -> Result<SpiderNetwork> {
     let api: Api<SpiderNetwork> = Api::all(client.clone());
+    let also = &also;
     wait_for(
         &format!("SpiderNetwork {name} Ready reason {reason}"),
         timeout,
@@ -252,13 +265,16 @@ pub async fn wait_reason(
                 let network = api.get(name).await?;
                 let observed = network.status.as_ref().and_then(|s| s.observed_generation);
                 let ready = condition(&network, "Ready");
-                if observed == network.metadata.generation && ready.as_ref().is_some_and(|(_, r)| r == reason)
+                if observed == network.metadata.generation
+                    && ready.as_ref().is_some_and(|(_, r)| r == reason)
+                    && also(&network)
                 {
                     Ok(Some(network))
                 } else {
                     anyhow::bail!(
-                        "observedGeneration {observed:?} of {:?}, Ready {ready:?}",
-                        network.metadata.generation
+                        "observedGeneration {observed:?} of {:?}, Ready {ready:?}, nodes {:?}",
+                        network.metadata.generation,
+                        network.status.as_ref().and_then(|s| s.nodes.as_ref())
                     )
                 }
             }
