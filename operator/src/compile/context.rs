@@ -86,19 +86,39 @@ impl<'a> Context<'a> {
         labels: &[(&str, &str)],
         source: String,
     ) -> ObjectMeta {
+        generated_meta(
+            name.to_string(),
+            namespace.map(str::to_string),
+            self.labels(labels),
+            source,
+        )
+    }
+
+    /// The labels every generated object carries (its topology, managed by us), and `extra`.
+    pub(super) fn labels(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
         let mut all = BTreeMap::from([
             (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         ]);
-        for (k, v) in labels {
+        for (k, v) in extra {
             all.insert((*k).to_string(), (*v).to_string());
         }
-        ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: namespace.map(str::to_string),
-            labels: Some(all),
-            annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
-            ..ObjectMeta::default()
-        }
+        all
+    }
+}
+
+/// The metadata of a generated object: its name, its labels and the spec path it stands for.
+pub(super) fn generated_meta(
+    name: String,
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    source: String,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace,
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
+        ..ObjectMeta::default()
     }
 }

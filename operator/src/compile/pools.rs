@@ -5,17 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::ops::Range;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::labels::{
-    ANNOTATION_SOURCE, LABEL_APP, LABEL_IPPOOL_CIDR, LABEL_MANAGED_BY, LABEL_POOL_INTERFACE, LABEL_RACK,
-    LABEL_SUBNET, LABEL_TOPOLOGY, LABEL_VLAN, MANAGED_BY,
+    LABEL_APP, LABEL_IPPOOL_CIDR, LABEL_POOL_INTERFACE, LABEL_RACK, LABEL_SUBNET, LABEL_VLAN,
 };
 use spiderpool_schema::network::AppBinding;
 use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
 
 use super::carve::Carved;
-use super::context::Context;
+use super::context::{Context, generated_meta};
 use super::names::{family_suffix, object_name};
 use super::slices::in_slices;
 
@@ -47,12 +46,7 @@ impl PoolTemplate {
         let mut spec = self.spec.clone();
         spec.ips = ips.to_strings();
         SpiderIPPool {
-            metadata: ObjectMeta {
-                name: Some(name),
-                labels: Some(all),
-                annotations: Some(BTreeMap::from([(ANNOTATION_SOURCE.to_string(), source)])),
-                ..ObjectMeta::default()
-            },
+            metadata: generated_meta(name, None, all, source),
             spec,
             status: None,
         }
@@ -96,18 +90,13 @@ impl Context<'_> {
                     disable: Some(false),
                     ..SpiderIPPoolSpec::default()
                 };
-                let mut labels = BTreeMap::from([
-                    (LABEL_TOPOLOGY.to_string(), self.topology.clone()),
-                    (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-                    (LABEL_SUBNET.to_string(), entry.name.clone()),
-                    (
-                        LABEL_IPPOOL_CIDR.to_string(),
-                        spiderpool_ipmath::cidr_label_value(net),
-                    ),
-                ]);
+                let cidr = spiderpool_ipmath::cidr_label_value(net);
+                let vlan = entry.vlan_id().to_string();
+                let mut labels = vec![(LABEL_SUBNET, entry.name.as_str()), (LABEL_IPPOOL_CIDR, &cidr)];
                 if entry.vlan_id() != 0 {
-                    labels.insert(LABEL_VLAN.to_string(), entry.vlan_id().to_string());
+                    labels.push((LABEL_VLAN, &vlan));
                 }
+                let labels = self.labels(&labels);
                 templates.insert((entry.name.as_str(), family), PoolTemplate { spec, labels });
             }
         }
