@@ -35,8 +35,9 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
+# shellcheck source=go-scratch.sh
+source "$here/go-scratch.sh"
+scratch_go_caches "$work"
 echo "build-etcd.sh: building etcd v$version into $out (first run only; a few minutes on 2 cores)" >&2
 go mod init spiderpool-rs.test/etcd-build >/dev/null 2>&1
 cat > main.go <<'GO'

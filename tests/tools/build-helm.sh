@@ -22,10 +22,12 @@ fi
 
 echo "build-helm.sh: building helm v$version into $out (first run only)" >&2
 partial="$out.partial.$$"
-trap 'rm -rf "$partial"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$partial" "$work"' EXIT
 mkdir -p "$partial"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
+# shellcheck source=go-scratch.sh
+source "$here/go-scratch.sh"
+scratch_go_caches "$work"
 GOBIN="$partial" go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$version" \
   "helm.sh/helm/v3/cmd/helm@v$version"

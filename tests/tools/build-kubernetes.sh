@@ -44,8 +44,9 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
+# shellcheck source=go-scratch.sh
+source "$here/go-scratch.sh"
+scratch_go_caches "$work"
 
 echo "build-kubernetes.sh: building Kubernetes v$version (${todo[*]}) into $out (first run only; several minutes on 2 cores)" >&2
 go mod init spiderpool-rs.test/kubernetes-build >/dev/null 2>&1

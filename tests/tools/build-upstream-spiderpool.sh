@@ -32,8 +32,9 @@ fi
 
 work=$(mktemp -d)
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
-export GOTOOLCHAIN=local
+# shellcheck source=go-scratch.sh
+source "$here/go-scratch.sh"
+scratch_go_caches "$work"
 
 echo "build-upstream-spiderpool.sh: building Spiderpool v$version's CNI plugins into $out (first run only)" >&2
 dir=$(cd "$work" && go mod download -json "github.com/spidernet-io/spiderpool@v$version" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
