@@ -182,9 +182,13 @@ pub fn is_executable(path: &Path) -> bool {
 }
 
 /// A binary of another package of this workspace (the node daemon, the CNI plugin, the operator),
-/// built on first use with the cargo that runs the tests (`cargo build -p PACKAGE --bin BIN`, a no-op
-/// when it is fresh) and returned from the target directory. `release` picks the profile (benchmarks
-/// measure optimised code).
+/// built on first use with the cargo that runs the tests and returned from the target directory.
+/// `release` picks the profile (benchmarks measure optimised code: `cargo build --release -p PACKAGE
+/// --bin BIN`). A debug binary is built as `cargo test --workspace` builds it (`cargo build --workspace
+/// --bins --tests`, a no-op after that command): `cargo build -p PACKAGE` resolves the dependencies'
+/// features for that package alone, without the test targets' dev-dependencies, which made a second
+/// copy of each binary's dependency tree (about 1.3 GB and several minutes on 2 cores; CI once ran out
+/// of disk on it). A test run alone builds the whole workspace once this way.
 pub fn workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     static BUILT: OnceLock<std::sync::Mutex<std::collections::BTreeMap<String, Result<PathBuf, String>>>> =
         OnceLock::new();
@@ -204,8 +208,12 @@ pub fn workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathB
 fn build_workspace_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(repo_root())
-        .args(["build", "-q", "-p", package, "--bin", bin]);
+    cmd.current_dir(repo_root()).args(["build", "-q", "--locked"]);
+    if release {
+        cmd.args(["--release", "-p", package, "--bin", bin]);
+    } else {
+        cmd.args(["--workspace", "--bins", "--tests"]);
+    }
     // What cargo sets for the running test is not the caller's environment: build scripts that watch
     // one of these (ring's watches CARGO_MANIFEST_DIR) would otherwise rebuild here, and again in
     // the next `cargo test`.
@@ -224,15 +232,12 @@ fn build_workspace_binary(package: &str, bin: &str, release: bool) -> Result<Pat
             cmd.env_remove(key.as_ref());
         }
     }
-    if release {
-        cmd.arg("--release");
-    }
     let output = cmd
         .output()
-        .with_context(|| format!("running cargo build -p {package} --bin {bin}"))?;
+        .with_context(|| format!("running cargo build for {package}'s {bin}"))?;
     if !output.status.success() {
         bail!(
-            "cargo build -p {package} --bin {bin} failed:\n{}",
+            "cargo build for {package}'s {bin} failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }

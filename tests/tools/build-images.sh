@@ -16,6 +16,14 @@ out=$(cd "$out" && pwd)
 
 cd "$repo"
 cargo run -q --locked -p spiderpool-tests --bin build-images -- "$out" >/dev/null
+# The images are cached by their inputs; the cargo build they came from (target/image-build, about
+# 1.5 GB) only makes the next rebuild faster. On a machine short of disk (a CI machine once ran out)
+# it goes: below 20 GiB free, it is deleted and a changed source rebuilds the images from scratch.
+free_kib=$(df -k --output=avail "$repo" | tail -1 | tr -d ' ')
+if [ "$free_kib" -lt $((20 * 1024 * 1024)) ] && [ -d "$repo/target/image-build" ]; then
+  echo "build-images.sh: $((free_kib / 1024)) MiB free; deleting target/image-build (the images are kept)" >&2
+  rm -rf "$repo/target/image-build"
+fi
 
 helm_dir=$(bash "$here/build-helm.sh")
 "$helm_dir/helm" lint --strict charts/spiderpool >&2
