@@ -8,7 +8,7 @@
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Node;
@@ -67,6 +67,24 @@ async fn create_localized(
 /// Makes the controller reconcile `names` (a metadata change that leaves the generation alone) and waits
 /// until it has; returns the writes it made meanwhile.
 async fn touch_and_count_writes(client: &Client, running: &Running, names: &[String]) -> Result<u64> {
+    // A controller reconciles every topology it finds when it starts. A touch that arrives while that
+    // first reconcile is still queued merges into it (one reconcile for both), and the count awaited
+    // below would never be reached: a freshly started controller on a loaded machine did exactly that.
+    // So first its first pass: at least one reconcile per topology, then no new one for 2 s.
+    wait_for("the controller's first pass", Duration::from_secs(60), || async {
+        Ok((running.metrics.reconciles(CONTROLLER) >= names.len() as u64).then_some(()))
+    })
+    .await?;
+    let mut reconciles = running.metrics.reconciles(CONTROLLER);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = running.metrics.reconciles(CONTROLLER);
+        if now != reconciles {
+            reconciles = now;
+            quiet_since = Instant::now();
+        }
+    }
     let before = settle(&running.metrics, CONTROLLER, Duration::from_secs(2)).await;
     let reconciles = running.metrics.reconciles(CONTROLLER);
     let api: Api<SpiderNetwork> = Api::all(client.clone());
