@@ -8,7 +8,7 @@
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Node;
@@ -75,16 +75,7 @@ async fn touch_and_count_writes(client: &Client, running: &Running, names: &[Str
         Ok((running.metrics.reconciles(CONTROLLER) >= names.len() as u64).then_some(()))
     })
     .await?;
-    let mut reconciles = running.metrics.reconciles(CONTROLLER);
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = running.metrics.reconciles(CONTROLLER);
-        if now != reconciles {
-            reconciles = now;
-            quiet_since = Instant::now();
-        }
-    }
+    settle_count(|| running.metrics.reconciles(CONTROLLER), Duration::from_secs(2)).await;
     let before = settle(&running.metrics, CONTROLLER, Duration::from_secs(2)).await;
     let reconciles = running.metrics.reconciles(CONTROLLER);
     let api: Api<SpiderNetwork> = Api::all(client.clone());

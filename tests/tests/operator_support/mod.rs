@@ -101,11 +101,16 @@ pub use spiderpool_tests::wait_for;
 
 /// Waits until the controller's write count has not moved for `quiet` (its reconciles settled).
 pub async fn settle(metrics: &Metrics, controller: &str, quiet: Duration) -> u64 {
-    let mut last = metrics.writes(controller);
+    settle_count(|| metrics.writes(controller), quiet).await
+}
+
+/// Waits until `count` has not moved for `quiet`; returns its last value.
+pub async fn settle_count(count: impl Fn() -> u64, quiet: Duration) -> u64 {
+    let mut last = count();
     let mut since = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = metrics.writes(controller);
+        let now = count();
         if now != last {
             last = now;
             since = Instant::now();
