@@ -80,7 +80,8 @@ struct Args {
     /// reservations off.
     #[arg(long, env = "SPIDERPOOL_NODE_RESERVATION_SIZE", default_value_t = 128)]
     node_reservation_size: usize,
-    /// Record addresses handed out from reservations once none was handed out for this long (ms).
+    /// Record addresses handed out from reservations once none was handed out for this long (ms;
+    /// each node takes 0.75 to 1.25 times it, by its name, so that nodes do not write at once).
     #[arg(
         long,
         env = "SPIDERPOOL_NODE_RESERVATION_FLUSH_IDLE_MS",
@@ -96,6 +97,16 @@ struct Args {
         hide = true
     )]
     node_reservation_flush_max_age_ms: u64,
+    /// The reservation size and both flush times count once more for every this many records a
+    /// pool holds, up to 16 times, so a big pool is written less often (node-daemon/README.md,
+    /// "Scale"); 0 keeps them fixed.
+    #[arg(
+        long,
+        env = "SPIDERPOOL_NODE_RESERVATION_RECORDS_PER_STEP",
+        default_value_t = 1000,
+        hide = true
+    )]
+    node_reservation_records_per_step: usize,
     /// How long an address released by a pod cools down before it is handed out again, in
     /// milliseconds (the old sandbox may still answer ARP for it); a pool's annotation
     /// `spiderpool.spidernet.io/release-cooldown-seconds` overrides it. Allocations that find only
@@ -260,8 +271,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             flush_idle: Duration::from_millis(args.node_reservation_flush_idle_ms.min(DAY * 1000)),
             flush_max_age: Duration::from_millis(args.node_reservation_flush_max_age_ms.min(DAY * 1000)),
             release_cooldown: Duration::from_millis(args.release_cooldown_ms.min(300_000)),
+            records_per_step: args.node_reservation_records_per_step,
             ..LeaseTuning::default()
-        },
+        }
+        .for_node(&args.node_name),
         request_timeout: Duration::from_secs(args.request_timeout_seconds.min(DAY)),
         auto_pool_wait: Duration::from_secs(args.wait_subnet_pool_seconds.min(DAY)),
     };

@@ -48,6 +48,58 @@ pub struct Tuning {
     /// for this node's reservations as they always do, so a pool that is exactly full still serves:
     /// the next pod gets the released address once it has cooled down.
     pub release_cooldown: Duration,
+    /// Batches grow with the pool: for every this many records a pool holds (of any kind, counted in
+    /// the watch cache), `max_size`, `flush_idle` and `flush_max_age` count once more (up to
+    /// [`MAX_SIZE_FACTOR`] times); 0 keeps them fixed. Every write of a pool carries all its records,
+    /// so with fixed batches the bytes and API server time one allocation costs grow with the pool,
+    /// and so do the conflicts between nodes writing it (a longer write loses more races). Scaled,
+    /// a node writes a big pool less often, so each write records proportionally more allocations.
+    /// Cost: a handed-out address is recorded for its pod up to `flush_max_age` times the factor
+    /// later (the SpiderEndpoint names the pod at once; until then the pool shows the address
+    /// reserved for the node), and a node holds up to `max_size` times the factor unused.
+    pub records_per_step: usize,
+}
+
+/// The most [`Tuning::records_per_step`] scales the batch sizes and timings.
+pub const MAX_SIZE_FACTOR: usize = 16;
+
+impl Tuning {
+    /// This tuning for node `node`: both flush times times a factor from 0.75 to 1.25 that depends
+    /// only on the node's name. Nodes started together that take pods at the same rate (pods
+    /// spread evenly by the scheduler) would otherwise record their handouts at the same moments,
+    /// each cycle, and all but one of those writes would lose its race for the pool; with a big
+    /// pool every lost write is the whole pool sent again.
+    #[must_use]
+    pub fn for_node(&self, node: &str) -> Tuning {
+        // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
+        let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        // Per mille, 750..1250.
+        let factor = 750 + u32::try_from(hash % 500).unwrap_or(0);
+        let spread = |d: Duration| d.saturating_mul(factor) / 1000;
+        Tuning {
+            flush_idle: spread(self.flush_idle),
+            flush_max_age: spread(self.flush_max_age),
+            ..self.clone()
+        }
+    }
+
+    /// This tuning for a pool holding `records` records ([`Tuning::records_per_step`]).
+    #[must_use]
+    pub fn for_records(&self, records: usize) -> Tuning {
+        let factor = records
+            .checked_div(self.records_per_step)
+            .unwrap_or(0)
+            .clamp(1, MAX_SIZE_FACTOR);
+        let factor_u32 = u32::try_from(factor).unwrap_or(1);
+        Tuning {
+            max_size: self.max_size.saturating_mul(factor),
+            flush_idle: self.flush_idle.saturating_mul(factor_u32),
+            flush_max_age: self.flush_max_age.saturating_mul(factor_u32),
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -59,6 +111,7 @@ impl Default for Tuning {
             idle_return: Duration::from_secs(2),
             tight_return: Duration::from_millis(500),
             release_cooldown: Duration::from_secs(5),
+            records_per_step: 1_000,
         }
     }
 }
@@ -204,8 +257,11 @@ pub struct Reservations {
     /// are free outside reservations, as the watch cache shows the pool (`None`: not known).
     even_share: Option<usize>,
     outside_free: Option<usize>,
-    /// The pool version the view (`tight`, `even_share`, `outside_free`) was last taken from.
+    /// The pool version the view (`tight`, `even_share`, `outside_free`, `records`) was last taken
+    /// from.
     viewed_version: Option<String>,
+    /// How many records of any kind the pool holds, as last seen ([`Tuning::for_records`]).
+    records: usize,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -357,12 +413,14 @@ impl Reservations {
             view.other_nodes,
         ));
         self.outside_free = Some(free);
+        self.records = view.records;
         self.viewed_version.clone_from(&view.version);
     }
 
     /// How many unused reservations this node should hold now ([`lease::target_size`]).
     pub fn target(&self, tuning: &Tuning) -> usize {
-        lease::target_size(self.upcoming, self.even_share, tuning.max_size)
+        let max_size = tuning.for_records(self.records).max_size;
+        lease::target_size(self.upcoming, self.even_share, max_size)
     }
 
     /// How long without an allocation before unused reservations go back: shorter while the pool has
@@ -480,6 +538,7 @@ impl Reservations {
     /// When the writer should next run a background round (record handouts, give back, top up), or
     /// a cooled address joins the unused ones.
     pub fn next_due(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
+        let batches = tuning.for_records(self.records);
         let mut due: Option<Instant> = None;
         let mut consider = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
         if let Some(first) = self.cooling.values().min() {
@@ -487,10 +546,10 @@ impl Reservations {
         }
         if self.has_pending() {
             if let Some(last) = self.last_pending {
-                consider(later(last, tuning.flush_idle));
+                consider(later(last, batches.flush_idle));
             }
             if let Some(oldest) = self.oldest_pending {
-                consider(later(oldest, tuning.flush_max_age));
+                consider(later(oldest, batches.flush_max_age));
             }
         }
         if !self.free.is_empty() {
@@ -541,16 +600,17 @@ impl Reservations {
         force: bool,
     ) -> Option<RoundPlan> {
         self.cool(now);
+        let batches = tuning.for_records(self.records);
         let idle = self.idle_return(tuning);
         let return_due =
             !self.free.is_empty() && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
         let flush_due = self.has_pending()
             && (self
                 .last_pending
-                .is_none_or(|t| now.duration_since(t) >= tuning.flush_idle)
+                .is_none_or(|t| now.duration_since(t) >= batches.flush_idle)
                 || self
                     .oldest_pending
-                    .is_none_or(|t| now.duration_since(t) >= tuning.flush_max_age));
+                    .is_none_or(|t| now.duration_since(t) >= batches.flush_max_age));
         let refill_due = self.refill_wanted(now, tuning)
             && self
                 .short_refill

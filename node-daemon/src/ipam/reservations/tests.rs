@@ -521,6 +521,114 @@ fn spec_changes_send_unusable_reservations_back() {
 }
 
 #[test]
+fn batches_grow_with_the_records_of_the_pool_in_steps_up_to_a_cap() {
+    let tuning = Tuning::default();
+    // Small pools keep the tuning as it is.
+    assert_eq!(tuning.for_records(0), tuning);
+    assert_eq!(tuning.for_records(1_999), tuning);
+    let ten = tuning.for_records(10_000);
+    assert_eq!(ten.max_size, 1_280);
+    assert_eq!(ten.flush_idle, Duration::from_secs(2));
+    assert_eq!(ten.flush_max_age, Duration::from_secs(20));
+    // What does not set a write's size stays.
+    assert_eq!(ten.idle_return, tuning.idle_return);
+    assert_eq!(ten.tight_return, tuning.tight_return);
+    assert_eq!(ten.release_cooldown, tuning.release_cooldown);
+    let capped = tuning.for_records(1_000_000);
+    assert_eq!(capped.max_size, 128 * MAX_SIZE_FACTOR);
+    assert_eq!(capped.flush_max_age, Duration::from_secs(2) * 16);
+    // 0 turns the scaling off, and reservations that are off stay off.
+    let fixed = Tuning {
+        records_per_step: 0,
+        ..Tuning::default()
+    };
+    assert_eq!(fixed.for_records(1_000_000), fixed);
+    let off = Tuning {
+        max_size: 0,
+        ..Tuning::default()
+    };
+    assert_eq!(off.for_records(1_000_000).max_size, 0);
+}
+
+#[test]
+fn nodes_record_their_handouts_at_their_own_moments() {
+    let tuning = Tuning::default();
+    let names: Vec<String> = (0..10).map(|i| format!("node{i}")).collect();
+    let ages: BTreeSet<Duration> = names
+        .iter()
+        .map(|name| tuning.for_node(name).flush_max_age)
+        .collect();
+    // Ten nodes of one cluster: ten different moments, all within a quarter of the tuning.
+    assert_eq!(ages.len(), 10);
+    for age in &ages {
+        assert!(*age >= tuning.flush_max_age * 3 / 4 && *age < tuning.flush_max_age * 5 / 4);
+    }
+    // The same node always gets the same, and nothing else changes.
+    let node = tuning.for_node("node3");
+    assert_eq!(node, tuning.for_node("node3"));
+    assert_eq!(
+        Tuning {
+            flush_idle: tuning.flush_idle,
+            flush_max_age: tuning.flush_max_age,
+            ..node.clone()
+        },
+        tuning
+    );
+    assert_eq!(
+        node.flush_idle.as_nanos() * tuning.flush_max_age.as_nanos(),
+        node.flush_max_age.as_nanos() * tuning.flush_idle.as_nanos()
+    );
+}
+
+#[test]
+fn a_node_writes_a_big_pool_less_often_and_reserves_more_of_it() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let view = |records: usize| PoolView {
+        version: Some("5".into()),
+        usable: 65_533,
+        records,
+        reservations: 3,
+        other_nodes: 0,
+    };
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    // The target: capped at max_size in a small pool, eight times that at 8,000 records.
+    node.state.set_upcoming(5_000);
+    node.state.observe(&view(500));
+    assert_eq!(node.state.target(&tuning), 128);
+    node.state.observe(&view(8_000));
+    assert_eq!(node.state.target(&tuning), 1_024);
+
+    // A handout waits to be recorded (no pods to come, so no top-up is due).
+    node.state.set_upcoming(4);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    node.state.set_upcoming(0);
+    let t1 = t0 + Duration::from_millis(10);
+    node.state.answer(&alloc("b"), t1, &tuning, open_gate).unwrap();
+    let quiet = t1 + tuning.flush_idle;
+    // In a small pool it is recorded once the node is quiet for flush_idle…
+    let mut small = node.state.clone();
+    small.observe(&view(500));
+    let plan = small.plan_round(quiet, &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.converting.len(), 1);
+    // …holding 8,000 records, only after eight times that.
+    node.state.observe(&view(8_000));
+    assert!(
+        node.state
+            .plan_round(t1 + tuning.flush_idle * 7, &tuning, 0, false, false)
+            .is_none()
+    );
+    let plan = node
+        .state
+        .plan_round(t1 + tuning.flush_idle * 8, &tuning, 0, false, false)
+        .unwrap();
+    assert_eq!(plan.converting.len(), 1);
+}
+
+#[test]
 fn refills_pause_after_a_short_one() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
