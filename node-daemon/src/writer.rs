@@ -719,12 +719,10 @@ async fn round(
                 );
                 last_error = "conflicting writes from other nodes".to_owned();
                 conflicts += 1;
-                // Back off a little, randomised and growing with the conflict streak, so that nodes
-                // contending for one pool stop colliding in lockstep; meanwhile more requests queue
-                // and the next write decides more of them. Background work (nobody waits on it) steps
-                // aside for longer, leaving the pool to writes that pods are waiting for.
-                let step = if batch.is_empty() { 25 } else { 2 };
-                tokio::time::sleep(jitter(Duration::from_millis(step * conflicts.min(10)))).await;
+                // Back off, randomised, so that nodes contending for one pool stop colliding in
+                // lockstep; meanwhile more requests queue and the next write decides more of them.
+                let window = conflict_window(started.elapsed(), conflicts, batch.is_empty());
+                tokio::time::sleep(jitter(window)).await;
                 // The winner's version usually arrives through the watch meanwhile: use it rather
                 // than reading the (large) pool object again.
                 latest = newer_from_store(
@@ -804,12 +802,12 @@ fn prepare(
         .ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
     let reserved = inner.stores.reserved_ips(family);
     let usable = pick::usable_addresses(&current.spec, family, &reserved).map_err(bad)?;
-    let mut records = current
-        .status
-        .clone()
-        .unwrap_or_default()
-        .allocations()
-        .map_err(|e| bad(format!("status.allocatedIPs is not valid JSON: {e}")))?;
+    let mut records = match &current.status {
+        Some(status) => status
+            .allocations()
+            .map_err(|e| bad(format!("status.allocatedIPs is not valid JSON: {e}")))?,
+        None => BTreeMap::new(),
+    };
     let before = records.clone();
 
     let kept = handle.state().check_spec(plan, &usable, family);
@@ -990,6 +988,27 @@ fn merge_queued(
 }
 
 /// A uniformly random duration in `[0, max)`.
+/// The longest a writer waits after its `streak`th conflict in a row on one pool, the losing write
+/// having taken `attempt`. It grows with the streak. Background work (`background`: nobody waits on
+/// it) steps aside for longer, leaving the pool to writes that pods are waiting for. A write the API
+/// server took long over (a big pool: every write carries all its records) loses its races for as
+/// long, so the step is at least half of it: retrying sooner only sends another whole pool that
+/// loses too, and a storm of such writes is what saturates the API server.
+fn conflict_window(attempt: Duration, streak: u64, background: bool) -> Duration {
+    let step = if background {
+        Duration::from_millis(25)
+    } else {
+        Duration::from_millis(2)
+    };
+    let streak = u32::try_from(streak.clamp(1, 10)).unwrap_or(10);
+    step.max(attempt / 2)
+        .saturating_mul(streak)
+        .min(MAX_CONFLICT_WINDOW)
+}
+
+/// The most a writer waits after a conflict.
+const MAX_CONFLICT_WINDOW: Duration = Duration::from_secs(2);
+
 fn jitter(max: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let random = std::collections::hash_map::RandomState::new()
