@@ -251,6 +251,17 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
+    // The first list (and any relist) is served from the API server's watch cache (resourceVersion
+    // "0"), as client-go's informers do, not read from etcd: every node's agent starts these lists,
+    // often all at once, and a consistent list of the pods of one node by field selector has the
+    // API server read every pod of the cluster from etcd, once per agent. A list from the cache may
+    // be a little older than the newest write; the watch that follows brings it up to date, and
+    // nothing decided from these caches goes out unchecked (pool writes carry the resourceVersion
+    // they were decided against; a pod is taken from the cache only with the UID the runtime names).
+    let mut config = config.any_semantic();
+    // kube leaves resourceVersion "0" out of a list that has a limit (a consistent read again), so
+    // the first list is not paginated; the watch cache answers a list whole in any case.
+    config.page_size = None;
     // Nothing here reads managedFields; dropping them roughly halves what a cached object costs.
     let events = watcher(api, config)
         .default_backoff()

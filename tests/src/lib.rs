@@ -43,6 +43,7 @@ pub mod node_sim;
 pub mod objects;
 pub mod oci;
 pub mod process;
+pub mod prometheus;
 pub mod realnode;
 pub mod tools;
 pub mod vm;
