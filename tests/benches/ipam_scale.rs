@@ -50,6 +50,7 @@ use spiderpool_schema::SpiderIPPool;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
 use spiderpool_tests::process::cpu_seconds;
+use spiderpool_tests::prometheus::{apiserver_metrics, metric_sum};
 use spiderpool_tests::{ClusterOptions, TestCluster};
 
 /// What the control plane has spent so far, as counters.
@@ -77,15 +78,6 @@ impl std::ops::Sub for Spent {
     }
 }
 
-/// The sum of the samples of `metric` whose labels contain every one of `labels` (`key="value"`).
-fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with('{'))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 const MUTATING: [&str; 5] = [
     "verb=\"POST\"",
     "verb=\"PUT\"",
@@ -103,9 +95,7 @@ async fn spent(cluster: &TestCluster, client: &Client, daemons: &[Daemon]) -> Re
             _ => {}
         }
     }
-    let metrics = client
-        .request_text(http::Request::get("/metrics").body(Vec::new())?)
-        .await?;
+    let metrics = apiserver_metrics(client).await?;
     // `apiserver_request_total` names the resource alone, the body sizes with its group.
     for resource in ["resource=\"spiderippools", "resource=\"spiderendpoints"] {
         for verb in MUTATING {
@@ -328,8 +318,10 @@ async fn scenario(
     }
     let (left, _) = recorded(client, pools).await?;
     println!("  after DEL: pools record {left}; {failures} failed calls in all");
+    // At once (grace period 0): no kubelet confirms a graceful deletion here, so the pods would
+    // stay, terminating, and every later scenario's reclaim scan would list them too.
     Api::<Pod>::namespaced(client.clone(), ns.name())
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .delete_collection(&DeleteParams::default().grace_period(0), &ListParams::default())
         .await?;
     Ok(())
 }
