@@ -995,7 +995,7 @@ fn merge_queued(
 /// every write carries all its records) loses its races for as long, and retrying sooner only sends
 /// another whole pool that loses too; a storm of such writes is what saturated the API server. A
 /// write that pods wait for keeps short steps: in the 1,000-pod bench, backing off for a part of the
-/// write time made their p99 ADD worse (top-level README, "Known limits").
+/// write time made their p99 ADD worse (top-level README, "Known limitations").
 fn conflict_window(attempt: Duration, streak: u64, background: bool) -> Duration {
     let step = if background {
         Duration::from_millis(25).max(attempt / 2)

@@ -72,8 +72,8 @@ async fn a_second_agent_for_a_node_refuses_to_start_and_leaves_the_first_ones_so
 /// The agent's caches take their first lists from the API server's watch cache (resourceVersion
 /// "0"), as client-go's informers do, not from etcd: every node's agent starts these lists, often
 /// all at once, and a consistent list of one node's pods by field selector has the API server read
-/// every pod of the cluster from etcd, once per agent (with a hundred agents and tens of thousands
-/// of pods, the agents were not ready within 30 s in the `ipam_scale` bench). kube leaves
+/// every pod of the cluster from etcd, once per agent (a hundred agents were not ready within 30 s in
+/// the `ipam_scale` bench while it left tens of thousands of pods terminating). kube leaves
 /// resourceVersion "0" out of a list with a limit, which is how this was first missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_caches_are_listed_from_the_api_servers_watch_cache() -> Result<()> {
