@@ -172,7 +172,9 @@ async fn install(values: &str, extra_set: &[&str]) -> Result<Install> {
         release,
         _dir: dir,
     };
-    installed.with_context(|| install.all_logs())?;
+    if let Err(err) = installed {
+        bail!("{err:#}\n{}", install.all_logs());
+    }
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "helm install --wait: chart installed, ready, spiderpool-init done"
@@ -303,7 +305,10 @@ async fn chart_installs_runs_under_its_rbac_and_uninstalls_clean() -> Result<()>
         refused.is_empty(),
         "the API server refused our components: {refused:#?}"
     );
-    uninstall(&install).await.with_context(|| install.all_logs())?;
+    // The reason first: CI shows the head of a long failure, and the logs would hide it.
+    if let Err(err) = uninstall(&install).await {
+        bail!("{err:#}\n{}", install.all_logs());
+    }
     install.sim.shutdown().await?;
     drop(install.cluster);
     Ok(())
@@ -586,9 +591,20 @@ async fn exercise(install: &Install) -> Result<()> {
     })
     .await?;
     apps.delete("web", &DeleteParams::default()).await?;
-    Api::<SpiderNetwork>::all(client.clone())
-        .delete("lab", &DeleteParams::default())
-        .await?;
+    // Foreground, and waited for: the topology's pools carry the finalizer only the operator removes,
+    // so they must be gone before the uninstall removes the operator (docs/install.md's order). With
+    // a background delete the garbage collector reached them after the uninstall on a slow machine.
+    let networks = Api::<SpiderNetwork>::all(client.clone());
+    networks.delete("lab", &DeleteParams::foreground()).await?;
+    wait_for(
+        "SpiderNetwork lab and its children gone",
+        Duration::from_secs(120),
+        || {
+            let networks = networks.clone();
+            async move { Ok(networks.get_opt("lab").await?.is_none().then_some(())) }
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -956,7 +972,10 @@ async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()>
         refused.is_empty(),
         "the API server refused our components: {refused:#?}"
     );
-    uninstall(&install).await.with_context(|| install.all_logs())?;
+    // The reason first: CI shows the head of a long failure, and the logs would hide it.
+    if let Err(err) = uninstall(&install).await {
+        bail!("{err:#}\n{}", install.all_logs());
+    }
     install.sim.shutdown().await?;
     Ok(())
 }

@@ -23,15 +23,21 @@ use spiderpool_schema::SpiderNetwork;
 use spiderpool_tests::TestCluster;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Short enough that a handover takes seconds, long enough that a leader on a loaded CI machine (CPU
+/// starved, API server answering slowly) still renews in time: with 3 s and 2 s the in-process
+/// leader once lost its lease mid-test there, and the follower reconciled.
+const LEASE_DURATION: Duration = Duration::from_secs(6);
+const RENEW_DEADLINE: Duration = Duration::from_secs(4);
+const RETRY_PERIOD: Duration = Duration::from_millis(500);
 
 fn fast_lease(namespace: &str, name: &str, identity: &str) -> LeaseConfig {
     LeaseConfig {
         namespace: namespace.to_string(),
         name: name.to_string(),
         identity: identity.to_string(),
-        lease_duration: Duration::from_secs(3),
-        renew_deadline: Duration::from_secs(2),
-        retry_period: Duration::from_millis(300),
+        lease_duration: LEASE_DURATION,
+        renew_deadline: RENEW_DEADLINE,
+        retry_period: RETRY_PERIOD,
     }
 }
 
@@ -113,7 +119,7 @@ async fn only_the_leader_writes_and_a_killed_leader_hands_over() -> Result<()> {
     .await?;
     let handover = killed_at.elapsed();
     assert!(
-        handover >= Duration::from_secs(2),
+        handover >= RENEW_DEADLINE,
         "took over a live lease after {handover:?}"
     );
     let second = create_topology(&client, &format!("{sfx}b")).await?;
@@ -164,11 +170,11 @@ fn start_operator(cluster: &TestCluster, namespace: &str, identity: &str) -> Res
         .args(["--namespace", namespace, "--pod-name", identity])
         .args([
             "--lease-duration",
-            "3",
+            &LEASE_DURATION.as_secs_f64().to_string(),
             "--renew-deadline",
-            "2",
+            &RENEW_DEADLINE.as_secs_f64().to_string(),
             "--retry-period",
-            "0.3",
+            &RETRY_PERIOD.as_secs_f64().to_string(),
         ])
         .args(["--bind-address", "127.0.0.1"])
         // Webhooks are tested on their own (operator_webhook); two replicas on one host would also

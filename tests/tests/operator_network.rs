@@ -26,7 +26,8 @@ use spiderpool_schema::labels::{LABEL_MANAGED_BY, MANAGED_BY};
 use spiderpool_schema::network::{Rack, RackRange};
 use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous: on a loaded CI machine the six examples' first reconciles queue behind each other.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `"<Kind> <ns/>name"` of everything the compiler renders that the controller applies.
 fn rendered_ids(network: &SpiderNetwork) -> BTreeMap<String, Value> {
@@ -71,7 +72,7 @@ async fn touch_and_count_writes(client: &Client, running: &Running, names: &[Str
     // first reconcile is still queued merges into it (one reconcile for both), and the count awaited
     // below would never be reached: a freshly started controller on a loaded machine did exactly that.
     // So first its first pass: at least one reconcile per topology, then no new one for 2 s.
-    wait_for("the controller's first pass", Duration::from_secs(60), || async {
+    wait_for("the controller's first pass", READY_TIMEOUT, || async {
         Ok((running.metrics.reconciles(CONTROLLER) >= names.len() as u64).then_some(()))
     })
     .await?;

@@ -296,11 +296,15 @@ impl Case {
         })
         .await?;
         for pod in &list {
-            self.world
+            let waited = self
+                .world
                 .sim
                 .wait_pod(self.ns.name(), &pod.name_any(), TIMEOUT)
-                .await
-                .with_context(|| self.world.daemon_logs())?;
+                .await;
+            // The reason first: CI shows the head of a long failure, and the logs would hide it.
+            if let Err(err) = waited {
+                anyhow::bail!("{err:#}\n{}", self.world.daemon_logs());
+            }
         }
         Ok(list)
     }
@@ -325,7 +329,7 @@ impl Case {
     async fn wait_released(&self, pools: &[String]) -> Result<()> {
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());
         for pool in pools {
-            wait_for(&format!("pool {pool} to be empty"), TIMEOUT, || async {
+            let waited = wait_for(&format!("pool {pool} to be empty"), TIMEOUT, || async {
                 let count = api
                     .get(pool)
                     .await?
@@ -335,8 +339,10 @@ impl Case {
                 let records = ipam::pool_records(&self.client, pool).await?;
                 Ok((count == 0 && records.is_empty()).then_some(()))
             })
-            .await
-            .with_context(|| self.world.daemon_logs())?;
+            .await;
+            if let Err(err) = waited {
+                anyhow::bail!("{err:#}\n{}", self.world.daemon_logs());
+            }
         }
         Ok(())
     }
