@@ -688,12 +688,14 @@ async fn round(
             allocated_ips,
             allocated_ip_count: decided.count,
         };
-        let started = Instant::now();
+        // The shell's clock (tokio's), so that a paused test clock measures the write too.
+        let started = clock::now();
         let result = {
             let _step = inner.health.step(pool, "writing the pool status");
             inner.api.write_pool_status(pool, &write).await
         };
-        inner.metrics.pool_write(started.elapsed(), batch.len());
+        let took = clock::now().saturating_duration_since(started);
+        inner.metrics.pool_write(took, batch.len());
         match result {
             Ok(updated) => {
                 tracing::debug!(
@@ -721,8 +723,16 @@ async fn round(
                 conflicts += 1;
                 // Back off, randomised, so that nodes contending for one pool stop colliding in
                 // lockstep; meanwhile more requests queue and the next write decides more of them.
-                let window = conflict_window(started.elapsed(), conflicts, batch.is_empty());
-                tokio::time::sleep(jitter(window)).await;
+                let background = batch.is_empty();
+                let window = jitter(conflict_window(took, conflicts, background));
+                if background {
+                    let pause = Pause { window, conflicts };
+                    pause
+                        .step_aside(pool, queue, &mut batch, &mut plan, handle, inner)
+                        .await;
+                } else {
+                    tokio::time::sleep(window).await;
+                }
                 // The winner's version usually arrives through the watch meanwhile: use it rather
                 // than reading the (large) pool object again.
                 latest = newer_from_store(
@@ -967,7 +977,19 @@ fn merge_queued(
     handle: &Handle,
     inner: &Inner,
 ) {
-    let mut more = Vec::new();
+    merge(pool, Vec::new(), queue, batch, plan, handle, inner);
+}
+
+/// [`merge_queued`], `more` first.
+fn merge(
+    pool: &str,
+    mut more: Vec<Request>,
+    queue: &mut mpsc::UnboundedReceiver<Request>,
+    batch: &mut Vec<Request>,
+    plan: &mut RoundPlan,
+    handle: &Handle,
+    inner: &Inner,
+) {
     while let Ok(request) = queue.try_recv() {
         more.push(request);
     }
@@ -987,7 +1009,6 @@ fn merge_queued(
     batch.extend(more);
 }
 
-/// A uniformly random duration in `[0, max)`.
 /// The longest a writer waits after its `streak`th conflict in a row on one pool, the losing write
 /// having taken `attempt`. It grows with the streak. Background work (`background`: nobody waits on
 /// it) steps aside for longer, leaving the pool to writes that pods are waiting for, and for at
@@ -1006,9 +1027,52 @@ fn conflict_window(attempt: Duration, streak: u64, background: bool) -> Duration
     step.saturating_mul(streak).min(MAX_CONFLICT_WINDOW)
 }
 
+/// Background work's pause after its `conflicts`th conflict in a row.
+struct Pause {
+    window: Duration,
+    conflicts: u64,
+}
+
+impl Pause {
+    /// Waits out the window, unless a request arrives first that the writer cannot answer from its
+    /// reservations (a pod waits on it): the round takes it in and goes on after the short pause of
+    /// work pods wait on. A pod must not wait out a window that was sized for work nobody waits on
+    /// (up to [`MAX_CONFLICT_WINDOW`] on a big pool).
+    async fn step_aside(
+        self,
+        pool: &str,
+        queue: &mut mpsc::UnboundedReceiver<Request>,
+        batch: &mut Vec<Request>,
+        plan: &mut RoundPlan,
+        handle: &Handle,
+        inner: &Inner,
+    ) {
+        let until = clock::deadline_in(self.window);
+        loop {
+            let arrived = tokio::select! {
+                () = clock::sleep_until(until) => return,
+                arrived = queue.recv() => arrived,
+            };
+            let Some(request) = arrived else {
+                // Nothing more will come: the whole window, or a closed queue would spin the round.
+                clock::sleep_until(until).await;
+                return;
+            };
+            merge(pool, vec![request], queue, batch, plan, handle, inner);
+            if !batch.is_empty() {
+                let short = conflict_window(Duration::ZERO, self.conflicts, false);
+                let left = until.saturating_duration_since(clock::now());
+                tokio::time::sleep(jitter(short).min(left)).await;
+                return;
+            }
+        }
+    }
+}
+
 /// The most a writer waits after a conflict.
 const MAX_CONFLICT_WINDOW: Duration = Duration::from_secs(2);
 
+/// A uniformly random duration in `[0, max)`.
 fn jitter(max: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let random = std::collections::hash_map::RandomState::new()

@@ -679,3 +679,64 @@ fn after_a_conflict_background_work_waits_longer_the_longer_the_losing_write_too
     assert_eq!(conflict_window(ms(1), 50, false), ms(20));
     assert_eq!(conflict_window(ms(900), 5, true), MAX_CONFLICT_WINDOW);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_does_not_wait_out_the_pause_of_background_work_that_lost_a_conflict() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    for name in ["a", "b", "c", "d"] {
+        w.fake.put_pod(pending_pod(name));
+    }
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    // b's address is handed out from the reservations; recording it is background work, and its
+    // write is slow (a big pool) while another node writes the pool: it loses a conflict after 4 s,
+    // so it steps aside for a random part of 2 s.
+    w.fake
+        .fail(CallKind::WritePoolStatus, Fault::Delay(Duration::from_secs(4)), 1);
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        w.fake.count(CallKind::WritePoolStatus),
+        2,
+        "the background write is under way"
+    );
+    let current = w.fake.pool("p").unwrap();
+    let mut theirs = current.status.clone().unwrap_or_default().allocations().unwrap();
+    theirs.insert("10.0.0.9".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
+    let mut status = SpiderIPPoolStatus::default();
+    status.set_allocations(&theirs).unwrap();
+    let other_node = PoolStatusWrite {
+        resource_version: current.metadata.resource_version.clone(),
+        allocated_ips: status.allocated_ips.clone(),
+        allocated_ip_count: 5,
+    };
+    w.fake.write_pool_status("p", &other_node).await.unwrap();
+    let lost = || {
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_update_ippool_conflict_counts_total 1")
+    };
+    for _ in 0..1_000 {
+        if lost() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(lost(), "the background write lost a conflict");
+    // Meanwhile a DEL asks to release what this node's reservations do not know (a pod of before a
+    // restart): only the pool can answer it, and the round takes it in at once, not at the end of
+    // the pause (which ends within 60 ms only 3% of the time).
+    let writers = w.writers.clone();
+    let asked = tokio::time::Instant::now();
+    let del = tokio::spawn(async move { writers.submit("p", release("z", "10.0.0.8"), TIMEOUT).await });
+    let answer = del.await.unwrap().unwrap();
+    assert_eq!(answer, Outcome::Released(false));
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(60),
+        "the pod waited {waited:?} for background work's pause"
+    );
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
+}
