@@ -742,7 +742,7 @@ async fn round(
                     Duration::from_millis(30),
                 )
                 .await;
-                merge_queued(pool, queue, &mut batch, &mut plan, handle, inner);
+                merge_queued(pool, Vec::new(), queue, &mut batch, &mut plan, handle, inner);
             }
             Err(e) if e.is_not_found() => {
                 pool_gone(pool, batch, handle);
@@ -754,7 +754,7 @@ async fn round(
                 last_error = e.to_string();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                merge_queued(pool, queue, &mut batch, &mut plan, handle, inner);
+                merge_queued(pool, Vec::new(), queue, &mut batch, &mut plan, handle, inner);
             }
         }
     }
@@ -968,20 +968,9 @@ fn expire(pool: &str, batch: &mut Vec<Request>, last_error: &str) {
     }
 }
 
-/// Adds requests queued meanwhile to the batch, answering what the state can answer at once.
+/// Adds `more` and the requests queued meanwhile to the batch, answering what the state can answer
+/// at once.
 fn merge_queued(
-    pool: &str,
-    queue: &mut mpsc::UnboundedReceiver<Request>,
-    batch: &mut Vec<Request>,
-    plan: &mut RoundPlan,
-    handle: &Handle,
-    inner: &Inner,
-) {
-    merge(pool, Vec::new(), queue, batch, plan, handle, inner);
-}
-
-/// [`merge_queued`], `more` first.
-fn merge(
     pool: &str,
     mut more: Vec<Request>,
     queue: &mut mpsc::UnboundedReceiver<Request>,
@@ -1058,7 +1047,7 @@ impl Pause {
                 clock::sleep_until(until).await;
                 return;
             };
-            merge(pool, vec![request], queue, batch, plan, handle, inner);
+            merge_queued(pool, vec![request], queue, batch, plan, handle, inner);
             if !batch.is_empty() {
                 let short = conflict_window(Duration::ZERO, self.conflicts, false);
                 let left = until.saturating_duration_since(clock::now());

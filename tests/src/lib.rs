@@ -36,6 +36,7 @@ pub mod daemon;
 pub mod images;
 pub mod ipam;
 pub mod kubelet;
+pub mod logs;
 pub mod multus;
 pub mod netns;
 pub mod node_object;

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use spiderpool_schema::{SpiderCoordinator, SpiderIPPool, SpiderInterfaceTask, SpiderNetwork};
 use spiderpool_tests::chart;
 use spiderpool_tests::kubelet::ImageKubelet;
+use spiderpool_tests::logs::LogsAfter as _;
 use spiderpool_tests::node_sim::SimNode;
 use spiderpool_tests::{
     ClusterOptions, DefaultNetwork, NodeSimulator, SimOptions, TestCluster, images, wait_for,
@@ -172,9 +173,7 @@ async fn install(values: &str, extra_set: &[&str]) -> Result<Install> {
         release,
         _dir: dir,
     };
-    if let Err(err) = installed {
-        bail!("{err:#}\n{}", install.all_logs());
-    }
+    installed.logs_after(|| install.all_logs())?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "helm install --wait: chart installed, ready, spiderpool-init done"
@@ -292,23 +291,19 @@ async fn wait_coordinator_synced(client: &Client) -> Result<SpiderCoordinator> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chart_installs_runs_under_its_rbac_and_uninstalls_clean() -> Result<()> {
     let install = install(VALUES, &[]).await?;
-    let result = exercise(&install).await;
-    if let Err(err) = &result {
-        bail!(
-            "{err:#}\nkubelet failures: {:?}\n{}",
+    exercise(&install).await.logs_after(|| {
+        format!(
+            "kubelet failures: {:?}\n{}",
             install.kubelet.failures(),
             install.all_logs()
-        );
-    }
+        )
+    })?;
     let refused = refusals(&install);
     ensure!(
         refused.is_empty(),
         "the API server refused our components: {refused:#?}"
     );
-    // The reason first: CI shows the head of a long failure, and the logs would hide it.
-    if let Err(err) = uninstall(&install).await {
-        bail!("{err:#}\n{}", install.all_logs());
-    }
+    uninstall(&install).await.logs_after(|| install.all_logs())?;
     install.sim.shutdown().await?;
     drop(install.cluster);
     Ok(())
@@ -939,21 +934,18 @@ async fn upstream_extras_are_admitted(install: &Install) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()> {
     let install = install("{}\n", &["--set", "multus.multusCNI.install=false"]).await?;
-    let synced = wait_coordinator_synced(&install.client).await;
-    if let Err(err) = synced {
-        bail!("{err:#}\n{}", install.all_logs());
-    }
+    wait_coordinator_synced(&install.client)
+        .await
+        .logs_after(|| install.all_logs())?;
     // `helm upgrade --wait` with other values rolls both components and they come back ready.
-    let upgraded = install
+    install
         .release
         .upgrade(
             "spiderpoolAgent:\n  debug:\n    logLevel: debug\nspiderpoolController:\n  debug:\n    logLevel: debug\n",
             &["--set", "multus.multusCNI.install=false"],
         )
-        .await;
-    if let Err(err) = upgraded {
-        bail!("{err:#}\n{}", install.all_logs());
-    }
+        .await
+        .logs_after(|| install.all_logs())?;
     let agents: Api<k8s_openapi::api::apps::v1::DaemonSet> =
         Api::namespaced(install.client.clone(), NAMESPACE);
     let agent = agents.get("spiderpool-agent").await?;
@@ -972,10 +964,7 @@ async fn chart_with_default_values_comes_up_and_uninstalls_clean() -> Result<()>
         refused.is_empty(),
         "the API server refused our components: {refused:#?}"
     );
-    // The reason first: CI shows the head of a long failure, and the logs would hide it.
-    if let Err(err) = uninstall(&install).await {
-        bail!("{err:#}\n{}", install.all_logs());
-    }
+    uninstall(&install).await.logs_after(|| install.all_logs())?;
     install.sim.shutdown().await?;
     Ok(())
 }

@@ -46,6 +46,7 @@ use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
 use spiderpool_tests::admission::{Webhooks, wait_until_pod_webhook_binds};
 use spiderpool_tests::coordinator::synced_coordinator;
 use spiderpool_tests::daemon::Daemon;
+use spiderpool_tests::logs::LogsAfter as _;
 use spiderpool_tests::{
     DefaultNetwork, NodeSimulator, SimOptions, TestCluster, TestNamespace, init_tracing, ipam, tools,
     wait_for, watchdog,
@@ -296,15 +297,11 @@ impl Case {
         })
         .await?;
         for pod in &list {
-            let waited = self
-                .world
+            self.world
                 .sim
                 .wait_pod(self.ns.name(), &pod.name_any(), TIMEOUT)
-                .await;
-            // The reason first: CI shows the head of a long failure, and the logs would hide it.
-            if let Err(err) = waited {
-                anyhow::bail!("{err:#}\n{}", self.world.daemon_logs());
-            }
+                .await
+                .logs_after(|| self.world.daemon_logs())?;
         }
         Ok(list)
     }
@@ -329,7 +326,7 @@ impl Case {
     async fn wait_released(&self, pools: &[String]) -> Result<()> {
         let api: Api<SpiderIPPool> = Api::all(self.client.clone());
         for pool in pools {
-            let waited = wait_for(&format!("pool {pool} to be empty"), TIMEOUT, || async {
+            wait_for(&format!("pool {pool} to be empty"), TIMEOUT, || async {
                 let count = api
                     .get(pool)
                     .await?
@@ -339,10 +336,8 @@ impl Case {
                 let records = ipam::pool_records(&self.client, pool).await?;
                 Ok((count == 0 && records.is_empty()).then_some(()))
             })
-            .await;
-            if let Err(err) = waited {
-                anyhow::bail!("{err:#}\n{}", self.world.daemon_logs());
-            }
+            .await
+            .logs_after(|| self.world.daemon_logs())?;
         }
         Ok(())
     }
