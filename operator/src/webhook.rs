@@ -12,6 +12,7 @@
 
 pub mod coordinator;
 pub mod ippool;
+pub mod metrics;
 pub mod multusconfig;
 pub mod network;
 pub mod pod;

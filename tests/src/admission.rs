@@ -15,6 +15,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt as _};
+use prometheus_client::registry::Registry;
+use spiderpool_operator::webhook::metrics::WebhookMetrics;
 use spiderpool_operator::webhook::registration::{self, Registration};
 use spiderpool_operator::webhook::{self, TlsSource, WebhookConfig};
 use spiderpool_schema::SpiderNetwork;
@@ -48,6 +50,8 @@ pub struct Webhooks {
     registration: Registration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<Result<()>>>,
+    metrics: Registry,
+    _runtime: ServerRuntime,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -62,27 +66,34 @@ impl Webhooks {
     /// Binds the server, registers the configurations named `name` and waits until the API server
     /// calls the webhooks (its configuration cache refreshes a moment after they are written).
     pub async fn start(client: &Client, name: &str) -> Result<Self> {
+        // The server runs on a runtime of its own, as in the operator's process: the test's requests
+        // do not queue on the worker threads that answer the API server's calls.
+        let runtime = ServerRuntime::start()?;
         let listen: SocketAddr = "127.0.0.1:0".parse()?;
-        let server = webhook::bind(
-            client.clone(),
-            WebhookConfig {
-                listen,
-                tls: TlsSource::Generated {
-                    names: vec!["127.0.0.1".into()],
-                },
-                registration: None,
+        let config = WebhookConfig {
+            listen,
+            tls: TlsSource::Generated {
+                names: vec!["127.0.0.1".into()],
             },
-        )
-        .await?;
+            registration: None,
+        };
+        let server = runtime
+            .handle()
+            .spawn(webhook::bind(client.clone(), config))
+            .await
+            .context("binding the webhook server panicked")??;
         let registration = Registration {
             name: name.into(),
             target: webhook::url_target(server.local_addr()?),
             object_selector: None,
             timeout_seconds: 10,
         };
-        let server = server.with_registration(registration.clone());
+        let mut metrics = Registry::default();
+        let server = server
+            .with_registration(registration.clone())
+            .with_metrics(WebhookMetrics::register(&mut metrics));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async {
+        let serving = runtime.handle().spawn(server.run(async {
             let _ = stopped.await;
         }));
         let webhooks = Webhooks {
@@ -90,9 +101,20 @@ impl Webhooks {
             registration,
             stop: Some(stop),
             serving: Some(serving),
+            metrics,
+            _runtime: runtime,
         };
         wait_until_webhooks_answer(client).await?;
         Ok(webhooks)
+    }
+
+    /// The server's metrics in Prometheus' text format (among them
+    /// [`spiderpool_operator::webhook::metrics::DURATION_METRIC`], its answer times).
+    pub fn metrics_text(&self) -> Result<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.metrics)
+            .context("encoding the webhook server's metrics")?;
+        Ok(text)
     }
 
     /// Stops the server and removes the configurations (checking they are gone); fails if serving
@@ -121,6 +143,40 @@ impl Drop for Webhooks {
     fn drop(&mut self) {
         if let Some(serving) = self.serving.take() {
             serving.abort();
+        }
+    }
+}
+
+/// The webhook server's own runtime, shut down without waiting when dropped (a runtime cannot be
+/// dropped, waiting, inside the test's runtime).
+struct ServerRuntime {
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ServerRuntime {
+    fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("webhook-server")
+            .enable_all()
+            .build()
+            .context("starting the webhook server's runtime")?;
+        Ok(ServerRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }

@@ -19,3 +19,19 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     // the kernel counts them in USER_HZ (100 on Linux).
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
+
+/// CPU time (user + system) this process's children have used, counting only children that have
+/// exited and been waited for (`std::process::Command::output` waits), in seconds.
+pub fn waited_children_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/self/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks =
+        |i: usize| -> Result<f64> { Ok(fields.get(i).context("short /proc/self/stat")?.parse::<f64>()?) };
+    // cutime and cstime are fields 16 and 17 of the whole line, 13 and 14 after the command name.
+    Ok((ticks(13)? + ticks(14)?) / 100.0)
+}

@@ -33,6 +33,7 @@ use spiderpool_operator::controller::{self, multusconfig, network};
 use spiderpool_operator::leader::{DEFAULT_LEASE_NAME, LeaderElector, LeaderError, LeaseConfig, Outcome};
 use spiderpool_operator::metrics::{self, Metrics};
 use spiderpool_operator::webhook::TlsSource;
+use spiderpool_operator::webhook::metrics::WebhookMetrics;
 use spiderpool_operator::{settings, telemetry};
 use spiderpool_schema::{
     NetworkAttachmentDefinition, SpiderIPPool, SpiderInterfaceTask, SpiderMultusConfig, SpiderNetwork,
@@ -148,6 +149,7 @@ async fn run(args: Args) -> Result<()> {
     }));
     // Filled by the SpiderNetwork controller, so only the leader's series are non-empty.
     let network_capacity = network::capacity::CapacityMetrics::register(&mut registry);
+    let webhook_metrics = WebhookMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -201,7 +203,8 @@ async fn run(args: Args) -> Result<()> {
     let webhook_server = args.enable_webhooks.then(|| {
         let (client, config, stop) = (client.clone(), webhook_config, shutdown());
         tokio::spawn(async move {
-            if let Err(err) = spiderpool_operator::webhook::serve(client, config, stop).await {
+            if let Err(err) = spiderpool_operator::webhook::serve(client, config, webhook_metrics, stop).await
+            {
                 error!("the admission webhook server failed: {err:#}");
             }
         })

@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::Snapshot;
+use super::metrics::WebhookMetrics;
 use super::registration::{self, ClientTarget, Registration};
 use super::review::{self, Endpoint};
 use super::tls::{self, TlsMaterial};
@@ -84,6 +85,7 @@ pub struct WebhookServer {
     acceptor: TlsAcceptor,
     material: TlsMaterial,
     registration: Option<Registration>,
+    metrics: WebhookMetrics,
 }
 
 impl std::fmt::Debug for WebhookServer {
@@ -96,13 +98,18 @@ impl std::fmt::Debug for WebhookServer {
 }
 
 /// Serves the webhooks until `shutdown` completes: binds, registers the webhook configurations (when
-/// asked), then answers. Runs on every replica.
+/// asked), then answers, timing each answer in `metrics`. Runs on every replica.
 pub async fn serve(
     client: Client,
     config: WebhookConfig,
+    metrics: WebhookMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    bind(client, config).await?.run(shutdown).await
+    bind(client, config)
+        .await?
+        .with_metrics(metrics)
+        .run(shutdown)
+        .await
 }
 
 /// Loads or makes the certificate and binds the listener.
@@ -126,6 +133,7 @@ pub async fn bind(client: Client, config: WebhookConfig) -> anyhow::Result<Webho
         acceptor,
         material,
         registration: config.registration,
+        metrics: WebhookMetrics::default(),
     })
 }
 
@@ -150,6 +158,13 @@ impl WebhookServer {
         self
     }
 
+    /// Times the answers in `metrics` (by default in series registered nowhere).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: WebhookMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Registers the webhook configurations (when configured) and serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
@@ -171,14 +186,29 @@ impl WebhookServer {
             self.material.ca_pem.clone(),
         );
         let _stop_following = AbortOnDrop(following);
+        let metrics = self.metrics.clone();
         let mut router = Router::new().route("/healthz", get(|| async { "ok" })).route(
             super::pod::PATH,
-            post(move |body: Bytes| super::pod_server::handle(bindings.clone(), body)),
+            post(move |body: Bytes| {
+                let (metrics, bindings) = (metrics.clone(), bindings.clone());
+                async move {
+                    let answer = super::pod_server::handle(bindings, body);
+                    metrics.time(super::pod::PATH, answer).await
+                }
+            }),
         );
         for endpoint in Endpoint::all() {
+            let metrics = self.metrics.clone();
             router = router.route(
                 &endpoint.path(),
-                post(move |State(client): State<Client>, body: Bytes| handle(client, endpoint, body)),
+                post(move |State(client): State<Client>, body: Bytes| {
+                    let metrics = metrics.clone();
+                    async move {
+                        metrics
+                            .time(&endpoint.path(), handle(client, endpoint, body))
+                            .await
+                    }
+                }),
             );
         }
         let router = router.with_state(self.client.clone());

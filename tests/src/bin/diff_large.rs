@@ -15,8 +15,11 @@
 //! it the API server answers the consistent lists of the 16,000 pools from its watch cache, as in
 //! current clusters; with the distribution's etcd 3.4.23 it reads them from etcd, about 6 s more.
 //!
-//! Run: `cargo run --release -p spiderpool-tests --bin diff-large [-- --runs N]`. It builds spiderctl
-//! in the same profile. A measurement, not a test: nothing here asserts a time.
+//! Each run also reports the CPU time the API server, etcd and spiderctl used.
+//!
+//! Run: `cargo run --release -p spiderpool-tests --bin diff-large [-- --runs N] [--only-new]`
+//! (`--only-new`: case 1 only, `--runs` times). It builds spiderctl in the same profile. A
+//! measurement, not a test: nothing here asserts a time.
 
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
@@ -35,7 +38,7 @@ use spiderpool_operator::synthetic::{Shape, topology};
 use spiderpool_schema::SpiderNetwork;
 use spiderpool_tests::cluster::install_crd_yaml;
 use spiderpool_tests::objects::wait_network_ready;
-use spiderpool_tests::{ClusterOptions, TestCluster, tools};
+use spiderpool_tests::{ClusterOptions, TestCluster, process, tools};
 
 fn runs() -> Result<usize> {
     let args: Vec<String> = std::env::args().collect();
@@ -73,6 +76,23 @@ fn diff(
     Ok((output.status.code(), took, stdout.lines().count(), stderr))
 }
 
+/// CPU seconds used so far by the API server, etcd, and this process's waited-for children.
+fn cpu_used(cluster: &TestCluster) -> Result<[f64; 3]> {
+    let component = |name: &str| -> Result<f64> {
+        let (_, pid) = cluster
+            .pids()
+            .into_iter()
+            .find(|(component, _)| *component == name)
+            .with_context(|| format!("the cluster has no {name}"))?;
+        process::cpu_seconds(pid)
+    };
+    Ok([
+        component("kube-apiserver")?,
+        component("etcd")?,
+        process::waited_children_cpu_seconds()?,
+    ])
+}
+
 fn case(
     spiderctl: &Path,
     cluster: &TestCluster,
@@ -83,14 +103,19 @@ fn case(
 ) -> Result<()> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
+        let before = cpu_used(cluster)?;
         let (code, took, lines, summary) = diff(spiderctl, cluster, file)?;
+        let after = cpu_used(cluster)?;
         ensure!(
             code == Some(want),
             "{what}: exit {code:?}, expected {want}: {summary}"
         );
         println!(
-            "{what}: {:.2} s (exit {want}, {lines} lines on stdout; {summary})",
-            took.as_secs_f64()
+            "{what}: {:.2} s (exit {want}, {lines} lines on stdout; {summary}); CPU: API server {:.1} s, etcd {:.1} s, spiderctl {:.1} s",
+            took.as_secs_f64(),
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2],
         );
         times.push(took);
     }
@@ -132,6 +157,7 @@ fn main() -> Result<()> {
 async fn measure() -> Result<()> {
     spiderpool_tests::init_tracing();
     let runs = runs()?;
+    let only_new = std::env::args().any(|a| a == "--only-new");
     let release = std::env::current_exe()?
         .parent()
         .is_some_and(|dir| dir.file_name().is_some_and(|n| n == "release"));
@@ -174,7 +200,17 @@ async fn measure() -> Result<()> {
         if release { "release" } else { "debug" }
     );
 
-    case(&spiderctl, &cluster, &file, "nothing applied (all created)", 1, 1)?;
+    case(
+        &spiderctl,
+        &cluster,
+        &file,
+        "nothing applied (all created)",
+        if only_new { runs } else { 1 },
+        1,
+    )?;
+    if only_new {
+        return Ok(());
+    }
 
     let metrics = Arc::new(Metrics::default());
     let controller = tokio::spawn(network::run_with(
