@@ -34,10 +34,13 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cd "$work"
 # shellcheck source=go-scratch.sh
 source "$here/go-scratch.sh"
 scratch_go_caches "$work"
+# The throwaway module has a directory of its own: Go takes every directory under a module's root
+# for one of its packages, the scratch module cache too.
+mkdir "$work/module"
+cd "$work/module"
 echo "build-etcd.sh: building etcd v$version into $out (first run only; a few minutes on 2 cores)" >&2
 go mod init spiderpool-rs.test/etcd-build >/dev/null 2>&1
 cat > main.go <<'GO'
