@@ -630,7 +630,12 @@ async fn start_attempt(
         format!("--kubelet-client-key={}", certs.kubelet_client_key.display()),
         "--kubelet-preferred-address-types=InternalIP".to_owned(),
         "--allow-privileged=true".to_owned(),
-        "--profiling=false".to_owned(),
+        // `SPIDERPOOL_APISERVER_PROFILING=1` serves /debug/pprof (to profile a benchmark's API server
+        // with `go tool pprof`).
+        format!(
+            "--profiling={}",
+            std::env::var("SPIDERPOOL_APISERVER_PROFILING").is_ok_and(|v| v == "1")
+        ),
     ];
     if address.is_loopback() {
         // The `kubernetes` Service can't have endpoints on a loopback address (the API server would
