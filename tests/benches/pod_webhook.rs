@@ -255,5 +255,10 @@ async fn measure(client: Client, webhooks: &Webhooks, rate: u64, seconds: u64) -
         calls >= total,
         "the API server counted {calls} webhook calls for {total} pods"
     );
+    ensure!(
+        server.calls >= total,
+        "the webhook server timed {} answers for {total} pods",
+        server.calls
+    );
     Ok(())
 }
