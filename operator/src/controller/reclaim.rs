@@ -460,28 +460,46 @@ async fn observe(
             world.endpoints.insert(key_of(&ep), facts);
         }
     }
-    for pod in api::<Pod>(client, namespace)
-        .list(&lp)
-        .await
-        .map_err(kube_err("listing pods"))?
-    {
+    // The other lists are read side by side with the pods: only the endpoints' order matters to a
+    // verdict (a release also needs a later look to judge the same and the pod read once more).
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (pods, statefulsets, nodes, vms) = tokio::try_join!(
+        async {
+            api::<Pod>(client, namespace)
+                .list(&lp)
+                .await
+                .map_err(kube_err("listing pods"))
+        },
+        async {
+            if !config.flags.statefulset {
+                return Ok(None);
+            }
+            api::<StatefulSet>(client, namespace)
+                .list(&lp)
+                .await
+                .map(Some)
+                .map_err(kube_err("listing StatefulSets"))
+        },
+        async { nodes.list(&lp).await.map_err(kube_err("listing nodes")) },
+        async {
+            Ok(if config.flags.kubevirt {
+                Some(kubevirt_vms(client, namespace).await)
+            } else {
+                None
+            })
+        },
+    )?;
+    for pod in pods {
         world.pods.insert(key_of(&pod), pod_facts(&pod));
     }
-    if config.flags.statefulset {
-        for sts in api::<StatefulSet>(client, namespace)
-            .list(&lp)
-            .await
-            .map_err(kube_err("listing StatefulSets"))?
-        {
-            world.statefulsets.insert(key_of(&sts), sts_facts(&sts));
-        }
+    for sts in statefulsets.into_iter().flatten() {
+        world.statefulsets.insert(key_of(&sts), sts_facts(&sts));
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    for node in nodes.list(&lp).await.map_err(kube_err("listing nodes"))? {
+    for node in nodes {
         world.nodes_ready.insert(node.name_any(), node_ready(&node));
     }
-    if config.flags.kubevirt {
-        world.kubevirt_vms = kubevirt_vms(client, namespace).await;
+    if let Some(vms) = vms {
+        world.kubevirt_vms = vms;
     }
     Ok(world)
 }
