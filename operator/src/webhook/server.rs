@@ -199,15 +199,13 @@ impl WebhookServer {
         );
         for endpoint in Endpoint::all() {
             let metrics = self.metrics.clone();
+            // Formatted once, not on every request.
+            let path: std::sync::Arc<str> = endpoint.path().into();
             router = router.route(
-                &endpoint.path(),
+                &path.clone(),
                 post(move |State(client): State<Client>, body: Bytes| {
-                    let metrics = metrics.clone();
-                    async move {
-                        metrics
-                            .time(&endpoint.path(), handle(client, endpoint, body))
-                            .await
-                    }
+                    let (metrics, path) = (metrics.clone(), path.clone());
+                    async move { metrics.time(&path, handle(client, endpoint, body)).await }
                 }),
             );
         }
