@@ -122,6 +122,15 @@ fn peak_rss_mib(daemons: &[Daemon]) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// The highest anonymous and the highest file-backed resident memory of `daemons` now, in MiB.
+fn rss_now_mib(daemons: &[Daemon]) -> (f64, f64) {
+    let (anon, file) = daemons
+        .iter()
+        .filter_map(|d| d.rss_kib().ok())
+        .fold((0, 0), |(a, f), (anon, file)| (a.max(anon), f.max(file)));
+    (anon as f64 / 1024.0, file as f64 / 1024.0)
+}
+
 fn per(value: f64, count: usize) -> f64 {
     value / count.max(1) as f64
 }
@@ -302,6 +311,10 @@ async fn scenario(
                 "  after ADD: {} addresses handed out, {} duplicates; pools record {records} ({twice} recorded twice)",
                 ips.len(),
                 ips.len() - distinct.len(),
+            );
+            let (anon, file) = rss_now_mib(daemons);
+            println!(
+                "  agents' resident memory with the pools full (max of each): {anon:.1} MiB anonymous, {file:.1} MiB file-backed"
             );
             // The operator's full reclaim scan over every pool and endpoint (every pod alive: it must
             // release nothing), three times: one scan's time varies by a second from run to run.

@@ -186,12 +186,23 @@ impl Daemon {
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM")
+    }
+
+    /// Resident memory now, in KiB: anonymous (the heap and stacks) and file-backed (mostly the
+    /// binary's code, shared with every other process running it).
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        Ok((self.status_kib("RssAnon")?, self.status_kib("RssFile")?))
+    }
+
+    /// One "<field>: N kB" line of /proc/<pid>/status.
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/<pid>/status")
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))
     }
 
     /// The daemon's log file.
