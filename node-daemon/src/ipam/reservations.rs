@@ -239,6 +239,10 @@ pub struct Reservations {
     /// When the oldest and the newest of `handed` and `releasing` were added.
     oldest_pending: Option<Instant>,
     last_pending: Option<Instant>,
+    /// When the first and the last address that cooled down since the last give-back joined
+    /// `free`: an idle node gives cooled addresses back in batches ([`Reservations::cooled_batch_due`]).
+    first_cooled: Option<Instant>,
+    last_cooled: Option<Instant>,
     /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
     /// the same answer).
     holders: HashMap<String, IpAddr>,
@@ -368,10 +372,30 @@ impl Reservations {
             .filter(|(_, at)| **at <= now)
             .map(|(ip, _)| *ip)
             .collect();
+        if ready.is_empty() {
+            return;
+        }
         for ip in ready {
             self.cooling.remove(&ip);
             self.free.insert(ip);
         }
+        self.first_cooled.get_or_insert(now);
+        self.last_cooled = Some(now);
+    }
+
+    /// When the cooled addresses among the unused ones may go back together (`None`: none waits):
+    /// once none has joined for `flush_idle` or the first has waited `flush_max_age`, as scaled for
+    /// the pool, the rule that batches recordings. A node deleting pods has its released addresses
+    /// cool one after another; giving each back as it cooled made a write of the whole pool for
+    /// every few of them (the most pool writes of a big pool's DELs). A pool with nothing free
+    /// elsewhere does not wait for this ([`Reservations::idle_return`] is short then).
+    fn cooled_batch_due(&self, batches: &Tuning) -> Option<Instant> {
+        if self.tight {
+            return None;
+        }
+        let first = self.first_cooled?;
+        let last = self.last_cooled.unwrap_or(first);
+        Some(later(first, batches.flush_max_age).min(later(last, batches.flush_idle)))
     }
 
     /// An allocation was asked for.
@@ -553,7 +577,11 @@ impl Reservations {
             }
         }
         if !self.free.is_empty() {
-            consider(later(self.last_demand.unwrap_or(now), self.idle_return(tuning)));
+            let idle = later(self.last_demand.unwrap_or(now), self.idle_return(tuning));
+            consider(
+                self.cooled_batch_due(&batches)
+                    .map_or(idle, |batch| idle.max(batch)),
+            );
             if self.excess(tuning) > 0 {
                 consider(now);
             } else if !self.tight {
@@ -602,8 +630,9 @@ impl Reservations {
         self.cool(now);
         let batches = tuning.for_records(self.records);
         let idle = self.idle_return(tuning);
-        let return_due =
-            !self.free.is_empty() && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle);
+        let return_due = !self.free.is_empty()
+            && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle)
+            && self.cooled_batch_due(&batches).is_none_or(|t| now >= t);
         let flush_due = self.has_pending()
             && (self
                 .last_pending
@@ -633,6 +662,8 @@ impl Reservations {
         self.last_pending = None;
         if return_due {
             plan.returning = std::mem::take(&mut self.free);
+            self.first_cooled = None;
+            self.last_cooled = None;
         } else if excess_due {
             // The lowest addresses stay, the highest go back.
             let keep = self.free.len() - excess;

@@ -765,6 +765,68 @@ fn released_addresses_cool_down_before_anyone_gets_them_again() {
 }
 
 #[test]
+fn an_idle_node_gives_addresses_that_cool_one_after_another_back_in_one_write() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.note_demand(t0);
+    node.round(
+        &mut records,
+        &usable_all(),
+        &[alloc("a"), alloc("b"), alloc("c")],
+        t0,
+        false,
+    )
+    .unwrap();
+    // The three pods go, 150 ms apart; each release is written at once, so each address starts
+    // cooling at its own moment.
+    let t1 = t0 + Duration::from_millis(300);
+    let mut released = BTreeSet::new();
+    for (step, pod) in ["a", "b", "c"].into_iter().enumerate() {
+        let at = t1 + Duration::from_millis(150) * u32::try_from(step).unwrap();
+        let address = node.state.address_of(&format!("uid-{pod}")).unwrap();
+        released.insert(address);
+        node.state
+            .answer(&release(&address.to_string(), pod), at, &tuning, open_gate)
+            .unwrap();
+        node.round(&mut records, &usable_all(), &[], at, true).unwrap();
+    }
+    // Long idle by the time they cool: before, each went back in a write of its own as it cooled.
+    // Now none goes back while more keep cooling…
+    let cooled = t1 + tuning.release_cooldown;
+    assert!(cooled > t0 + tuning.idle_return);
+    for step in 0..3 {
+        let at = cooled + Duration::from_millis(150) * step;
+        assert!(
+            node.state.plan_round(at, &tuning, 0, false, false).is_none(),
+            "step {step}"
+        );
+    }
+    let last = cooled + Duration::from_millis(300);
+    assert_eq!(node.state.free(), &released);
+    let almost = last + tuning.flush_idle - Duration::from_millis(1);
+    assert!(node.state.plan_round(almost, &tuning, 0, false, false).is_none());
+    // …unless the pool has nothing free elsewhere: then other nodes may be waiting for them.
+    let mut full = node.state.clone();
+    full.observe(&PoolView {
+        version: Some("9".into()),
+        usable: 12,
+        records: 12,
+        reservations: 3,
+        other_nodes: 0,
+    });
+    let plan = full.plan_round(last, &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.returning, released);
+    // All three go back together once none has cooled for `flush_idle`.
+    let plan = node
+        .state
+        .plan_round(last + tuning.flush_idle, &tuning, 0, false, false)
+        .unwrap();
+    assert_eq!(plan.returning, released);
+}
+
+#[test]
 fn a_release_through_a_write_is_held_and_not_given_to_the_same_batch() {
     let t0 = Instant::now();
     let mut records = BTreeMap::from([("10.0.0.1".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a"))]);
