@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -66,10 +66,11 @@ impl Stores {
                 watcher::Config::default().fields(&format!("metadata.name={node_name}")),
                 None,
             ),
-            pods: reflect(
+            pods: reflect_with(
                 Api::all(client.clone()),
                 watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
                 Some(pod_changes.clone()),
+                keep_what_the_agent_reads,
             ),
             pod_changes,
         }
@@ -244,8 +245,43 @@ pub fn awaits_network(pod: &Pod) -> bool {
         && status.and_then(|s| s.pod_ip.as_deref()).is_none_or(str::is_empty)
 }
 
+/// Cuts a cached pod down to what the agent reads of it: its metadata, and of its spec and status
+/// the fields that say whether it waits for its network or may still use it ([`awaits_network`],
+/// [`crate::ipam::owner::is_pod_alive`]). Containers, volumes, conditions and container statuses
+/// are most of a pod's size, and the agent keeps every pod of its node. A pod read from the API
+/// server (not the cache) is whole.
+pub fn keep_what_the_agent_reads(pod: &mut Pod) {
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        host_network: spec.host_network,
+        restart_policy: spec.restart_policy,
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        reason: status.reason,
+        pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips,
+        ..PodStatus::default()
+    });
+}
+
 /// A reflector's store; `changed`, if given, is notified after every object the watch applies.
 fn reflect<K>(api: Api<K>, config: watcher::Config, changed: Option<Arc<Notify>>) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    reflect_with(api, config, changed, |_| {})
+}
+
+/// [`reflect`], with `trim` applied to every object before it is cached.
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Option<Arc<Notify>>,
+    trim: fn(&mut K),
+) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
@@ -265,7 +301,10 @@ where
     // Nothing here reads managedFields; dropping them roughly halves what a cached object costs.
     let events = watcher(api, config)
         .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None);
+        .modify(move |object: &mut K| {
+            object.meta_mut().managed_fields = None;
+            trim(object);
+        });
     let stream = reflector::reflector(writer, events).applied_objects();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -290,6 +329,59 @@ mod tests {
 
     fn pod(value: serde_json::Value) -> Pod {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_everything_the_agent_reads_and_nothing_else() {
+        let whole = pod(serde_json::json!({
+            "metadata": {
+                "name": "a", "namespace": "ns", "uid": "u1",
+                "labels": {"app": "a"}, "annotations": {"ipam.spidernet.io/ippool": "{}"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "s", "uid": "u0", "controller": true}]
+            },
+            "spec": {
+                "nodeName": "n1", "hostNetwork": false, "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i", "env": [{"name": "E", "value": "v"}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}]
+            },
+            "status": {
+                "phase": "Failed", "reason": "Evicted", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0}]
+            }
+        }));
+        let mut cached = whole.clone();
+        keep_what_the_agent_reads(&mut cached);
+        assert_eq!(cached.metadata, whole.metadata);
+        let spec = cached.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        let status = cached.status.as_ref().unwrap();
+        assert!(status.conditions.is_none() && status.container_statuses.is_none());
+        assert_eq!(status.pod_ips.as_ref().map(Vec::len), Some(1));
+        // The same answers from the cut pod as from the whole one, for every phase and policy.
+        for phase in ["Pending", "Running", "Succeeded", "Failed"] {
+            for policy in ["Always", "OnFailure", "Never"] {
+                for pod_ip in [None, Some("10.0.0.1")] {
+                    let mut whole = whole.clone();
+                    let spec = whole.spec.as_mut().unwrap();
+                    spec.restart_policy = Some(policy.to_owned());
+                    let status = whole.status.as_mut().unwrap();
+                    status.phase = Some(phase.to_owned());
+                    status.pod_ip = pod_ip.map(str::to_owned);
+                    let mut cached = whole.clone();
+                    keep_what_the_agent_reads(&mut cached);
+                    assert_eq!(awaits_network(&cached), awaits_network(&whole));
+                    assert_eq!(
+                        crate::ipam::owner::is_pod_alive(&cached),
+                        crate::ipam::owner::is_pod_alive(&whole)
+                    );
+                }
+            }
+        }
+        // The cut pod is smaller than the whole.
+        let size = |pod: &Pod| serde_json::to_vec(pod).unwrap().len();
+        assert!(size(&cached) < size(&whole));
     }
 
     #[test]

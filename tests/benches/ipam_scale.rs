@@ -22,7 +22,9 @@
 //! `cargo bench -p spiderpool-tests --bench ipam_scale`; knobs: `SCALE_PARTS` (`fill,nodes`),
 //! `SCALE_FILL` (10000), `SCALE_RATE` (ADDs and DELs started per second, 100), `SCALE_SIZES`
 //! (`1k,10k,65k,v6`), `SCALE_NODES` (`10,50,100`), `SCALE_LAYOUTS` (`racks,shared`),
-//! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated).
+//! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated), `SCALE_AGENT_BINARY` (the agent to run
+//! instead of the workspace's release build, such as the container image's static musl build that
+//! `tests/tools/build-images.sh` leaves in `<its output>/<hash>/rootfs-amd64/spiderpool-agent/usr/bin/spiderpool-agent`).
 
 #![allow(
     clippy::print_stdout,
@@ -177,17 +179,23 @@ fn start_agents(
 ) -> Result<(Vec<Daemon>, Duration)> {
     let extra = std::env::var("SCALE_AGENT_ARGS").unwrap_or_default();
     // Built before the clock starts: the first start would otherwise time a release build.
-    spiderpool_tests::tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", true)?;
+    let binary = match std::env::var_os("SCALE_AGENT_BINARY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            spiderpool_tests::tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", true)?
+        }
+    };
     let started = Instant::now();
     let daemons = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()
             .map(|node| {
                 let extra = extra.clone();
+                let binary = &binary;
                 scope.spawn(move || {
                     let mut args = vec!["--worker-threads", "1", "--max-allocated-ips", "100000"];
                     args.extend(extra.split_whitespace());
-                    Daemon::start(cluster, node, dir, true, &args)
+                    Daemon::start_binary(binary, cluster.kubeconfig_path(), node, dir, &args)
                 })
             })
             .collect();

@@ -60,6 +60,18 @@ impl Daemon {
         extra_args: &[&str],
     ) -> Result<Self> {
         let binary = tools::workspace_binary("spiderpool-node-daemon", "spiderpool-agent", release)?;
+        Self::start_binary(&binary, kubeconfig, node, dir, extra_args)
+    }
+
+    /// [`Daemon::start_with_kubeconfig`] of the agent binary at `binary` (the benchmarks can run the
+    /// one the container image ships).
+    pub fn start_binary(
+        binary: &Path,
+        kubeconfig: &Path,
+        node: &str,
+        dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
         let socket = socket_path(dir, node);
         let log = dir.join(format!("{node}.log"));
         let health_port = free_port()?;
@@ -78,7 +90,7 @@ impl Daemon {
         } else {
             Some("--tune-sysctl-config=false")
         };
-        let child = Command::new(&binary)
+        let child = Command::new(binary)
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
             .args(["--health-address", &format!("127.0.0.1:{health_port}")])
