@@ -375,6 +375,10 @@ impl Reservations {
         if ready.is_empty() {
             return;
         }
+        if self.free.is_empty() {
+            // What cooled before is gone (handed out or given back): a new batch starts.
+            self.first_cooled = None;
+        }
         for ip in ready {
             self.cooling.remove(&ip);
             self.free.insert(ip);
@@ -387,8 +391,8 @@ impl Reservations {
     /// once none has joined for `flush_idle` or the first has waited `flush_max_age`, as scaled for
     /// the pool, the rule that batches recordings. A node deleting pods has its released addresses
     /// cool one after another; giving each back as it cooled made a write of the whole pool for
-    /// every few of them (the most pool writes of a big pool's DELs). A pool with nothing free
-    /// elsewhere does not wait for this ([`Reservations::idle_return`] is short then).
+    /// every few of them. A pool with nothing free elsewhere does not wait for this (other nodes
+    /// may be waiting for the addresses; [`Reservations::idle_return`] is short then).
     fn cooled_batch_due(&self, batches: &Tuning) -> Option<Instant> {
         if self.tight {
             return None;
