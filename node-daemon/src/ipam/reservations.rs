@@ -241,8 +241,7 @@ pub struct Reservations {
     last_pending: Option<Instant>,
     /// When the first and the last address that cooled down since the last give-back joined
     /// `free`: an idle node gives cooled addresses back in batches ([`Reservations::cooled_batch_due`]).
-    first_cooled: Option<Instant>,
-    last_cooled: Option<Instant>,
+    cooled: Option<(Instant, Instant)>,
     /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
     /// the same answer).
     holders: HashMap<String, IpAddr>,
@@ -375,16 +374,17 @@ impl Reservations {
         if ready.is_empty() {
             return;
         }
-        if self.free.is_empty() {
-            // What cooled before is gone (handed out or given back): a new batch starts.
-            self.first_cooled = None;
-        }
+        // With nothing unused left, what cooled before is gone (handed out or given back): a new
+        // batch starts.
+        let first = match self.cooled {
+            Some((first, _)) if !self.free.is_empty() => first,
+            _ => now,
+        };
         for ip in ready {
             self.cooling.remove(&ip);
             self.free.insert(ip);
         }
-        self.first_cooled.get_or_insert(now);
-        self.last_cooled = Some(now);
+        self.cooled = Some((first, now));
     }
 
     /// When the cooled addresses among the unused ones may go back together (`None`: none waits):
@@ -397,8 +397,7 @@ impl Reservations {
         if self.tight {
             return None;
         }
-        let first = self.first_cooled?;
-        let last = self.last_cooled.unwrap_or(first);
+        let (first, last) = self.cooled?;
         Some(later(first, batches.flush_max_age).min(later(last, batches.flush_idle)))
     }
 
@@ -666,8 +665,7 @@ impl Reservations {
         self.last_pending = None;
         if return_due {
             plan.returning = std::mem::take(&mut self.free);
-            self.first_cooled = None;
-            self.last_cooled = None;
+            self.cooled = None;
         } else if excess_due {
             // The lowest addresses stay, the highest go back.
             let keep = self.free.len() - excess;
