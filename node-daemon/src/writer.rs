@@ -443,6 +443,10 @@ async fn run_writer(
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
+        // Other nodes may have written the pool since this writer last did (a round can be seconds
+        // after the last): a write based on the version this writer last wrote would be sure to
+        // lose its race, a whole pool sent for nothing.
+        latest = newest_of(&inner, &pool, latest);
         let end = round(&pool, &mut queue, batch, latest, &handle, &inner).await;
         latest = end.latest;
         waiting = end.waiting;
@@ -1090,6 +1094,23 @@ async fn newer_from_store(
             return None;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `kept`, or the cached pool if the watch has shown a later version of it (`None`, the pool is to be
+/// read before deciding again, stays so).
+fn newest_of(inner: &Inner, pool: &str, kept: Option<SpiderIPPool>) -> Option<SpiderIPPool> {
+    let kept = kept?;
+    match inner.stores.pool(pool) {
+        Some(cached)
+            if is_newer(
+                cached.metadata.resource_version.as_deref(),
+                kept.metadata.resource_version.as_deref(),
+            ) =>
+        {
+            Some((*cached).clone())
+        }
+        _ => Some(kept),
     }
 }
 

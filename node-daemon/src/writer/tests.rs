@@ -286,6 +286,40 @@ async fn reservations_serve_the_pods_to_come_without_writes_then_record_them() {
     assert!(records(&w.fake, "p").values().all(|r| r.reservation().is_none()));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_background_write_after_another_nodes_write_starts_from_that_version_and_does_not_conflict() {
+    let w = world(LeaseTuning::default());
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    for name in ["a", "b", "c"] {
+        w.fake.put_pod(pending_pod(name));
+    }
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
+    // Another node records an address of its own; the watch shows its version.
+    let mut records_now = records(&w.fake, "p");
+    records_now.insert("10.0.0.9".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
+    let theirs = PoolStatusWrite {
+        resource_version: w.fake.pool("p").unwrap().metadata.resource_version,
+        allocated_ips: Some(serde_json::to_string(&records_now).unwrap()),
+        allocated_ip_count: records_now.len(),
+    };
+    w.fake.write_pool_status("p", &theirs).await.unwrap();
+    // b is served from the reservation; its background recording is based on the other node's
+    // version, not on the one this writer last wrote.
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
+    assert!(
+        w.metrics
+            .encode()
+            .contains("spiderpool_ipam_update_ippool_conflict_counts_total 0")
+    );
+    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+}
+
 fn endpoint_claiming(name: &str, address: &str) -> SpiderEndpoint {
     let mut ep = SpiderEndpoint::new(
         name,
