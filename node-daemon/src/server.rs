@@ -84,7 +84,7 @@ async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Re
         return not_ready();
     }
     let span = tracing::info_span!("add", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
-    async move {
+    let work = async move {
         match state.allocator.add(&args).await {
             Ok(response) => {
                 let addresses: Vec<&str> = response.ips.iter().map(|i| i.address.as_str()).collect();
@@ -97,8 +97,8 @@ async fn add(State(state): State<AppState>, Json(args): Json<IpamAddArgs>) -> Re
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    to_completion(work).await
 }
 
 async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Response {
@@ -106,7 +106,7 @@ async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Re
         return not_ready();
     }
     let span = tracing::info_span!("del", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id, ifname = %args.if_name);
-    async move {
+    let work = async move {
         match state.allocator.del(&args).await {
             Ok(()) => {
                 tracing::info!("released");
@@ -118,8 +118,8 @@ async fn del(State(state): State<AppState>, Json(args): Json<IpamDelArgs>) -> Re
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    to_completion(work).await
 }
 
 async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArgs>) -> Response {
@@ -127,7 +127,7 @@ async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArg
         return not_ready();
     }
     let span = tracing::info_span!("release_all", pod = %format!("{}/{}", args.pod_namespace, args.pod_name), container = %args.container_id);
-    async move {
+    let work = async move {
         match state.allocator.release_all(&args).await {
             Ok(()) => StatusCode::OK.into_response(),
             Err(e) => {
@@ -136,8 +136,8 @@ async fn del_all(State(state): State<AppState>, Json(args): Json<IpamBatchDelArg
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    to_completion(work).await
 }
 
 async fn gc(State(state): State<AppState>, Json(args): Json<IpamGcArgs>) -> Response {
@@ -145,7 +145,7 @@ async fn gc(State(state): State<AppState>, Json(args): Json<IpamGcArgs>) -> Resp
         return not_ready();
     }
     let span = tracing::info_span!("gc", network = %args.net_name);
-    async move {
+    let work = async move {
         match state.allocator.gc(&args).await {
             Ok(response) => Json(response).into_response(),
             Err(e) => {
@@ -154,8 +154,22 @@ async fn gc(State(state): State<AppState>, Json(args): Json<IpamGcArgs>) -> Resp
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    to_completion(work).await
+}
+
+/// Runs a request's work in a task of its own, so that it finishes even when the plugin gives up and
+/// closes the connection (its deadline is shorter than the daemon's): dropped half-way, an ADD could
+/// leave an address recorded for its pod with no SpiderEndpoint naming it, which the DEL that follows
+/// would not find. The endpoint lock makes that DEL wait for the ADD to finish.
+async fn to_completion(work: impl Future<Output = Response> + Send + 'static) -> Response {
+    match tokio::spawn(work).await {
+        Ok(response) => response,
+        Err(failed) => {
+            tracing::error!(error = %failed, "the request's task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -244,6 +258,10 @@ mod tests {
     use crate::writer::PoolWriters;
 
     fn state() -> AppState {
+        state_and_api().0
+    }
+
+    fn state_and_api() -> (AppState, std::sync::Arc<FakeApi>) {
         let (fake, stores) = FakeApi::new("n1");
         let config = Config::new("n1");
         let health = Health::new(Duration::from_secs(30));
@@ -254,8 +272,8 @@ mod tests {
             Metrics::new(),
             health.clone(),
         );
-        let allocator = Allocator::new(fake, config, stores, writers, Metrics::new());
-        AppState { allocator, health }
+        let allocator = Allocator::new(fake.clone(), config, stores, writers, Metrics::new());
+        (AppState { allocator, health }, fake)
     }
 
     /// Sends raw `request` bytes over the socket and returns the status line (empty: the server
@@ -365,5 +383,82 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(status(probe_startup(State(state)).await), StatusCode::OK);
+    }
+
+    /// The plugin gives up on a slow ADD (its deadline is shorter than the daemon's) and closes the
+    /// connection, which drops the handler's future: the ADD still finishes, so the DEL that follows
+    /// finds the pod's endpoint and releases its address.
+    #[tokio::test(start_paused = true)]
+    async fn an_add_the_plugin_gave_up_on_still_finishes_and_the_del_that_follows_releases_it() {
+        use crate::api::fake::{CallKind, Fault};
+        let (state, fake) = state_and_api();
+        state.health.set_started();
+        fake.put_pool(spiderpool_schema::SpiderIPPool::new(
+            "p",
+            spiderpool_schema::SpiderIPPoolSpec {
+                subnet: "10.0.0.0/24".into(),
+                ips: vec!["10.0.0.10-10.0.0.19".into()],
+                ..Default::default()
+            },
+        ));
+        fake.put_pod(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "a", "namespace": "ns", "uid": "uid-a"},
+                "spec": {"nodeName": "n1", "containers": []},
+                "status": {"phase": "Pending"},
+            }))
+            .unwrap(),
+        );
+        fake.fail(CallKind::WritePoolStatus, Fault::Delay(Duration::from_secs(2)), 1);
+        let add_args = IpamAddArgs {
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+            net_name: "net".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "a".into(),
+            pod_uid: "uid-a".into(),
+            default_ipv4_ippool: vec!["p".into()],
+            ..Default::default()
+        };
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(500),
+            add(State(state.clone()), Json(add_args)),
+        )
+        .await;
+        assert!(
+            given_up.is_err(),
+            "the ADD was meant to be slower than its caller"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            fake.endpoints().len(),
+            1,
+            "the ADD did not finish once its caller was gone"
+        );
+
+        let del_args = IpamDelArgs {
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+            net_name: "net".into(),
+            pod_namespace: "ns".into(),
+            pod_name: "a".into(),
+            pod_uid: "uid-a".into(),
+            ..Default::default()
+        };
+        assert_eq!(del(State(state), Json(del_args)).await.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(fake.endpoints().is_empty());
+        let held: Vec<String> = fake
+            .pool("p")
+            .unwrap()
+            .status
+            .unwrap_or_default()
+            .allocations()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, record)| record.pod_uid == "uid-a")
+            .map(|(ip, _)| ip)
+            .collect();
+        assert!(held.is_empty(), "the pool still records {held:?} for the pod");
     }
 }

@@ -9,7 +9,8 @@
 //!   requests and bytes the API server received for pools and endpoints (its
 //!   `apiserver_request_body_size_bytes`), the bytes of the pool watch events it made (its
 //!   `apiserver_watch_events_sizes`: each event once, though every agent receives it), and the CPU
-//!   time of the API server and of etcd.
+//!   time of the API server and of etcd; then the whole fill's cost per ADD, counted from the pods'
+//!   creation (agents reserve ahead while pods are bound, before their ADDs).
 //! - `nodes`: `SCALE_NODES` agents (10, 50, 100; started together, time to all ready reported),
 //!   `SCALE_FILL` pods at `SCALE_RATE`, on per-rack pools (racks of 10 nodes, each rack's pool
 //!   names its nodes) and on one shared 65k pool; the agents' peak memory.
