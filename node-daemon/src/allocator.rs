@@ -123,6 +123,24 @@ impl Allocator {
         locks.entry(format!("{namespace}/{name}")).or_default().clone()
     }
 
+    /// Runs a request's `work` in a task of its own and waits for it up to the request timeout.
+    /// Past it the caller gets `late`, but the work goes on: dropped half-way, an ADD could leave an
+    /// address recorded for its pod with no SpiderEndpoint naming it, which the DEL that follows
+    /// would not find (it waits for the endpoint's lock, so it comes after the work).
+    async fn past_its_deadline<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, IpamError>> + Send + 'static,
+        late: impl FnOnce() -> IpamError,
+    ) -> Result<T, IpamError> {
+        let task = tokio::spawn(work);
+        match tokio::time::timeout(self.inner.config.request_timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(failed)) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            Ok(Err(_cancelled)) => Err(IpamError::Timeout("the daemon is stopping".to_owned())),
+            Err(_elapsed) => Err(late()),
+        }
+    }
+
     /// The CNI answer an endpoint gives.
     fn response(&self, status: &SpiderEndpointStatus) -> IpamAddResponse {
         endpoint::response(

@@ -53,14 +53,18 @@ impl Allocator {
     /// CNI ADD.
     pub async fn add(&self, args: &IpamAddArgs) -> Result<IpamAddResponse, IpamError> {
         let started = clock::now();
-        let result = tokio::time::timeout(self.inner.config.request_timeout, self.add_inner(args))
-            .await
-            .unwrap_or_else(|_| {
-                Err(IpamError::Timeout(format!(
+        let work = {
+            let (allocator, args) = (self.clone(), args.clone());
+            async move { allocator.add_inner(&args).await }
+        };
+        let result = self
+            .past_its_deadline(work, || {
+                IpamError::Timeout(format!(
                     "allocation did not finish within {:?}",
                     self.inner.config.request_timeout
-                )))
-            });
+                ))
+            })
+            .await;
         self.inner.metrics.allocation(
             clock::now().duration_since(started),
             result.as_ref().err().map(IpamError::reason),

@@ -17,9 +17,15 @@ impl Allocator {
     /// CNI DEL.
     pub async fn del(&self, args: &IpamDelArgs) -> Result<(), IpamError> {
         let started = clock::now();
-        let result = tokio::time::timeout(self.inner.config.request_timeout, self.del_inner(args))
-            .await
-            .unwrap_or_else(|_| Err(IpamError::Timeout("release did not finish in time".to_owned())));
+        let work = {
+            let (allocator, args) = (self.clone(), args.clone());
+            async move { allocator.del_inner(&args).await }
+        };
+        let result = self
+            .past_its_deadline(work, || {
+                IpamError::Timeout("release did not finish in time".to_owned())
+            })
+            .await;
         self.inner.metrics.release(
             clock::now().duration_since(started),
             result.as_ref().err().map(IpamError::reason),

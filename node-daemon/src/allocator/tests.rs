@@ -192,6 +192,30 @@ async fn a_failed_endpoint_write_gives_the_address_back() {
     assert!(w.fake.endpoint("ns", "a").is_none());
 }
 
+/// The daemon's own deadline passes while the endpoint is being written (the API server is slow):
+/// the ADD answers "try again later", but its work goes on and writes the endpoint, so the DEL that
+/// follows finds it and releases the address. Cut off half-way, the ADD left the address recorded
+/// with no endpoint, and the DEL released nothing.
+#[tokio::test(start_paused = true)]
+async fn an_add_past_its_deadline_still_writes_its_endpoint_and_the_del_releases_the_address() {
+    let w = world();
+    w.fake.put_pod(pod("a", "u1", None));
+    w.fake
+        .fail(CallKind::CreateEndpoint, Fault::Delay(Duration::from_secs(8)), 1);
+    let err = w.allocator.add(&add_args("a", "u1", "c1")).await.unwrap_err();
+    assert_eq!(err.code(), codes::TRY_AGAIN_LATER);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        w.fake.endpoint("ns", "a").is_some(),
+        "the ADD stopped at its deadline"
+    );
+    assert_eq!(holders(&w.fake), [("10.0.0.10".to_owned(), "u1".to_owned())]);
+    w.allocator.del(&del_args("a", "u1", "c1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holders(&w.fake).is_empty());
+    assert!(w.fake.endpoint("ns", "a").is_none());
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_write_whose_answer_was_lost_keeps_its_addresses_recorded() {
     let w = world();
