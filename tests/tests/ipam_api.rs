@@ -527,6 +527,37 @@ async fn status_follows_the_daemon_and_check_compares_addresses() -> Result<()> 
     Ok(())
 }
 
+/// The daemon logs JSON lines when its output is not a terminal (a container's), and the fields of a
+/// request's span in them carry no terminal colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_json_log_carries_no_colour_codes() -> Result<()> {
+    let env = env("api-log").await?;
+    let node = "api-log-node";
+    ipam::create_pool(
+        &env.client,
+        "api-log",
+        json!({"subnet": "10.74.0.0/24", "ips": ["10.74.0.10-10.74.0.20"]}),
+    )
+    .await?;
+    let daemon = env.start_daemon(node)?;
+    let netconf = env.netconf("log-net", daemon.socket(), &["api-log"], &[]);
+    let uid = env.create_pod("pod1", node, json!({})).await?;
+    env.add_ok("c-pod1", ("pod1", &uid), &netconf, &daemon)?;
+    let log = daemon.log();
+    let allocated = log
+        .lines()
+        .find(|line| line.contains(r#""msg":"allocated""#))
+        .with_context(|| format!("no \"allocated\" line in the daemon's log:\n{log}"))?;
+    let line: Value = serde_json::from_str(allocated).context("the daemon's log line is not JSON")?;
+    let spans = line["spans"].as_str().unwrap_or_default();
+    ensure!(
+        !spans.contains('\u{1b}') && spans.contains("pod=") && spans.contains("/pod1"),
+        "the ADD's span is missing or carries terminal colour codes: {allocated}"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
 /// d) A daemon killed between ADDs: the next daemon answers the repeated ADD with the same address and
 /// no second record. A malformed annotation fails only its own pod, with code 100 naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,9 +115,11 @@ pub fn init(component: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colour codes only on a terminal: a span's fields are formatted once, when it opens, with the
+    // builder's setting, and JSON lines would carry the codes in their `spans`.
     let installed = match format {
-        Format::Json => builder.event_format(UpstreamJson).try_init(),
-        Format::Text => builder.try_init(),
+        Format::Json => builder.with_ansi(false).event_format(UpstreamJson).try_init(),
+        Format::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
     if installed.is_ok() {
         for complaint in complaints {
