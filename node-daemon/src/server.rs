@@ -390,6 +390,7 @@ mod tests {
     /// finds the pod's endpoint and releases its address.
     #[tokio::test(start_paused = true)]
     async fn an_add_the_plugin_gave_up_on_still_finishes_and_the_del_that_follows_releases_it() {
+        use crate::allocator::tests::{add_args, del_args, pod};
         use crate::api::fake::{CallKind, Fault};
         let (state, fake) = state_and_api();
         state.health.set_started();
@@ -401,28 +402,11 @@ mod tests {
                 ..Default::default()
             },
         ));
-        fake.put_pod(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "a", "namespace": "ns", "uid": "uid-a"},
-                "spec": {"nodeName": "n1", "containers": []},
-                "status": {"phase": "Pending"},
-            }))
-            .unwrap(),
-        );
+        fake.put_pod(pod("a", "uid-a", None));
         fake.fail(CallKind::WritePoolStatus, Fault::Delay(Duration::from_secs(2)), 1);
-        let add_args = IpamAddArgs {
-            container_id: "c1".into(),
-            if_name: "eth0".into(),
-            net_name: "net".into(),
-            pod_namespace: "ns".into(),
-            pod_name: "a".into(),
-            pod_uid: "uid-a".into(),
-            default_ipv4_ippool: vec!["p".into()],
-            ..Default::default()
-        };
         let given_up = tokio::time::timeout(
             Duration::from_millis(500),
-            add(State(state.clone()), Json(add_args)),
+            add(State(state.clone()), Json(add_args("a", "uid-a", "c1"))),
         )
         .await;
         assert!(
@@ -436,16 +420,12 @@ mod tests {
             "the ADD did not finish once its caller was gone"
         );
 
-        let del_args = IpamDelArgs {
-            container_id: "c1".into(),
-            if_name: "eth0".into(),
-            net_name: "net".into(),
-            pod_namespace: "ns".into(),
-            pod_name: "a".into(),
-            pod_uid: "uid-a".into(),
-            ..Default::default()
-        };
-        assert_eq!(del(State(state), Json(del_args)).await.status(), StatusCode::OK);
+        assert_eq!(
+            del(State(state), Json(del_args("a", "uid-a", "c1")))
+                .await
+                .status(),
+            StatusCode::OK
+        );
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(fake.endpoints().is_empty());
         let held: Vec<String> = fake

@@ -55,7 +55,7 @@ fn world_with(lease: LeaseTuning) -> World {
     World { fake, allocator }
 }
 
-fn pod(name: &str, uid: &str, owner: Option<(&str, &str, &str)>) -> Pod {
+pub(crate) fn pod(name: &str, uid: &str, owner: Option<(&str, &str, &str)>) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -81,7 +81,7 @@ fn pod(name: &str, uid: &str, owner: Option<(&str, &str, &str)>) -> Pod {
     }
 }
 
-fn add_args(name: &str, uid: &str, container: &str) -> IpamAddArgs {
+pub(crate) fn add_args(name: &str, uid: &str, container: &str) -> IpamAddArgs {
     IpamAddArgs {
         container_id: container.into(),
         if_name: "eth0".into(),
@@ -94,7 +94,7 @@ fn add_args(name: &str, uid: &str, container: &str) -> IpamAddArgs {
     }
 }
 
-fn del_args(name: &str, uid: &str, container: &str) -> IpamDelArgs {
+pub(crate) fn del_args(name: &str, uid: &str, container: &str) -> IpamDelArgs {
     IpamDelArgs {
         container_id: container.into(),
         if_name: "eth0".into(),
