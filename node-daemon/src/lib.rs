@@ -8,7 +8,7 @@
 //!   with optimistic concurrency (the design and its failure modes are documented there).
 //! - [`ahead`]: reserving in the pools of pods bound to this node before their ADD comes.
 //! - API I/O: [`api`] (the narrow face of the API server, a kube implementation and a fake),
-//!   [`store`] (watch caches), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
+//!   [`store`] (watch caches; [`pool_cache`] for pools), [`endpoints`] (SpiderEndpoint reads and writes), [`owner_chain`].
 //! - [`config`], [`error`], [`clock`].
 //! - [`server`]: the unix-socket API and the health/metrics endpoints; [`socket`] (one agent per
 //!   node, root only); [`health`]; [`metrics`].
@@ -31,6 +31,7 @@ pub mod interfaces;
 pub mod ipam;
 pub mod metrics;
 pub mod owner_chain;
+pub mod pool_cache;
 pub mod server;
 pub mod settings;
 pub mod socket;

@@ -1,5 +1,6 @@
-//! Watch caches (kube-runtime reflectors) of what every allocation reads: pools, reserved IPs,
-//! namespaces, this daemon's own Node and the pods bound to it. Endpoints and owners are read
+//! Watch caches (kube-runtime reflectors) of what every allocation reads: pools (metadata watched,
+//! whole objects read when needed: [`PoolCache`]), reserved IPs, namespaces, this daemon's own Node
+//! and the pods bound to it. Endpoints and owners are read
 //! directly. A pod is only taken from the cache when its UID is the one the runtime names (a
 //! recreated pod of the same name is read from the API server); the kubelet runs CNI ADD well after
 //! the pod was bound, so the cache has it, as upstream's agent relies on too.
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use crate::pool_cache::PoolCache;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, Store};
@@ -22,7 +24,7 @@ use crate::ipam::pool;
 #[derive(Clone)]
 pub struct Stores {
     /// Every SpiderIPPool.
-    pub pools: Store<SpiderIPPool>,
+    pub pools: PoolCache,
     /// Every SpiderReservedIP.
     pub reserved: Store<SpiderReservedIP>,
     /// Every Namespace.
@@ -38,8 +40,8 @@ pub struct Stores {
 
 /// The writing ends of caches filled by hand ([`Stores::in_memory`]).
 pub struct StoreFeeds {
-    /// SpiderIPPools.
-    pub pools: reflector::store::Writer<SpiderIPPool>,
+    /// SpiderIPPools ([`PoolCache::apply`], [`PoolCache::show`], [`PoolCache::remove`]).
+    pub pools: PoolCache,
     /// SpiderReservedIPs.
     pub reserved: reflector::store::Writer<SpiderReservedIP>,
     /// Namespaces.
@@ -58,7 +60,7 @@ impl Stores {
     pub fn start(client: &Client, node_name: &str) -> Self {
         let pod_changes = Arc::new(Notify::new());
         Stores {
-            pools: reflect(Api::all(client.clone()), watcher::Config::default(), None),
+            pools: PoolCache::start(client),
             reserved: reflect(Api::all(client.clone()), watcher::Config::default(), None),
             namespaces: reflect(Api::all(client.clone()), watcher::Config::default(), None),
             node: reflect(
@@ -89,14 +91,14 @@ impl Stores {
             writer.apply_watcher_event(&watcher::Event::InitDone);
             (reader, writer)
         }
-        let (pools, pools_feed) = ready();
+        let pools = PoolCache::ready_empty();
         let (reserved, reserved_feed) = ready();
         let (namespaces, namespaces_feed) = ready();
         let (node, node_feed) = ready();
         let (pods, pods_feed) = ready();
         let pod_changes = Arc::new(Notify::new());
         let stores = Stores {
-            pools,
+            pools: pools.clone(),
             reserved,
             namespaces,
             node,
@@ -104,7 +106,7 @@ impl Stores {
             pod_changes: pod_changes.clone(),
         };
         let feeds = StoreFeeds {
-            pools: pools_feed,
+            pools,
             reserved: reserved_feed,
             namespaces: namespaces_feed,
             node: node_feed,
@@ -116,7 +118,7 @@ impl Stores {
 
     /// Waits until every cache has its first full list.
     pub async fn wait_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.pools.wait_until_ready().await?;
+        self.pools.wait_ready().await;
         self.reserved.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
         self.node.wait_until_ready().await?;
@@ -147,21 +149,22 @@ impl Stores {
         set
     }
 
-    /// Every pool in the cache.
+    /// Every pool in the cache, as last read whole.
     pub fn pools(&self) -> Vec<Arc<SpiderIPPool>> {
-        self.pools.state()
+        self.pools.all()
     }
 
-    /// A pool by name.
+    /// A pool by name, as last read whole: its spec, labels and annotations are the newest the watch
+    /// has shown once [`PoolCache`] has read them; its status may be older.
     pub fn pool(&self, name: &str) -> Option<Arc<SpiderIPPool>> {
-        self.pools.get(&reflector::ObjectRef::new(name))
+        self.pools.whole(name)
     }
 
     /// Names of every pool of `family`, and of those with `spec.default: true`, both in name order.
     pub fn pool_names(&self, family: IpFamily) -> (Vec<String>, Vec<String>) {
         let mut all = Vec::new();
         let mut defaults = Vec::new();
-        for pool in self.pools.state() {
+        for pool in self.pools.all() {
             if pool::family(&pool) != Some(family) {
                 continue;
             }

@@ -71,7 +71,12 @@ use crate::ipam::pick::{self, Op, Outcome};
 use crate::ipam::pool;
 use crate::ipam::reservations::{self, HandoutGate, PoolView, Reservations, RoundPlan};
 use crate::metrics::Metrics;
+use crate::pool_cache::is_newer;
 use crate::store::Stores;
+
+/// How often, at most, a writer holding unused reservations reads its pool to see what other nodes
+/// recorded ([`Inner::read_stale_view`]).
+const VIEW_READ_EVERY: Duration = Duration::from_millis(500);
 
 struct Request {
     op: Op,
@@ -125,15 +130,48 @@ impl Inner {
         state.set_upcoming(upcoming);
     }
 
-    /// What the watch cache says about handing out reservations of `pool` (of `family`) now.
+    /// What the watch says about handing out reservations of `pool` (of `family`) now.
     fn handout_gate(&self, pool: &str, family: IpFamily) -> Option<HandoutGate> {
-        let cached = self.stores.pool(pool)?;
+        let shown = self.stores.pools.shown(pool)?;
         Some(HandoutGate {
-            version: cached.metadata.resource_version.clone(),
-            generation: cached.metadata.generation,
-            deleting: cached.metadata.deletion_timestamp.is_some(),
+            version: shown.version,
+            generation: shown.generation,
+            deleting: shown.deleting,
             reserved: self.stores.reserved_ips(family),
         })
+    }
+
+    /// Reads the pool whole when the watch has shown a version the cache does not hold, this node
+    /// holds unused reservations (whether the pool has anything free elsewhere decides whether it
+    /// gives them back, [`Reservations::excess`]) and the last such read is at least
+    /// [`VIEW_READ_EVERY`] old. The watch carries metadata only ([`crate::pool_cache`]), so what
+    /// other nodes recorded is not seen otherwise until this node writes.
+    async fn read_stale_view(&self, pool: &str, handle: &Handle, last_read: &mut Option<Instant>) {
+        let now = clock::now();
+        if last_read.is_some_and(|at| now.saturating_duration_since(at) < VIEW_READ_EVERY)
+            || handle.state().free().is_empty()
+        {
+            return;
+        }
+        let (Some(shown), Some(whole)) = (self.stores.pools.shown(pool), self.stores.pool(pool)) else {
+            return;
+        };
+        if !is_newer(
+            shown.version.as_deref(),
+            whole.metadata.resource_version.as_deref(),
+        ) {
+            return;
+        }
+        *last_read = Some(now);
+        let read = {
+            let _step = self.health.step(pool, "reading the pool");
+            self.api.get_pool(pool).await
+        };
+        match read {
+            Ok(Some(current)) => self.stores.pools.offer(current),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(pool, error = %e, "reading the pool for its free count failed"),
+        }
     }
 
     /// Takes in what the watch cache shows of the pool ([`Reservations::observe`]). Records are
@@ -408,12 +446,14 @@ async fn run_writer(
 ) {
     let mut latest = recover(&pool, &handle, &inner).await;
     let mut waiting: Vec<Request> = Vec::new();
+    let mut last_view_read: Option<Instant> = None;
     // After the API server refused the pool for good (a 4xx), background work waits this long before
     // trying again (doubling while it keeps refusing); requests still try, and fail at once.
     let mut refused = Refusals::default();
     loop {
         let mut batch = std::mem::take(&mut waiting);
         if batch.is_empty() {
+            inner.read_stale_view(&pool, &handle, &mut last_view_read).await;
             let due = {
                 let mut state = handle.state();
                 inner.refresh_view(&pool, &mut state);
@@ -509,7 +549,12 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
             inner.api.get_pool(pool).await
         };
         match read {
-            Ok(current) => break current,
+            Ok(current) => {
+                if let Some(current) = &current {
+                    inner.stores.pools.offer(current.clone());
+                }
+                break current;
+            }
             Err(e) => {
                 tracing::warn!(pool, error = %e, "reading the pool failed; retrying");
                 backoff = next_backoff(backoff, &e);
@@ -635,7 +680,11 @@ async fn round(
             Some(obj) => Ok(Some((obj, false))),
             None => {
                 let _step = inner.health.step(pool, "reading the pool");
-                inner.api.get_pool(pool).await.map(|p| p.map(|p| (p, true)))
+                let read = inner.api.get_pool(pool).await;
+                if let Ok(Some(current)) = &read {
+                    inner.stores.pools.offer(current.clone());
+                }
+                read.map(|p| p.map(|p| (p, true)))
             }
         };
         let (current, read_now) = match read {
@@ -702,6 +751,7 @@ async fn round(
         inner.metrics.pool_write(took, batch.len());
         match result {
             Ok(updated) => {
+                inner.stores.pools.offer(updated.clone());
                 tracing::debug!(
                     pool,
                     requests = batch.len(),
@@ -1075,8 +1125,9 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(random % nanos)
 }
 
-/// The cached pool once the watch has delivered a version other than `tried` (waiting up to `wait`),
-/// or `None` (the caller then reads it from the API server).
+/// The pool once the watch has shown a version later than `tried` (waiting up to `wait`): the cached
+/// one if the cache holds that version, else `None` (the caller then reads it from the API server),
+/// as also when nothing later was shown in time.
 async fn newer_from_store(
     inner: &Inner,
     pool: &str,
@@ -1085,10 +1136,10 @@ async fn newer_from_store(
 ) -> Option<SpiderIPPool> {
     let deadline = clock::deadline_in(wait);
     loop {
-        if let Some(cached) = inner.stores.pool(pool)
-            && is_newer(cached.metadata.resource_version.as_deref(), tried)
+        if let Some(shown) = inner.stores.pools.shown(pool)
+            && is_newer(shown.version.as_deref(), tried)
         {
-            return Some((*cached).clone());
+            return held_at(inner, pool, shown.version.as_deref());
         }
         if clock::now() >= deadline {
             return None;
@@ -1097,33 +1148,30 @@ async fn newer_from_store(
     }
 }
 
-/// `kept`, or the cached pool if the watch has shown a later version of it (`None`, the pool is to be
-/// read before deciding again, stays so).
+/// `kept`, or the pool at the later version the watch has shown if the cache holds it whole (`None`:
+/// the pool is to be read; so also when nothing is kept and the cache is behind the watch).
 fn newest_of(inner: &Inner, pool: &str, kept: Option<SpiderIPPool>) -> Option<SpiderIPPool> {
-    let kept = kept?;
-    match inner.stores.pool(pool) {
-        Some(cached)
-            if is_newer(
-                cached.metadata.resource_version.as_deref(),
+    let shown = inner.stores.pools.shown(pool)?;
+    match kept {
+        Some(kept)
+            if !is_newer(
+                shown.version.as_deref(),
                 kept.metadata.resource_version.as_deref(),
             ) =>
         {
-            Some((*cached).clone())
+            Some(kept)
         }
-        _ => Some(kept),
+        _ => held_at(inner, pool, shown.version.as_deref()),
     }
 }
 
-/// Whether `candidate` is a later resourceVersion than `tried`. Versions are opaque by contract but
-/// etcd revisions in practice: compare them as numbers when both are, else accept any difference.
-fn is_newer(candidate: Option<&str>, tried: Option<&str>) -> bool {
-    match (
-        candidate.and_then(|c| c.parse::<u64>().ok()),
-        tried.and_then(|t| t.parse::<u64>().ok()),
-    ) {
-        (Some(c), Some(t)) => c > t,
-        _ => candidate != tried,
-    }
+/// The cached whole pool if it is at `version` or later.
+fn held_at(inner: &Inner, pool: &str, version: Option<&str>) -> Option<SpiderIPPool> {
+    inner
+        .stores
+        .pool(pool)
+        .filter(|whole| !is_newer(version, whole.metadata.resource_version.as_deref()))
+        .map(|whole| (*whole).clone())
 }
 
 fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, WriteError>) {

@@ -144,3 +144,89 @@ async fn the_agents_caches_are_listed_from_the_api_servers_watch_cache() -> Resu
     );
     Ok(())
 }
+
+/// The agent watches pools as metadata only: a pool write (the whole `allocatedIPs` string, here
+/// about 150 KB) reaches it as a few hundred bytes, so the work a write causes does not grow with
+/// the number of agents times the pool's size (node-daemon/README.md, "Scale"). The API server's
+/// `apiserver_watch_events_sizes` counts what its watches encode; the agent is the only watcher of
+/// pools here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_pool_watch_carries_metadata_not_the_records() -> Result<()> {
+    use kube::api::{Patch, PatchParams};
+    use spiderpool_schema::ippool::PoolIPAllocation;
+
+    init_tracing();
+    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let client = cluster.client()?;
+    ipam::install_spiderpool_crds(&client).await?;
+    ipam::create_pool(
+        &client,
+        "big",
+        serde_json::json!({"subnet": "10.8.0.0/16", "ips": ["10.8.0.1-10.8.7.255"]}),
+    )
+    .await?;
+    let pools = Api::<SpiderIPPool>::all(client.clone());
+    let write = |records: usize| {
+        let held: std::collections::BTreeMap<String, PoolIPAllocation> = (0..records)
+            .map(|i| {
+                (
+                    format!("10.8.{}.{}", i / 250, i % 250 + 1),
+                    PoolIPAllocation::held_by(format!("ns/pod-{i}"), format!("uid-{i:08}")),
+                )
+            })
+            .collect();
+        serde_json::json!({"status": {
+            "allocatedIPs": serde_json::to_string(&held).unwrap(),
+            "allocatedIPCount": records,
+        }})
+    };
+    let events = |metrics: &str| {
+        (
+            metric_sum(
+                metrics,
+                "apiserver_watch_events_sizes_sum",
+                &["kind=\"SpiderIPPool\""],
+            ),
+            metric_sum(
+                metrics,
+                "apiserver_watch_events_sizes_count",
+                &["kind=\"SpiderIPPool\""],
+            ),
+        )
+    };
+    pools
+        .patch_status("big", &PatchParams::default(), &Patch::Merge(&write(1_500)))
+        .await?;
+    let size = serde_json::to_vec(&pools.get("big").await?)?.len();
+    ensure!(size > 100_000, "the pool is only {size} bytes: too small to tell");
+
+    let dir = tempfile::tempdir()?;
+    let daemon = Daemon::start(&cluster, "watch-node", dir.path(), false, &[])?;
+    let (bytes_before, count_before) = events(&apiserver_metrics(&client).await?);
+    for records in [1_501, 1_502, 1_503] {
+        pools
+            .patch_status("big", &PatchParams::default(), &Patch::Merge(&write(records)))
+            .await?;
+    }
+    // The events reach the watch within a second or two; wait until all three are counted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (bytes, count) = loop {
+        let (bytes, count) = events(&apiserver_metrics(&client).await?);
+        if count - count_before >= 3.0 || Instant::now() > deadline {
+            break (bytes - bytes_before, count - count_before);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    daemon.stop()?;
+    ensure!(
+        count >= 3.0,
+        "the API server encoded {count} pool watch events for three writes: is the agent watching pools?"
+    );
+    let per_event = bytes / count;
+    ensure!(
+        per_event < 4_000.0,
+        "the agent's pool watch events are {per_event:.0} bytes each (the pool is {size} bytes): it \
+         watches pools whole"
+    );
+    Ok(())
+}

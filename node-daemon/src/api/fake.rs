@@ -103,6 +103,8 @@ struct State {
     /// Pool events held back while the watch is paused.
     held: Vec<SpiderIPPool>,
     watch_paused: bool,
+    /// The pool watch delivers metadata, as the agent's real one does ([`FakeApi::watch_metadata_only`]).
+    metadata_only: bool,
 }
 
 /// The fake API server, with the caches it feeds.
@@ -135,6 +137,13 @@ fn lost_response() -> ApiError {
         std::io::ErrorKind::ConnectionReset,
         "connection reset before the response arrived",
     ))))
+}
+
+/// One pool change into the cache, whole or as its metadata (then whole only if the cache needs it).
+fn deliver(feeds: &StoreFeeds, pool: SpiderIPPool, metadata_only: bool) {
+    if !metadata_only || feeds.pools.show(&pool.metadata) {
+        feeds.pools.apply(pool);
+    }
 }
 
 fn key_of(meta: &ObjectMeta) -> (String, String) {
@@ -215,10 +224,18 @@ impl FakeApi {
             state.watch_paused = false;
             std::mem::take(&mut state.held)
         };
-        let mut feeds = self.feeds();
+        let metadata_only = self.state().metadata_only;
+        let feeds = self.feeds();
         for pool in held {
-            feeds.pools.apply_watcher_event(&Event::Apply(pool));
+            deliver(&feeds, pool, metadata_only);
         }
+    }
+
+    /// From now on the pool cache is fed as the agent's real one is: each change's metadata, and
+    /// the whole pool only when [`crate::pool_cache::needs_whole`] says (the writers read and offer
+    /// the rest). Without this, every change reaches the cache whole.
+    pub fn watch_metadata_only(&self) {
+        self.state().metadata_only = true;
     }
 
     fn bump(state: &mut State, meta: &mut ObjectMeta) {
@@ -231,8 +248,9 @@ impl FakeApi {
             state.held.push(pool);
             return;
         }
+        let metadata_only = state.metadata_only;
         drop(state);
-        self.feeds().pools.apply_watcher_event(&Event::Apply(pool));
+        deliver(&self.feeds(), pool, metadata_only);
     }
 
     /// Creates or replaces a pool (its spec; generation 1, or one more when the spec changed).
@@ -262,7 +280,9 @@ impl FakeApi {
     pub fn remove_pool(&self, name: &str) {
         let removed = self.state().pools.remove(name);
         if let Some(pool) = removed {
-            self.feeds().pools.apply_watcher_event(&Event::Delete(pool));
+            self.feeds()
+                .pools
+                .remove(pool.metadata.name.as_deref().unwrap_or_default());
         }
     }
 

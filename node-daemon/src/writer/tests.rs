@@ -774,3 +774,115 @@ async fn a_pod_does_not_wait_out_the_pause_of_background_work_that_lost_a_confli
     assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
     assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
 }
+
+/// Another node's write of `pool`, adding `added` to the records as they are now.
+async fn another_node_records(fake: &FakeApi, pool: &str, added: &[(&str, &str)]) {
+    let mut records_now = records(fake, pool);
+    for (address, pod) in added {
+        records_now.insert(
+            (*address).into(),
+            PoolIPAllocation::held_by(format!("ns/{pod}"), format!("uid-{pod}")),
+        );
+    }
+    let theirs = PoolStatusWrite {
+        resource_version: fake.pool(pool).unwrap().metadata.resource_version,
+        allocated_ips: Some(serde_json::to_string(&records_now).unwrap()),
+        allocated_ip_count: records_now.len(),
+    };
+    fake.write_pool_status(pool, &theirs).await.unwrap();
+}
+
+fn conflicts(w: &World) -> String {
+    w.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with("spiderpool_ipam_update_ippool_conflict_counts_total"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_metadata_watch_a_write_after_another_nodes_reads_the_pool_once_and_does_not_conflict() {
+    let w = world(LeaseTuning::default());
+    w.fake.watch_metadata_only();
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    for name in ["a", "b", "c"] {
+        w.fake.put_pod(pending_pod(name));
+    }
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+    // Another node records an address of its own; the watch shows only its new version.
+    another_node_records(&w.fake, "p", &[("10.0.0.9", "x")]).await;
+    // b is served from the reservation; its background recording reads the pool at the other
+    // node's version first (the cache does not hold it whole) and so does not lose its write.
+    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = records(&w.fake, "p");
+    assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
+    assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
+    assert_eq!(
+        conflicts(&w),
+        "spiderpool_ipam_update_ippool_conflict_counts_total 0"
+    );
+    assert_eq!(w.fake.count(CallKind::GetPool), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_metadata_watch_a_conflict_reads_the_winners_version_once() {
+    let w = world(no_reservations());
+    w.fake.watch_metadata_only();
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
+    w.fake.fail(
+        CallKind::WritePoolStatus,
+        Fault::Delay(Duration::from_millis(50)),
+        1,
+    );
+    let writers = w.writers.clone();
+    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    another_node_records(&w.fake, "p", &[("10.0.0.1", "x")]).await;
+    let outcome = ours.await.unwrap().unwrap();
+    assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.2")));
+    // One read at start, one of the winner's version (the watch showed only its metadata).
+    assert_eq!(w.fake.count(CallKind::GetPool), 2);
+    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
+    assert_eq!(
+        conflicts(&w),
+        "spiderpool_ipam_update_ippool_conflict_counts_total 1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_metadata_watch_unused_reservations_go_back_soon_after_another_node_fills_the_pool() {
+    let w = world(LeaseTuning::default());
+    w.fake.watch_metadata_only();
+    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
+    for name in ["a", "b", "c", "d"] {
+        w.fake.put_pod(pending_pod(name));
+    }
+    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
+    let reserved = |w: &World| {
+        records(&w.fake, "p")
+            .values()
+            .filter(|r| r.reservation() == Some("n1"))
+            .count()
+    };
+    assert_eq!(reserved(&w), 3);
+    // b, c and d go elsewhere; another node records every address left.
+    for name in ["b", "c", "d"] {
+        w.fake.remove_pod("ns", name);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let left = ["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8", "10.0.0.9"];
+    let added: Vec<(&str, &str)> = left.iter().map(|a| (*a, "x")).collect();
+    another_node_records(&w.fake, "p", &added).await;
+    // Well before the idle return (2 s after a's ADD), this node has read the pool, seen nothing
+    // free outside its reservations, and given back what no pod here will use.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(reserved(&w), 0);
+    // One read at start and one of the full pool; no read while nothing changes.
+    assert_eq!(w.fake.count(CallKind::GetPool), 2);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(w.fake.count(CallKind::GetPool), 2);
+}
