@@ -88,16 +88,42 @@ impl Tuning {
     /// This tuning for a pool holding `records` records ([`Tuning::records_per_step`]).
     #[must_use]
     pub fn for_records(&self, records: usize) -> Tuning {
-        let factor = records
-            .checked_div(self.records_per_step)
-            .unwrap_or(0)
-            .clamp(1, MAX_SIZE_FACTOR);
+        let factor = self.records_factor(records);
         let factor_u32 = u32::try_from(factor).unwrap_or(1);
         Tuning {
             max_size: self.max_size.saturating_mul(factor),
             flush_idle: self.flush_idle.saturating_mul(factor_u32),
             flush_max_age: self.flush_max_age.saturating_mul(factor_u32),
             ..self.clone()
+        }
+    }
+
+    fn records_factor(&self, records: usize) -> usize {
+        records
+            .checked_div(self.records_per_step)
+            .unwrap_or(0)
+            .clamp(1, MAX_SIZE_FACTOR)
+    }
+
+    /// This tuning for a pool holding `records` records in which `writers` nodes (this one
+    /// included) hold reservations: [`Tuning::for_records`], with both flush times also multiplied
+    /// by the number of writers, up to [`MAX_SIZE_FACTOR`] times in all. Each node records its own
+    /// handouts, and a node taking about one pod a second recorded each on its own (a second is
+    /// longer than the pause that ends a batch, `flush_idle`): ten nodes writing one pool made about
+    /// ten writes of the whole pool a second, and most of them lost their race. Scaled, a pool's
+    /// recordings come about as often however many nodes write it. Cost: a handout is recorded for
+    /// its pod later (as for a big pool, at most `flush_max_age` times [`MAX_SIZE_FACTOR`]).
+    #[must_use]
+    pub fn for_pool(&self, records: usize, writers: usize) -> Tuning {
+        let factor = self
+            .records_factor(records)
+            .saturating_mul(writers.max(1))
+            .min(MAX_SIZE_FACTOR);
+        let factor_u32 = u32::try_from(factor).unwrap_or(1);
+        Tuning {
+            flush_idle: self.flush_idle.saturating_mul(factor_u32),
+            flush_max_age: self.flush_max_age.saturating_mul(factor_u32),
+            ..self.for_records(records)
         }
     }
 }
@@ -265,6 +291,9 @@ pub struct Reservations {
     viewed_version: Option<String>,
     /// How many records of any kind the pool holds, as last seen ([`Tuning::for_records`]).
     records: usize,
+    /// How many nodes hold reservations in the pool, this one included, as last seen
+    /// ([`Tuning::for_pool`]); 0 until seen.
+    writers: usize,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -387,6 +416,17 @@ impl Reservations {
         self.cooled = Some((first, now));
     }
 
+    /// The tuning of recordings and give-backs for this pool as last seen: scaled by its records and
+    /// by the nodes writing it ([`Tuning::for_pool`]), but by its records only while it has nothing
+    /// free outside reservations (nodes may be waiting for what this node's pods release).
+    fn batches(&self, tuning: &Tuning) -> Tuning {
+        if self.tight {
+            tuning.for_records(self.records)
+        } else {
+            tuning.for_pool(self.records, self.writers)
+        }
+    }
+
     /// When the cooled addresses among the unused ones may go back together (`None`: none waits):
     /// once none has joined for `flush_idle` or the first has waited `flush_max_age`, as scaled for
     /// the pool, the rule that batches recordings. A node deleting pods has its released addresses
@@ -441,6 +481,7 @@ impl Reservations {
         ));
         self.outside_free = Some(free);
         self.records = view.records;
+        self.writers = view.other_nodes + 1;
         self.viewed_version.clone_from(&view.version);
     }
 
@@ -565,7 +606,7 @@ impl Reservations {
     /// When the writer should next run a background round (record handouts, give back, top up), or
     /// a cooled address joins the unused ones.
     pub fn next_due(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
-        let batches = tuning.for_records(self.records);
+        let batches = self.batches(tuning);
         let mut due: Option<Instant> = None;
         let mut consider = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
         if let Some(first) = self.cooling.values().min() {
@@ -631,7 +672,7 @@ impl Reservations {
         force: bool,
     ) -> Option<RoundPlan> {
         self.cool(now);
-        let batches = tuning.for_records(self.records);
+        let batches = self.batches(tuning);
         let idle = self.idle_return(tuning);
         let return_due = !self.free.is_empty()
             && self.last_demand.is_none_or(|t| now.duration_since(t) >= idle)

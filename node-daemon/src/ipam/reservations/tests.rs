@@ -521,6 +521,73 @@ fn spec_changes_send_unusable_reservations_back() {
 }
 
 #[test]
+fn flush_times_grow_with_the_nodes_writing_the_pool_up_to_the_same_cap() {
+    let tuning = Tuning::default();
+    assert_eq!(tuning.for_pool(0, 1), tuning);
+    assert_eq!(tuning.for_pool(0, 0), tuning);
+    let ten_writers = tuning.for_pool(0, 10);
+    assert_eq!(ten_writers.flush_idle, Duration::from_secs(2));
+    assert_eq!(ten_writers.flush_max_age, Duration::from_secs(20));
+    // The reservation size follows the records only.
+    assert_eq!(ten_writers.max_size, tuning.max_size);
+    let both = tuning.for_pool(3_000, 4);
+    assert_eq!(both.max_size, 3 * 128);
+    assert_eq!(both.flush_max_age, Duration::from_secs(2) * 12);
+    let capped = tuning.for_pool(10_000, 100);
+    assert_eq!(capped.flush_idle, Duration::from_millis(200) * 16);
+    assert_eq!(capped.flush_max_age, Duration::from_secs(2) * 16);
+    assert_eq!(capped.max_size, 1_280);
+}
+
+#[test]
+fn with_ten_nodes_writing_the_pool_a_handout_is_recorded_later_except_when_the_pool_is_full() {
+    let t0 = Instant::now();
+    let view = |usable: u128, records: usize, other_nodes: usize| PoolView {
+        version: Some("1".into()),
+        usable,
+        records,
+        reservations: 0,
+        other_nodes,
+    };
+    let due_after_one_handout = |view: &PoolView| {
+        let mut records = BTreeMap::new();
+        let mut node = Node::started("n1", &mut records, t0);
+        node.state.set_upcoming(4);
+        node.state.note_demand(t0);
+        node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+            .unwrap();
+        node.state.observe(view);
+        node.state
+            .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
+            .unwrap();
+        // c and d still to come, and two reservations left for them: nothing to top up.
+        node.state.set_upcoming(2);
+        // The first moment a round is due, in steps of 10 ms (a clone decides each).
+        for step in 0..=300 {
+            let at = t0 + Duration::from_millis(10 * step);
+            if let Some(plan) = node
+                .state
+                .clone()
+                .plan_round(at, &Tuning::default(), 0, false, false)
+            {
+                assert!(plan.converting.contains_key(&ip("10.0.0.2")));
+                return at - t0;
+            }
+        }
+        panic!("the handout is never recorded");
+    };
+    // One writer: recorded once no handout came for flush_idle.
+    assert_eq!(
+        due_after_one_handout(&view(250, 4, 0)),
+        Duration::from_millis(200)
+    );
+    // Ten: ten times later.
+    assert_eq!(due_after_one_handout(&view(250, 4, 9)), Duration::from_secs(2));
+    // The pool full (nothing free outside reservations): as for one writer.
+    assert_eq!(due_after_one_handout(&view(4, 4, 9)), Duration::from_millis(200));
+}
+
+#[test]
 fn batches_grow_with_the_records_of_the_pool_in_steps_up_to_a_cap() {
     let tuning = Tuning::default();
     // Small pools keep the tuning as it is.
