@@ -22,8 +22,9 @@
 //!   that carries the `resourceVersion` it decided against. While that write is in flight, new
 //!   requests queue and form the next batch.
 //! - **Conflicts.** The API server's resourceVersion check is the only lock. A conflict (HTTP 409)
-//!   means another node wrote first: the writer takes the winner's version (from the watch, else a
-//!   read) and decides again, merging requests that arrived meanwhile. There is no retry limit: a
+//!   means another node wrote first: the writer takes the winner's version (from the pool cache if
+//!   it holds that version whole, else a read: the watch carries metadata only, [`crate::pool_cache`])
+//!   and decides again, merging requests that arrived meanwhile. There is no retry limit: a
 //!   request fails only when its own deadline passes (then with "try again later").
 //! - A decision is only acted on after the write that records it succeeded against the exact state
 //!   it was decided from.
@@ -174,7 +175,9 @@ impl Inner {
         }
     }
 
-    /// Takes in what the watch cache shows of the pool ([`Reservations::observe`]). Records are
+    /// Takes in the pool as the cache holds it whole ([`Reservations::observe`]; as of the whole
+    /// object's own version, which [`Inner::read_stale_view`] and the writer's own reads and writes
+    /// keep recent). Records are
     /// counted without decoding the whole (possibly large) status ([`lease::count_records`]); the
     /// usable count is kept per spec generation, and nothing is read again until the cache holds
     /// another version (the writer wakes for every handout, and most of those find the pool as it
@@ -787,8 +790,8 @@ async fn round(
                 } else {
                     tokio::time::sleep(window).await;
                 }
-                // The winner's version usually arrives through the watch meanwhile: use it rather
-                // than reading the (large) pool object again.
+                // The winner's version: from the cache if it holds it whole (a spec change is read
+                // whole), else read once the watch has shown it.
                 latest = newer_from_store(
                     inner,
                     pool,

@@ -23,6 +23,7 @@
 //! `cargo bench -p spiderpool-tests --bench ipam_scale`; knobs: `SCALE_PARTS` (`fill,nodes`),
 //! `SCALE_FILL` (10000), `SCALE_RATE` (ADDs and DELs started per second, 100), `SCALE_SIZES`
 //! (`1k,10k,65k,v6`), `SCALE_NODES` (`10,50,100`), `SCALE_LAYOUTS` (`racks,shared`),
+//! `SCALE_NODE_TENTHS` (`1`: `nodes` reports each tenth too, as `fill` does),
 //! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated), `SCALE_AGENT_BINARY` (the agent to run
 //! instead of the workspace's release build, such as the container image's static musl build that
 //! `tests/tools/build-images.sh` leaves in `<its output>/<hash>/rootfs-amd64/spiderpool-agent/usr/bin/spiderpool-agent`).
@@ -517,7 +518,7 @@ async fn main() -> Result<()> {
                     &netconfs,
                     &pools,
                     fill,
-                    false,
+                    std::env::var("SCALE_NODE_TENTHS").is_ok_and(|v| v == "1"),
                 )
                 .await?;
                 for pool in &pools {

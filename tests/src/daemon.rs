@@ -74,7 +74,6 @@ impl Daemon {
     ) -> Result<Self> {
         let socket = socket_path(dir, node);
         let log = dir.join(format!("{node}.log"));
-        let health_port = free_port()?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,7 +92,9 @@ impl Daemon {
         let child = Command::new(binary)
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
-            .args(["--health-address", &format!("127.0.0.1:{health_port}")])
+            // Port 0: the agent binds one and logs it. A port picked here and released for the
+            // agent could be taken by then (with a hundred agents starting, one failed to bind).
+            .args(["--health-address", "127.0.0.1:0"])
             .args(tune)
             .args(extra_args)
             // The IPAM daemons of simulated nodes all run in the host's namespace: none of them may
@@ -115,22 +116,42 @@ impl Daemon {
             child,
             node: node.to_owned(),
             socket,
-            health_port,
+            health_port: 0,
             log,
             _registration: registration,
         };
         daemon.wait_healthy(Duration::from_secs(30))?;
+        daemon.health_port = daemon.logged_health_port()?;
         Ok(daemon)
+    }
+
+    /// The health port the daemon last logged it serves on (a restarted daemon appends to the log),
+    /// in either log format.
+    fn logged_health_port(&self) -> Result<u16> {
+        const LOOPBACK: &str = "127.0.0.1:";
+        self.log()
+            .lines()
+            .filter(|line| line.contains("serving health and metrics"))
+            .filter_map(|line| {
+                let after = &line[line.find(LOOPBACK)? + LOOPBACK.len()..];
+                let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u16>().ok()
+            })
+            .last()
+            .with_context(|| format!("the daemon of {} logged no health address", self.node))
     }
 
     fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
+                // The head of what it wrote: its error comes first, a backtrace may follow.
+                let log = self.log();
+                let head: Vec<&str> = log.lines().take(40).collect();
                 bail!(
                     "the daemon of {} exited with {status}; log:\n{}",
                     self.node,
-                    self.log_tail()
+                    head.join("\n")
                 );
             }
             if let Ok((200, _)) = unix_request(&self.socket, "GET", spiderpool_healthy_path(), None) {
@@ -273,11 +294,6 @@ impl Drop for Daemon {
 
 fn spiderpool_healthy_path() -> &'static str {
     "/v1/ipam/healthy"
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// One HTTP/1.1 request over a unix socket; returns status and body.
