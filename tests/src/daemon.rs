@@ -131,13 +131,14 @@ impl Daemon {
         const LOOPBACK: &str = "127.0.0.1:";
         self.log()
             .lines()
+            .rev()
             .filter(|line| line.contains("serving health and metrics"))
             .filter_map(|line| {
                 let after = &line[line.find(LOOPBACK)? + LOOPBACK.len()..];
                 let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
                 digits.parse::<u16>().ok()
             })
-            .last()
+            .next()
             .with_context(|| format!("the daemon of {} logged no health address", self.node))
     }
 
