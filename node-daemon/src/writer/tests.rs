@@ -141,23 +141,7 @@ async fn an_allocation_without_reservations_is_one_read_and_one_write() {
 async fn a_conflict_is_decided_again_against_the_winners_version_from_the_watch() {
     let w = world(no_reservations());
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
-    // Our write is slow; meanwhile another node records 10.0.0.1 for its pod.
-    w.fake.fail(
-        CallKind::WritePoolStatus,
-        Fault::Delay(Duration::from_millis(50)),
-        1,
-    );
-    let writers = w.writers.clone();
-    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let current = w.fake.pool("p").unwrap();
-    let theirs = PoolStatusWrite {
-        resource_version: current.metadata.resource_version.clone(),
-        allocated_ips: Some(r#"{"10.0.0.1":{"pod":"ns/x","podUid":"uid-x"}}"#.into()),
-        allocated_ip_count: 1,
-    };
-    w.fake.write_pool_status("p", &theirs).await.unwrap();
-    let outcome = ours.await.unwrap().unwrap();
+    let outcome = allocate_while_another_node_records_first(&w).await;
     assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.2")));
     // One read at start; the winner's version came through the watch, not a second read.
     assert_eq!(w.fake.count(CallKind::GetPool), 1);
@@ -288,36 +272,38 @@ async fn reservations_serve_the_pods_to_come_without_writes_then_record_them() {
 
 #[tokio::test(start_paused = true)]
 async fn a_background_write_after_another_nodes_write_starts_from_that_version_and_does_not_conflict() {
+    let w = background_write_after_another_nodes(false).await;
+    // The other node's version came whole through the watch: no second read.
+    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+}
+
+/// A writes, another node writes, b is served from a reservation and recorded in the background
+/// (`metadata_only`: the watch shows only the other node's version). Checks that the recording
+/// starts from the other node's version, so it does not lose its race.
+async fn background_write_after_another_nodes(metadata_only: bool) -> World {
     let w = world(LeaseTuning::default());
+    if metadata_only {
+        w.fake.watch_metadata_only();
+    }
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
     for name in ["a", "b", "c"] {
         w.fake.put_pod(pending_pod(name));
     }
     w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
     assert_eq!(w.fake.count(CallKind::WritePoolStatus), 1);
-    // Another node records an address of its own; the watch shows its version.
-    let mut records_now = records(&w.fake, "p");
-    records_now.insert("10.0.0.9".into(), PoolIPAllocation::held_by("ns/x", "uid-x"));
-    let theirs = PoolStatusWrite {
-        resource_version: w.fake.pool("p").unwrap().metadata.resource_version,
-        allocated_ips: Some(serde_json::to_string(&records_now).unwrap()),
-        allocated_ip_count: records_now.len(),
-    };
-    w.fake.write_pool_status("p", &theirs).await.unwrap();
-    // b is served from the reservation; its background recording is based on the other node's
-    // version, not on the one this writer last wrote.
+    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+    another_node_records(&w.fake, "p", &[("10.0.0.9", "x")]).await;
     w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let written = records(&w.fake, "p");
     assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
     assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
     assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
-    assert!(
-        w.metrics
-            .encode()
-            .contains("spiderpool_ipam_update_ippool_conflict_counts_total 0")
+    assert_eq!(
+        conflicts(&w),
+        "spiderpool_ipam_update_ippool_conflict_counts_total 0"
     );
-    assert_eq!(w.fake.count(CallKind::GetPool), 1);
+    w
 }
 
 fn endpoint_claiming(name: &str, address: &str) -> SpiderEndpoint {
@@ -792,6 +778,21 @@ async fn another_node_records(fake: &FakeApi, pool: &str, added: &[(&str, &str)]
     fake.write_pool_status(pool, &theirs).await.unwrap();
 }
 
+/// Allocates for pod a in pool `p` with a slow write; meanwhile another node records 10.0.0.1 for its
+/// pod, so a's first write loses. a's outcome.
+async fn allocate_while_another_node_records_first(w: &World) -> Outcome {
+    w.fake.fail(
+        CallKind::WritePoolStatus,
+        Fault::Delay(Duration::from_millis(50)),
+        1,
+    );
+    let writers = w.writers.clone();
+    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    another_node_records(&w.fake, "p", &[("10.0.0.1", "x")]).await;
+    ours.await.unwrap().unwrap()
+}
+
 fn conflicts(w: &World) -> String {
     w.metrics
         .encode()
@@ -803,28 +804,8 @@ fn conflicts(w: &World) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn with_a_metadata_watch_a_write_after_another_nodes_reads_the_pool_once_and_does_not_conflict() {
-    let w = world(LeaseTuning::default());
-    w.fake.watch_metadata_only();
-    w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
-    for name in ["a", "b", "c"] {
-        w.fake.put_pod(pending_pod(name));
-    }
-    w.writers.submit("p", alloc("a"), TIMEOUT).await.unwrap();
-    assert_eq!(w.fake.count(CallKind::GetPool), 1);
-    // Another node records an address of its own; the watch shows only its new version.
-    another_node_records(&w.fake, "p", &[("10.0.0.9", "x")]).await;
-    // b is served from the reservation; its background recording reads the pool at the other
-    // node's version first (the cache does not hold it whole) and so does not lose its write.
-    w.writers.submit("p", alloc("b"), TIMEOUT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let written = records(&w.fake, "p");
-    assert_eq!(written["10.0.0.2"], PoolIPAllocation::held_by("ns/b", "uid-b"));
-    assert_eq!(written["10.0.0.9"], PoolIPAllocation::held_by("ns/x", "uid-x"));
-    assert_eq!(w.fake.count(CallKind::WritePoolStatus), 3);
-    assert_eq!(
-        conflicts(&w),
-        "spiderpool_ipam_update_ippool_conflict_counts_total 0"
-    );
+    let w = background_write_after_another_nodes(true).await;
+    // The cache does not hold the other node's version whole: one read of it before the recording.
     assert_eq!(w.fake.count(CallKind::GetPool), 2);
 }
 
@@ -833,16 +814,7 @@ async fn with_a_metadata_watch_a_conflict_reads_the_winners_version_once() {
     let w = world(no_reservations());
     w.fake.watch_metadata_only();
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.4", &[]));
-    w.fake.fail(
-        CallKind::WritePoolStatus,
-        Fault::Delay(Duration::from_millis(50)),
-        1,
-    );
-    let writers = w.writers.clone();
-    let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    another_node_records(&w.fake, "p", &[("10.0.0.1", "x")]).await;
-    let outcome = ours.await.unwrap().unwrap();
+    let outcome = allocate_while_another_node_records_first(&w).await;
     assert_eq!(outcome, Outcome::Allocated(ip("10.0.0.2")));
     // One read at start, one of the winner's version (the watch showed only its metadata).
     assert_eq!(w.fake.count(CallKind::GetPool), 2);
