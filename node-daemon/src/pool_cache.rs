@@ -4,8 +4,7 @@
 //! The watch carries metadata only (name, resourceVersion, generation, deletion, labels,
 //! annotations: a few hundred bytes an event, whatever the pool holds). When an agent watched pools
 //! whole, every pool write (the whole `allocatedIPs` string) reached every agent, and each decoded
-//! it: the work one write caused grew with the number of agents, and 100 agents on one machine spent
-//! most of it there. The whole object is now read:
+//! it: the work one write caused grew with the number of agents. The whole object is now read:
 //! - once, all pools together, when the watch lists (from the API server's watch cache);
 //! - when the metadata shows that something other than the status changed (spec, labels,
 //!   annotations, deletion, or a pool recreated under the same name): what candidate filters, routes

@@ -74,6 +74,8 @@ impl Daemon {
     ) -> Result<Self> {
         let socket = socket_path(dir, node);
         let log = dir.join(format!("{node}.log"));
+        // Where this run's lines start (a daemon started again appends to its predecessor's log).
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,7 +95,7 @@ impl Daemon {
             .args(["--node-name", node, "--socket-path"])
             .arg(&socket)
             // Port 0: the agent binds one and logs it. A port picked here and released for the
-            // agent could be taken by then (with a hundred agents starting, one failed to bind).
+            // agent could be taken by the time it binds.
             .args(["--health-address", "127.0.0.1:0"])
             .args(tune)
             .args(extra_args)
@@ -120,7 +122,7 @@ impl Daemon {
             log,
             _registration: registration,
         };
-        daemon.wait_healthy(Duration::from_secs(30))?;
+        daemon.wait_healthy(Duration::from_secs(30), log_start)?;
         daemon.health_port = daemon.logged_health_port()?;
         Ok(daemon)
     }
@@ -142,13 +144,15 @@ impl Daemon {
             .with_context(|| format!("the daemon of {} logged no health address", self.node))
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until the daemon answers healthy; if it exits first, fails with the head of what it
+    /// wrote from byte `log_start` of the log on (its error comes first, a backtrace may follow).
+    fn wait_healthy(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                // The head of what it wrote: its error comes first, a backtrace may follow.
                 let log = self.log();
-                let head: Vec<&str> = log.lines().take(40).collect();
+                let this_run = log.get(usize::try_from(log_start).unwrap_or(0)..).unwrap_or(&log);
+                let head: Vec<&str> = this_run.lines().take(40).collect();
                 bail!(
                     "the daemon of {} exited with {status}; log:\n{}",
                     self.node,
