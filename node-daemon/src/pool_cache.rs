@@ -67,12 +67,22 @@ impl Entry {
         }
     }
 
+    /// Keeps `meta` (without managedFields) if it is newer than the metadata held.
+    fn see(&mut self, meta: &ObjectMeta) {
+        if self.meta.resource_version.is_none()
+            || is_newer(
+                meta.resource_version.as_deref(),
+                self.meta.resource_version.as_deref(),
+            )
+        {
+            self.meta = trimmed(meta);
+        }
+    }
+
     fn take_in(&mut self, mut pool: SpiderIPPool) {
         pool.metadata.managed_fields = None;
+        self.see(&pool.metadata);
         let version = pool.metadata.resource_version.as_deref();
-        if self.meta.resource_version.is_none() || is_newer(version, self.meta.resource_version.as_deref()) {
-            self.meta = pool.metadata.clone();
-        }
         let newer = self
             .whole
             .as_ref()
@@ -179,14 +189,7 @@ impl PoolCache {
         };
         let mut entries = self.write();
         let entry = entries.entry(name).or_insert_with(Entry::unknown);
-        if entry.meta.resource_version.is_none()
-            || is_newer(
-                meta.resource_version.as_deref(),
-                entry.meta.resource_version.as_deref(),
-            )
-        {
-            entry.meta = trimmed(meta);
-        }
+        entry.see(meta);
         needs_whole(&entry.meta, entry.whole.as_deref())
     }
 

@@ -164,15 +164,22 @@ impl Inner {
             return;
         }
         *last_read = Some(now);
+        if let Err(e) = self.read_pool(pool).await {
+            tracing::debug!(pool, error = %e, "reading the pool for its free count failed");
+        }
+    }
+
+    /// Reads the pool from the API server, and offers what it read to the pool cache (the watch
+    /// carries metadata only).
+    async fn read_pool(&self, pool: &str) -> crate::api::ApiResult<Option<SpiderIPPool>> {
         let read = {
             let _step = self.health.step(pool, "reading the pool");
             self.api.get_pool(pool).await
         };
-        match read {
-            Ok(Some(current)) => self.stores.pools.offer(current),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(pool, error = %e, "reading the pool for its free count failed"),
+        if let Ok(Some(current)) = &read {
+            self.stores.pools.offer(current.clone());
         }
+        read
     }
 
     /// Takes in the pool as the cache holds it whole ([`Reservations::observe`]; as of the whole
@@ -547,17 +554,8 @@ impl RoundEnd {
 async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPPool> {
     let mut backoff = Duration::from_millis(50);
     let current = loop {
-        let read = {
-            let _step = inner.health.step(pool, "reading the pool");
-            inner.api.get_pool(pool).await
-        };
-        match read {
-            Ok(current) => {
-                if let Some(current) = &current {
-                    inner.stores.pools.offer(current.clone());
-                }
-                break current;
-            }
+        match inner.read_pool(pool).await {
+            Ok(current) => break current,
             Err(e) => {
                 tracing::warn!(pool, error = %e, "reading the pool failed; retrying");
                 backoff = next_backoff(backoff, &e);
@@ -681,14 +679,7 @@ async fn round(
 
         let read = match latest.take() {
             Some(obj) => Ok(Some((obj, false))),
-            None => {
-                let _step = inner.health.step(pool, "reading the pool");
-                let read = inner.api.get_pool(pool).await;
-                if let Ok(Some(current)) = &read {
-                    inner.stores.pools.offer(current.clone());
-                }
-                read.map(|p| p.map(|p| (p, true)))
-            }
+            None => inner.read_pool(pool).await.map(|p| p.map(|p| (p, true))),
         };
         let (current, read_now) = match read {
             Ok(Some(read)) => read,
