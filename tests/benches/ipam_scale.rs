@@ -1,7 +1,9 @@
 //! The IPAM data path's scale curve against the real API server: what one allocation costs as a pool
 //! grows and fills, and as the number of nodes grows. Every ADD and DEL goes through the real
 //! `spiderpool` plugin binary to a real `spiderpool-agent` (release build), open loop: calls start at
-//! a fixed rate, round-robin over the nodes, as pods arriving from the scheduler.
+//! a fixed rate, round-robin over the nodes, as pods arriving from the scheduler. Every pod of a
+//! scenario is created, bound to its node, before the first ADD: the time that takes is not in any
+//! ADD's latency, and what the agents write meanwhile is counted in the scenario's cost.
 //!
 //! - `fill`: one pool each of 1k, 10k and 65k IPv4 addresses and an IPv6 /64, filled to
 //!   `SCALE_FILL` (10,000; the 1k pool to 1,000) by 10 agents, then emptied. Each tenth of the fill
@@ -23,7 +25,10 @@
 //! `cargo bench -p spiderpool-tests --bench ipam_scale`; knobs: `SCALE_PARTS` (`fill,nodes`),
 //! `SCALE_FILL` (10000), `SCALE_RATE` (ADDs and DELs started per second, 100), `SCALE_SIZES`
 //! (`1k,10k,65k,v6`), `SCALE_NODES` (`10,50,100`), `SCALE_LAYOUTS` (`racks,shared`),
-//! `SCALE_NODE_TENTHS` (`1`: `nodes` reports each tenth too, as `fill` does),
+//! `SCALE_NODE_TENTHS` (`1`: `nodes` reports each tenth too, as `fill` does), `SCALE_POD_NETWORK`
+//! (`nad`: each pod names, as Multus' `v1.multus-cni.io/default-network`, a NetworkAttachmentDefinition
+//! holding the CNI configuration the plugin is called with, so agents can tell a bound pod's pools
+//! before its ADD; `config`: the pools are only in the CNI configuration the plugin gets),
 //! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated), `SCALE_AGENT_BINARY` (the agent to run
 //! instead of the workspace's release build, such as the container image's static musl build that
 //! `tests/tools/build-images.sh` leaves in `<its output>/<hash>/rootfs-amd64/spiderpool-agent/usr/bin/spiderpool-agent`).
@@ -51,6 +56,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use spiderpool_operator::controller::reclaim::{ReclaimConfig, scan_all};
 use spiderpool_schema::SpiderIPPool;
+use spiderpool_schema::nad::ANNO_POD_DEFAULT_NETWORK;
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
 use spiderpool_tests::process::cpu_seconds;
@@ -215,11 +221,12 @@ async fn make_pods(
     namespace: &str,
     count: usize,
     nodes: &[String],
+    annotations: &Value,
 ) -> Result<Vec<(String, String, usize)>> {
     let names: Vec<(String, String)> = (0..count)
         .map(|i| (format!("pod-{i}"), nodes[i % nodes.len()].clone()))
         .collect();
-    let uids = ipam::create_bare_pods(client, namespace, &names, &json!({})).await?;
+    let uids = ipam::create_bare_pods(client, namespace, &names, annotations).await?;
     Ok(names
         .into_iter()
         .zip(uids)
@@ -278,10 +285,21 @@ async fn scenario(
     let rate = env_or::<f64>("SCALE_RATE", 100.0);
     let ns = cluster.namespace("scale").await?;
     let names: Vec<String> = daemons.iter().map(|d| d.node().to_owned()).collect();
+    let annotations = match env_or::<String>("SCALE_POD_NETWORK", "nad".to_owned()).as_str() {
+        // As Multus gives pods their network: the pod names a NetworkAttachmentDefinition holding
+        // the CNI configuration (its pools; the socket path, which differs per agent on this one
+        // machine, is not what the agents read from it).
+        "nad" => {
+            ipam::create_nad(&ns, "scale", &netconfs[0]).await?;
+            json!({ANNO_POD_DEFAULT_NETWORK: format!("{}/scale", ns.name())})
+        }
+        "config" => json!({}),
+        other => anyhow::bail!("SCALE_POD_NETWORK: unknown value {other} (nad, config)"),
+    };
     let created = Instant::now();
     // Agents reserve ahead while pods are bound, before their ADDs: those writes count in the whole.
     let before_pods = spent(cluster, client, daemons).await?;
-    let work = make_pods(client, ns.name(), pods, &names).await?;
+    let work = make_pods(client, ns.name(), pods, &names, &annotations).await?;
     println!(
         "{label}: {pods} pods on {} nodes (created in {:.1} s, not counted)",
         names.len(),
@@ -398,7 +416,10 @@ fn sized_pool(size: &str, index: usize) -> Result<(Value, usize)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let fill = env_or::<usize>("SCALE_FILL", 10_000);
-    let cluster = TestCluster::start(ClusterOptions::apiserver_only()).await?;
+    let cluster = TestCluster::start(ClusterOptions {
+        install_nad_crd: true,
+        ..ClusterOptions::apiserver_only()
+    }).await?;
     let client = cluster.client()?;
     ipam::install_spiderpool_crds(&client).await?;
     let dir = tempfile::tempdir()?;
