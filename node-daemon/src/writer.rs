@@ -772,7 +772,8 @@ async fn round(
                 // Back off, randomised, so that nodes contending for one pool stop colliding in
                 // lockstep; meanwhile more requests queue and the next write decides more of them.
                 let background = batch.is_empty();
-                let window = jitter(conflict_window(took, conflicts, background));
+                let contenders = background.then(|| writers_seen(&current, handle, inner));
+                let window = jitter(conflict_window(took, conflicts, contenders));
                 if background {
                     let pause = Pause { window, conflicts };
                     pause
@@ -1047,21 +1048,40 @@ fn merge_queued(
 }
 
 /// The longest a writer waits after its `streak`th conflict in a row on one pool, the losing write
-/// having taken `attempt`. It grows with the streak. Background work (`background`: nobody waits on
-/// it) steps aside for longer, leaving the pool to writes that pods are waiting for, and for at
-/// least half as long as its losing write took: a write the API server took long over (a big pool:
-/// every write carries all its records) loses its races for as long, and retrying sooner only sends
-/// another whole pool that loses too; a storm of such writes is what saturated the API server. A
-/// write that pods wait for keeps short steps: in the 1,000-pod bench, backing off for a part of the
-/// write time made their p99 ADD worse (top-level README, "Known limitations").
-fn conflict_window(attempt: Duration, streak: u64, background: bool) -> Duration {
-    let step = if background {
-        Duration::from_millis(25).max(attempt / 2)
-    } else {
-        Duration::from_millis(2)
+/// having taken `attempt`. It grows with the streak. Background work (`background_writers`: nobody
+/// waits on it; how many nodes write the pool) steps aside for longer, leaving the pool to writes
+/// that pods are waiting for, and for at least half as long as its losing write took: a write the
+/// API server took long over (a big pool: every write carries all its records) loses its races for
+/// as long, and retrying sooner only sends another whole pool that loses too; a storm of such
+/// writes is what saturated the API server. It also grows with the number of nodes writing the
+/// pool: nodes whose pods arrive together top up together, and a window one write long spread the
+/// losers of such a race too little to keep them from colliding again (with 100 agents, ten to a
+/// pool, about 1.5 lost writes per successful top-up while the pods were bound). A write that pods
+/// wait for keeps short steps: in the 1,000-pod bench, backing off for a part of the write time
+/// made their p99 ADD worse (top-level README, "Known limitations").
+fn conflict_window(attempt: Duration, streak: u64, background_writers: Option<usize>) -> Duration {
+    let step = match background_writers {
+        Some(writers) => {
+            let writers = u32::try_from(writers.clamp(1, 100)).unwrap_or(1);
+            Duration::from_millis(25).max(attempt / 2).saturating_mul(writers)
+        }
+        None => Duration::from_millis(2),
     };
     let streak = u32::try_from(streak.clamp(1, 10)).unwrap_or(10);
     step.saturating_mul(streak).min(MAX_CONFLICT_WINDOW)
+}
+
+/// How many nodes write `pool`, this one included, by the most this writer has seen: its last view,
+/// or the version it just lost a race with (that version's own reservations; the winner's are not
+/// known until read).
+fn writers_seen(pool: &SpiderIPPool, handle: &Handle, inner: &Inner) -> usize {
+    let text = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.allocated_ips.as_deref())
+        .unwrap_or_default();
+    let in_pool = lease::count_records(text, &inner.node).other_nodes + 1;
+    handle.state().writers().max(in_pool)
 }
 
 /// Background work's pause after its `conflicts`th conflict in a row.
@@ -1097,7 +1117,7 @@ impl Pause {
             };
             merge_queued(pool, vec![request], queue, batch, plan, handle, inner);
             if !batch.is_empty() {
-                let short = conflict_window(Duration::ZERO, self.conflicts, false);
+                let short = conflict_window(Duration::ZERO, self.conflicts, None);
                 let left = until.saturating_duration_since(clock::now());
                 tokio::time::sleep(jitter(short).min(left)).await;
                 return;

@@ -419,7 +419,8 @@ async fn main() -> Result<()> {
     let cluster = TestCluster::start(ClusterOptions {
         install_nad_crd: true,
         ..ClusterOptions::apiserver_only()
-    }).await?;
+    })
+    .await?;
     let client = cluster.client()?;
     ipam::install_spiderpool_crds(&client).await?;
     let dir = tempfile::tempdir()?;

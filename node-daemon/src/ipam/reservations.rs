@@ -485,6 +485,11 @@ impl Reservations {
         self.viewed_version.clone_from(&view.version);
     }
 
+    /// How many nodes hold reservations in the pool, this one included, as last seen (0: not seen).
+    pub fn writers(&self) -> usize {
+        self.writers
+    }
+
     /// How many unused reservations this node should hold now ([`lease::target_size`]).
     pub fn target(&self, tuning: &Tuning) -> usize {
         let max_size = tuning.for_records(self.records).max_size;

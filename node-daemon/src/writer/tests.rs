@@ -689,15 +689,27 @@ async fn an_allocation_merged_into_a_round_in_flight_never_gets_an_address_its_p
 fn after_a_conflict_background_work_waits_longer_the_longer_the_losing_write_took() {
     let ms = Duration::from_millis;
     // Writes that pods wait for: a few milliseconds per conflict in a row, however long the write.
-    assert_eq!(conflict_window(ms(1), 1, false), ms(2));
-    assert_eq!(conflict_window(ms(400), 3, false), ms(6));
+    assert_eq!(conflict_window(ms(1), 1, None), ms(2));
+    assert_eq!(conflict_window(ms(400), 3, None), ms(6));
     // Background work: 25 ms per conflict, or half of what the losing write took if that is more.
-    assert_eq!(conflict_window(ms(1), 1, true), ms(25));
-    assert_eq!(conflict_window(ms(400), 1, true), ms(200));
-    assert_eq!(conflict_window(ms(400), 3, true), ms(600));
+    assert_eq!(conflict_window(ms(1), 1, Some(1)), ms(25));
+    assert_eq!(conflict_window(ms(400), 1, Some(1)), ms(200));
+    assert_eq!(conflict_window(ms(400), 3, Some(1)), ms(600));
     // The streak counts up to ten, the window up to two seconds.
-    assert_eq!(conflict_window(ms(1), 50, false), ms(20));
-    assert_eq!(conflict_window(ms(900), 5, true), MAX_CONFLICT_WINDOW);
+    assert_eq!(conflict_window(ms(1), 50, None), ms(20));
+    assert_eq!(conflict_window(ms(900), 5, Some(1)), MAX_CONFLICT_WINDOW);
+}
+
+#[test]
+fn after_a_conflict_background_work_waits_longer_the_more_nodes_write_the_pool() {
+    let ms = Duration::from_millis;
+    // Ten nodes: ten times the window of one (not yet seen counts as one), up to the cap.
+    assert_eq!(conflict_window(ms(1), 1, Some(0)), ms(25));
+    assert_eq!(conflict_window(ms(1), 1, Some(10)), ms(250));
+    assert_eq!(conflict_window(ms(40), 2, Some(10)), ms(500));
+    assert_eq!(conflict_window(ms(1), 3, Some(100)), MAX_CONFLICT_WINDOW);
+    // A write that pods wait for does not ask how many nodes write the pool.
+    assert_eq!(conflict_window(ms(40), 2, None), ms(4));
 }
 
 #[tokio::test(start_paused = true)]
