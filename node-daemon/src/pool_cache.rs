@@ -79,8 +79,7 @@ impl Entry {
         }
     }
 
-    fn take_in(&mut self, mut pool: SpiderIPPool) {
-        pool.metadata.managed_fields = None;
+    fn take_in(&mut self, pool: Arc<SpiderIPPool>) {
         self.see(&pool.metadata);
         let version = pool.metadata.resource_version.as_deref();
         let newer = self
@@ -88,9 +87,16 @@ impl Entry {
             .as_ref()
             .is_none_or(|held| is_newer(version, held.metadata.resource_version.as_deref()));
         if newer {
-            self.whole = Some(Arc::new(pool));
+            self.whole = Some(pool);
         }
     }
+}
+
+/// A pool as the cache keeps it, to be shared with it without a copy ([`PoolCache::offer`]; a big
+/// pool's records are a megabyte): without its managed fields, which nothing here reads.
+pub fn shareable(mut pool: SpiderIPPool) -> Arc<SpiderIPPool> {
+    pool.metadata.managed_fields = None;
+    Arc::new(pool)
 }
 
 impl Default for PoolCache {
@@ -160,7 +166,7 @@ impl PoolCache {
     /// Takes in a pool this agent read or wrote whole: kept if newer than what the cache holds (its
     /// metadata too, if newer than the watch's). A pool the cache does not know (deleted meanwhile) is
     /// not taken in: only the watch adds pools.
-    pub fn offer(&self, pool: SpiderIPPool) {
+    pub fn offer(&self, pool: Arc<SpiderIPPool>) {
         let Some(name) = pool.metadata.name.as_deref() else {
             return;
         };
@@ -178,7 +184,7 @@ impl PoolCache {
         self.write()
             .entry(name)
             .or_insert_with(Entry::unknown)
-            .take_in(pool);
+            .take_in(shareable(pool));
     }
 
     /// Takes in the watch's metadata of a pool; `true` if the whole pool is to be read

@@ -72,7 +72,7 @@ use crate::ipam::pick::{self, Op, Outcome};
 use crate::ipam::pool;
 use crate::ipam::reservations::{self, HandoutGate, PoolView, Reservations, RoundPlan};
 use crate::metrics::Metrics;
-use crate::pool_cache::is_newer;
+use crate::pool_cache::{self, is_newer};
 use crate::store::Stores;
 
 /// How often, at most, a writer holding unused reservations reads its pool to see what other nodes
@@ -171,13 +171,14 @@ impl Inner {
 
     /// Reads the pool from the API server, and offers what it read to the pool cache (the watch
     /// carries metadata only).
-    async fn read_pool(&self, pool: &str) -> crate::api::ApiResult<Option<SpiderIPPool>> {
+    async fn read_pool(&self, pool: &str) -> crate::api::ApiResult<Option<Arc<SpiderIPPool>>> {
         let read = {
             let _step = self.health.step(pool, "reading the pool");
             self.api.get_pool(pool).await
         };
+        let read = read.map(|pool| pool.map(pool_cache::shareable));
         if let Ok(Some(current)) = &read {
-            self.stores.pools.offer(current.clone());
+            self.stores.pools.offer(Arc::clone(current));
         }
         read
     }
@@ -532,7 +533,7 @@ impl Refusals {
 /// How a round ended.
 struct RoundEnd {
     /// The pool as last read or written (`None`: read it before deciding again).
-    latest: Option<SpiderIPPool>,
+    latest: Option<Arc<SpiderIPPool>>,
     /// Requests waiting for other nodes' reservations.
     waiting: Vec<Request>,
     /// The API server refused the pool for good.
@@ -540,7 +541,7 @@ struct RoundEnd {
 }
 
 impl RoundEnd {
-    fn done(latest: Option<SpiderIPPool>, waiting: Vec<Request>) -> Self {
+    fn done(latest: Option<Arc<SpiderIPPool>>, waiting: Vec<Request>) -> Self {
         RoundEnd {
             latest,
             waiting,
@@ -551,7 +552,7 @@ impl RoundEnd {
 
 /// Reads the pool and, if it holds reservations of this node (a previous run's), finds out from this
 /// node's endpoints which of them were handed to pods. Retries until it can read.
-async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPPool> {
+async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<Arc<SpiderIPPool>> {
     let mut backoff = Duration::from_millis(50);
     let current = loop {
         match inner.read_pool(pool).await {
@@ -607,7 +608,7 @@ async fn recover(pool: &str, handle: &Handle, inner: &Inner) -> Option<SpiderIPP
             "recovered this node's reservations"
         );
     }
-    let family = current.as_ref().and_then(pool::family);
+    let family = current.as_deref().and_then(pool::family);
     let cooldown = current.as_ref().and_then(|p| inner.cooldown_of(pool, p));
     handle.state().set_cooldown(cooldown);
     handle.state().recover(
@@ -658,7 +659,7 @@ async fn round(
     pool: &str,
     queue: &mut mpsc::UnboundedReceiver<Request>,
     mut batch: Vec<Request>,
-    mut latest: Option<SpiderIPPool>,
+    mut latest: Option<Arc<SpiderIPPool>>,
     handle: &Handle,
     inner: &Inner,
 ) -> RoundEnd {
@@ -696,7 +697,7 @@ async fn round(
             }
         };
 
-        let decided = match prepare(pool, &current, handle, &mut plan, &batch, inner) {
+        let mut decided = match prepare(pool, &current, handle, &mut plan, &batch, inner) {
             Ok(decided) => decided,
             Err(e) => {
                 answer_all(batch, |_| Err(e.clone()));
@@ -706,7 +707,7 @@ async fn round(
                 return RoundEnd::done(Some(current), Vec::new());
             }
         };
-        let Some(allocated_ips) = decided.text.clone() else {
+        let Some(allocated_ips) = decided.text.take() else {
             // (Requests that only wait for other nodes' reservations or a cooldown are answered
             // nothing: they need no read, and ask again when the cache shows the pool changed.)
             let answers = decided
@@ -745,7 +746,8 @@ async fn round(
         inner.metrics.pool_write(took, batch.len());
         match result {
             Ok(updated) => {
-                inner.stores.pools.offer(updated.clone());
+                let updated = pool_cache::shareable(updated);
+                inner.stores.pools.offer(Arc::clone(&updated));
                 tracing::debug!(
                     pool,
                     requests = batch.len(),
@@ -857,6 +859,9 @@ fn prepare(
         pool: pool.to_owned(),
         reason,
     };
+    let encode = |records: &BTreeMap<String, PoolIPAllocation>| {
+        serde_json::to_string(records).map_err(|e| bad(e.to_string()))
+    };
     let family = pool::family(current)
         .ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
     let reserved = inner.stores.reserved_ips(family);
@@ -867,7 +872,10 @@ fn prepare(
             .map_err(|e| bad(format!("status.allocatedIPs is not valid JSON: {e}")))?,
         None => BTreeMap::new(),
     };
-    let before = records.clone();
+    // Whether the round changes the records is whether they still encode the same: the encoding of
+    // a big pool is a fraction of the memory a copy of the decoded records takes, and it is made
+    // anyway when they change.
+    let before = encode(&records)?;
 
     let kept = handle.state().check_spec(plan, &usable, family);
     let ops: Vec<Op> = batch.iter().map(|r| r.op.clone()).collect();
@@ -889,14 +897,13 @@ fn prepare(
         },
     );
     let count = spiderpool_schema::ippool::count_held(&records);
-    let text = if records == before {
+    let after = encode(&records)?;
+    let text = if after == before {
         None
     } else if records.is_empty() {
         Some(None)
     } else {
-        Some(Some(
-            serde_json::to_string(&records).map_err(|e| bad(e.to_string()))?,
-        ))
+        Some(Some(after))
     };
     Ok(Decided {
         text,
@@ -1147,7 +1154,7 @@ async fn newer_from_store(
     pool: &str,
     tried: Option<&str>,
     wait: Duration,
-) -> Option<SpiderIPPool> {
+) -> Option<Arc<SpiderIPPool>> {
     let deadline = clock::deadline_in(wait);
     loop {
         if let Some(shown) = inner.stores.pools.shown(pool)
@@ -1164,7 +1171,7 @@ async fn newer_from_store(
 
 /// `kept`, or the pool at the later version the watch has shown if the cache holds it whole (`None`:
 /// the pool is to be read; so also when nothing is kept and the cache is behind the watch).
-fn newest_of(inner: &Inner, pool: &str, kept: Option<SpiderIPPool>) -> Option<SpiderIPPool> {
+fn newest_of(inner: &Inner, pool: &str, kept: Option<Arc<SpiderIPPool>>) -> Option<Arc<SpiderIPPool>> {
     let shown = inner.stores.pools.shown(pool)?;
     match kept {
         Some(kept)
@@ -1180,12 +1187,11 @@ fn newest_of(inner: &Inner, pool: &str, kept: Option<SpiderIPPool>) -> Option<Sp
 }
 
 /// The cached whole pool if it is at `version` or later.
-fn held_at(inner: &Inner, pool: &str, version: Option<&str>) -> Option<SpiderIPPool> {
+fn held_at(inner: &Inner, pool: &str, version: Option<&str>) -> Option<Arc<SpiderIPPool>> {
     inner
         .stores
         .pool(pool)
         .filter(|whole| !is_newer(version, whole.metadata.resource_version.as_deref()))
-        .map(|whole| (*whole).clone())
 }
 
 fn answer_all(batch: Vec<Request>, result: impl Fn(&Op) -> Result<Outcome, WriteError>) {

@@ -53,12 +53,12 @@ fn a_status_change_alone_is_not_read_whole_and_the_whole_pool_stays_at_its_own_v
 fn an_older_offer_or_event_never_replaces_a_newer_one() {
     let cache = PoolCache::ready_empty();
     cache.apply(pool("p", 5, 1));
-    cache.offer(pool("p", 8, 1));
+    cache.offer(shareable(pool("p", 8, 1)));
     assert_eq!(version_of(&cache.whole("p").unwrap()), "8");
     assert_eq!(cache.shown("p").unwrap().version.as_deref(), Some("8"));
     // The watch's event of an earlier write arrives after this node's own write returned.
     assert!(!cache.show(&pool("p", 7, 1).metadata));
-    cache.offer(pool("p", 6, 1));
+    cache.offer(shareable(pool("p", 6, 1)));
     assert_eq!(cache.shown("p").unwrap().version.as_deref(), Some("8"));
     assert_eq!(version_of(&cache.whole("p").unwrap()), "8");
     // Nothing reads managedFields; the cache does not keep them.
@@ -70,7 +70,7 @@ fn a_read_offered_after_the_pool_was_deleted_does_not_bring_it_back() {
     let cache = PoolCache::ready_empty();
     cache.apply(pool("p", 5, 1));
     cache.remove("p");
-    cache.offer(pool("p", 6, 1));
+    cache.offer(shareable(pool("p", 6, 1)));
     assert!(cache.whole("p").is_none() && cache.shown("p").is_none());
     assert!(cache.all().is_empty());
 }
