@@ -773,16 +773,15 @@ async fn round(
                 conflicts += 1;
                 // Back off, randomised, so that nodes contending for one pool stop colliding in
                 // lockstep; meanwhile more requests queue and the next write decides more of them.
-                let background = batch.is_empty();
-                let contenders = background.then(|| writers_seen(&current, handle, inner));
-                let window = jitter(conflict_window(took, conflicts, contenders));
-                if background {
+                if batch.is_empty() {
+                    let writers = writers_seen(&current, handle, inner);
+                    let window = jitter(conflict_window(took, conflicts, Some(writers)));
                     let pause = Pause { window, conflicts };
                     pause
                         .step_aside(pool, queue, &mut batch, &mut plan, handle, inner)
                         .await;
                 } else {
-                    tokio::time::sleep(window).await;
+                    tokio::time::sleep(jitter(conflict_window(took, conflicts, None))).await;
                 }
                 // The winner's version: from the cache if it holds it whole (a spec change is read
                 // whole), else read once the watch has shown it.
