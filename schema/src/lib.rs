@@ -32,6 +32,7 @@ pub mod network;
 pub mod pool_addresses;
 pub mod reservedip;
 pub mod rollout;
+pub mod shards;
 pub mod subnet;
 pub mod taskconflict;
 pub mod validation;
