@@ -12,6 +12,7 @@
 
 pub mod coordinator;
 pub mod ippool;
+mod ippool_shards;
 pub mod metrics;
 pub mod multusconfig;
 pub mod network;

@@ -15,6 +15,7 @@ use spiderpool_ipmath::{self as ipmath, IpFamily, IpNet, IpSet};
 use spiderpool_schema::validation::Validate;
 use spiderpool_schema::{Problem, Problems, SpiderIPPool};
 
+use super::ippool_shards;
 use super::{
     Change, Decision, LABEL_IPPOOL_CIDR, PatchError, Snapshot, brief_list, ensure_finalizer, is_label_value,
     patch_between,
@@ -102,6 +103,17 @@ pub fn validate(change: Change<'_, SpiderIPPool>, snapshot: &Snapshot) -> Vec<Pr
     if let Some(old) = change.old() {
         update_rules(&mut problems, pool, old, block.as_ref());
     }
+    let addresses_changed = change
+        .old()
+        .is_some_and(|old| addresses_differ(old, pool, block.as_ref()));
+    ippool_shards::shard_rules(
+        &mut problems,
+        pool,
+        change.old(),
+        block.as_ref(),
+        addresses_changed,
+        snapshot,
+    );
     let Some(block) = block else {
         return problems.into_vec();
     };
@@ -157,14 +169,7 @@ fn update_rules(
             "the pool is being deleted (it waits for its allocated addresses to be released); its spec cannot change",
         );
     }
-    let addresses_changed = match block {
-        Some(block) => {
-            !same_addresses(block.family, &old.spec.ips, &pool.spec.ips)
-                || !same_addresses(block.family, &old.spec.exclude_ips, &pool.spec.exclude_ips)
-        }
-        None => old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips,
-    };
-    if !addresses_changed {
+    if !addresses_differ(old, pool, block) {
         return;
     }
     let mut allocated = BTreeMap::new();
@@ -215,6 +220,17 @@ fn update_rules(
     }
 }
 
+/// Whether `ips` or `excludeIPs` hold other addresses in `pool` than in `old`.
+fn addresses_differ(old: &SpiderIPPool, pool: &SpiderIPPool, block: Option<&AddressBlock>) -> bool {
+    match block {
+        Some(block) => {
+            !same_addresses(block.family, &old.spec.ips, &pool.spec.ips)
+                || !same_addresses(block.family, &old.spec.exclude_ips, &pool.spec.exclude_ips)
+        }
+        None => old.spec.ips != pool.spec.ips || old.spec.exclude_ips != pool.spec.exclude_ips,
+    }
+}
+
 /// Pools of the same family must not overlap with a different CIDR; pools sharing the identical CIDR
 /// must not share addresses.
 fn overlap_with_pools(
@@ -226,7 +242,7 @@ fn overlap_with_pools(
     let name = pool.name_any();
     let mut overlapping = Vec::new();
     for other in &snapshot.pools {
-        if other.name_any() == name {
+        if other.name_any() == name || ippool_shards::pool_and_own_shard(pool, other) {
             continue;
         }
         let Ok(other_net) = ipmath::parse_canonical_cidr(&other.spec.subnet) else {
