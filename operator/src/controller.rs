@@ -6,5 +6,6 @@ pub mod coordinator;
 pub mod ippool;
 pub mod multusconfig;
 pub mod network;
+pub mod pool_shards;
 pub mod reclaim;
 pub mod subnet;

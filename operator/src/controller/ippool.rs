@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_ipmath::{IpFamily, IpSet};
@@ -28,9 +29,11 @@ use spiderpool_schema::annotations::AppRef;
 use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::labels::LABEL_IPPOOL_RECLAIM;
 use spiderpool_schema::pool_addresses::PoolAddressError;
+use spiderpool_schema::shards;
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
 
 use super::cache::SharedCache;
+use super::pool_shards;
 
 /// How the IPPool controller runs.
 #[derive(Debug, Clone)]
@@ -80,6 +83,9 @@ pub enum PoolError {
         /// The client error.
         source: kube::Error,
     },
+    /// A sharded pool's shards cannot be made or kept.
+    #[error(transparent)]
+    Shards(Box<super::pool_shards::ShardsError>),
     /// Still conflicting after every retry.
     #[error("pool {pool}: still conflicting after {attempts} attempts; will retry")]
     Conflict {
@@ -280,6 +286,9 @@ struct Context {
     config: IPPoolControllerConfig,
     events: crate::events::Events,
     exhaustion: Exhaustion,
+    /// Every pool (a sharded pool's shards are looked up here).
+    pools: Store<SpiderIPPool>,
+    summaries: pool_shards::Summaries,
 }
 
 /// Which pools are full, as last seen, so that a pool filling up is told once: the agents write the
@@ -336,8 +345,17 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
         .unwrap_or_default();
 
     if pool.meta().deletion_timestamp.is_some() {
-        ctx.exhaustion.forget(&pool.uid().unwrap_or_default());
-        if let Some(patch) = finalizer_patch(pool.as_ref(), records.is_empty()) {
+        let uid = pool.uid().unwrap_or_default();
+        ctx.exhaustion.forget(&uid);
+        ctx.summaries.forget(&uid);
+        // A sharded pool goes once its shards hold no pod's address (its own records are empty).
+        let shards_hold = pool_shards::shards_in(&ctx.pools, &uid).iter().any(|shard| {
+            shard.status.as_ref().is_some_and(|s| {
+                s.allocations()
+                    .map_or(true, |r| spiderpool_schema::ippool::count_held(&r) > 0)
+            })
+        });
+        if let Some(patch) = finalizer_patch(pool.as_ref(), records.is_empty() && !shards_hold) {
             match api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -346,8 +364,8 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
                 Err(e) if is_conflict(&e) || is_not_found(&e) => {}
                 Err(e) => return Err(kube_err("removing the finalizer", e)),
             }
-        } else if !records.is_empty() {
-            tracing::debug!(pool = %name, allocated = records.len(), "terminating pool still has addresses");
+        } else if !records.is_empty() || shards_hold {
+            tracing::debug!(pool = %name, allocated = records.len(), shards_hold, "terminating pool still has addresses");
         }
         return Ok(Action::requeue(ctx.config.resync));
     }
@@ -388,6 +406,18 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             None
         }
     };
+    if shards::is_sharded(&pool.metadata) {
+        return match pool_shards::reconcile(&pool, &api, &ctx.pools, &ctx.summaries, total).await {
+            Ok(Some(wait)) => Ok(Action::requeue(wait)),
+            Ok(None) => Ok(Action::requeue(ctx.config.resync)),
+            Err(e) => {
+                ctx.events
+                    .warning(pool.as_ref(), "ShardsFailed", "MakeShards", e.to_string())
+                    .await;
+                Err(PoolError::Shards(Box::new(e)))
+            }
+        };
+    }
     // Node agents' reservations are in the records but are not addresses held by pods.
     let allocated = i64::try_from(spiderpool_schema::ippool::count_held(&records)).unwrap_or(i64::MAX);
     if let Some(patch) = count_patch(&pool, total, allocated) {
@@ -435,13 +465,17 @@ pub fn run_shared(
     config: IPPoolControllerConfig,
     pools: &SharedCache<SpiderIPPool>,
 ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
-    let controller = Controller::for_shared_stream(pools.subscribe_objects(), pools.store());
+    // A shard's change wakes its pool (the shard's controller owner) too: the pool's count follows.
+    let controller = Controller::for_shared_stream(pools.subscribe_objects(), pools.store())
+        .owns_shared_stream(pools.subscribe_objects());
     let events = crate::events::Events::new(client.clone(), "ippool");
     let ctx = Arc::new(Context {
         client,
         config,
         events,
         exhaustion: Exhaustion::default(),
+        pools: pools.store(),
+        summaries: pool_shards::Summaries::default(),
     });
     async move {
         controller

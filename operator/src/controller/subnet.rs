@@ -144,13 +144,15 @@ pub fn pool_ips(pool: &SpiderIPPool) -> IpSet {
 }
 
 /// `status.controlledIPPools` for the pools of a subnet (already filtered to its CIDR): each pool's
-/// addresses, with the application key for automatic pools.
+/// addresses, with the application key for automatic pools; not the shards of a pool.
 pub fn controlled_pools<'a>(
     pools: impl IntoIterator<Item = &'a SpiderIPPool>,
 ) -> BTreeMap<String, PoolIPPreAllocation> {
     pools
         .into_iter()
         .filter(|p| p.meta().deletion_timestamp.is_none())
+        // A shard holds addresses of its pool, which the subnet already counts.
+        .filter(|p| spiderpool_schema::shards::shard_of(p).is_none())
         .map(|pool| {
             (
                 pool.name_any(),
@@ -466,7 +468,12 @@ mod tests {
         let other = pool("o", "10.6.0.0/24", &["10.6.0.5"]);
         assert!(pool_in_subnet(&a, &net));
         assert!(!pool_in_subnet(&other, &net));
-        let controlled = controlled_pools([&a, &b]);
+        let mut shard = pool("a-shard-0", "10.6.0.0/16", &["10.6.168.101"]);
+        shard
+            .labels_mut()
+            .insert(spiderpool_schema::shards::LABEL_SHARD_OF.into(), "uid-a".into());
+        let controlled = controlled_pools([&a, &b, &shard]);
+        assert_eq!(controlled.len(), 2, "a shard is not one of the subnet's pools");
         assert_eq!(controlled["a"].ips, vec!["10.6.168.101-10.6.168.103"]);
         assert_eq!(controlled["a"].application, None);
         assert_eq!(
