@@ -147,8 +147,20 @@ impl ReserveAhead {
             });
             let Ok(chosen) = chosen else { continue };
             for pool in ahead::expected_pools(&chosen, |name| self.stores.pool(name), &scope) {
-                if !expected.contains(&pool) {
-                    expected.push(pool);
+                // A sharded pool's first shard in this node's order is where the pod will draw.
+                let served = self
+                    .stores
+                    .pool(&pool)
+                    .and_then(|whole| {
+                        self.stores
+                            .serve_order(whole, &self.config.node_name)
+                            .into_iter()
+                            .next()
+                    })
+                    .and_then(|first| first.metadata.name.clone())
+                    .unwrap_or(pool);
+                if !expected.contains(&served) {
+                    expected.push(served);
                 }
             }
         }

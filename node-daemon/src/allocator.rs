@@ -278,8 +278,22 @@ impl Allocator {
             let pool = self.pool(&name).await?;
             found.push((name, pool));
         }
-        let ordered = ipam::add::eligible_pools(&found, family, &nic.nic, scope)?;
+        let eligible = ipam::add::eligible_pools(&found, family, &nic.nic, scope)?;
         let mut exhausted = Vec::new();
+        let mut ordered = Vec::with_capacity(eligible.len());
+        for pool in eligible {
+            let served_by = self
+                .inner
+                .stores
+                .serve_order(Arc::clone(&pool), &self.inner.config.node_name);
+            if served_by.is_empty() {
+                exhausted.push(format!(
+                    "{}: is served through shards and none is made yet (the operator makes them)",
+                    pool.metadata.name.as_deref().unwrap_or_default()
+                ));
+            }
+            ordered.extend(served_by);
+        }
         for pool in ordered {
             let name = pool.metadata.name.clone().unwrap_or_default();
             let op = Op::Allocate {

@@ -18,3 +18,4 @@ pub mod records;
 pub mod release;
 pub mod reservations;
 pub mod routes;
+pub mod shards;

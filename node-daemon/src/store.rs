@@ -18,7 +18,7 @@ use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::{SpiderIPPool, SpiderReservedIP};
 use tokio::sync::Notify;
 
-use crate::ipam::pool;
+use crate::ipam::{pool, shards};
 
 /// The caches. Cheap to clone.
 #[derive(Clone)]
@@ -160,12 +160,30 @@ impl Stores {
         self.pools.whole(name)
     }
 
-    /// Names of every pool of `family`, and of those with `spec.default: true`, both in name order.
+    /// The pools to ask, in order, for candidate `pool` on node `node` ([`shards::serve_order`]):
+    /// the pool itself, or the shards it is served through.
+    pub fn serve_order(&self, pool: Arc<SpiderIPPool>, node: &str) -> Vec<Arc<SpiderIPPool>> {
+        if !spiderpool_schema::shards::is_sharded(&pool.metadata) {
+            return vec![pool];
+        }
+        let uid = pool.metadata.uid.clone().unwrap_or_default();
+        let mut its_shards: Vec<Arc<SpiderIPPool>> = self
+            .pools
+            .all()
+            .into_iter()
+            .filter(|p| spiderpool_schema::shards::shard_of(p) == Some(uid.as_str()))
+            .collect();
+        its_shards.sort_by_key(|p| spiderpool_schema::shards::shard_index(p));
+        shards::serve_order(pool, &its_shards, node)
+    }
+
+    /// Names of every pool of `family`, and of those with `spec.default: true`, both in name order;
+    /// not shards (pods reach them through their pool).
     pub fn pool_names(&self, family: IpFamily) -> (Vec<String>, Vec<String>) {
         let mut all = Vec::new();
         let mut defaults = Vec::new();
         for pool in self.pools.all() {
-            if pool::family(&pool) != Some(family) {
+            if pool::family(&pool) != Some(family) || spiderpool_schema::shards::shard_of(&pool).is_some() {
                 continue;
             }
             let name = pool.meta().name.clone().unwrap_or_default();

@@ -206,7 +206,7 @@ impl Inner {
                     return;
                 };
                 let reserved = self.stores.reserved_ips(family);
-                let Ok(usable) = pick::usable_addresses(&cached.spec, family, &reserved) else {
+                let Ok(usable) = pick::pool_usable(&cached, family, &reserved) else {
                     return;
                 };
                 let count = usable.len();
@@ -864,7 +864,7 @@ fn prepare(
     let family = pool::family(current)
         .ok_or_else(|| bad(format!("spec.subnet {} is not a CIDR", current.spec.subnet)))?;
     let reserved = inner.stores.reserved_ips(family);
-    let usable = pick::usable_addresses(&current.spec, family, &reserved).map_err(bad)?;
+    let usable = pick::pool_usable(current, family, &reserved).map_err(bad)?;
     let mut records = match &current.status {
         Some(status) => status
             .allocations()

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use spiderpool_ipmath::{IpFamily, IpSet};
-use spiderpool_schema::SpiderIPPoolSpec;
 use spiderpool_schema::ippool::PoolIPAllocation;
+use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec};
 
 use super::records::RecordIndex;
 
@@ -88,6 +88,15 @@ pub fn usable_addresses(
         usable = usable.difference(reserved);
     }
     Ok(usable)
+}
+
+/// The addresses pool `pool` may give out: [`usable_addresses`], none for a pool served through
+/// shards (its addresses are recorded in its shards, never in it; agents ask the shards instead).
+pub fn pool_usable(pool: &SpiderIPPool, family: IpFamily, reserved: &IpSet) -> Result<IpSet, String> {
+    if spiderpool_schema::shards::is_sharded(&pool.metadata) {
+        return Ok(IpSet::empty(family));
+    }
+    usable_addresses(&pool.spec, family, reserved)
 }
 
 /// Applies a batch to `records` (releases first, then rebinds, then allocations, so that an address
@@ -472,6 +481,25 @@ mod tests {
             apply(&mut records, &usable, &[release], 100),
             [Outcome::Released(true)]
         );
+        assert!(records.is_empty());
+    }
+
+    #[test]
+    fn a_pool_served_through_shards_gives_out_nothing_itself() {
+        let none = IpSet::empty(IpFamily::V4);
+        let mut pool = SpiderIPPool::new("big", spec(&["10.0.0.1-10.0.0.9"], &[]));
+        assert_eq!(pool_usable(&pool, IpFamily::V4, &none).unwrap().len(), 9);
+        pool.metadata.annotations = Some(
+            [(
+                spiderpool_schema::shards::ANNOTATION_SHARD_SIZE.to_owned(),
+                "16".to_owned(),
+            )]
+            .into(),
+        );
+        let usable = pool_usable(&pool, IpFamily::V4, &none).unwrap();
+        let mut records = BTreeMap::new();
+        let out = apply(&mut records, &usable, &[alloc("a")], 100);
+        assert!(matches!(&out[0], Outcome::Exhausted(_)), "{out:?}");
         assert!(records.is_empty());
     }
 
