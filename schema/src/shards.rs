@@ -125,12 +125,12 @@ pub fn slices(usable: &IpSet, size: u32) -> Result<Vec<IpSet>, ShardError> {
 
 /// The spec of a shard holding `slice` of the pool whose spec is `pool`: the pool's, except its
 /// addresses (the slice, no exclusions) and `default` (pods reach shards through their pool, never
-/// as cluster defaults).
+/// as cluster defaults: `false`, as the API server stores an unset one).
 pub fn shard_spec(pool: &SpiderIPPoolSpec, slice: &IpSet) -> SpiderIPPoolSpec {
     SpiderIPPoolSpec {
         ips: slice.to_strings(),
         exclude_ips: Vec::new(),
-        default: None,
+        default: Some(false),
         ..pool.clone()
     }
 }
@@ -216,7 +216,7 @@ mod tests {
         let shard = shard_spec(&pool, &slice);
         assert_eq!(shard.ips, ["10.0.0.2-10.0.0.9"]);
         assert!(shard.exclude_ips.is_empty());
-        assert_eq!(shard.default, None);
+        assert_eq!(shard.default, Some(false));
         assert_eq!(
             (shard.gateway, shard.multus_name, shard.subnet),
             (pool.gateway, pool.multus_name, pool.subnet)

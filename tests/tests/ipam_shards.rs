@@ -12,13 +12,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
 use spiderpool_schema::shards::{ANNOTATION_SHARD_SIZE, LABEL_SHARD_OF};
 use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam::{self, run_plugin};
+use spiderpool_tests::prometheus::{apiserver_metrics, metric_sum};
 use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing};
 
 /// Polls `check` until it returns `Ok(Some(_))` or the time is up (then fails with the last message).
@@ -206,6 +207,31 @@ async fn a_big_pool_is_served_through_its_shards_and_goes_with_them() -> Result<
         Ok((status.allocated_ip_count == Some(6) && status.total_ip_count == Some(100)).then_some(()))
     })
     .await?;
+
+    // A reconcile that finds everything as it should be writes nothing (a label of the pool's
+    // changes: the controller looks at the pool and its shards again).
+    let patches = || async {
+        let metrics = apiserver_metrics(&client).await?;
+        anyhow::Ok(metric_sum(
+            &metrics,
+            "apiserver_request_total",
+            &["resource=\"spiderippools\"", "verb=\"PATCH\""],
+        ))
+    };
+    let before = patches().await?;
+    pools
+        .patch(
+            "big",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let made = patches().await? - before;
+    ensure!(
+        made == 1.0,
+        "{made} pool patches for one label change: the controller rewrote what was right"
+    );
 
     // Deleted while its shards hold addresses, the pool waits; once they are released it goes, and
     // its shards with it.

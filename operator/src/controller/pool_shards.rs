@@ -18,7 +18,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use spiderpool_schema::shards::{self, LABEL_SHARD_INDEX, LABEL_SHARD_OF, ShardError};
-use spiderpool_schema::{FINALIZER, SpiderIPPool};
+use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
 
 use super::ippool::{PoolError, is_conflict, is_not_found, usable_ips};
 
@@ -138,7 +138,14 @@ pub fn shard_change(
     if wanted.ip_version.is_none() {
         wanted.ip_version = existing.spec.ip_version;
     }
-    if wanted == existing.spec {
+    // The API server stores an unset `default` or `disable` as `false` (the CRD's default); a merge
+    // patch that leaves a field out cannot unset it, so unset and `false` are the same here.
+    let settled = |spec: &SpiderIPPoolSpec| SpiderIPPoolSpec {
+        default: Some(spec.default.unwrap_or(false)),
+        disable: Some(spec.disable.unwrap_or(false)),
+        ..spec.clone()
+    };
+    if settled(&wanted) == settled(&existing.spec) {
         return Ok(ShardChange::None);
     }
     let spec = serde_json::to_value(&wanted).unwrap_or_default();
@@ -280,8 +287,8 @@ pub async fn reconcile(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "test code")]
 mod tests {
+    use spiderpool_schema::SpiderIPPoolStatus;
     use spiderpool_schema::shards::ANNOTATION_SHARD_SIZE;
-    use spiderpool_schema::{SpiderIPPoolSpec, SpiderIPPoolStatus};
 
     use super::*;
 
@@ -322,7 +329,7 @@ mod tests {
                 ("big", "uid-big", Some(true))
             );
             assert_eq!(shard.spec.gateway.as_deref(), Some("10.9.255.254"));
-            assert_eq!(shard.spec.default, None);
+            assert_eq!(shard.spec.default, Some(false));
             assert_eq!(shard.finalizers(), [FINALIZER]);
         }
         let mut plain = big("32");
@@ -337,11 +344,16 @@ mod tests {
         let desired = desired_shards(&big("32")).unwrap().remove(0);
         let mut existing = desired.clone();
         existing.spec.ip_version = Some(4);
+        // As stored: the CRD's defaults filled in, or an unset `default` left out.
+        existing.spec.disable = Some(false);
         existing.metadata.resource_version = Some("7".into());
-        assert_eq!(
-            shard_change("big", &existing, &desired).unwrap(),
-            ShardChange::None
-        );
+        for stored_default in [None, Some(false)] {
+            existing.spec.default = stored_default;
+            assert_eq!(
+                shard_change("big", &existing, &desired).unwrap(),
+                ShardChange::None
+            );
+        }
         let mut pool = big("32");
         pool.spec.gateway = Some("10.9.255.253".into());
         let desired = desired_shards(&pool).unwrap().remove(0);
