@@ -29,6 +29,9 @@
 //! (`nad`: each pod names, as Multus' `v1.multus-cni.io/default-network`, a NetworkAttachmentDefinition
 //! holding the CNI configuration the plugin is called with, so agents can tell a bound pod's pools
 //! before its ADD; `config`: the pools are only in the CNI configuration the plugin gets),
+//! `SCALE_SHARD_SIZE` (0, off; else a pool of more addresses than that, up to 256 shards' worth, is
+//! served through shards of that many, `spiderpool.spidernet.io/shard-size`, made by the operator's
+//! pool controller, which then runs in the bench and whose writes count in the cost),
 //! `SCALE_AGENT_ARGS` (extra agent arguments, space-separated), `SCALE_AGENT_BINARY` (the agent to run
 //! instead of the workspace's release build, such as the container image's static musl build that
 //! `tests/tools/build-images.sh` leaves in `<its output>/<hash>/rootfs-amd64/spiderpool-agent/usr/bin/spiderpool-agent`).
@@ -54,9 +57,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
 use spiderpool_operator::controller::reclaim::{ReclaimConfig, scan_all};
-use spiderpool_schema::SpiderIPPool;
 use spiderpool_schema::nad::ANNO_POD_DEFAULT_NETWORK;
+use spiderpool_schema::{SpiderIPPool, shards};
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam;
 use spiderpool_tests::process::cpu_seconds;
@@ -240,12 +244,13 @@ async fn make_pods(
 /// record, cool released addresses and give reservations back in background writes).
 async fn recorded(client: &Client, pools: &[String]) -> Result<(usize, usize)> {
     let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let pools = with_shards(client, pools).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last: Option<(Vec<String>, Instant)> = None;
     loop {
         let mut versions = Vec::new();
         let (mut all, mut reserved) = (Vec::new(), 0);
-        for pool in pools {
+        for pool in &pools {
             let pool = api.get(pool).await?;
             versions.push(pool.metadata.resource_version.clone().unwrap_or_default());
             for (ip, record) in pool.status.unwrap_or_default().allocations()? {
@@ -267,6 +272,74 @@ async fn recorded(client: &Client, pools: &[String]) -> Result<(usize, usize)> {
         last = Some((versions, since));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `pools` and the shards of those served through shards.
+async fn with_shards(client: &Client, pools: &[String]) -> Result<Vec<String>> {
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    let mut all = Vec::new();
+    for name in pools {
+        let pool = api.get(name).await?;
+        all.push(name.clone());
+        if let Some(uid) = pool
+            .metadata
+            .uid
+            .as_ref()
+            .filter(|_| shards::is_sharded(&pool.metadata))
+        {
+            let selector = format!("{}={uid}", shards::LABEL_SHARD_OF);
+            let found = api.list(&ListParams::default().labels(&selector)).await?;
+            all.extend(found.items.into_iter().filter_map(|s| s.metadata.name));
+        }
+    }
+    Ok(all)
+}
+
+/// Creates pool `name` from `spec` (`addresses` usable addresses), served through shards of
+/// `shard_size` when that is not 0 and the pool holds more than one shard's worth and at most
+/// [`shards::MAX_SHARDS`]'; then waits until the operator's pool controller has made them.
+async fn create_pool(
+    client: &Client,
+    name: &str,
+    spec: Value,
+    addresses: usize,
+    shard_size: u32,
+) -> Result<()> {
+    let size = shard_size as usize;
+    let sharded = size > 0 && addresses > size && (addresses as u128) <= shards::MAX_SHARDS * size as u128;
+    if !sharded {
+        ipam::create_pool(client, name, spec).await?;
+        return Ok(());
+    }
+    let pool: SpiderIPPool = serde_json::from_value(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+        "metadata": {"name": name, "annotations": {shards::ANNOTATION_SHARD_SIZE: shard_size.to_string()}},
+        "spec": spec,
+    }))?;
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    api.create(&PostParams::default(), &pool).await?;
+    let wanted = addresses.div_ceil(size);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let made = with_shards(client, &[name.to_owned()]).await?.len() - 1;
+        if made == wanted {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pool {name}: {made} of {wanted} shards after a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes pools `pools` and their shards (no garbage collector runs in the bench's cluster).
+async fn delete_pools(client: &Client, pools: &[String]) -> Result<()> {
+    let api: Api<SpiderIPPool> = Api::all(client.clone());
+    for pool in with_shards(client, pools).await? {
+        api.delete(&pool, &DeleteParams::default()).await?;
+    }
+    Ok(())
 }
 
 /// A scenario: its pods' ADDs in tenths, then their DELs, each reported; then the checks.
@@ -425,6 +498,11 @@ async fn main() -> Result<()> {
     ipam::install_spiderpool_crds(&client).await?;
     let dir = tempfile::tempdir()?;
     let parts = list("SCALE_PARTS", "fill,nodes");
+    let shard_size = env_or::<u32>("SCALE_SHARD_SIZE", 0);
+    let _pool_controller = (shard_size > 0).then(|| {
+        println!("pools of more than {shard_size} addresses are served through shards of {shard_size}");
+        tokio::spawn(ippool::run(client.clone(), IPPoolControllerConfig::default()))
+    });
     println!(
         "rate {} ADDs (then DELs) per second; fill {fill}",
         env_or::<f64>("SCALE_RATE", 100.0)
@@ -438,7 +516,7 @@ async fn main() -> Result<()> {
         for (index, size) in list("SCALE_SIZES", "1k,10k,65k,v6").iter().enumerate() {
             let (spec, addresses) = sized_pool(size, index)?;
             let name = format!("fill-{size}");
-            ipam::create_pool(&client, &name, spec.clone()).await?;
+            create_pool(&client, &name, spec.clone(), addresses, shard_size).await?;
             let key = if spec["ipVersion"] == 6 {
                 "default_ipv6_ippool"
             } else {
@@ -505,11 +583,13 @@ async fn main() -> Result<()> {
                                 1,
                             ));
                             let last = std::net::Ipv4Addr::from(base + per_rack as u32 - 1);
-                            ipam::create_pool(
+                            create_pool(
                                 &client,
                                 &name,
                                 json!({"subnet": "10.96.0.0/11", "ips": [format!("{}-{last}", std::net::Ipv4Addr::from(base))],
                                        "gateway": "10.127.255.254", "nodeName": members}),
+                                per_rack,
+                                shard_size,
                             )
                             .await?;
                             pools.push(name);
@@ -517,10 +597,12 @@ async fn main() -> Result<()> {
                     }
                     "shared" => {
                         let name = format!("n{count}-shared");
-                        ipam::create_pool(
+                        create_pool(
                             &client,
                             &name,
                             json!({"subnet": "10.90.0.0/16", "ips": ["10.90.0.1-10.90.255.253"], "gateway": "10.90.255.254"}),
+                            65_533,
+                            shard_size,
                         )
                         .await?;
                         pools.push(name);
@@ -543,11 +625,7 @@ async fn main() -> Result<()> {
                     std::env::var("SCALE_NODE_TENTHS").is_ok_and(|v| v == "1"),
                 )
                 .await?;
-                for pool in &pools {
-                    Api::<SpiderIPPool>::all(client.clone())
-                        .delete(pool, &DeleteParams::default())
-                        .await?;
-                }
+                delete_pools(&client, &pools).await?;
             }
             println!(
                 "nodes: {count} agents, peak RSS (max) {:.1} MiB",
