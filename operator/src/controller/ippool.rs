@@ -408,8 +408,10 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
     };
     if shards::is_sharded(&pool.metadata) {
         return match pool_shards::reconcile(&pool, &api, &ctx.pools, &ctx.summaries, total).await {
-            Ok(Some(wait)) => Ok(Action::requeue(wait)),
-            Ok(None) => Ok(Action::requeue(ctx.config.resync)),
+            Ok(summary) => {
+                tell_if_full(&ctx, &pool, total, summary.allocated).await;
+                Ok(Action::requeue(summary.wait.unwrap_or(ctx.config.resync)))
+            }
             Err(e) => {
                 ctx.events
                     .warning(pool.as_ref(), "ShardsFailed", "MakeShards", e.to_string())
@@ -432,6 +434,15 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             Err(e) => return Err(kube_err("writing the counts", e)),
         }
     }
+    // A full shard is not news: its pool's other shards serve (the pool says when all are full).
+    if shards::shard_of(&pool).is_none() {
+        tell_if_full(&ctx, &pool, total, allocated).await;
+    }
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// A Warning event on the pool when it becomes full.
+async fn tell_if_full(ctx: &Context, pool: &SpiderIPPool, total: Option<i64>, allocated: i64) {
     if ctx
         .exhaustion
         .becomes_full(&pool.uid().unwrap_or_default(), total, allocated)
@@ -440,10 +451,9 @@ async fn reconcile(pool: Arc<SpiderIPPool>, ctx: Arc<Context>) -> Result<Action,
             "all {allocated} addresses are in use; pods that can only use this pool will not start until one is released"
         );
         ctx.events
-            .warning(pool.as_ref(), "IPPoolExhausted", "CountAddresses", note)
+            .warning(pool, "IPPoolExhausted", "CountAddresses", note)
             .await;
     }
-    Ok(Action::requeue(ctx.config.resync))
 }
 
 fn error_policy(_pool: Arc<SpiderIPPool>, error: &PoolError, ctx: Arc<Context>) -> Action {

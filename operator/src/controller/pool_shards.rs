@@ -206,15 +206,23 @@ impl Summaries {
     }
 }
 
-/// Makes and keeps pool `pool`'s shards, then its counts. Returns how long until the count may be
-/// written (`Some`) when it is due but was written too recently.
+/// What a sharded pool's reconcile found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The addresses pods hold in its shards.
+    pub allocated: i64,
+    /// How long until its count may be written, when it is due but was written too recently.
+    pub wait: Option<Duration>,
+}
+
+/// Makes and keeps pool `pool`'s shards, then its counts.
 pub async fn reconcile(
     pool: &SpiderIPPool,
     api: &Api<SpiderIPPool>,
     store: &Store<SpiderIPPool>,
     summaries: &Summaries,
     total: Option<i64>,
-) -> Result<Option<Duration>, ShardsError> {
+) -> Result<Summary, ShardsError> {
     let name = pool.name_any();
     let uid = pool.uid().unwrap_or_default();
     let kube_err = |action, source| {
@@ -253,13 +261,20 @@ pub async fn reconcile(
     }
     let status = pool.status.clone().unwrap_or_default();
     let allocated = held_by_shards(existing.iter().map(AsRef::as_ref));
+    let done = Summary {
+        allocated,
+        wait: None,
+    };
     if status.allocated_ip_count == Some(allocated) && (total.is_none() || status.total_ip_count == total) {
-        return Ok(None);
+        return Ok(done);
     }
     let now = Instant::now();
     let wait = summaries.wait(&uid, now);
     if !wait.is_zero() {
-        return Ok(Some(wait));
+        return Ok(Summary {
+            allocated,
+            wait: Some(wait),
+        });
     }
     let mut counts = serde_json::Map::new();
     counts.insert("allocatedIPCount".into(), json!(allocated));
@@ -277,9 +292,9 @@ pub async fn reconcile(
         Ok(_) => {
             summaries.wrote(&uid, now);
             tracing::debug!(pool = %name, allocated, shards = existing.len(), "sharded pool's count updated");
-            Ok(None)
+            Ok(done)
         }
-        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) if is_not_found(&e) => Ok(done),
         Err(e) => Err(kube_err("writing the sharded pool's counts", e)),
     }
 }
