@@ -25,6 +25,7 @@ mod gc;
 mod release;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,45 +281,38 @@ impl Allocator {
         }
         let eligible = ipam::add::eligible_pools(&found, family, &nic.nic, scope)?;
         let mut exhausted = Vec::new();
-        let mut ordered = Vec::with_capacity(eligible.len());
         for pool in eligible {
             let served_by = self
                 .inner
                 .stores
                 .serve_order(Arc::clone(&pool), &self.inner.config.node_name);
+            let sharded = !served_by.iter().any(|p| Arc::ptr_eq(p, &pool));
             if served_by.is_empty() {
                 exhausted.push(format!(
                     "{}: is served through shards and none is made yet (the operator makes them)",
                     pool.metadata.name.as_deref().unwrap_or_default()
                 ));
             }
-            ordered.extend(served_by);
-        }
-        for pool in ordered {
-            let name = pool.metadata.name.clone().unwrap_or_default();
-            let op = Op::Allocate {
-                pod: claim.0.clone(),
-                pod_uid: claim.1.clone(),
-            };
-            match self
-                .inner
-                .writers
-                .submit(&name, op, self.inner.config.request_timeout)
-                .await
-            {
-                Ok(Outcome::Allocated(ip)) => {
-                    return Ok(Grant {
-                        nic: nic.nic.clone(),
-                        family,
-                        ip,
-                        pool: self.inner.stores.pool(&name).unwrap_or(pool),
-                        clean_gateway: nic.clean_gateway,
-                    });
+            // A shard whose free addresses are all other nodes' reservations is passed over for
+            // the next one; only when every shard is so is the first of them waited for, as a
+            // pool is.
+            let mut wait_in = None;
+            for serving in served_by {
+                let name = serving.metadata.name.clone().unwrap_or_default();
+                let outcome = self.ask_pool(&name, claim, !sharded).await;
+                if sharded && matches!(outcome, Ok(Outcome::Wait(_))) {
+                    wait_in.get_or_insert_with(|| (name.clone(), Arc::clone(&serving)));
+                    continue;
                 }
-                Ok(Outcome::Exhausted(reason)) => exhausted.push(format!("{name}: {reason}")),
-                Ok(other) => exhausted.push(format!("{name}: unexpected outcome {other:?}")),
-                Err(e @ WriteError::Timeout { .. }) => return Err(IpamError::PoolWrite(e)),
-                Err(e) => exhausted.push(e.to_string()),
+                if let Some(ip) = judge(&mut exhausted, &name, outcome)? {
+                    return Ok(self.grant(nic, family, ip, &name, serving));
+                }
+            }
+            if let Some((name, serving)) = wait_in {
+                let outcome = self.ask_pool(&name, claim, true).await;
+                if let Some(ip) = judge(&mut exhausted, &name, outcome)? {
+                    return Ok(self.grant(nic, family, ip, &name, serving));
+                }
             }
         }
         Err(IpamError::Exhausted(format!(
@@ -326,6 +320,44 @@ impl Allocator {
             nic.nic,
             exhausted.join("; ")
         )))
+    }
+
+    /// Asks pool `name`'s writer for an address for `claim` (`may_wait`: whether to wait for other
+    /// nodes' reservations when nothing else is free, or answer [`Outcome::Wait`] at once).
+    async fn ask_pool(
+        &self,
+        name: &str,
+        claim: &(String, String),
+        may_wait: bool,
+    ) -> Result<Outcome, WriteError> {
+        let op = Op::Allocate {
+            pod: claim.0.clone(),
+            pod_uid: claim.1.clone(),
+        };
+        let timeout = self.inner.config.request_timeout;
+        if may_wait {
+            self.inner.writers.submit(name, op, timeout).await
+        } else {
+            self.inner.writers.submit_without_waiting(name, op, timeout).await
+        }
+    }
+
+    /// The grant of `ip` from pool `name` (`found`: the pool as the candidate step saw it).
+    fn grant(
+        &self,
+        nic: &NicRequest,
+        family: IpFamily,
+        ip: IpAddr,
+        name: &str,
+        found: Arc<SpiderIPPool>,
+    ) -> Grant {
+        Grant {
+            nic: nic.nic.clone(),
+            family,
+            ip,
+            pool: self.inner.stores.pool(name).unwrap_or(found),
+            clean_gateway: nic.clean_gateway,
+        }
     }
 
     /// A pool from the cache, or from the API server when the cache has not seen it yet (a pool
@@ -468,6 +500,31 @@ impl Allocator {
         };
         let status = ep.status.unwrap_or_default();
         Ok(Some(endpoint::workload_status(namespace, name, &status)))
+    }
+}
+
+/// What an allocation asked of pool `name` gives: the address, or `None` with the reason added to
+/// `exhausted` (the next pool is tried); a deadline passed is the ADD's error.
+fn judge(
+    exhausted: &mut Vec<String>,
+    name: &str,
+    outcome: Result<Outcome, WriteError>,
+) -> Result<Option<IpAddr>, IpamError> {
+    match outcome {
+        Ok(Outcome::Allocated(ip)) => Ok(Some(ip)),
+        Ok(Outcome::Exhausted(reason) | Outcome::Wait(reason)) => {
+            exhausted.push(format!("{name}: {reason}"));
+            Ok(None)
+        }
+        Ok(other) => {
+            exhausted.push(format!("{name}: unexpected outcome {other:?}"));
+            Ok(None)
+        }
+        Err(e @ WriteError::Timeout { .. }) => Err(IpamError::PoolWrite(e)),
+        Err(e) => {
+            exhausted.push(e.to_string());
+            Ok(None)
+        }
     }
 }
 

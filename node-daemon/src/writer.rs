@@ -85,6 +85,8 @@ struct Request {
     reply: oneshot::Sender<Result<Outcome, WriteError>>,
     /// Why the request is still waiting, for the error if its deadline passes.
     waiting_for: Option<String>,
+    /// Whether to wait for other nodes' reservations ([`Outcome::Wait`]), or answer it at once.
+    may_wait: bool,
 }
 
 /// The writers of every pool this daemon touched.
@@ -336,6 +338,28 @@ impl PoolWriters {
     /// releases are answered at once from this node's reservations when they can be
     /// ([`Reservations::answer`]).
     pub async fn submit(&self, pool: &str, op: Op, timeout: Duration) -> Result<Outcome, WriteError> {
+        self.send(pool, op, timeout, true).await
+    }
+
+    /// [`PoolWriters::submit`], except that when nothing is free but other nodes' reservations (or
+    /// this node's cooling addresses) the answer is [`Outcome::Wait`] at once instead of waiting:
+    /// the caller has another pool to try first (the next shard of a sharded pool).
+    pub async fn submit_without_waiting(
+        &self,
+        pool: &str,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<Outcome, WriteError> {
+        self.send(pool, op, timeout, false).await
+    }
+
+    async fn send(
+        &self,
+        pool: &str,
+        op: Op,
+        timeout: Duration,
+        may_wait: bool,
+    ) -> Result<Outcome, WriteError> {
         let handle = self.handle(pool);
         if let Some(outcome) = self.serve_at_once(pool, &handle, &op) {
             return Ok(outcome);
@@ -346,6 +370,7 @@ impl PoolWriters {
             deadline: clock::deadline_in(timeout),
             reply,
             waiting_for: None,
+            may_wait,
         };
         handle
             .queue
@@ -949,7 +974,7 @@ fn finish(
     let mut waiting = Vec::new();
     for (mut request, outcome) in batch.into_iter().zip(decided.output.outcomes) {
         match outcome {
-            Outcome::Wait(why) => {
+            Outcome::Wait(why) if request.may_wait => {
                 request.waiting_for = Some(why);
                 waiting.push(request);
             }

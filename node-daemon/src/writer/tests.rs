@@ -238,6 +238,29 @@ async fn nothing_free_waits_for_other_nodes_reservations() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_that_may_not_wait_is_told_at_once_that_it_would() {
+    let w = world(no_reservations());
+    w.fake.put_pool(pool(
+        "p",
+        "10.0.0.1-10.0.0.2",
+        &[
+            ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
+            ("10.0.0.2", PoolIPAllocation::reserved_for("n2")),
+        ],
+    ));
+    let outcome = w
+        .writers
+        .submit_without_waiting("p", alloc("a"), TIMEOUT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Wait(why) if why.contains("n2")),
+        "{outcome:?}"
+    );
+    assert_eq!(records(&w.fake, "p").len(), 2, "nothing written");
+}
+
+#[tokio::test(start_paused = true)]
 async fn reservations_serve_the_pods_to_come_without_writes_then_record_them() {
     let w = world(LeaseTuning::default());
     w.fake.put_pool(pool("p", "10.0.0.1-10.0.0.9", &[]));
