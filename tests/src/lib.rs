@@ -48,6 +48,7 @@ pub mod prometheus;
 pub mod realnode;
 pub mod tools;
 pub mod vm;
+pub mod wait;
 pub mod watchdog;
 
 mod certs;

@@ -8,10 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
@@ -20,25 +19,8 @@ use spiderpool_schema::{SpiderEndpoint, SpiderIPPool};
 use spiderpool_tests::daemon::Daemon;
 use spiderpool_tests::ipam::{self, run_plugin};
 use spiderpool_tests::prometheus::{apiserver_metrics, metric_sum};
+use spiderpool_tests::wait::eventually;
 use spiderpool_tests::{ClusterOptions, TestCluster, init_tracing};
-
-/// Polls `check` until it returns `Ok(Some(_))` or the time is up (then fails with the last message).
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The shards of pool `uid`, by name.
 async fn shards_of(pools: &Api<SpiderIPPool>, uid: &str) -> Result<BTreeMap<String, SpiderIPPool>> {
@@ -122,28 +104,30 @@ async fn a_big_pool_is_served_through_its_shards_and_goes_with_them() -> Result<
         }
         daemons.push(daemon);
     }
+    // The runtime's call for one pod, which must succeed; its output.
+    let call =
+        |command: &str, name: &str, uid: &str, netconf: &serde_json::Value| -> Result<serde_json::Value> {
+            let run = run_plugin(
+                &plugin,
+                command,
+                &format!("c-{name}"),
+                "eth0",
+                (ns.name(), name, uid),
+                netconf,
+            )?;
+            ensure!(
+                run.success,
+                "{command} of {name} failed: {} / {}",
+                run.output,
+                run.stderr
+            );
+            Ok(run.output)
+        };
     let mut answered = BTreeMap::new();
     for (node, name, uid, netconf) in &pods {
-        let run = run_plugin(
-            &plugin,
-            "ADD",
-            &format!("c-{name}"),
-            "eth0",
-            (ns.name(), name, uid),
-            netconf,
-        )?;
-        ensure!(
-            run.success,
-            "ADD of {name} failed: {} / {}",
-            run.output,
-            run.stderr
-        );
-        let ip = ipam::result_ip(&run.output).context("no address in the ADD result")?;
-        ensure!(
-            run.output["ips"][0]["gateway"] == "10.61.255.254",
-            "gateway {}",
-            run.output
-        );
+        let output = call("ADD", name, uid, netconf)?;
+        let ip = ipam::result_ip(&output).context("no address in the ADD result")?;
+        ensure!(output["ips"][0]["gateway"] == "10.61.255.254", "gateway {output}");
         let ep = ns
             .api::<SpiderEndpoint>()
             .get(name)
@@ -243,20 +227,7 @@ async fn a_big_pool_is_served_through_its_shards_and_goes_with_them() -> Result<
         .context("the pool went while its shards held addresses")?;
     ensure!(waiting.metadata.deletion_timestamp.is_some());
     for (_, name, uid, netconf) in &pods {
-        let run = run_plugin(
-            &plugin,
-            "DEL",
-            &format!("c-{name}"),
-            "eth0",
-            (ns.name(), name, uid),
-            netconf,
-        )?;
-        ensure!(
-            run.success,
-            "DEL of {name} failed: {} / {}",
-            run.output,
-            run.stderr
-        );
+        call("DEL", name, uid, netconf)?;
     }
     eventually(
         "the pool and its shards to go",

@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -16,6 +15,7 @@ use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
 use spiderpool_schema::annotations::{AppRef, auto_pool_labels};
 use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
+use spiderpool_tests::wait::eventually;
 use spiderpool_tests::{TestCluster, init_tracing};
 
 async fn install_crds(client: &Client) -> Result<()> {
@@ -26,24 +26,6 @@ async fn install_crds(client: &Client) -> Result<()> {
     }
     spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
     Ok(())
-}
-
-/// Polls `check` until it returns `Ok(Some(_))` or the time is up (then fails with the last message).
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn pool(name: &str, ips: &[&str], exclude: &[&str]) -> SpiderIPPool {

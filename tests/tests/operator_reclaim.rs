@@ -8,10 +8,9 @@
 //! endpoint nothing needs.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -23,6 +22,7 @@ use spiderpool_operator::controller::reclaim::{self, ReclaimConfig};
 use spiderpool_schema::endpoint::{IPAllocationDetail, PodIPAllocation, SpiderEndpointStatus};
 use spiderpool_schema::ippool::PoolIPAllocation;
 use spiderpool_schema::{FINALIZER, SpiderEndpoint, SpiderIPPool, SpiderIPPoolSpec};
+use spiderpool_tests::wait::eventually;
 use spiderpool_tests::{TestCluster, TestNamespace, init_tracing};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -36,23 +36,6 @@ async fn install_crds(client: &Client) -> Result<()> {
     }
     spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
     Ok(())
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {WAIT:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn pod(name: &str, finalizer: bool) -> Pod {
@@ -222,7 +205,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
         .create(&PostParams::default(), &sts)
         .await?;
     let pods: Api<Pod> = ns.api();
-    let db1 = eventually("pod db-1", || async {
+    let db1 = eventually("pod db-1", WAIT, || async {
         pods.get_opt("db-1").await.map_err(Into::into)
     })
     .await?;
@@ -269,7 +252,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
         "one look released the address of a pod deleted a moment ago"
     );
     // ...a second one, some time later, does, with its endpoint.
-    eventually("web-1 released and its endpoint deleted", || async {
+    eventually("web-1 released and its endpoint deleted", WAIT, || async {
         let released = record_of(&client, "10.99.0.1").await?.is_none();
         Ok((released && !endpoint_exists(&ns, "web-1").await?).then_some(()))
     })
@@ -277,7 +260,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
 
     // Terminating past grace (unbound pods get grace 0).
     pods.delete("stuck", &DeleteParams::default()).await?;
-    eventually("stuck pod released", || async {
+    eventually("stuck pod released", WAIT, || async {
         let released = record_of(&client, "10.99.0.3").await?.is_none();
         Ok((released && !endpoint_exists(&ns, "stuck").await?).then_some(()))
     })
@@ -292,7 +275,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     // Valid StatefulSet member: its pod is deleted and recreated with a new UID; the address stays,
     // through event path and scans alike.
     force_delete(&ns, "db-1").await?;
-    eventually("db-1 recreated", || async {
+    eventually("db-1 recreated", WAIT, || async {
         Ok(pods
             .get_opt("db-1")
             .await?
@@ -321,7 +304,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
             &Patch::Merge(json!({"spec": {"replicas": 1}})),
         )
         .await?;
-    eventually("db-1 deleted by the scale-down", || async {
+    eventually("db-1 deleted by the scale-down", WAIT, || async {
         Ok(pods.get_opt("db-1").await?.is_none().then_some(()))
     })
     .await?;
@@ -345,10 +328,14 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     ns.api::<StatefulSet>()
         .delete("db", &DeleteParams::default())
         .await?;
-    eventually("db-1 released after the StatefulSet was deleted", || async {
-        let released = record_of(&client, "10.99.0.2").await?.is_none();
-        Ok((released && !endpoint_exists(&ns, "db-1").await?).then_some(()))
-    })
+    eventually(
+        "db-1 released after the StatefulSet was deleted",
+        WAIT,
+        || async {
+            let released = record_of(&client, "10.99.0.2").await?.is_none();
+            Ok((released && !endpoint_exists(&ns, "db-1").await?).then_some(()))
+        },
+    )
     .await?;
 
     // The periodic scan: a record whose pod never existed, an endpoint nothing needs.
@@ -362,7 +349,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
         false,
     )
     .await?;
-    eventually("ghost record and leftover endpoint cleaned", || async {
+    eventually("ghost record and leftover endpoint cleaned", WAIT, || async {
         let released = record_of(&client, "10.99.0.4").await?.is_none();
         Ok((released && !endpoint_exists(&ns, "leftover").await?).then_some(()))
     })
@@ -388,7 +375,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
         (true, ())
     })
     .await?;
-    eventually("the reservation of the gone node released", || async {
+    eventually("the reservation of the gone node released", WAIT, || async {
         Ok(record_of(&client, "10.99.0.41").await?.is_none().then_some(()))
     })
     .await?;
@@ -407,7 +394,7 @@ async fn reclaim_releases_what_is_dead_and_keeps_what_is_retained() -> Result<()
     );
 
     // Counts follow (a reservation is not an allocated address), and metrics saw it.
-    eventually("pool count 0", || async {
+    eventually("pool count 0", WAIT, || async {
         let p = pools.get(POOL).await?;
         Ok((p.status.unwrap_or_default().allocated_ip_count == Some(0)).then_some(()))
     })
@@ -506,7 +493,7 @@ async fn a_replaced_pods_endpoint_goes_before_its_record() -> Result<()> {
     let mut new_uids = Vec::new();
     for name in ["web-1", "web-2", "web-3"] {
         force_delete(&ns, name).await?;
-        let uid = eventually("the pod recreated", || async {
+        let uid = eventually("the pod recreated", WAIT, || async {
             match pods.create(&PostParams::default(), &pod(name, false)).await {
                 Ok(created) => Ok(created.uid()),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),

@@ -4,10 +4,9 @@
 //! pools, and a bad annotation that is reported and changes nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::events::v1::Event;
@@ -20,6 +19,7 @@ use spiderpool_operator::controller::subnet::{self, SubnetControllerConfig};
 use spiderpool_schema::annotations::{ANNO_IPPOOL_IP_NUMBER, ANNO_IPPOOL_RECLAIM, ANNO_SUBNET};
 use spiderpool_schema::labels::{LABEL_OWNER_APP_NAME, LABEL_OWNER_SPIDER_SUBNET};
 use spiderpool_schema::{SpiderIPPool, SpiderIPPoolSpec, SpiderReservedIP, SpiderSubnet};
+use spiderpool_tests::wait::eventually;
 use spiderpool_tests::{TestCluster, TestNamespace, init_tracing};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,23 +32,6 @@ async fn install_crds(client: &Client) -> Result<()> {
     }
     spiderpool_tests::cluster::install_crd_yaml(client, &yaml).await?;
     Ok(())
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {WAIT:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The automatic pools of application `name` (any kind).
@@ -69,7 +52,7 @@ fn size(pool: &SpiderIPPool) -> u128 {
 
 /// Waits until application `name` has exactly one pool with `n` addresses; returns it.
 async fn pool_of_size(client: &Client, name: &str, n: u128) -> Result<SpiderIPPool> {
-    eventually(&format!("pool of {name} with {n} addresses"), || async {
+    eventually(&format!("pool of {name} with {n} addresses"), WAIT, || async {
         let pools = app_pools(client, name).await?;
         Ok((pools.len() == 1 && size(&pools[0]) == n).then(|| pools[0].clone()))
     })
@@ -152,7 +135,7 @@ async fn subnet_status_adoption_and_automatic_pools() -> Result<()> {
     pools.create(&PostParams::default(), &manual).await?;
 
     // Adoption: owner reference, label, inherited gateway; status counts the manual pool.
-    eventually("manual pool adopted and counted", || async {
+    eventually("manual pool adopted and counted", WAIT, || async {
         let p = pools.get("sub-t-manual").await?;
         let s = subnets.get("sub-t").await?.status.unwrap_or_default();
         let adopted = p.labels().get(LABEL_OWNER_SPIDER_SUBNET).map(String::as_str) == Some("sub-t")
@@ -210,7 +193,7 @@ async fn subnet_status_adoption_and_automatic_pools() -> Result<()> {
     let shrunk = pool_of_size(&client, "web", 2).await?;
     assert_eq!(shrunk.spec.ips, vec!["10.88.1.6", "10.88.1.11"]);
     // Subnet status lists the automatic pool with its application.
-    eventually("subnet status lists the automatic pool", || async {
+    eventually("subnet status lists the automatic pool", WAIT, || async {
         let s = subnets.get("sub-t").await?.status.unwrap_or_default();
         let controlled = s.controlled_pools()?;
         let entry = controlled.get(&shrunk.name_any()).cloned();
@@ -232,7 +215,7 @@ async fn subnet_status_adoption_and_automatic_pools() -> Result<()> {
         )
         .await?;
     deployments.delete("web", &DeleteParams::default()).await?;
-    eventually("Deployment pool deleted", || async {
+    eventually("Deployment pool deleted", WAIT, || async {
         Ok(pools.get_opt(&shrunk.name_any()).await?.is_none().then_some(()))
     })
     .await?;
@@ -305,7 +288,7 @@ async fn subnet_status_adoption_and_automatic_pools() -> Result<()> {
         )
         .await?;
     let events: Api<Event> = ns.api();
-    let event = eventually("InvalidSubnetAnnotation event", || async {
+    let event = eventually("InvalidSubnetAnnotation event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?;
         Ok(list.items.into_iter().find(|e| {
             e.reason.as_deref() == Some("InvalidSubnetAnnotation")
