@@ -286,7 +286,7 @@ impl Allocator {
                 .inner
                 .stores
                 .serve_order(Arc::clone(&pool), &self.inner.config.node_name);
-            let sharded = !served_by.iter().any(|p| Arc::ptr_eq(p, &pool));
+            let sharded = spiderpool_schema::shards::is_sharded(&pool.metadata);
             if served_by.is_empty() {
                 exhausted.push(format!(
                     "{}: is served through shards and none is made yet (the operator makes them)",

@@ -206,17 +206,22 @@ async fn a_request_fails_at_its_deadline_while_the_api_server_refuses() {
     assert!(records(&w.fake, "p").is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn nothing_free_waits_for_other_nodes_reservations() {
-    let w = world(no_reservations());
-    w.fake.put_pool(pool(
+/// Pool `p` of two addresses: one held by a pod, the other node n2's reservation.
+fn held_but_for_a_reservation_of_n2() -> SpiderIPPool {
+    pool(
         "p",
         "10.0.0.1-10.0.0.2",
         &[
             ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
             ("10.0.0.2", PoolIPAllocation::reserved_for("n2")),
         ],
-    ));
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_free_waits_for_other_nodes_reservations() {
+    let w = world(no_reservations());
+    w.fake.put_pool(held_but_for_a_reservation_of_n2());
     let writers = w.writers.clone();
     let ours = tokio::spawn(async move { writers.submit("p", alloc("a"), TIMEOUT).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -240,14 +245,7 @@ async fn nothing_free_waits_for_other_nodes_reservations() {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_may_not_wait_is_told_at_once_that_it_would() {
     let w = world(no_reservations());
-    w.fake.put_pool(pool(
-        "p",
-        "10.0.0.1-10.0.0.2",
-        &[
-            ("10.0.0.1", PoolIPAllocation::held_by("ns/x", "uid-x")),
-            ("10.0.0.2", PoolIPAllocation::reserved_for("n2")),
-        ],
-    ));
+    w.fake.put_pool(held_but_for_a_reservation_of_n2());
     let outcome = w
         .writers
         .submit_without_waiting("p", alloc("a"), TIMEOUT)
