@@ -348,6 +348,53 @@ where
 mod tests {
     use super::*;
 
+    #[test]
+    fn shards_are_no_pool_names_and_serve_their_pool_from_the_cache() {
+        use spiderpool_schema::SpiderIPPoolSpec;
+        use spiderpool_schema::shards::{ANNOTATION_SHARD_SIZE, LABEL_SHARD_INDEX, LABEL_SHARD_OF};
+
+        let (stores, feeds) = Stores::in_memory();
+        let spec = SpiderIPPoolSpec {
+            ip_version: Some(4),
+            subnet: "10.0.0.0/16".into(),
+            default: Some(true),
+            ..SpiderIPPoolSpec::default()
+        };
+        let mut big = SpiderIPPool::new("big", spec.clone());
+        big.metadata.uid = Some("uid-big".into());
+        big.metadata.annotations = Some([(ANNOTATION_SHARD_SIZE.to_owned(), "16".to_owned())].into());
+        feeds.pools.apply(big);
+        for index in [1, 0] {
+            // A shard copied the pool's spec but for `default` (here even that, to show the label rules).
+            let mut shard = SpiderIPPool::new(&format!("big-shard-{index}"), spec.clone());
+            shard.metadata.labels = Some(
+                [
+                    (LABEL_SHARD_OF.to_owned(), "uid-big".to_owned()),
+                    (LABEL_SHARD_INDEX.to_owned(), index.to_string()),
+                ]
+                .into(),
+            );
+            feeds.pools.apply(shard);
+        }
+        feeds.pools.apply(SpiderIPPool::new("other", spec));
+        let (all, defaults) = stores.pool_names(IpFamily::V4);
+        assert_eq!(all, ["big", "other"], "shards match no wildcard");
+        assert_eq!(defaults, ["big", "other"], "shards are no cluster default");
+        let big = stores.pool("big").unwrap();
+        let served: Vec<String> = stores
+            .serve_order(big, "n1")
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        let home = shards::home_index("n1", 2);
+        assert_eq!(
+            served,
+            [format!("big-shard-{home}"), format!("big-shard-{}", 1 - home)]
+        );
+        let other = stores.pool("other").unwrap();
+        assert_eq!(stores.serve_order(other, "n1").len(), 1);
+    }
+
     fn pod(value: serde_json::Value) -> Pod {
         serde_json::from_value(value).unwrap()
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use spiderpool_operator::controller::ippool::{self, IPPoolControllerConfig};
@@ -216,6 +217,43 @@ async fn a_big_pool_is_served_through_its_shards_and_goes_with_them() -> Result<
         made == 1.0,
         "{made} pool patches for one label change: the controller rewrote what was right"
     );
+
+    // A shard whose addresses someone changed is reported on its pool and left as it is.
+    let moved = json!({"spec": {"ips": ["10.61.0.98-10.61.0.100"]}});
+    pools
+        .patch("big-shard-3", &PatchParams::default(), &Patch::Merge(&moved))
+        .await?;
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let note = eventually(
+        "a ShardsFailed event on the pool",
+        Duration::from_secs(20),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("ShardsFailed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("big")
+                })
+                .map(|e| e.note.unwrap_or_default()))
+        },
+    )
+    .await?;
+    ensure!(
+        note.contains("big-shard-3") && note.contains("never changed once made"),
+        "{note}"
+    );
+    let shard = pools.get("big-shard-3").await?;
+    ensure!(
+        shard.spec.ips == ["10.61.0.98-10.61.0.100"],
+        "the operator changed the shard: {:?}",
+        shard.spec.ips
+    );
+    let back = json!({"spec": {"ips": ["10.61.0.98-10.61.0.101"]}});
+    pools
+        .patch("big-shard-3", &PatchParams::default(), &Patch::Merge(&back))
+        .await?;
 
     // Deleted while its shards hold addresses, the pool waits; once they are released it goes, and
     // its shards with it.
