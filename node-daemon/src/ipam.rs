@@ -19,3 +19,11 @@ pub mod release;
 pub mod reservations;
 pub mod routes;
 pub mod shards;
+
+/// A hash of a node's name that is the same in every process and build (FNV-1a; the standard
+/// library's hasher is seeded per process): what spreads nodes that must not act in step.
+pub fn node_hash(node: &str) -> u64 {
+    node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -71,10 +71,7 @@ impl Tuning {
     /// pool every lost write is the whole pool sent again.
     #[must_use]
     pub fn for_node(&self, node: &str) -> Tuning {
-        // FNV-1a: stable across processes and versions, unlike the standard library's hasher.
-        let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = super::node_hash(node);
         // Per mille, 750..1250.
         let factor = 750 + u32::try_from(hash % 500).unwrap_or(0);
         let spread = |d: Duration| d.saturating_mul(factor) / 1000;

@@ -41,16 +41,11 @@ fn seen_full(pool: &SpiderIPPool) -> bool {
         .is_some_and(|s| matches!((s.allocated_ip_count, s.total_ip_count), (Some(held), Some(total)) if total > 0 && held >= total))
 }
 
-/// The shard node `node` starts at among `count`: a hash of the node's name (FNV-1a, the same on
-/// every build), so a node keeps its shard across restarts and nodes spread evenly.
+/// The shard node `node` starts at among `count`: a hash of the node's name ([`super::node_hash`]),
+/// so a node keeps its shard across restarts and nodes spread evenly.
 pub fn home_index(node: &str, count: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in node.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
     let count = u64::try_from(count.max(1)).unwrap_or(u64::MAX);
-    usize::try_from(hash % count).unwrap_or(0)
+    usize::try_from(super::node_hash(node) % count).unwrap_or(0)
 }
 
 #[cfg(test)]

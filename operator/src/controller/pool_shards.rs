@@ -20,7 +20,7 @@ use serde_json::json;
 use spiderpool_schema::shards::{self, LABEL_SHARD_INDEX, LABEL_SHARD_OF, ShardError};
 use spiderpool_schema::{FINALIZER, SpiderIPPool, SpiderIPPoolSpec};
 
-use super::ippool::{PoolError, is_conflict, is_not_found, usable_ips};
+use super::ippool::{PoolError, count_patch, is_conflict, is_not_found, usable_ips};
 
 /// The pool's allocated count is written at most this often while its shards change.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(2);
@@ -110,19 +110,11 @@ pub fn shard_change(
     existing: &SpiderIPPool,
     desired: &SpiderIPPool,
 ) -> Result<ShardChange, ShardsError> {
-    let family = desired.spec.family();
     let same_ips = existing.spec.ips == desired.spec.ips
-        || family.is_some_and(|family| {
-            let parse = |ips: &[String], excluded: &[String]| {
-                Some(
-                    spiderpool_ipmath::IpSet::parse_list(family, ips)
-                        .ok()?
-                        .difference(&spiderpool_ipmath::IpSet::parse_list(family, excluded).ok()?),
-                )
-            };
-            parse(&existing.spec.ips, &existing.spec.exclude_ips)
-                == parse(&desired.spec.ips, &desired.spec.exclude_ips)
-        });
+        || matches!(
+            (existing.spec.usable_addresses(), desired.spec.usable_addresses()),
+            (Ok(held), Ok(wanted)) if held == wanted
+        );
     if !same_ips {
         return Err(ShardsError::Moved {
             pool: pool.to_owned(),
@@ -259,42 +251,28 @@ pub async fn reconcile(
             }
         }
     }
-    let status = pool.status.clone().unwrap_or_default();
     let allocated = held_by_shards(existing.iter().map(AsRef::as_ref));
-    let done = Summary {
-        allocated,
-        wait: None,
+    let after = |wait: Option<Duration>| Summary { allocated, wait };
+    let Some(patch) = count_patch(pool, total, allocated) else {
+        return Ok(after(None));
     };
-    if status.allocated_ip_count == Some(allocated) && (total.is_none() || status.total_ip_count == total) {
-        return Ok(done);
-    }
     let now = Instant::now();
     let wait = summaries.wait(&uid, now);
     if !wait.is_zero() {
-        return Ok(Summary {
-            allocated,
-            wait: Some(wait),
-        });
-    }
-    let mut counts = serde_json::Map::new();
-    counts.insert("allocatedIPCount".into(), json!(allocated));
-    if total.is_some() {
-        counts.insert("totalIPCount".into(), json!(total));
+        return Ok(after(Some(wait)));
     }
     match api
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": counts})),
-        )
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {
             summaries.wrote(&uid, now);
             tracing::debug!(pool = %name, allocated, shards = existing.len(), "sharded pool's count updated");
-            Ok(done)
+            Ok(after(None))
         }
-        Err(e) if is_not_found(&e) => Ok(done),
+        // The pool changed under us; the watch brings the new version.
+        Err(e) if is_conflict(&e) => Ok(after(Some(Duration::from_secs(1)))),
+        Err(e) if is_not_found(&e) => Ok(after(None)),
         Err(e) => Err(kube_err("writing the sharded pool's counts", e)),
     }
 }
