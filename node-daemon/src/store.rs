@@ -167,14 +167,20 @@ impl Stores {
             return vec![pool];
         }
         let uid = pool.metadata.uid.clone().unwrap_or_default();
+        let its_shards = self.shards_of(&uid);
+        shards::serve_order(pool, &its_shards, node)
+    }
+
+    /// The shards of the pool of UID `uid` in the cache, by index.
+    pub fn shards_of(&self, uid: &str) -> Vec<Arc<SpiderIPPool>> {
         let mut its_shards: Vec<Arc<SpiderIPPool>> = self
             .pools
             .all()
             .into_iter()
-            .filter(|p| spiderpool_schema::shards::shard_of(p) == Some(uid.as_str()))
+            .filter(|p| spiderpool_schema::shards::shard_of(p) == Some(uid))
             .collect();
         its_shards.sort_by_key(|p| spiderpool_schema::shards::shard_index(p));
-        shards::serve_order(pool, &its_shards, node)
+        its_shards
     }
 
     /// Names of every pool of `family`, and of those with `spec.default: true`, both in name order;

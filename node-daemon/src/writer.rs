@@ -228,6 +228,8 @@ impl Inner {
             records: counts.records,
             reservations: counts.reservations,
             other_nodes: counts.other_nodes,
+            shards: spiderpool_schema::shards::shard_of(&cached)
+                .map_or(1, |uid| self.stores.shards_of(uid).len()),
         });
     }
 
@@ -396,14 +398,14 @@ impl PoolWriters {
 
     /// Pods bound to this node will soon ask `pool` for addresses ([`crate::ahead`]): counts as demand,
     /// so the writer (started if need be) tops up this node's reservations for the pods to come as
-    /// it would after an ADD, and keeps them until the node goes idle. Does nothing when
-    /// reservations are off.
+    /// it would after an ADD, once the burst they are bound in pauses ([`Reservations::note_bound`]),
+    /// and keeps them until the node goes idle. Does nothing when reservations are off.
     pub fn expect_demand(&self, pool: &str) {
         if self.inner.tuning.max_size == 0 {
             return;
         }
         let handle = self.handle(pool);
-        handle.state().note_demand(clock::now());
+        handle.state().note_bound(clock::now());
         handle.wake.notify_one();
     }
 

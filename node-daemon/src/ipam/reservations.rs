@@ -179,6 +179,8 @@ pub struct PoolView {
     pub reservations: usize,
     /// How many other nodes hold reservations.
     pub other_nodes: usize,
+    /// How many shards serve the pool this one is a shard of (1 for a pool that is none).
+    pub shards: usize,
 }
 
 /// What one round writes besides its queued requests, taken out of the state when the round is
@@ -270,8 +272,13 @@ pub struct Reservations {
     holders: HashMap<String, IpAddr>,
     /// The pool version `holders` was read from (recovery or this node's last write).
     records_version: Option<String>,
-    /// When an allocation was last asked for.
+    /// When an allocation was last asked for, or a pod bound to this node was seen to need one.
     last_demand: Option<Instant>,
+    /// When an allocation was last asked for by an ADD.
+    last_ask: Option<Instant>,
+    /// When the first and the last pod of the burst of pods bound to this node since the last
+    /// top-up were seen ([`Reservations::note_bound`]).
+    bound_burst: Option<(Instant, Instant)>,
     /// Pods bound to this node that wait for their network and hold no address of the pool yet, as
     /// last counted.
     upcoming: usize,
@@ -288,9 +295,11 @@ pub struct Reservations {
     viewed_version: Option<String>,
     /// How many records of any kind the pool holds, as last seen ([`Tuning::for_records`]).
     records: usize,
-    /// How many nodes hold reservations in the pool, this one included, as last seen
-    /// ([`Tuning::for_pool`]); 0 until seen.
+    /// How many nodes hold reservations in the pool, this one included, as last seen; 0 until seen.
     writers: usize,
+    /// How many shards serve the pool this one is a shard of, as last seen (1 for a pool that is
+    /// none; 0 until seen).
+    shards: usize,
     /// When a top-up last got fewer addresses than wanted.
     short_refill: Option<Instant>,
 }
@@ -415,12 +424,17 @@ impl Reservations {
 
     /// The tuning of recordings and give-backs for this pool as last seen: scaled by its records and
     /// by the nodes writing it ([`Tuning::for_pool`]), but by its records only while it has nothing
-    /// free outside reservations (nodes may be waiting for what this node's pods release).
+    /// free outside reservations (nodes may be waiting for what this node's pods release). The
+    /// nodes writing a shard count as many times as its pool has shards: nodes spread evenly over a
+    /// pool's shards, so a shard has a few of the pool's writers, and scaled by those few a node
+    /// taking about a pod a second recorded each handout on its own (with 100 nodes on 16 shards,
+    /// about one pool write for every four ADDs); scaled by the pool's, a shard is recorded in about
+    /// as often as a pool written by as many nodes.
     fn batches(&self, tuning: &Tuning) -> Tuning {
         if self.tight {
             tuning.for_records(self.records)
         } else {
-            tuning.for_pool(self.records, self.writers)
+            tuning.for_pool(self.records, self.writers.saturating_mul(self.shards.max(1)))
         }
     }
 
@@ -441,6 +455,15 @@ impl Reservations {
     /// An allocation was asked for.
     pub fn note_demand(&mut self, now: Instant) {
         self.last_demand = Some(now);
+        self.last_ask = Some(now);
+    }
+
+    /// Pods bound to this node newly wait for an address of the pool: demand to come. A top-up for
+    /// them alone waits for the burst they came in to pause ([`Reservations::next_due`]).
+    pub fn note_bound(&mut self, now: Instant) {
+        self.last_demand = Some(now);
+        let first = self.bound_burst.map_or(now, |(first, _)| first);
+        self.bound_burst = Some((first, now));
     }
 
     /// The pods bound to this node still to ask this pool for an address, as counted now.
@@ -479,6 +502,7 @@ impl Reservations {
         self.outside_free = Some(free);
         self.records = view.records;
         self.writers = view.other_nodes + 1;
+        self.shards = view.shards;
         self.viewed_version.clone_from(&view.version);
     }
 
@@ -634,10 +658,35 @@ impl Reservations {
                 consider(later(now, TIGHT_CHECK));
             }
         }
-        if self.ready && self.refill_wanted(now, tuning) {
-            consider(self.short_refill.map_or(now, |t| later(t, SHORT_REFILL_PAUSE)));
+        if self.ready
+            && let Some(at) = self.refill_at(now, tuning)
+        {
+            consider(at);
         }
         due
+    }
+
+    /// When a top-up is due, if one is wanted ([`Reservations::refill_wanted`]): at once, after a
+    /// short top-up's pause; but while no ADD asks and pods keep being bound to this node, once none
+    /// was bound for `flush_idle` or the first has waited `flush_max_age`, the rule that batches
+    /// recordings (the node's own times, not scaled by the pool). A burst of pods bound one after
+    /// another (a Deployment scaled up, a node drained onto this one) otherwise made a top-up each
+    /// time half the reservations were promised, one pool write per doubling, each racing the other
+    /// nodes taking their part of the burst. An ADD that comes first tops up in its own write.
+    fn refill_at(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
+        if !self.refill_wanted(now, tuning) {
+            return None;
+        }
+        let after_short = self.short_refill.map_or(now, |t| later(t, SHORT_REFILL_PAUSE));
+        let asked = self
+            .last_ask
+            .is_some_and(|t| now.duration_since(t) < tuning.tight_return);
+        match self.bound_burst {
+            Some((first, last)) if !asked => {
+                Some(after_short.max(later(last, tuning.flush_idle).min(later(first, tuning.flush_max_age))))
+            }
+            _ => Some(after_short),
+        }
     }
 
     /// A top-up is worth a write of its own: pods are starting here (one asked for an address
@@ -686,10 +735,7 @@ impl Reservations {
                 || self
                     .oldest_pending
                     .is_none_or(|t| now.duration_since(t) >= batches.flush_max_age));
-        let refill_due = self.refill_wanted(now, tuning)
-            && self
-                .short_refill
-                .is_none_or(|t| now.duration_since(t) >= SHORT_REFILL_PAUSE);
+        let refill_due = self.refill_at(now, tuning).is_some_and(|at| now >= at);
         let excess = self.excess(tuning);
         let excess_due = excess > 0;
         if !(requests || force || return_due || flush_due || refill_due || excess_due) {
@@ -719,6 +765,7 @@ impl Reservations {
             // The pods this round gives an address are among the upcoming ones: reserve only for
             // the others.
             plan.extra_wanted = target.saturating_sub(self.free.len() + allocating);
+            self.bound_burst = None;
         }
         Some(plan)
     }

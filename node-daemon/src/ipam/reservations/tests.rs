@@ -328,6 +328,7 @@ fn idle_reservations_go_back_and_a_full_pool_takes_back_the_excess_at_once() {
         records: 12,
         reservations: 10,
         other_nodes: 0,
+        shards: 1,
     });
     // Target 1, margin 1: all but one go back.
     assert_eq!(node.state.excess(&tuning), 9);
@@ -540,7 +541,7 @@ fn flush_times_grow_with_the_nodes_writing_the_pool_up_to_the_same_cap() {
 }
 
 #[test]
-fn with_ten_nodes_writing_the_pool_a_handout_is_recorded_later_except_when_the_pool_is_full() {
+fn with_ten_nodes_writing_the_pool_or_its_shards_a_handout_is_recorded_later_except_when_the_pool_is_full() {
     let t0 = Instant::now();
     let view = |usable: u128, records: usize, other_nodes: usize| PoolView {
         version: Some("1".into()),
@@ -548,6 +549,11 @@ fn with_ten_nodes_writing_the_pool_a_handout_is_recorded_later_except_when_the_p
         records,
         reservations: 0,
         other_nodes,
+        shards: 1,
+    };
+    let shard = |other_nodes: usize, shards: usize| PoolView {
+        shards,
+        ..view(250, 4, other_nodes)
     };
     let due_after_one_handout = |view: &PoolView| {
         let mut records = BTreeMap::new();
@@ -585,6 +591,9 @@ fn with_ten_nodes_writing_the_pool_a_handout_is_recorded_later_except_when_the_p
     assert_eq!(due_after_one_handout(&view(250, 4, 9)), Duration::from_secs(2));
     // The pool full (nothing free outside reservations): as for one writer.
     assert_eq!(due_after_one_handout(&view(4, 4, 9)), Duration::from_millis(200));
+    // Two nodes writing one of three shards of a pool: as six writing the pool.
+    assert_eq!(due_after_one_handout(&shard(1, 3)), Duration::from_millis(1_200));
+    assert_eq!(due_after_one_handout(&shard(1, 1)), Duration::from_millis(400));
 }
 
 #[test]
@@ -657,6 +666,7 @@ fn a_node_writes_a_big_pool_less_often_and_reserves_more_of_it() {
         records,
         reservations: 3,
         other_nodes: 0,
+        shards: 1,
     };
     let mut records = BTreeMap::new();
     let mut node = Node::started("n1", &mut records, t0);
@@ -696,6 +706,56 @@ fn a_node_writes_a_big_pool_less_often_and_reserves_more_of_it() {
 }
 
 #[test]
+fn pods_bound_in_a_burst_are_reserved_for_once_it_pauses_or_its_first_has_waited() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let mut records = BTreeMap::new();
+    let started = Node::started("n1", &mut records, t0).state;
+
+    // Twenty pods bound one every 100 ms: no top-up while they keep coming…
+    let mut node = started.clone();
+    for i in 1..=20 {
+        node.set_upcoming(i);
+        node.note_bound(ms(100 * i as u64));
+        assert!(
+            node.clone()
+                .plan_round(ms(100 * i as u64), &tuning, 0, false, false)
+                .is_none()
+        );
+    }
+    // …until the first has waited flush_max_age: then one top-up for all of them.
+    assert_eq!(
+        node.next_due(ms(2_000), &tuning),
+        Some(ms(100) + tuning.flush_max_age)
+    );
+    assert!(
+        node.clone()
+            .plan_round(ms(2_099), &tuning, 0, false, false)
+            .is_none()
+    );
+    let plan = node.plan_round(ms(2_100), &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.extra_wanted, 20);
+
+    // Three bound within 100 ms: reserved for once none came for flush_idle.
+    let mut node = started.clone();
+    for i in 0..3 {
+        node.set_upcoming(i + 1);
+        node.note_bound(ms(50 * i as u64));
+    }
+    assert_eq!(node.next_due(ms(100), &tuning), Some(ms(100) + tuning.flush_idle));
+    let plan = node.plan_round(ms(300), &tuning, 0, false, false).unwrap();
+    assert_eq!(plan.extra_wanted, 3);
+
+    // An ADD asking during the burst: the top-up is due at once.
+    let mut node = started;
+    node.set_upcoming(5);
+    node.note_bound(ms(0));
+    node.note_demand(ms(10));
+    assert_eq!(node.next_due(ms(10), &tuning), Some(ms(10)));
+}
+
+#[test]
 fn refills_pause_after_a_short_one() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
@@ -718,6 +778,7 @@ fn refills_pause_after_a_short_one() {
         records: 12,
         reservations: 11,
         other_nodes: 0,
+        shards: 1,
     });
     // Half the target used, room outside: a refill is due, but not before the pause after the
     // short one.
@@ -882,6 +943,7 @@ fn an_idle_node_gives_addresses_that_cool_one_after_another_back_in_one_write() 
         records: 12,
         reservations: 3,
         other_nodes: 0,
+        shards: 1,
     });
     let plan = full.plan_round(last, &tuning, 0, false, false).unwrap();
     assert_eq!(plan.returning, released);
