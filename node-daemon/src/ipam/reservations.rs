@@ -668,8 +668,9 @@ impl Reservations {
 
     /// When a top-up is due, if one is wanted ([`Reservations::refill_wanted`]): at once, after a
     /// short top-up's pause; but while no ADD asks and pods keep being bound to this node, once none
-    /// was bound for `flush_idle` or the first has waited `flush_max_age`, the rule that batches
-    /// recordings (the node's own times, not scaled by the pool). A burst of pods bound one after
+    /// was bound for `flush_idle` (at most half `tight_return`) or the first has waited
+    /// `flush_max_age`, the rule that batches recordings (the node's own times, not scaled by the
+    /// pool). A burst of pods bound one after
     /// another (a Deployment scaled up, a node drained onto this one) otherwise made a top-up each
     /// time half the reservations were promised, one pool write per doubling, each racing the other
     /// nodes taking their part of the burst. An ADD that comes first tops up in its own write.
@@ -681,9 +682,11 @@ impl Reservations {
         let asked = self
             .last_ask
             .is_some_and(|t| now.duration_since(t) < tuning.tight_return);
+        // A pause longer than `tight_return` would end the wish for a top-up before it came.
+        let pause = tuning.flush_idle.min(tuning.tight_return / 2);
         match self.bound_burst {
             Some((first, last)) if !asked => {
-                Some(after_short.max(later(last, tuning.flush_idle).min(later(first, tuning.flush_max_age))))
+                Some(after_short.max(later(last, pause).min(later(first, tuning.flush_max_age))))
             }
             _ => Some(after_short),
         }
