@@ -551,9 +551,9 @@ fn with_ten_nodes_writing_the_pool_or_its_shards_a_handout_is_recorded_later_exc
         other_nodes,
         shards: 1,
     };
-    let shard = |other_nodes: usize, shards: usize| PoolView {
+    let shard = |records: usize, other_nodes: usize, shards: usize| PoolView {
         shards,
-        ..view(250, 4, other_nodes)
+        ..view(250, records, other_nodes)
     };
     let due_after_one_handout = |view: &PoolView| {
         let mut records = BTreeMap::new();
@@ -591,9 +591,21 @@ fn with_ten_nodes_writing_the_pool_or_its_shards_a_handout_is_recorded_later_exc
     assert_eq!(due_after_one_handout(&view(250, 4, 9)), Duration::from_secs(2));
     // The pool full (nothing free outside reservations): as for one writer.
     assert_eq!(due_after_one_handout(&view(4, 4, 9)), Duration::from_millis(200));
-    // Two nodes writing one of three shards of a pool: as six writing the pool.
-    assert_eq!(due_after_one_handout(&shard(1, 3)), Duration::from_millis(1_200));
-    assert_eq!(due_after_one_handout(&shard(1, 1)), Duration::from_millis(400));
+    // Two nodes writing one of three shards of a pool: as six writing the pool…
+    assert_eq!(
+        due_after_one_handout(&shard(4, 1, 3)),
+        Duration::from_millis(1_200)
+    );
+    assert_eq!(due_after_one_handout(&shard(4, 1, 1)), Duration::from_millis(400));
+    // …but as two once less than an eighth of the shard is free (32 of 250 is not less).
+    assert_eq!(
+        due_after_one_handout(&shard(218, 1, 3)),
+        Duration::from_millis(1_200)
+    );
+    assert_eq!(
+        due_after_one_handout(&shard(219, 1, 3)),
+        Duration::from_millis(400)
+    );
 }
 
 #[test]
