@@ -438,8 +438,7 @@ impl Reservations {
     /// about one pool write for every four ADDs); scaled by the pool's, a shard is recorded in about
     /// as often as a pool written by as many nodes. Not once the shard is nearly full: other nodes
     /// are then about to look for what is really free in it, and every handout not yet recorded
-    /// looks to them like a reservation its node may give back (measured: with 10 nodes filling a
-    /// pool of 10 shards to its last address, p99 ADD 0.9-1.0 s in the last tenth, 0.4 s with this).
+    /// looks to them like a reservation its node may give back, so they wait for it longer.
     fn batches(&self, tuning: &Tuning) -> Tuning {
         if self.tight {
             tuning.for_records(self.records)
@@ -686,10 +685,10 @@ impl Reservations {
     /// short top-up's pause; but while no ADD asks and pods keep being bound to this node, once none
     /// was bound for `flush_idle` (at most half `tight_return`) or the first has waited
     /// `flush_max_age`, the rule that batches recordings (the node's own times, not scaled by the
-    /// pool). A burst of pods bound one after
-    /// another (a Deployment scaled up, a node drained onto this one) otherwise made a top-up each
-    /// time half the reservations were promised, one pool write per doubling, each racing the other
-    /// nodes taking their part of the burst. An ADD that comes first tops up in its own write.
+    /// pool). A burst of pods bound one after another (a Deployment scaled up, a node drained onto
+    /// this one) otherwise made a top-up each time half the reservations were promised, one pool
+    /// write per doubling, each racing the other nodes taking their part of the burst. An ADD that
+    /// comes first tops up in its own write.
     fn refill_at(&self, now: Instant, tuning: &Tuning) -> Option<Instant> {
         if !self.refill_wanted(now, tuning) {
             return None;
