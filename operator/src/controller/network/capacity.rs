@@ -5,7 +5,9 @@
 //! `total` counts what a pool can hand out: its usable addresses (`ips` minus `excludeIPs`) minus the
 //! subnet's reserved IPs and gateway (the allocator never hands those out either). `allocated` counts
 //! every record of the pool's `allocatedIPs`: addresses pods hold and addresses a node's agent has
-//! reserved for pods it is starting (neither can go to another pod). Fixed-address pools are carved
+//! reserved for pods it is starting (neither can go to another pod); for a pool served through
+//! shards, whose own `allocatedIPs` stays empty, its `allocatedIPCount` (the addresses pods hold in
+//! its shards, summed by the pool controller). Fixed-address pools are carved
 //! out of rack ranges, so a binding's addresses count for its app, its rack and its subnet once each.
 
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use prometheus_client::registry::Registry;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::labels::{LABEL_APP, LABEL_RACK, LABEL_SUBNET};
 use spiderpool_schema::network::{AddressCounts, Capacity, CapacityEntry};
-use spiderpool_schema::{SpiderIPPool, SpiderNetwork};
+use spiderpool_schema::{SpiderIPPool, SpiderNetwork, shards};
 
 /// The threshold when the spec sets none (percent in use).
 pub const DEFAULT_THRESHOLD_PERCENT: i64 = 90;
@@ -74,11 +76,18 @@ pub fn pool_use(pool: &SpiderIPPool, unusable: &BTreeMap<(String, IpFamily), IpS
     if let Some(set) = unusable.get(&(subnet.clone(), family)) {
         usable = usable.difference(set);
     }
-    let allocated = pool
-        .status
-        .as_ref()
-        .and_then(|s| s.allocations().ok())
-        .map_or(0, |records| records.len());
+    let status = pool.status.as_ref();
+    // A sharded pool records nothing itself: its count is the sum of its shards' (which carry none
+    // of the topology's labels, so they are not counted twice).
+    let allocated = if shards::is_sharded(&pool.metadata) {
+        status
+            .and_then(|s| s.allocated_ip_count)
+            .map_or(0, |count| usize::try_from(count).unwrap_or(0))
+    } else {
+        status
+            .and_then(|s| s.allocations().ok())
+            .map_or(0, |records| records.len())
+    };
     Some(PoolUse {
         subnet,
         rack,
@@ -393,6 +402,59 @@ mod tests {
         assert_eq!(c.racks[0].ipv4.unwrap().allocated, 52);
         assert_eq!(c.apps[0].name, "db");
         assert_eq!(nearly_full(&c), ["app binding db IPv4: 2 of 2 in use (100%)"]);
+    }
+
+    #[test]
+    fn a_pool_counts_its_records_and_a_sharded_pool_the_sum_of_its_shards() {
+        use spiderpool_schema::SpiderIPPoolSpec;
+        use spiderpool_schema::ippool::PoolIPAllocation;
+
+        let labelled = |name: &str| {
+            let mut pool = SpiderIPPool::new(
+                name,
+                SpiderIPPoolSpec {
+                    subnet: "10.0.0.0/24".into(),
+                    ips: vec!["10.0.0.10-10.0.0.19".into()],
+                    ..SpiderIPPoolSpec::default()
+                },
+            );
+            pool.metadata.labels = Some(
+                [(LABEL_SUBNET, "s1"), (LABEL_RACK, "r1")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+            );
+            pool
+        };
+        let none = BTreeMap::new();
+
+        // Unsharded: every record, a node's reservation included.
+        let mut pool = labelled("plain");
+        let mut status = spiderpool_schema::SpiderIPPoolStatus::default();
+        status
+            .set_allocations(&BTreeMap::from([
+                ("10.0.0.10".to_owned(), PoolIPAllocation::held_by("ns/a", "uid-a")),
+                ("10.0.0.11".to_owned(), PoolIPAllocation::reserved_for("n1")),
+            ]))
+            .unwrap();
+        pool.status = Some(status);
+        let counted = pool_use(&pool, &none).unwrap();
+        assert_eq!((counted.total, counted.allocated), (10, 2));
+
+        // Sharded: no records of its own, the count its controller sums from the shards.
+        let mut pool = labelled("big");
+        pool.metadata.annotations =
+            Some([(shards::ANNOTATION_SHARD_SIZE.to_owned(), "16".to_owned())].into());
+        pool.status = Some(spiderpool_schema::SpiderIPPoolStatus {
+            allocated_ip_count: Some(7),
+            ..Default::default()
+        });
+        let counted = pool_use(&pool, &none).unwrap();
+        assert_eq!((counted.total, counted.allocated), (10, 7));
+
+        // A shard carries none of the topology's labels: not counted again.
+        let mut shard = SpiderIPPool::new("big-shard-0", SpiderIPPoolSpec::default());
+        shard.metadata.labels = Some([(shards::LABEL_SHARD_OF.to_owned(), "uid".to_owned())].into());
+        assert_eq!(pool_use(&shard, &none), None);
     }
 
     #[test]
