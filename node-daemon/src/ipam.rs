@@ -10,6 +10,7 @@ pub mod candidates;
 pub mod endpoint;
 pub mod filter;
 pub mod glob;
+pub mod holders;
 pub mod lease;
 pub mod owner;
 pub mod pick;

@@ -393,7 +393,7 @@ impl PoolWriters {
             pools.get(pool).cloned()
         }?;
         let state = handle.state();
-        state.is_ready().then(|| state.address_of(pod_uid) == Some(ip))
+        state.is_ready().then(|| state.holds(pod_uid, ip))
     }
 
     /// Pods bound to this node will soon ask `pool` for addresses ([`crate::ahead`]): counts as demand,

@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::ippool::PoolIPAllocation;
 
+use super::holders::Holders;
 use super::pick::{self, Op, Outcome};
 use super::records::{self, RecordIndex};
 
@@ -137,6 +138,34 @@ fn release_record(
     true
 }
 
+/// A release the node's state vetted (`RoundInput::releasing`) of an address the pool still records
+/// as this node's reservation: the node handed it out and its pod gave it back before a round
+/// recorded the handout (that round did not land). Released as a recorded one would be: kept as
+/// the node's reservation, cooling down, or freed; never adopted as unused at once.
+fn release_unrecorded_handout(
+    records: &mut BTreeMap<String, PoolIPAllocation>,
+    index: &RecordIndex,
+    ip: &IpAddr,
+    keep: bool,
+    input: &RoundInput<'_>,
+    output: &mut RoundOutput,
+) {
+    let key = ip.to_string();
+    let only_ours = index.keys_naming(records, ip) == [key.as_str()]
+        && records
+            .get(&key)
+            .is_some_and(|r| r.reservation() == Some(input.node));
+    if !only_ours {
+        return;
+    }
+    if keep && input.usable.contains(ip) {
+        output.reserved.insert(*ip);
+        output.released.insert(*ip);
+    } else {
+        records.remove(&key);
+    }
+}
+
 /// Decides one write: records the handed-out reservations for their pods, turns released addresses
 /// into reservations (or frees them), gives back `returning`, applies the queued ops (as
 /// [`pick::apply`] does), then reserves up to `extra_wanted` more.
@@ -187,7 +216,9 @@ pub fn decide_round(records: &mut BTreeMap<String, PoolIPAllocation>, input: &Ro
 
     for (ip, pod_uid) in input.releasing {
         let keep = input.keep_released || input.hold_releases;
-        release_record(records, &index, (ip, pod_uid), keep, input, &mut output);
+        if !release_record(records, &index, (ip, pod_uid), keep, input, &mut output) {
+            release_unrecorded_handout(records, &index, ip, keep, input, &mut output);
+        }
     }
 
     for ip in input.returning {
@@ -358,9 +389,9 @@ pub fn has_reservations(records: &BTreeMap<String, PoolIPAllocation>, node: &str
     records.values().any(|r| r.reservation() == Some(node))
 }
 
-/// Pod UID to address, for every address of a pool of `family` held by a pod whose record names
+/// Pod UID to addresses, for every address of a pool of `family` held by a pod whose record names
 /// exactly one address ([`RecordIndex::address_of_key`]).
-pub fn holders(records: &BTreeMap<String, PoolIPAllocation>, family: IpFamily) -> HashMap<String, IpAddr> {
+pub fn holders(records: &BTreeMap<String, PoolIPAllocation>, family: IpFamily) -> Holders {
     let index = RecordIndex::new(records, family);
     records
         .iter()
@@ -781,7 +812,7 @@ mod tests {
         assert!(has_reservations(&records, "n2") && !has_reservations(&records, "n3"));
         assert_eq!(
             holders(&records, IpFamily::V4),
-            HashMap::from([("uid-z".to_owned(), ip("10.0.0.4"))])
+            Holders::from_iter([("uid-z".to_owned(), ip("10.0.0.4"))])
         );
     }
 

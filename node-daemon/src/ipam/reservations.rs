@@ -16,13 +16,14 @@
 //! reads), the operator removing this node's reservations (a round's [`super::lease::RoundOutput::lost`]),
 //! recovery after a crash ([`Reservations::recover`]), the pool gone ([`Reservations::clear`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use spiderpool_ipmath::{IpFamily, IpSet};
 use spiderpool_schema::ippool::PoolIPAllocation;
 
+use super::holders::Holders;
 use super::lease::{self, Holder};
 use super::pick::{Op, Outcome};
 
@@ -271,9 +272,9 @@ pub struct Reservations {
     /// When the first and the last address that cooled down since the last give-back joined
     /// `free`: an idle node gives cooled addresses back in batches ([`Reservations::cooled_batch_due`]).
     cooled: Option<(Instant, Instant)>,
-    /// Pod UID to address, for every pod known to hold an address of the pool (a retried ADD gets
+    /// Pod UID to addresses, for every pod known to hold an address of the pool (a retried ADD gets
     /// the same answer).
-    holders: HashMap<String, IpAddr>,
+    holders: Holders,
     /// The pool version `holders` was read from (recovery or this node's last write).
     records_version: Option<String>,
     /// When an allocation was last asked for, or a pod bound to this node was seen to need one.
@@ -378,12 +379,18 @@ impl Reservations {
 
     /// Whether pod `uid` is known to hold an address of the pool.
     pub fn holds_address(&self, uid: &str) -> bool {
-        self.holders.contains_key(uid)
+        self.holders.holds_any(uid)
     }
 
-    /// The address pod `uid` is known to hold.
+    /// Whether pod `uid` is known to hold `ip` (handed out to it, or recorded for it and not given
+    /// back).
+    pub fn holds(&self, uid: &str, ip: IpAddr) -> bool {
+        self.holders.holds(uid, ip)
+    }
+
+    /// The address pod `uid` is known to hold, when it holds exactly one.
     pub fn address_of(&self, uid: &str) -> Option<IpAddr> {
-        self.holders.get(uid).copied()
+        self.holders.only(uid)
     }
 
     /// The pool's family, once known.
@@ -557,7 +564,7 @@ impl Reservations {
     }
 
     fn hand_out(&mut self, ip: IpAddr, holder: Holder, now: Instant) {
-        self.holders.insert(holder.pod_uid.clone(), ip);
+        self.holders.insert(&holder.pod_uid, ip);
         self.handed.insert(ip, holder);
         self.note_pending(now);
     }
@@ -590,9 +597,10 @@ impl Reservations {
         self.cool(now);
         match op {
             Op::Allocate { pod, pod_uid } => {
-                if let Some(ip) = self.holders.get(pod_uid).copied() {
-                    // Only while the pool is as this node last read or wrote it; else the round
-                    // decides from the records as they are now.
+                if self.holders.holds_any(pod_uid) {
+                    // Only while the pool is as this node last read or wrote it, and the pod holds
+                    // one address; else the round decides from the records as they are now.
+                    let ip = self.holders.only(pod_uid)?;
                     let gate = gate(self.family?)?;
                     return (gate.version == self.records_version).then_some(Outcome::Allocated(ip));
                 }
@@ -611,7 +619,7 @@ impl Reservations {
             Op::Release { ip, pod_uid } => {
                 if self.handed.get(ip).is_some_and(|h| &h.pod_uid == pod_uid) {
                     self.handed.remove(ip);
-                    self.holders.remove(pod_uid);
+                    self.holders.remove(pod_uid, *ip);
                     if self.unconfirmed.remove(ip) {
                         self.releasing.insert(*ip, pod_uid.clone());
                         self.note_pending(now);
@@ -620,8 +628,8 @@ impl Reservations {
                     }
                     return Some(Outcome::Released(true));
                 }
-                if self.holders.get(pod_uid) == Some(ip) {
-                    self.holders.remove(pod_uid);
+                if self.holders.holds(pod_uid, *ip) {
+                    self.holders.remove(pod_uid, *ip);
                     self.releasing.insert(*ip, pod_uid.clone());
                     self.note_pending(now);
                     return Some(Outcome::Released(true));
@@ -845,11 +853,11 @@ impl Reservations {
         }
         let mut holders = lease::holders(records, usable.family());
         // Releases answered while the write was in flight are still recorded for their pods.
-        for pod_uid in self.releasing.values() {
-            holders.remove(pod_uid);
+        for (ip, pod_uid) in &self.releasing {
+            holders.remove(pod_uid, *ip);
         }
         for (ip, holder) in &self.handed {
-            holders.insert(holder.pod_uid.clone(), *ip);
+            holders.insert(&holder.pod_uid, *ip);
         }
         self.holders = holders;
         self.records_version = version.map(str::to_owned);
@@ -864,17 +872,24 @@ impl Reservations {
     /// A round could not write: what it had taken goes back. An earlier attempt of the round may
     /// have been applied without an answer, so: handed-out reservations go back to being handed out
     /// (a later round records them) but as unconfirmed (the pool may already record them for their
-    /// pods: a release goes through a write); unused ones being given back are NOT offered again,
+    /// pods: a release goes through a write), except those their pods gave back while the round was
+    /// in flight (released through a write); unused ones being given back are NOT offered again,
     /// and are only trusted again once a successful round finds them still reserved for this node
     /// (it adopts them, [`lease::RoundOutput::reserved`]).
     pub fn abandoned(&mut self, plan: RoundPlan, now: Instant) {
-        for (ip, holder) in plan.converting {
-            self.unconfirmed.insert(ip);
-            self.hand_out(ip, holder, now);
-        }
         if !plan.releasing.is_empty() {
             self.releasing.extend(plan.releasing);
             self.note_pending(now);
+        }
+        for (ip, holder) in plan.converting {
+            // Given back by its pod while the round was in flight: that release goes through a
+            // write too (the pool may record the address for the pod), and the pod, which may
+            // hold another address by now, does not get this one again.
+            if self.releasing.get(&ip) == Some(&holder.pod_uid) {
+                continue;
+            }
+            self.unconfirmed.insert(ip);
+            self.hand_out(ip, holder, now);
         }
     }
 

@@ -89,7 +89,16 @@ impl std::fmt::Debug for World {
 impl World {
     /// Starts the world and waits until every node is schedulable and every agent healthy.
     pub async fn start(options: WorldOptions) -> Result<Self> {
-        let cluster = TestCluster::start(ClusterOptions::default()).await?;
+        let cluster = TestCluster::start(ClusterOptions {
+            // What the StatefulSet controller and the informers did, in the logs a failed run keeps:
+            // a member move waits on them, and once waited over a minute after the API server came
+            // back from a fault.
+            controller_manager_args: vec![
+                "--vmodule=stateful_set=4,stateful_set_control=4,stateful_pod_control=4,reflector=4".to_owned(),
+            ],
+            ..ClusterOptions::default()
+        })
+        .await?;
         let client = cluster.client()?;
         ipam::install_spiderpool_crds(&client).await?;
         let namespace = cluster.namespace("chaos").await?;

@@ -164,7 +164,7 @@ fn top_up_reserves_for_the_pods_to_come_and_handout_needs_no_write() {
         .unwrap();
     assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
     assert_eq!(node.state.free().len(), 3);
-    assert_eq!(lease::holders(&records, IpFamily::V4)["uid-a"], ip("10.0.0.1"));
+    assert!(lease::holders(&records, IpFamily::V4).holds("uid-a", ip("10.0.0.1")));
     // The next ADD is answered at once from a reservation, and a retried one gets the same.
     let t1 = t0 + Duration::from_millis(10);
     assert_eq!(
@@ -400,7 +400,10 @@ fn a_lost_response_is_adopted_by_the_next_round() {
     let out = node.round(&mut records, &usable_all(), &ops, t0, false).unwrap();
     assert_eq!(out.outcomes, [Outcome::Allocated(ip("10.0.0.1"))]);
     assert_eq!(node.state.free().len(), 3);
-    assert_eq!(lease::holders(&records, IpFamily::V4).len(), 1);
+    assert_eq!(
+        lease::holders(&records, IpFamily::V4),
+        Holders::from_iter([("uid-a".to_owned(), ip("10.0.0.1"))])
+    );
 }
 
 #[test]
@@ -863,6 +866,97 @@ fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write()
 }
 
 #[test]
+fn a_pod_that_gives_back_a_handout_in_flight_and_asks_again_is_known_to_hold_its_new_address() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let handout = |node: &mut Node| match node.state.answer(&alloc("b"), t0, &tuning, open_gate) {
+        Some(Outcome::Allocated(ip)) => ip,
+        other => panic!("no handout: {other:?}"),
+    };
+    // b's ADD takes a reservation; the round recording it is sent…
+    let first = handout(&mut node);
+    let later = t0 + Duration::from_millis(300);
+    let mut plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    let kept = node.state.check_spec(&mut plan, &usable_all(), IpFamily::V4);
+    // …and while it is in flight the ADD gives the address back (its endpoint could not be
+    // written) and asks again: b gets another reservation.
+    assert_eq!(
+        node.state
+            .answer(&release(&first.to_string(), "b"), later, &tuning, open_gate),
+        Some(Outcome::Released(true))
+    );
+    let second = handout(&mut node);
+    assert_ne!(first, second);
+    assert!(node.state.holds("uid-b", second) && !node.state.holds("uid-b", first));
+
+    // The round was applied but its answer lost: the pool now records the first address for b. The
+    // node must not hand it to b again, nor forget the second.
+    decide(&mut records, "n1", &usable_all(), &plan, &kept, &[]);
+    node.state.abandoned(plan, later);
+    assert_eq!(
+        records[&first.to_string()],
+        PoolIPAllocation::held_by("ns/b", "uid-b")
+    );
+    assert!(
+        !node.state.handed().contains_key(&first),
+        "{first} handed to b again"
+    );
+    assert!(node.state.holds("uid-b", second) && !node.state.holds("uid-b", first));
+
+    // The next round records the second for b and frees the first, which cools down.
+    node.round(&mut records, &usable_all(), &[], later, false)
+        .unwrap();
+    assert_eq!(
+        records[&second.to_string()],
+        PoolIPAllocation::held_by("ns/b", "uid-b")
+    );
+    assert_eq!(records[&first.to_string()], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.cooling().contains_key(&first));
+    assert!(node.state.holds("uid-b", second) && !node.state.holds("uid-b", first));
+    assert_eq!(node.state.address_of("uid-b"), Some(second));
+}
+
+#[test]
+fn a_handout_given_back_after_its_round_did_not_land_cools_down_like_any_release() {
+    let t0 = Instant::now();
+    let tuning = Tuning::default();
+    let mut records = BTreeMap::new();
+    let mut node = Node::started("n1", &mut records, t0);
+    node.state.set_upcoming(3);
+    node.state.note_demand(t0);
+    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+        .unwrap();
+    let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, &tuning, open_gate) else {
+        panic!("no handout");
+    };
+    // The round recording it conflicts (not applied): the handout may have been recorded as far as
+    // the node knows, so b's release goes through a write…
+    let later = t0 + Duration::from_millis(300);
+    let plan = node.state.plan_round(later, &tuning, 0, false, false).unwrap();
+    node.state.abandoned(plan, later);
+    assert_eq!(
+        node.state
+            .answer(&release(&handed.to_string(), "b"), later, &tuning, open_gate),
+        Some(Outcome::Released(true))
+    );
+    assert!(!node.state.handed().contains_key(&handed));
+    // …which finds it still this node's reservation: it cools down before anyone gets it again.
+    let out = node
+        .round(&mut records, &usable_all(), &[], later, false)
+        .unwrap();
+    assert!(out.released.contains(&handed));
+    assert_eq!(records[&handed.to_string()], PoolIPAllocation::reserved_for("n1"));
+    assert!(node.state.cooling().contains_key(&handed));
+    assert!(!node.state.free().contains(&handed));
+}
+
+#[test]
 fn released_addresses_cool_down_before_anyone_gets_them_again() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
@@ -1024,6 +1118,14 @@ enum Step {
     LostResponse(usize, usize),
     /// The node's agent crashes and restarts (recovering from the records and its endpoints).
     Crash(usize),
+    /// A pod gives its address back and asks again at once, under the same UID (an ADD whose
+    /// endpoint could not be written gives back what it took, then allocates again).
+    Readd(usize, usize),
+    /// A round is planned and its write sent; until it lands, handouts and releases are answered.
+    Begin(usize),
+    /// The round in flight lands: written (0), applied with its answer lost (1), conflicted (2);
+    /// `true`: the releases answered meanwhile joined it first (requests merged into a retry).
+    Land(usize, u8, bool),
     /// Time passes.
     Wait(u64),
 }
@@ -1037,6 +1139,9 @@ fn step() -> impl Strategy<Value = Step> {
         (0usize..3, 0usize..3).prop_map(|(n, a)| Step::LostResponse(n, a)),
         (0usize..3).prop_map(Step::Crash),
         (0u64..3000).prop_map(Step::Wait),
+        (0usize..3, 0usize..8).prop_map(|(n, i)| Step::Readd(n, i)),
+        (0usize..3).prop_map(Step::Begin),
+        (0usize..3, 0u8..3, any::<bool>()).prop_map(|(n, how, merge)| Step::Land(n, how, merge)),
     ]
 }
 
@@ -1044,8 +1149,9 @@ proptest! {
     /// Three nodes share one small pool and go through random transitions. The ledger is what every
     /// pod was told (its address, until it released it) and stands in for the pods' endpoints,
     /// which a crashed node recovers from. After every step: no address is held by two pods; each
-    /// handout is reserved for its node or recorded for its pod; a node's unused reservations are
-    /// reserved for it; nothing is lost.
+    /// handout is reserved for its node or recorded for its pod, and its node knows the pod holds it
+    /// (a repeated ADD is checked against that); a node's unused reservations are reserved for it;
+    /// nothing is lost. A node's round may stay in flight while its node answers at once.
     #[test]
     fn no_address_is_ever_held_twice(steps in proptest::collection::vec(step(), 1..120)) {
         let names = ["n0", "n1", "n2"];
@@ -1054,6 +1160,8 @@ proptest! {
         let mut now = Instant::now();
         let mut records: BTreeMap<String, PoolIPAllocation> = BTreeMap::new();
         let mut nodes: Vec<Node> = names.iter().map(|n| Node::started(n, &mut records, now)).collect();
+        // Each node's round in flight: its plan and the reservations its spec check kept.
+        let mut in_flight: Vec<Option<(RoundPlan, BTreeSet<IpAddr>)>> = vec![None, None, None];
         // Pod UID -> (node, address) for every pod told an address and not released.
         let mut ledger: BTreeMap<String, (usize, IpAddr)> = BTreeMap::new();
         let mut next_pod = 0u32;
@@ -1076,11 +1184,74 @@ proptest! {
                         let op = Op::Release { ip, pod_uid: uid.clone() };
                         let answered = nodes[n].state.answer(&op, now, &Tuning::default(), open_gate);
                         if answered.is_none() {
+                            if in_flight[n].is_some() {
+                                continue;
+                            }
                             nodes[n].round(&mut records, &usable, &[op], now, false);
                         }
                         ledger.remove(&uid);
                     }
                 }
+                Step::Readd(n, i) => {
+                    let mine: Vec<(String, IpAddr)> = ledger.iter()
+                        .filter(|(_, (node, _))| *node == n)
+                        .map(|(uid, (_, ip))| (uid.clone(), *ip)).collect();
+                    let Some((uid, ip)) = mine.get(i % mine.len().max(1)).cloned() else {
+                        continue;
+                    };
+                    let op = Op::Release { ip, pod_uid: uid.clone() };
+                    if nodes[n].state.answer(&op, now, &tuning, open_gate).is_none() {
+                        if in_flight[n].is_some() {
+                            continue;
+                        }
+                        nodes[n].round(&mut records, &usable, &[op], now, false);
+                    }
+                    ledger.remove(&uid);
+                    let again = Op::Allocate { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() };
+                    nodes[n].state.note_demand(now);
+                    let answered = match nodes[n].state.answer(&again, now, &tuning, open_gate) {
+                        Some(outcome) => Some(outcome),
+                        None if in_flight[n].is_none() => nodes[n]
+                            .round(&mut records, &usable, std::slice::from_ref(&again), now, false)
+                            .and_then(|out| out.outcomes.first().cloned()),
+                        None => None,
+                    };
+                    if let Some(Outcome::Allocated(ip)) = answered {
+                        ledger.insert(uid, (n, ip));
+                    }
+                }
+                Step::Begin(n) => {
+                    if in_flight[n].is_some() {
+                        continue;
+                    }
+                    if let Some(mut plan) = nodes[n].state.plan_round(now, &tuning, 0, false, false) {
+                        let kept = nodes[n].state.check_spec(&mut plan, &usable, IpFamily::V4);
+                        in_flight[n] = Some((plan, kept));
+                    }
+                }
+                Step::Land(n, how, merge) => {
+                    let Some((mut plan, kept)) = in_flight[n].take() else {
+                        continue;
+                    };
+                    let node = &mut nodes[n];
+                    if merge {
+                        plan.releasing.append(&mut node.state.take_releasing());
+                    }
+                    match how {
+                        0 => {
+                            let out = decide(&mut records, node.name, &usable, &plan, &kept, &[]);
+                            prop_assert!(out.lost.is_empty(), "{:?}", out.lost);
+                            node.state.committed(&plan, &out, &records, &usable, Some(1), None, now, &tuning);
+                        }
+                        1 => {
+                            let out = decide(&mut records, node.name, &usable, &plan, &kept, &[]);
+                            prop_assert!(out.lost.is_empty(), "{:?}", out.lost);
+                            node.state.abandoned(plan, now);
+                        }
+                        _ => node.state.abandoned(plan, now),
+                    }
+                }
+                Step::Round(n, _) | Step::LostResponse(n, _) | Step::Conflict(n) if in_flight[n].is_some() => {}
                 Step::Round(n, allocations) | Step::LostResponse(n, allocations) => {
                     let pods: Vec<String> = (0..allocations).map(|_| new_pod()).collect();
                     let ops: Vec<Op> = pods.iter().map(|p| alloc(p)).collect();
@@ -1115,6 +1286,8 @@ proptest! {
                         .filter(|(_, (node, _))| *node == n)
                         .map(|(uid, (_, ip))| (*ip, vec![Holder { pod: format!("ns/{}", &uid[4..]), pod_uid: uid.clone() }]))
                         .collect();
+                    // A round in flight dies with it, unapplied.
+                    in_flight[n] = None;
                     let recovered = lease::recover(&records, names[n], &claims, |_| true);
                     let mut state = Reservations::default();
                     state.recover(&records, recovered, Some(IpFamily::V4), None, now);
@@ -1134,6 +1307,7 @@ proptest! {
                 let ok = record.is_some_and(|r| &r.pod_uid == uid)
                     || record == Some(&PoolIPAllocation::reserved_for(names[*n]));
                 prop_assert!(ok, "{uid}'s {ip} is {record:?}");
+                prop_assert!(nodes[*n].state.holds(uid, *ip), "{} forgot {}'s {}", names[*n], uid, ip);
             }
             for (n, node) in nodes.iter().enumerate() {
                 for ip in node.state.free().iter().chain(node.state.cooling().keys()) {
