@@ -175,6 +175,9 @@ async fn finalize(run: &Run, name: &str, uid: &str) {
     run.count_op("member finalize", ok);
 }
 
+/// How long the controller-manager and the scheduler get to bring a deleted member back elsewhere.
+const MOVE_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Moves member `ordinal` to another node: cordons its node, deletes it (graceful: the kubelet
 /// DELs it), waits for the new incarnation to be bound elsewhere, uncordons. Returns the nodes.
 pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> {
@@ -189,7 +192,10 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
     cordon(run, &from, true).await?;
     let moved = async {
         run.delete_pod(&name, &old_uid, 30).await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // kube-controller-manager recreates the member once its pod informer sees the deletion;
+        // after an API server restart that informer relists with backoff, and runs saw it blind
+        // for up to 90 s (its log: "Watch failed - backing off", then "Listing and watching").
+        let deadline = Instant::now() + MOVE_DEADLINE;
         loop {
             if let Ok(Some(pod)) = timed(api.get_opt(&name)).await
                 && pod.metadata.uid.as_deref() != Some(old_uid.as_str())
@@ -199,7 +205,7 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "{name} was not recreated on another node within 60 s: {}",
+                    "{name} was not recreated on another node within {MOVE_DEADLINE:?}: {}",
                     stuck_member(run, &name, &old_uid).await
                 );
             }

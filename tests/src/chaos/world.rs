@@ -94,7 +94,8 @@ impl World {
             // a member move waits on them, and once waited over a minute after the API server came
             // back from a fault.
             controller_manager_args: vec![
-                "--vmodule=stateful_set=4,stateful_set_control=4,stateful_pod_control=4,reflector=4".to_owned(),
+                "--vmodule=stateful_set=4,stateful_set_control=4,stateful_pod_control=4,reflector=4"
+                    .to_owned(),
             ],
             ..ClusterOptions::default()
         })
