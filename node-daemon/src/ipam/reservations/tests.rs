@@ -79,6 +79,18 @@ impl Node {
         node
     }
 
+    /// Node n1 alone on the pool at `t0`, three pods to come: its round recorded pod a's address
+    /// and reserved for the others.
+    fn with_a_pod_and_reservations(t0: Instant) -> (BTreeMap<String, PoolIPAllocation>, Self) {
+        let mut records = BTreeMap::new();
+        let mut node = Node::started("n1", &mut records, t0);
+        node.state.set_upcoming(3);
+        node.state.note_demand(t0);
+        node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
+            .unwrap();
+        (records, node)
+    }
+
     /// Plans, decides and commits one round against `records` (the write succeeds).
     fn round(
         &mut self,
@@ -244,12 +256,7 @@ fn handouts_wait_while_the_spec_changed_the_pool_is_deleted_or_a_reserved_ip_too
 #[test]
 fn releases_of_handouts_free_them_at_once_and_recorded_ones_become_reservations() {
     let t0 = Instant::now();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (mut records, mut node) = Node::with_a_pod_and_reservations(t0);
     let b = node
         .state
         .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
@@ -351,12 +358,7 @@ fn idle_reservations_go_back_and_a_full_pool_takes_back_the_excess_at_once() {
 fn a_conflict_puts_handouts_back_and_gives_nothing_back_twice() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (_, mut node) = Node::with_a_pod_and_reservations(t0);
     node.state
         .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
         .unwrap();
@@ -409,12 +411,7 @@ fn a_lost_response_is_adopted_by_the_next_round() {
 #[test]
 fn reservations_the_operator_removed_are_reported_lost_never_handed_again() {
     let t0 = Instant::now();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (mut records, mut node) = Node::with_a_pod_and_reservations(t0);
     node.state
         .answer(&alloc("b"), t0, &Tuning::default(), open_gate)
         .unwrap();
@@ -492,12 +489,7 @@ fn a_retried_add_is_answered_from_memory_only_while_the_pool_is_as_last_read_or_
 #[test]
 fn the_pool_gone_clears_everything() {
     let t0 = Instant::now();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (_, mut node) = Node::with_a_pod_and_reservations(t0);
     node.state.clear();
     assert!(node.state.free().is_empty() && node.state.handed().is_empty());
     assert!(node.state.needs_spec_check());
@@ -814,12 +806,7 @@ fn refills_pause_after_a_short_one() {
 fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (mut records, mut node) = Node::with_a_pod_and_reservations(t0);
     let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, &Tuning::default(), open_gate)
     else {
         panic!("no handout");
@@ -869,12 +856,7 @@ fn a_handout_whose_recording_may_have_been_applied_is_released_through_a_write()
 fn a_pod_that_gives_back_a_handout_in_flight_and_asks_again_is_known_to_hold_its_new_address() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (mut records, mut node) = Node::with_a_pod_and_reservations(t0);
     let handout = |node: &mut Node| match node.state.answer(&alloc("b"), t0, &tuning, open_gate) {
         Some(Outcome::Allocated(ip)) => ip,
         other => panic!("no handout: {other:?}"),
@@ -926,12 +908,7 @@ fn a_pod_that_gives_back_a_handout_in_flight_and_asks_again_is_known_to_hold_its
 fn a_handout_given_back_after_its_round_did_not_land_cools_down_like_any_release() {
     let t0 = Instant::now();
     let tuning = Tuning::default();
-    let mut records = BTreeMap::new();
-    let mut node = Node::started("n1", &mut records, t0);
-    node.state.set_upcoming(3);
-    node.state.note_demand(t0);
-    node.round(&mut records, &usable_all(), &[alloc("a")], t0, false)
-        .unwrap();
+    let (mut records, mut node) = Node::with_a_pod_and_reservations(t0);
     let Some(Outcome::Allocated(handed)) = node.state.answer(&alloc("b"), t0, &tuning, open_gate) else {
         panic!("no handout");
     };
