@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 use super::ledger::PodRef;
@@ -175,8 +176,9 @@ async fn finalize(run: &Run, name: &str, uid: &str) {
     run.count_op("member finalize", ok);
 }
 
-/// How long the controller-manager and the scheduler get to bring a deleted member back elsewhere.
-const MOVE_DEADLINE: Duration = Duration::from_secs(180);
+/// How long kube-controller-manager and the scheduler get to bring a deleted member back elsewhere
+/// (again after the controller-manager was restarted).
+const MOVE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Moves member `ordinal` to another node: cordons its node, deletes it (graceful: the kubelet
 /// DELs it), waits for the new incarnation to be bound elsewhere, uncordons. Returns the nodes.
@@ -192,20 +194,38 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
     cordon(run, &from, true).await?;
     let moved = async {
         run.delete_pod(&name, &old_uid, 30).await?;
-        // kube-controller-manager recreates the member once its pod informer sees the deletion;
-        // after an API server restart that informer relists with backoff, and runs saw it blind
-        // for up to 90 s (its log: "Watch failed - backing off", then "Listing and watching").
-        let deadline = Instant::now() + MOVE_DEADLINE;
+        let mut deadline = Instant::now() + MOVE_DEADLINE;
+        let mut restarted = false;
         loop {
-            if let Ok(Some(pod)) = timed(api.get_opt(&name)).await
+            let found = timed(api.get_opt(&name)).await;
+            if let Ok(Some(pod)) = &found
                 && pod.metadata.uid.as_deref() != Some(old_uid.as_str())
-                && let Some(to) = pod.spec.and_then(|s| s.node_name)
+                && let Some(to) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
             {
                 return Ok(to);
             }
+            if Instant::now() >= deadline && !restarted && matches!(found, Ok(None)) {
+                // kube-controller-manager recreates the member once its pod informer sees the
+                // deletion; after an API server restart that informer relists with backoff, and runs
+                // saw it blind for 84-150 s (its log: "Watch failed - backing off", then "Listing
+                // and watching"). A new one lists at once: restart it, as the supervisor does when
+                // it exits, and give it as long again.
+                let restart = {
+                    let mut cluster = run.world.cluster.lock().await;
+                    tokio::task::block_in_place(|| cluster.restart("kube-controller-manager", Signal::SIGTERM))
+                };
+                run.note(
+                    "sts",
+                    &format!("{name} not recreated in {MOVE_DEADLINE:?}: kube-controller-manager restarted ({restart:?})"),
+                );
+                restart?;
+                restarted = true;
+                deadline = Instant::now() + MOVE_DEADLINE;
+            }
             if Instant::now() >= deadline {
                 bail!(
-                    "{name} was not recreated on another node within {MOVE_DEADLINE:?}: {}",
+                    "{name} was not recreated on another node within {MOVE_DEADLINE:?}{}: {}",
+                    if restarted { " of kube-controller-manager's restart" } else { "" },
                     stuck_member(run, &name, &old_uid).await
                 );
             }

@@ -91,8 +91,7 @@ impl World {
     pub async fn start(options: WorldOptions) -> Result<Self> {
         let cluster = TestCluster::start(ClusterOptions {
             // What the StatefulSet controller and the informers did, in the logs a failed run keeps:
-            // a member move waits on them, and once waited over a minute after the API server came
-            // back from a fault.
+            // a member move waits on them (statefulset.rs, `move_member`).
             controller_manager_args: vec![
                 "--vmodule=stateful_set=4,stateful_set_control=4,stateful_pod_control=4,reflector=4"
                     .to_owned(),
