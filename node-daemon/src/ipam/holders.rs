@@ -3,11 +3,11 @@
 //! still records for them.
 //!
 //! A pod nearly always holds one address of a pool, but it can hold more for a while: a pod that
-//! gives its address back and asks again at once (an ADD whose endpoint could not be written gives
-//! back what it took, then allocates again) holds its new address before its release of the old
-//! one is written, and an agent restarted between the two finds both recorded for it. Keeping only
-//! one address per pod made a node forget the other, and a repeated ADD, checked against what the
-//! node knows, then took the pod's address for one it gave back and allocated the pod another.
+//! gives its address back and asks again at once (an ADD that finds a stale endpoint under the
+//! pod's name when it writes its own gives back what it took, then allocates again) holds its new
+//! address before its release of the old one is written, and an agent restarted between the two
+//! finds both recorded for it. A repeated ADD is checked against what the node knows: knowing one
+//! address per pod, it would take the pod's new address for one the pod gave back.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
