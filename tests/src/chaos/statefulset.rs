@@ -218,6 +218,7 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
                     "sts",
                     &format!("{name} not recreated in {MOVE_DEADLINE:?}: kube-controller-manager restarted ({restart:?})"),
                 );
+                run.count_op("controller-manager restart (move)", restart.is_ok());
                 restart?;
                 restarted = true;
                 deadline = Instant::now() + MOVE_DEADLINE;
