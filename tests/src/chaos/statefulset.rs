@@ -204,7 +204,9 @@ pub async fn move_member(run: &Run, ordinal: usize) -> Result<(String, String)> 
             {
                 return Ok(to);
             }
-            if Instant::now() >= deadline && !restarted && matches!(found, Ok(None)) {
+            // (Not when the old incarnation is still there: the kubelet's part, not the
+            // controller-manager's.)
+            if Instant::now() >= deadline && !restarted && !matches!(found, Ok(Some(_))) {
                 // kube-controller-manager recreates the member once its pod informer sees the
                 // deletion; after an API server restart that informer relists with backoff, and runs
                 // saw it blind for 84-150 s (its log: "Watch failed - backing off", then "Listing
