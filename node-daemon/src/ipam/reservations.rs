@@ -388,7 +388,9 @@ impl Reservations {
         self.holders.holds(uid, ip)
     }
 
-    /// The address pod `uid` is known to hold, when it holds exactly one.
+    /// The address pod `uid` is known to hold, when it holds exactly one (the daemon asks
+    /// [`Reservations::holds`]; the tests check what a pod was told).
+    #[cfg(test)]
     pub fn address_of(&self, uid: &str) -> Option<IpAddr> {
         self.holders.only(uid)
     }
